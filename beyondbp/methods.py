@@ -1,0 +1,151 @@
+"""The registry of training methods that ``beyondbp compare`` runs side by side.
+
+A :class:`Method` turns a :class:`MethodConfig` (seed, data shape, budget) into a
+:class:`Setup`: the model's parameters, a pure ``apply(params, x)``, the optax
+transform, and whether the training loop must feed it backprop gradients
+(``needs_grad``) or only the keyword extra args ``loss_fn=`` and ``batch=``.
+
+Each package adds its rows from its own module (``_methods_<package>.py``),
+imported at the bottom of this file. A user adds a method the same way::
+
+    from beyondbp import methods
+    methods.register(methods.Method("my-sgd", "SGD, lr 0.05", build=my_build))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from beyondbp import models
+
+__all__ = ["Method", "MethodConfig", "Setup", "register", "get", "names", "cross_entropy",
+           "REGISTRY"]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of integer labels, computed in float32."""
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels).mean()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """What every method is built from, identical across methods in one comparison.
+
+    key: PRNG key for parameter initialisation and the transforms' seeds.
+    input_shape: shape of one example, e.g. ``(28, 28, 1)``.
+    num_classes: number of labels.
+    steps: total optimisation steps (for schedules).
+    model: ``"mlp"`` or ``"cnn"``.
+    widths: hidden widths of the MLP (input and output are added).
+    """
+
+    key: jax.Array
+    input_shape: tuple[int, ...] = (28, 28, 1)
+    num_classes: int = 10
+    steps: int = 1000
+    model: str = "mlp"
+    widths: tuple[int, ...] = (256, 256)
+
+    def __post_init__(self):
+        if self.model not in ("mlp", "cnn"):
+            raise ValueError(f"model={self.model!r}: use 'mlp' or 'cnn'")
+        if self.steps < 1:
+            raise ValueError(f"steps={self.steps!r}: need at least 1")
+
+    @property
+    def num_inputs(self) -> int:
+        n = 1
+        for s in self.input_shape:
+            n *= s
+        return n
+
+    @property
+    def seed(self) -> int:
+        """An integer seed derived from ``key`` for transforms that take ``seed=``."""
+        return int(jax.random.randint(jax.random.fold_in(self.key, 1), (), 0, 2**31 - 1))
+
+    def build_model(self, **kwargs):
+        """``(apply, params)`` of the configured reference model (kwargs go to the layers)."""
+        if self.model == "mlp":
+            return models.mlp(self.key, (self.num_inputs, *self.widths, self.num_classes), **kwargs)
+        return models.cnn(self.key, self.num_classes, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Setup:
+    """Everything the training loop needs for one method.
+
+    params: pytree of arrays being trained.
+    apply: pure ``apply(params, x) -> logits``.
+    tx: the optax transform (plain or ``GradientTransformationExtraArgs``).
+    needs_grad: feed ``jax.grad`` of the loss as ``updates``; when False the loop
+      passes ``None`` and the transform estimates from ``loss_fn=`` / ``batch=``.
+    loss: ``loss(logits, labels) -> scalar``.
+    energy: optional ``energy(opt_state, steps) -> dict`` with hardware energy per
+      step (joules) for methods with a device model.
+    """
+
+    params: Any
+    apply: Callable[[Any, jax.Array], jax.Array]
+    tx: optax.GradientTransformation
+    needs_grad: bool = True
+    loss: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy
+    energy: Callable[[Any, int], dict] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A named recipe: ``build(config) -> Setup``."""
+
+    name: str
+    description: str
+    build: Callable[[MethodConfig], Setup]
+    family: str = "backprop"
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method, *, replace: bool = False) -> Method:
+    """Add ``method`` to the registry; refuses to shadow a name unless ``replace``."""
+    if not isinstance(method, Method):
+        raise TypeError(f"register expects a beyondbp.methods.Method, got {type(method).__name__}")
+    if method.name in REGISTRY and not replace:
+        raise ValueError(f"a method named {method.name!r} is already registered; "
+                         "pass replace=True to override it")
+    REGISTRY[method.name] = method
+    return method
+
+
+def names() -> list[str]:
+    """Registered method names, in registration order."""
+    return list(REGISTRY)
+
+
+def get(name: str) -> Method:
+    """The registered method called ``name`` (clear error listing the known ones)."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(REGISTRY)}") from None
+
+
+def _backprop(optimizer: Callable[[], optax.GradientTransformation]):
+    def build(cfg: MethodConfig) -> Setup:
+        apply, params = cfg.build_model()
+        return Setup(params=params, apply=apply, tx=optimizer(), needs_grad=True)
+    return build
+
+
+register(Method("backprop", "float32 backprop, SGD lr 0.05 momentum 0.9",
+                _backprop(lambda: optax.sgd(0.05, momentum=0.9))))
+register(Method("backprop-adam", "float32 backprop, Adam lr 1e-3",
+                _backprop(lambda: optax.adam(1e-3))))
+
+# Each package's rows; one import per package module (keep this list at the end).

@@ -1,0 +1,156 @@
+"""Reference flax nnx models, each also usable as a pure ``apply(params, x)``.
+
+Forward-mode estimators (``fwdgrad``) and the device model (``analog.program``)
+work on plain pytrees of arrays, so every model here can be split into a pure
+function and a nested dict of parameters with :func:`functional`::
+
+    model = MLP((784, 1024, 1024, 10), rngs=nnx.Rngs(0))
+    apply, params = functional(model)
+    logits = apply(params, x)           # same numbers as model(x)
+    jax.jvp(lambda p: apply(p, x), (params,), (tangent,))
+
+The layer constructors are arguments (``linear=``, ``conv=``), so a quantized
+layer with the same signature (``lowbit.nnx.Linear``) builds the 4-bit variant
+of the same architecture.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+__all__ = ["MLP", "CNN", "functional", "ACTIVATIONS", "mlp", "cnn"]
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "hard_sigmoid": jax.nn.hard_sigmoid,
+    "identity": lambda x: x,
+}
+
+
+def _activation(activation: str | Callable) -> Callable:
+    if callable(activation):
+        return activation
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"activation={activation!r} is not known; use one of {sorted(ACTIVATIONS)} "
+            "or pass a callable")
+    return ACTIVATIONS[activation]
+
+
+class MLP(nnx.Module):
+    """Multi-layer perceptron: ``widths[0]`` inputs, hidden layers, ``widths[-1]`` outputs.
+
+    Inputs of any shape ``(batch, ...)`` are flattened. Baydin et al. (2022) use
+    784-1024-1024-10 with ReLU for MNIST; that is the reference model here.
+
+    Args:
+      widths: layer widths including input and output, at least two entries.
+      activation: name in :data:`ACTIVATIONS` or a callable, applied between layers.
+      rngs: ``nnx.Rngs`` for initialisation.
+      linear: layer constructor ``linear(in, out, *, rngs)``; ``nnx.Linear`` by default.
+      dtype / param_dtype: computation and parameter dtypes.
+    """
+
+    def __init__(self, widths: Sequence[int], *, activation: str | Callable = "relu",
+                 rngs: nnx.Rngs, linear: Callable[..., nnx.Module] | None = None,
+                 dtype: Any = None, param_dtype: Any = jnp.float32):
+        widths = tuple(widths)
+        if len(widths) < 2 or any((not isinstance(w, int)) or w < 1 for w in widths):
+            raise ValueError(
+                f"widths={widths!r}: need at least two positive integers (inputs, ..., outputs), "
+                "e.g. (784, 1024, 1024, 10)")
+        self.widths = widths
+        self.activation = _activation(activation)
+        linear = linear or nnx.Linear
+        extra = {} if linear is not nnx.Linear else {"dtype": dtype, "param_dtype": param_dtype}
+        self.layers = nnx.List([linear(a, b, rngs=rngs, **extra)
+                                for a, b in zip(widths[:-1], widths[1:])])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[-1] != self.widths[0]:
+            raise ValueError(
+                f"MLP expects {self.widths[0]} input features per example, got input of "
+                f"shape {x.shape} after flattening")
+        for layer in self.layers[:-1]:
+            x = self.activation(layer(x))
+        return self.layers[-1](x)
+
+
+class CNN(nnx.Module):
+    """LeNet-5-sized convolutional network for 28x28 single-channel images.
+
+    conv 5x5x6 (same) - act - avgpool 2 - conv 5x5x16 (valid) - act - avgpool 2 -
+    dense 120 - act - dense 84 - act - dense ``num_classes`` (LeCun et al., 1998;
+    about 61k parameters). Inputs ``(batch, 28, 28)`` or ``(batch, 28, 28, 1)``.
+    """
+
+    def __init__(self, num_classes: int = 10, *, in_channels: int = 1,
+                 activation: str | Callable = "relu", rngs: nnx.Rngs,
+                 linear: Callable[..., nnx.Module] | None = None,
+                 conv: Callable[..., nnx.Module] | None = None):
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes={num_classes!r}: need an integer >= 2")
+        linear = linear or nnx.Linear
+        conv = conv or nnx.Conv
+        self.activation = _activation(activation)
+        self.in_channels = in_channels
+        self.conv1 = conv(in_channels, 6, kernel_size=(5, 5), padding="SAME", rngs=rngs)
+        self.conv2 = conv(6, 16, kernel_size=(5, 5), padding="VALID", rngs=rngs)
+        self.fc1 = linear(16 * 5 * 5, 120, rngs=rngs)
+        self.fc2 = linear(120, 84, rngs=rngs)
+        self.fc3 = linear(84, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or x.shape[1:3] != (28, 28) or x.shape[3] != self.in_channels:
+            raise ValueError(
+                f"CNN expects images of shape (batch, 28, 28[, {self.in_channels}]), got {x.shape}")
+        act = self.activation
+        x = nnx.avg_pool(act(self.conv1(x)), window_shape=(2, 2), strides=(2, 2))
+        x = nnx.avg_pool(act(self.conv2(x)), window_shape=(2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = act(self.fc1(x))
+        x = act(self.fc2(x))
+        return self.fc3(x)
+
+
+def functional(model: nnx.Module) -> tuple[Callable[[Any, jax.Array], jax.Array], dict]:
+    """Split an nnx module into a pure ``apply(params, x)`` and its parameters.
+
+    ``params`` is a nested dict of arrays (``nnx.State.to_pure_dict``) holding the
+    ``nnx.Param`` leaves; any other state (e.g. learnable quantizer clips declared
+    as ``nnx.Param``) is included, everything else is closed over. ``apply`` has
+    no side effects, so it works under ``jax.jit``, ``jax.grad``, ``jax.jvp`` and
+    ``jax.vmap``.
+    """
+    graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)
+    params = params_state.to_pure_dict()
+
+    def apply(params, x):
+        module = nnx.merge(graphdef, nnx.State(params), rest)
+        return module(x)
+
+    return apply, params
+
+
+def mlp(key: jax.Array, widths: Sequence[int] = (784, 1024, 1024, 10), *,
+        activation: str | Callable = "relu", **kwargs):
+    """``functional(MLP(...))`` seeded from a JAX key: returns ``(apply, params)``."""
+    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+    return functional(MLP(widths, activation=activation, rngs=nnx.Rngs(seed), **kwargs))
+
+
+def cnn(key: jax.Array, num_classes: int = 10, **kwargs):
+    """``functional(CNN(...))`` seeded from a JAX key: returns ``(apply, params)``."""
+    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+    return functional(CNN(num_classes, rngs=nnx.Rngs(seed), **kwargs))

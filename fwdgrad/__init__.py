@@ -1,0 +1,1 @@
+"""fwdgrad package."""

@@ -1,0 +1,54 @@
+"""Shared test configuration.
+
+Every test runs with JAX's strict dtype promotion so that silent float64 or
+int/float promotion bugs fail loudly (the equinox/lineax convention, see
+../shared/STYLE.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+
+import jax
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _strict_dtype_promotion(request):
+    """Strict promotion for every test, except those marked ``standard_promotion``.
+
+    Some third-party transforms (optax.adam's bias correction mixes a Python float
+    with an int32 count) are not strict-safe; tests that run them are marked.
+    """
+    mode = "standard" if request.node.get_closest_marker("standard_promotion") else "strict"
+    with jax.numpy_dtype_promotion(mode):
+        yield
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> pathlib.Path:
+    """Directory with the full official MNIST IDX files, or skip.
+
+    Looks at ``$BEYONDBP_TEST_MNIST`` first, then ``../shared/data/mnist`` beside
+    the clone. Tests that need the full set skip with the reason when neither
+    exists; nothing is ever downloaded by the test suite.
+    """
+    candidates = [os.environ.get("BEYONDBP_TEST_MNIST"), str(SHARED_MNIST)]
+    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    for c in candidates:
+        if c and all((pathlib.Path(c) / n).is_file() for n in names):
+            return pathlib.Path(c)
+    pytest.skip(
+        "full MNIST not found: set BEYONDBP_TEST_MNIST or place the four official "
+        f"IDX .gz files in {SHARED_MNIST} (tests never download)"
+    )
+
+
+def sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,185 @@
+"""One table runs every gradient transform of the toolkit through the same contract.
+
+The contract (../shared/DESIGN.md, "Composition"): every transform works under
+``jax.jit`` without recompiling from step to step, inside ``optax.chain`` and
+``optax.inject_hyperparams``, keeps the params' pytree structure and dtypes
+(float32 and bfloat16), and passes unknown keyword extra args through.
+
+Add a transform, add a row to ``ROWS``. A row says how to build the transform
+(``make``), the factory and numeric hyper-parameters for ``inject_hyperparams``,
+and, when the default quadratic problem does not fit, its own params and extra
+args (the analog local rule needs an energy network and ``batch=(x, y)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+
+def default_params(dtype) -> dict:
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    return {
+        "dense": {"kernel": jax.random.normal(k1, (3, 4)).astype(dtype),
+                  "bias": jnp.zeros((4,), dtype)},
+        "out": {"kernel": jax.random.normal(k2, (4, 2)).astype(dtype) * 0.5},
+        "scale": jax.random.normal(k3, ()).astype(dtype),
+    }
+
+
+def default_batch(dtype):
+    x = jax.random.normal(jax.random.key(1), (5, 3)).astype(dtype)
+    y = jax.random.normal(jax.random.key(2), (5, 2)).astype(dtype)
+    return x, y
+
+
+def default_loss(params, batch):
+    x, y = batch
+    h = jnp.tanh(x @ params["dense"]["kernel"] + params["dense"]["bias"])
+    out = (h @ params["out"]["kernel"]) * params["scale"]
+    return jnp.mean(((out - y) ** 2).astype(jnp.float32))
+
+
+def default_extra(params, dtype) -> dict:
+    batch = default_batch(dtype)
+    return {"loss_fn": lambda p: default_loss(p, batch), "batch": batch}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One transform under contract.
+
+    factory/hparams: ``factory(**hparams)`` builds the transform; it is also
+    wrapped with ``optax.inject_hyperparams(factory)(**hparams)``.
+    estimator: True for transforms that ignore incoming updates (they get None).
+    params/extra: builders for the problem the transform runs on.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    hparams: dict = dataclasses.field(default_factory=dict)
+    estimator: bool = False
+    params: Callable[[Any], Any] = default_params
+    extra: Callable[[Any, Any], dict] = default_extra
+    dtypes: tuple = (jnp.float32, jnp.bfloat16)
+    strict: bool = True  # False only for third-party transforms that are not strict-safe
+
+    def make(self):
+        return self.factory(**self.hparams)
+
+
+ROWS: list[Row] = [
+    Row("optax.sgd", optax.sgd, {"learning_rate": 0.1}),
+    Row("optax.adam", optax.adam, {"learning_rate": 1e-3}, strict=False),
+]
+
+# Rows of the toolkit's own packages are appended below, one block per package.
+# --- fwdgrad rows ---
+# --- lowbit rows ---
+# --- analog rows ---
+
+
+def _incoming_updates(row: Row, params, extra):
+    if row.estimator:
+        return None
+    # A real gradient so that transforms which look at magnitudes see realistic input.
+    return jax.grad(extra["loss_fn"])(params) if "loss_fn" in extra else jax.tree.map(
+        lambda p: jnp.full_like(p, 0.01), params)
+
+
+def _run_steps(tx, row, params, extra, n=3):
+    """Jitted update + apply, n steps; returns params, state and trace count."""
+    traces = []
+
+    @jax.jit
+    def step(params, state):
+        traces.append(1)
+        ex = row.extra(params, jax.tree.leaves(params)[0].dtype)
+        upd = _incoming_updates(row, params, ex)
+        updates, state = tx.update(upd, state, params, **ex)
+        return optax.apply_updates(params, updates), state, updates
+
+    state = tx.init(params)
+    for _ in range(n):
+        params, state, updates = step(params, state)
+    return params, state, updates, len(traces)
+
+
+def _marks(row):
+    return () if row.strict else (pytest.mark.standard_promotion,)
+
+
+def _rows():
+    return [pytest.param(r, id=r.name, marks=_marks(r)) for r in ROWS]
+
+
+def _cases():
+    return [pytest.param(r, d, id=f"{r.name}-{jnp.dtype(d).name}", marks=_marks(r))
+            for r in ROWS for d in r.dtypes]
+
+
+@pytest.mark.parametrize("row,dtype", _cases())
+def test_jit_no_recompile_keeps_structure_and_dtype(row, dtype):
+    params = row.params(dtype)
+    extra = row.extra(params, dtype)
+    tx = row.make()
+    new_params, state, updates, traces = _run_steps(tx, row, params, extra, n=3)
+    assert traces == 1, f"{row.name} retraced {traces} times in 3 jitted steps"
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+    assert jax.tree.structure(new_params) == jax.tree.structure(params)
+    for p, u, q in zip(jax.tree.leaves(params), jax.tree.leaves(updates), jax.tree.leaves(new_params)):
+        assert u.dtype == p.dtype, f"{row.name}: update dtype {u.dtype} != param dtype {p.dtype}"
+        assert q.dtype == p.dtype
+        assert u.shape == p.shape
+        assert bool(jnp.all(jnp.isfinite(q.astype(jnp.float32))))
+    # the state's structure does not change from step to step (no recompilation needed)
+    assert jax.tree.structure(state) == jax.tree.structure(tx.init(params))
+
+
+@pytest.mark.parametrize("row", _rows())
+def test_inside_chain(row):
+    dtype = jnp.float32
+    params = row.params(dtype)
+    extra = row.extra(params, dtype)
+    alone = row.make()
+    chained = optax.chain(row.make(), optax.scale(-0.5))
+    upd = _incoming_updates(row, params, extra)
+    u1, _ = alone.update(upd, alone.init(params), params, **extra)
+    u2, _ = chained.update(upd, chained.init(params), params, **extra)
+    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+        np.testing.assert_allclose(np.asarray(b), -0.5 * np.asarray(a), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("row", _rows())
+def test_inject_hyperparams(row):
+    dtype = jnp.float32
+    params = row.params(dtype)
+    extra = row.extra(params, dtype)
+    tx = optax.inject_hyperparams(row.factory)(**row.hparams)
+    state = tx.init(params)
+    for name, value in row.hparams.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert name in state.hyperparams
+    upd = _incoming_updates(row, params, extra)
+    u_inj, _ = jax.jit(lambda s: tx.update(upd, s, params, **extra))(state)
+    ref = row.make()
+    u_ref, _ = ref.update(upd, ref.init(params), params, **extra)
+    for a, b in zip(jax.tree.leaves(u_inj), jax.tree.leaves(u_ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("row", _rows())
+def test_passes_unknown_extra_args(row):
+    dtype = jnp.float32
+    params = row.params(dtype)
+    extra = dict(row.extra(params, dtype), some_unknown_arg=jnp.ones(()), another=3)
+    tx = optax.chain(optax.with_extra_args_support(row.make()), optax.identity())
+    upd = _incoming_updates(row, params, extra)
+    updates, _ = tx.update(upd, tx.init(params), params, **extra)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
