@@ -116,12 +116,22 @@ class CNN(nnx.Module):
             raise ValueError(
                 f"CNN expects images of shape (batch, 28, 28[, {self.in_channels}]), got {x.shape}")
         act = self.activation
-        x = nnx.avg_pool(act(self.conv1(x)), window_shape=(2, 2), strides=(2, 2))
-        x = nnx.avg_pool(act(self.conv2(x)), window_shape=(2, 2), strides=(2, 2))
+        x = _avg_pool2(act(self.conv1(x)))
+        x = _avg_pool2(act(self.conv2(x)))
         x = x.reshape(x.shape[0], -1)
         x = act(self.fc1(x))
         x = act(self.fc2(x))
         return self.fc3(x)
+
+
+def _avg_pool2(x: jax.Array) -> jax.Array:
+    """2x2 average pooling, stride 2 (even spatial sizes): a reshape and a mean.
+
+    Written out because flax's pooling divides by a Python int, which strict dtype
+    promotion rejects; this keeps the input dtype.
+    """
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
 def functional(model: nnx.Module) -> tuple[Callable[[Any, jax.Array], jax.Array], dict]:
@@ -134,10 +144,10 @@ def functional(model: nnx.Module) -> tuple[Callable[[Any, jax.Array], jax.Array]
     ``jax.vmap``.
     """
     graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)
-    params = params_state.to_pure_dict()
+    params = nnx.to_pure_dict(params_state)
 
     def apply(params, x):
-        module = nnx.merge(graphdef, nnx.State(params), rest)
+        module = nnx.merge(graphdef, params, rest)
         return module(x)
 
     return apply, params

@@ -1,0 +1,29 @@
+# The two set-up commands of README.md: `make run` and `make test`.
+# Each creates (or reuses) a virtual environment in .venv and installs the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test bench venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/beyondbp compare --methods all --dataset mnist_small --out runs/compare
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup --timeout 900 --junitxml=.test-results.xml
+
+bench: $(STAMP)
+	@echo "run the scripts in benchmarks/ (see BENCHMARKS.md), e.g. $(PY) benchmarks/foundation_backprop_mnist.py"
+
+clean:
+	rm -rf $(VENV) runs .test-results.xml

@@ -1,0 +1,97 @@
+"""The ``beyondbp`` command line.
+
+    beyondbp compare [--methods all] [--dataset mnist_small] [--steps N | --epochs E] ...
+    beyondbp methods            list the registered methods
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be a positive integer")
+    return v
+
+
+def _widths(s: str) -> tuple[int, ...]:
+    try:
+        w = tuple(int(p) for p in s.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: give comma-separated integers, e.g. 1024,1024") from None
+    if not w or min(w) < 1:
+        raise argparse.ArgumentTypeError(f"{s!r}: give comma-separated positive integers")
+    return w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from beyondbp import datasets
+
+    p = argparse.ArgumentParser(prog="beyondbp", description=(
+        "beyond-backprop: forward gradients, 4-bit training and analog crossbars, compared "
+        "side by side."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="{compare,methods}")
+    c = sub.add_parser("compare", help="train several methods on the same data and seed; "
+                       "print a table, write plots and JSON",
+                       description="Train the same model with several methods on the same data "
+                       "and seed; print method, test accuracy, step time and memory relative "
+                       "to backprop (and energy where a hardware model exists); write "
+                       "learning_curves.png, accuracy_vs_cost.png and compare.json to --out.")
+    c.add_argument("--methods", default="all", help="comma-separated method names, or 'all' "
+                   "(default); see `beyondbp methods`")
+    c.add_argument("--dataset", default="mnist_small", choices=datasets.NAMES,
+                   help="data set (default: mnist_small, bundled, offline)")
+    c.add_argument("--data-dir", default=None, help="directory with the official IDX .gz files "
+                   "(else $BEYONDBP_DATA, then the user cache, then download)")
+    budget = c.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=_positive_int, default=None,
+                        help="optimisation steps per method (default 600)")
+    budget.add_argument("--epochs", type=_positive_int, default=None,
+                        help="epochs per method instead of --steps")
+    c.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (default 64)")
+    c.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="reference model")
+    c.add_argument("--widths", type=_widths, default=(256, 256),
+                   help="MLP hidden widths, comma-separated (default 256,256)")
+    c.add_argument("--seed", type=int, default=0, help="seed for init, data order and transforms")
+    c.add_argument("--eval-every", type=_positive_int, default=None,
+                   help="evaluate test accuracy every N steps (default: 10 points per run)")
+    c.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+    c.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    sub.add_parser("methods", help="list the registered methods")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from beyondbp import compare as _compare, methods
+
+    if args.command == "methods":
+        for name in methods.names():
+            m = methods.get(name)
+            print(f"{name:24s} {m.family:10s} {m.description}")
+        return 0
+    try:
+        names = _compare.resolve_methods(args.methods)
+        steps = args.steps if args.steps is not None or args.epochs is not None else 600
+        result = _compare.compare(
+            names, dataset=args.dataset, data_dir=args.data_dir, steps=steps, epochs=args.epochs,
+            batch_size=args.batch_size, seed=args.seed, model=args.model, widths=args.widths,
+            eval_every=args.eval_every, progress=not args.no_progress, out=args.out)
+    except ValueError as e:  # bad option values and data set errors: one line, no traceback
+        print(f"beyondbp: error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(_compare.format_table(result))
+    print(f"\nwrote {args.out}/compare.json, learning_curves.png, accuracy_vs_cost.png "
+          f"({result['total_time_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""One jitted training loop for any optax transform.
+
+The loop does not know which method it runs. Each step it builds
+``loss_fn = lambda p: loss(apply(p, x), y)`` and calls::
+
+    updates, state = tx.update(grads_or_None, state, params, loss_fn=loss_fn, batch=(x, y))
+    params = optax.apply_updates(params, updates)
+
+``grads`` is ``jax.grad(loss_fn)(params)`` for methods that consume gradients
+(``Setup.needs_grad``); estimator transforms (forward gradients, the analog
+local rule) get ``None`` and read ``loss_fn=`` or ``batch=`` instead, so no
+backward pass is ever traced for them. Plain ``optax.GradientTransformation``
+objects are wrapped with ``optax.with_extra_args_support``.
+
+The step is compiled once (fixed batch shape, fixed state structure); the
+training loss is evaluated on the logging steps by a separate jitted forward
+pass, so the timed step is exactly the method's own work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from beyondbp import datasets as _datasets
+from beyondbp.methods import Setup
+
+__all__ = ["train", "make_step", "evaluate", "compiled_memory", "History", "write_json"]
+
+History = dict  # a JSON-serialisable dict; see ``train`` for its keys
+
+
+def make_step(setup: Setup) -> Callable:
+    """The pure training step ``(params, state, x, y) -> (params, state)`` of ``setup``."""
+    tx = optax.with_extra_args_support(setup.tx)
+
+    def step(params, opt_state, x, y):
+        def loss_fn(p):
+            return setup.loss(setup.apply(p, x), y)
+
+        grads = jax.grad(loss_fn)(params) if setup.needs_grad else None
+        updates, opt_state = tx.update(grads, opt_state, params, loss_fn=loss_fn, batch=(x, y))
+        return optax.apply_updates(params, updates), opt_state
+
+    return step
+
+
+def _make_eval(setup: Setup):
+    @jax.jit
+    def correct_and_loss(params, x, y, mask):
+        logits = setup.apply(params, x)
+        hit = (jnp.argmax(logits, axis=-1) == y) & mask
+        return jnp.sum(hit.astype(jnp.int32)), setup.loss(logits, y)
+    return correct_and_loss
+
+
+def evaluate(setup: Setup, params, ds: _datasets.Dataset, *, batch_size: int = 500,
+             _fn=None) -> float:
+    """Accuracy of ``setup.apply(params, .)`` on every example of ``ds`` (padded batches)."""
+    fn = _fn or _make_eval(setup)
+    correct = 0
+    for x, y, mask in _datasets.batches(ds, min(batch_size, len(ds)), shuffle=False,
+                                        remainder="pad"):
+        correct += int(fn(params, x, y, mask)[0])
+    return correct / len(ds)
+
+
+def compiled_memory(fn: Callable, *args) -> dict:
+    """Bytes XLA reserves for a jitted call: temporaries, arguments, outputs.
+
+    ``temp`` is the working memory (activations kept for a backward pass live
+    here); ``peak`` adds arguments and outputs that are not aliased.
+    """
+    compiled = jax.jit(fn).lower(*args).compile()
+    m = compiled.memory_analysis()
+    if m is None:  # some backends do not report it
+        return {"temp": None, "argument": None, "output": None, "peak": None}
+    temp, arg, out = int(m.temp_size_in_bytes), int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
+    alias = int(getattr(m, "alias_size_in_bytes", 0))
+    return {"temp": temp, "argument": arg, "output": out, "peak": temp + arg + out - alias}
+
+
+def _check_setup(setup: Setup):
+    if not isinstance(setup, Setup):
+        raise TypeError(f"train expects a beyondbp.methods.Setup, got {type(setup).__name__}")
+    if not hasattr(setup.tx, "init") or not hasattr(setup.tx, "update"):
+        raise TypeError(f"Setup.tx must be an optax transform, got {type(setup.tx).__name__}")
+
+
+def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset | None = None,
+          *, steps: int | None = None, epochs: int | None = None, batch_size: int = 64,
+          seed: int = 0, eval_every: int | None = None, log_every: int = 50,
+          progress: bool = True, desc: str = "train", json_path=None,
+          time_steps: bool = True) -> History:
+    """Train ``setup`` on ``train_ds``; evaluate on ``test_ds``; return a history.
+
+    Args:
+      setup: params, pure apply, transform (see :class:`beyondbp.methods.Setup`).
+      steps / epochs: the budget; give exactly one (``epochs`` counts full
+        batches, the remainder of each shuffled epoch is dropped).
+      batch_size: fixed batch size (the step compiles once).
+      seed: data order seed.
+      eval_every: test accuracy every this many steps (default: 10 points per run).
+      log_every: training loss every this many steps.
+      time_steps: block on every step to time it exactly (``step_time_s``).
+      json_path: if given, the history is also written there as JSON.
+
+    Returns:
+      dict with ``steps``, ``train_loss`` (lists), ``eval_steps``,
+      ``test_accuracy`` (lists), ``final_test_accuracy``, ``step_time_s``
+      (median seconds per step after compilation), ``compile_time_s``,
+      ``memory`` (:func:`compiled_memory` of the step), ``params`` and
+      ``opt_state`` (not written to JSON), ``nonfinite_loss_steps``.
+    """
+    _check_setup(setup)
+    if (steps is None) == (epochs is None):
+        raise ValueError(f"give exactly one of steps= or epochs= (got steps={steps!r}, "
+                         f"epochs={epochs!r})")
+    per_epoch = _datasets.num_batches(len(train_ds), batch_size)
+    if per_epoch < 1:
+        raise ValueError(f"batch_size={batch_size} is larger than the {len(train_ds)} training "
+                         "examples; use a smaller batch")
+    if epochs is not None:
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs={epochs!r}: need a positive integer")
+        steps = epochs * per_epoch
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r}: need a positive integer")
+    if eval_every is None:
+        eval_every = max(1, steps // 10)
+    if eval_every < 1 or log_every < 1:
+        raise ValueError(f"eval_every={eval_every!r} and log_every={log_every!r} must be >= 1")
+
+    step_fn = make_step(setup)
+    jstep = jax.jit(step_fn, donate_argnums=())
+    eval_fn = _make_eval(setup)
+    params, opt_state = setup.params, setup.tx.init(setup.params)
+    data = _datasets.batches(train_ds, batch_size, seed=seed, epochs=None)
+
+    hist: dict[str, Any] = {"steps": [], "train_loss": [], "eval_steps": [], "test_accuracy": [],
+                            "nonfinite_loss_steps": 0}
+    x0, y0, _ = next(_datasets.batches(train_ds, batch_size, seed=seed, epochs=1))
+    hist["memory"] = compiled_memory(step_fn, params, opt_state, x0, y0)
+
+    times = []
+    t_start = time.perf_counter()
+    bar = tqdm(total=steps, desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
+    last_acc = float("nan")
+    for i in range(steps):
+        x, y, mask = next(data)
+        if i % log_every == 0 or i == steps - 1:
+            _, loss = eval_fn(params, x, y, mask)
+            loss = float(loss)
+            if not math.isfinite(loss):
+                hist["nonfinite_loss_steps"] += 1
+            hist["steps"].append(i)
+            hist["train_loss"].append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{last_acc:.4f}")
+        t0 = time.perf_counter()
+        params, opt_state = jstep(params, opt_state, x, y)
+        if time_steps or i == 0:
+            jax.block_until_ready((params, opt_state))
+            dt = time.perf_counter() - t0
+            if i == 0:
+                hist["compile_time_s"] = dt
+            else:
+                times.append(dt)
+        bar.update(1)
+        if test_ds is not None and ((i + 1) % eval_every == 0 or i == steps - 1):
+            last_acc = evaluate(setup, params, test_ds, _fn=eval_fn)
+            hist["eval_steps"].append(i + 1)
+            hist["test_accuracy"].append(last_acc)
+            bar.set_postfix(loss=f"{hist['train_loss'][-1]:.4f}", acc=f"{last_acc:.4f}")
+    jax.block_until_ready(params)
+    bar.close()
+    hist["wall_time_s"] = time.perf_counter() - t_start
+    hist["step_time_s"] = float(np.median(times)) if times else float("nan")
+    hist["step_time_mean_s"] = float(np.mean(times)) if times else float("nan")
+    hist["final_test_accuracy"] = hist["test_accuracy"][-1] if hist["test_accuracy"] else None
+    hist["num_steps"] = steps
+    hist["batch_size"] = batch_size
+    hist["params"] = params
+    hist["opt_state"] = opt_state
+    if setup.energy is not None:
+        hist["energy"] = setup.energy(opt_state, steps)
+    if json_path is not None:
+        write_json(hist, json_path)
+    return hist
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items() if k not in ("params", "opt_state")}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.generic, jax.Array)):
+        return np.asarray(v).tolist()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def write_json(hist: dict, path) -> pathlib.Path:
+    """Write a history (without params/state) as JSON; creates parent directories."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(hist), indent=2))
+    return path

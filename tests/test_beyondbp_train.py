@@ -1,0 +1,111 @@
+"""beyondbp.train: the loop trains, takes estimator transforms, compiles once."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from beyondbp import datasets, methods, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    return datasets.load("mnist_small", "train"), datasets.load("mnist_small", "test")
+
+
+def _cfg(**kw):
+    return methods.MethodConfig(key=jax.random.key(0), widths=(64,), **kw)
+
+
+def test_backprop_trains_on_bundled_data(data, tmp_path):
+    setup = methods.get("backprop").build(_cfg(steps=300))
+    h = train.train(setup, *data, steps=300, batch_size=64, progress=False,
+                    json_path=tmp_path / "h.json")
+    assert h["final_test_accuracy"] > 0.85
+    assert h["train_loss"][-1] < h["train_loss"][0]
+    written = json.loads((tmp_path / "h.json").read_text())
+    assert written["final_test_accuracy"] == h["final_test_accuracy"]
+    assert "params" not in written and written["memory"]["temp"] is not None
+
+
+def _counting_estimator(counter):
+    """An estimator transform that reads loss_fn (like fwdgrad) and counts its traces."""
+    def init(params):
+        return optax.EmptyState()
+
+    def update(updates, state, params=None, *, loss_fn, **extra):
+        counter.append(1)
+        assert updates is None  # the loop must not compute backprop gradients for it
+        g = jax.grad(loss_fn)(params)
+        return jax.tree.map(lambda x: -0.1 * x, g), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def test_estimator_transform_gets_loss_fn_and_no_gradients(data):
+    base = methods.get("backprop").build(_cfg(steps=40))
+    counter = []
+    setup = methods.Setup(params=base.params, apply=base.apply, tx=_counting_estimator(counter),
+                          needs_grad=False)
+    h5 = train.train(setup, *data, steps=5, progress=False)
+    traces_short = len(counter)
+    h = train.train(setup, *data, steps=40, progress=False)
+    # traced once per run (the memory analysis and the step share the trace),
+    # independent of the number of steps
+    assert traces_short == 1 and len(counter) == 2
+    assert h["final_test_accuracy"] > h5["final_test_accuracy"] - 0.05
+
+
+def test_batch_extra_arg_is_the_current_batch(data):
+    seen = []
+
+    def init(params):
+        return optax.EmptyState()
+
+    def update(updates, state, params=None, *, batch, **extra):
+        x, y = batch
+        seen.append((x.shape, y.shape, x.dtype, y.dtype))
+        return jax.tree.map(jnp.zeros_like, params), state
+
+    base = methods.get("backprop").build(_cfg(steps=3))
+    setup = methods.Setup(params=base.params, apply=base.apply,
+                          tx=optax.GradientTransformationExtraArgs(init, update), needs_grad=False)
+    train.train(setup, *data, steps=3, batch_size=32, progress=False)
+    assert seen[-1] == ((32, 28, 28, 1), (32,), jnp.float32, jnp.int32)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({}, "exactly one of steps= or epochs="),
+    ({"steps": 10, "epochs": 1}, "exactly one of steps= or epochs="),
+    ({"steps": 0}, "steps=0"),
+    ({"epochs": -1}, "epochs=-1"),
+    ({"steps": 5, "batch_size": 100000}, "larger than the 10000 training examples"),
+    ({"steps": 5, "eval_every": 0}, "eval_every=0"),
+])
+def test_bad_arguments(data, kwargs, match):
+    setup = methods.get("backprop").build(_cfg())
+    with pytest.raises(ValueError, match=match):
+        train.train(setup, *data, progress=False, **kwargs)
+
+
+def test_setup_type_checked(data):
+    with pytest.raises(TypeError, match="beyondbp.methods.Setup"):
+        train.train(optax.sgd(0.1), *data, steps=1)
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="unknown method 'nope'; known methods: backprop"):
+        methods.get("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        methods.register(methods.get("backprop"))
+    with pytest.raises(ValueError, match="model='transformer'"):
+        methods.MethodConfig(key=jax.random.key(0), model="transformer")
+
+
+def test_compiled_memory_reports_bytes():
+    m = train.compiled_memory(lambda a: (a @ a.T).sum(), jnp.ones((64, 32)))
+    assert m["argument"] == 64 * 32 * 4 and m["peak"] >= m["argument"]
