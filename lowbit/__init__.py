@@ -1,1 +1,27 @@
-"""lowbit package."""
+"""lowbit: 4-bit training with radix-4 FP4 gradients (Sun et al., NeurIPS 2020).
+
+Formats are data (:class:`Format` and presets), quantizers are pure functions
+(:func:`quantize`, :func:`encode`, :func:`decode`, :func:`compute_scale`),
+:func:`dot_general` / :func:`conv_general_dilated` are drop-ins for their
+``lax`` namesakes that run the paper's three quantized GEMMs and work under
+``jax.grad`` and ``jax.jvp``, :mod:`lowbit.nnx` has flax layers, and
+:func:`quantize_updates` is an optax transform.
+"""
+
+from lowbit import nnx
+from lowbit._dot import QuantConfig, conv_general_dilated, dot_general, quantize_gradient
+from lowbit._formats import (E2M1, E4M3, E5M2, FLOAT32, INT4, INT8, RADIX4_FP4, UINT4, Format,
+                             float_format, int_format, log_format)
+from lowbit._rounding import Packed, decode, encode, quantize
+from lowbit._scaling import amax_history_update, compute_scale, pact_clip, sawb_scale
+from lowbit._transforms import QuantizeUpdatesState, quantize_updates
+
+__all__ = [
+    "Format", "int_format", "float_format", "log_format",
+    "RADIX4_FP4", "INT4", "UINT4", "INT8", "E2M1", "E4M3", "E5M2", "FLOAT32",
+    "quantize", "encode", "decode", "Packed",
+    "compute_scale", "amax_history_update", "sawb_scale", "pact_clip",
+    "QuantConfig", "dot_general", "conv_general_dilated", "quantize_gradient",
+    "quantize_updates", "QuantizeUpdatesState",
+    "nnx",
+]

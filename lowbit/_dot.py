@@ -1,0 +1,435 @@
+"""The three quantized GEMMs of 4-bit training, differentiable in both autodiff modes.
+
+Sun et al., "Ultra-Low Precision 4-bit Training of Deep Neural Networks"
+(NeurIPS 2020), Fig. 1 / section 4: for ``y = A W`` (activations ``A``,
+weights ``W``, incoming gradient ``G = dL/dy``)
+
+* forward:          ``y  = INT4(A) INT4(W)``
+* input gradient:   ``dA = FP4_even(G) INT4(W)^T``      (radix-4, grid 4^k)
+* weight gradient:  ``dW = INT4(A)^T FP4_odd(G)``       (radix-4, grid 2*4^k)
+
+with a per-tensor GradScale on ``G`` and straight-through estimators (STE) for
+the INT4 quantizers (PACT's clip gives the activation clip its gradient).
+
+How this works under both ``jax.grad`` and ``jax.jvp``
+------------------------------------------------------
+A ``jax.custom_vjp`` cannot be pushed forward (``jax.jvp`` raises), and a
+``jax.custom_jvp`` rule must be linear in the tangents so that JAX can
+transpose it, while quantizing a cotangent is not linear. So the op is a
+``jax.custom_jvp`` whose tangent rule is the STE directional derivative
+
+    dy = P_even(op(dA, Wq)) + P_odd(op(Aq, dW))
+
+where ``P`` is the identity wrapped in ``jax.custom_derivatives.linear_call``
+with a custom *transpose* that quantizes the cotangent (GradScale, then FP4
+on the even or odd grid). Forward mode evaluates ``P`` as the identity, so
+``jax.jvp`` returns the exact directional derivative of the STE model (what a
+forward-gradient estimator wants: quantize its estimate afterwards with
+``lowbit.quantize_updates``). Reverse mode transposes ``P`` into the FP4
+quantizer, so ``jax.grad`` computes exactly the paper's two backward GEMMs,
+each from its own quantization of the same ``G`` (two-phase rounding).
+
+``linear_call`` has no batching rule in JAX; this module registers one (it
+batches the callee and the transpose jaxprs), so ``jax.vmap`` works too. Under
+``vmap`` the GradScale is per mapped slice, as for any per-tensor op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero, linear_call
+
+from lowbit._formats import FLOAT32, INT4, RADIX4_FP4, Format
+from lowbit._rounding import ROUNDINGS, _phase_shift, quantize
+from lowbit._scaling import compute_scale, pact_clip, sawb_scale
+
+__all__ = ["QuantConfig", "dot_general", "conv_general_dilated", "quantize_gradient", "WEIGHT_SCALINGS",
+           "ACTIVATION_SCALINGS", "GRADIENT_SCALINGS"]
+
+WEIGHT_SCALINGS = ("sawb", "max")
+ACTIVATION_SCALINGS = ("max", "pact")
+GRADIENT_SCALINGS = ("max", "none")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantConfig:
+    """What each operand of a quantized GEMM is rounded to (Sun et al. 2020, section 4).
+
+    Attributes:
+      weights: format of the weights (``rhs``); INT4 by default.
+      weight_scaling: ``"sawb"`` (SAWB clip, Choi et al. 2019; signed integer
+        formats) or ``"max"`` (power-of-two max scaling).
+      activations: format of the activations (``lhs``); INT4 by default (safe for
+        any sign); UINT4 with ``activation_scaling="pact"`` is the paper's choice
+        for ReLU networks (negative inputs then clip to 0).
+      activation_scaling: ``"max"`` (power-of-two per-tensor scale) or ``"pact"``
+        (learnable clip ``alpha`` passed to ``dot_general(activation_clip=...)``;
+        ``lowbit.nnx`` layers own it as a parameter).
+      pact_init: initial PACT clip used by ``lowbit.nnx`` layers.
+      gradients: format of the output gradient in both backward GEMMs.
+      gradient_scaling: ``"max"`` (GradScale) or ``"none"`` (ablation).
+      two_phase: TPR: even grid for the input gradient, odd grid for the weight
+        gradient; ``False`` uses the even grid for both (ablation).
+      gradient_rounding: ``"nearest"`` (the paper's TPR) or ``"stochastic"``.
+      seed: base seed of stochastic gradient rounding; the per-call key is this
+        seed folded with a hash of the gradient tensor's bits, so no key needs
+        threading through a model and runs are reproducible.
+      accumulation: dtype the GEMMs accumulate in (float32).
+
+    Raises:
+      TypeError / ValueError: at construction, naming the field, its value and
+        the valid choices.
+    """
+
+    weights: Format = INT4
+    weight_scaling: str = "sawb"
+    activations: Format = INT4
+    activation_scaling: str = "max"
+    pact_init: float = 4.0
+    gradients: Format = RADIX4_FP4
+    gradient_scaling: str = "max"
+    two_phase: bool = True
+    gradient_rounding: str = "nearest"
+    seed: int = 0
+    accumulation: Any = jnp.float32
+
+    def __post_init__(self):
+        for name in ("weights", "activations", "gradients"):
+            v = getattr(self, name)
+            if not isinstance(v, Format):
+                raise TypeError(f"QuantConfig({name}={v!r}): expected a lowbit.Format such as "
+                                "lowbit.INT4, lowbit.RADIX4_FP4 or lowbit.FLOAT32")
+        if self.weight_scaling not in WEIGHT_SCALINGS:
+            raise ValueError(f"QuantConfig(weight_scaling={self.weight_scaling!r}): use one of "
+                             f"{WEIGHT_SCALINGS}")
+        if (self.weight_scaling == "sawb" and not self.weights.is_float32
+                and (self.weights.kind != "int" or not self.weights.signed)):
+            raise ValueError(f"QuantConfig(weight_scaling='sawb') needs a signed integer weight "
+                             f"format, got weights={self.weights.name}; use weight_scaling='max'")
+        if self.activation_scaling not in ACTIVATION_SCALINGS:
+            raise ValueError(f"QuantConfig(activation_scaling={self.activation_scaling!r}): use "
+                             f"one of {ACTIVATION_SCALINGS}")
+        if self.activation_scaling == "pact" and self.activations.kind != "int":
+            raise ValueError(f"QuantConfig(activation_scaling='pact') needs an integer activation "
+                             f"format, got activations={self.activations.name}")
+        if not (isinstance(self.pact_init, (int, float)) and self.pact_init > 0):
+            raise ValueError(f"QuantConfig(pact_init={self.pact_init!r}): need a positive number")
+        if self.gradient_scaling not in GRADIENT_SCALINGS:
+            raise ValueError(f"QuantConfig(gradient_scaling={self.gradient_scaling!r}): use one "
+                             f"of {GRADIENT_SCALINGS}")
+        if self.gradient_rounding not in ROUNDINGS:
+            raise ValueError(f"QuantConfig(gradient_rounding={self.gradient_rounding!r}): use one "
+                             f"of {ROUNDINGS}")
+        if not isinstance(self.two_phase, bool):
+            raise TypeError(f"QuantConfig(two_phase={self.two_phase!r}): need a bool")
+        if self.two_phase and not self.gradients.is_float32:
+            try:
+                _phase_shift(self.gradients, "odd")
+            except ValueError:
+                raise ValueError(
+                    f"QuantConfig(two_phase=True) needs a radix-4 (or 16) gradient format; "
+                    f"gradients={self.gradients.name} has radix {self.gradients.radix}. "
+                    "Set two_phase=False") from None
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise TypeError(f"QuantConfig(seed={self.seed!r}): need an int")
+        try:
+            acc = jnp.dtype(self.accumulation)
+        except TypeError:
+            raise TypeError(f"QuantConfig(accumulation={self.accumulation!r}): not a dtype") from None
+        if not jnp.issubdtype(acc, jnp.floating):
+            raise ValueError(f"QuantConfig(accumulation={self.accumulation!r}): need a floating dtype")
+        object.__setattr__(self, "accumulation", acc)
+
+    @classmethod
+    def float32(cls) -> "QuantConfig":
+        """No quantization anywhere: ``dot_general`` equals ``lax.dot_general``."""
+        return cls(weights=FLOAT32, activations=FLOAT32, gradients=FLOAT32,
+                   weight_scaling="max", two_phase=False)
+
+
+# ---------------------------------------------------------------------------
+# The bilinear ops (static, hashable)
+# ---------------------------------------------------------------------------
+
+def _freeze(x):
+    if isinstance(x, (list, tuple)):
+        return tuple(_freeze(v) for v in x)
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class _DotOp:
+    dimension_numbers: Any
+    precision: Any
+
+    def __call__(self, lhs, rhs, pet):
+        return lax.dot_general(lhs, rhs, self.dimension_numbers, precision=self.precision,
+                               preferred_element_type=pet)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConvOp:
+    window_strides: Any
+    padding: Any
+    lhs_dilation: Any
+    rhs_dilation: Any
+    dimension_numbers: Any
+    feature_group_count: int
+    batch_group_count: int
+    precision: Any
+
+    def __call__(self, lhs, rhs, pet):
+        return lax.conv_general_dilated(
+            lhs, rhs, self.window_strides, self.padding, lhs_dilation=self.lhs_dilation,
+            rhs_dilation=self.rhs_dilation, dimension_numbers=self.dimension_numbers,
+            feature_group_count=self.feature_group_count,
+            batch_group_count=self.batch_group_count, precision=self.precision,
+            preferred_element_type=pet)
+
+
+# ---------------------------------------------------------------------------
+# Gradient quantizer: identity forward, FP4 in transpose
+# ---------------------------------------------------------------------------
+
+def _gradient_key(g: jax.Array, config: QuantConfig, phase: str) -> jax.Array:
+    """A key from the config seed and a wrapping sum of ``g``'s bits (no state needed)."""
+    bits = lax.bitcast_convert_type(g.astype(jnp.float32), jnp.uint32)
+    h = jnp.sum(bits, dtype=jnp.uint32)
+    key = jax.random.fold_in(jax.random.key(config.seed), h)
+    return jax.random.fold_in(key, 0 if phase == "even" else 1)
+
+
+def quantize_gradient(g: jax.Array, config: QuantConfig, phase: str = "even") -> jax.Array:
+    """GradScale + FP4 rounding of an output gradient (one of the two TPR phases).
+
+    ``scale = compute_scale(g, config.gradients)`` (Sun et al. 2020, section
+    4.3), then ``quantize(g, gradients, scale=scale, phase=phase)``. Returns
+    ``g`` unchanged for FLOAT32 gradients.
+    """
+    fmt = config.gradients
+    if fmt.is_float32:
+        return g
+    scale = compute_scale(g, fmt) if config.gradient_scaling == "max" else None
+    key = _gradient_key(g, config, phase) if config.gradient_rounding == "stochastic" else None
+    return quantize(g, fmt, scale=scale, rounding=config.gradient_rounding, key=key, phase=phase)
+
+
+def _grad_quantizer(t: jax.Array, config: QuantConfig, phase: str) -> jax.Array:
+    """Identity on tangents whose transpose quantizes the cotangent."""
+    if config.gradients.is_float32:
+        return t
+    return linear_call(lambda _, t: t,
+                       lambda _, g: quantize_gradient(g, config, phase), (), t)
+
+
+# ---------------------------------------------------------------------------
+# The quantized bilinear op
+# ---------------------------------------------------------------------------
+
+def _codes(x, fmt, scale):
+    """``q(x / scale)`` in ``x``'s dtype: small integers or grid values, exact there."""
+    if fmt.is_float32:
+        return x
+    return quantize(x.astype(jnp.float32) / scale, fmt).astype(x.dtype)
+
+
+def _forward(lhs, rhs, a_scale, w_scale, op, config, out_dtype):
+    na = _codes(lhs, config.activations, a_scale)
+    nw = _codes(rhs, config.weights, w_scale)
+    y = op(na, nw, config.accumulation)
+    if not (config.activations.is_float32 and config.weights.is_float32):
+        # Scales factor out of the bilinear op: the GEMM runs on grid values
+        # (exact in bfloat16 too) and is rescaled once, as INT4 hardware does.
+        y = y * (a_scale * w_scale).astype(y.dtype)
+    return y.astype(out_dtype), na, nw
+
+
+def _dequant(n, fmt, scale):
+    return n if fmt.is_float32 else (n.astype(jnp.float32) * scale).astype(n.dtype)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
+def _qbilinear(lhs, rhs, a_scale, w_scale, op, config, out_dtype):
+    return _forward(lhs, rhs, a_scale, w_scale, op, config, out_dtype)[0]
+
+
+def _qbilinear_jvp(op, config, out_dtype, primals, tangents):
+    # Linear in the tangents (two bilinear products and linear_call identities),
+    # so JAX can transpose it; symbolic zeros skip the product of an operand
+    # that is not differentiated (e.g. the input images).
+    lhs, rhs, a_scale, w_scale = primals
+    dlhs, drhs = tangents[0], tangents[1]
+    y, na, nw = _forward(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
+    pet = config.accumulation
+    dy = None
+    if not isinstance(dlhs, SymbolicZero):
+        wq = _dequant(nw, config.weights, w_scale)
+        t = op(dlhs, wq, pet).astype(out_dtype)
+        dy = _grad_quantizer(t, config, "even")
+    if not isinstance(drhs, SymbolicZero):
+        aq = _dequant(na, config.activations, a_scale)
+        t = op(aq, drhs, pet).astype(out_dtype)
+        t = _grad_quantizer(t, config, "odd" if config.two_phase else "even")
+        dy = t if dy is None else dy + t
+    if dy is None:
+        dy = jnp.zeros_like(y)
+    return y, dy
+
+
+_qbilinear.defjvp(_qbilinear_jvp, symbolic_zeros=True)
+
+
+def _operand_scales(lhs, rhs, config, activation_clip):
+    """Stop-gradient scales of both operands, and the (PACT-clipped) lhs."""
+    afmt, wfmt = config.activations, config.weights
+    if config.activation_scaling == "pact":
+        if activation_clip is None:
+            raise ValueError("QuantConfig(activation_scaling='pact') needs "
+                             "activation_clip=<learnable scalar alpha>; lowbit.nnx layers pass "
+                             "their own, or use activation_scaling='max'")
+        lhs = pact_clip(lhs, activation_clip, signed=afmt.signed)
+        a_scale = lax.stop_gradient(jnp.asarray(activation_clip, jnp.float32)) / afmt.max_value
+    elif afmt.is_float32:
+        a_scale = jnp.float32(1.0)
+    else:
+        a_scale = compute_scale(lax.stop_gradient(lhs), afmt)
+    if wfmt.is_float32:
+        w_scale = jnp.float32(1.0)
+    elif config.weight_scaling == "sawb":
+        w_scale = sawb_scale(lax.stop_gradient(rhs), wfmt)
+    else:
+        w_scale = compute_scale(lax.stop_gradient(rhs), wfmt)
+    return lhs, lax.stop_gradient(a_scale), lax.stop_gradient(w_scale)
+
+
+def _check(lhs, rhs, config):
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"config={config!r}: expected a lowbit.QuantConfig")
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    for name, v in (("lhs", lhs), ("rhs", rhs)):
+        if not jnp.issubdtype(v.dtype, jnp.floating):
+            raise TypeError(f"{name} must be floating, got dtype {v.dtype}")
+    return lhs, rhs
+
+
+def _out_dtype(lhs, rhs, preferred_element_type):
+    if preferred_element_type is not None:
+        return jnp.dtype(preferred_element_type)
+    return lhs.dtype if lhs.dtype == rhs.dtype else jnp.result_type(lhs, rhs)
+
+
+def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
+                preferred_element_type=None, *, config: QuantConfig,
+                activation_clip: jax.Array | None = None) -> jax.Array:
+    """Drop-in for ``lax.dot_general`` running Sun et al.'s three quantized GEMMs.
+
+    ``lhs`` is the activation operand, ``rhs`` the weight operand (as in
+    ``flax``'s ``dot_general(inputs, kernel)``). Forward: ``q_a(lhs) . q_w(rhs)``
+    accumulated in ``config.accumulation``; under ``jax.grad`` the input
+    gradient is ``FP4_even(G) . q_w(rhs)^T`` and the weight gradient
+    ``q_a(lhs)^T . FP4_odd(G)`` (Sun et al. 2020, Fig. 1, section 4); under
+    ``jax.jvp`` the tangent is the straight-through directional derivative (see
+    the module docstring for the design). With ``QuantConfig.float32()`` it is
+    exactly ``lax.dot_general``, gradients included.
+
+    Args:
+      lhs, rhs, dimension_numbers, precision, preferred_element_type: as
+        ``lax.dot_general``. The result has ``preferred_element_type`` or the
+        operands' dtype (bfloat16 in, bfloat16 out).
+      config: the :class:`QuantConfig`.
+      activation_clip: PACT's learnable clip ``alpha`` (scalar), required when
+        ``config.activation_scaling == "pact"``; it receives PACT's gradient.
+
+    Returns:
+      The product, shaped as ``lax.dot_general``'s.
+    """
+    lhs, rhs = _check(lhs, rhs, config)
+    op = _DotOp(_freeze(dimension_numbers), precision)
+    out_dtype = _out_dtype(lhs, rhs, preferred_element_type)
+    lhs, a_scale, w_scale = _operand_scales(lhs, rhs, config, activation_clip)
+    return _qbilinear(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
+                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count: int = 1, batch_group_count: int = 1,
+                         precision=None, preferred_element_type=None, *, config: QuantConfig,
+                         activation_clip: jax.Array | None = None) -> jax.Array:
+    """Drop-in for ``lax.conv_general_dilated`` with the same three quantized products.
+
+    A convolution is bilinear in (inputs, kernel) like a GEMM, so the forward,
+    input-gradient and weight-gradient convolutions are quantized exactly as in
+    :func:`dot_general` (Sun et al. 2020 quantize conv layers the same way).
+    """
+    lhs, rhs = _check(lhs, rhs, config)
+    op = _ConvOp(_freeze(window_strides), padding if isinstance(padding, str) else _freeze(padding),
+                 _freeze(lhs_dilation), _freeze(rhs_dilation), _freeze(dimension_numbers),
+                 feature_group_count, batch_group_count, precision)
+    out_dtype = _out_dtype(lhs, rhs, preferred_element_type)
+    lhs, a_scale, w_scale = _operand_scales(lhs, rhs, config, activation_clip)
+    return _qbilinear(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
+
+
+# ---------------------------------------------------------------------------
+# vmap support for linear_call (JAX ships none)
+# ---------------------------------------------------------------------------
+
+def _register_linear_call_batching():
+    from jax._src import custom_derivatives as _cd
+    from jax._src.interpreters import batching
+
+    prim = _cd.linear_call_p
+    if prim in batching.fancy_primitive_batchers:
+        return
+
+    def _batch(axis_data, args, dims, *, callee, transpose_thunk, num_callee_consts, num_res):
+        # Move every mapped axis to 0; broadcast unmapped *linear* operands so the
+        # linear inputs and outputs are all mapped, which keeps the callee and its
+        # transpose consistent (the transpose's outputs are the callee's inputs).
+        n_pre = num_callee_consts + num_res
+        new_args, batched = [], []
+        for i, (x, d) in enumerate(zip(args, dims)):
+            if d is None or isinstance(d, batching.NotMapped):
+                if i >= n_pre:
+                    x = jnp.broadcast_to(x[None], (axis_data.size, *x.shape))
+                    batched.append(True)
+                else:
+                    batched.append(False)
+            else:
+                x = jnp.moveaxis(x, d, 0)
+                batched.append(True)
+            new_args.append(x)
+        b_callee, _ = batching.batch_jaxpr(callee, axis_data, batched, instantiate=True)
+        res_batched = batched[num_callee_consts:n_pre]
+        n_out = len(callee.out_avals)
+
+        def new_thunk():
+            t, t_consts = transpose_thunk()
+            t_batched = [False] * len(t_consts) + res_batched + [True] * n_out
+            b_t, _ = batching.batch_jaxpr(t, axis_data, t_batched, instantiate=True)
+            return b_t, t_consts
+
+        outs = prim.bind(*new_args, callee=b_callee, transpose_thunk=_memo(new_thunk),
+                         num_callee_consts=num_callee_consts, num_res=num_res)
+        return outs, [0] * len(outs)
+
+    batching.fancy_primitive_batchers[prim] = _batch
+
+
+def _memo(f):
+    cache = []
+
+    def g():
+        if not cache:
+            cache.append(f())
+        return cache[0]
+    return g
+
+
+_register_linear_call_batching()

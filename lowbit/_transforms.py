@@ -1,0 +1,100 @@
+"""``quantize_updates``: an optax transform that puts updates on a 4-bit grid."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lowbit._formats import RADIX4_FP4, Format
+from lowbit._rounding import ROUNDINGS, _check_format, quantize
+from lowbit._scaling import SCALINGS, amax_history_update, compute_scale
+
+__all__ = ["quantize_updates", "QuantizeUpdatesState"]
+
+
+class QuantizeUpdatesState(NamedTuple):
+    """State of :func:`quantize_updates`.
+
+    count: int32 step counter (folded into the key, so each step draws new bits).
+    key: the transform's own PRNG key (never threaded by the user).
+    amax_history: per-leaf float32 ``(history_length,)`` arrays for
+      ``scaling="delayed"``; ``None`` for ``"max"``.
+    """
+
+    count: jax.Array
+    key: jax.Array
+    amax_history: object
+
+
+def _is_float(x) -> bool:
+    return x is not None and jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+
+
+def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
+                     rounding: str = "stochastic", seed: int = 0,
+                     history_length: int = 16) -> optax.GradientTransformationExtraArgs:
+    """Put each update leaf on ``fmt``'s grid with its own adaptive scale.
+
+    Per leaf: ``scale = compute_scale(u, fmt, scaling)`` (GradScale, Sun et al.
+    NeurIPS 2020 section 4.3), then ``quantize(u, fmt, scale=scale,
+    rounding=rounding)``. Stochastic rounding is unbiased, so the quantized
+    update is an unbiased estimate of the incoming one; its bits come from the
+    key in the state, folded with the step count and the leaf index, so results
+    are deterministic given ``seed``. Dtypes and pytree structure are kept;
+    non-floating leaves pass through. Unknown extra args are ignored.
+
+    Args:
+      fmt: target format (e.g. ``RADIX4_FP4``, ``E2M1``, ``INT4``).
+      scaling: ``"max"`` (current max) or ``"delayed"`` (amax history).
+      rounding: ``"stochastic"`` (default) or ``"nearest"``.
+      seed: integer seed of the transform's key.
+      history_length: length of the amax history for ``"delayed"``.
+
+    Raises:
+      TypeError / ValueError: at construction for a bad argument.
+    """
+    _check_format(fmt)
+    if scaling not in SCALINGS:
+        raise ValueError(f"quantize_updates(scaling={scaling!r}): use one of {SCALINGS}")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"quantize_updates(rounding={rounding!r}): use one of {ROUNDINGS}")
+    if isinstance(seed, bool) or not (isinstance(seed, int) or (
+            hasattr(seed, "dtype") and jnp.issubdtype(seed.dtype, jnp.integer))):
+        raise TypeError(f"quantize_updates(seed={seed!r}): need an integer")
+    if not isinstance(history_length, int) or history_length < 1:
+        raise ValueError(f"quantize_updates(history_length={history_length!r}): need an int >= 1")
+
+    def init(params):
+        hist = None
+        if scaling == "delayed":
+            hist = jax.tree.map(lambda p: jnp.zeros((history_length,), jnp.float32), params)
+        return QuantizeUpdatesState(count=jnp.zeros((), jnp.int32),
+                                    key=jax.random.key(jnp.asarray(seed, jnp.uint32)),
+                                    amax_history=hist)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        leaves, treedef = jax.tree.flatten(updates)
+        hists = (jax.tree.leaves(state.amax_history) if scaling == "delayed"
+                 else [None] * len(leaves))
+        step_key = jax.random.fold_in(state.key, state.count)
+        out, new_hists = [], []
+        for i, (u, h) in enumerate(zip(leaves, hists)):
+            if not _is_float(u):
+                out.append(u)
+                new_hists.append(h)
+                continue
+            s = compute_scale(u, fmt, scaling, amax_history=h)
+            key = jax.random.fold_in(step_key, i) if rounding == "stochastic" else None
+            out.append(quantize(u, fmt, scale=s, rounding=rounding, key=key))
+            new_hists.append(amax_history_update(h, u) if h is not None else None)
+        hist = (jax.tree.unflatten(jax.tree.structure(state.amax_history), new_hists)
+                if scaling == "delayed" else None)
+        new_state = QuantizeUpdatesState(count=state.count + jnp.int32(1), key=state.key,
+                                         amax_history=hist)
+        return jax.tree.unflatten(treedef, out), new_state
+
+    return optax.GradientTransformationExtraArgs(init, update)
