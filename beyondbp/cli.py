@@ -1,6 +1,7 @@
 """The ``beyondbp`` command line.
 
     beyondbp compare [--methods all] [--dataset mnist_small] [--steps N | --epochs E] ...
+    beyondbp train --method NAME [--checkpoint-dir D --checkpoint-every K] ...
     beyondbp methods            list the registered methods
 """
 
@@ -30,21 +31,10 @@ def _widths(s: str) -> tuple[int, ...]:
     return w
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_run_options(c: argparse.ArgumentParser) -> None:
+    """Options shared by ``compare`` and ``train``: data, budget, model, seed."""
     from beyondbp import datasets
 
-    p = argparse.ArgumentParser(prog="beyondbp", description=(
-        "beyond-backprop: forward gradients, 4-bit training and analog crossbars, compared "
-        "side by side."))
-    sub = p.add_subparsers(dest="command", required=True, metavar="{compare,methods}")
-    c = sub.add_parser("compare", help="train several methods on the same data and seed; "
-                       "print a table, write plots and JSON",
-                       description="Train the same model with several methods on the same data "
-                       "and seed; print method, test accuracy, step time and memory relative "
-                       "to backprop (and energy where a hardware model exists); write "
-                       "learning_curves.png, accuracy_vs_cost.png and compare.json to --out.")
-    c.add_argument("--methods", default="all", help="comma-separated method names, or 'all' "
-                   "(default); see `beyondbp methods`")
     c.add_argument("--dataset", default="mnist_small", choices=datasets.NAMES,
                    help="data set (default: mnist_small, bundled, offline)")
     c.add_argument("--data-dir", default=None, help="directory with the official IDX .gz files "
@@ -61,16 +51,83 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="seed for init, data order and transforms")
     c.add_argument("--eval-every", type=_positive_int, default=None,
                    help="evaluate test accuracy every N steps (default: 10 points per run)")
-    c.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     c.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="beyondbp", description=(
+        "beyond-backprop: forward gradients, 4-bit training and analog crossbars, compared "
+        "side by side."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="{compare,train,methods}")
+    c = sub.add_parser("compare", help="train several methods on the same data and seed; "
+                       "print a table, write plots and JSON",
+                       description="Train the same model with several methods on the same data "
+                       "and seed; print method, test accuracy, step time and memory relative "
+                       "to backprop (and energy where a hardware model exists); write "
+                       "learning_curves.png, accuracy_vs_cost.png and compare.json to --out.")
+    c.add_argument("--methods", default="all", help="comma-separated method names, or 'all' "
+                   "(default); see `beyondbp methods`")
+    _add_run_options(c)
+    c.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+    t = sub.add_parser("train", help="train one method, with checkpoints and resume",
+                       description="Train one registered method. With --checkpoint-dir the run "
+                       "saves params and optimiser state every --checkpoint-every steps and on "
+                       "SIGINT/SIGTERM, and resumes from the newest checkpoint there when started "
+                       "again with the same options.")
+    t.add_argument("--method", default="backprop", help="a registered method (default backprop)")
+    _add_run_options(t)
+    t.add_argument("--checkpoint-dir", default=None, help="where to save and resume checkpoints")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=None,
+                   help="save a checkpoint every N steps (needs --checkpoint-dir)")
+    t.add_argument("--out", default="runs/train", help="output directory: history.json and "
+                   "final params (default runs/train)")
     sub.add_parser("methods", help="list the registered methods")
     return p
+
+
+def _train(args) -> int:
+    import signal
+
+    import jax
+
+    from beyondbp import checkpoint, datasets, methods, train
+
+    def to_interrupt(signum, frame):  # SIGTERM saves a checkpoint like Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, to_interrupt)
+    method = methods.get(args.method)
+    tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
+    te = datasets.load(args.dataset, "test", data_dir=args.data_dir)
+    steps = args.steps if args.steps is not None or args.epochs is not None else 600
+    total = steps if args.epochs is None else args.epochs * datasets.num_batches(len(tr), args.batch_size)
+    cfg = methods.MethodConfig(key=jax.random.key(args.seed), input_shape=tr.input_shape,
+                               num_classes=tr.num_classes, steps=total, model=args.model,
+                               widths=args.widths)
+    h = train.train(method.build(cfg), tr, te, steps=total, batch_size=args.batch_size,
+                    seed=args.seed, eval_every=args.eval_every, progress=not args.no_progress,
+                    desc=args.method, checkpoint_dir=args.checkpoint_dir,
+                    checkpoint_every=args.checkpoint_every)
+    checkpoint.save(args.out, total, h["params"], keep=1)
+    train.write_json(h, f"{args.out}/history.json")
+    print(f"{args.method}: test accuracy {h['final_test_accuracy']:.4f} after {total} steps; "
+          f"wrote {args.out}/history.json and the final params")
+    return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from beyondbp import compare as _compare, methods
 
+    if args.command == "train":
+        try:
+            return _train(args)
+        except ValueError as e:
+            print(f"beyondbp: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("beyondbp: interrupted", file=sys.stderr)
+            return 130
     if args.command == "methods":
         for name in methods.names():
             m = methods.get(name)

@@ -246,7 +246,7 @@ def num_batches(n: int, batch_size: int, remainder: str = "drop") -> int:
 
 
 def batches(ds: Dataset, batch_size: int, *, seed: int = 0, epochs: int | None = 1,
-            shuffle: bool = True, remainder: str = "drop"
+            shuffle: bool = True, remainder: str = "drop", start: int = 0
             ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(x, y, mask)`` batches: x float32 ``(B, 28, 28, 1)`` in [0, 1], y int32 ``(B,)``.
 
@@ -261,6 +261,8 @@ def batches(ds: Dataset, batch_size: int, *, seed: int = 0, epochs: int | None =
         (the last batch is filled by repeating its first rows; ``mask`` marks the
         real ones, so an evaluation counts every example exactly once).
       epochs: number of passes, or ``None`` for an endless stream.
+      start: skip this many batches first (resuming a run at step ``start``
+        yields exactly the batches the uninterrupted run would have seen).
     """
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: need a positive integer")
@@ -274,11 +276,14 @@ def batches(ds: Dataset, batch_size: int, *, seed: int = 0, epochs: int | None =
                          f"{ds.name}/{ds.split}; use a smaller batch or remainder='pad'")
     if epochs is not None and epochs < 1:
         raise ValueError(f"epochs={epochs!r}: need a positive integer or None")
-    epoch = 0
+    if not isinstance(start, (int, np.integer)) or start < 0:
+        raise ValueError(f"start={start!r}: need a non-negative integer")
+    per_epoch = num_batches(n, batch_size, remainder)
+    epoch, first = divmod(int(start), per_epoch)
     while epochs is None or epoch < epochs:
         order = (np.random.default_rng([seed, epoch]).permutation(n) if shuffle
                  else np.arange(n))
-        for b in range(num_batches(n, batch_size, remainder)):
+        for b in range(first, per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size]
             mask = np.ones(batch_size, dtype=bool)
             if idx.size < batch_size:
@@ -286,4 +291,4 @@ def batches(ds: Dataset, batch_size: int, *, seed: int = 0, epochs: int | None =
                 idx = np.resize(idx, batch_size)
             x = ds.images[idx].astype(np.float32)[..., None] * np.float32(1 / 255)
             yield x, ds.labels[idx].astype(np.int32), mask
-        epoch += 1
+        epoch, first = epoch + 1, 0

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from beyondbp import checkpoint as _checkpoint
 from beyondbp import datasets as _datasets
 from beyondbp.methods import Setup
 
@@ -100,7 +101,8 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
           *, steps: int | None = None, epochs: int | None = None, batch_size: int = 64,
           seed: int = 0, eval_every: int | None = None, log_every: int = 50,
           progress: bool = True, desc: str = "train", json_path=None,
-          time_steps: bool = True) -> History:
+          time_steps: bool = True, checkpoint_dir=None, checkpoint_every: int | None = None
+          ) -> History:
     """Train ``setup`` on ``train_ds``; evaluate on ``test_ds``; return a history.
 
     Args:
@@ -113,6 +115,12 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
       log_every: training loss every this many steps.
       time_steps: block on every step to time it exactly (``step_time_s``).
       json_path: if given, the history is also written there as JSON.
+      checkpoint_dir: save params and the transform state there every
+        ``checkpoint_every`` steps, at the end, and when interrupted
+        (KeyboardInterrupt / SIGINT); if it already holds a checkpoint of this
+        run, training resumes from it. Resumed runs see the same batches in the
+        same order, so on one backend the final params are bit-identical to an
+        uninterrupted run with the same seed.
 
     Returns:
       dict with ``steps``, ``train_loss`` (lists), ``eval_steps``,
@@ -139,49 +147,85 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
         eval_every = max(1, steps // 10)
     if eval_every < 1 or log_every < 1:
         raise ValueError(f"eval_every={eval_every!r} and log_every={log_every!r} must be >= 1")
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every={checkpoint_every!r}: need a positive integer")
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise ValueError("checkpoint_every= needs checkpoint_dir=")
 
     step_fn = make_step(setup)
     jstep = jax.jit(step_fn, donate_argnums=())
     eval_fn = _make_eval(setup)
     params, opt_state = setup.params, setup.tx.init(setup.params)
-    data = _datasets.batches(train_ds, batch_size, seed=seed, epochs=None)
-
     hist: dict[str, Any] = {"steps": [], "train_loss": [], "eval_steps": [], "test_accuracy": [],
                             "nonfinite_loss_steps": 0}
+    start = 0
+    if checkpoint_dir is not None and (ck := _checkpoint.latest(checkpoint_dir)) is not None:
+        start, (params, opt_state) = _checkpoint.restore(ck, (params, opt_state))
+        if start > steps:
+            raise ValueError(f"{ck} is at step {start}, beyond steps={steps}; use another "
+                             "checkpoint_dir or more steps")
+        side = pathlib.Path(checkpoint_dir) / "history.json"
+        if side.is_file():  # keep the curves of the steps before the checkpoint
+            old = json.loads(side.read_text())
+            keep = [j for j, s_ in enumerate(old["steps"]) if s_ < start]
+            hist["steps"] = [old["steps"][j] for j in keep]
+            hist["train_loss"] = [old["train_loss"][j] for j in keep]
+            keep = [j for j, s_ in enumerate(old["eval_steps"]) if s_ <= start]
+            hist["eval_steps"] = [old["eval_steps"][j] for j in keep]
+            hist["test_accuracy"] = [old["test_accuracy"][j] for j in keep]
+        hist["resumed_from"] = start
+    data = _datasets.batches(train_ds, batch_size, seed=seed, epochs=None, start=start)
+
+    def save_checkpoint(i):
+        _checkpoint.save(checkpoint_dir, i, (params, opt_state))
+        write_json(hist, pathlib.Path(checkpoint_dir) / "history.json")
     x0, y0, _ = next(_datasets.batches(train_ds, batch_size, seed=seed, epochs=1))
     hist["memory"] = compiled_memory(step_fn, params, opt_state, x0, y0)
 
-    times = []
+    times: list[float] = []
     t_start = time.perf_counter()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True,
+               leave=True)
     last_acc = float("nan")
-    for i in range(steps):
-        x, y, mask = next(data)
-        if i % log_every == 0 or i == steps - 1:
-            _, loss = eval_fn(params, x, y, mask)
-            loss = float(loss)
-            if not math.isfinite(loss):
-                hist["nonfinite_loss_steps"] += 1
-            hist["steps"].append(i)
-            hist["train_loss"].append(loss)
-            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{last_acc:.4f}")
-        t0 = time.perf_counter()
-        params, opt_state = jstep(params, opt_state, x, y)
-        if time_steps or i == 0:
-            jax.block_until_ready((params, opt_state))
-            dt = time.perf_counter() - t0
-            if i == 0:
-                hist["compile_time_s"] = dt
-            else:
-                times.append(dt)
-        bar.update(1)
-        if test_ds is not None and ((i + 1) % eval_every == 0 or i == steps - 1):
-            last_acc = evaluate(setup, params, test_ds, _fn=eval_fn)
-            hist["eval_steps"].append(i + 1)
-            hist["test_accuracy"].append(last_acc)
-            bar.set_postfix(loss=f"{hist['train_loss'][-1]:.4f}", acc=f"{last_acc:.4f}")
+    i = start
+    try:
+        for i in range(start, steps):
+            x, y, mask = next(data)
+            if i % log_every == 0 or i == steps - 1:
+                loss = float(eval_fn(params, x, y, mask)[1])
+                if not math.isfinite(loss):
+                    hist["nonfinite_loss_steps"] += 1
+                hist["steps"].append(i)
+                hist["train_loss"].append(loss)
+                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{last_acc:.4f}")
+            t0 = time.perf_counter()
+            params, opt_state = jstep(params, opt_state, x, y)
+            if time_steps or i == start:
+                jax.block_until_ready((params, opt_state))
+                dt = time.perf_counter() - t0
+                if i == start:
+                    hist["compile_time_s"] = dt
+                else:
+                    times.append(dt)
+            bar.update(1)
+            if checkpoint_every is not None and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
+                save_checkpoint(i + 1)
+            if test_ds is not None and ((i + 1) % eval_every == 0 or i == steps - 1):
+                last_acc = evaluate(setup, params, test_ds, _fn=eval_fn)
+                hist["eval_steps"].append(i + 1)
+                hist["test_accuracy"].append(last_acc)
+                bar.set_postfix(loss=f"{hist['train_loss'][-1]:.4f}", acc=f"{last_acc:.4f}")
+    except KeyboardInterrupt:
+        if checkpoint_dir is not None:
+            # params/opt_state are those after step i-1: resuming redoes step i
+            save_checkpoint(i)
+            bar.write(f"interrupted: checkpoint at step {i} saved in {checkpoint_dir}")
+        raise
+    finally:
+        bar.close()
     jax.block_until_ready(params)
-    bar.close()
+    if checkpoint_dir is not None:
+        save_checkpoint(steps)
     hist["wall_time_s"] = time.perf_counter() - t_start
     hist["step_time_s"] = float(np.median(times)) if times else float("nan")
     hist["step_time_mean_s"] = float(np.mean(times)) if times else float("nan")

@@ -1,0 +1,143 @@
+"""Checkpoint and resume: a real `beyondbp train` process is killed part-way and resumed.
+
+The resumed run must end with params bit-identical to an uninterrupted run with
+the same seed (same backend: CPU here). Corrupt or mismatched checkpoints give a
+clear error and leave the file as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import serialization
+
+from beyondbp import checkpoint
+
+STEPS = 1000
+
+
+def _cmd(ckdir, out, *extra):
+    return [sys.executable, "-m", "beyondbp.cli", "train", "--method", "backprop-adam",
+            "--steps", str(STEPS), "--widths", "256,256", "--seed", "3", "--checkpoint-dir", str(ckdir),
+            "--checkpoint-every", "25", "--eval-every", str(STEPS), "--out", str(out),
+            "--no-progress", *extra]
+
+
+def _final_params(out):
+    (f,) = [p for p in out.iterdir() if p.suffix == ".msgpack"]
+    flat = jax.tree.leaves(serialization.msgpack_restore(f.read_bytes())["tree"])
+    return [np.asarray(a) for a in flat]
+
+
+def _env():
+    env = dict(os.environ)
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    return env
+
+
+@pytest.fixture(scope="module")
+def reference_params(tmp_path_factory):
+    """Final params of an uninterrupted run with the same seed."""
+    d = tmp_path_factory.mktemp("ref")
+    ref = subprocess.run(_cmd(d / "ck", d / "out"), env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    return _final_params(d / "out")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_bit_identical(tmp_path, sig, reference_params):
+
+    ck, out = tmp_path / "ck", tmp_path / "out"
+    proc = subprocess.Popen(_cmd(ck, out), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            c = checkpoint.latest(ck)
+            if c is not None and int(c.stem.split("_")[1]) >= 50:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"run ended before it could be interrupted: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.005)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0, "the run finished before the signal: nothing was tested"
+    assert not out.exists(), "interrupted run must not have written final params"
+    stopped_at = int(checkpoint.latest(ck).stem.split("_")[1])
+    assert 50 <= stopped_at < STEPS
+
+    resumed = subprocess.run(_cmd(ck, out), env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = reference_params, _final_params(out)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x, y)
+
+
+def _tree():
+    return {"params": {"w": jnp.arange(6.0).reshape(2, 3)}, "key": jax.random.key(0),
+            "opt": optax.adam(1e-3).init({"w": jnp.zeros((2, 3))})}
+
+
+def test_round_trip_keeps_keys_dtypes_and_values(tmp_path):
+    t = _tree()
+    t["params"]["b"] = jnp.ones((4,), jnp.bfloat16)
+    checkpoint.save(tmp_path, 7, t)
+    step, r = checkpoint.restore(checkpoint.latest(tmp_path), t)
+    assert step == 7
+    assert jax.random.key_impl(r["key"]) == jax.random.key_impl(t["key"])
+    np.testing.assert_array_equal(jax.random.key_data(r["key"]), jax.random.key_data(t["key"]))
+    assert r["params"]["b"].dtype == jnp.bfloat16
+    assert jax.tree.structure(r) == jax.tree.structure(t)
+
+
+def test_corrupt_checkpoint_is_clear_and_untouched(tmp_path):
+    path = checkpoint.save(tmp_path, 1, _tree())
+    path.write_bytes(path.read_bytes()[:40])
+    before = path.read_bytes()
+    with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
+        checkpoint.restore(path, _tree())
+    assert path.read_bytes() == before
+
+
+def test_mismatched_checkpoint_names_the_leaf(tmp_path):
+    path = checkpoint.save(tmp_path, 1, _tree())
+    other = _tree()
+    other["params"]["w"] = jnp.zeros((3, 3))
+    with pytest.raises(checkpoint.CheckpointError, match=r"leaf params/w is float32\[2, 3\]"):
+        checkpoint.restore(path, other)
+
+
+def test_keep_newest_and_no_temp_files(tmp_path):
+    for s in (1, 2, 3, 4):
+        checkpoint.save(tmp_path, s, _tree(), keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000000003.msgpack",
+                                                          "ckpt_000000004.msgpack"]
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path):
+    ck = tmp_path / "ck"
+    base = [sys.executable, "-m", "beyondbp.cli", "train", "--steps", "30", "--checkpoint-dir",
+            str(ck), "--checkpoint-every", "10", "--no-progress", "--out", str(tmp_path / "o")]
+    r1 = subprocess.run(base + ["--widths", "16"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    before = checkpoint.latest(ck).read_bytes()
+    r2 = subprocess.run(base + ["--widths", "24", "--steps", "60"], env=_env(), capture_output=True,
+                        text=True, timeout=300)
+    assert r2.returncode == 2 and "different model or configuration" in r2.stderr
+    assert checkpoint.latest(ck).read_bytes() == before
