@@ -1,4 +1,4 @@
-"""Checkpoint and resume: a real `beyondbp train` process is killed part-way and resumed.
+"""Checkpoint, resume and determinism: a real `beyondbp train` process is killed and resumed.
 
 The resumed run must end with params bit-identical to an uninterrupted run with
 the same seed (same backend: CPU here). Corrupt or mismatched checkpoints give a
@@ -141,3 +141,12 @@ def test_resume_with_a_different_model_is_refused(tmp_path):
                         text=True, timeout=300)
     assert r2.returncode == 2 and "different model or configuration" in r2.stderr
     assert checkpoint.latest(ck).read_bytes() == before
+
+
+def test_same_seed_same_params_across_processes(tmp_path, reference_params):
+    """Determinism: a second, independent process with the same seed gives identical bits."""
+    r = subprocess.run(_cmd(tmp_path / "ck", tmp_path / "out"), env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for x, y in zip(reference_params, _final_params(tmp_path / "out")):
+        np.testing.assert_array_equal(x, y)
