@@ -1,0 +1,97 @@
+"""Long-run soak: every registered method for 20,000 steps on the bundled data.
+
+Checks that resident memory does not grow after warm-up and that nothing is
+compiled again after the first steps (a recompilation per step is the classic
+way a jitted JAX loop slows to a crawl). Records RSS and compile counts every
+``--every`` steps.
+
+    .venv/bin/python benchmarks/reliability_soak.py [--steps 20000] [--methods all]
+
+Writes benchmarks/results/reliability_soak.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from beyondbp import compare, datasets, methods, train
+
+OUT = pathlib.Path(__file__).resolve().parent / "results"
+_COMPILES = [0]
+
+
+def _on_event(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES[0] += 1
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def soak(name, steps, every, tr, seed=0):
+    cfg = methods.MethodConfig(key=jax.random.key(seed), steps=steps)
+    setup = methods.get(name).build(cfg)
+    step = jax.jit(train.make_step(setup))
+    params, state = setup.params, setup.tx.init(setup.params)
+    data = datasets.batches(tr, 64, seed=seed, epochs=None)
+    rec = {"step": [], "rss_mb": [], "compiles": [], "finite": []}
+    c0 = _COMPILES[0]
+    t0 = time.perf_counter()
+    for i in range(steps):
+        x, y, _ = next(data)
+        params, state = step(params, state, x, y)
+        if (i + 1) % every == 0 or i == 0:
+            jax.block_until_ready(params)
+            rec["step"].append(i + 1)
+            rec["rss_mb"].append(rss_mb())
+            rec["compiles"].append(_COMPILES[0] - c0)
+            rec["finite"].append(bool(all(np.isfinite(np.asarray(p, np.float32)).all()
+                                          for p in jax.tree.leaves(params))))
+    rec["wall_s"] = time.perf_counter() - t0
+    warm = rec["rss_mb"][min(2, len(rec["rss_mb"]) - 1)]
+    rec["rss_growth_after_warmup_mb"] = rec["rss_mb"][-1] - warm
+    rec["compiles_after_first_record"] = rec["compiles"][-1] - rec["compiles"][0]
+    return rec
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--every", type=int, default=1000)
+    p.add_argument("--methods", default="all")
+    args = p.parse_args(argv)
+    jax.monitoring.register_event_duration_secs_listener(_on_event)
+    tr = datasets.load("mnist_small", "train")
+    results = {}
+    for name in compare.resolve_methods(args.methods):
+        r = soak(name, args.steps, args.every, tr)
+        results[name] = r
+        print(f"{name:24s} {r['wall_s']:7.1f} s  rss {r['rss_mb'][0]:.0f} -> {r['rss_mb'][-1]:.0f} MB"
+              f"  growth after warm-up {r['rss_growth_after_warmup_mb']:+.1f} MB  compiles after "
+              f"step 1: {r['compiles_after_first_record']}  finite: {all(r['finite'])}", flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    train.write_json({"steps": args.steps, "results": results, "machine": compare.machine()},
+                     OUT / "reliability_soak.json")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, r in results.items():
+        ax.plot(r["step"], r["rss_mb"], label=name)
+    ax.set(xlabel="step", ylabel="process RSS (MB)", title=f"soak: {args.steps} steps per method "
+           "(methods run one after another in one process)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "reliability_soak.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
