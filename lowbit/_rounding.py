@@ -183,17 +183,23 @@ def quantize(x: jax.Array, fmt: Format, *, scale: jax.Array | float | None = Non
         raise TypeError(f"quantize needs a floating array, got dtype {x.dtype}")
     if fmt.is_float32:
         return x
+    s = None if scale is None else jnp.asarray(scale, jnp.float32)
+    return _quantize_impl(x, s, key, fmt=fmt, rounding=rounding, shift=shift)
+
+
+@functools.partial(jax.jit, static_argnames=("fmt", "rounding", "shift"))
+def _quantize_impl(x, s, key, *, fmt, rounding, shift):
+    # One compiled kernel per (format, rounding, phase, shape); inlined under an outer jit.
     xf = x.astype(jnp.float32)
     y = xf
-    if scale is not None:
-        s = jnp.asarray(scale, jnp.float32)
+    if s is not None:
         y = y / s
     if shift:
         y = y * jnp.float32(2.0 ** -shift)
     q = _round_to_grid(y, fmt, rounding, key)
     if shift:
         q = q * jnp.float32(2.0 ** shift)
-    if scale is not None:
+    if s is not None:
         q = q * s
     return jnp.where(jnp.isfinite(xf), q, xf).astype(x.dtype)
 
@@ -300,24 +306,33 @@ def encode(x: jax.Array, fmt: Format, scale: jax.Array | float | None = None) ->
     s = compute_scale(x, fmt) if scale is None else jnp.asarray(scale, jnp.float32)
     if s.ndim != 0:
         raise ValueError(f"encode: scale must be a scalar, got shape {s.shape}")
+    return Packed(codes=_pack(x, s, fmt=fmt), scale=s, shape=tuple(x.shape), fmt=fmt)
+
+
+@functools.partial(jax.jit, static_argnames=("fmt",))
+def _pack(x, s, *, fmt):
     codes = _codes(x.reshape(-1), fmt, s)
     if fmt.bits <= 4:
         if codes.shape[0] % 2:
             codes = jnp.concatenate([codes, jnp.zeros((1,), jnp.uint8)])
         pairs = codes.reshape(-1, 2)
         codes = pairs[:, 0] | (pairs[:, 1] << jnp.uint8(4))
-    return Packed(codes=codes, scale=s, shape=tuple(x.shape), fmt=fmt)
+    return codes
 
 
 def decode(packed: Packed, dtype: Any = jnp.float32) -> jax.Array:
     """Unpack codes and return ``scale * value(code)`` with the original shape, in ``dtype``."""
     if not isinstance(packed, Packed):
         raise TypeError(f"decode expects a lowbit.Packed from lowbit.encode, got {type(packed).__name__}")
-    fmt = packed.fmt
-    codes = packed.codes
+    return _unpack(packed.codes, packed.scale, fmt=packed.fmt, shape=packed.shape,
+                   dtype=jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("fmt", "shape", "dtype"))
+def _unpack(codes, scale, *, fmt, shape, dtype):
     if fmt.bits <= 4:
         codes = jnp.stack([codes & jnp.uint8(0xF), codes >> jnp.uint8(4)], axis=-1).reshape(-1)
-    n = int(np.prod(packed.shape, dtype=np.int64))
+    n = int(np.prod(shape, dtype=np.int64))
     codes = codes[:n]
     values = jnp.asarray(_code_table(fmt))[codes.astype(jnp.int32)]
-    return (values * packed.scale).reshape(packed.shape).astype(dtype)
+    return (values * scale).reshape(shape).astype(dtype)
