@@ -20,7 +20,7 @@ run: $(STAMP)
 	$(VENV)/bin/beyondbp compare --methods all --dataset mnist_small --out runs/compare
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup --timeout 900 --junitxml=.test-results.xml
+	$(PY) -m pytest -n 2 --dist loadgroup --nbmake --timeout 900 --junitxml=.test-results.xml
 
 bench: $(STAMP)
 	@echo "run the scripts in benchmarks/ (see BENCHMARKS.md), e.g. $(PY) benchmarks/foundation_backprop_mnist.py"
