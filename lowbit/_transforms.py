@@ -61,16 +61,21 @@ def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
         raise ValueError(f"quantize_updates(scaling={scaling!r}): use one of {SCALINGS}")
     if rounding not in ROUNDINGS:
         raise ValueError(f"quantize_updates(rounding={rounding!r}): use one of {ROUNDINGS}")
+    # optax.inject_hyperparams re-calls this factory with numeric arguments as
+    # (possibly traced) arrays; seed and history_length are only read by init.
     if isinstance(seed, bool) or not (isinstance(seed, int) or (
             hasattr(seed, "dtype") and jnp.issubdtype(seed.dtype, jnp.integer))):
         raise TypeError(f"quantize_updates(seed={seed!r}): need an integer")
-    if not isinstance(history_length, int) or history_length < 1:
+    if isinstance(history_length, bool) or not (isinstance(history_length, int) or (
+            hasattr(history_length, "dtype") and jnp.issubdtype(history_length.dtype, jnp.integer))):
+        raise ValueError(f"quantize_updates(history_length={history_length!r}): need an int >= 1")
+    if not isinstance(history_length, jax.core.Tracer) and int(history_length) < 1:
         raise ValueError(f"quantize_updates(history_length={history_length!r}): need an int >= 1")
 
     def init(params):
         hist = None
         if scaling == "delayed":
-            hist = jax.tree.map(lambda p: jnp.zeros((history_length,), jnp.float32), params)
+            hist = jax.tree.map(lambda p: jnp.zeros((int(history_length),), jnp.float32), params)
         return QuantizeUpdatesState(count=jnp.zeros((), jnp.int32),
                                     key=jax.random.key(jnp.asarray(seed, jnp.uint32)),
                                     amax_history=hist)

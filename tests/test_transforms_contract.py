@@ -82,6 +82,13 @@ ROWS: list[Row] = [
 # Rows of the toolkit's own packages are appended below, one block per package.
 # --- fwdgrad rows ---
 # --- lowbit rows ---
+import lowbit  # noqa: E402
+
+ROWS += [
+    Row("lowbit.quantize_updates", lowbit.quantize_updates, {"fmt": lowbit.RADIX4_FP4, "seed": 3}),
+    Row("lowbit.quantize_updates-e2m1-nearest-delayed", lowbit.quantize_updates,
+        {"fmt": lowbit.E2M1, "rounding": "nearest", "scaling": "delayed", "seed": 0}),
+]
 # --- analog rows ---
 
 
