@@ -42,12 +42,13 @@ def soak(name, steps, every, tr, seed=0):
     step = jax.jit(train.make_step(setup))
     params, state = setup.params, setup.tx.init(setup.params)
     data = datasets.batches(tr, 64, seed=seed, epochs=None)
-    rec = {"step": [], "rss_mb": [], "compiles": [], "finite": []}
+    rec = {"step": [], "rss_mb": [], "compiles": [], "finite": [], "skipped": 0}
     c0 = _COMPILES[0]
     t0 = time.perf_counter()
     for i in range(steps):
         x, y, _ = next(data)
-        params, state = step(params, state, x, y)
+        params, state, ok = step(params, state, x, y)
+        rec["skipped"] += 0 if bool(ok) else 1
         if (i + 1) % every == 0 or i == 0:
             jax.block_until_ready(params)
             rec["step"].append(i + 1)

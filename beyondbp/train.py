@@ -40,8 +40,21 @@ __all__ = ["train", "make_step", "evaluate", "compiled_memory", "History", "writ
 History = dict  # a JSON-serialisable dict; see ``train`` for its keys
 
 
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def make_step(setup: Setup) -> Callable:
-    """The pure training step ``(params, state, x, y) -> (params, state)`` of ``setup``."""
+    """The pure training step ``(params, state, x, y) -> (params, state, ok)`` of ``setup``.
+
+    Non-finite policy (the loop's safety net, whatever the transform does): when
+    the final updates contain NaN or inf, the step is skipped: params *and* the
+    whole transform state stay as they were (no PRNG key, counter, momentum or
+    device state is advanced with a poisoned value) and ``ok`` is False so the
+    loop can count it.
+    """
     tx = optax.with_extra_args_support(setup.tx)
 
     def step(params, opt_state, x, y):
@@ -49,8 +62,12 @@ def make_step(setup: Setup) -> Callable:
             return setup.loss(setup.apply(p, x), y)
 
         grads = jax.grad(loss_fn)(params) if setup.needs_grad else None
-        updates, opt_state = tx.update(grads, opt_state, params, loss_fn=loss_fn, batch=(x, y))
-        return optax.apply_updates(params, updates), opt_state
+        updates, new_state = tx.update(grads, opt_state, params, loss_fn=loss_fn, batch=(x, y))
+        ok = _all_finite(updates)
+        new_params = optax.apply_updates(params, updates)
+        params, opt_state = jax.lax.cond(ok, lambda: (new_params, new_state),
+                                         lambda: (params, opt_state))
+        return params, opt_state, ok
 
     return step
 
@@ -127,7 +144,10 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
       ``test_accuracy`` (lists), ``final_test_accuracy``, ``step_time_s``
       (median seconds per step after compilation), ``compile_time_s``,
       ``memory`` (:func:`compiled_memory` of the step), ``params`` and
-      ``opt_state`` (not written to JSON), ``nonfinite_loss_steps``.
+      ``opt_state`` (not written to JSON), ``nonfinite_loss_steps`` (logged
+      losses that were NaN/inf), ``skipped_nonfinite_steps`` (steps whose
+      updates were non-finite and were therefore not applied; see
+      :func:`make_step`).
     """
     _check_setup(setup)
     if (steps is None) == (epochs is None):
@@ -183,6 +203,7 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
     hist["memory"] = compiled_memory(step_fn, params, opt_state, x0, y0)
 
     times: list[float] = []
+    oks: list[jax.Array] = []  # read back once at the end: no per-step host sync
     t_start = time.perf_counter()
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True,
                leave=True)
@@ -199,7 +220,8 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
                 hist["train_loss"].append(loss)
                 bar.set_postfix(loss=f"{loss:.4f}", acc=f"{last_acc:.4f}")
             t0 = time.perf_counter()
-            params, opt_state = jstep(params, opt_state, x, y)
+            params, opt_state, ok = jstep(params, opt_state, x, y)
+            oks.append(ok)
             if time_steps or i == start:
                 jax.block_until_ready((params, opt_state))
                 dt = time.perf_counter() - t0
@@ -224,6 +246,7 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
     finally:
         bar.close()
     jax.block_until_ready(params)
+    hist["skipped_nonfinite_steps"] = int(len(oks) - np.sum(np.asarray(oks))) if oks else 0
     if checkpoint_dir is not None:
         save_checkpoint(steps)
     hist["wall_time_s"] = time.perf_counter() - t_start

@@ -109,3 +109,56 @@ def test_registry_errors():
 def test_compiled_memory_reports_bytes():
     m = train.compiled_memory(lambda a: (a @ a.T).sum(), jnp.ones((64, 32)))
     assert m["argument"] == 64 * 32 * 4 and m["peak"] >= m["argument"]
+
+
+def _poison_at(bad_steps):
+    """SGD that emits NaN updates on the given step numbers (counted in its own state)."""
+    def init(params):
+        return jnp.zeros((), jnp.int32)
+
+    def update(updates, count, params=None, **extra):
+        poison = jnp.isin(count, jnp.asarray(bad_steps))
+        out = jax.tree.map(lambda g: jnp.where(poison, jnp.nan, -0.05 * g), updates)
+        return out, count + 1
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def test_nonfinite_updates_are_skipped_and_state_is_not_advanced(data):
+    base = methods.get("backprop").build(_cfg(steps=10))
+    setup = methods.Setup(params=base.params, apply=base.apply, tx=_poison_at([3, 7]))
+    step = jax.jit(train.make_step(setup))
+    params, state = setup.params, setup.tx.init(setup.params)
+    x, y, _ = next(datasets.batches(data[0], 32))
+    for i in range(5):
+        before = (params, state)
+        params, state, ok = step(params, state, x, y)
+        if i == 3:
+            # the poisoned step is not applied and the transform's own counter did not move:
+            # so it retries from the same state, and is poisoned again (count is still 3)
+            assert not bool(ok)
+            assert int(state) == int(before[1])
+            for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(before[0])):
+                assert bool(jnp.array_equal(a, b))
+            break
+        assert bool(ok)
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
+
+
+def test_train_counts_skipped_steps(data):
+    base = methods.get("backprop").build(_cfg(steps=10))
+
+    def init(params):
+        return jnp.zeros((), jnp.int32)
+
+    def update(updates, count, params=None, **extra):  # NaN on every even step
+        bad = (count % 2) == 0
+        return jax.tree.map(lambda g: jnp.where(bad, jnp.inf, -0.05 * g), updates), count + 1
+
+    setup = methods.Setup(params=base.params, apply=base.apply,
+                          tx=optax.GradientTransformationExtraArgs(init, update))
+    h = train.train(setup, *data, steps=10, progress=False)
+    # count starts at 0 (bad, not applied, so count stays 0): every step is rejected
+    assert h["skipped_nonfinite_steps"] == 10
+    for a, b in zip(jax.tree.leaves(h["params"]), jax.tree.leaves(base.params)):
+        assert bool(jnp.array_equal(a, b))
