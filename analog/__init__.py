@@ -1,1 +1,35 @@
-"""analog package."""
+"""analog: memristor crossbars with device non-idealities and a local activity-difference rule.
+
+Yi, Kendall, Williams, Kumar, "Activity-difference training of deep neural networks using
+memristor crossbars", Nature Electronics 6, 45-51 (2023); Scellier & Bengio, "Equilibrium
+Propagation" (2017); Laborieux et al. (2021); Gokmen & Vlasov (2016); IBM aihwkit.
+
+Public API (see ../shared/DESIGN.md): device models (``ConstantStep``, ``LinearStep``,
+``SoftBounds``, ``ExpStep``, ``PowStep``) and ``analog.presets``; ``IOConfig``; crossbar tiles
+(``init_tiles``, ``mvm``, ``mvm_transpose``, ``read_weights``, ``pulse_update``); the local rule
+(``init_energy_network``, ``predict``, ``activity_difference``, ``equilibrium_propagation``);
+``program``; ``EnergyLedger`` and ``energy_report``.
+"""
+
+from analog import _presets as presets
+from analog._crossbar import (IOConfig, Tiles, apply_pulses, init_tiles, mvm, mvm_transpose,
+                              program_weights, pulse_update, read_weights, weight_step)
+from analog._devices import (ConstantStep, Device, DeviceVariation, ExpStep, LinearStep, PowStep,
+                             SoftBounds)
+from analog._energy import DEFAULT_ENERGY_MODEL, EnergyLedger, EnergyModel, energy_report
+from analog._local import (NonConvergenceError, RelaxInfo, activity_difference,
+                           init_energy_network, predict, relax, relaxation_counts)
+from analog._transforms import (EquilibriumPropagationState, ProgramState,
+                                equilibrium_propagation, matrix_shape, program)
+
+__all__ = [
+    "presets",
+    "Device", "DeviceVariation", "ConstantStep", "LinearStep", "SoftBounds", "ExpStep", "PowStep",
+    "IOConfig", "Tiles", "init_tiles", "read_weights", "mvm", "mvm_transpose", "pulse_update",
+    "apply_pulses", "program_weights", "weight_step",
+    "init_energy_network", "predict", "relax", "activity_difference", "RelaxInfo",
+    "NonConvergenceError", "relaxation_counts",
+    "equilibrium_propagation", "EquilibriumPropagationState", "program", "ProgramState",
+    "matrix_shape",
+    "EnergyLedger", "EnergyModel", "energy_report", "DEFAULT_ENERGY_MODEL",
+]

@@ -1,0 +1,462 @@
+"""Crossbar tiles: a weight matrix as differential conductance pairs cut into fixed-size tiles.
+
+A weight matrix ``W`` of shape ``(in, out)`` (flax kernel layout) is stored as two conductance
+arrays ``G+`` and ``G-``, ``W = w_scale (G+ - G-)``, cut into ``tile_shape = (rows, cols)`` tiles
+(default 64 x 64, the array size of Yi et al., Nature Electronics 2023). Each tile is an
+independent array with its own periphery: DACs drive its rows, ADCs digitise its columns, and
+the digital periphery adds the partial sums of the tiles of one column block, as a chip would.
+Every tile is computed at once with ``jax.vmap``. A leading axis of independent chips is just
+another ``jax.vmap`` (Monte-Carlo device variation in one call).
+
+The periphery (inputs and outputs) is configured separately from the devices by
+:class:`IOConfig`, as in aihwkit (``IOParameters``).
+
+Updates follow Gokmen & Vlasov (Front. Neurosci. 10:333, 2016): an outer product
+``lr * x^T d`` is applied either as stochastic pulse trains of bit length BL whose coincidences
+at each cross-point program the device (their Eq. 2-3 scheme, with aihwkit-style "update
+management" balancing the row and column probabilities), or as per-device pulse counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from analog._devices import Device, DeviceVariation
+
+__all__ = ["IOConfig", "Tiles", "init_tiles", "read_weights", "mvm", "mvm_transpose",
+           "pulse_update", "apply_pulses", "program_weights", "weight_step", "check_tile_shape"]
+
+_F32 = jnp.float32
+
+
+def _check_bits(name: str, bits: Any) -> None:
+    if bits is None:
+        return
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 24:
+        raise ValueError(f"IOConfig: {name}={bits!r}; use an integer number of bits in [2, 24] "
+                         "(one is the sign), or None for an ideal converter")
+
+
+def _check_pos(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"IOConfig: {name}={value!r} must be a finite number > 0, or None")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IOConfig:
+    """Periphery of a tile: DAC on inputs, ADC on outputs, bounds and read noise.
+
+    Attributes:
+      inp_bits: DAC resolution (signed, ``2^(bits-1) - 1`` levels per sign), None = exact.
+      inp_bound: inputs are clipped to ``[-inp_bound, inp_bound]`` before the DAC; None = no clip.
+      out_bits: ADC resolution (signed), None = exact; needs ``out_bound``.
+      out_bound: each tile's column outputs are clipped to ``[-out_bound, out_bound]``.
+      read_noise: standard deviation of additive Gaussian noise on every tile column output
+        (before the ADC), in output units. A layer whose input spans ``R`` row tiles therefore
+        sees noise of variance ``R * read_noise**2`` on each output.
+      w_noise: relative standard deviation of multiplicative weight (conductance) noise, drawn
+        afresh for every read.
+
+    ``IOConfig()`` and ``IOConfig.ideal()`` are exact: no quantization, no noise, no bound.
+    """
+
+    inp_bits: int | None = None
+    inp_bound: float | None = None
+    out_bits: int | None = None
+    out_bound: float | None = None
+    read_noise: float = 0.0
+    w_noise: float = 0.0
+
+    def __post_init__(self):
+        _check_bits("inp_bits", self.inp_bits)
+        _check_bits("out_bits", self.out_bits)
+        _check_pos("inp_bound", self.inp_bound)
+        _check_pos("out_bound", self.out_bound)
+        if self.inp_bits is not None and self.inp_bound is None:
+            raise ValueError(f"IOConfig: inp_bits={self.inp_bits} needs inp_bound (the DAC's "
+                             "full scale), e.g. inp_bound=1.0")
+        if self.out_bits is not None and self.out_bound is None:
+            raise ValueError(f"IOConfig: out_bits={self.out_bits} needs out_bound (the ADC's "
+                             "full scale), e.g. out_bound=10.0")
+        for name in ("read_noise", "w_noise"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
+                    or v < 0:
+                raise ValueError(f"IOConfig: {name}={v!r} must be a finite number >= 0")
+
+    @classmethod
+    def ideal(cls) -> "IOConfig":
+        """Exact periphery: no quantization, no noise, no bound."""
+        return cls()
+
+    @property
+    def is_ideal(self) -> bool:
+        return (self.inp_bits is None and self.inp_bound is None and self.out_bits is None
+                and self.out_bound is None and self.read_noise == 0 and self.w_noise == 0)
+
+    @property
+    def needs_key(self) -> bool:
+        return self.read_noise > 0 or self.w_noise > 0
+
+    def dac(self, x: jax.Array) -> jax.Array:
+        """Inputs as the DAC drives them: clipped to the bound, rounded to the nearest level."""
+        if self.inp_bound is not None:
+            x = jnp.clip(x, -self.inp_bound, self.inp_bound)
+        if self.inp_bits is not None:
+            lsb = self.inp_bound / (2 ** (self.inp_bits - 1) - 1)
+            x = jnp.round(x / lsb) * lsb
+        return x
+
+    def adc(self, y: jax.Array) -> jax.Array:
+        """Outputs as the ADC reports them: saturated at the bound, rounded to the nearest level."""
+        if self.out_bound is not None:
+            y = jnp.clip(y, -self.out_bound, self.out_bound)
+        if self.out_bits is not None:
+            lsb = self.out_bound / (2 ** (self.out_bits - 1) - 1)
+            y = jnp.round(y / lsb) * lsb
+        return y
+
+
+def check_tile_shape(tile_shape: Any) -> tuple[int, int]:
+    """Validate ``tile_shape`` = (rows, cols) of positive ints; returns it as a tuple."""
+    ok = (isinstance(tile_shape, (tuple, list)) and len(tile_shape) == 2
+          and all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tile_shape))
+    if not ok:
+        raise ValueError(f"tile_shape={tile_shape!r}: use a pair of positive integers "
+                         "(rows, cols), e.g. (64, 64) as in Yi et al. (2023)")
+    return (int(tile_shape[0]), int(tile_shape[1]))
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["g_plus", "g_minus", "var_plus", "var_minus", "w_scale"],
+                   meta_fields=["shape", "device"])
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """A weight matrix on crossbar tiles (a pytree; ``shape`` and ``device`` are static).
+
+    g_plus, g_minus: float32 conductances, ``(R, C, rows, cols)``: R x C tiles of the padded matrix.
+    var_plus, var_minus: per-device parameters (:class:`DeviceVariation`) of the two arrays.
+    w_scale: float32 scalar, weight per unit conductance difference.
+    shape: ``(in, out)`` of the logical weight matrix.
+    device: the :class:`Device` model of every cell.
+    """
+
+    g_plus: jax.Array
+    g_minus: jax.Array
+    var_plus: DeviceVariation
+    var_minus: DeviceVariation
+    w_scale: jax.Array
+    shape: tuple[int, int]
+    device: Device
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        return tuple(self.g_plus.shape[-2:])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.g_plus.shape[-4:-2])
+
+
+def _to_tiles(w: jax.Array, tile_shape: tuple[int, int]) -> jax.Array:
+    n_in, n_out = w.shape
+    th, tw = tile_shape
+    r, c = -(-n_in // th), -(-n_out // tw)
+    wp = jnp.pad(w, ((0, r * th - n_in), (0, c * tw - n_out)))
+    return wp.reshape(r, th, c, tw).transpose(0, 2, 1, 3)
+
+
+def _from_tiles(wt: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    r, c, th, tw = wt.shape
+    return wt.transpose(0, 2, 1, 3).reshape(r * th, c * tw)[: shape[0], : shape[1]]
+
+
+def init_tiles(key: jax.Array, w: jax.Array, device: Device, tile_shape=(64, 64), *,
+               w_max: float | jax.Array | None = None) -> Tiles:
+    """Program ``w`` onto fresh crossbar tiles (write-and-verify: exact up to the bounds).
+
+    The pair is centred at mid-range, ``G+- = g_mid +- w / (2 w_scale)``, so both devices sit at
+    their symmetry point when the weight is zero, and ``|w| <= w_max`` is representable.
+
+    Args:
+      key: PRNG key for the device-to-device variation.
+      w: ``(in, out)`` weight matrix.
+      device: device model of every cell.
+      tile_shape: ``(rows, cols)`` of one tile.
+      w_max: largest representable ``|weight|``; None = twice ``max|w|`` (1.0 for an all-zero w).
+
+    Returns:
+      :class:`Tiles` with ``R = ceil(in/rows)`` by ``C = ceil(out/cols)`` tiles.
+    """
+    tile_shape = check_tile_shape(tile_shape)
+    if not isinstance(device, Device):
+        raise TypeError(f"device={device!r}: pass a device model such as analog.presets.IDEAL")
+    w = jnp.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"init_tiles: w has shape {w.shape}; need a 2-D (in, out) matrix "
+                         "(analog.program maps other leaves to 2-D first)")
+    return _init_tiles(key, w.astype(_F32), device, tile_shape,
+                       None if w_max is None else jnp.asarray(w_max, _F32))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _init_tiles(key, w, device, tile_shape, w_max):
+    if w_max is None:
+        m = jnp.max(jnp.abs(w))
+        w_max = jnp.where(m > 0, 2.0 * m, 1.0)
+    w_scale = w_max / device.range
+    wt = _to_tiles(w, tile_shape)
+    k1, k2 = jax.random.split(key)
+    var_p = device.sample_variation(k1, wt.shape)
+    var_m = device.sample_variation(k2, wt.shape)
+    g_mid = 0.5 * (device.g_min + device.g_max)
+    g_plus = device.clip(g_mid + wt / (2.0 * w_scale), var_p)
+    g_minus = device.clip(g_mid - wt / (2.0 * w_scale), var_m)
+    return Tiles(g_plus, g_minus, var_p, var_m, w_scale, (int(w.shape[0]), int(w.shape[1])), device)
+
+
+def _tile_weights(tiles: Tiles) -> jax.Array:
+    return (tiles.g_plus - tiles.g_minus) * tiles.w_scale
+
+
+@jax.jit
+def read_weights(tiles: Tiles) -> jax.Array:
+    """The ``(in, out)`` float32 weight matrix the tiles hold (an exact, noise-free read)."""
+    return _from_tiles(_tile_weights(tiles), tiles.shape)
+
+
+def weight_step(tiles: Tiles) -> jax.Array:
+    """Nominal weight change of one pulse pair: both devices of a pair move ``dw_min``."""
+    return 2.0 * tiles.device.dw_min * tiles.w_scale
+
+
+def _periphery_mvm(wt: jax.Array, x: jax.Array, io: IOConfig, key: jax.Array | None,
+                   transpose: bool) -> jax.Array:
+    """Shared core: ``x (B, n)`` through tiled weights ``wt (R, C, th, tw)``; returns padded out."""
+    r, c, th, tw = wt.shape
+    b = x.shape[0]
+    if io.needs_key and key is None:
+        raise ValueError(f"mvm: io={io} draws read/weight noise; pass key=jax.random.key(...)")
+    if transpose:
+        xs = jnp.pad(x, ((0, 0), (0, c * tw - x.shape[1]))).reshape(b, c, tw)
+    else:
+        xs = jnp.pad(x, ((0, 0), (0, r * th - x.shape[1]))).reshape(b, r, th)
+    xs = io.dac(xs)
+    keys = jax.random.split(key, (r, c)) if io.needs_key else jnp.zeros((r, c), _F32)
+
+    def one_tile(w_rc, x_in, k):
+        if io.w_noise > 0:
+            kw, k = jax.random.split(k)
+            w_rc = w_rc * (1.0 + io.w_noise * jax.random.normal(kw, w_rc.shape, _F32))
+        y = x_in @ (w_rc.T if transpose else w_rc)
+        if io.read_noise > 0:
+            y = y + io.read_noise * jax.random.normal(k, y.shape, _F32)
+        return io.adc(y)
+
+    if transpose:
+        # tile (r, c) reads the column block c of d and drives row block r.
+        per_c = jax.vmap(one_tile, in_axes=(0, 1, 0))               # over c
+        per_rc = jax.vmap(per_c, in_axes=(0, None, 0))              # over r
+        y = per_rc(wt, xs, keys)                                    # (R, C, B, th)
+        y = y.sum(axis=1)                                           # partial sums over C
+        return y.transpose(1, 0, 2).reshape(b, r * th)
+    per_c = jax.vmap(one_tile, in_axes=(0, None, 0))                # over c
+    per_rc = jax.vmap(per_c, in_axes=(0, 1, 0))                     # over r
+    y = per_rc(wt, xs, keys)                                        # (R, C, B, tw)
+    y = y.sum(axis=0)                                               # partial sums over R
+    return y.transpose(1, 0, 2).reshape(b, c * tw)
+
+
+def _flat(x: jax.Array, n: int, name: str) -> tuple[jax.Array, tuple[int, ...]]:
+    x = jnp.asarray(x)
+    if x.ndim < 1 or x.shape[-1] != n:
+        raise ValueError(f"{name}: input has shape {x.shape}; its last axis must be {n}")
+    lead = x.shape[:-1]
+    return x.reshape(-1, n).astype(_F32), lead
+
+
+def _check_key(io: IOConfig, key) -> None:
+    if not isinstance(io, IOConfig):
+        raise TypeError(f"io={io!r}: pass an analog.IOConfig (or None for ideal)")
+    if io.needs_key and key is None:
+        raise ValueError(f"mvm: io={io} draws read/weight noise; pass key=jax.random.key(...)")
+
+
+@functools.partial(jax.jit, static_argnums=(2, 4))
+def _jit_mvm(tiles, x, io, key, transpose):
+    y = _periphery_mvm(_tile_weights(tiles), x, io, key, transpose)
+    return y[:, : tiles.shape[0 if transpose else 1]]
+
+
+def mvm(tiles: Tiles, x: jax.Array, io: IOConfig | None = None,
+        key: jax.Array | None = None) -> jax.Array:
+    """Analog vector-matrix product ``x @ W`` through every tile's periphery.
+
+    Args:
+      tiles: the weight matrix ``(in, out)`` on crossbars.
+      x: ``(..., in)`` inputs.
+      io: periphery (DAC, ADC, noise); None = :meth:`IOConfig.ideal`.
+      key: PRNG key, needed when ``io`` draws noise.
+
+    Returns:
+      ``(..., out)`` in ``x``'s dtype (computed in float32).
+    """
+    io = IOConfig() if io is None else io
+    xf, lead = _flat(x, tiles.shape[0], "mvm")
+    _check_key(io, key)
+    y = _jit_mvm(tiles, xf, io, key, False)
+    return y.reshape(*lead, tiles.shape[1]).astype(jnp.asarray(x).dtype)
+
+
+def mvm_transpose(tiles: Tiles, d: jax.Array, io: IOConfig | None = None,
+                  key: jax.Array | None = None) -> jax.Array:
+    """Analog transposed product ``d @ W.T``: ``(..., out) -> (..., in)``, columns driven."""
+    io = IOConfig() if io is None else io
+    df, lead = _flat(d, tiles.shape[1], "mvm_transpose")
+    _check_key(io, key)
+    y = _jit_mvm(tiles, df, io, key, True)
+    return y.reshape(*lead, tiles.shape[0]).astype(jnp.asarray(d).dtype)
+
+
+def apply_pulses(tiles: Tiles, n_up: jax.Array, n_down: jax.Array,
+                 key: jax.Array | None) -> Tiles:
+    """Send pulse counts to every cross-point: ``n_up`` raise the weight, ``n_down`` lower it.
+
+    ``n_up`` and ``n_down`` are ``(in, out)`` non-negative counts. Raising a weight potentiates
+    ``G+`` and depresses ``G-`` (and vice versa), all raising pulses first: within one update the
+    device sees its potentiating pulses before its depressing ones.
+    """
+    up = _to_tiles(n_up.astype(_F32), tiles.tile_shape)
+    down = _to_tiles(n_down.astype(_F32), tiles.tile_shape)
+    dev = tiles.device
+    keys = jax.random.split(key, 4) if key is not None else [None] * 4
+    gp = dev.step(tiles.g_plus, up, keys[0], variation=tiles.var_plus)
+    gp = dev.step(gp, -down, keys[1], variation=tiles.var_plus)
+    gm = dev.step(tiles.g_minus, -up, keys[2], variation=tiles.var_minus)
+    gm = dev.step(gm, down, keys[3], variation=tiles.var_minus)
+    return dataclasses.replace(tiles, g_plus=gp, g_minus=gm)
+
+
+def program_weights(tiles: Tiles, delta: jax.Array, key: jax.Array | None, *,
+                    rounding: str = "stochastic") -> tuple[Tiles, jax.Array]:
+    """Apply an arbitrary ``(in, out)`` weight change as per-device pulse counts.
+
+    The count is ``delta / weight_step`` rounded stochastically (unbiased: sub-step changes are
+    kept in expectation) or to the nearest integer (``"deterministic"``: changes below half a
+    step are lost, as on a chip without stochastic rounding).
+
+    Returns:
+      ``(new_tiles, pulses)``: pulses is the float32 number of pulses sent (both devices).
+    """
+    if rounding not in ("stochastic", "deterministic"):
+        raise ValueError(f"rounding={rounding!r}: use 'stochastic' or 'deterministic'")
+    if rounding == "stochastic" and key is None:
+        raise ValueError("program_weights: rounding='stochastic' needs a key")
+    if tiles.device.dw_min_std > 0 and key is None:
+        raise ValueError("program_weights: the device has cycle-to-cycle noise; pass a key")
+    delta = jnp.asarray(delta)
+    if delta.shape != tiles.shape:
+        raise ValueError(f"program_weights: delta has shape {delta.shape}; the tiles hold "
+                         f"{tiles.shape}")
+    return _program_weights(tiles, delta, key, rounding)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _program_weights(tiles, delta, key, rounding):
+    r = delta.astype(_F32) / weight_step(tiles)
+    if rounding == "stochastic":
+        key, ku = jax.random.split(key)
+        n = jnp.floor(r + jax.random.uniform(ku, r.shape, _F32))
+    else:
+        n = jnp.round(r)
+    n_up, n_down = jnp.maximum(n, 0.0), jnp.maximum(-n, 0.0)
+    new = apply_pulses(tiles, n_up, n_down, key)
+    return new, 2.0 * jnp.sum(n_up + n_down)
+
+
+def _pack_bits(bits: jax.Array) -> jax.Array:
+    """(B, BL, n) booleans -> (B, W, n) uint32 words, 32 pulse slots per word."""
+    b, bl, n = bits.shape
+    words = -(-bl // 32)
+    bits = jnp.pad(bits, ((0, 0), (0, words * 32 - bl), (0, 0))).reshape(b, words, 32, n)
+    shifts = jnp.arange(32, dtype=jnp.uint32)[None, None, :, None]
+    return jnp.sum(bits.astype(jnp.uint32) << shifts, axis=2, dtype=jnp.uint32)
+
+
+def pulse_update(tiles: Tiles, x: jax.Array, d: jax.Array, lr: float | jax.Array,
+                 key: jax.Array | None, *, mode: str = "stochastic",
+                 bl: int = 31) -> tuple[Tiles, jax.Array]:
+    """Outer-product update ``W += lr * sum_b x_b^T d_b`` as programming pulses.
+
+    ``mode="stochastic"`` (Gokmen & Vlasov 2016, Eq. 2-3): row ``i`` of sample ``b`` fires a
+    Bernoulli pulse train of ``bl`` slots with probability ``C_x |x_bi|``, column ``j`` with
+    ``C_d |d_bj|``; every coincidence is one pulse at cross-point ``(i, j)``, in the direction of
+    ``sign(x_bi d_bj)``, so the expected change is ``bl C_x C_d dw |x_bi d_bj|`` with
+    ``C_x C_d = lr / (bl dw)``. The two factors are balanced per sample
+    (``C_x max|x_b| = C_d max|d_b|``, aihwkit's update management); probabilities above 1 are
+    truncated, as on a chip. Coincidences are counted with 32-slot words and popcount.
+
+    ``mode="deterministic"``: each device receives ``round(lr (x^T d)_ij / dw)`` pulses.
+
+    Args:
+      tiles: weights ``(in, out)``; x: ``(B, in)``; d: ``(B, out)``; lr: learning rate (scalar).
+      key: PRNG key (pulse trains and cycle-to-cycle noise).
+      mode: ``"stochastic"`` or ``"deterministic"``; bl: pulse-train length (1..1024).
+
+    Returns:
+      ``(new_tiles, pulses)`` with the float32 number of pulses sent.
+    """
+    if mode not in ("stochastic", "deterministic"):
+        raise ValueError(f"mode={mode!r}: use 'stochastic' (coincidence pulse trains) or "
+                         "'deterministic' (per-device pulse counts)")
+    if not isinstance(bl, int) or isinstance(bl, bool) or not 1 <= bl <= 1024:
+        raise ValueError(f"bl={bl!r}: the pulse-train length must be an integer in [1, 1024]")
+    x = jnp.asarray(x).astype(_F32)
+    d = jnp.asarray(d).astype(_F32)
+    if x.ndim != 2 or d.ndim != 2 or x.shape[0] != d.shape[0] or \
+            (x.shape[1], d.shape[1]) != tiles.shape:
+        raise ValueError(f"pulse_update: x {x.shape} and d {d.shape} must be (B, in) and "
+                         f"(B, out) for tiles of shape {tiles.shape}")
+    if mode == "stochastic" and key is None:
+        raise ValueError("pulse_update: mode='stochastic' needs a key")
+    if tiles.device.dw_min_std > 0 and key is None:
+        raise ValueError("pulse_update: the device has cycle-to-cycle noise; pass a key")
+    return _pulse_update(tiles, x, d, jnp.asarray(lr, _F32), key, mode, bl)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def _pulse_update(tiles, x, d, lr, key, mode, bl):
+    dw = weight_step(tiles)
+    if mode == "deterministic":
+        n = jnp.round(lr * (x.T @ d) / dw)
+        n_up, n_down = jnp.maximum(n, 0.0), jnp.maximum(-n, 0.0)
+        k_noise = key
+    else:
+        kx, kd, k_noise = jax.random.split(key, 3)
+        xmax = jnp.max(jnp.abs(x), axis=1, keepdims=True)
+        dmax = jnp.max(jnp.abs(d), axis=1, keepdims=True)
+        c = lr / (bl * dw)
+        safe = (xmax > 0) & (dmax > 0)
+        cx = jnp.where(safe, jnp.sqrt(c * dmax / jnp.where(safe, xmax, 1.0)), 0.0)
+        cd = jnp.where(safe, jnp.sqrt(c * xmax / jnp.where(safe, dmax, 1.0)), 0.0)
+        px = jnp.minimum(jnp.abs(x) * cx, 1.0)
+        pd = jnp.minimum(jnp.abs(d) * cd, 1.0)
+        bx = jax.random.uniform(kx, (x.shape[0], bl, x.shape[1]), _F32) < px[:, None, :]
+        bd = jax.random.uniform(kd, (d.shape[0], bl, d.shape[1]), _F32) < pd[:, None, :]
+        wx, wd = _pack_bits(bx), _pack_bits(bd)                     # (B, W, in), (B, W, out)
+        coinc = jax.lax.population_count(wx[:, :, :, None] & wd[:, :, None, :])
+        coinc = jnp.sum(coinc, axis=1).astype(_F32)                 # (B, in, out)
+        sgn = jnp.sign(x)[:, :, None] * jnp.sign(d)[:, None, :]
+        n_up = jnp.sum(jnp.where(sgn > 0, coinc, 0.0), axis=0)
+        n_down = jnp.sum(jnp.where(sgn < 0, coinc, 0.0), axis=0)
+    new = apply_pulses(tiles, n_up, n_down, k_noise)
+    return new, 2.0 * jnp.sum(n_up + n_down)

@@ -1,0 +1,386 @@
+"""The local rule: a layered energy network trained by activity differences (Equilibrium Propagation).
+
+Network (Scellier & Bengio, "Equilibrium Propagation", Front. Comput. Neurosci. 2017, Eq. 1, in
+the layered "primitive function" form of Laborieux et al., "Scaling Equilibrium Propagation to
+Deep ConvNets", Front. Neurosci. 2021, Eq. 3): input ``s_0 = x`` clamped, states
+``s_1 .. s_L`` in ``[0, 1]`` (the hard-sigmoid range, so ``rho(s) = s`` inside the box),
+
+    Phi(x, s; W, b) = sum_k  s_(k-1)^T W_k s_k + b_k^T s_k
+    E(s)            = 1/2 sum_k |s_k|^2 - Phi
+    F(s)            = E(s) + beta C(s),   C = 1/2 |s_L - y|^2.
+
+Relaxation minimises F over the box by exact block-coordinate descent: the minimiser of F in
+one layer given its neighbours is ``s_k = clip(W_k^T s_(k-1) + W_(k+1) s_(k+1) + b_k, 0, 1)``
+(for the output layer, nudged: ``clip((W_L^T s_(L-1) + b_L + beta y) / (1 + beta), 0, 1)``).
+Layers of equal parity do not interact, so all odd layers are updated together, then all even
+ones; every sweep lowers F, and its fixed points are F's stationary points in the box. The
+products ``W_k^T s_(k-1)`` and ``W_(k+1) s_(k+1)`` are the crossbar's ``mvm`` and
+``mvm_transpose`` (with the :class:`IOConfig` periphery: DAC, ADC, read noise) when ``io`` is given.
+
+Update (the activity difference, Scellier & Bengio Eq. 10; centered form of Laborieux et al.
+Eq. 9): with fixed points ``s^(+beta)``, ``s^(-beta)``,
+
+    dL/dW_k ~ -(1/(2 beta)) [ s_(k-1)^+ (s_k^+)^T - s_(k-1)^- (s_k^-)^T ],
+    dL/db_k ~ -(1/(2 beta)) [ s_k^+ - s_k^- ],
+
+batch-averaged, where ``L = C(s^0)`` is the free equilibrium's loss. Each layer's update needs
+only the activities on its own crossbar's rows and columns in the two phases: Yi et al.
+(Nature Electronics 2023) program it as the difference of two outer products. The one-sided
+form uses ``s^(+beta)`` and ``s^0`` with ``1/beta``. The result is returned as a descent
+direction (an estimate of the gradient), so ``optax.sgd`` follows it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from analog._crossbar import IOConfig, _periphery_mvm, _to_tiles, check_tile_shape
+from analog._energy import EnergyLedger
+
+__all__ = ["init_energy_network", "predict", "relax", "activity_difference", "RelaxInfo",
+           "NonConvergenceError", "relaxation_counts"]
+
+_F32 = jnp.float32
+
+
+class NonConvergenceError(RuntimeError):
+    """The relaxation did not reach a fixed point within the allowed number of steps."""
+
+
+class RelaxInfo(NamedTuple):
+    """Diagnostics of one call of :func:`activity_difference`.
+
+    free_residual / nudged_residual: ``max |s_t - s_(t-1)|`` over units and batch at the last
+      sweep of the free / nudged phase(s) (0 at an exact fixed point).
+    free_output: the free phase's output units ``(B, n_out)``.
+    """
+
+    free_residual: jax.Array
+    nudged_residual: jax.Array
+    free_output: jax.Array
+
+
+def init_energy_network(key: jax.Array, layer_sizes: Sequence[int], *,
+                        dtype: Any = jnp.float32) -> list[dict]:
+    """Parameters of a layered energy network: ``[{"kernel": (n_k-1, n_k), "bias": (n_k,)}, ...]``.
+
+    Kernels are Glorot-uniform (as in Scellier & Bengio 2017, Sec. 4), biases zero.
+
+    Args:
+      key: PRNG key.
+      layer_sizes: ``(inputs, hidden..., outputs)``, at least two positive ints, e.g. (784, 500, 10).
+      dtype: parameter dtype.
+    """
+    sizes = tuple(layer_sizes)
+    if len(sizes) < 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1
+                             for s in sizes):
+        raise ValueError(f"layer_sizes={layer_sizes!r}: need at least two positive integers "
+                         "(inputs, ..., outputs), e.g. (784, 500, 10)")
+    params = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        lim = math.sqrt(6.0 / (a + b))
+        w = jax.random.uniform(jax.random.fold_in(key, i), (a, b), _F32, -lim, lim)
+        params.append({"kernel": w.astype(dtype), "bias": jnp.zeros((b,), dtype)})
+    return params
+
+
+def _check_params(params: Any) -> tuple[list[jax.Array], list[jax.Array]]:
+    if not isinstance(params, (list, tuple)) or not params or not all(
+            isinstance(p, dict) and set(p) == {"kernel", "bias"} for p in params):
+        raise TypeError("energy-network params must be a list of {'kernel': (n_in, n_out), "
+                        "'bias': (n_out,)} dicts, as made by analog.init_energy_network")
+    ws = [jnp.asarray(p["kernel"]) for p in params]
+    bs = [jnp.asarray(p["bias"]) for p in params]
+    for k, (w, b) in enumerate(zip(ws, bs)):
+        if w.ndim != 2 or b.shape != (w.shape[1],):
+            raise ValueError(f"layer {k}: kernel {w.shape} / bias {b.shape}; need (n_in, n_out) "
+                             "and (n_out,)")
+        if k and ws[k - 1].shape[1] != w.shape[0]:
+            raise ValueError(f"layer {k}: kernel {w.shape} does not follow the previous layer's "
+                             f"{ws[k - 1].shape}")
+    return ws, bs
+
+
+def _check_steps(name: str, steps: Any) -> int:
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"{name}={steps!r}: need a positive integer number of relaxation sweeps")
+    return int(steps)
+
+
+def check_beta(beta: Any, centered: bool) -> None:
+    """Validate beta when it is concrete (a traced beta, e.g. inject_hyperparams, is not checked)."""
+    try:
+        b = float(beta)
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return
+    if not math.isfinite(b) or b == 0:
+        raise ValueError(f"beta={beta!r}: the nudge must be a finite non-zero number (the "
+                         "activity difference divides by beta; beta=0 has no learning signal)")
+    if centered and abs(b) >= 1:
+        raise ValueError(f"beta={beta!r} with centered=True: the -beta phase needs |beta| < 1 "
+                         "(1 - |beta| > 0 keeps the nudged output energy convex)")
+    if b <= -1:
+        raise ValueError(f"beta={beta!r}: need beta > -1 (1 + beta > 0)")
+
+
+class _Ops(NamedTuple):
+    fwd: Any
+    bwd: Any
+
+
+def _ops(ws: list[jax.Array], io: IOConfig, tile_shape: tuple[int, int]) -> _Ops:
+    """Forward ``s @ W_k`` and transposed ``s @ W_k.T`` products, exact or through crossbars."""
+    if io.is_ideal:
+        return _Ops(lambda k, s, key: s @ ws[k], lambda k, s, key: s @ ws[k].T)
+    # Tile once per call, not per sweep; the periphery (DAC, noise, ADC) acts on every read.
+    wts = [_to_tiles(w, tile_shape) for w in ws]
+
+    def fwd(k, s, key):
+        return _periphery_mvm(wts[k], s, io, key, transpose=False)[:, : ws[k].shape[1]]
+
+    def bwd(k, s, key):
+        return _periphery_mvm(wts[k], s, io, key, transpose=True)[:, : ws[k].shape[0]]
+    return _Ops(fwd, bwd)
+
+
+def _sweep(ops: _Ops, bs, x, states, target, beta, key):
+    """One block-coordinate sweep: odd layers (1-based) then even layers."""
+    states = list(states)
+    n = len(states)
+    keys = jax.random.split(key, 2 * n)
+    for parity in (0, 1):
+        for i in range(parity, n, 2):
+            below = x if i == 0 else states[i - 1]
+            u = ops.fwd(i, below, keys[2 * i]) + bs[i]
+            if i < n - 1:
+                u = u + ops.bwd(i + 1, states[i + 1], keys[2 * i + 1])
+            else:
+                u = (u + beta * target) / (1.0 + beta)
+            states[i] = jnp.clip(u, 0.0, 1.0)
+    return tuple(states)
+
+
+def relax(params, x, states, target, beta, steps: int, *, io: IOConfig | None = None,
+          key: jax.Array | None = None, tile_shape=(64, 64)):
+    """Relax the states to a minimum of ``F = E + beta C`` (see the module docstring).
+
+    Args:
+      params: energy-network params; x: ``(B, n_in)`` clamped input.
+      states: tuple of initial states ``(B, n_k)`` for layers 1..L.
+      target: ``(B, n_out)`` target of the cost (ignored when beta = 0).
+      beta: nudge strength (scalar; 0 = free phase).
+      steps: number of sweeps.
+      io: crossbar periphery used for every product (None = exact).
+      key: PRNG key when ``io`` draws noise.
+
+    Returns:
+      ``(states, residual)``, residual = ``max |s_T - s_(T-1)|`` of the last sweep.
+    """
+    io = IOConfig() if io is None else io
+    tile_shape = check_tile_shape(tile_shape)
+    steps = _check_steps("steps", steps)
+    ws, bs = _check_params(params)
+    ws = [w.astype(_F32) for w in ws]
+    bs = [b.astype(_F32) for b in bs]
+    if io.needs_key and key is None:
+        raise ValueError(f"relax: io={io} draws noise; pass key=jax.random.key(...)")
+    key = jax.random.key(0) if key is None else key
+    ops = _ops(ws, io, tile_shape)
+    beta = jnp.asarray(beta, _F32)
+    x = x.astype(_F32)
+    target = target.astype(_F32)
+
+    def body(t, s):
+        return _sweep(ops, bs, x, s, target, beta, jax.random.fold_in(key, t))
+
+    states = tuple(s.astype(_F32) for s in states)
+    states = jax.lax.fori_loop(0, steps - 1, body, states)
+    last = body(steps - 1, states)
+    residual = jnp.max(jnp.stack([jnp.max(jnp.abs(a - b)) for a, b in zip(last, states)]))
+    return last, residual
+
+
+def _raise_if_not_converged(residual: jax.Array, tol: float | None, phase: str,
+                            steps_name: str, steps: int) -> None:
+    """Raise NonConvergenceError when residual > tol: now if concrete, at run time if traced."""
+    if tol is None:
+        return
+
+    def check(r):
+        r = float(r)
+        if not r <= tol:  # also catches NaN
+            raise NonConvergenceError(
+                f"{phase} relaxation did not converge: residual max|s_t - s_(t-1)| = {r:.3g} > "
+                f"tol={tol} after {steps_name}={steps} sweeps. Increase {steps_name}, reduce the "
+                "learning rate or the weights' scale, or raise tol (read noise sets a floor on "
+                "the residual); tol=None disables this check.")
+    if isinstance(residual, jax.core.Tracer):
+        # Under an outer jit the value exists only at run time; the error then surfaces as a
+        # JaxRuntimeError carrying this message.
+        jax.debug.callback(check, residual)
+    else:
+        check(residual)
+
+
+def _targets(y: jax.Array, n_out: int, batch: int) -> jax.Array:
+    y = jnp.asarray(y)
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        if y.shape != (batch,):
+            raise ValueError(f"integer labels y have shape {y.shape}; need ({batch},)")
+        return jax.nn.one_hot(y, n_out, dtype=_F32)
+    if y.shape != (batch, n_out):
+        raise ValueError(f"float targets y have shape {y.shape}; need ({batch}, {n_out}) "
+                         "(or pass integer labels)")
+    return y.astype(_F32)
+
+
+def _flatten_x(x: jax.Array, n_in: int) -> jax.Array:
+    x = jnp.asarray(x)
+    x = x.reshape(x.shape[0], -1)
+    if x.shape[1] != n_in:
+        raise ValueError(f"x has {x.shape[1]} features per example; the network expects {n_in}")
+    return x.astype(_F32)
+
+
+def predict(params, x: jax.Array, *, steps: int = 20, io: IOConfig | None = None,
+            key: jax.Array | None = None, tile_shape=(64, 64), tol: float | None = None,
+            return_residual: bool = False):
+    """Free phase: relax with the input clamped and return the output units ``(B, n_out)``.
+
+    Args:
+      params: energy-network params; x: ``(B, ...)`` inputs, flattened to ``(B, n_in)``.
+      steps: relaxation sweeps; io/key/tile_shape: crossbar periphery for every product.
+      tol: if given, raise :class:`NonConvergenceError` when the last sweep's residual exceeds it.
+      return_residual: also return the residual.
+
+    Returns:
+      float32 output units in ``[0, 1]`` (argmax is the predicted class), or
+      ``(outputs, residual)``.
+    """
+    ws, _ = _check_params(params)
+    steps = _check_steps("steps", steps)
+    tile_shape = check_tile_shape(tile_shape)
+    io = IOConfig() if io is None else io
+    if io.needs_key and key is None:
+        raise ValueError(f"predict: io={io} draws noise; pass key=jax.random.key(...)")
+    xf = _flatten_x(x, ws[0].shape[0])
+    out, res = _predict(params, xf, key, steps, io, tile_shape)
+    _raise_if_not_converged(res, tol, "free-phase", "steps", steps)
+    return (out, res) if return_residual else out
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _predict(params, xf, key, steps, io, tile_shape):
+    ws, _ = _check_params(params)
+    b = xf.shape[0]
+    states = tuple(jnp.zeros((b, w.shape[1]), _F32) for w in ws)
+    target = jnp.zeros((b, ws[-1].shape[1]), _F32)
+    s, res = relax(params, xf, states, target, 0.0, steps, io=io, key=key, tile_shape=tile_shape)
+    return s[-1], res
+
+
+def activity_difference(params, x: jax.Array, y: jax.Array, *, beta: float | jax.Array,
+                        free_steps: int, nudged_steps: int, centered: bool = True,
+                        io: IOConfig | None = None, key: jax.Array | None = None,
+                        tile_shape=(64, 64), tol: float | None = 5e-2,
+                        return_info: bool = False):
+    """Equilibrium-Propagation gradient estimate from free and nudged activities.
+
+    Args:
+      params: energy-network params (from :func:`init_energy_network`).
+      x: ``(B, ...)`` inputs (flattened); y: ``(B,)`` integer labels or ``(B, n_out)`` targets.
+      beta: nudge strength, non-zero; ``|beta| < 1`` when centered.
+      free_steps / nudged_steps: relaxation sweeps of the free and of each nudged phase.
+      centered: use the +beta and -beta phases (Laborieux et al. 2021; bias O(beta^2) instead
+        of O(beta)); otherwise +beta against the free phase.
+      io, key, tile_shape: crossbar periphery for every product (None = exact).
+      tol: raise :class:`NonConvergenceError` (also under jit) if a phase's last-sweep residual
+        exceeds it; None disables the check. Units live in [0, 1], so the default 0.05 means
+        "some unit still moved by 5% of its range in the last sweep": the phase has not settled.
+      return_info: also return :class:`RelaxInfo`.
+
+    Returns:
+      updates shaped and typed like ``params`` (a descent direction), or ``(updates, info)``.
+    """
+    check_beta(beta, centered)
+    ws, _ = _check_params(params)
+    free_steps = _check_steps("free_steps", free_steps)
+    nudged_steps = _check_steps("nudged_steps", nudged_steps)
+    tile_shape = check_tile_shape(tile_shape)
+    io = IOConfig() if io is None else io
+    if io.needs_key and key is None:
+        raise ValueError(f"activity_difference: io={io} draws noise; pass key=jax.random.key(...)")
+    xf = _flatten_x(x, ws[0].shape[0])
+    target = _targets(y, ws[-1].shape[1], xf.shape[0])
+    key = jax.random.key(0) if key is None else key
+    updates, info = _activity_difference(params, xf, target, jnp.asarray(beta, _F32), key,
+                                         free_steps, nudged_steps, centered, io, tile_shape)
+    _raise_if_not_converged(info.free_residual, tol, "free-phase", "free_steps", free_steps)
+    _raise_if_not_converged(info.nudged_residual, tol, "nudged-phase", "nudged_steps",
+                            nudged_steps)
+    return (updates, info) if return_info else updates
+
+
+@functools.partial(jax.jit, static_argnums=tuple(range(5, 10)))
+def _activity_difference(params, xf, target, beta, key, free_steps, nudged_steps, centered, io,
+                         tile_shape):
+    ws, _ = _check_params(params)
+    b = xf.shape[0]
+    kf, kp, km = jax.random.split(key, 3)
+    zeros = tuple(jnp.zeros((b, w.shape[1]), _F32) for w in ws)
+    kw = dict(io=io, tile_shape=tile_shape)
+    s0, r0 = relax(params, xf, zeros, target, 0.0, free_steps, key=kf, **kw)
+    s_plus, rp = relax(params, xf, s0, target, beta, nudged_steps, key=kp, **kw)
+    if centered:
+        s_minus, rm = relax(params, xf, s0, target, -beta, nudged_steps, key=km, **kw)
+        scale = -1.0 / (2.0 * beta)
+        rn = jnp.maximum(rp, rm)
+    else:
+        s_minus, scale, rn = s0, -1.0 / beta, rp
+    below_p = (xf,) + tuple(s_plus[:-1])
+    below_m = (xf,) + tuple(s_minus[:-1])
+    updates = []
+    for k, p in enumerate(params):
+        dw = (below_p[k].T @ s_plus[k] - below_m[k].T @ s_minus[k]) / b
+        db = jnp.mean(s_plus[k] - s_minus[k], axis=0)
+        updates.append({"kernel": (scale * dw).astype(jnp.asarray(p["kernel"]).dtype),
+                        "bias": (scale * db).astype(jnp.asarray(p["bias"]).dtype)})
+    return updates, RelaxInfo(r0, rn, s0[-1])
+
+
+def _mvm_counts(n_in: int, n_out: int, batch: int, tile_shape: tuple[int, int]):
+    th, tw = tile_shape
+    r, c = -(-n_in // th), -(-n_out // tw)
+    cells = 2.0 * batch * r * c * th * tw      # both devices of each pair are read
+    drive_fwd, read_fwd = batch * r * c * th, batch * r * c * tw
+    return cells, drive_fwd, read_fwd
+
+
+def relaxation_counts(layer_sizes: Sequence[int], batch: int, sweeps: int,
+                      tile_shape=(64, 64)) -> EnergyLedger:
+    """Operation counts of ``sweeps`` relaxation sweeps on crossbars (and the digital FLOPs).
+
+    A sweep reads every ``W_k`` forward once and every ``W_k`` but the first transposed once.
+    A forward read drives each tile's ``rows`` inputs (DAC) and digitises its ``cols`` outputs
+    (ADC); a transposed read the other way round. The digital estimate counts ``2 n_in n_out``
+    FLOPs per example per product.
+    """
+    tile_shape = check_tile_shape(tile_shape)
+    cells = dac = adc = flops = 0.0
+    for k, (a, o) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
+        c, d_in, d_out = _mvm_counts(a, o, batch, tile_shape)
+        reads = 1 if k == 0 else 2
+        cells += reads * c
+        dac += d_in + (d_out if k else 0)
+        adc += d_out + (d_in if k else 0)
+        flops += reads * 2.0 * batch * a * o
+    f = float(sweeps)
+    z = jnp.zeros((), _F32)
+    return EnergyLedger(z, jnp.asarray(cells * f, _F32), jnp.asarray(dac * f, _F32),
+                        jnp.asarray(adc * f, _F32), z, jnp.asarray(flops * f, _F32))

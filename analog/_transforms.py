@@ -1,0 +1,214 @@
+"""The two optax transforms: ``program`` (devices take the update) and ``equilibrium_propagation``.
+
+``program`` comes last in a chain: it receives the final parameter change, sends it to the
+devices as pulses, and returns ``realized - params`` so that after ``optax.apply_updates`` the
+parameters equal what the chip holds (Gokmen & Vlasov 2016; aihwkit's analog optimisers do the
+same through their tiles). ``equilibrium_propagation`` is an estimator: it ignores incoming
+updates and reads ``batch=(x, y)`` (Scellier & Bengio 2017; Laborieux et al. 2021).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from analog._crossbar import (IOConfig, Tiles, check_tile_shape, init_tiles, program_weights,
+                              read_weights)
+from analog._devices import Device
+from analog._energy import EnergyLedger
+from analog._local import (_check_params, _check_steps, activity_difference, check_beta,
+                           relaxation_counts)
+
+__all__ = ["program", "ProgramState", "equilibrium_propagation", "EquilibriumPropagationState",
+           "matrix_shape"]
+
+_F32 = jnp.float32
+
+
+class ProgramState(NamedTuple):
+    """State of :func:`program`: step count, PRNG key, the tiles (a pytree shaped like the
+    params with a :class:`Tiles` in place of each leaf) and the energy ledger."""
+
+    count: jax.Array
+    key: jax.Array
+    tiles: Any
+    ledger: EnergyLedger
+
+
+def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """How a parameter leaf maps onto a crossbar.
+
+    A kernel ``(in, out)`` is the crossbar itself. A bias ``(n,)`` is one extra crossbar row
+    driven by a constant input 1 (here its own 1 x n tile row, so it never changes the kernel's
+    tiling). A scalar is a 1 x 1 array. A higher-rank leaf (a conv kernel ``(kh, kw, cin, cout)``)
+    is unrolled im2col-style into ``(kh * kw * cin, cout)``, as aihwkit maps convolutions.
+    """
+    if len(shape) == 0:
+        return (1, 1)
+    if len(shape) == 1:
+        return (1, int(shape[0]))
+    return (int(math.prod(shape[:-1])), int(shape[-1]))
+
+
+def _is_tiles(t) -> bool:
+    return isinstance(t, Tiles)
+
+
+def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
+            pulse: str = "stochastic", seed: int = 0,
+            w_max: float | None = None) -> optax.GradientTransformationExtraArgs:
+    """Make the devices take the incoming updates; return what they actually did.
+
+    ``init(params)`` programs every leaf onto fresh tiles of ``device`` (write-and-verify, with
+    device-to-device variation drawn from ``seed``); leaves map to matrices by
+    :func:`matrix_shape`. ``update(updates, state, params)`` turns each leaf's change into
+    per-device pulse counts (``pulse="stochastic"``: stochastic rounding of
+    ``update / weight_step``, unbiased; ``"deterministic"``: nearest, so changes under half a
+    step are lost), applies them with the device's nonlinearity, asymmetry, cycle-to-cycle noise,
+    bounds and stuck cells, and returns ``read_weights - params`` in the params' dtypes. An
+    arbitrary gradient is not an outer product, so the coincidence scheme of
+    :func:`pulse_update` does not apply here; use it directly for rank-1 updates.
+
+    Args:
+      device: device model (e.g. ``analog.presets.TAOX_RERAM``).
+      io: periphery of the tiles. Programming reads back conductances exactly (write-and-verify
+        is not modelled), so ``io`` is only validated and kept for symmetry with the other calls.
+      tile_shape: ``(rows, cols)`` of a tile.
+      pulse: ``"stochastic"`` or ``"deterministic"`` rounding of pulse counts.
+      seed: integer seed for the variation and the pulse noise.
+      w_max: largest representable ``|weight|`` per leaf; None = twice the leaf's initial
+        ``max|w|`` (1.0 for an all-zero leaf such as a fresh bias).
+    """
+    if not isinstance(device, Device):
+        raise TypeError(f"program: device={device!r}; pass a device model such as "
+                        "analog.presets.TAOX_RERAM")
+    if io is not None and not isinstance(io, IOConfig):
+        raise TypeError(f"program: io={io!r}; pass an analog.IOConfig or None")
+    tile_shape = check_tile_shape(tile_shape)
+    if pulse not in ("stochastic", "deterministic"):
+        raise ValueError(f"program: pulse={pulse!r}; use 'stochastic' or 'deterministic'")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"program: seed={seed!r} must be an int")
+    if w_max is not None and (not isinstance(w_max, (int, float)) or not w_max > 0):
+        raise ValueError(f"program: w_max={w_max!r} must be a positive number or None")
+
+    def init_fn(params):
+        key = jax.random.key(seed)
+        leaves, treedef = jax.tree.flatten(params)
+        tiles = [init_tiles(jax.random.fold_in(key, i),
+                            jnp.asarray(p).reshape(matrix_shape(jnp.shape(p))), device,
+                            tile_shape, w_max=w_max)
+                 for i, p in enumerate(leaves)]
+        return ProgramState(count=jnp.zeros((), jnp.int32),
+                            key=jax.random.fold_in(key, len(leaves)),
+                            tiles=jax.tree.unflatten(treedef, tiles),
+                            ledger=EnergyLedger.zeros())
+
+    def update_fn(updates, state, params=None, **extra):
+        del extra
+        if params is None:
+            raise ValueError("analog.program needs params: it returns realized - params, so "
+                             "call tx.update(updates, state, params)")
+        if updates is None:
+            raise ValueError("analog.program got updates=None; put it after a transform that "
+                             "produces updates (an estimator or optax.sgd)")
+        key, sub = jax.random.split(state.key)
+        u_leaves, treedef = jax.tree.flatten(updates)
+        p_leaves = treedef.flatten_up_to(params)
+        t_leaves = jax.tree.leaves(state.tiles, is_leaf=_is_tiles)
+        new_tiles, out, pulses = [], [], jnp.zeros((), _F32)
+        for i, (u, p, t) in enumerate(zip(u_leaves, p_leaves, t_leaves)):
+            delta = jnp.asarray(u).astype(_F32).reshape(t.shape)
+            t, n = program_weights(t, delta, jax.random.fold_in(sub, i), rounding=pulse)
+            realized = read_weights(t).reshape(jnp.shape(p))
+            out.append((realized - jnp.asarray(p).astype(_F32)).astype(jnp.asarray(p).dtype))
+            new_tiles.append(t)
+            pulses = pulses + n
+        one = jnp.ones((), _F32)
+        z = jnp.zeros((), _F32)
+        ledger = state.ledger + EnergyLedger(one, z, z, z, pulses, z)
+        return treedef.unflatten(out), ProgramState(
+            count=state.count + 1, key=key,
+            tiles=jax.tree.unflatten(jax.tree.structure(state.tiles, is_leaf=_is_tiles),
+                                     new_tiles),
+            ledger=ledger)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class EquilibriumPropagationState(NamedTuple):
+    """State of :func:`equilibrium_propagation`: step count, PRNG key, the last step's largest
+    relaxation residual (for monitoring convergence) and the energy ledger of its crossbar reads."""
+
+    count: jax.Array
+    key: jax.Array
+    residual: jax.Array
+    ledger: EnergyLedger
+
+
+def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_steps: int = 4,
+                            seed: int = 0, centered: bool = True, io: IOConfig | None = None,
+                            tile_shape=(64, 64),
+                            tol: float | None = 5e-2) -> optax.GradientTransformationExtraArgs:
+    """Estimator transform: the activity-difference update of an energy network from ``batch``.
+
+    ``update(updates, state, params, *, batch=(x, y))`` ignores ``updates`` (may be None) and
+    returns :func:`activity_difference` of ``params`` on the batch, a descent direction shaped
+    like ``params``; follow it with ``optax.sgd(lr)`` and, on a chip, ``program(device)``. The
+    PRNG key (read noise) lives in the state. Every relaxation product goes through the crossbar
+    periphery ``io`` (None = exact); the state's ledger counts those reads.
+
+    Args:
+      beta: nudge (non-zero; ``|beta| < 1`` when centered). Scellier & Bengio use 0.5 for
+        784-500-10 (their Sec. 4); Laborieux et al. use the centered +beta/-beta form.
+      free_steps / nudged_steps: relaxation sweeps per phase.
+      seed: integer seed; centered: +beta/-beta phases (else +beta vs free).
+      io / tile_shape: crossbar periphery and tiling used during relaxation.
+      tol: raise :class:`NonConvergenceError` when a phase's last-sweep residual exceeds it.
+    """
+    check_beta(beta, centered)
+    free_steps = _check_steps("free_steps", free_steps)
+    nudged_steps = _check_steps("nudged_steps", nudged_steps)
+    tile_shape = check_tile_shape(tile_shape)
+    if io is not None and not isinstance(io, IOConfig):
+        raise TypeError(f"equilibrium_propagation: io={io!r}; pass an analog.IOConfig or None")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"equilibrium_propagation: seed={seed!r} must be an int")
+    sweeps = free_steps + (2 if centered else 1) * nudged_steps
+
+    def init_fn(params):
+        _check_params(params)
+        return EquilibriumPropagationState(jnp.zeros((), jnp.int32), jax.random.key(seed),
+                                           jnp.zeros((), _F32), EnergyLedger.zeros())
+
+    def update_fn(updates, state, params=None, *, batch=None, **extra):
+        del updates, extra
+        if params is None:
+            raise ValueError("equilibrium_propagation needs params: tx.update(None, state, "
+                             "params, batch=(x, y))")
+        if batch is None:
+            raise ValueError("equilibrium_propagation reads the keyword extra arg batch=(x, y); "
+                             "pass it to tx.update (optax.chain forwards it)")
+        x, y = batch
+        ws, _ = _check_params(params)
+        key, sub = jax.random.split(state.key)
+        upd, info = activity_difference(params, x, y, beta=beta, free_steps=free_steps,
+                                        nudged_steps=nudged_steps, centered=centered, io=io,
+                                        key=sub, tile_shape=tile_shape, tol=tol,
+                                        return_info=True)
+        b = jnp.shape(x)[0]
+        sizes = [ws[0].shape[0]] + [w.shape[1] for w in ws]
+        counts = relaxation_counts(sizes, b, sweeps, tile_shape)
+        # The update itself: two outer products per layer on a digital processor.
+        upd_flops = sum(4.0 * b * w.shape[0] * w.shape[1] for w in ws)
+        counts = counts._replace(steps=jnp.ones((), _F32),
+                                 digital_flops=counts.digital_flops + upd_flops)
+        residual = jnp.maximum(info.free_residual, info.nudged_residual)
+        return upd, EquilibriumPropagationState(state.count + 1, key, residual,
+                                                state.ledger + counts)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

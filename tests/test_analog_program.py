@@ -1,0 +1,142 @@
+"""analog.program: params track the chip for any pytree; the ledger counts what was sent."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import analog
+from analog import presets
+
+
+def mlp_params(dtype=jnp.float32):
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    return {"layers": [{"kernel": (jax.random.normal(k1, (10, 7)) * 0.3).astype(dtype),
+                        "bias": jnp.zeros((7,), dtype)},
+                       {"kernel": (jax.random.normal(k2, (7, 3)) * 0.3).astype(dtype),
+                        "bias": jnp.zeros((3,), dtype)}],
+            "conv": (jax.random.normal(k3, (3, 3, 2, 4)) * 0.1).astype(dtype),
+            "scale": jnp.ones((), dtype)}
+
+
+def chip_weights(state, params):
+    tiles = jax.tree.leaves(state.tiles, is_leaf=lambda t: isinstance(t, analog.Tiles))
+    leaves, treedef = jax.tree.flatten(params)
+    return treedef.unflatten([analog.read_weights(t).reshape(p.shape)
+                              for t, p in zip(tiles, leaves)])
+
+
+def test_matrix_shape_mapping():
+    assert analog.matrix_shape(()) == (1, 1)
+    assert analog.matrix_shape((5,)) == (1, 5)
+    assert analog.matrix_shape((4, 6)) == (4, 6)
+    assert analog.matrix_shape((3, 3, 2, 4)) == (18, 4)
+
+
+@pytest.mark.parametrize("device", [presets.IDEAL, presets.TAOX_RERAM], ids=["IDEAL", "TAOX"])
+def test_params_equal_what_the_chip_holds(device):
+    params = mlp_params()
+    tx = optax.chain(optax.sgd(0.1), analog.program(device, tile_shape=(4, 4), seed=1))
+    state = tx.init(params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, -0.05), params)
+    step = jax.jit(lambda p, s: tx.update(grads, s, p))
+    for _ in range(3):
+        updates, state = step(params, state)
+        params = optax.apply_updates(params, updates)
+        held = chip_weights(state[1], params)
+        for p, h in zip(jax.tree.leaves(params), jax.tree.leaves(held)):
+            np.testing.assert_allclose(p, h, atol=1e-6)
+
+
+def test_ideal_device_realizes_the_requested_update():
+    params = mlp_params()
+    tx = analog.program(presets.IDEAL, tile_shape=(4, 4))
+    state = tx.init(params)
+    want = jax.tree.map(lambda p: 0.01 * jnp.sin(jnp.arange(p.size, dtype=jnp.float32)
+                                                   ).reshape(p.shape), params)
+    got, state = tx.update(want, state, params)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    assert float(state.ledger.pulses) > 0 and float(state.ledger.steps) == 1
+
+
+def test_stochastic_rounding_keeps_sub_step_updates_deterministic_loses_them():
+    dev = analog.ConstantStep(dw_min=0.01)
+    params = {"w": jnp.zeros((32, 32), jnp.float32)}
+    small = {"w": jnp.full((32, 32), 0.004, jnp.float32)}   # w_max 1 -> step 0.02; 0.2 steps
+    for pulse, expect in (("stochastic", 0.004), ("deterministic", 0.0)):
+        tx = analog.program(dev, pulse=pulse, w_max=1.0)
+        state = tx.init(params)
+        got, _ = tx.update(small, state, params)
+        assert float(jnp.mean(got["w"])) == pytest.approx(expect, abs=0.001), pulse
+
+
+def test_nonlinear_device_realizes_less_than_asked_near_the_bound():
+    dev = analog.SoftBounds(dw_min=0.01)
+    params = {"w": jnp.full((8, 8), 0.9, jnp.float32)}
+    tx = analog.program(dev, pulse="deterministic", w_max=1.0)
+    state = tx.init(params)
+    got, _ = tx.update({"w": jnp.full((8, 8), 0.02, jnp.float32)}, state, params)
+    assert 0 < float(got["w"][0, 0]) < 0.02
+
+
+def test_program_vmaps_over_chips():
+    params = mlp_params()
+
+    def run(seed_key):
+        tx = analog.program(presets.TAOX_RERAM, tile_shape=(4, 4))
+        state = tx.init(params)
+        # per-chip variation: perturb the key in the state
+        state = state._replace(key=seed_key)
+        u, _ = tx.update(jax.tree.map(lambda p: jnp.full_like(p, 0.02), params), state, params)
+        return u["layers"][0]["kernel"]
+    out = jax.vmap(run)(jax.random.split(jax.random.key(0), 5))
+    assert out.shape == (5, 10, 7) and float(jnp.std(out[:, 0, 0])) > 0
+
+
+def test_program_errors():
+    with pytest.raises(TypeError, match="device"):
+        analog.program("TaOx")
+    with pytest.raises(ValueError, match="tile_shape"):
+        analog.program(presets.IDEAL, tile_shape=(0, 4))
+    with pytest.raises(ValueError, match="pulse"):
+        analog.program(presets.IDEAL, pulse="analog")
+    tx = analog.program(presets.IDEAL)
+    params = {"w": jnp.ones((2, 2))}
+    state = tx.init(params)
+    with pytest.raises(ValueError, match="needs params"):
+        tx.update(params, state)
+
+
+def test_composes_with_the_estimator_in_one_chain():
+    params = analog.init_energy_network(jax.random.key(0), (6, 5, 3))
+    x = jax.random.uniform(jax.random.key(1), (4, 6), jnp.float32)
+    y = jnp.asarray([0, 1, 2, 0])
+    tx = optax.chain(analog.equilibrium_propagation(beta=0.3, free_steps=20, nudged_steps=10),
+                     optax.sgd(0.1), analog.program(presets.TAOX_RERAM, tile_shape=(4, 4)))
+    state = tx.init(params)
+    updates, state = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))(params, state)
+    new = optax.apply_updates(params, updates)
+    for p, h in zip(jax.tree.leaves(new), jax.tree.leaves(chip_weights(state[2], new))):
+        np.testing.assert_allclose(p, h, atol=1e-6)
+    report = analog.energy_report(state[0].ledger + state[2].ledger)
+    assert report["analog_j_per_step"] > 0 and report["digital_j_per_step"] > 0
+    assert report["joules_per_step"]["pulses"] > 0
+
+
+def test_energy_report_arithmetic():
+    one = jnp.ones((), jnp.float32)
+    led = analog.EnergyLedger(2 * one, 10 * one, 4 * one, 6 * one, 8 * one, 1000 * one)
+    m = analog.EnergyModel(e_cell_read=1.0, e_dac=10.0, e_adc=100.0, e_pulse=1000.0,
+                           e_digital_flop=1.0)
+    r = analog.energy_report(led, m)
+    assert r["analog_j_per_step"] == pytest.approx(5 + 20 + 300 + 4000)
+    assert r["digital_j_per_step"] == pytest.approx(500)
+    assert r["ratio"] == pytest.approx(500 / 4325)
+    with pytest.raises(ValueError, match="e_adc"):
+        analog.EnergyModel(e_adc=-1.0)
+    with pytest.raises(TypeError, match="EnergyLedger"):
+        analog.energy_report({"pulses": 3})
