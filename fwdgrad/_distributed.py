@@ -88,12 +88,20 @@ def directional_derivatives(loss_fn, params: Any, key: jax.Array, tangent_ids: j
     return jax.vmap(one)(tangent_ids)
 
 
+
+def _varies_over(x: jax.Array, axis_name: Any) -> bool:
+    """Whether shard_map's type of ``x`` says it differs across ``axis_name`` (False under vmap)."""
+    aval = jax.typeof(x)
+    axis_type = getattr(aval, "manual_axis_type", None)  # JAX >= 0.9
+    if axis_type is not None:
+        return axis_name in axis_type.varying
+    return axis_name in getattr(aval, "vma", ())  # older JAX
+
 def _gather_invariant(x: jax.Array, axis_name: Any) -> jax.Array:
     """``all_gather`` (tiled) whose result shard_map knows is equal on every device."""
-    try:
+    if _varies_over(x, axis_name):  # inside shard_map
         return lax.all_gather(x, axis_name, tiled=True, to="invarying")
-    except TypeError:  # JAX without device-variance types
-        return lax.all_gather(x, axis_name, tiled=True)
+    return lax.all_gather(x, axis_name, tiled=True)  # vmap, pmap, or JAX without variance types
 
 
 def _varying(tree: Any, axis_names: tuple) -> Any:

@@ -1,0 +1,100 @@
+"""Forward gradients as optax gradient transformations.
+
+An estimator transform ignores the incoming updates (the training loop may pass
+``None``) and computes its own from the keyword extra args it reads; it owns its
+randomness in its state, so a user never threads keys (../shared/DESIGN.md,
+"Composition")::
+
+    tx = optax.chain(fwdgrad.forward_gradient(num_tangents=4), optax.sgd(1e-2))
+    updates, state = tx.update(None, state, params, loss_fn=lambda p: loss(p, batch))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fwdgrad import _estimators, _tangents
+
+__all__ = ["ForwardGradientState", "forward_gradient", "check_seed"]
+
+
+class ForwardGradientState(NamedTuple):
+    """State of :func:`forward_gradient` (and the activity-perturbation transforms).
+
+    count: int32 number of updates made; step ``t`` draws its tangents from
+      ``fold_in(key, t)``, so a run is reproducible from the seed alone.
+    key: the PRNG key the transform was seeded with.
+    """
+
+    count: jax.Array
+    key: jax.Array
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed={seed!r} must be a Python int")
+    return seed
+
+
+def _init_state(seed: int) -> Callable[[Any], ForwardGradientState]:
+    def init_fn(params):
+        del params
+        return ForwardGradientState(count=jnp.zeros((), jnp.int32), key=jax.random.key(seed))
+    return init_fn
+
+
+def _step_key(state: ForwardGradientState) -> jax.Array:
+    return jax.random.fold_in(state.key, state.count)
+
+
+def _advance(state: ForwardGradientState) -> ForwardGradientState:
+    return ForwardGradientState(count=optax.safe_increment(state.count), key=state.key)
+
+
+def forward_gradient(*, num_tangents: int = 1, tangent: str = "rademacher",
+                     aggregate: str = "mean", seed: int = 0,
+                     chunk_size: int | None = None) -> optax.GradientTransformationExtraArgs:
+    """Forward-gradient estimator as an optax transform (Baydin et al., 2022, eq. 4).
+
+    ``update(updates, state, params, *, loss_fn, **extra)`` ignores ``updates``
+    (may be ``None``), evaluates ``loss_fn(params)`` in forward mode along
+    ``num_tangents`` random tangents and returns the estimate of
+    ``grad loss_fn(params)``: same structure and dtypes as ``params``. Chain it
+    with an optimiser (``optax.sgd``) to take a step. Other extra args are ignored.
+
+    Args:
+      num_tangents: K >= 1 tangents per step (a Python int; static under jit).
+      tangent: ``"rademacher"`` or ``"gaussian"``.
+      aggregate: ``"mean"`` (unbiased, variance ``(n - 1)|g|^2/K``; use small
+        learning rates) or ``"orthogonal"`` (projection onto the tangents' span;
+        norm at most ``|g|``, so backprop-sized learning rates work).
+      seed: seeds the key held in :class:`ForwardGradientState`.
+      chunk_size: see :func:`fwdgrad.value_and_fwd_grad`.
+
+    Raises:
+      ValueError / TypeError at construction for a bad configuration.
+    """
+    K = _estimators.check_num_tangents(num_tangents)
+    _tangents.check_tangent(tangent)
+    _estimators.check_aggregate(aggregate)
+    _estimators.check_chunk_size(chunk_size, K)
+    check_seed(seed)
+
+    def update_fn(updates, state, params=None, *, loss_fn=None, **extra_args):
+        del updates, extra_args
+        if params is None:
+            raise ValueError("forward_gradient needs params: call tx.update(updates, state, params, "
+                             "loss_fn=...)")
+        if loss_fn is None or not callable(loss_fn):
+            raise ValueError("forward_gradient needs the keyword extra arg loss_fn=lambda params: "
+                             "scalar loss; got " + repr(loss_fn))
+        grad_fn = _estimators.fwd_grad(loss_fn, num_tangents=K, tangent=tangent,
+                                       aggregate=aggregate, chunk_size=chunk_size)
+        estimate = grad_fn(_step_key(state), params)
+        return estimate, _advance(state)
+
+    return optax.GradientTransformationExtraArgs(_init_state(seed), update_fn)
