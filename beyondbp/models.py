@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["MLP", "CNN", "functional", "ACTIVATIONS", "mlp", "cnn"]
+__all__ = ["MLP", "CNN", "functional", "ACTIVATIONS", "mlp", "cnn", "mlp4bit", "cnn4bit"]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -164,3 +164,29 @@ def cnn(key: jax.Array, num_classes: int = 10, **kwargs):
     """``functional(CNN(...))`` seeded from a JAX key: returns ``(apply, params)``."""
     seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
     return functional(CNN(num_classes, rngs=nnx.Rngs(seed), **kwargs))
+
+
+def mlp4bit(key: jax.Array, widths: Sequence[int] = (784, 1024, 1024, 10), *, config=None,
+            activation: str | Callable = "relu"):
+    """The :class:`MLP` with every layer a ``lowbit.nnx.Linear`` (Sun et al. 2020 4-bit training).
+
+    ``config`` is a ``lowbit.QuantConfig`` (default: ``QuantConfig()``, INT4
+    weights/activations, radix-4 FP4 gradients with GradScale and TPR). Same key,
+    same initial weights as :func:`mlp`. Returns ``(apply, params)``.
+    """
+    import functools
+
+    import lowbit
+    config = lowbit.QuantConfig() if config is None else config
+    return mlp(key, widths, activation=activation,
+               linear=functools.partial(lowbit.nnx.Linear, config=config))
+
+
+def cnn4bit(key: jax.Array, num_classes: int = 10, *, config=None, **kwargs):
+    """The LeNet-sized :class:`CNN` built from ``lowbit.nnx.Conv`` / ``lowbit.nnx.Linear``."""
+    import functools
+
+    import lowbit
+    config = lowbit.QuantConfig() if config is None else config
+    return cnn(key, num_classes, linear=functools.partial(lowbit.nnx.Linear, config=config),
+               conv=functools.partial(lowbit.nnx.Conv, config=config), **kwargs)
