@@ -36,7 +36,7 @@ one batch, which can change the summation order inside the matmuls).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,20 +44,9 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from fwdgrad import _estimators, _tangents
+from fwdgrad import _estimators, _tangents, _transforms
 
-__all__ = ["sharded_forward_gradient", "ShardedForwardGradientState", "directional_derivatives"]
-
-
-class ShardedForwardGradientState(NamedTuple):
-    """State of :func:`sharded_forward_gradient`: the step count and the shared PRNG key.
-
-    Identical on every device (replicated): the key and the count are all a
-    device needs to regenerate every tangent of the step.
-    """
-
-    count: jax.Array
-    key: jax.Array
+__all__ = ["sharded_forward_gradient", "directional_derivatives"]
 
 
 def _check_axis(mesh: Any, name: Any, what: str) -> int:
@@ -65,11 +54,6 @@ def _check_axis(mesh: Any, name: Any, what: str) -> int:
         raise ValueError(f"sharded_forward_gradient: {what}={name!r} is not an axis of the mesh; "
                          f"its axes are {mesh.axis_names}")
     return int(mesh.shape[name])
-
-
-def step_key(key: jax.Array, count: jax.Array) -> jax.Array:
-    """The key of step ``count``: the one from which all K tangents of the step are drawn."""
-    return jax.random.fold_in(key, count)
 
 
 def directional_derivatives(loss_fn, params: Any, key: jax.Array, tangent_ids: jax.Array,
@@ -130,7 +114,8 @@ def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
     axis's size) and a ``loss_fn(params, batch)`` that takes the batch, whose
     mean over equal shards is the full batch's loss.
 
-    Call ``update`` under ``jax.jit``; the params, state and result are
+    The state is forward_gradient's :class:`fwdgrad.ForwardGradientState`. Call
+    ``update`` under ``jax.jit``; the params, state and result are
     replicated over the mesh. In a multi-process job the mesh spans processes
     and each process calls the same jitted step.
 
@@ -166,15 +151,13 @@ def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
         n_batch = _check_axis(mesh, batch_axis_name, "batch_axis_name")
     else:
         n_batch = 1
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"sharded_forward_gradient: seed={seed!r} must be a Python int")
+    _transforms.check_seed(seed)
     k_local = K // n_dev
     axes = (axis_name,) if batch_axis_name is None else (batch_axis_name, axis_name)
 
-    def init(params):
-        del params
-        return ShardedForwardGradientState(count=jnp.zeros((), jnp.int32),
-                                           key=jax.random.key(seed))
+    # The state is forward_gradient's (count, key), identical on every device: the
+    # key and the count are all a device needs to regenerate every tangent of a step.
+    init = _transforms._init_state(seed)
 
     def update(updates, state, params=None, *, loss_fn=None, batch=None, **extra_args):
         del updates, extra_args
@@ -190,7 +173,7 @@ def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
                     raise ValueError(f"sharded_forward_gradient: batch leaf of shape "
                                      f"{jnp.shape(x)} cannot be split over the {n_batch} devices "
                                      f"of {batch_axis_name!r}; use a batch size divisible by it")
-        key = step_key(state.key, state.count)
+        key = _transforms._step_key(state)
 
         def local(params, batch):
             me = lax.axis_index(axis_name)
@@ -208,6 +191,6 @@ def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
         batch_spec = P() if batch_axis_name is None else P(batch_axis_name)
         est = jax.shard_map(local, mesh=mesh, in_specs=(P(), batch_spec), out_specs=P())(
             params, batch)
-        return est, ShardedForwardGradientState(count=state.count + jnp.int32(1), key=state.key)
+        return est, _transforms._advance(state)
 
     return optax.GradientTransformationExtraArgs(init, update)
