@@ -33,7 +33,6 @@ use, across processes too) and inside ``jax.vmap(..., axis_name=...)``.
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -184,8 +183,14 @@ def compressed_pmean(tree: Any, axis_name: Any, *, fmt: Format = RADIX4_FP4,
     return jax.tree.unflatten(treedef, out)
 
 
-_GATHER_TO = "to" in inspect.signature(lax.all_gather).parameters
 
+def _varies_over(x: jax.Array, axis_name: Any) -> bool:
+    """Whether shard_map's type of ``x`` says it differs across ``axis_name`` (False under vmap)."""
+    aval = jax.typeof(x)
+    axis_type = getattr(aval, "manual_axis_type", None)  # JAX >= 0.9
+    if axis_type is not None:
+        return axis_name in axis_type.varying
+    return axis_name in getattr(aval, "vma", ())  # older JAX
 
 def _all_gather(x: jax.Array, axis_name: Any) -> jax.Array:
     """``all_gather`` whose result ``shard_map`` knows to be the same on every device.
@@ -193,6 +198,6 @@ def _all_gather(x: jax.Array, axis_name: Any) -> jax.Array:
     Newer JAX tracks which values vary across devices; ``to="invarying"`` lets
     the gathered mean leave ``shard_map`` with a replicated ``P()`` out spec.
     """
-    if _GATHER_TO:
+    if _varies_over(x, axis_name):  # inside shard_map
         return lax.all_gather(x, axis_name, to="invarying")
-    return lax.all_gather(x, axis_name)
+    return lax.all_gather(x, axis_name)  # vmap, pmap, or JAX without variance types
