@@ -64,7 +64,8 @@ _INLINE = frozenset({"jit", "pjit", "closed_call", "core_call"})
 def check_num_tangents(num_tangents: Any) -> int:
     if isinstance(num_tangents, bool) or not isinstance(num_tangents, int):
         raise TypeError(f"num_tangents={num_tangents!r} must be a Python int >= 1 (it fixes the "
-                        "number of jvps traced, so it cannot be an array)")
+                        "number of jvps traced, so it cannot be an array; with "
+                        "optax.inject_hyperparams pass static_args=('num_tangents',))")
     if num_tangents < 1:
         raise ValueError(f"num_tangents={num_tangents!r}: need at least one tangent")
     return num_tangents

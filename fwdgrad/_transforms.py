@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fwdgrad import _estimators, _tangents
@@ -34,10 +35,16 @@ class ForwardGradientState(NamedTuple):
     key: jax.Array
 
 
-def check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed={seed!r} must be a Python int")
-    return seed
+def check_seed(seed: Any) -> Any:
+    """A Python int, or an integer scalar array (``optax.inject_hyperparams`` passes arrays)."""
+    if isinstance(seed, bool):
+        raise TypeError(f"seed={seed!r} must be an int")
+    if isinstance(seed, int):
+        return seed
+    if isinstance(seed, (jax.Array, np.ndarray)) and seed.shape == () and jnp.issubdtype(
+            seed.dtype, jnp.integer):
+        return seed
+    raise TypeError(f"seed={seed!r} must be an int")
 
 
 def _init_state(seed: int) -> Callable[[Any], ForwardGradientState]:
@@ -77,6 +84,9 @@ def forward_gradient(*, num_tangents: int = 1, tangent: str = "rademacher",
 
     Raises:
       ValueError / TypeError at construction for a bad configuration.
+
+    With ``optax.inject_hyperparams`` pass ``static_args=("num_tangents",)``:
+    K fixes the shapes of the traced program, so it cannot be a traced array.
     """
     K = _estimators.check_num_tangents(num_tangents)
     _tangents.check_tangent(tangent)

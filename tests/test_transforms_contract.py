@@ -81,6 +81,41 @@ ROWS: list[Row] = [
 
 # Rows of the toolkit's own packages are appended below, one block per package.
 # --- fwdgrad rows ---
+import fwdgrad  # noqa: E402
+
+
+def _fwdgrad_local_params(dtype):
+    from flax import nnx
+    model = fwdgrad.LocalMLP((3, 4, 2), rngs=nnx.Rngs(0), param_dtype=dtype)
+    return nnx.split(model, nnx.Param)[1].to_pure_dict()
+
+
+def _fwdgrad_local_extra(params, dtype):
+    x = jax.random.normal(jax.random.key(1), (5, 3)).astype(dtype)
+    y = jnp.array([0, 1, 1, 0, 1], jnp.int32)
+    return {"loss_fn": lambda p: jnp.float32(0.0), "batch": (x, y)}
+
+
+def _fwdgrad_static(num_tangents, aggregate="mean"):
+    """forward_gradient with its tangent count fixed: K sets the traced shapes, so it cannot
+    be an injected (traced) hyper-parameter (plain users pass static_args=("num_tangents",))."""
+    def factory(*, tangent="rademacher", seed=0):
+        return fwdgrad.forward_gradient(num_tangents=num_tangents, tangent=tangent,
+                                        aggregate=aggregate, seed=seed)
+    return factory
+
+
+ROWS += [
+    Row("fwdgrad.forward_gradient", _fwdgrad_static(1), {"tangent": "rademacher", "seed": 3},
+        estimator=True),
+    Row("fwdgrad.forward_gradient-orthogonal-K4", _fwdgrad_static(4, "orthogonal"),
+        {"tangent": "gaussian"}, estimator=True),
+    Row("fwdgrad.activity_forward_gradient",
+        lambda *, activation="relu", seed=0: fwdgrad.activity_forward_gradient(
+            activation=activation, num_tangents=2, seed=seed),
+        {"activation": "tanh", "seed": 1}, estimator=True, params=_fwdgrad_local_params,
+        extra=_fwdgrad_local_extra),
+]
 # --- lowbit rows ---
 import lowbit  # noqa: E402
 

@@ -1,0 +1,149 @@
+"""Activity perturbation with local losses (Ren et al., 2023) against jax.grad references."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import fwdgrad
+
+B, D_IN, CLASSES = 8, 12, 3
+
+
+def _model(dtype=jnp.float32):
+    return fwdgrad.LocalMLP((D_IN, 16, 8, CLASSES), rngs=nnx.Rngs(0), param_dtype=dtype)
+
+
+def _params(dtype=jnp.float32):
+    return nnx.split(_model(dtype), nnx.Param)[1].to_pure_dict()
+
+
+X = jax.random.normal(jax.random.key(1), (B, D_IN))
+Y = jnp.arange(B, dtype=jnp.int32) % CLASSES
+
+
+def _exact_local_grads(params):
+    """Gradient of the sum of local losses with stop-gradient between blocks, by backprop."""
+    graphdef, _, rest = nnx.split(_model(), nnx.Param, ...)
+
+    def total(p):
+        model = nnx.merge(graphdef, nnx.State(p), rest)
+        return sum(optax.softmax_cross_entropy_with_integer_labels(l, Y).mean()
+                   for l in model.local_logits(X))
+    return jax.grad(total)(params)
+
+
+def _flat(tree):
+    return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
+
+
+def test_activity_fwd_grad_single_tangent_is_per_example_projection():
+    z = jax.random.normal(jax.random.key(2), (B, 5))
+    w = jax.random.normal(jax.random.key(3), (5, CLASSES))
+
+    def losses(z):
+        return optax.softmax_cross_entropy_with_integer_labels(jnp.tanh(z) @ w, Y)
+
+    key = jax.random.key(4)
+    loss, est = jax.jit(fwdgrad.activity_fwd_grad(losses))(key, z)
+    exact = jax.grad(lambda z: losses(z).mean())(z)
+    # independent check of the per-example structure: est_b = (exact_b . u_b) u_b for some +-1 u_b
+    signs = np.sign(np.asarray(est))
+    proj = np.sum(np.asarray(exact) * signs, axis=1, keepdims=True) * signs
+    np.testing.assert_allclose(np.asarray(est), proj, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(loss), float(losses(z).mean()), rtol=1e-6)
+
+
+def test_activity_fwd_grad_unbiased_and_low_variance():
+    z = jax.random.normal(jax.random.key(2), (B, 5))
+    w = jax.random.normal(jax.random.key(3), (5, CLASSES))
+
+    def losses(z):
+        return optax.softmax_cross_entropy_with_integer_labels(jnp.tanh(z) @ w, Y)
+
+    exact = np.asarray(jax.grad(lambda z: losses(z).mean())(z), np.float64)
+    g = fwdgrad.activity_fwd_grad(losses)
+    S = 8000
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(9), s))(jnp.arange(S, dtype=jnp.uint32))
+    est = np.asarray(jax.jit(jax.vmap(lambda k: g(k, z)[1]))(keys), np.float64)
+    se = est.std(0) / np.sqrt(S)
+    assert np.all(np.abs(est.mean(0) - exact) < 5 * se + 1e-7)
+    # per-example Rademacher variance: sum_b (m - 1)|g_b|^2 with m = 5 entries per example
+    theory = (5 - 1) * np.sum(exact ** 2)
+    emp = np.mean(np.sum((est - exact) ** 2, axis=(1, 2)))
+    assert abs(emp / theory - 1) < 0.1, (emp, theory)
+
+
+def test_activity_fwd_grad_rejects_batch_mixing_loss():
+    g = fwdgrad.activity_fwd_grad(lambda z: jnp.mean(z ** 2))
+    with pytest.raises(ValueError, match="per-example losses of shape"):
+        g(jax.random.key(0), jnp.ones((4, 3)))
+
+
+def test_local_mlp_grads_unbiased_against_backprop_of_local_losses():
+    params = _params()
+    exact = _flat(_exact_local_grads(params))
+    S = 6000
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(7), s))(jnp.arange(S, dtype=jnp.uint32))
+    est = jax.jit(jax.vmap(lambda k: jnp.concatenate(
+        [x.ravel() for x in jax.tree.leaves(fwdgrad.local_mlp_grads(k, params, X, Y)[1])])))(keys)
+    est = np.asarray(est, np.float64)
+    se = est.std(0) / np.sqrt(S)
+    assert np.all(np.abs(est.mean(0) - exact) < 5 * se + 1e-7)
+    cos = np.dot(est.mean(0), exact) / (np.linalg.norm(est.mean(0)) * np.linalg.norm(exact))
+    assert cos > 0.99
+
+
+def test_local_losses_match_model():
+    params = _params()
+    losses, grads = jax.jit(lambda: fwdgrad.local_mlp_grads(jax.random.key(0), params, X, Y))()
+    model = _model()
+    ref = [float(optax.softmax_cross_entropy_with_integer_labels(l, Y).mean())
+           for l in model.local_logits(X)]
+    np.testing.assert_allclose(np.asarray(losses), ref, rtol=1e-5)
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+
+
+def test_apply_matches_nnx_model():
+    params = _params()
+    np.testing.assert_allclose(np.asarray(fwdgrad.local_mlp_apply(params, X)),
+                               np.asarray(_model()(X)), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_params_keep_dtype():
+    params = _params(jnp.bfloat16)
+    _, grads = jax.jit(lambda: fwdgrad.local_mlp_grads(jax.random.key(0), params, X, Y))()
+    for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(params)):
+        assert g.dtype == jnp.bfloat16 and g.shape == p.shape
+
+
+def test_activity_perturbation_has_lower_variance_than_weight_perturbation():
+    """Ren et al.'s point: perturbing activations divides the variance by about the fan-in."""
+    params = _params()
+    exact = _exact_local_grads(params)
+    g = np.sum(_flat(exact) ** 2)
+
+    def local_total(p):
+        layers, heads = [p["layers"][i] for i in sorted(p["layers"])], [p["heads"][i] for i in sorted(p["heads"])]
+        h, tot = X, 0.0
+        for l, hd in zip(layers, heads):
+            a = jax.nn.relu(h @ l["kernel"] + l["bias"])
+            tot = tot + optax.softmax_cross_entropy_with_integer_labels(a @ hd["kernel"] + hd["bias"], Y).mean()
+            h = jax.lax.stop_gradient(a)
+        return tot
+
+    wp = fwdgrad.fwd_grad(local_total)
+    ap = lambda k, p: fwdgrad.local_mlp_grads(k, p, X, Y)[1]  # noqa: E731
+    v_w, v_a = jax.jit(lambda k: (fwdgrad.estimator_variance(wp, k, params, num_samples=500, exact=exact),
+                                  fwdgrad.estimator_variance(ap, k, params, num_samples=500, exact=exact)))(
+        jax.random.key(1))
+    assert float(v_a) < 0.2 * float(v_w), (float(v_a) / g, float(v_w) / g)
+
+
+def test_local_mlp_widths_validated():
+    with pytest.raises(ValueError, match="widths"):
+        fwdgrad.LocalMLP((784, 10), rngs=nnx.Rngs(0))
