@@ -11,6 +11,7 @@ between TPR's even and odd grids.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -77,11 +78,16 @@ def compute_scale(x: jax.Array, fmt: Format, method: str = "max", *,
         raise ValueError(f"method={method!r}: use one of {SCALINGS}")
     if fmt.is_float32:
         return jnp.float32(1.0)
-    amax = _amax(jnp.asarray(x))
-    if method == "delayed":
-        if amax_history is None:
-            raise ValueError("method='delayed' needs amax_history=<1-D float32 array>; "
-                             "create it with jnp.zeros((n,), jnp.float32)")
+    if method == "delayed" and amax_history is None:
+        raise ValueError("method='delayed' needs amax_history=<1-D float32 array>; "
+                         "create it with jnp.zeros((n,), jnp.float32)")
+    return _compute_scale(jnp.asarray(x), None if method == "max" else amax_history, fmt=fmt)
+
+
+@functools.partial(jax.jit, static_argnames=("fmt",))
+def _compute_scale(x, amax_history, *, fmt):
+    amax = _amax(x)
+    if amax_history is not None:
         past = jnp.max(jnp.asarray(amax_history, jnp.float32))
         amax = jnp.where(past > 0, past, amax)
     return _radix_scale(amax, fmt)
@@ -107,7 +113,12 @@ def sawb_scale(w: jax.Array, fmt: Format) -> jax.Array:
     _check_format(fmt)
     if fmt.kind != "int" or not fmt.signed:
         raise ValueError(f"sawb_scale needs a signed integer format such as INT4, got {fmt.name}")
-    wf = jnp.asarray(w).astype(jnp.float32)
+    return _sawb_scale(jnp.asarray(w), fmt=fmt)
+
+
+@functools.partial(jax.jit, static_argnames=("fmt",))
+def _sawb_scale(w, *, fmt):
+    wf = w.astype(jnp.float32)
     amax = _amax(wf)
     if fmt.bits in _SAWB_COEFFS:
         c1, c2 = _SAWB_COEFFS[fmt.bits]
