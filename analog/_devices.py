@@ -138,14 +138,18 @@ class Device:
         The step scale is truncated at 0 (a device cannot step backwards), the range scale at
         0.1 of nominal, and the asymmetry to (-0.99, 0.99).
         """
-        k1, k2, k3, k4 = jax.random.split(key, 4)
-        dw_scale = jnp.maximum(1.0 + self.dw_min_dtod * jax.random.normal(k1, shape, _F32), 0.0)
-        up_down = jnp.clip(self.up_down + self.up_down_dtod * jax.random.normal(k2, shape, _F32),
-                           -0.99, 0.99)
-        rng_scale = jnp.maximum(1.0 + self.bounds_dtod * jax.random.normal(k3, shape, _F32), 0.1)
+        if not (self.dw_min_dtod or self.up_down_dtod or self.bounds_dtod or self.stuck_on
+                or self.stuck_off):
+            return self.nominal_variation(shape)  # nothing to draw (and nothing to compile)
+        # Two draws in all: random-number kernels dominate compile time on CPU.
+        kz, ku = jax.random.split(key)
+        z = jax.random.normal(kz, (3, *shape), _F32)
+        dw_scale = jnp.maximum(1.0 + self.dw_min_dtod * z[0], 0.0)
+        up_down = jnp.clip(self.up_down + self.up_down_dtod * z[1], -0.99, 0.99)
+        rng_scale = jnp.maximum(1.0 + self.bounds_dtod * z[2], 0.1)
         g_min = jnp.full(shape, self.g_min, _F32)
         g_max = g_min + self.range * rng_scale
-        u = jax.random.uniform(k4, shape, _F32)
+        u = jax.random.uniform(ku, shape, _F32)
         stuck_on = u < self.stuck_on
         stuck_off = (u >= self.stuck_on) & (u < self.stuck_on + self.stuck_off)
         return DeviceVariation(dw_scale, up_down, g_min, g_max, stuck_on, stuck_off)

@@ -67,10 +67,10 @@ CAPACITOR = LinearStep(dw_min=0.0025, gamma_up=0.05, gamma_down=0.05, dw_min_dto
 
 #: Periphery for the TaOx experiments: 8-bit DAC on inputs in [-1, 1] and 8-bit ADC (Yi et al.
 #: 2023 digitise with 8-bit-class converters on their test board: assumed from the paper's
-#: measurement set-up), output bound 8 (assumed: in weight x input units, a few times the largest
-#: pre-activation of a trained 784-500-10 network) and additive read noise of 0.02 per tile
-#: output (assumed, about 1% of a typical column current).
-TAOX_IO = IOConfig(inp_bits=8, inp_bound=1.0, out_bits=8, out_bound=8.0, read_noise=0.02)
+#: measurement set-up), output bound 4 per 64-row tile (assumed: in weight x input units, above
+#: the partial sums of a trained 784-500-10 network's tiles) and additive read noise of 0.01 per
+#: tile output (assumed, about 1% of a typical column current).
+TAOX_IO = IOConfig(inp_bits=8, inp_bound=1.0, out_bits=8, out_bound=4.0, read_noise=0.01)
 
 DEVICES = {"IDEAL": IDEAL, "TAOX_RERAM": TAOX_RERAM, "RERAM_SOFTBOUNDS": RERAM_SOFTBOUNDS,
            "PCM": PCM, "ECRAM": ECRAM, "CAPACITOR": CAPACITOR}

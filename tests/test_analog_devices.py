@@ -12,6 +12,11 @@ import pytest
 from hypothesis import given, settings
 
 import analog
+
+
+def rkey(seed):
+    """rbg keys: their kernels compile ~10x faster than threefry's on XLA:CPU."""
+    return jax.random.key(seed, impl="rbg")
 from analog import presets
 
 DW = 0.01
@@ -118,7 +123,7 @@ PRESETS = list(presets.DEVICES.items())
        which=st.integers(0, len(PRESETS) - 1), seed=st.integers(0, 2**16))
 def test_conductance_stays_in_bounds_for_any_pulse_sequence(seq, which, seed):
     _, dev = PRESETS[which]
-    key = jax.random.key(seed)
+    key = rkey(seed)
     var = dev.sample_variation(key, (64,))
     g = dev.clip(jnp.full((64,), 0.5, jnp.float32), var)
     for i, n in enumerate(seq):
@@ -134,7 +139,7 @@ def test_cycle_to_cycle_noise_has_the_configured_spread():
     dev = analog.ConstantStep(dw_min=0.001, dw_min_std=0.3)
     g0 = jnp.full((200_000,), 0.5, jnp.float32)
     n = 16.0
-    g = dev.step(g0, jnp.full_like(g0, n), jax.random.key(3))
+    g = dev.step(g0, jnp.full_like(g0, n), rkey(3))
     delta = np.asarray(g - g0, np.float64)
     # n pulses of step a(1 + 0.3 xi): mean n a, std 0.3 a sqrt(n).
     assert delta.mean() == pytest.approx(n * 0.001, rel=0.01)
@@ -144,7 +149,7 @@ def test_cycle_to_cycle_noise_has_the_configured_spread():
 def test_device_to_device_variation_and_stuck_fractions():
     dev = analog.ConstantStep(dw_min=0.01, dw_min_dtod=0.2, up_down_dtod=0.05, bounds_dtod=0.1,
                               stuck_on=0.02, stuck_off=0.03)
-    var = dev.sample_variation(jax.random.key(0), (100_000,))
+    var = dev.sample_variation(rkey(0), (100_000,))
     assert float(jnp.std(var.dw_scale)) == pytest.approx(0.2, rel=0.03)
     assert float(jnp.std(var.up_down)) == pytest.approx(0.05, rel=0.03)
     assert float(jnp.std(var.g_max)) == pytest.approx(0.1, rel=0.03)
@@ -152,7 +157,7 @@ def test_device_to_device_variation_and_stuck_fractions():
     assert float(jnp.mean(var.stuck_off)) == pytest.approx(0.03, abs=0.002)
     assert not bool(jnp.any(var.stuck_on & var.stuck_off))
     # Sampled once: the same key gives the same devices.
-    again = dev.sample_variation(jax.random.key(0), (100_000,))
+    again = dev.sample_variation(rkey(0), (100_000,))
     assert bool(jnp.all(again.dw_scale == var.dw_scale))
 
 

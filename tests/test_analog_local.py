@@ -13,17 +13,22 @@ import pytest
 
 import analog
 
+
+def rkey(seed):
+    """rbg keys: their kernels compile ~10x faster than threefry's on XLA:CPU."""
+    return jax.random.key(seed, impl="rbg")
+
 SIZES = (6, 5, 4, 3)
 B = 8
 
 
 def _problem():
-    params = analog.init_energy_network(jax.random.key(0), SIZES)
+    params = analog.init_energy_network(rkey(0), SIZES)
     # Moderate weights and biases near 0.4 keep most units inside (0, 1), so every layer's
     # gradient is far from zero and the comparison means something.
     params = [{"kernel": p["kernel"] * 0.6, "bias": p["bias"] + 0.4} for p in params]
-    x = jax.random.uniform(jax.random.key(1), (B, SIZES[0]), jnp.float32)
-    y = jax.random.randint(jax.random.key(2), (B,), 0, SIZES[-1])
+    x = jax.random.uniform(rkey(1), (B, SIZES[0]), jnp.float32)
+    y = jax.random.randint(rkey(2), (B,), 0, SIZES[-1])
     return params, x, y
 
 
@@ -122,9 +127,9 @@ def test_relaxation_uses_the_crossbar_periphery():
     coarse = analog.predict(params, x, steps=40, io=io, tile_shape=(4, 4))
     assert float(jnp.max(jnp.abs(exact - coarse))) > 1e-3
     noisy1 = analog.predict(params, x, steps=40, io=analog.IOConfig(read_noise=0.05),
-                            key=jax.random.key(1))
+                            key=rkey(1))
     noisy2 = analog.predict(params, x, steps=40, io=analog.IOConfig(read_noise=0.05),
-                            key=jax.random.key(2))
+                            key=rkey(2))
     assert float(jnp.max(jnp.abs(noisy1 - noisy2))) > 0
 
 
@@ -153,7 +158,7 @@ def test_bad_beta_raises(beta):
 def test_bad_network_arguments_raise():
     params, x, y = _problem()
     with pytest.raises(ValueError, match="layer_sizes"):
-        analog.init_energy_network(jax.random.key(0), (784,))
+        analog.init_energy_network(rkey(0), (784,))
     with pytest.raises(ValueError, match="free_steps"):
         analog.activity_difference(params, x, y, beta=0.1, free_steps=0, nudged_steps=2)
     with pytest.raises(TypeError, match="energy-network params"):
@@ -166,6 +171,8 @@ def test_bad_network_arguments_raise():
 
 def test_equilibrium_propagation_transform_trains_a_tiny_problem():
     """Chained with sgd, the estimator lowers the free-phase cost on a fixed batch."""
+    # threefry keys here: this seed gives a network whose hard-sigmoid units are alive at
+    # the start (a dead output unit gets no learning signal, with any rule).
     params = analog.init_energy_network(jax.random.key(3), (6, 8, 3))
     x = jax.random.uniform(jax.random.key(4), (16, 6), jnp.float32)
     y = jnp.argmax(x[:, :3], axis=1)
@@ -185,7 +192,7 @@ def test_equilibrium_propagation_transform_trains_a_tiny_problem():
     c0 = cost(params)
     for _ in range(60):
         params, state = step(params, state)
-    assert cost(params) < 0.6 * c0
+    assert cost(params) < 0.5 * c0
     ep_state = state[0]
     assert int(ep_state.count) == 60 and float(ep_state.residual) < 5e-2
     # the ledger counted 60 steps of (30 + 2 * 40) sweeps of reads

@@ -1,0 +1,93 @@
+"""Full-MNIST accuracy of the analog methods (784-500-10 energy network; MLP for analog-sgd).
+
+Runs one registered method through ``beyondbp.train`` and writes
+``benchmarks/results/analog_mnist_<method>.json`` (history, energy report, residuals) and a PNG
+of test accuracy against epochs.
+
+    .venv/bin/python benchmarks/analog_mnist.py --method analog-eqprop --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import analog  # noqa: E402
+from beyondbp import _methods_analog, datasets, methods, train  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--method", default="analog-eqprop")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=20)
+    ap.add_argument("--data", default="mnist")
+    ap.add_argument("--data-dir", default=str(pathlib.Path(__file__).resolve().parents[2]
+                                                / "shared" / "data" / "mnist"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-limit", type=int, default=None)
+    ap.add_argument("--read-noise", type=float, default=None,
+                    help="analog-eqprop-taox only: override TAOX_IO.read_noise (0 = none; read "
+                         "noise costs ~6M Gaussian draws per step on CPU)")
+    args = ap.parse_args()
+    tr = datasets.load(args.data, "train", data_dir=args.data_dir)
+    te = datasets.load(args.data, "test", data_dir=args.data_dir)
+    if args.train_limit:
+        tr = datasets.Dataset(tr.name, tr.split, tr.images[: args.train_limit],
+                              tr.labels[: args.train_limit])
+    per_epoch = len(tr) // args.batch_size
+    steps = args.epochs * per_epoch
+    cfg = methods.MethodConfig(key=jax.random.key(args.seed), steps=steps)
+    if args.method == "analog-eqprop-taox" and args.read_noise is not None:
+        io = dataclasses.replace(analog.presets.TAOX_IO, read_noise=args.read_noise)
+        setup = _methods_analog.build_eqprop(
+            cfg, device=analog.presets.TAOX_RERAM, io=io, tol=None,
+            free_steps=_methods_analog.TAOX_FREE_STEPS,
+            nudged_steps=_methods_analog.TAOX_NUDGED_STEPS, w_max=None)
+    else:
+        setup = methods.get(args.method).build(cfg)
+    tag = args.method + ("" if args.read_noise is None else f"-rn{args.read_noise:g}")
+    out = RESULTS / f"analog_mnist_{tag}.json"
+    t0 = time.time()
+    hist = train.train(setup, tr, te, steps=steps, batch_size=args.batch_size, seed=args.seed,
+                       eval_every=per_epoch, log_every=500, progress=True, desc=args.method,
+                       time_steps=False, json_path=out)
+    hist = json.loads(out.read_text())
+    hist["command"] = ("python benchmarks/analog_mnist.py --method {} --epochs {} "
+                       "--batch-size {}{}".format(args.method, args.epochs, args.batch_size,
+                                                  "" if args.read_noise is None
+                                                  else f" --read-noise {args.read_noise}"))
+    hist["machine"] = f"{platform.machine()} {platform.processor() or ''} jax {jax.__version__} " \
+                      f"{jax.devices()[0].platform}"
+    hist["epochs"] = args.epochs
+    hist["train_examples"] = len(tr)
+    hist["wall_s"] = time.time() - t0
+    out.write_text(json.dumps(hist, indent=1))
+    plt.figure(figsize=(5, 3.5))
+    ep = [s / per_epoch for s in hist["eval_steps"]]
+    plt.plot(ep, [100 * a for a in hist["test_accuracy"]], "o-", label=args.method)
+    plt.xlabel("epoch")
+    plt.ylabel("test accuracy (%)")
+    plt.title(f"{args.method}, full {args.data}")
+    plt.grid(alpha=0.3)
+    plt.legend()
+    plt.tight_layout()
+    plt.savefig(out.with_suffix(".png"), dpi=100)
+    print(json.dumps({"method": args.method, "final_test_accuracy": hist["final_test_accuracy"],
+                      "wall_s": hist["wall_s"]}))
+
+
+if __name__ == "__main__":
+    main()
