@@ -106,9 +106,12 @@ def plot(result: dict, path: pathlib.Path):
             ref = 100 * result[m]["float32"]["final_test_accuracy"]
             ax.axvline(ref - 0.5, ls="--", c="r", lw=1, label="float32 - 0.5 pt")
             ax.legend(fontsize=8)
-        ax.set_xlim(min(acc + [90]) - 1, 100)
+        # zoom on the interesting range; collapsed runs (no GradScale) are labelled at the edge
+        lo = min([a for a in acc if a > 90] + [97]) - 1.5
+        ax.set_xlim(lo, 100)
         for i, a in enumerate(acc):
-            ax.text(a, i, f" {a:.2f}", va="center", fontsize=8)
+            ax.text(max(a, lo), i, f" {a:.2f}" + (" (off scale)" if a < lo else ""),
+                    va="center", fontsize=8)
         ax.set(title=f"{m.upper()} on {result.get('dataset')}, {result.get('epochs')} epochs",
                xlabel="test accuracy (%)")
     fig.tight_layout()
