@@ -18,7 +18,8 @@ Two axes of the crossbar model parallelise naturally (JAX meshes and ``shard_map
   independently drawn chips (a leading axis, ``jax.vmap``);
   :func:`shard_chips` splits that axis over a mesh axis, each device
   ``vmap``-ing its own chips. Chips do not talk to each other, so there is no
-  communication at all and results equal the single-device ``vmap``.
+  communication at all, and results equal the single-device ``vmap`` up to
+  float32 rounding of the differently batched matmuls.
 
 Noise keys are those of :func:`analog.mvm`: tile ``(r, c)`` uses
 ``split(key, (R, C))[r, c]`` on whichever device holds it, so a noisy read is
@@ -188,7 +189,8 @@ def shard_chips(fn: Callable, *, mesh: Mesh, axis_name: Any,
     ``fn`` on every chip. Arguments with ``in_axes`` None are broadcast to
     every chip; the others must have a leading size divisible by the axis
     size. Chips are independent, so there is no communication, and each
-    chip's result equals the single-device ``vmap``'s. Outputs keep the
+    chip's result equals the single-device ``vmap``'s up to float32 rounding
+    (XLA batches 1/D as many chips per matmul). Outputs keep the
     chip axis first, sharded over ``axis_name``.
     """
     n = _check_axis(mesh, axis_name, "shard_chips")
