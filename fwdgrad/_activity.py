@@ -115,23 +115,42 @@ def _dense(p, x):
     return x @ p["kernel"] + p["bias"]
 
 
-def local_mlp_apply(params: Any, x: jax.Array, *, activation: str | Callable = "relu") -> jax.Array:
+def _normalize(h: jax.Array) -> jax.Array:
+    """Parameter-free layer norm of each example (float32 statistics, h's dtype).
+
+    Without it, the inputs of later blocks grow as the noisy updates of earlier
+    blocks scale their activations, and the greedy blocks diverge; Ren et al.
+    (2023) normalise block inputs for the same reason.
+    """
+    h32 = h.astype(jnp.float32)
+    mu = jnp.mean(h32, axis=-1, keepdims=True)
+    var = jnp.var(h32, axis=-1, keepdims=True)
+    return ((h32 - mu) * jax.lax.rsqrt(var + jnp.float32(1e-5))).astype(h.dtype)
+
+
+def _block_input(h: jax.Array, i: int, normalize: bool) -> jax.Array:
+    return _normalize(h) if (normalize and i > 0) else h
+
+
+def local_mlp_apply(params: Any, x: jax.Array, *, activation: str | Callable = "relu",
+                    normalize: bool = True) -> jax.Array:
     """Prediction of a local-loss MLP: the last block's head logits, ``(B, classes)``."""
     act = _activation(activation)
     layers, heads = _check_local_params(params)
     h = x.reshape(x.shape[0], -1).astype(layers[0]["kernel"].dtype)
-    for layer in layers:
-        h = act(_dense(layer, h))
+    for i, layer in enumerate(layers):
+        h = act(_dense(layer, _block_input(h, i, normalize)))
     return _dense(heads[-1], h)
 
 
 def local_mlp_grads(key: jax.Array, params: Any, x: jax.Array, labels: jax.Array, *,
                     activation: str | Callable = "relu", num_tangents: int = 1,
-                    tangent: str = "rademacher") -> tuple[jax.Array, Any]:
+                    tangent: str = "rademacher", normalize: bool = True) -> tuple[jax.Array, Any]:
     """Local losses and activity-perturbed gradient estimates of a local-loss MLP.
 
-    Block i: ``z_i = h_{i-1} W_i + b_i``, ``h_i = act(z_i)``, local loss
-    ``CE(head_i(h_i), labels)``; ``h_{i-1}`` is a constant for block i. Both the
+    Block i: ``z_i = n(h_{i-1}) W_i + b_i``, ``h_i = act(z_i)``, local loss
+    ``CE(head_i(h_i), labels)``; ``h_{i-1}`` is a constant for block i and ``n``
+    a parameter-free layer norm for i > 0 (identity with ``normalize=False``). Both the
     block's pre-activation and its head's logits are perturbed per example
     (Ren et al., 2023), and the weight estimates follow from ``x^T g_hat(z)``.
 
@@ -155,6 +174,7 @@ def local_mlp_grads(key: jax.Array, params: Any, x: jax.Array, labels: jax.Array
     h = x.reshape(x.shape[0], -1).astype(layers[0]["kernel"].dtype)
     losses, g_layers, g_heads = [], [], []
     for i, (layer, head) in enumerate(zip(layers, heads)):
+        h = _block_input(h, i, normalize)
         z = _dense(layer, h)
         loss, gz = block_grad(jax.random.fold_in(key, 2 * i), z, head, labels)
         a = act(z)
@@ -189,19 +209,21 @@ class LocalMLP(nnx.Module):
     ``widths[i + 1]`` and has a head ``widths[i + 1] -> classes``. The
     prediction is the last head's logits, so for ``(784, 1024, 1024, 10)`` the
     prediction path is exactly the 784-1024-1024-10 MLP of Baydin et al. (2022),
-    plus one auxiliary 1024-10 head. Train with :func:`local_mlp_grads` or
+    plus one auxiliary 1024-10 head, and (``normalize=True``) a parameter-free
+    layer norm on the input of every block after the first. Train with :func:`local_mlp_grads` or
     :func:`activity_forward_gradient`; ``nnx.split(model, nnx.Param)`` gives the
     parameter dict they expect.
     """
 
     def __init__(self, widths: Sequence[int], *, activation: str | Callable = "relu",
-                 rngs: nnx.Rngs, param_dtype: Any = jnp.float32):
+                 rngs: nnx.Rngs, param_dtype: Any = jnp.float32, normalize: bool = True):
         widths = tuple(widths)
         if len(widths) < 3 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
                                   for w in widths):
             raise ValueError(f"widths={widths!r}: need at least three positive ints "
                              "(inputs, hidden..., classes), e.g. (784, 1024, 1024, 10)")
         self.widths = widths
+        self.normalize = bool(normalize)
         self.activation_fn = _activation(activation)
         hidden, classes = widths[1:-1], widths[-1]
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype)
@@ -213,8 +235,9 @@ class LocalMLP(nnx.Module):
         """Every block's head logits, each block reading a stop-gradient input."""
         h = x.reshape(x.shape[0], -1)
         out = []
-        for layer, head in zip(self.layers, self.heads):
-            h = self.activation_fn(layer(jax.lax.stop_gradient(h)))
+        for i, (layer, head) in enumerate(zip(self.layers, self.heads)):
+            h = _block_input(jax.lax.stop_gradient(h), i, self.normalize)
+            h = self.activation_fn(layer(h))
             out.append(head(h))
         return out
 
@@ -223,20 +246,21 @@ class LocalMLP(nnx.Module):
         if h.shape[-1] != self.widths[0]:
             raise ValueError(f"LocalMLP expects {self.widths[0]} input features per example, got "
                              f"input of shape {x.shape}")
-        for layer in self.layers:
-            h = self.activation_fn(layer(h))
+        for i, layer in enumerate(self.layers):
+            h = self.activation_fn(layer(_block_input(h, i, self.normalize)))
         return self.heads[-1](h)
 
 
 def activity_forward_gradient(*, activation: str | Callable = "relu", num_tangents: int = 1,
-                              tangent: str = "rademacher",
-                              seed: int = 0) -> optax.GradientTransformationExtraArgs:
+                              tangent: str = "rademacher", seed: int = 0,
+                              normalize: bool = True) -> optax.GradientTransformationExtraArgs:
     """Activity-perturbed local-loss forward gradients as an optax estimator transform.
 
     ``update(updates, state, params, *, batch, **extra)`` ignores ``updates``
     (may be ``None``) and returns :func:`local_mlp_grads` of ``params`` (a
     ``LocalMLP``'s parameters) on ``batch = (x, labels)``. ``loss_fn`` and other
     extra args are ignored: the local losses are defined by the model itself.
+    ``activation`` and ``normalize`` must match the ``LocalMLP``'s.
     State: :class:`fwdgrad.ForwardGradientState`.
     """
     _activation(activation)
@@ -260,7 +284,7 @@ def activity_forward_gradient(*, activation: str | Callable = "relu", num_tangen
         x, labels = batch
         key = jax.random.fold_in(state.key, state.count)
         _, grads = local_mlp_grads(key, params, x, labels, activation=activation,
-                                   num_tangents=K, tangent=tangent)
+                                   num_tangents=K, tangent=tangent, normalize=normalize)
         return grads, _transforms.ForwardGradientState(
             count=optax.safe_increment(state.count), key=state.key)
 

@@ -108,10 +108,14 @@ def test_local_losses_match_model():
     assert jax.tree.structure(grads) == jax.tree.structure(params)
 
 
-def test_apply_matches_nnx_model():
-    params = _params()
-    np.testing.assert_allclose(np.asarray(fwdgrad.local_mlp_apply(params, X)),
-                               np.asarray(_model()(X)), rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_apply_matches_nnx_model(normalize):
+    model = fwdgrad.LocalMLP((D_IN, 16, 8, CLASSES), rngs=nnx.Rngs(0), normalize=normalize)
+    params = nnx.split(model, nnx.Param)[1].to_pure_dict()
+    np.testing.assert_allclose(np.asarray(fwdgrad.local_mlp_apply(params, X, normalize=normalize)),
+                               np.asarray(model(X)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model(X)), np.asarray(model.local_logits(X)[-1]),
+                               rtol=1e-6)
 
 
 def test_bfloat16_params_keep_dtype():
@@ -127,14 +131,12 @@ def test_activity_perturbation_has_lower_variance_than_weight_perturbation():
     exact = _exact_local_grads(params)
     g = np.sum(_flat(exact) ** 2)
 
+    graphdef, _, rest = nnx.split(_model(), nnx.Param, ...)
+
     def local_total(p):
-        layers, heads = [p["layers"][i] for i in sorted(p["layers"])], [p["heads"][i] for i in sorted(p["heads"])]
-        h, tot = X, 0.0
-        for l, hd in zip(layers, heads):
-            a = jax.nn.relu(h @ l["kernel"] + l["bias"])
-            tot = tot + optax.softmax_cross_entropy_with_integer_labels(a @ hd["kernel"] + hd["bias"], Y).mean()
-            h = jax.lax.stop_gradient(a)
-        return tot
+        model = nnx.merge(graphdef, nnx.State(p), rest)
+        return sum(optax.softmax_cross_entropy_with_integer_labels(l, Y).mean()
+                   for l in model.local_logits(X))
 
     wp = fwdgrad.fwd_grad(local_total)
     ap = lambda k, p: fwdgrad.local_mlp_grads(k, p, X, Y)[1]  # noqa: E731
