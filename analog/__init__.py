@@ -14,6 +14,7 @@ Public API (see ../shared/DESIGN.md): device models (``ConstantStep``, ``LinearS
 from analog import _presets as presets
 from analog._crossbar import (IOConfig, Tiles, apply_pulses, init_tiles, mvm, mvm_transpose,
                               program_weights, pulse_update, read_weights, weight_step)
+from analog._distributed import shard_chips, shard_tiles, sharded_mvm, sharded_mvm_transpose
 from analog._devices import (ConstantStep, Device, DeviceVariation, ExpStep, LinearStep, PowStep,
                              SoftBounds)
 from analog._energy import DEFAULT_ENERGY_MODEL, EnergyLedger, EnergyModel, energy_report
@@ -32,4 +33,5 @@ __all__ = [
     "equilibrium_propagation", "EquilibriumPropagationState", "program", "ProgramState",
     "matrix_shape",
     "EnergyLedger", "EnergyModel", "energy_report", "DEFAULT_ENERGY_MODEL",
+    "shard_tiles", "sharded_mvm", "sharded_mvm_transpose", "shard_chips",
 ]

@@ -75,8 +75,10 @@ def main(argv=None):
                                                        epochs=args.epochs)):
             ts = time.perf_counter()
             state, l = dp.step(state, dist.shard((x, y), mesh))
+            # Wait for every step: XLA:CPU runs simulated devices on a shared thread pool, and
+            # several multi-device steps in flight can starve a collective's rendezvous.
+            jax.block_until_ready(l)
             if i > 0 and i % 50 == 0:
-                jax.block_until_ready(l)
                 times.append((time.perf_counter() - ts))
             if (i + 1) % per_epoch == 0:
                 curve.append(accuracy(state.params))

@@ -47,7 +47,7 @@ def main(argv=None):
     from beyondbp import compare, models, train
     from beyondbp import distributed as dist
     from beyondbp.methods import cross_entropy
-    from fwdgrad._distributed import sharded_forward_gradient
+    from fwdgrad import sharded_forward_gradient
 
     widths = tuple(int(w) for w in args.widths.split(","))
     apply, params = models.mlp(jax.random.key(0), (784, *widths, 10))

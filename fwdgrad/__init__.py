@@ -29,6 +29,7 @@ from fwdgrad._estimators import (
     value_and_fwd_grad,
 )
 from fwdgrad._tangents import TANGENTS, sample_tangents
+from fwdgrad._distributed import sharded_forward_gradient
 from fwdgrad._transforms import ForwardGradientState, forward_gradient
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "local_mlp_apply",
     "local_mlp_grads",
     "sample_tangents",
+    "sharded_forward_gradient",
     "theoretical_variance",
     "value_and_fwd_grad",
 ]

@@ -9,6 +9,7 @@ Formats are data (:class:`Format` and presets), quantizers are pure functions
 """
 
 from lowbit import nnx
+from lowbit._distributed import compressed_bytes, compressed_pmean
 from lowbit._dot import QuantConfig, conv_general_dilated, dot_general, quantize_gradient
 from lowbit._formats import (E2M1, E4M3, E5M2, FLOAT32, INT4, INT8, RADIX4_FP4, UINT4, Format,
                              float_format, int_format, log_format)
@@ -23,5 +24,6 @@ __all__ = [
     "compute_scale", "amax_history_update", "sawb_scale", "pact_clip",
     "QuantConfig", "dot_general", "conv_general_dilated", "quantize_gradient",
     "quantize_updates", "QuantizeUpdatesState",
+    "compressed_pmean", "compressed_bytes",
     "nnx",
 ]

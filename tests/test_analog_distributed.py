@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import Mesh
 
 import analog
-from analog._distributed import shard_chips, shard_tiles, sharded_mvm
+from analog import shard_chips, shard_tiles, sharded_mvm
 
 from _multidevice import run_module
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from fwdgrad._distributed import sharded_forward_gradient
+from fwdgrad import sharded_forward_gradient
 
 from _multidevice import run_module
 

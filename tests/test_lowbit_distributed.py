@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 import lowbit
-from lowbit._distributed import compressed_bytes, compressed_pmean
+from lowbit import compressed_bytes, compressed_pmean
 
 from _multidevice import run_module
 

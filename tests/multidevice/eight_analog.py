@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import Mesh
 
 import analog
-from analog._distributed import shard_chips, shard_tiles, sharded_mvm, sharded_mvm_transpose
+from analog import shard_chips, shard_tiles, sharded_mvm, sharded_mvm_transpose
 
 D = 8
 assert jax.device_count() == D, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"

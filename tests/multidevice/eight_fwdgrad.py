@@ -11,7 +11,7 @@ import fwdgrad
 from beyondbp import distributed as dist
 from beyondbp import models
 from beyondbp.methods import cross_entropy
-from fwdgrad._distributed import sharded_forward_gradient
+from fwdgrad import sharded_forward_gradient
 
 D = 8
 assert jax.device_count() == D, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
@@ -43,7 +43,7 @@ def _run(tx, loss, params, batch, steps, *, split_batch=False):
 
     s, o = tx.init(params), opt.init(params)
     for _ in range(steps):
-        params, s, o = step(params, s, o)
+        params, s, o = jax.block_until_ready(step(params, s, o))  # see eight_lowbit.py
     return params
 
 

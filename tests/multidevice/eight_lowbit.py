@@ -9,8 +9,11 @@ from jax.sharding import PartitionSpec as P
 
 import lowbit
 from beyondbp import distributed as dist
-from lowbit._distributed import compressed_bytes, compressed_pmean
+from lowbit import compressed_bytes, compressed_pmean
 
+# Every multi-device step is waited for: XLA:CPU runs the simulated devices on one
+# thread pool, and on a loaded machine several steps in flight can starve a
+# collective's rendezvous (it aborts the process after 40 s).
 D = 8
 assert jax.device_count() == D, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
 
@@ -89,7 +92,7 @@ def test_float32_data_parallel_equals_one_device(mesh):
     state = dist.replicate(dp.init(params), mesh)
     ref_p, ref_s = params, optax.sgd(0.1, momentum=0.9).init(params)
     for _ in range(2):
-        state, _ = dp.step(state, dist.shard(batch, mesh))
+        state, _ = jax.block_until_ready(dp.step(state, dist.shard(batch, mesh)))
         g = jax.grad(loss)(ref_p, batch)
         u, ref_s = optax.sgd(0.1, momentum=0.9).update(g, ref_s, ref_p)
         ref_p = optax.apply_updates(ref_p, u)
@@ -130,7 +133,7 @@ def test_4bit_data_parallel_trains(mesh):
     sharded = dist.shard(batch, mesh)
     first = None
     for _ in range(15):
-        state, l = dp.step(state, sharded)
+        state, l = jax.block_until_ready(dp.step(state, sharded))
         first = float(l) if first is None else first
     assert float(l) < 0.85 * first
 
