@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from beyondbp import models  # noqa: E402
 from beyondbp.methods import cross_entropy  # noqa: E402
-from fwdgrad._distributed import sharded_forward_gradient  # noqa: E402
+from fwdgrad import sharded_forward_gradient  # noqa: E402
 
 
 def main(out: str, steps: int = 3) -> None:
