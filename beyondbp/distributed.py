@@ -19,7 +19,10 @@ and ``jax.distributed``; nothing is home-made transport.
   communication are checked against what XLA will actually run.
 
 Set ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before importing
-JAX to simulate 8 CPU devices in one process.
+JAX to simulate 8 CPU devices in one process. Simulated devices share one
+thread pool: on a loaded machine, wait for each step
+(``jax.block_until_ready``) rather than queueing many, or a collective's
+rendezvous can starve and XLA aborts the process after 40 s.
 """
 
 from __future__ import annotations
