@@ -86,12 +86,37 @@ def variants():
     return out
 
 
+def plot(result: dict):
+    """Bar chart of the step-time ratios (also runnable alone: ``--plot-only``)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(result["variants"])
+    ratios = [result["variants"][n]["median_ratio_to_float32"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    colors = ["gray" if n.startswith("float32") else "C0" if n.startswith("lowbit") else "C1"
+              for n in names]
+    ax.barh(range(len(names)), ratios, color=colors)
+    ax.set_yticks(range(len(names)), [n + ("" if result["variants"][n]["jvp"] == "ok"
+                                           else "  [no jvp]") for n in names], fontsize=7)
+    for i, r in enumerate(ratios):
+        ax.text(r, i, f" {r:.2f}x", va="center", fontsize=8)
+    ax.set(xlabel="training step time / float32 step",
+           title=f"MLP 784-1024-1024-10, batch {result['batch']}, median of {result['repeats']}")
+    fig.tight_layout()
+    fig.savefig(OUT / "lowbit_vs_aqt.png", dpi=110)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON")
     args = p.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads((OUT / "lowbit_vs_aqt.json").read_text()))
+        return
     import aqt
     kx, ky, kp = jax.random.split(jax.random.key(0), 3)
     x = jax.random.uniform(kx, (args.batch, 784))
@@ -139,23 +164,7 @@ def main(argv=None):
               flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "lowbit_vs_aqt.json").write_text(json.dumps(result, indent=1))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = list(result["variants"])
-    ratios = [result["variants"][n]["median_ratio_to_float32"] for n in names]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    colors = ["gray" if n.startswith("float32") else "C0" if n.startswith("lowbit") else "C1"
-              for n in names]
-    ax.barh(range(len(names)), ratios, color=colors)
-    ax.set_yticks(range(len(names)), [n + ("" if result["variants"][n]["jvp"] == "ok"
-                                           else "  [no jvp]") for n in names], fontsize=7)
-    for i, r in enumerate(ratios):
-        ax.text(r, i, f" {r:.2f}x", va="center", fontsize=8)
-    ax.set(xlabel="training step time / float32 step",
-           title=f"MLP 784-1024-1024-10, batch {args.batch}, median of {args.repeats}")
-    fig.tight_layout()
-    fig.savefig(OUT / "lowbit_vs_aqt.png", dpi=110)
+    plot(result)
 
 
 if __name__ == "__main__":
