@@ -27,9 +27,9 @@ from beyondbp import models
 from beyondbp.methods import Method, MethodConfig, Setup, register
 
 #: SGD learning rates (momentum 0.9) of the three rows.
-LR_WEIGHT = 2e-4
-LR_ORTHOGONAL = 1.0
-LR_LOCAL = 0.02
+LR_WEIGHT = 1e-4
+LR_ORTHOGONAL = 3.0
+LR_LOCAL = 0.001
 
 
 def _weight_perturbation(num_tangents: int, aggregate: str, lr: float):
