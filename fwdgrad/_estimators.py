@@ -8,19 +8,20 @@ forward-mode Jacobian-vector product, computed alongside ``f`` itself.
 
 How the estimate is computed here, and why:
 
-* K tangents share the primal. The K directional derivatives come from one
-  ``jax.vmap`` over tangent keys of a forward-mode pass whose primal values do
-  not depend on the key, so ``vmap`` leaves them unbatched: the primal is
-  computed once and only the tangent half is K-wide ((1 + 2K)/3 backprop
-  steps of arithmetic for a dense network).
-* Tangents are generated where they are used. ``fun`` is traced to a jaxpr and
-  evaluated in forward mode one equation at a time (:func:`_forward`); a
-  parameter's tangent is drawn from its own key immediately before the first
-  equation that reads the parameter, and an optimisation barrier ties that draw,
-  and every matmul, to the values computed just before. Without the barriers
-  XLA hoists all tangent draws to the start and runs the whole primal pass
-  before the tangent pass, which keeps every activation alive and makes the
-  working memory grow with depth like backprop's.
+* K tangents share the primal. ``fun`` is traced to a jaxpr and evaluated in
+  forward mode one equation at a time (:func:`_forward`), with every tangent
+  carrying a leading K axis and the primal computed once. For a matmul the
+  primal and the K terms ``dx_k W`` are one matmul of the stacked
+  ``[x; dx_1..dx_K]`` with ``W`` ((1 + 2K)/3 backprop steps of arithmetic for a
+  dense network), and the terms ``x V_k`` with a weight's tangent are drawn
+  and multiplied one k at a time.
+* Tangents are generated where they are used. A parameter's tangent is drawn
+  from its own key at the first equation that reads the parameter (carried
+  unevaluated through reshapes and casts). Each matmul's primal output is made
+  to depend on its tangent output (:func:`_tie`): XLA's CPU scheduler otherwise
+  runs the whole primal pass before the tangent pass (optimisation barriers are
+  dropped on CPU), which keeps every activation alive and makes the working
+  memory grow with depth like backprop's.
 * Tangents are never stored. After the K directional derivatives ``d`` are
   known, each leaf's K tangents are drawn again from the same keys and combined
   with ``d`` into that leaf's estimate, one leaf at a time.
@@ -416,7 +417,8 @@ def value_and_fwd_grad(fun: Callable, argnums: int | Sequence[int] = 0, *, num_t
 def _combine(key, d, leaves, tangent, aggregate):
     """Each leaf's estimate from the directional derivatives ``d`` (float32, ``(K,)``)."""
     K = d.shape[0]
-    # Redraw the tangents only once d exists, so XLA cannot keep the first draws alive.
+    # Redraw the tangents only once d exists (a hint where barriers are honoured;
+    # on CPU the redraw is a separate computation from the forward draws anyway).
     kd, d = lax.optimization_barrier((jax.random.key_data(key), d))
     base = jax.random.wrap_key_data(kd)
     tangent_keys = jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.arange(K, dtype=jnp.uint32))
