@@ -58,6 +58,15 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return (int(math.prod(shape[:-1])), int(shape[-1]))
 
 
+def _check_seed(name: str, seed) -> None:
+    # optax.inject_hyperparams hands numeric arguments over as (possibly traced) int32 scalars;
+    # jax.random.key accepts those, so they are fine too.
+    ok = (isinstance(seed, int) and not isinstance(seed, bool)) or (
+        hasattr(seed, "dtype") and jnp.issubdtype(seed.dtype, jnp.integer) and jnp.ndim(seed) == 0)
+    if not ok:
+        raise TypeError(f"{name}: seed={seed!r} must be an int")
+
+
 def _is_tiles(t) -> bool:
     return isinstance(t, Tiles)
 
@@ -95,9 +104,11 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
     tile_shape = check_tile_shape(tile_shape)
     if pulse not in ("stochastic", "deterministic"):
         raise ValueError(f"program: pulse={pulse!r}; use 'stochastic' or 'deterministic'")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"program: seed={seed!r} must be an int")
-    if w_max is not None and (not isinstance(w_max, (int, float)) or not w_max > 0):
+    _check_seed("program", seed)
+    if isinstance(w_max, (int, float)) and not isinstance(w_max, bool):
+        if not w_max > 0:
+            raise ValueError(f"program: w_max={w_max!r} must be a positive number or None")
+    elif w_max is not None and not (hasattr(w_max, "dtype") and jnp.ndim(w_max) == 0):
         raise ValueError(f"program: w_max={w_max!r} must be a positive number or None")
 
     @jax.jit  # one compilation for the whole tree instead of one per leaf
@@ -179,8 +190,7 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
     tile_shape = check_tile_shape(tile_shape)
     if io is not None and not isinstance(io, IOConfig):
         raise TypeError(f"equilibrium_propagation: io={io!r}; pass an analog.IOConfig or None")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"equilibrium_propagation: seed={seed!r} must be an int")
+    _check_seed("equilibrium_propagation", seed)
     sweeps = free_steps + (2 if centered else 1) * nudged_steps
 
     def init_fn(params):
