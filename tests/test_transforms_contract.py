@@ -125,6 +125,39 @@ ROWS += [
         {"fmt": lowbit.E2M1, "rounding": "nearest", "scaling": "delayed", "seed": 0}),
 ]
 # --- analog rows ---
+import analog  # noqa: E402
+
+
+def _energy_params(dtype):
+    return [{"kernel": p["kernel"].astype(dtype), "bias": p["bias"].astype(dtype)}
+            for p in analog.init_energy_network(jax.random.key(0), (3, 5, 2))]
+
+
+def _energy_extra(params, dtype):
+    x = jax.random.uniform(jax.random.key(1), (4, 3)).astype(dtype)
+    return {"batch": (x, jnp.asarray([0, 1, 1, 0], jnp.int32))}
+
+
+def _program_taox(seed=0):
+    return analog.program(analog.presets.TAOX_RERAM, tile_shape=(2, 2), seed=seed)
+
+
+def _program_ideal(w_max):
+    return analog.program(analog.presets.IDEAL, pulse="deterministic", w_max=w_max)
+
+
+def _eqprop(beta):
+    # relaxation sweep counts are loop bounds (static), so only beta is a hyper-parameter here;
+    # with inject_hyperparams on the real factory pass static_args=("free_steps", "nudged_steps")
+    return analog.equilibrium_propagation(beta=beta, free_steps=20, nudged_steps=10)
+
+
+ROWS += [
+    Row("analog.program-taox", _program_taox, {"seed": 3}),
+    Row("analog.program-ideal-deterministic", _program_ideal, {"w_max": 2.0}),
+    Row("analog.equilibrium_propagation", _eqprop, {"beta": 0.3}, estimator=True,
+        params=_energy_params, extra=_energy_extra),
+]
 
 
 def _incoming_updates(row: Row, params, extra):
