@@ -152,3 +152,4 @@ register(Method("backprop-adam", "float32 backprop, Adam lr 1e-3",
 from beyondbp import _methods_lowbit  # noqa: E402,F401
 from beyondbp import _methods_analog  # noqa: E402,F401
 from beyondbp import _methods_fwdgrad  # noqa: E402,F401
+from beyondbp import _methods_combined  # noqa: E402,F401
