@@ -113,7 +113,7 @@ def format_table(result: dict) -> str:
                  _fmt(r["step_time_rel"], ".2f"),
                  _fmt(r["memory_bytes"] / 2**20 if r["memory_bytes"] else None, ".2f"),
                  _fmt(r["memory_rel"], ".2f"), _fmt(r["energy_per_step_j"], ".3e"),
-                 _fmt(r["digital_energy_per_step_j"], ".3e")]
+                 _fmt(r["digital_energy_per_step_j"] or None, ".3e")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
