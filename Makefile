@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/beyondbp compare --methods all --dataset mnist_small --out runs/compare
+	$(VENV)/bin/beyondbp compare --methods all --dataset mnist_small --steps 200 --out runs/compare
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup --nbmake --timeout 900 --junitxml=.test-results.xml
