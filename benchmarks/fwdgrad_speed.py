@@ -113,16 +113,18 @@ def run(batch, rounds, iters):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="batch 64 only, fewer rounds")
+    ap.add_argument("--quick", action="store_true", help="batch 64 only")
+    ap.add_argument("--batches", default="64,256,1024")
     args = ap.parse_args()
-    batches = (64,) if args.quick else (64, 256, 1024)
+    batches = (64,) if args.quick else tuple(int(b) for b in args.batches.split(","))
     out = {"model": "MLP 784-1024-1024-10, float32, ReLU, softmax CE, SGD step",
            "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, "
                       f"{jax.device_count()} device(s), jax {jax.__version__}",
-           "command": "python benchmarks/fwdgrad_speed.py" + (" --quick" if args.quick else ""),
+           "command": "python benchmarks/fwdgrad_speed.py" + (" --quick" if args.quick else
+                                                              f" --batches {args.batches}"),
            "results": {}}
     for b in batches:
-        rounds, iters = (7, 10) if b <= 256 else (5, 3)
+        rounds, iters = (7, 5) if b <= 256 else (5, 2)
         out["results"][str(b)] = run(b, rounds, iters)
         print(b, {n: round(r["ratio_to_backprop"], 2) for n, r in out["results"][str(b)].items()},
               flush=True)
