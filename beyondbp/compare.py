@@ -61,9 +61,16 @@ def compare(method_names: Sequence[str], *, dataset: str = "mnist_small", data_d
                                widths=tuple(widths))
     histories, rows = {}, []
     t0 = time.perf_counter()
+    skipped = {}
     for name in names:
         m = methods.get(name)
-        setup = m.build(cfg)
+        try:
+            setup = m.build(cfg)
+        except ValueError as e:  # e.g. a method that has no CNN variant: say so, run the rest
+            skipped[name] = str(e)
+            if progress:
+                print(f"{name}: skipped ({e})")
+            continue
         h = _train.train(setup, train_ds, test_ds, steps=steps, epochs=epochs,
                          batch_size=batch_size, seed=seed, eval_every=eval_every,
                          progress=progress, desc=f"{name:>18s}")
@@ -77,6 +84,8 @@ def compare(method_names: Sequence[str], *, dataset: str = "mnist_small", data_d
                      "energy_per_step_j": energy.get("analog_j_per_step"),
                      "digital_energy_per_step_j": energy.get("digital_j_per_step"),
                      "wall_time_s": h["wall_time_s"]})
+    if not rows:
+        raise ValueError(f"no method could be built for this configuration: {skipped}")
     ref = next((r for r in rows if r["method"] == "backprop"), rows[0])
     for r in rows:
         r["reference"] = ref["method"]
@@ -85,7 +94,7 @@ def compare(method_names: Sequence[str], *, dataset: str = "mnist_small", data_d
                            if r["memory_bytes"] and ref["memory_bytes"] else None)
         r["temp_rel"] = (r["temp_bytes"] / ref["temp_bytes"]
                          if r["temp_bytes"] and ref["temp_bytes"] else None)
-    result = {"rows": rows, "histories": histories,
+    result = {"rows": rows, "histories": histories, "skipped": skipped,
               "config": {"methods": names, "dataset": dataset, "steps": total,
                          "batch_size": batch_size, "seed": seed, "model": model,
                          "widths": list(widths), "train_examples": len(train_ds),
@@ -115,6 +124,8 @@ def format_table(result: dict) -> str:
                  _fmt(r["memory_rel"], ".2f"), _fmt(r["energy_per_step_j"], ".3e"),
                  _fmt(r["digital_energy_per_step_j"] or None, ".3e")]
         lines.append("| " + " | ".join(cells) + " |")
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"| {name} | skipped: {why} |" + " |" * (len(head) - 2))
     return "\n".join(lines)
 
 

@@ -66,3 +66,10 @@ def test_console_script_help():
     assert r.returncode == 0
     for opt in ("--dataset", "--data-dir", "--steps", "--epochs", "--methods", "--seed", "--out"):
         assert opt in r.stdout
+
+
+def test_method_without_cnn_variant_is_skipped_not_fatal(tmp_path, capsys):
+    rc = cli.main(["compare", "--methods", "backprop,fwdgrad-local", "--model", "cnn", "--steps", "3",
+                   "--out", str(tmp_path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "| fwdgrad-local | skipped:" in out and "| backprop |" in out
