@@ -243,6 +243,17 @@ def weight_step(tiles: Tiles) -> jax.Array:
     return 2.0 * tiles.device.dw_min * tiles.w_scale
 
 
+def tile_periphery(w_rc: jax.Array, x_in: jax.Array, k, io: IOConfig, transpose: bool) -> jax.Array:
+    """One tile through its periphery: weight noise, the product, read noise, the ADC."""
+    if io.w_noise > 0:
+        kw, k = jax.random.split(k)
+        w_rc = w_rc * (1.0 + io.w_noise * jax.random.normal(kw, w_rc.shape, _F32))
+    y = x_in @ (w_rc.T if transpose else w_rc)
+    if io.read_noise > 0:
+        y = y + io.read_noise * jax.random.normal(k, y.shape, _F32)
+    return io.adc(y)
+
+
 def _periphery_mvm(wt: jax.Array, x: jax.Array, io: IOConfig, key: jax.Array | None,
                    transpose: bool) -> jax.Array:
     """Shared core: ``x (B, n)`` through tiled weights ``wt (R, C, th, tw)``; returns padded out."""
@@ -258,13 +269,7 @@ def _periphery_mvm(wt: jax.Array, x: jax.Array, io: IOConfig, key: jax.Array | N
     keys = jax.random.split(key, (r, c)) if io.needs_key else jnp.zeros((r, c), _F32)
 
     def one_tile(w_rc, x_in, k):
-        if io.w_noise > 0:
-            kw, k = jax.random.split(k)
-            w_rc = w_rc * (1.0 + io.w_noise * jax.random.normal(kw, w_rc.shape, _F32))
-        y = x_in @ (w_rc.T if transpose else w_rc)
-        if io.read_noise > 0:
-            y = y + io.read_noise * jax.random.normal(k, y.shape, _F32)
-        return io.adc(y)
+        return tile_periphery(w_rc, x_in, k, io, transpose)
 
     if transpose:
         # tile (r, c) reads the column block c of d and drives row block r.

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from analog._crossbar import IOConfig, Tiles
+from analog._crossbar import IOConfig, Tiles, tile_periphery
 
 __all__ = ["shard_tiles", "sharded_mvm", "sharded_mvm_transpose", "shard_chips"]
 
@@ -83,17 +83,6 @@ def shard_tiles(tiles: Tiles, mesh: Mesh, axis_name: Any) -> Tiles:
     _check_tiles(tiles, n, axis_name, "shard_tiles")
     specs = _tile_specs(tiles, axis_name)
     return jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), tiles, specs)
-
-
-def _one_tile(w_rc, x_in, k, io: IOConfig, transpose: bool):
-    """One tile through its periphery: weight noise, the product, read noise, the ADC."""
-    if io.w_noise > 0:
-        kw, k = jax.random.split(k)
-        w_rc = w_rc * (1.0 + io.w_noise * jax.random.normal(kw, w_rc.shape, _F32))
-    y = x_in @ (w_rc.T if transpose else w_rc)
-    if io.read_noise > 0:
-        y = y + io.read_noise * jax.random.normal(k, y.shape, _F32)
-    return io.adc(y)
 
 
 def _prepare(tiles, x, io, key, who, transpose):
@@ -159,7 +148,7 @@ def _sharded(tiles: Tiles, x, io: IOConfig, key, mesh, axis_name, transpose):
 
     def local(gp, gm, w_scale, xs, keys):
         wt = (gp - gm) * w_scale                                   # (R, C/n, th, tw)
-        tile = lambda w, xi, k: _one_tile(w, xi, k, io, transpose)  # noqa: E731
+        tile = lambda w, xi, k: tile_periphery(w, xi, k, io, transpose)  # noqa: E731
         if transpose:
             per_c = jax.vmap(tile, in_axes=(0, 1, 0))
             y = jax.vmap(per_c, in_axes=(0, None, 0))(wt, xs, keys)   # (R, C/n, B, th)
