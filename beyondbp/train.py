@@ -19,9 +19,12 @@ pass, so the timed step is exactly the method's own work.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -112,6 +115,40 @@ def _check_setup(setup: Setup):
         raise TypeError(f"train expects a beyondbp.methods.Setup, got {type(setup).__name__}")
     if not hasattr(setup.tx, "init") or not hasattr(setup.tx, "update"):
         raise TypeError(f"Setup.tx must be an optax transform, got {type(setup.tx).__name__}")
+
+
+class _StopFlag:
+    requested = False
+
+
+@contextlib.contextmanager
+def _graceful_stop():
+    """Turn the first SIGINT/SIGTERM into a stop request checked between steps.
+
+    Python runs signal handlers between bytecodes, so a ``KeyboardInterrupt``
+    raised straight from the handler can land after a step's new params are
+    stored but before the step counter moves on; a checkpoint taken then would
+    redo that step on resume. The first signal therefore only sets a flag that
+    the loop reads at the top of each step; a second one interrupts at once
+    (for a step or a compilation that hangs). Handlers are installed only in
+    the main thread (the only place Python allows it) and are restored on exit.
+    """
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def request(signum, frame):
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+
+    old = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset | None = None,
@@ -208,43 +245,49 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True,
                leave=True)
     last_acc = float("nan")
-    i = start
-    try:
-        for i in range(start, steps):
-            x, y, mask = next(data)
-            if i % log_every == 0 or i == steps - 1:
-                loss = float(eval_fn(params, x, y, mask)[1])
-                if not math.isfinite(loss):
-                    hist["nonfinite_loss_steps"] += 1
-                hist["steps"].append(i)
-                hist["train_loss"].append(loss)
-                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{last_acc:.4f}")
-            t0 = time.perf_counter()
-            params, opt_state, ok = jstep(params, opt_state, x, y)
-            oks.append(ok)
-            if time_steps or i == start:
-                jax.block_until_ready((params, opt_state))
-                dt = time.perf_counter() - t0
-                if i == start:
-                    hist["compile_time_s"] = dt
-                else:
-                    times.append(dt)
-            bar.update(1)
-            if checkpoint_every is not None and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
-                save_checkpoint(i + 1)
-            if test_ds is not None and ((i + 1) % eval_every == 0 or i == steps - 1):
-                last_acc = evaluate(setup, params, test_ds, _fn=eval_fn)
-                hist["eval_steps"].append(i + 1)
-                hist["test_accuracy"].append(last_acc)
-                bar.set_postfix(loss=f"{hist['train_loss'][-1]:.4f}", acc=f"{last_acc:.4f}")
-    except KeyboardInterrupt:
-        if checkpoint_dir is not None:
-            # params/opt_state are those after step i-1: resuming redoes step i
-            save_checkpoint(i)
-            bar.write(f"interrupted: checkpoint at step {i} saved in {checkpoint_dir}")
-        raise
-    finally:
-        bar.close()
+    # One tuple, stored by a single assignment: whatever moment a signal lands
+    # at, it holds params and state that belong to the same step count.
+    snap = (start, params, opt_state)
+    with _graceful_stop() as stop:
+        try:
+            for i in range(start, steps):
+                if stop.requested:
+                    raise KeyboardInterrupt
+                x, y, mask = next(data)
+                if i % log_every == 0 or i == steps - 1:
+                    loss = float(eval_fn(params, x, y, mask)[1])
+                    if not math.isfinite(loss):
+                        hist["nonfinite_loss_steps"] += 1
+                    hist["steps"].append(i)
+                    hist["train_loss"].append(loss)
+                    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{last_acc:.4f}")
+                t0 = time.perf_counter()
+                params, opt_state, ok = jstep(params, opt_state, x, y)
+                snap = (i + 1, params, opt_state)
+                oks.append(ok)
+                if time_steps or i == start:
+                    jax.block_until_ready((params, opt_state))
+                    dt = time.perf_counter() - t0
+                    if i == start:
+                        hist["compile_time_s"] = dt
+                    else:
+                        times.append(dt)
+                bar.update(1)
+                if checkpoint_every is not None and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
+                    save_checkpoint(i + 1)
+                if test_ds is not None and ((i + 1) % eval_every == 0 or i == steps - 1):
+                    last_acc = evaluate(setup, params, test_ds, _fn=eval_fn)
+                    hist["eval_steps"].append(i + 1)
+                    hist["test_accuracy"].append(last_acc)
+                    bar.set_postfix(loss=f"{hist['train_loss'][-1]:.4f}", acc=f"{last_acc:.4f}")
+        except KeyboardInterrupt:
+            if checkpoint_dir is not None:
+                done, params, opt_state = snap
+                save_checkpoint(done)
+                bar.write(f"interrupted: checkpoint at step {done} saved in {checkpoint_dir}")
+            raise
+        finally:
+            bar.close()
     jax.block_until_ready(params)
     hist["skipped_nonfinite_steps"] = int(len(oks) - np.sum(np.asarray(oks))) if oks else 0
     if checkpoint_dir is not None:

@@ -150,3 +150,54 @@ def test_same_seed_same_params_across_processes(tmp_path, reference_params):
     assert r.returncode == 0, r.stderr[-2000:]
     for x, y in zip(reference_params, _final_params(tmp_path / "out")):
         np.testing.assert_array_equal(x, y)
+
+
+def _small_run(ckdir, steps, stop_at=None, second_signal=False):
+    """Train a small MLP in this process; optionally signal it from inside the loop.
+
+    The signal is sent from the data iterator (`next(data)`) so it lands at a
+    chosen step and at a moment when params of that step are already stored:
+    exactly where the CI failure of a raw KeyboardInterrupt came from.
+    """
+    from beyondbp import datasets, methods, train
+
+    tr = datasets.load("mnist_small", "train")
+    setup = methods.get("backprop-adam").build(
+        methods.MethodConfig(key=jax.random.key(1), widths=(32,), steps=steps))
+    real_batches = datasets.batches
+    calls = {"n": 0}
+
+    def batches(*a, **kw):
+        for b in real_batches(*a, **kw):
+            calls["n"] += 1
+            if stop_at is not None and calls["n"] == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+                if second_signal:
+                    os.kill(os.getpid(), signal.SIGTERM)
+            yield b
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(datasets, "batches", batches)
+    try:
+        return train.train(setup, tr, steps=steps, batch_size=32, seed=5, progress=False,
+                           checkpoint_dir=ckdir, checkpoint_every=7)
+    finally:
+        mp.undo()
+
+
+@pytest.mark.standard_promotion  # optax.adam's bias correction mixes int and float
+@pytest.mark.parametrize("second_signal", [False, True], ids=["one-signal", "two-signals"])
+def test_signal_at_any_step_resumes_bit_identical_in_process(tmp_path, second_signal):
+    """SIGTERM is a stop request honoured between steps (a second one stops at once);
+    wherever it lands, the checkpoint holds params and state of one step count."""
+    steps = 40
+    ref = jax.tree.leaves(_small_run(tmp_path / "ref", steps)["params"])
+    previous = signal.getsignal(signal.SIGTERM)
+    for stop_at in (3, 12, 29):  # the first `next` call is the memory probe: 2 is step 0
+        ck = tmp_path / f"ck{stop_at}"
+        with pytest.raises(KeyboardInterrupt):
+            _small_run(ck, steps, stop_at=stop_at, second_signal=second_signal)
+        assert signal.getsignal(signal.SIGTERM) is previous, "the loop must restore handlers"
+        got = jax.tree.leaves(_small_run(ck, steps)["params"])
+        for x, y in zip(ref, got):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
