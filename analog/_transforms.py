@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from analog._crossbar import (IOConfig, Tiles, check_tile_shape, init_tiles, program_many,
@@ -35,12 +36,14 @@ _PRNG = "rbg"
 
 class ProgramState(NamedTuple):
     """State of :func:`program`: step count, PRNG key, the tiles (a pytree shaped like the
-    params with a :class:`Tiles` in place of each leaf) and the energy ledger."""
+    params with a :class:`Tiles` in place of each leaf), the energy ledger, and ``nonfinite``,
+    the int32 number of updates refused for holding NaN/inf (default 0)."""
 
     count: jax.Array
     key: jax.Array
     tiles: Any
     ledger: EnergyLedger
+    nonfinite: jax.Array = np.int32(0)
 
 
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -71,6 +74,18 @@ def _is_tiles(t) -> bool:
     return isinstance(t, Tiles)
 
 
+def _all_finite(leaves) -> jax.Array:
+    ok = jnp.bool_(True)
+    for x in leaves:
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            ok = ok & jnp.all(jnp.isfinite(x))
+    return ok
+
+
+def _bump(nonfinite) -> jax.Array:
+    return jnp.asarray(nonfinite, jnp.int32) + jnp.int32(1)
+
+
 def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
             pulse: str = "stochastic", seed: int = 0,
             w_max: float | None = None) -> optax.GradientTransformationExtraArgs:
@@ -95,6 +110,11 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
       seed: integer seed for the variation and the pulse noise.
       w_max: largest representable ``|weight|`` per leaf; None = twice the leaf's initial
         ``max|w|`` (1.0 for an all-zero leaf such as a fresh bias).
+
+    Non-finite policy: an update with a NaN or inf anywhere is refused as a whole. No device
+    is pulsed (a NaN pulse count would leave NaN conductances for good), the tiles, key, count
+    and ledger stay as they were, ``state.nonfinite`` is incremented and the returned updates
+    are zeros.
     """
     if not isinstance(device, Device):
         raise TypeError(f"program: device={device!r}; pass a device model such as "
@@ -122,7 +142,7 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
         return ProgramState(count=jnp.zeros((), jnp.int32),
                             key=jax.random.fold_in(key, len(leaves)),
                             tiles=jax.tree.unflatten(treedef, tiles),
-                            ledger=EnergyLedger.zeros())
+                            ledger=EnergyLedger.zeros(), nonfinite=jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None, **extra):
         del extra
@@ -137,31 +157,42 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
         p_leaves = treedef.flatten_up_to(params)
         t_leaves = jax.tree.leaves(state.tiles, is_leaf=_is_tiles)
         deltas = [jnp.asarray(u).astype(_F32).reshape(t.shape) for u, t in zip(u_leaves, t_leaves)]
-        new_tiles, pulses = program_many(t_leaves, deltas, sub, rounding=pulse)
-        out = []
-        for t, p in zip(new_tiles, p_leaves):
-            realized = read_weights(t).reshape(jnp.shape(p))
-            out.append((realized - jnp.asarray(p).astype(_F32)).astype(jnp.asarray(p).dtype))
-        one = jnp.ones((), _F32)
-        z = jnp.zeros((), _F32)
-        ledger = state.ledger + EnergyLedger(one, z, z, z, pulses, z)
-        return treedef.unflatten(out), ProgramState(
-            count=state.count + 1, key=key,
-            tiles=jax.tree.unflatten(jax.tree.structure(state.tiles, is_leaf=_is_tiles),
-                                     new_tiles),
-            ledger=ledger)
+
+        def take():
+            new_tiles, pulses = program_many(t_leaves, deltas, sub, rounding=pulse)
+            out = []
+            for t, p in zip(new_tiles, p_leaves):
+                realized = read_weights(t).reshape(jnp.shape(p))
+                out.append((realized - jnp.asarray(p).astype(_F32)).astype(jnp.asarray(p).dtype))
+            one = jnp.ones((), _F32)
+            z = jnp.zeros((), _F32)
+            ledger = state.ledger + EnergyLedger(one, z, z, z, pulses, z)
+            return treedef.unflatten(out), ProgramState(
+                count=state.count + 1, key=key,
+                tiles=jax.tree.unflatten(jax.tree.structure(state.tiles, is_leaf=_is_tiles),
+                                         new_tiles),
+                ledger=ledger, nonfinite=jnp.asarray(state.nonfinite, jnp.int32))
+
+        def refuse():
+            zeros = [jnp.zeros(jnp.shape(p), jnp.asarray(p).dtype) for p in p_leaves]
+            return treedef.unflatten(zeros), state._replace(nonfinite=_bump(state.nonfinite))
+
+        # A cond, not a select: a refused update never reaches the device model at all.
+        return jax.lax.cond(_all_finite(u_leaves), take, refuse)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 class EquilibriumPropagationState(NamedTuple):
     """State of :func:`equilibrium_propagation`: step count, PRNG key, the last step's largest
-    relaxation residual (for monitoring convergence) and the energy ledger of its crossbar reads."""
+    relaxation residual (for monitoring convergence), the energy ledger of its crossbar reads,
+    and ``nonfinite``, the int32 number of steps refused for a NaN/inf update (default 0)."""
 
     count: jax.Array
     key: jax.Array
     residual: jax.Array
     ledger: EnergyLedger
+    nonfinite: jax.Array = np.int32(0)
 
 
 def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_steps: int = 4,
@@ -183,6 +214,11 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
       seed: integer seed; centered: +beta/-beta phases (else +beta vs free).
       io / tile_shape: crossbar periphery and tiling used during relaxation.
       tol: raise :class:`NonConvergenceError` when a phase's last-sweep residual exceeds it.
+
+    Non-finite policy: with ``tol`` set, a relaxation that goes NaN/inf is a non-convergence
+    and raises :class:`NonConvergenceError` (a NaN residual never passes ``<= tol``). With
+    ``tol=None``, an update holding NaN or inf is refused: zeros are returned, the count, key,
+    residual and ledger stay as they were and ``state.nonfinite`` is incremented.
     """
     check_beta(beta, centered)
     free_steps = _check_steps("free_steps", free_steps)
@@ -197,7 +233,8 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
         _check_params(params)
         return EquilibriumPropagationState(jnp.zeros((), jnp.int32),
                                            jax.random.key(seed, impl=_PRNG),
-                                           jnp.zeros((), _F32), EnergyLedger.zeros())
+                                           jnp.zeros((), _F32), EnergyLedger.zeros(),
+                                           jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None, *, batch=None, **extra):
         del updates, extra
@@ -222,7 +259,12 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
         counts = counts._replace(steps=jnp.ones((), _F32),
                                  digital_flops=counts.digital_flops + upd_flops)
         residual = jnp.maximum(info.free_residual, info.nudged_residual)
-        return upd, EquilibriumPropagationState(state.count + 1, key, residual,
-                                                state.ledger + counts)
+        new = EquilibriumPropagationState(state.count + 1, key, residual, state.ledger + counts,
+                                          jnp.asarray(state.nonfinite, jnp.int32))
+        refused = (jax.tree.map(jnp.zeros_like, upd),
+                   state._replace(nonfinite=_bump(state.nonfinite)))
+        # lax.cond selects pytrees holding typed PRNG keys, which jnp.where does not take.
+        return jax.lax.cond(_all_finite(jax.tree.leaves(upd)), lambda: (upd, new),
+                            lambda: refused)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

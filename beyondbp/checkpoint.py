@@ -15,6 +15,7 @@ what differs; a corrupt or mismatched file leaves everything on disk intact.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import re
@@ -26,6 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+import analog
+import lowbit
+
 __all__ = ["save", "restore", "latest", "CheckpointError"]
 
 _NAME = re.compile(r"^ckpt_(\d{9})\.msgpack$")
@@ -33,6 +37,32 @@ _NAME = re.compile(r"^ckpt_(\d{9})\.msgpack$")
 
 class CheckpointError(ValueError):
     """A checkpoint could not be read, or does not match the run it is restored into."""
+
+
+def _register_pytree_dataclass(cls) -> None:
+    """Teach flax's state dicts a dataclass registered as a JAX pytree (data fields only).
+
+    flax knows dicts, lists, tuples and NamedTuples; any other node (``lowbit.Packed``,
+    ``analog.Tiles``) would reach msgpack as an opaque object. Static fields (shape, format,
+    device model) are not stored: they come from the restore target, like every structure.
+    """
+    def data_fields(x):
+        children = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)[0]
+        return [k.name for (k,), _ in children]
+
+    def to_state(x):
+        return {name: serialization.to_state_dict(getattr(x, name)) for name in data_fields(x)}
+
+    def from_state(x, state):
+        return dataclasses.replace(x, **{
+            name: serialization.from_state_dict(getattr(x, name), state[name], name=name)
+            for name in data_fields(x)})
+
+    serialization.register_serialization_state(cls, to_state, from_state, override=True)
+
+
+for _cls in (lowbit.Packed, analog.Tiles):
+    _register_pytree_dataclass(_cls)
 
 
 def _is_key(x) -> bool:

@@ -261,7 +261,9 @@ def activity_forward_gradient(*, activation: str | Callable = "relu", num_tangen
     ``LocalMLP``'s parameters) on ``batch = (x, labels)``. ``loss_fn`` and other
     extra args are ignored: the local losses are defined by the model itself.
     ``activation`` and ``normalize`` must match the ``LocalMLP``'s.
-    State: :class:`fwdgrad.ForwardGradientState`.
+    State: :class:`fwdgrad.ForwardGradientState`. Non-finite policy as in
+    :func:`fwdgrad.forward_gradient`: a NaN/inf local loss or estimate gives
+    a zero update, leaves ``count`` as it was and increments ``nonfinite``.
     """
     _activation(activation)
     K = _estimators.check_num_tangents(num_tangents)
@@ -271,7 +273,8 @@ def activity_forward_gradient(*, activation: str | Callable = "relu", num_tangen
     def init_fn(params):
         _check_local_params(params)
         return _transforms.ForwardGradientState(count=jnp.zeros((), jnp.int32),
-                                                key=jax.random.key(seed))
+                                                key=jax.random.key(seed),
+                                                nonfinite=jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None, *, batch=None, **extra_args):
         del updates, extra_args
@@ -283,9 +286,8 @@ def activity_forward_gradient(*, activation: str | Callable = "relu", num_tangen
                              f"got {type(batch).__name__}")
         x, labels = batch
         key = jax.random.fold_in(state.key, state.count)
-        _, grads = local_mlp_grads(key, params, x, labels, activation=activation,
-                                   num_tangents=K, tangent=tangent, normalize=normalize)
-        return grads, _transforms.ForwardGradientState(
-            count=optax.safe_increment(state.count), key=state.key)
+        losses, grads = local_mlp_grads(key, params, x, labels, activation=activation,
+                                        num_tangents=K, tangent=tangent, normalize=normalize)
+        return _transforms._advance(state, grads, losses)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

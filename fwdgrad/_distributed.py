@@ -114,7 +114,9 @@ def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
     axis's size) and a ``loss_fn(params, batch)`` that takes the batch, whose
     mean over equal shards is the full batch's loss.
 
-    The state is forward_gradient's :class:`fwdgrad.ForwardGradientState`. Call
+    The state is forward_gradient's :class:`fwdgrad.ForwardGradientState`, and
+    so is the non-finite policy (a NaN/inf estimate gives a zero update, the
+    count stays, ``nonfinite`` is incremented). Call
     ``update`` under ``jax.jit``; the params, state and result are
     replicated over the mesh. In a multi-process job the mesh spans processes
     and each process calls the same jitted step.
@@ -191,6 +193,6 @@ def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
         batch_spec = P() if batch_axis_name is None else P(batch_axis_name)
         est = jax.shard_map(local, mesh=mesh, in_specs=(P(), batch_spec), out_specs=P())(
             params, batch)
-        return est, _transforms._advance(state)
+        return _transforms._advance(state, est)
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -29,10 +29,14 @@ class ForwardGradientState(NamedTuple):
     count: int32 number of updates made; step ``t`` draws its tangents from
       ``fold_in(key, t)``, so a run is reproducible from the seed alone.
     key: the PRNG key the transform was seeded with.
+    nonfinite: int32 number of steps rejected because the loss or the estimate
+      was NaN or inf (see :func:`forward_gradient`). Defaults to 0, so
+      ``ForwardGradientState(count, key)`` still builds a valid state.
     """
 
     count: jax.Array
     key: jax.Array
+    nonfinite: jax.Array = np.int32(0)
 
 
 def check_seed(seed: Any) -> Any:
@@ -50,7 +54,8 @@ def check_seed(seed: Any) -> Any:
 def _init_state(seed: int) -> Callable[[Any], ForwardGradientState]:
     def init_fn(params):
         del params
-        return ForwardGradientState(count=jnp.zeros((), jnp.int32), key=jax.random.key(seed))
+        return ForwardGradientState(count=jnp.zeros((), jnp.int32), key=jax.random.key(seed),
+                                    nonfinite=jnp.zeros((), jnp.int32))
     return init_fn
 
 
@@ -58,8 +63,32 @@ def _step_key(state: ForwardGradientState) -> jax.Array:
     return jax.random.fold_in(state.key, state.count)
 
 
-def _advance(state: ForwardGradientState) -> ForwardGradientState:
-    return ForwardGradientState(count=optax.safe_increment(state.count), key=state.key)
+def _all_finite(*trees) -> jax.Array:
+    """bool scalar: every floating entry of every tree is finite (True for no entries)."""
+    ok = jnp.bool_(True)
+    for x in jax.tree.leaves(trees):
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            ok = ok & jnp.all(jnp.isfinite(x))
+    return ok
+
+
+def _advance(state: ForwardGradientState, estimate: Any,
+             value: Any = None) -> tuple[Any, ForwardGradientState]:
+    """The estimate and the next state, or zeros and the same state if anything is non-finite.
+
+    The non-finite policy shared by the forward-gradient transforms: a NaN/inf
+    loss or estimate is rejected, the returned update is all zeros (so an
+    ``optax.sgd`` after it moves nothing), ``count`` does not advance (the next
+    step redraws the same tangents on its own batch) and ``nonfinite`` counts it.
+    Zeros rather than NaN: a NaN passed on would poison every state after it in
+    a chain (momenta, scaling histories, device conductances).
+    """
+    ok = _all_finite(estimate, value)
+    estimate = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros((), g.dtype)), estimate)
+    nonfinite = jnp.asarray(state.nonfinite, jnp.int32)
+    return estimate, ForwardGradientState(
+        count=jnp.where(ok, optax.safe_increment(state.count), state.count), key=state.key,
+        nonfinite=jnp.where(ok, nonfinite, optax.safe_increment(nonfinite)))
 
 
 def forward_gradient(*, num_tangents: int = 1, tangent: str = "rademacher",
@@ -82,6 +111,13 @@ def forward_gradient(*, num_tangents: int = 1, tangent: str = "rademacher",
       seed: seeds the key held in :class:`ForwardGradientState`.
       chunk_size: see :func:`fwdgrad.value_and_fwd_grad`.
 
+    Non-finite policy: when the loss or any entry of the estimate is NaN or
+    inf (a bad batch, an overflowing model, an overflowing tangent), the step
+    is rejected: the returned update is all zeros, ``state.count`` does not
+    advance and ``state.nonfinite`` is incremented. The loss is checked too
+    because a NaN that does not depend on the params (e.g. in the data) has a
+    zero directional derivative and would otherwise pass unnoticed.
+
     Raises:
       ValueError / TypeError at construction for a bad configuration.
 
@@ -102,9 +138,9 @@ def forward_gradient(*, num_tangents: int = 1, tangent: str = "rademacher",
         if loss_fn is None or not callable(loss_fn):
             raise ValueError("forward_gradient needs the keyword extra arg loss_fn=lambda params: "
                              "scalar loss; got " + repr(loss_fn))
-        grad_fn = _estimators.fwd_grad(loss_fn, num_tangents=K, tangent=tangent,
-                                       aggregate=aggregate, chunk_size=chunk_size)
-        estimate = grad_fn(_step_key(state), params)
-        return estimate, _advance(state)
+        grad_fn = _estimators.value_and_fwd_grad(loss_fn, num_tangents=K, tangent=tangent,
+                                                 aggregate=aggregate, chunk_size=chunk_size)
+        value, estimate = grad_fn(_step_key(state), params)
+        return _advance(state, estimate, value)
 
     return optax.GradientTransformationExtraArgs(_init_state(seed), update_fn)

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lowbit._formats import RADIX4_FP4, Format
@@ -22,11 +23,15 @@ class QuantizeUpdatesState(NamedTuple):
     key: the transform's own PRNG key (never threaded by the user).
     amax_history: per-leaf float32 ``(history_length,)`` arrays for
       ``scaling="delayed"``; ``None`` for ``"max"``.
+    nonfinite: int32 number of steps rejected because an incoming update held
+      NaN or inf. Defaults to 0, so ``QuantizeUpdatesState(count, key,
+      amax_history)`` still builds a valid state.
     """
 
     count: jax.Array
     key: jax.Array
     amax_history: object
+    nonfinite: jax.Array = np.int32(0)
 
 
 def _is_float(x) -> bool:
@@ -45,6 +50,13 @@ def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
     key in the state, folded with the step count and the leaf index, so results
     are deterministic given ``seed``. Dtypes and pytree structure are kept;
     non-floating leaves pass through. Unknown extra args are ignored.
+
+    Non-finite policy: if any floating entry of the incoming updates is NaN or
+    inf, the whole step is rejected: every float leaf of the result is zero,
+    the count and the amax history stay as they were (a NaN in the history
+    would disable delayed scaling for ``history_length`` steps) and
+    ``state.nonfinite`` is incremented. (:func:`quantize` itself keeps NaN and
+    +-inf as they are; the transform is where a step can be refused.)
 
     Args:
       fmt: target format (e.g. ``RADIX4_FP4``, ``E2M1``, ``INT4``).
@@ -78,7 +90,7 @@ def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
             hist = jax.tree.map(lambda p: jnp.zeros((int(history_length),), jnp.float32), params)
         return QuantizeUpdatesState(count=jnp.zeros((), jnp.int32),
                                     key=jax.random.key(jnp.asarray(seed, jnp.uint32)),
-                                    amax_history=hist)
+                                    amax_history=hist, nonfinite=jnp.zeros((), jnp.int32))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -98,8 +110,16 @@ def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
             new_hists.append(amax_history_update(h, u) if h is not None else None)
         hist = (jax.tree.unflatten(jax.tree.structure(state.amax_history), new_hists)
                 if scaling == "delayed" else None)
-        new_state = QuantizeUpdatesState(count=state.count + jnp.int32(1), key=state.key,
-                                         amax_history=hist)
+        ok = jnp.bool_(True)
+        for u in leaves:
+            if _is_float(u):
+                ok = ok & jnp.all(jnp.isfinite(u))
+        out = [jnp.where(ok, q, jnp.zeros((), q.dtype)) if _is_float(q) else q for q in out]
+        hist = jax.tree.map(lambda new, old: jnp.where(ok, new, old), hist, state.amax_history)
+        nonfinite = jnp.asarray(state.nonfinite, jnp.int32)
+        new_state = QuantizeUpdatesState(
+            count=jnp.where(ok, state.count + jnp.int32(1), state.count), key=state.key,
+            amax_history=hist, nonfinite=jnp.where(ok, nonfinite, nonfinite + jnp.int32(1)))
         return jax.tree.unflatten(treedef, out), new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
