@@ -19,7 +19,8 @@ from analog._devices import (ConstantStep, Device, DeviceVariation, ExpStep, Lin
                              SoftBounds)
 from analog._energy import DEFAULT_ENERGY_MODEL, EnergyLedger, EnergyModel, energy_report
 from analog._local import (NonConvergenceError, RelaxInfo, activity_difference,
-                           init_energy_network, predict, relax, relaxation_counts)
+                           init_energy_network, predict, read_input, relax,
+                           relaxation_counts)
 from analog._transforms import (EquilibriumPropagationState, ProgramState,
                                 equilibrium_propagation, matrix_shape, program)
 
@@ -28,7 +29,7 @@ __all__ = [
     "Device", "DeviceVariation", "ConstantStep", "LinearStep", "SoftBounds", "ExpStep", "PowStep",
     "IOConfig", "Tiles", "init_tiles", "read_weights", "mvm", "mvm_transpose", "pulse_update",
     "apply_pulses", "program_weights", "weight_step",
-    "init_energy_network", "predict", "relax", "activity_difference", "RelaxInfo",
+    "init_energy_network", "predict", "relax", "read_input", "activity_difference", "RelaxInfo",
     "NonConvergenceError", "relaxation_counts",
     "equilibrium_propagation", "EquilibriumPropagationState", "program", "ProgramState",
     "matrix_shape",
