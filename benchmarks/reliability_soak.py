@@ -5,14 +5,17 @@ compiled again after the first steps (a recompilation per step is the classic
 way a jitted JAX loop slows to a crawl). Records RSS and compile counts every
 ``--every`` steps.
 
-    .venv/bin/python benchmarks/reliability_soak.py [--steps 20000] [--methods all]
+    .venv/bin/python benchmarks/reliability_soak.py [--steps 20000] [--methods all] [--merge]
 
-Writes benchmarks/results/reliability_soak.{json,png}.
+Writes benchmarks/results/reliability_soak.{json,png} after every method (a run that is
+stopped keeps what finished); ``--merge`` adds to the results already there, so the
+methods can be soaked in several sittings.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import time
@@ -57,6 +60,7 @@ def soak(name, steps, every, tr, seed=0):
             rec["finite"].append(bool(all(np.isfinite(np.asarray(p, np.float32)).all()
                                           for p in jax.tree.leaves(params))))
     rec["wall_s"] = time.perf_counter() - t0
+    rec["steps"] = steps
     warm = rec["rss_mb"][min(2, len(rec["rss_mb"]) - 1)]
     rec["rss_growth_after_warmup_mb"] = rec["rss_mb"][-1] - warm
     rec["compiles_after_first_record"] = rec["compiles"][-1] - rec["compiles"][0]
@@ -68,31 +72,39 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--every", type=int, default=1000)
     p.add_argument("--methods", default="all")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the results of methods already in reliability_soak.json")
     args = p.parse_args(argv)
     jax.monitoring.register_event_duration_secs_listener(_on_event)
     tr = datasets.load("mnist_small", "train")
+    path = OUT / "reliability_soak.json"
     results = {}
+    if args.merge and path.is_file():
+        results = json.loads(path.read_text())["results"]
+    OUT.mkdir(parents=True, exist_ok=True)
     for name in compare.resolve_methods(args.methods):
         r = soak(name, args.steps, args.every, tr)
         results[name] = r
         print(f"{name:24s} {r['wall_s']:7.1f} s  rss {r['rss_mb'][0]:.0f} -> {r['rss_mb'][-1]:.0f} MB"
               f"  growth after warm-up {r['rss_growth_after_warmup_mb']:+.1f} MB  compiles after "
               f"step 1: {r['compiles_after_first_record']}  finite: {all(r['finite'])}", flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    train.write_json({"steps": args.steps, "results": results, "machine": compare.machine()},
-                     OUT / "reliability_soak.json")
+        train.write_json({"results": results, "machine": compare.machine()}, path)
+        plot(results)
+
+
+def plot(results):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, r in results.items():
-        ax.plot(r["step"], r["rss_mb"], label=name)
-    ax.set(xlabel="step", ylabel="process RSS (MB)", title=f"soak: {args.steps} steps per method "
-           "(methods run one after another in one process)")
+        ax.plot(r["step"], r["rss_mb"], label=f"{name} ({r.get('steps', r['step'][-1])} steps)")
+    ax.set(xlabel="step", ylabel="process RSS (MB)",
+           title="soak: methods run one after another in one process")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(OUT / "reliability_soak.png", dpi=120)
-
+    plt.close(fig)
 
 if __name__ == "__main__":
     main()
