@@ -1,4 +1,4 @@
-"""analog across devices: validation here, 8-device behaviour in a subprocess."""
+"""analog across devices: validation here, 8-device behaviour in tests/test_eight_devices.py."""
 
 import jax
 import jax.numpy as jnp
@@ -8,13 +8,6 @@ from jax.sharding import Mesh
 
 import analog
 from analog import shard_chips, shard_tiles, sharded_mvm
-
-from _multidevice import run_module
-
-
-def test_eight_devices():
-    """tests/multidevice/eight_analog.py: tiles over 8 chips and chip ensembles equal one device."""
-    run_module("eight_analog.py", 8)
 
 
 def test_one_device_mesh_and_bad_arguments():

@@ -1,4 +1,4 @@
-"""fwdgrad.sharded_forward_gradient: validation here, 8-device behaviour in a subprocess."""
+"""fwdgrad.sharded_forward_gradient: validation here, 8-device behaviour in tests/test_eight_devices.py."""
 
 import jax
 import numpy as np
@@ -6,13 +6,6 @@ import pytest
 from jax.sharding import Mesh
 
 from fwdgrad import sharded_forward_gradient
-
-from _multidevice import run_module
-
-
-def test_eight_devices():
-    """tests/multidevice/eight_fwdgrad.py: equality with forward_gradient, O(K) bytes in the HLO."""
-    run_module("eight_fwdgrad.py", 8)
 
 
 def _mesh():

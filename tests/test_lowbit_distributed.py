@@ -1,4 +1,4 @@
-"""lowbit's 4-bit gradient communication: validation here, 8-device behaviour in a subprocess."""
+"""lowbit's 4-bit gradient communication: validation here, 8-device behaviour in tests/test_eight_devices.py."""
 
 import jax
 import jax.numpy as jnp
@@ -6,13 +6,6 @@ import pytest
 
 import lowbit
 from lowbit import compressed_bytes, compressed_pmean
-
-from _multidevice import run_module
-
-
-def test_eight_devices():
-    """tests/multidevice/eight_lowbit.py: equality, unbiasedness, 8x fewer bytes in the HLO."""
-    run_module("eight_lowbit.py", 8)
 
 
 def test_one_device_axis_is_a_requantization():
