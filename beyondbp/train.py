@@ -38,7 +38,8 @@ from beyondbp import checkpoint as _checkpoint
 from beyondbp import datasets as _datasets
 from beyondbp.methods import Setup
 
-__all__ = ["train", "make_step", "evaluate", "compiled_memory", "History", "write_json"]
+__all__ = ["train", "make_step", "evaluate", "compiled_memory", "refused_steps", "History",
+           "write_json"]
 
 History = dict  # a JSON-serialisable dict; see ``train`` for its keys
 
@@ -108,6 +109,20 @@ def compiled_memory(fn: Callable, *args) -> dict:
     temp, arg, out = int(m.temp_size_in_bytes), int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
     alias = int(getattr(m, "alias_size_in_bytes", 0))
     return {"temp": temp, "argument": arg, "output": out, "peak": temp + arg + out - alias}
+
+
+def refused_steps(opt_state) -> dict[str, int]:
+    """The ``nonfinite`` counters of the transforms in ``opt_state``, by state path.
+
+    Every toolkit transform refuses a non-finite step itself (zero updates,
+    state unchanged) and counts it in its state's ``nonfinite`` field; this
+    collects them so a run's history says which stage refused how often.
+    """
+    found = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        if path and getattr(path[-1], "name", None) == "nonfinite":
+            found[jax.tree_util.keystr(path)] = int(np.asarray(leaf))
+    return found
 
 
 def _check_setup(setup: Setup):
@@ -184,7 +199,8 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
       ``opt_state`` (not written to JSON), ``nonfinite_loss_steps`` (logged
       losses that were NaN/inf), ``skipped_nonfinite_steps`` (steps whose
       updates were non-finite and were therefore not applied; see
-      :func:`make_step`).
+      :func:`make_step`), ``transform_refused_steps`` (the transforms' own
+      ``nonfinite`` counters, see :func:`refused_steps`).
     """
     _check_setup(setup)
     if (steps is None) == (epochs is None):
@@ -290,6 +306,7 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
             bar.close()
     jax.block_until_ready(params)
     hist["skipped_nonfinite_steps"] = int(len(oks) - np.sum(np.asarray(oks))) if oks else 0
+    hist["transform_refused_steps"] = refused_steps(opt_state)
     if checkpoint_dir is not None:
         save_checkpoint(steps)
     hist["wall_time_s"] = time.perf_counter() - t_start

@@ -162,3 +162,23 @@ def test_train_counts_skipped_steps(data):
     assert h["skipped_nonfinite_steps"] == 10
     for a, b in zip(jax.tree.leaves(h["params"]), jax.tree.leaves(base.params)):
         assert bool(jnp.array_equal(a, b))
+
+
+def test_history_reports_the_transforms_refusals(data):
+    """A transform that refuses a non-finite step itself shows up in the history by state path."""
+    import fwdgrad
+
+    base = methods.get("backprop").build(_cfg(steps=6))
+    def loss(logits, y):  # NaN for the batch whose first label is odd: refused by forward_gradient
+        bad = (y[0] % 2) == 1
+        return jnp.where(bad, jnp.nan, methods.cross_entropy(logits, y))
+
+    setup = methods.Setup(params=base.params, apply=base.apply, loss=loss, needs_grad=False,
+                          tx=optax.chain(fwdgrad.forward_gradient(num_tangents=2), optax.sgd(1e-3)))
+    h = train.train(setup, data[0], steps=12, batch_size=16, seed=1, progress=False)
+    batches = datasets.batches(data[0], 16, seed=1, epochs=None)
+    expected = sum(int(next(batches)[1][0]) % 2 for _ in range(12))
+    assert 0 < expected < 12
+    ((path, refused),) = h["transform_refused_steps"].items()
+    assert "nonfinite" in path and refused == expected
+    assert h["skipped_nonfinite_steps"] == 0  # the transform refused first: zeros are finite
