@@ -33,7 +33,10 @@ def test_one_device_mesh_runs_and_needs_loss_fn():
     tx = sharded_forward_gradient(mesh=_mesh(), axis_name="tangent", num_tangents=2)
     params = {"w": jax.numpy.ones((3,))}
     state = tx.init(params)
-    g, state2 = tx.update(None, state, params, loss_fn=lambda p: jax.numpy.sum(p["w"] ** 2))
+    # under jit, as documented (eagerly, every op of the K tangent draws compiles on its own)
+    g, state2 = jax.jit(lambda p, s: tx.update(None, s, p,
+                                               loss_fn=lambda q: jax.numpy.sum(q["w"] ** 2)))(
+        params, state)
     assert g["w"].shape == (3,) and int(state2.count) == 1
     with pytest.raises(ValueError, match="loss_fn"):
         tx.update(None, state, params)
