@@ -168,7 +168,7 @@ def _graceful_stop():
 
 def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset | None = None,
           *, steps: int | None = None, epochs: int | None = None, batch_size: int = 64,
-          seed: int = 0, eval_every: int | None = None, log_every: int = 50,
+          seed: int = 0, eval_every: int | None = None, log_every: int | None = None,
           progress: bool = True, desc: str = "train", json_path=None,
           time_steps: bool = True, checkpoint_dir=None, checkpoint_every: int | None = None
           ) -> History:
@@ -181,7 +181,8 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
       batch_size: fixed batch size (the step compiles once).
       seed: data order seed.
       eval_every: test accuracy every this many steps (default: 10 points per run).
-      log_every: training loss every this many steps.
+      log_every: training loss every this many steps (default: about 50 points per run,
+        at most every 50 steps).
       time_steps: block on every step to time it exactly (``step_time_s``).
       json_path: if given, the history is also written there as JSON.
       checkpoint_dir: save params and the transform state there every
@@ -218,6 +219,8 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
         raise ValueError(f"steps={steps!r}: need a positive integer")
     if eval_every is None:
         eval_every = max(1, steps // 10)
+    if log_every is None:
+        log_every = max(1, min(50, steps // 50))
     if eval_every < 1 or log_every < 1:
         raise ValueError(f"eval_every={eval_every!r} and log_every={log_every!r} must be >= 1")
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
@@ -292,7 +295,8 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
                 if checkpoint_every is not None and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
                     save_checkpoint(i + 1)
                 if test_ds is not None and ((i + 1) % eval_every == 0 or i == steps - 1):
-                    last_acc = evaluate(setup, params, test_ds, _fn=eval_fn)
+                    # the training batch size: the eval function compiles once, not twice
+                    last_acc = evaluate(setup, params, test_ds, batch_size=batch_size, _fn=eval_fn)
                     hist["eval_steps"].append(i + 1)
                     hist["test_accuracy"].append(last_acc)
                     bar.set_postfix(loss=f"{hist['train_loss'][-1]:.4f}", acc=f"{last_acc:.4f}")
