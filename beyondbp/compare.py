@@ -137,13 +137,19 @@ def plot(result: dict, out) -> list[pathlib.Path]:
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, h in result["histories"].items():
-        a1.plot(h["steps"], h["train_loss"], label=name)
-        a2.plot(h["eval_steps"], h["test_accuracy"], marker="o", ms=3, label=name)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    # 13+ methods outrun the 10-colour default cycle: 20 colours, and a line style per family
+    colors = plt.get_cmap("tab20").colors
+    families = {r["method"]: r.get("family", "") for r in result["rows"]}
+    styles = {f: ls for f, ls in zip(dict.fromkeys(families.values()), ["-", "--", "-.", ":"] * 4)}
+    for i, (name, h) in enumerate(result["histories"].items()):
+        kw = dict(color=colors[(2 * i) % 20 + (2 * i) // 20 % 2], ls=styles.get(families.get(name)),
+                  label=name)
+        a1.plot(h["steps"], h["train_loss"], **kw)
+        a2.plot(h["eval_steps"], h["test_accuracy"], marker="o", ms=3, **kw)
     a1.set(xlabel="step", ylabel="training loss (batch)", yscale="log", title="training loss")
     a2.set(xlabel="step", ylabel="test accuracy", title="test accuracy")
-    a2.legend(fontsize=8)
+    a2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     cfg = result["config"]
     fig.suptitle(f"{cfg['dataset']}, {cfg['model']} {cfg['widths']}, batch {cfg['batch_size']}, "
                  f"seed {cfg['seed']}")
