@@ -9,31 +9,39 @@ Each row's transform is a plain ``optax.chain`` a user could write:
 ``lowbit+analog``: backprop through the 4-bit model (FP4 gradients with two-phase rounding), SGD,
 then ``analog.program(TAOX_RERAM)``: the devices take the step.
 
-``fwdgrad+analog``: forward-gradient estimate, SGD, programmed onto TAOX_RERAM devices.
+``fwdgrad+analog``: activity-perturbed forward gradients with local losses (Ren et al., ICLR
+2023; ``fwdgrad.activity_forward_gradient`` on a ``fwdgrad.LocalMLP``), SGD with momentum, programmed
+onto TAOX_RERAM devices.
 
-``fwdgrad+lowbit+analog``: the chain of ../shared/DESIGN.md ("Composition") on the 4-bit model:
-forward gradient -> 4-bit updates -> SGD -> devices.
+``fwdgrad+lowbit+analog``: all three in one chain: the same activity-perturbed forward gradient,
+put on the radix-4 FP4 grid by ``lowbit.quantize_updates``, SGD with momentum, TAOX_RERAM devices.
 
-Forward-gradient rows use K = 4 Rademacher tangents sharing one primal pass, averaged (the
-DESIGN.md chain's estimator), and plain SGD at a rate small enough for the estimate's
-``(n - 1)|g|^2 / K`` variance (measured on mnist_small, 784-128-10: 55% test accuracy after 500
-steps, 78% after 3,000, with or without the 4-bit update grid).
+``fwdgrad+lowbit`` uses K = 4 Rademacher weight-perturbation tangents sharing one primal pass,
+averaged (the DESIGN.md chain's estimator), through the 4-bit model, and plain SGD at a rate small
+enough for the estimate's ``(n - 1)|g|^2 / K`` variance (mnist_small, 784-128-10: 55% test accuracy
+after 500 steps, 78% after 3,000, with or without the 4-bit update grid).
 
-Measured limitation: on TAOX_RERAM the forward-gradient rows barely train. Each update is mostly
-zero-mean noise, and the device's up/down asymmetry turns zero-mean pulse trains into a drift
-toward its symmetry point that is larger than the signal (Gokmen & Haensch 2020, the motivation
-for Tiki-Taka / mixed-precision transfer). A digital accumulator that programs only whole device
-steps (Nandakumar et al. 2020) is the known remedy; it is not implemented yet.
+Why the device rows use activity perturbation: a weight-perturbation estimate of a 270k-parameter
+MLP is mostly zero-mean noise (about sqrt(n/K) = 260 times the signal per weight), and a TaOx
+device's up/down asymmetry and exponential step turn zero-mean pulse trains into a drift towards
+its symmetry point that is larger than the signal (Gokmen & Haensch 2020): with it, the device
+rows stayed at 10-15% (BENCHMARKS.md). Perturbing each block's pre-activations instead divides the
+variance by the fan-in and the local losses keep the perturbed dimension small (Ren et al.), so the
+devices receive updates that are mostly signal: 74-76% after 600 steps on mnist_small, with and
+without the 4-bit grid. The DESIGN.md chain itself (weight perturbation -> 4-bit -> SGD -> devices)
+is tested as written in tests/test_composition.py.
 """
 
 from __future__ import annotations
 
 import optax
+from flax import nnx
 
 import analog
 import fwdgrad
 import lowbit
-from beyondbp import _methods_analog, _methods_lowbit
+
+from beyondbp import _methods_analog, _methods_fwdgrad, _methods_lowbit, models
 from beyondbp.methods import Method, MethodConfig, Setup, register
 
 #: Forward-gradient settings shared by the combined rows.
@@ -43,7 +51,26 @@ LR_BACKPROP = 0.05
 DEVICE = analog.presets.TAOX_RERAM
 
 
+def _build_local(cfg: MethodConfig, *, four_bit: bool) -> Setup:
+    """Activity-perturbed local forward gradients (-> 4-bit updates) -> SGD -> devices."""
+    if cfg.model != "mlp":
+        raise ValueError(f"the forward-gradient device rows train an MLP with local heads; "
+                         f"model={cfg.model!r} is not supported (use model='mlp')")
+    model = fwdgrad.LocalMLP((cfg.num_inputs, *cfg.widths, cfg.num_classes),
+                             rngs=nnx.Rngs(cfg.seed))
+    apply, params = models.functional(model)
+    chain = [fwdgrad.activity_forward_gradient(seed=cfg.seed)]
+    if four_bit:
+        chain.append(lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=cfg.seed + 1))
+    chain += [optax.sgd(_methods_fwdgrad.LR_LOCAL, momentum=0.9),
+              analog.program(DEVICE, seed=cfg.seed + 2)]
+    return Setup(params=params, apply=apply, tx=optax.chain(*chain), needs_grad=False,
+                 energy=_methods_analog.energy_of)
+
+
 def _build(cfg: MethodConfig, *, forward: bool, four_bit: bool, devices: bool) -> Setup:
+    if forward and devices:
+        return _build_local(cfg, four_bit=four_bit)
     apply, params = _methods_lowbit.build_model(cfg) if four_bit else cfg.build_model()
     chain = []
     if forward:
@@ -67,7 +94,9 @@ _row("fwdgrad+lowbit", f"forward gradient (K={NUM_TANGENTS}, mean) through the 4
 _row("lowbit+analog", f"4-bit model, backprop FP4 gradients on the radix-4 grid, SGD lr "
      f"{LR_BACKPROP} momentum 0.9, programmed onto TAOX_RERAM devices",
      forward=False, four_bit=True, devices=True)
-_row("fwdgrad+analog", f"forward gradient (K={NUM_TANGENTS}, mean), SGD lr {LR_FWD}, "
-     "programmed onto TAOX_RERAM devices", forward=True, four_bit=False, devices=True)
-_row("fwdgrad+lowbit+analog", f"all three: forward gradient (K={NUM_TANGENTS}, mean) "
-     f"through the 4-bit model -> radix-4 FP4 updates -> SGD lr {LR_FWD} -> TAOX_RERAM devices", forward=True, four_bit=True, devices=True)
+_row("fwdgrad+analog", "forward gradient, activity perturbation with local losses (Ren et al. "
+     f"2023), SGD lr {_methods_fwdgrad.LR_LOCAL} momentum 0.9, programmed onto TAOX_RERAM devices",
+     forward=True, four_bit=False, devices=True)
+_row("fwdgrad+lowbit+analog", "all three: activity-perturbed local forward gradient -> radix-4 "
+     f"FP4 updates -> SGD lr {_methods_fwdgrad.LR_LOCAL} momentum 0.9 -> TAOX_RERAM devices",
+     forward=True, four_bit=True, devices=True)
