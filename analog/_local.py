@@ -211,7 +211,15 @@ def relax(params, x, states, target, beta, steps: int, *, io: IOConfig | None = 
     # the clamped rows once per example. It is also what keeps a noisy 784x500 first layer
     # affordable: 90% of the product cost, formerly re-read 20-40 times per phase. The energy
     # ledger still counts a read per sweep (a chip relaxing continuously keeps driving rows).
-    h0 = ops.fwd(0, x, jax.random.fold_in(key, steps)) if input_product is None else input_product
+    if input_product is None:
+        h0 = ops.fwd(0, x, jax.random.fold_in(key, steps))
+    else:
+        h0 = jnp.asarray(input_product)
+        if h0.shape != (x.shape[0], ws[0].shape[1]) or not jnp.issubdtype(h0.dtype, jnp.floating):
+            raise ValueError(f"relax: input_product has shape {h0.shape} and dtype {h0.dtype}; "
+                             f"it must be a float (batch, n_1) = {(x.shape[0], ws[0].shape[1])} "
+                             "read of x @ W_1, e.g. from analog.read_input(params, x, ...)")
+        h0 = h0.astype(_F32)
     ops = _Ops(lambda k, s, kk: h0 if k == 0 else ops_fwd(k, s, kk), ops.bwd)
 
     def body(t, s):

@@ -199,3 +199,16 @@ def test_equilibrium_propagation_transform_trains_a_tiny_problem():
     one = analog.relaxation_counts((6, 8, 3), 16, 110)
     assert float(ep_state.ledger.steps) == 60
     assert float(ep_state.ledger.cell_reads) == pytest.approx(60 * float(one.cell_reads))
+
+
+def test_relax_rejects_a_held_input_read_of_the_wrong_shape():
+    params = analog.init_energy_network(jax.random.key(0), (6, 4, 3))
+    x = jnp.ones((2, 6), jnp.float32)
+    states = (jnp.zeros((2, 4), jnp.float32), jnp.zeros((2, 3), jnp.float32))
+    target = jnp.zeros((2, 3), jnp.float32)
+    held = analog.read_input(params, x)
+    exact, _ = analog.relax(params, x, states, target, 0.0, 5)
+    np.testing.assert_allclose(analog.relax(params, x, states, target, 0.0, 5,
+                                            input_product=held)[0][0], exact[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="input_product has shape"):
+        analog.relax(params, x, states, target, 0.0, 5, input_product=held[:, :1])
