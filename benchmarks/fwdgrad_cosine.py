@@ -14,8 +14,11 @@ Writes benchmarks/results/fwdgrad_cosine.json and .png.
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
+import platform
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +46,14 @@ def model(h):
 
 
 def main():
-    out = {"command": "python benchmarks/fwdgrad_cosine.py", "results": []}
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(RESULTS / "fwdgrad_cosine"),
+                    help="output path without extension (.json and .png are written)")
+    dest = pathlib.Path(ap.parse_args().out)
+    out = {"command": "python benchmarks/fwdgrad_cosine.py " + " ".join(sys.argv[1:]),
+           "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}, "
+                      f"matmul precision {jax.config.jax_default_matmul_precision or 'default'}",
+           "results": []}
     for h in HIDDEN:
         params, loss = model(h)
         n = sum(p.size for p in jax.tree.leaves(params))
@@ -59,8 +69,9 @@ def main():
                                            "K": K, "cosine_mean": float(cos.mean()),
                                            "cosine_std": float(cos.std()), "theory": float(theory)})
                     print(out["results"][-1], flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fwdgrad_cosine.json").write_text(json.dumps(out, indent=2))
+        # Written after every model size, so a run stopped part-way keeps what it measured.
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.with_suffix(".json").write_text(json.dumps(out, indent=2))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -81,7 +92,7 @@ def main():
     axes[0].set_ylabel("cosine(estimate, exact gradient)")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "fwdgrad_cosine.png", dpi=110)
+    fig.savefig(dest.with_suffix(".png"), dpi=110)
 
 
 if __name__ == "__main__":

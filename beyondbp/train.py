@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import pathlib
 import signal
 import threading
@@ -184,7 +185,8 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
       log_every: training loss every this many steps (default: about 50 points per run,
         at most every 50 steps).
       time_steps: block on every step to time it exactly (``step_time_s``).
-      json_path: if given, the history is also written there as JSON.
+      json_path: if given, the history is also written there as JSON: after every
+        evaluation (with ``"partial": true``) and complete at the end.
       checkpoint_dir: save params and the transform state there every
         ``checkpoint_every`` steps, at the end, and when interrupted
         (KeyboardInterrupt / SIGINT); if it already holds a checkpoint of this
@@ -300,6 +302,9 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
                     hist["eval_steps"].append(i + 1)
                     hist["test_accuracy"].append(last_acc)
                     bar.set_postfix(loss=f"{hist['train_loss'][-1]:.4f}", acc=f"{last_acc:.4f}")
+                    if json_path is not None and i < steps - 1:
+                        # a long run that is stopped keeps every evaluation it made
+                        write_json({**hist, "partial": True}, json_path)
         except KeyboardInterrupt:
             if checkpoint_dir is not None:
                 done, params, opt_state = snap
@@ -344,5 +349,8 @@ def write_json(hist: dict, path) -> pathlib.Path:
     """Write a history (without params/state) as JSON; creates parent directories."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(hist), indent=2))
+    # temporary name, then rename: a run killed mid-write leaves the previous file whole
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(hist), indent=2))
+    os.replace(tmp, path)
     return path

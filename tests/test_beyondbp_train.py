@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,27 @@ def test_backprop_trains_on_bundled_data(data, tmp_path):
     assert written["final_test_accuracy"] == h["final_test_accuracy"]
     assert "params" not in written and written["memory"]["temp"] is not None
 
+
+
+def test_history_json_is_written_after_every_evaluation(data, tmp_path, monkeypatch):
+    """A long run stopped part-way keeps its evaluations: the JSON is rewritten after each one
+    (marked partial) and completed at the end, always through a temporary name."""
+    seen = []
+    real = train.write_json
+
+    def spy(hist, path):
+        out = real(hist, path)
+        seen.append(json.loads(pathlib.Path(path).read_text()))
+        return out
+
+    monkeypatch.setattr(train, "write_json", spy)
+    setup = methods.get("backprop").build(_cfg(steps=6))
+    train.train(setup, *data, steps=6, batch_size=64, eval_every=2, progress=False,
+                json_path=tmp_path / "h.json")
+    assert [len(h["test_accuracy"]) for h in seen] == [1, 2, 3]
+    assert [h.get("partial", False) for h in seen] == [True, True, False]
+    assert seen[-1]["final_test_accuracy"] == seen[-1]["test_accuracy"][-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json"]
 
 def _counting_estimator(counter):
     """An estimator transform that reads loss_fn (like fwdgrad) and counts its traces."""
