@@ -74,7 +74,12 @@ def main(argv=None):
     p.add_argument("--methods", default="all")
     p.add_argument("--merge", action="store_true",
                    help="keep the results of methods already in reliability_soak.json")
+    p.add_argument("--table", action="store_true",
+                   help="only print the Markdown table of reliability_soak.json (BENCHMARKS.md)")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads((OUT / "reliability_soak.json").read_text())["results"]))
+        return
     jax.monitoring.register_event_duration_secs_listener(_on_event)
     tr = datasets.load("mnist_small", "train")
     path = OUT / "reliability_soak.json"
@@ -90,6 +95,18 @@ def main(argv=None):
               f"step 1: {r['compiles_after_first_record']}  finite: {all(r['finite'])}", flush=True)
         train.write_json({"results": results, "machine": compare.machine()}, path)
         plot(results)
+
+
+def table(results) -> str:
+    """The BENCHMARKS.md soak table, one row per soaked method, straight from the JSON."""
+    rows = ["| method | steps | wall s | RSS first record -> last (MB) | growth after warm-up (MB) "
+            "| compiles after step 1 | params finite | skipped steps |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        rows.append(f"| {name} | {r['steps']:,} | {r['wall_s']:.0f} | {r['rss_mb'][0]:.0f} -> "
+                    f"{r['rss_mb'][-1]:.0f} | {r['rss_growth_after_warmup_mb']:+.1f} | "
+                    f"{r['compiles_after_first_record']} | {all(r['finite'])} | {r['skipped']} |")
+    return "\n".join(rows)
 
 
 def plot(results):
