@@ -201,6 +201,38 @@ class Device:
         return self.clip(var.g_min + rng * x, var)
 
 
+    def _step_two(self, g, n_first, n_second, noise, variation, *, pot_first: bool):
+        """Two pulse trains in one pass: ``n_first`` then ``n_second`` pulses (both >= 0).
+
+        ``pot_first``: the first train potentiates and the second depresses (else the reverse).
+        The noise-free response is exactly that of the two trains applied one after the other
+        (closed forms of the model, clipped to the range after each train, as
+        :meth:`step` called twice). Cycle-to-cycle noise is one draw per device: ``noise`` is a
+        zero-mean, unit-variance array of ``g``'s shape scaled so that its variance is the sum
+        of the two trains' variances (``dw_min_std^2 (D_1^2 / n_1 + D_2^2 / n_2)`` for changes
+        ``D_k``, exact for constant steps); two :meth:`step` calls draw two Gaussians and add
+        the first before the second train. Used by the fast path of :func:`pulse_update`.
+        """
+        var = variation
+        rng = var.g_max - var.g_min
+        x0 = jnp.clip((g - var.g_min) / rng, 0.0, 1.0)
+        base = self.dw_min * var.dw_scale / rng
+        a_up = base * (1.0 + var.up_down)
+        a_down = base * (1.0 - var.up_down)
+        if pot_first:
+            x1 = jnp.clip(self._up(x0, n_first, a_up), 0.0, 1.0)
+            x2 = 1.0 - self._down(1.0 - x1, n_second, a_down)
+        else:
+            x1 = jnp.clip(1.0 - self._down(1.0 - x0, n_first, a_down), 0.0, 1.0)
+            x2 = self._up(x1, n_second, a_up)
+        if self.dw_min_std > 0:
+            d1, d2 = x1 - x0, x2 - x1
+            v = d1 * d1 / jnp.maximum(n_first, 1.0) + d2 * d2 / jnp.maximum(n_second, 1.0)
+            x2 = x2 + self.dw_min_std * jnp.sqrt(v) * noise
+        x2 = jnp.clip(x2, 0.0, 1.0)
+        return self.clip(var.g_min + rng * x2, var)
+
+
 # Compiled once per device configuration and shape; op-by-op dispatch is far slower on CPU.
 @functools.partial(jax.jit, static_argnums=0)
 def _step(device, g, n, key, variation):
