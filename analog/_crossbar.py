@@ -522,44 +522,56 @@ def _coincidence_counts(wx: jax.Array, nx: jax.Array, wd: jax.Array, nd: jax.Arr
                         tile_shape: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
     """Up and total coincidence counts per device, in tile layout, without a (B, in, out) tensor.
 
-    wx: (B, W, in) packed row trains; nx: (B, in) uint32 sign masks (all ones where x < 0);
-    wd, nd: the same for columns. Sample b adds ``popcount(wx_bi & wd_bj)`` coincidences to
-    device (i, j), all in the direction ``sign(x_bi d_bj)``: to ``up`` when the signs agree.
-    The batch is summed in one fused elementwise loop (one popcount per sample, word and
-    device); returns uint32 ``(up, total)`` of shape ``(R, C, rows, cols)``.
+    wx: (B, W, R * rows) packed row trains of the padded matrix; nx: (B, R * rows) uint32 sign
+    masks (all ones where x < 0); wd, nd: the same for the ``C * cols`` padded columns (pad
+    with zero trains). Sample b adds ``popcount(wx_bi & wd_bj)`` coincidences to device (i, j),
+    all in the direction ``sign(x_bi d_bj)``: to ``up`` when the signs agree. The batch is summed
+    in one fused elementwise loop (one popcount per sample, word and device); returns uint32
+    ``(up, total)`` of shape ``(R, C, rows, cols)``.
     """
     b, words, n_in = wx.shape
-    n_out = wd.shape[2]
     th, tw = tile_shape
-    r, c = -(-n_in // th), -(-n_out // tw)
-    wx = jnp.pad(wx, ((0, 0), (0, 0), (0, r * th - n_in))).reshape(b, words, r, 1, th, 1)
-    nx = jnp.pad(nx, ((0, 0), (0, r * th - n_in))).reshape(b, r, 1, th, 1)
-    wd = jnp.pad(wd, ((0, 0), (0, 0), (0, c * tw - n_out))).reshape(b, words, 1, c, 1, tw)
-    nd = jnp.pad(nd, ((0, 0), (0, c * tw - n_out))).reshape(b, 1, c, 1, tw)
+    r, c = n_in // th, wd.shape[2] // tw
+    wx = wx.reshape(b, words, r, 1, th, 1)
+    nx = nx.reshape(b, r, 1, th, 1)
+    wd = wd.reshape(b, words, 1, c, 1, tw)
+    # agreement of signs is nx ^ ~nd: inverting the (small) column masks once saves an op
+    # per device and sample.
+    nd = ~nd.reshape(b, 1, c, 1, tw)
 
-    def chunk(carry, xs):
-        up, tot = carry
-        cwx, cnx, cwd, cnd = xs
+    def packed(cwx, cnx, cwd, cnd):
+        # One accumulator, up counts in the low and total counts in the high 16 bits: a
+        # single output keeps XLA:CPU to one fused loop (two outputs doubled its time).
+        # A chunk holds at most 32 samples of at most 1024 slots: counts < 2^16.
+        acc = jnp.zeros((r, c, th, tw), _U32)
         for i in range(cwx.shape[0]):
             cnt = jax.lax.population_count(cwx[i, 0] & cwd[i, 0])
             for w in range(1, words):
                 cnt = cnt + jax.lax.population_count(cwx[i, w] & cwd[i, w])
-            same = ~(cnx[i] ^ cnd[i])
-            tot = tot + cnt
-            up = up + (cnt & same)
-        return (up, tot), None
+            acc = acc + (cnt << 16) + (cnt & (cnx[i] ^ cnd[i]))
+        return acc
 
-    zero = jnp.zeros((r, c, th, tw), _U32)
+    lo = _U32(0xFFFF)
+    if b <= 32:
+        # Behind a conditional (skipped when no train fires at all): XLA:CPU would otherwise
+        # fuse the loop into both of its consumers, the G+ and G- passes, counting every
+        # coincidence twice (an optimization barrier does not stop that fusion).
+        fired = jnp.any(wx != 0) & jnp.any(wd != 0)
+        acc = jax.lax.cond(fired, packed, lambda *a: jnp.zeros((r, c, th, tw), _U32),
+                           wx, nx, wd, nd)
+        return acc & lo, acc >> 16
     size = 16                                        # samples unrolled per loop iteration
-    if b <= 2 * size:
-        (up, tot), _ = chunk((zero, zero), (wx, nx, wd, nd))
-        return up, tot
     pad = -b % size                                  # zero trains add no coincidence
 
     def split(a):
         a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
         return a.reshape(-1, size, *a.shape[1:])
 
+    def chunk(carry, xs):
+        acc = packed(*xs)
+        return (carry[0] + (acc & lo), carry[1] + (acc >> 16)), None
+
+    zero = jnp.zeros((r, c, th, tw), _U32)
     (up, tot), _ = jax.lax.scan(chunk, (zero, zero), tuple(map(split, (wx, nx, wd, nd))))
     return up, tot
 
@@ -656,7 +668,10 @@ def pulse_update(tiles: Tiles, x: jax.Array, d: jax.Array, lr: float | jax.Array
         raise ValueError("pulse_update: the device has cycle-to-cycle noise; pass a key")
     lr = jnp.asarray(lr, _F32)
     if impl == "fast":
-        return _pulse_update_fast(tiles, x, d, lr, key, mode, bl, prob_bits)
+        # Only the conductances come back from the compiled update: the device parameters
+        # are reused as they are (returning them from the jit would copy every array).
+        g_plus, g_minus, sent = _pulse_update_fast(tiles, x, d, lr, key, mode, bl, prob_bits)
+        return dataclasses.replace(tiles, g_plus=g_plus, g_minus=g_minus), sent
     return _pulse_update(tiles, x, d, lr, key, mode, bl)
 
 
@@ -681,14 +696,21 @@ def _pulse_update_fast(tiles, x, d, lr, key, mode, bl, prob_bits):
         sent = 2.0 * jnp.sum(up + down)
     else:
         px, pd = _probabilities(x, d, lr, dw, bl)
-        wx = _train_words(seeds, 1, px, bl, prob_bits)
-        wd = _train_words(seeds, 2, pd, bl, prob_bits)
+        # Pad rows and columns to whole tiles before drawing: padded lines get p = 0 (zero
+        # trains), and each train word is drawn once, straight into the layout of the counts.
+        (th, tw), (r, c) = tiles.tile_shape, tiles.grid
+        pad_in = lambda a: jnp.pad(a, ((0, 0), (0, r * th - a.shape[1])))  # noqa: E731
+        pad_out = lambda a: jnp.pad(a, ((0, 0), (0, c * tw - a.shape[1])))  # noqa: E731
+        wx = _train_words(seeds, 1, pad_in(px), bl, prob_bits)
+        wd = _train_words(seeds, 2, pad_out(pd), bl, prob_bits)
         neg = lambda a: jnp.where(a < 0, _U32(0xFFFFFFFF), _U32(0))  # noqa: E731
-        up_u, tot_u = _coincidence_counts(wx, neg(x), wd, neg(d), tiles.tile_shape)
+        up_u, tot_u = _coincidence_counts(wx, neg(pad_in(x)), wd, neg(pad_out(d)),
+                                          tiles.tile_shape)
         up = up_u.astype(_F32)
         down = (tot_u - up_u).astype(_F32)
-        sent = 2.0 * _sent_pulses(wx, wd)
-    return _apply_counts(tiles, up, down, seeds, 3), sent
+        sent = 2.0 * jnp.sum(tot_u, dtype=jnp.int32).astype(_F32)
+    new = _apply_counts(tiles, up, down, seeds, 3)
+    return new.g_plus, new.g_minus, sent
 
 
 @functools.partial(jax.jit, static_argnums=(5, 6))

@@ -252,6 +252,26 @@ class ConstantStep(Device):
 
     _down = _up
 
+    def _step_two(self, g, n_first, n_second, noise, variation, *, pot_first: bool):
+        # Device._step_two in conductance units: no division, so XLA:CPU fuses the whole pass
+        # into one loop (same result up to float rounding).
+        var = variation
+        g0 = jnp.clip(g, var.g_min, var.g_max)
+        s = self.dw_min * var.dw_scale
+        s_up = s * (1.0 + var.up_down)
+        s_down = s * (1.0 - var.up_down)
+        if pot_first:
+            g1 = jnp.clip(g0 + n_first * s_up, var.g_min, var.g_max)
+            g2 = g1 - n_second * s_down
+        else:
+            g1 = jnp.clip(g0 - n_first * s_down, var.g_min, var.g_max)
+            g2 = g1 + n_second * s_up
+        if self.dw_min_std > 0:
+            d1, d2 = g1 - g0, g2 - g1
+            v = d1 * d1 / jnp.maximum(n_first, 1.0) + d2 * d2 / jnp.maximum(n_second, 1.0)
+            g2 = g2 + self.dw_min_std * jnp.sqrt(v) * noise
+        return self.clip(g2, var)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LinearStep(Device):
