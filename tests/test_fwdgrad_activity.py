@@ -149,3 +149,131 @@ def test_activity_perturbation_has_lower_variance_than_weight_perturbation():
 def test_local_mlp_widths_validated():
     with pytest.raises(ValueError, match="widths"):
         fwdgrad.LocalMLP((784, 10), rngs=nnx.Rngs(0))
+
+
+# --- ReLU-masked tangents and group-wise local losses (Ren et al., 2023, secs. 3-4) ---
+
+WIDTH = 8
+
+
+def _eq_model():
+    """Equal hidden widths, so one num_groups can be the width of every block."""
+    return fwdgrad.LocalMLP((D_IN, WIDTH, WIDTH, CLASSES), rngs=nnx.Rngs(3))
+
+
+def _eq_params():
+    return nnx.split(_eq_model(), nnx.Param)[1].to_pure_dict()
+
+
+def _reference_local_grads(params):
+    """Independent reference: jax.grad of the summed local losses, written out by hand
+    (stop_gradient between blocks, layer norm on later blocks' inputs), not via LocalMLP."""
+    def total(p):
+        h, out = X, 0.0
+        for i in sorted(p["layers"]):
+            if i > 0:
+                h = jax.lax.stop_gradient(h)
+                h = (h - h.mean(-1, keepdims=True)) * jax.lax.rsqrt(h.var(-1, keepdims=True) + 1e-5)
+            h = jax.nn.relu(h @ p["layers"][i]["kernel"] + p["layers"][i]["bias"])
+            logits = h @ p["heads"][i]["kernel"] + p["heads"][i]["bias"]
+            out = out + optax.softmax_cross_entropy_with_integer_labels(logits, Y).mean()
+        return out
+    return jax.grad(total)(params)
+
+
+def _sample_layers(params, num_samples, seed, **kw):
+    """Block-weight estimates for num_samples keys, flattened, float64 (heads left out:
+    their estimator does not depend on num_groups)."""
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(
+        jnp.arange(num_samples, dtype=jnp.uint32))
+    est = jax.jit(jax.vmap(lambda k: jnp.concatenate(
+        [x.ravel() for x in jax.tree.leaves(fwdgrad.local_mlp_grads(k, params, X, Y, **kw)[1]["layers"])])))(keys)
+    return np.asarray(est, np.float64)
+
+
+def test_group_size_one_is_exact_local_gradient():
+    params = _eq_params()
+    exact = _reference_local_grads(params)
+    for mask in (True, False):
+        _, grads = jax.jit(lambda k: fwdgrad.local_mlp_grads(k, params, X, Y, num_groups=WIDTH,
+                                                             mask_tangents=mask))(jax.random.key(0))
+        np.testing.assert_allclose(_flat(grads["layers"]), _flat(exact["layers"]), rtol=1e-5, atol=1e-6)
+
+
+def test_exact_head_grad_matches_reference():
+    params = _eq_params()
+    _, grads = fwdgrad.local_mlp_grads(jax.random.key(0), params, X, Y, head_grad="exact")
+    np.testing.assert_allclose(_flat(grads["heads"]), _flat(_reference_local_grads(params)["heads"]),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_groups", [1, 2, 4])
+def test_grouped_masked_estimate_unbiased(num_groups):
+    params = _eq_params()
+    exact = _flat(_reference_local_grads(params)["layers"])
+    S = 4000
+    est = _sample_layers(params, S, 11, num_groups=num_groups)
+    se = est.std(0) / np.sqrt(S)
+    # 5 standard errors per coordinate (fixed seed), plus float32 rounding
+    assert np.all(np.abs(est.mean(0) - exact) < 5 * se + 1e-6)
+
+
+def test_variance_falls_with_groups_as_theory_says():
+    """Rademacher, masked: var = sum over examples and groups of (active_g - 1)|g_g|^2, so
+    halving the group size should roughly halve the variance; checked per block input z."""
+    z = jax.random.normal(jax.random.key(2), (B, 16))
+    w = jax.random.normal(jax.random.key(3), (16, CLASSES))
+    head = {"kernel": w, "bias": jnp.zeros((CLASSES,))}
+    from fwdgrad._activity import _block_losses  # the grouped loss under test
+    exact = np.asarray(jax.grad(lambda z: optax.softmax_cross_entropy_with_integer_labels(
+        jax.nn.relu(z) @ w, Y).mean())(z), np.float64)
+    active = np.asarray(z) > 0
+    S = 3000
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(5), s))(jnp.arange(S, dtype=jnp.uint32))
+    emp = {}
+    for G in (1, 4, 16):
+        g = fwdgrad.activity_fwd_grad(lambda zz, hd: _block_losses(zz, hd, Y, jax.nn.relu, G), num_groups=G)
+        est = np.asarray(jax.jit(jax.vmap(lambda k: g(k, z, head, tangent_mask=z > 0)[1]))(keys), np.float64)
+        emp[G] = np.mean(np.sum((est - exact) ** 2, axis=(1, 2)))
+        theory = sum(max(int(a.sum()) - 1, 0) * np.sum(e ** 2)
+                     for ab, eb in zip(active, exact)
+                     for a, e in zip(np.split(ab, G), np.split(eb, G)))
+        if G == 16:
+            assert emp[G] < 1e-12  # group size 1: exact
+        else:
+            assert abs(emp[G] / theory - 1) < 0.15, (G, emp[G], theory)
+    assert emp[4] < 0.5 * emp[1]
+
+
+def test_mask_reduces_variance():
+    params = _eq_params()
+    exact = _flat(_reference_local_grads(params)["layers"])
+    v = {m: np.mean(np.sum((_sample_layers(params, 500, 2, mask_tangents=m) - exact) ** 2, axis=1))
+         for m in (True, False)}
+    assert v[True] < v[False], v
+
+
+@pytest.mark.parametrize("bad, err", [(3, ValueError), (0, ValueError), (2.0, TypeError)])
+def test_bad_num_groups_is_refused(bad, err):
+    params = _eq_params()
+    with pytest.raises(err, match="num_groups"):
+        fwdgrad.local_mlp_grads(jax.random.key(0), params, X, Y, num_groups=bad)
+    with pytest.raises(err, match="num_groups"):
+        fwdgrad.activity_forward_gradient(num_groups=bad).init(params)
+
+
+def test_grouped_bfloat16_keeps_dtype_and_jits_once():
+    params = _params(jnp.bfloat16)
+    traces = []
+
+    @jax.jit
+    def f(k):
+        traces.append(1)
+        return fwdgrad.local_mlp_grads(k, params, X, Y, num_groups=4)[1]
+
+    for s in range(3):
+        grads = f(jax.random.key(s))
+    assert len(traces) == 1
+    for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(params)):
+        assert g.dtype == jnp.bfloat16 and g.shape == p.shape
+        assert np.all(np.isfinite(np.asarray(g, np.float32)))
