@@ -46,8 +46,7 @@ JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$LONG_S" $PY -m pytest -q -rf -n 8
   tests/test_nonfinite.py tests/test_beyondbp_train.py > "$R/pytest.log" 2>&1 &
 wait
 
-cp benchmarks/results/analog_mnist_analog-eqprop-taox.json "$R/analog_mnist_taox_gpu.json"
-cp benchmarks/results/analog_throughput.json "$R/analog_throughput_gpu.json"
-cp benchmarks/results/fwdgrad_accuracy_10ep_gpu.* "$R/"
+# every result file this session wrote or rewrote (the benchmarks write into benchmarks/results)
+find benchmarks/results -maxdepth 1 -type f -newer "$R/machine.txt" -exec cp {} "$R/" \;
 for f in "$R"/*.log; do echo "== $f"; tail -c 1500 "$f" | tr '\r' '\n' | tail -n 12; done
 tar czf "$OUT/gpu_results.tgz" -C "$OUT" gpu_results && rm -rf "$R"
