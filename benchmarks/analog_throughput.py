@@ -1,19 +1,27 @@
 """Simulation throughput: MVMs/s and pulsed updates/s as the tile count grows, and samples/s of
-analog SGD on a 784-500-10 network (the workload aihwkit's figure in issue 6 refers to).
+analog SGD on a 784-500-10 network side by side with IBM's aihwkit (issue 6's workload).
 
 Writes benchmarks/results/analog_throughput.json and .png. Medians of repeats; timings are of
 jitted calls after compilation, on whatever CPU runs this (see "machine" in the JSON).
 
-    .venv/bin/python benchmarks/analog_throughput.py [--repeats 5]
+    .venv/bin/python benchmarks/analog_throughput.py --repeats 5 \
+        --aihwkit-python /tmp/aihwkit-venv/bin/python --rounds 5
+
+With --aihwkit-python (a Python with aihwkit 1.1.0 installed, see benchmarks/aihwkit_baseline.py)
+the MLP workload of this package and aihwkit's are timed in alternating rounds in the same
+session (same load), torch limited to 2 threads; the ratio of medians is recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
 import platform
+import subprocess
+import tempfile
 import time
 
 import jax
@@ -63,55 +71,145 @@ def tile_sweep(repeats: int, batch: int = 20, bl: int = 31):
     return rows
 
 
-def mlp_sgd(repeats: int, batch: int = 20, bl: int = 31):
+def load_mnist(n: int):
+    """The first n MNIST training images (pixels / 255) and labels, or uniform random data of
+    the same shape when the files are absent (throughput does not depend much on the values,
+    but zero pixels make trains sparse, so real data is the default, as for aihwkit)."""
+    import gzip
+    folder = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    try:
+        with gzip.open(folder / "train-images-idx3-ubyte.gz", "rb") as f:
+            x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)[:n] / 255.0
+        with gzip.open(folder / "train-labels-idx1-ubyte.gz", "rb") as f:
+            y = np.frombuffer(f.read(), np.uint8, offset=8)[:n]
+        return x.astype(np.float32), y.astype(np.int32), "mnist"
+    except OSError:
+        rng = np.random.default_rng(0)
+        return rng.random((n, 784), np.float32), np.arange(n, dtype=np.int32) % 10, "uniform"
+
+
+#: aihwkit 1.1.0 ConstantStepDevice() defaults translated to a differential pair on a [0, 1]
+#: conductance range: dw_min 0.001 on aihwkit's weight range [-0.6, 0.6] (width 1.2) -> 0.001/1.2
+#: of the range (with w_max 0.6 one pulse pair moves a weight by 0.001, as one aihwkit pulse
+#: does), dw_min_dtod 0.3, dw_min_std 0.3 (per pulse), up_down 0, up_down_dtod 0.01, bound
+#: spread 0.3 (aihwkit's w_max_dtod = w_min_dtod = 0.3).
+AIHWKIT_CONSTANT_STEP = analog.ConstantStep(dw_min=0.001 / 1.2, dw_min_dtod=0.3, dw_min_std=0.3,
+                                            up_down_dtod=0.01, bounds_dtod=0.3)
+
+
+def make_mlp_sgd(device, batch: int = 20, bl: int = 31, impl: str = "fast",
+                 n_batches: int = 100):
     """Analog SGD as aihwkit runs it: forward mvm, backward mvm_transpose, pulsed update per layer.
 
-    Device: ConstantStep with aihwkit's ConstantStepDevice defaults translated to a differential
-    pair (dw_min 0.001 of range, 30% device-to-device step spread, 30% per-pulse noise), ideal IO
-    apart from that; BL 31, batch 20, sigmoid hidden layer, softmax cross-entropy error.
+    784-500-10 without biases, sigmoid hidden layer, softmax cross-entropy error, lr 0.01,
+    BL 31, batch 20, ideal IO, 64x64 tiles; the tiles are donated to each jitted step (updated
+    in place, as aihwkit does). Returns ``run(steps) -> seconds``.
     """
-    dev = analog.ConstantStep(dw_min=0.001, dw_min_dtod=0.3, dw_min_std=0.3, bounds_dtod=0.3)
-    w1 = jax.random.normal(KEY(0), (784, 500)) * 0.05
-    w2 = jax.random.normal(KEY(1), (500, 10)) * 0.05
-    t1 = analog.init_tiles(KEY(2), w1, dev, w_max=0.6)
-    t2 = analog.init_tiles(KEY(3), w2, dev, w_max=0.6)
-    x = jax.random.uniform(KEY(4), (batch, 784))
-    y = jax.nn.one_hot(jnp.arange(batch) % 10, 10)
+    x_all, y_all, data = load_mnist(batch * n_batches)
+    xs = jnp.asarray(x_all.reshape(n_batches, batch, 784))
+    ys = jax.nn.one_hot(jnp.asarray(y_all.reshape(n_batches, batch)), 10)
+    w1 = jax.random.uniform(KEY(0), (784, 500), jnp.float32, -1, 1) / np.sqrt(784)
+    w2 = jax.random.uniform(KEY(1), (500, 10), jnp.float32, -1, 1) / np.sqrt(500)
+    state = [analog.init_tiles(KEY(2), w1, device, w_max=0.6),
+             analog.init_tiles(KEY(3), w2, device, w_max=0.6)]
 
-    @jax.jit
-    def step(t1, t2, k):
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(t1, t2, x, y, k):
         k1, k2 = jax.random.split(k)
         h = jax.nn.sigmoid(analog.mvm(t1, x))
         o = analog.mvm(t2, h)
         e = jax.nn.softmax(o) - y
         dh = analog.mvm_transpose(t2, e) * h * (1 - h)
-        t2, _ = analog.pulse_update(t2, h, -e, 0.01, k2, bl=bl)
-        t1, _ = analog.pulse_update(t1, x, -dh, 0.01, k1, bl=bl)
+        t2, _ = analog.pulse_update(t2, h, -e, 0.01, k2, bl=bl, impl=impl)
+        t1, _ = analog.pulse_update(t1, x, -dh, 0.01, k1, bl=bl, impl=impl)
         return t1, t2
 
-    dt = median_time(step, (t1, t2, KEY(5)), 10, repeats)
-    return {"batch": batch, "bl": bl, "samples_per_s": batch / dt, "step_s": dt,
-            "aihwkit_reference_samples_per_s": 1700,
-            "aihwkit_reference_source": "issue 6 text (aihwkit 1.1.0, ConstantStep, batch 20, "
-                                        "this CPU class); not re-measured here",
-            "ratio_vs_aihwkit_reference": batch / dt / 1700}
+    it = [0]
+
+    def run(steps: int) -> float:
+        t0 = time.perf_counter()
+        t1, t2 = state
+        for _ in range(steps):
+            i = it[0] % n_batches
+            it[0] += 1
+            t1, t2 = step(t1, t2, xs[i], ys[i], KEY(1000 + it[0]))
+        jax.block_until_ready((t1, t2))
+        state[:] = [t1, t2]
+        return time.perf_counter() - t0
+
+    run(2)                                            # compile
+    return run, data
+
+
+def run_aihwkit(python: str, batches: int, configs: str) -> dict:
+    script = pathlib.Path(__file__).resolve().parent / "aihwkit_baseline.py"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "aihwkit.json"
+        subprocess.run([python, str(script), "--repeats", "1", "--batches", str(batches),
+                        "--warmup", "10", "--threads", "2", "--configs", configs,
+                        "--json", str(out)], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+
+
+def side_by_side(rounds: int, batches: int, aihwkit_python: str | None, batch: int = 20,
+                 bl: int = 31):
+    ours = {"constant_step": make_mlp_sgd(AIHWKIT_CONSTANT_STEP, batch, bl),
+            "taox_reram_expstep": make_mlp_sgd(presets.TAOX_RERAM, batch, bl)}
+    data = ours["constant_step"][1]
+    ref_run, _ = make_mlp_sgd(AIHWKIT_CONSTANT_STEP, batch, bl, impl="reference")
+    aih_configs = "constant_step,constant_step_fixed_bl31,constant_step_perfect_io,reram_es_preset"
+    rates = {f"ours_{k}": [] for k in ours}
+    rates["ours_constant_step_reference_impl"] = []
+    aih_meta = None
+    for r in range(rounds):
+        if aihwkit_python:
+            res = run_aihwkit(aihwkit_python, batches, aih_configs)
+            aih_meta = {k: v for k, v in res.items() if k != "configs"}
+            for name, v in res["configs"].items():
+                rates.setdefault(f"aihwkit_{name}", []).append(v["samples_per_s"])
+        for name, (run, _) in ours.items():
+            rates[f"ours_{name}"].append(batch * batches / run(batches))
+        if r < 2:                                     # the old path: ~3 s a step
+            rates["ours_constant_step_reference_impl"].append(batch * 2 / ref_run(2))
+        print({k: round(v[-1], 1) for k, v in rates.items() if v}, flush=True)
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    out = {"batch": batch, "bl": bl, "data": data, "timed_batches_per_round": batches,
+           "rounds": rounds, "samples_per_s_median": med, "samples_per_s_rounds": rates,
+           "aihwkit_run": aih_meta}
+    if "aihwkit_constant_step" in med:
+        out["ratio_constant_step_vs_aihwkit_default"] = \
+            med["ours_constant_step"] / med["aihwkit_constant_step"]
+        out["ratio_constant_step_vs_aihwkit_fixed_bl31"] = \
+            med["ours_constant_step"] / med["aihwkit_constant_step_fixed_bl31"]
+        out["ratio_constant_step_vs_aihwkit_perfect_io"] = \
+            med["ours_constant_step"] / med["aihwkit_constant_step_perfect_io"]
+    return out
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating side-by-side rounds")
+    ap.add_argument("--batches", type=int, default=100, help="timed batches per round")
+    ap.add_argument("--aihwkit-python", default=None,
+                    help="python of a venv with aihwkit 1.1.0 (else only this package is timed)")
     args = ap.parse_args()
     rows = tile_sweep(args.repeats)
-    sgd = mlp_sgd(args.repeats)
+    sgd = side_by_side(args.rounds, args.batches, args.aihwkit_python)
     print(sgd, flush=True)
+    cmd = (f"python benchmarks/analog_throughput.py --repeats {args.repeats} --rounds "
+           f"{args.rounds} --batches {args.batches}"
+           + (" --aihwkit-python /tmp/aihwkit-venv/bin/python" if args.aihwkit_python else ""))
     out = {"tile_sweep": rows, "mlp_784_500_10_analog_sgd": sgd,
            "machine": f"{platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__} "
-                      f"{jax.devices()[0].platform}; shared with other jobs (load not controlled)",
-           "command": f"python benchmarks/analog_throughput.py --repeats {args.repeats}",
-           "statistic": "median over repeats"}
+                      f"{jax.devices()[0].platform}; shared with other jobs (load not controlled: "
+                      f"load average {os.getloadavg()[0]:.1f} at the end)",
+           "command": cmd, "statistic": "median over repeats / rounds"}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "analog_throughput.json").write_text(json.dumps(out, indent=1))
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
     tiles = [r["tiles"] for r in rows]
     ax.loglog(tiles, [r["tile_mvm_per_s"] for r in rows], "o-", label="tile-MVMs/s (TAOX_IO)")
     ax.loglog(tiles, [r["tile_updates_per_s"] for r in rows], "s-",
@@ -120,6 +218,14 @@ def main():
     ax.set_ylabel("per second")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    med = sgd["samples_per_s_median"]
+    names = list(med)
+    colors = ["tab:orange" if n.startswith("aihwkit") else "tab:blue" for n in names]
+    bx.barh(range(len(names)), [med[n] for n in names], color=colors)
+    bx.set_yticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=7)
+    bx.set_xscale("log")
+    bx.set_xlabel("samples/s, 784-500-10 analog SGD, batch 20, BL 31 (median)")
+    bx.grid(alpha=0.3, axis="x")
     plt.tight_layout()
     plt.savefig(RESULTS / "analog_throughput.png", dpi=100)
 
