@@ -14,7 +14,11 @@ The periphery (inputs and outputs) is configured separately from the devices by
 Updates follow Gokmen & Vlasov (Front. Neurosci. 10:333, 2016): an outer product
 ``lr * x^T d`` is applied either as stochastic pulse trains of bit length BL whose coincidences
 at each cross-point program the device (their Eq. 2-3 scheme, with aihwkit-style "update
-management" balancing the row and column probabilities), or as per-device pulse counts.
+management" balancing the row and column probabilities), or as per-device pulse counts. The
+default implementation packs the trains 32 slots to a word, counts the coincidences of a whole
+batch in one fused popcount loop and moves every device once per update in closed form (see
+:func:`pulse_update` for what that approximates); ``impl="reference"`` keeps the straightforward
+per-sample path for tests.
 """
 
 from __future__ import annotations
@@ -506,6 +510,7 @@ def _train_words(seeds: jax.Array, stream: int, p: jax.Array, bl: int,
     b, n = p.shape
     words = -(-bl // 32)
     full = 1 << prob_bits
+    p = jnp.where(jnp.isnan(p), 0.0, p)              # NaN fires nothing, as uniform < NaN
     q = jnp.clip(jnp.round(p * full), 0, full).astype(_U32)[:, None, :]          # (B, 1, n)
     r = _hash_bits(seeds, stream, (prob_bits, b, words, n))
     w = jnp.zeros((b, words, n), _U32)
