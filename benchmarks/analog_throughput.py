@@ -209,6 +209,11 @@ def main():
            "command": cmd, "statistic": "median over repeats / rounds"}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "analog_throughput.json").write_text(json.dumps(out, indent=1))
+    plot(out)
+
+
+def plot(out: dict) -> None:
+    rows, sgd = out["tile_sweep"], out["mlp_784_500_10_analog_sgd"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
     tiles = [r["tiles"] for r in rows]
     ax.loglog(tiles, [r["tile_mvm_per_s"] for r in rows], "o-", label="tile-MVMs/s (TAOX_IO)")
@@ -224,7 +229,10 @@ def main():
     bx.barh(range(len(names)), [med[n] for n in names], color=colors)
     bx.set_yticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=7)
     bx.set_xscale("log")
-    bx.set_xlabel("samples/s, 784-500-10 analog SGD, batch 20, BL 31 (median)")
+    bx.set_xlabel("samples/s (median), 784-500-10, batch 20, BL 31")
+    ratio = sgd.get("ratio_constant_step_vs_aihwkit_default")
+    if ratio:
+        bx.set_title(f"constant step: {ratio:.1f}x aihwkit 1.1.0 (same session)", fontsize=9)
     bx.grid(alpha=0.3, axis="x")
     plt.tight_layout()
     plt.savefig(RESULTS / "analog_throughput.png", dpi=100)
