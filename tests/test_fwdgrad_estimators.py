@@ -369,6 +369,10 @@ def _deep_mlp(depth, width=256, batch=2048):
     return f, params, x
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="the byte figures are XLA:CPU's buffer assignment; XLA:GPU schedules and "
+                           "reuses buffers differently (on an H200 backprop grew 1.3x from depth 2 "
+                           "to 8, not > 3x), so the bounds below are stated for CPU only")
 def test_working_memory_flat_in_depth_and_below_backprop():
     """Tangents drawn per layer and primal/tangent passes interleaved (see _estimators)."""
     temps = {}
