@@ -581,15 +581,6 @@ def _coincidence_counts(wx: jax.Array, nx: jax.Array, wd: jax.Array, nd: jax.Arr
     return up, tot
 
 
-def _sent_pulses(wx: jax.Array, wd: jax.Array) -> jax.Array:
-    """Total coincidences ``sum_ij total_ij`` without the device array: per slot, the number
-    of firing rows times the number of firing columns."""
-    shifts = jnp.arange(32, dtype=_U32)
-    fx = jnp.sum((wx[..., None] >> shifts) & 1, axis=2, dtype=jnp.int32)        # (B, W, 32)
-    fd = jnp.sum((wd[..., None] >> shifts) & 1, axis=2, dtype=jnp.int32)
-    return jnp.sum(fx.astype(_F32) * fd.astype(_F32))
-
-
 def _apply_counts(tiles: Tiles, up: jax.Array, down: jax.Array, seeds: jax.Array | None,
                   stream: int) -> Tiles:
     """One device pass per conductance array: G+ sees ``up`` potentiating then ``down``
