@@ -23,6 +23,8 @@ Configurations timed:
     as this package's pulse_update always uses).
   * ``constant_step_perfect_io``: forward and backward passes exact (is_perfect), updates as
     ``constant_step``: isolates the update.
+  * ``constant_step_perfect_io_fixed_bl31``: both of the above: exact forward/backward and every
+    train 31 slots, the configuration closest to this package's benchmark row (ideal IO, BL 31).
   * ``reram_es_preset``: aihwkit's ReRamESPreset (an exp-step ReRAM device, for context).
 
 Prints one JSON object (samples/s per configuration: median over repeats of ``--batches``
@@ -64,9 +66,9 @@ def rpu_config(name: str):
         return ReRamESPreset()
     cfg = SingleRPUConfig(device=ConstantStepDevice())
     cfg.update.desired_bl = 31
-    if name == "constant_step_fixed_bl31":
+    if name in ("constant_step_fixed_bl31", "constant_step_perfect_io_fixed_bl31"):
         cfg.update.update_bl_management = False
-    if name == "constant_step_perfect_io":
+    if name in ("constant_step_perfect_io", "constant_step_perfect_io_fixed_bl31"):
         cfg.forward.is_perfect = True
         cfg.backward.is_perfect = True
     return cfg
@@ -118,7 +120,8 @@ def main():
     ap.add_argument("--mnist", default=str(pathlib.Path(__file__).resolve().parents[2]
                                            / "shared" / "data" / "mnist"))
     ap.add_argument("--configs", default="constant_step,constant_step_fixed_bl31,"
-                                         "constant_step_perfect_io,reram_es_preset")
+                                         "constant_step_perfect_io,"
+                                         "constant_step_perfect_io_fixed_bl31,reram_es_preset")
     ap.add_argument("--json", default=None, help="also write the result here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -161,7 +161,8 @@ def side_by_side(rounds: int, batches: int, aihwkit_python: str | None, batch: i
             "taox_reram_expstep": make_mlp_sgd(presets.TAOX_RERAM, batch, bl)}
     data = ours["constant_step"][1]
     ref_run, _ = make_mlp_sgd(AIHWKIT_CONSTANT_STEP, batch, bl, impl="reference")
-    aih_configs = "constant_step,constant_step_fixed_bl31,constant_step_perfect_io,reram_es_preset"
+    aih_configs = ("constant_step,constant_step_fixed_bl31,constant_step_perfect_io,"
+                   "constant_step_perfect_io_fixed_bl31,reram_es_preset")
     rates = {f"ours_{k}": [] for k in ours}
     rates["ours_constant_step_reference_impl"] = []
     aih_meta = None
@@ -187,6 +188,8 @@ def side_by_side(rounds: int, batches: int, aihwkit_python: str | None, batch: i
             med["ours_constant_step"] / med["aihwkit_constant_step_fixed_bl31"]
         out["ratio_constant_step_vs_aihwkit_perfect_io"] = \
             med["ours_constant_step"] / med["aihwkit_constant_step_perfect_io"]
+        out["ratio_constant_step_vs_aihwkit_perfect_io_fixed_bl31"] = \
+            med["ours_constant_step"] / med["aihwkit_constant_step_perfect_io_fixed_bl31"]
     return out
 
 
