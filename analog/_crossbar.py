@@ -718,14 +718,7 @@ def _pulse_update(tiles, x, d, lr, key, mode, bl):
         k_noise = key
     else:
         kx, kd, k_noise = jax.random.split(key, 3)
-        xmax = jnp.max(jnp.abs(x), axis=1, keepdims=True)
-        dmax = jnp.max(jnp.abs(d), axis=1, keepdims=True)
-        c = lr / (bl * dw)
-        safe = (xmax > 0) & (dmax > 0)
-        cx = jnp.where(safe, jnp.sqrt(c * dmax / jnp.where(safe, xmax, 1.0)), 0.0)
-        cd = jnp.where(safe, jnp.sqrt(c * xmax / jnp.where(safe, dmax, 1.0)), 0.0)
-        px = jnp.minimum(jnp.abs(x) * cx, 1.0)
-        pd = jnp.minimum(jnp.abs(d) * cd, 1.0)
+        px, pd = _probabilities(x, d, lr, dw, bl)
         bx = jax.random.uniform(kx, (x.shape[0], bl, x.shape[1]), _F32) < px[:, None, :]
         bd = jax.random.uniform(kd, (d.shape[0], bl, d.shape[1]), _F32) < pd[:, None, :]
         wx, wd = _pack_bits(bx), _pack_bits(bd)                     # (B, W, in), (B, W, out)
