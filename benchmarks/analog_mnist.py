@@ -14,6 +14,7 @@ import dataclasses
 import json
 import pathlib
 import platform
+import sys
 import time
 
 import jax
@@ -41,6 +42,9 @@ def main():
     ap.add_argument("--read-noise", type=float, default=None,
                     help="analog-eqprop-taox only: override TAOX_IO.read_noise (0 = none; read "
                          "noise costs ~6M Gaussian draws per step on CPU)")
+    ap.add_argument("--lr-decay", action="store_true",
+                    help="analog-eqprop-taox only: per-layer rates follow a cosine to 10%% of "
+                         "themselves over the run")
     args = ap.parse_args()
     tr = datasets.load(args.data, "train", data_dir=args.data_dir)
     te = datasets.load(args.data, "test", data_dir=args.data_dir)
@@ -50,25 +54,26 @@ def main():
     per_epoch = len(tr) // args.batch_size
     steps = args.epochs * per_epoch
     cfg = methods.MethodConfig(key=jax.random.key(args.seed), steps=steps)
-    if args.method == "analog-eqprop-taox" and args.read_noise is not None:
-        io = dataclasses.replace(analog.presets.TAOX_IO, read_noise=args.read_noise)
+    if args.method == "analog-eqprop-taox" and (args.read_noise is not None or args.lr_decay):
+        io = analog.presets.TAOX_IO
+        if args.read_noise is not None:
+            io = dataclasses.replace(io, read_noise=args.read_noise)
         setup = _methods_analog.build_eqprop(
             cfg, device=analog.presets.TAOX_RERAM, io=io, tol=None,
             free_steps=_methods_analog.TAOX_FREE_STEPS,
-            nudged_steps=_methods_analog.TAOX_NUDGED_STEPS, w_max=None)
+            nudged_steps=_methods_analog.TAOX_NUDGED_STEPS, w_max=None,
+            lr_decay_steps=steps if args.lr_decay else None)
     else:
         setup = methods.get(args.method).build(cfg)
-    tag = args.method + ("" if args.read_noise is None else f"-rn{args.read_noise:g}")
+    tag = (args.method + ("" if args.read_noise is None else f"-rn{args.read_noise:g}")
+           + ("-decay" if args.lr_decay else "") + (f"-seed{args.seed}" if args.seed else ""))
     out = RESULTS / f"analog_mnist_{tag}.json"
     t0 = time.time()
     hist = train.train(setup, tr, te, steps=steps, batch_size=args.batch_size, seed=args.seed,
                        eval_every=per_epoch, log_every=500, progress=True, desc=args.method,
                        time_steps=False, json_path=out)
     hist = json.loads(out.read_text())
-    hist["command"] = ("python benchmarks/analog_mnist.py --method {} --epochs {} "
-                       "--batch-size {}{}".format(args.method, args.epochs, args.batch_size,
-                                                  "" if args.read_noise is None
-                                                  else f" --read-noise {args.read_noise}"))
+    hist["command"] = "python benchmarks/analog_mnist.py " + " ".join(sys.argv[1:])
     hist["machine"] = f"{platform.machine()} {platform.processor() or ''} jax {jax.__version__} " \
                       f"{jax.devices()[0].platform}"
     hist["epochs"] = args.epochs

@@ -82,15 +82,21 @@ def energy_of(opt_state, steps: int) -> dict:
     return rep
 
 
-def _per_layer_sgd(num_layers: int, rates=LAYER_LR) -> optax.GradientTransformation:
+def _per_layer_sgd(num_layers: int, rates=LAYER_LR,
+                   decay_steps: int | None = None) -> optax.GradientTransformation:
+    """Per-layer SGD; with ``decay_steps`` each rate follows a cosine to 10% of itself."""
     labels = [{"kernel": f"l{i}", "bias": f"l{i}"} for i in range(num_layers)]
-    return optax.multi_transform({f"l{i}": optax.sgd(rates[i]) for i in range(num_layers)},
+
+    def rate(r):
+        return r if decay_steps is None else optax.cosine_decay_schedule(r, decay_steps, alpha=0.1)
+    return optax.multi_transform({f"l{i}": optax.sgd(rate(rates[i])) for i in range(num_layers)},
                                  labels)
 
 
 def build_eqprop(cfg: MethodConfig, *, device=analog.presets.IDEAL, io=None, tol=TOL,
                  hidden: int = HIDDEN, free_steps: int = FREE_STEPS,
-                 nudged_steps: int = NUDGED_STEPS, w_max: float | None = 1.0) -> Setup:
+                 nudged_steps: int = NUDGED_STEPS, w_max: float | None = 1.0,
+                 lr_decay_steps: int | None = None) -> Setup:
     params = analog.init_energy_network(cfg.key, (cfg.num_inputs, hidden, cfg.num_classes))
     seed = cfg.seed
     eval_key = jax.random.key(seed, impl="rbg")
@@ -102,7 +108,7 @@ def build_eqprop(cfg: MethodConfig, *, device=analog.presets.IDEAL, io=None, tol
     tx = optax.chain(
         analog.equilibrium_propagation(beta=BETA, free_steps=free_steps,
                                        nudged_steps=nudged_steps, seed=seed, io=io, tol=tol),
-        _per_layer_sgd(len(params)),
+        _per_layer_sgd(len(params), decay_steps=lr_decay_steps),
         # IDEAL's step is 1e-6 of the range: nearest rounding loses nothing measurable and
         # needs no random numbers (the dominant cost of a step on CPU).
         # An ideal device should not bound the weights either: w_max 1 (well above what the
