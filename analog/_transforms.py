@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from analog._crossbar import (IOConfig, Tiles, check_tile_shape, init_tiles, program_many,
-                              read_weights)
+                              read_weights, weight_step)
 from analog._devices import Device
 from analog._energy import EnergyLedger
 from analog._local import (_check_params, _check_steps, activity_difference, check_beta,
@@ -36,14 +36,17 @@ _PRNG = "rbg"
 
 class ProgramState(NamedTuple):
     """State of :func:`program`: step count, PRNG key, the tiles (a pytree shaped like the
-    params with a :class:`Tiles` in place of each leaf), the energy ledger, and ``nonfinite``,
-    the int32 number of updates refused for holding NaN/inf (default 0)."""
+    params with a :class:`Tiles` in place of each leaf), the energy ledger, ``nonfinite``,
+    the int32 number of updates refused for holding NaN/inf (default 0), and ``pending``: with
+    ``mixed_precision=True`` the float32 accumulator of requested but not yet programmed change,
+    shaped like the params (None otherwise)."""
 
     count: jax.Array
     key: jax.Array
     tiles: Any
     ledger: EnergyLedger
     nonfinite: jax.Array = np.int32(0)
+    pending: Any = None
 
 
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -87,8 +90,8 @@ def _bump(nonfinite) -> jax.Array:
 
 
 def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
-            pulse: str = "stochastic", seed: int = 0,
-            w_max: float | None = None) -> optax.GradientTransformationExtraArgs:
+            pulse: str = "stochastic", seed: int = 0, w_max: float | None = None,
+            mixed_precision: bool = False) -> optax.GradientTransformationExtraArgs:
     """Make the devices take the incoming updates; return what they actually did.
 
     ``init(params)`` programs every leaf onto fresh tiles of ``device`` (write-and-verify, with
@@ -110,6 +113,19 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
       seed: integer seed for the variation and the pulse noise.
       w_max: largest representable ``|weight|`` per leaf; None = twice the leaf's initial
         ``max|w|`` (1.0 for an all-zero leaf such as a fresh bias).
+      mixed_precision: keep a digital float32 accumulator ``chi`` per weight and program only
+        whole device steps (Nandakumar et al., "Mixed-precision deep learning based on
+        computational memory", Front. Neurosci. 14:406, 2020, Sec. 2.2; aihwkit's
+        ``MixedPrecisionCompound``): ``chi += update``, ``p = trunc(chi / eps)`` pulse pairs are
+        sent (``eps`` = :func:`weight_step`, the nominal change of one pair), ``chi -= p eps``.
+        Sub-step and zero-mean parts of the updates (noisy estimates: forward gradients,
+        small-batch local rules) are averaged in the accumulator instead of becoming random
+        pulses, which asymmetric devices turn into drift towards their symmetry points. The
+        transfer is open-loop, as in the paper: the device's nonlinearity and noise act on the
+        ``p`` pulses and are not fed back. ``pulse`` is not used in this mode (counts are
+        whole already). Costs one float32 per weight of digital memory and two digital
+        operations per weight and step (not counted in the ledger, whose ``digital_flops``
+        is the work a digital processor would do instead).
 
     Non-finite policy: an update with a NaN or inf anywhere is refused as a whole. No device
     is pulsed (a NaN pulse count would leave NaN conductances for good), the tiles, key, count
@@ -125,6 +141,8 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
     if pulse not in ("stochastic", "deterministic"):
         raise ValueError(f"program: pulse={pulse!r}; use 'stochastic' or 'deterministic'")
     _check_seed("program", seed)
+    if not isinstance(mixed_precision, bool):
+        raise TypeError(f"program: mixed_precision={mixed_precision!r} must be True or False")
     if isinstance(w_max, (int, float)) and not isinstance(w_max, bool):
         if not w_max > 0:
             raise ValueError(f"program: w_max={w_max!r} must be a positive number or None")
@@ -142,7 +160,9 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
         return ProgramState(count=jnp.zeros((), jnp.int32),
                             key=jax.random.fold_in(key, len(leaves)),
                             tiles=jax.tree.unflatten(treedef, tiles),
-                            ledger=EnergyLedger.zeros(), nonfinite=jnp.zeros((), jnp.int32))
+                            ledger=EnergyLedger.zeros(), nonfinite=jnp.zeros((), jnp.int32),
+                            pending=(jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _F32), params)
+                                     if mixed_precision else None))
 
     def update_fn(updates, state, params=None, **extra):
         del extra
@@ -159,7 +179,19 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
         deltas = [jnp.asarray(u).astype(_F32).reshape(t.shape) for u, t in zip(u_leaves, t_leaves)]
 
         def take():
-            new_tiles, pulses = program_many(t_leaves, deltas, sub, rounding=pulse)
+            pending = state.pending
+            if mixed_precision:
+                chi = [c.reshape(t.shape) + dl
+                       for c, dl, t in zip(treedef.flatten_up_to(state.pending), deltas, t_leaves)]
+                eps = [weight_step(t) for t in t_leaves]
+                # trunc, not round: |chi| stays below one step, so a change smaller than a
+                # step is never sent early (Nandakumar et al.'s threshold at eps).
+                sent = [jnp.trunc(c / e) * e for c, e in zip(chi, eps)]
+                pending = treedef.unflatten([(c - s_).reshape(jnp.shape(p)) for c, s_, p
+                                             in zip(chi, sent, p_leaves)])
+                new_tiles, pulses = program_many(t_leaves, sent, sub, rounding="deterministic")
+            else:
+                new_tiles, pulses = program_many(t_leaves, deltas, sub, rounding=pulse)
             out = []
             for t, p in zip(new_tiles, p_leaves):
                 realized = read_weights(t).reshape(jnp.shape(p))
@@ -171,7 +203,8 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
                 count=state.count + 1, key=key,
                 tiles=jax.tree.unflatten(jax.tree.structure(state.tiles, is_leaf=_is_tiles),
                                          new_tiles),
-                ledger=ledger, nonfinite=jnp.asarray(state.nonfinite, jnp.int32))
+                ledger=ledger, nonfinite=jnp.asarray(state.nonfinite, jnp.int32),
+                pending=pending)
 
         def refuse():
             zeros = [jnp.zeros(jnp.shape(p), jnp.asarray(p).dtype) for p in p_leaves]

@@ -45,6 +45,9 @@ def main():
     ap.add_argument("--lr-decay", action="store_true",
                     help="analog-eqprop-taox only: per-layer rates follow a cosine to 10%% of "
                          "themselves over the run")
+    ap.add_argument("--mixed-precision", action="store_true",
+                    help="analog-eqprop-taox only: program through a digital accumulator "
+                         "(analog.program(mixed_precision=True), Nandakumar et al. 2020)")
     args = ap.parse_args()
     tr = datasets.load(args.data, "train", data_dir=args.data_dir)
     te = datasets.load(args.data, "test", data_dir=args.data_dir)
@@ -54,7 +57,8 @@ def main():
     per_epoch = len(tr) // args.batch_size
     steps = args.epochs * per_epoch
     cfg = methods.MethodConfig(key=jax.random.key(args.seed), steps=steps)
-    if args.method == "analog-eqprop-taox" and (args.read_noise is not None or args.lr_decay):
+    if args.method == "analog-eqprop-taox" and (args.read_noise is not None or args.lr_decay
+                                                or args.mixed_precision):
         io = analog.presets.TAOX_IO
         if args.read_noise is not None:
             io = dataclasses.replace(io, read_noise=args.read_noise)
@@ -62,11 +66,12 @@ def main():
             cfg, device=analog.presets.TAOX_RERAM, io=io, tol=None,
             free_steps=_methods_analog.TAOX_FREE_STEPS,
             nudged_steps=_methods_analog.TAOX_NUDGED_STEPS, w_max=None,
-            lr_decay_steps=steps if args.lr_decay else None)
+            lr_decay_steps=steps if args.lr_decay else None,
+            mixed_precision=args.mixed_precision)
     else:
         setup = methods.get(args.method).build(cfg)
     tag = (args.method + ("" if args.read_noise is None else f"-rn{args.read_noise:g}")
-           + ("-decay" if args.lr_decay else "") + (f"-seed{args.seed}" if args.seed else ""))
+           + ("-decay" if args.lr_decay else "") + ("-mp" if args.mixed_precision else "") + (f"-seed{args.seed}" if args.seed else ""))
     out = RESULTS / f"analog_mnist_{tag}.json"
     t0 = time.time()
     hist = train.train(setup, tr, te, steps=steps, batch_size=args.batch_size, seed=args.seed,

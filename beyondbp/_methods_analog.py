@@ -96,7 +96,7 @@ def _per_layer_sgd(num_layers: int, rates=LAYER_LR,
 def build_eqprop(cfg: MethodConfig, *, device=analog.presets.IDEAL, io=None, tol=TOL,
                  hidden: int = HIDDEN, free_steps: int = FREE_STEPS,
                  nudged_steps: int = NUDGED_STEPS, w_max: float | None = 1.0,
-                 lr_decay_steps: int | None = None) -> Setup:
+                 lr_decay_steps: int | None = None, mixed_precision: bool = False) -> Setup:
     params = analog.init_energy_network(cfg.key, (cfg.num_inputs, hidden, cfg.num_classes))
     seed = cfg.seed
     eval_key = jax.random.key(seed, impl="rbg")
@@ -114,7 +114,8 @@ def build_eqprop(cfg: MethodConfig, *, device=analog.presets.IDEAL, io=None, tol
         # An ideal device should not bound the weights either: w_max 1 (well above what the
         # rule reaches) instead of twice the initial max|w| (0.15 for the 784x500 kernel).
         analog.program(device, seed=seed + 1, w_max=w_max,
-                       pulse="deterministic" if device == analog.presets.IDEAL else "stochastic"))
+                       pulse="deterministic" if device == analog.presets.IDEAL else "stochastic",
+                       mixed_precision=mixed_precision))
     return Setup(params=params, apply=apply, tx=tx, needs_grad=False, loss=eqprop_loss,
                  energy=energy_of)
 

@@ -79,6 +79,71 @@ def test_stochastic_rounding_keeps_sub_step_updates_deterministic_loses_them():
         assert float(jnp.mean(got["w"])) == pytest.approx(expect, abs=0.001), pulse
 
 
+def test_mixed_precision_accumulates_sub_step_updates_and_conserves_them():
+    """Nandakumar et al. 2020: nothing is programmed until the accumulator holds a whole step;
+    on a noiseless constant-step device, programmed + pending equals everything requested."""
+    dev = analog.ConstantStep(dw_min=0.01)                  # w_max 1 -> one pair moves 0.02
+    params = {"w": jnp.zeros((8, 8), jnp.float32), "b": jnp.zeros((8,), jnp.float32)}
+    tx = analog.program(dev, w_max=1.0, mixed_precision=True)
+    state = tx.init(params)
+    rng = np.random.default_rng(0)
+    asked = jax.tree.map(jnp.zeros_like, params)
+    pulses = []
+    for i in range(40):
+        u = jax.tree.map(lambda p: jnp.asarray(rng.normal(0.002, 0.004, p.shape), jnp.float32),
+                         params)
+        got, state = tx.update(u, state, params)
+        params = optax.apply_updates(params, got)
+        asked = jax.tree.map(jnp.add, asked, u)
+        pulses.append(float(state.ledger.pulses))
+        for c in jax.tree.leaves(state.pending):
+            assert float(jnp.max(jnp.abs(c))) < 0.02 + 1e-6    # always under one step
+        if i == 0:   # |u| < 0.02 everywhere at step 0 (4.5 sigma): nothing was sent yet
+            assert pulses[0] == 0.0 and all(float(jnp.max(jnp.abs(g))) == 0
+                                            for g in jax.tree.leaves(got))
+    for a, w, c in zip(jax.tree.leaves(asked), jax.tree.leaves(params),
+                       jax.tree.leaves(state.pending)):
+        np.testing.assert_allclose(np.asarray(w) + np.asarray(c), np.asarray(a), atol=1e-5)
+        # programmed values are whole steps
+        np.testing.assert_allclose(np.asarray(w) / 0.02, np.round(np.asarray(w) / 0.02),
+                                   atol=1e-3)
+    assert pulses[-1] > 0
+    # a chip view check: params are what the devices hold
+    for a, b in zip(jax.tree.leaves(chip_weights(state, params)), jax.tree.leaves(params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_mixed_precision_sends_fewer_pulses_for_zero_mean_updates():
+    """The point of the accumulator: zero-mean noise well under a step is averaged digitally
+    instead of becoming pulses (stochastic rounding sends ~|u|/eps pulse pairs per step)."""
+    dev = analog.ConstantStep(dw_min=0.01)
+    params = {"w": jnp.zeros((32, 32), jnp.float32)}
+    key = rkey(1)
+    sent = {}
+    for mp in (False, True):
+        tx = analog.program(dev, w_max=1.0, mixed_precision=mp)
+        state = tx.init(params)
+        step = jax.jit(tx.update)
+        for i in range(50):
+            u = {"w": 0.002 * jax.random.normal(jax.random.fold_in(key, i), (32, 32))}
+            _, state = step(u, state, params)
+        sent[mp] = float(state.ledger.pulses)
+    # sigma = 0.1 step: stochastic rounding ~0.08 pairs per weight and step; the accumulator's
+    # random walk reaches a step after ~100 steps, so few weights have fired in 50
+    assert sent[True] < 0.2 * sent[False], sent
+
+
+def test_mixed_precision_refuses_nonfinite_without_touching_the_accumulator():
+    params = {"w": jnp.zeros((4, 4), jnp.float32)}
+    tx = analog.program(analog.ConstantStep(dw_min=0.01), w_max=1.0, mixed_precision=True)
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.full((4, 4), 0.005, jnp.float32)}, state, params)
+    bad = {"w": jnp.full((4, 4), 0.005, jnp.float32).at[0, 0].set(jnp.nan)}
+    got, state2 = tx.update(bad, state, params)
+    assert int(state2.nonfinite) == 1 and float(jnp.abs(got["w"]).max()) == 0
+    np.testing.assert_array_equal(state2.pending["w"], state.pending["w"])
+
+
 def test_nonlinear_device_realizes_less_than_asked_near_the_bound():
     dev = analog.SoftBounds(dw_min=0.01)
     params = {"w": jnp.full((8, 8), 0.9, jnp.float32)}
@@ -109,6 +174,8 @@ def test_program_errors():
         analog.program(presets.IDEAL, tile_shape=(0, 4))
     with pytest.raises(ValueError, match="pulse"):
         analog.program(presets.IDEAL, pulse="analog")
+    with pytest.raises(TypeError, match="mixed_precision"):
+        analog.program(presets.IDEAL, mixed_precision="yes")
     tx = analog.program(presets.IDEAL)
     params = {"w": jnp.ones((2, 2))}
     state = tx.init(params)

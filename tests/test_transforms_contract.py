@@ -146,6 +146,11 @@ def _program_ideal(w_max):
     return analog.program(analog.presets.IDEAL, pulse="deterministic", w_max=w_max)
 
 
+def _program_mixed(seed=0):
+    return analog.program(analog.presets.TAOX_RERAM, tile_shape=(2, 2), seed=seed,
+                          mixed_precision=True)
+
+
 def _eqprop(beta):
     # relaxation sweep counts are loop bounds (static), so only beta is a hyper-parameter here;
     # with inject_hyperparams on the real factory pass static_args=("free_steps", "nudged_steps")
@@ -155,6 +160,7 @@ def _eqprop(beta):
 ROWS += [
     Row("analog.program-taox", _program_taox, {"seed": 3}),
     Row("analog.program-ideal-deterministic", _program_ideal, {"w_max": 2.0}),
+    Row("analog.program-taox-mixed-precision", _program_mixed, {"seed": 3}),
     Row("analog.equilibrium_propagation", _eqprop, {"beta": 0.3}, estimator=True,
         params=_energy_params, extra=_energy_extra),
 ]
