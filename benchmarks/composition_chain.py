@@ -1,0 +1,178 @@
+"""The DESIGN.md composition chain trained for long: how far weight-perturbation forward gradients
+get once they are programmed onto devices.
+
+    tx = optax.chain(fwdgrad.forward_gradient(num_tangents=4),
+                     lowbit.quantize_updates(lowbit.RADIX4_FP4),
+                     optax.sgd(LR),
+                     analog.program(DEVICE, mixed_precision=MP))
+
+Variants (``--variants``, comma-separated; all on one MLP, batch, seed and data order):
+
+* ``as-written``: LR 1e-2, TAOX_RERAM, plain program (the chain exactly as DESIGN.md shows it);
+* ``ideal``: LR 2e-3 (sized for the estimator's ``(n - 1)|g|^2 / K`` variance), IDEAL devices;
+* ``taox``: LR 2e-3 on TAOX_RERAM, plain program;
+* ``taox-mp``: LR 2e-3 on TAOX_RERAM with the digital accumulator
+  (``mixed_precision=True``, Nandakumar et al. 2020);
+* ``taox-mp-cosine``: as ``taox-mp`` with the rate on a cosine from 4e-3 to 0.
+
+Steps run in jitted ``lax.scan`` chunks (one dispatch per evaluation interval, so the GPU is not
+bound by per-step launches). Writes ``benchmarks/results/<out>.json`` and ``.png`` (test
+accuracy against steps), rewriting the JSON after every evaluation.
+
+    python benchmarks/composition_chain.py --steps 20000 --eval-every 2000 \
+        --data-dir ../shared/data/mnist --hidden 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import optax
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import analog  # noqa: E402
+import fwdgrad  # noqa: E402
+import lowbit  # noqa: E402
+from beyondbp import datasets, methods, models  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+VARIANTS = {
+    "as-written": dict(lr=1e-2, device="TAOX_RERAM", mp=False),
+    "ideal": dict(lr=2e-3, device="IDEAL", mp=False),
+    "taox": dict(lr=2e-3, device="TAOX_RERAM", mp=False),
+    "taox-mp": dict(lr=2e-3, device="TAOX_RERAM", mp=True),
+    "taox-mp-cosine": dict(lr="cosine", device="TAOX_RERAM", mp=True),
+}
+
+
+def chain(lr, device, mp, seed, steps):
+    if lr == "cosine":
+        lr = optax.cosine_decay_schedule(4e-3, steps)
+    return optax.chain(fwdgrad.forward_gradient(num_tangents=4, seed=seed),
+                       lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=seed + 1),
+                       optax.sgd(lr),
+                       analog.program(getattr(analog.presets, device), seed=seed + 2,
+                                      mixed_precision=mp))
+
+
+def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, record):
+    """Train one variant; ``record(result)`` is called after every evaluation (partial runs
+    keep what they measured)."""
+    apply, params = models.mlp(jax.random.key(seed), (784, *hidden, 10))
+    tx = chain(spec["lr"], spec["device"], spec["mp"], seed, steps)
+    state = tx.init(params)
+    x_tr = jnp.asarray(tr.images.reshape(len(tr), -1), jnp.float32) / 255.0
+    y_tr = jnp.asarray(tr.labels, jnp.int32)
+    x_te = jnp.asarray(te.images.reshape(len(te), -1), jnp.float32) / 255.0
+    y_te = jnp.asarray(te.labels, jnp.int32)
+    per_epoch = len(tr) // batch
+
+    def one(carry, i):
+        params, state = carry
+        # A fresh permutation per epoch, indexed inside the scan: no host work per step.
+        epoch, j = i // per_epoch, i % per_epoch
+        perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed + 7), epoch),
+                                      len(tr))
+        idx = jax.lax.dynamic_slice(perm, (j * batch,), (batch,))
+        x, y = x_tr[idx], y_tr[idx]
+        loss_fn = lambda p: methods.cross_entropy(apply(p, x), y)  # noqa: E731
+        updates, state = tx.update(None, state, params, loss_fn=loss_fn)
+        return (optax.apply_updates(params, updates), state), None
+
+    @jax.jit
+    def chunk(params, state, start):
+        (params, state), _ = jax.lax.scan(one, (params, state), start + jnp.arange(eval_every))
+        return params, state
+
+    @jax.jit
+    def accuracy(params):
+        return jnp.mean((apply(params, x_te).argmax(-1) == y_te).astype(jnp.float32))
+
+    curve, t0 = [], time.time()
+    for start in range(0, steps, eval_every):
+        params, state = chunk(params, state, jnp.int32(start))
+        acc = float(accuracy(params))
+        curve.append((start + eval_every, acc))
+        log(f"{name}: step {start + eval_every}: test accuracy {acc:.4f} "
+            f"({time.time() - t0:.0f} s)")
+        finite = all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
+        result = {"spec": spec, "steps": [s for s, _ in curve],
+                  "test_accuracy": [a for _, a in curve], "final_test_accuracy": acc,
+                  "best_test_accuracy": max(a for _, a in curve), "params_finite": finite,
+                  "refused_steps": int(state[0].nonfinite) + int(state[-1].nonfinite),
+                  "partial": start + eval_every < steps, "wall_s": time.time() - t0}
+        record(result)
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--eval-every", type=int, default=2000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--hidden", default="64", help="hidden widths, comma-separated")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default="mnist")
+    ap.add_argument("--data-dir", default=str(pathlib.Path(__file__).resolve().parents[2]
+                                              / "shared" / "data" / "mnist"))
+    ap.add_argument("--out", default="composition_chain")
+    args = ap.parse_args()
+    if args.steps % args.eval_every:
+        ap.error("--steps must be a multiple of --eval-every")
+    names = [v for v in args.variants.split(",") if v]
+    for v in names:
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    hidden = tuple(int(h) for h in args.hidden.split(",") if h)
+    try:
+        tr = datasets.load(args.data, "train", data_dir=args.data_dir)
+        te = datasets.load(args.data, "test", data_dir=args.data_dir)
+    except datasets.DatasetError as e:
+        print(f"{e}; using the bundled mnist_small instead", file=sys.stderr)
+        tr, te = datasets.load("mnist_small", "train"), datasets.load("mnist_small", "test")
+    out_path = RESULTS / f"{args.out}.json"
+    out = {"command": "python benchmarks/composition_chain.py " + " ".join(sys.argv[1:]),
+           "machine": f"{platform.machine()} jax {jax.__version__} {jax.devices()[0].platform}",
+           "data": f"{tr.name} ({len(tr)} train, {len(te)} test)", "model": [784, *hidden, 10],
+           "batch": args.batch_size, "seed": args.seed, "results": {}}
+    def record(name):
+        def write(result):
+            out["results"][name] = result
+            tmp = out_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(out, indent=1))
+            tmp.replace(out_path)
+        return write
+
+    for name in names:
+        run(name, VARIANTS[name], tr, te, hidden=hidden, steps=args.steps,
+            eval_every=args.eval_every, batch=args.batch_size, seed=args.seed,
+            log=lambda s: print(s, flush=True), record=record(name))
+    plt.figure(figsize=(6, 4))
+    for name, r in out["results"].items():
+        plt.plot(r["steps"], [100 * a for a in r["test_accuracy"]], "o-", ms=3, label=name)
+    plt.axhline(90, color="k", lw=0.8, ls="--")
+    plt.xlabel("step (batch %d)" % args.batch_size)
+    plt.ylabel("test accuracy (%)")
+    plt.title(f"DESIGN chain, MLP {out['model']}, {tr.name}")
+    plt.grid(alpha=0.3)
+    plt.legend(fontsize=8)
+    plt.tight_layout()
+    plt.savefig(out_path.with_suffix(".png"), dpi=100)
+    print(json.dumps({k: round(v["final_test_accuracy"], 4) for k, v in out["results"].items()}))
+
+
+if __name__ == "__main__":
+    main()
