@@ -20,11 +20,13 @@ Configurations timed:
     output noise 0.06, noise and bound management; update_bl_management on, which may shorten
     the trains below 31 when the update is small).
   * ``constant_step_fixed_bl31``: the same with update_bl_management off (every train 31 slots,
-    as this package's pulse_update always uses).
+    as this package's pulse_update without ``bl_management``).
   * ``constant_step_perfect_io``: forward and backward passes exact (is_perfect), updates as
-    ``constant_step``: isolates the update.
+    ``constant_step``: isolates the update; the configuration closest to this package's
+    ``constant_step_bl_managed`` row (ideal IO, trains shortened per sample up to 31).
   * ``constant_step_perfect_io_fixed_bl31``: both of the above: exact forward/backward and every
-    train 31 slots, the configuration closest to this package's benchmark row (ideal IO, BL 31).
+    train 31 slots, the configuration closest to this package's ``constant_step`` row (ideal IO,
+    BL 31).
   * ``reram_es_preset``: aihwkit's ReRamESPreset (an exp-step ReRAM device, for context).
 
 Prints one JSON object (samples/s per configuration: median over repeats of ``--batches``

@@ -98,12 +98,13 @@ AIHWKIT_CONSTANT_STEP = analog.ConstantStep(dw_min=0.001 / 1.2, dw_min_dtod=0.3,
 
 
 def make_mlp_sgd(device, batch: int = 20, bl: int = 31, impl: str = "fast",
-                 n_batches: int = 100):
+                 n_batches: int = 100, bl_management: bool = False):
     """Analog SGD as aihwkit runs it: forward mvm, backward mvm_transpose, pulsed update per layer.
 
     784-500-10 without biases, sigmoid hidden layer, softmax cross-entropy error, lr 0.01,
     BL 31, batch 20, ideal IO, 64x64 tiles; the tiles are donated to each jitted step (updated
-    in place, as aihwkit does), the batch and key chosen inside the step. Returns
+    in place, as aihwkit does), the batch and key chosen inside the step. ``bl_management``:
+    per-sample train lengths, as aihwkit's default ``update_bl_management=True``. Returns
     ``run(steps) -> seconds``.
     """
     x_all, y_all, data = load_mnist(batch * n_batches)
@@ -124,8 +125,10 @@ def make_mlp_sgd(device, batch: int = 20, bl: int = 31, impl: str = "fast",
         o = analog.mvm(t2, h)
         e = jax.nn.softmax(o) - y
         dh = analog.mvm_transpose(t2, e) * h * (1 - h)
-        t2, _ = analog.pulse_update(t2, h, -e, 0.01, k2, bl=bl, impl=impl)
-        t1, _ = analog.pulse_update(t1, x, -dh, 0.01, k1, bl=bl, impl=impl)
+        t2, _ = analog.pulse_update(t2, h, -e, 0.01, k2, bl=bl, impl=impl,
+                                    bl_management=bl_management)
+        t1, _ = analog.pulse_update(t1, x, -dh, 0.01, k1, bl=bl, impl=impl,
+                                    bl_management=bl_management)
         return t1, t2, i + 1
 
     base = KEY(1000)
@@ -157,7 +160,11 @@ def run_aihwkit(python: str, batches: int, configs: str) -> dict:
 
 def side_by_side(rounds: int, batches: int, aihwkit_python: str | None, batch: int = 20,
                  bl: int = 31):
+    # constant_step_bl_managed shortens each sample's trains as aihwkit's default does
+    # (update_bl_management=True); constant_step keeps BL 31 slots for every sample.
     ours = {"constant_step": make_mlp_sgd(AIHWKIT_CONSTANT_STEP, batch, bl),
+            "constant_step_bl_managed": make_mlp_sgd(AIHWKIT_CONSTANT_STEP, batch, bl,
+                                                     bl_management=True),
             "taox_reram_expstep": make_mlp_sgd(presets.TAOX_RERAM, batch, bl)}
     data = ours["constant_step"][1]
     ref_run, _ = make_mlp_sgd(AIHWKIT_CONSTANT_STEP, batch, bl, impl="reference")
@@ -190,6 +197,11 @@ def side_by_side(rounds: int, batches: int, aihwkit_python: str | None, batch: i
             med["ours_constant_step"] / med["aihwkit_constant_step_perfect_io"]
         out["ratio_constant_step_vs_aihwkit_perfect_io_fixed_bl31"] = \
             med["ours_constant_step"] / med["aihwkit_constant_step_perfect_io_fixed_bl31"]
+        # like for like: both shorten the trains per sample (update BL management)
+        out["ratio_constant_step_bl_managed_vs_aihwkit_default"] = \
+            med["ours_constant_step_bl_managed"] / med["aihwkit_constant_step"]
+        out["ratio_constant_step_bl_managed_vs_aihwkit_perfect_io"] = \
+            med["ours_constant_step_bl_managed"] / med["aihwkit_constant_step_perfect_io"]
     return out
 
 

@@ -244,3 +244,202 @@ def test_fast_deterministic_mode_and_bad_options():
         analog.pulse_update(t, x, d, 1.0, rkey(0), impl="turbo")
     with pytest.raises(ValueError, match="prob_bits"):
         analog.pulse_update(t, x, d, 1.0, rkey(0), prob_bits=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Update BL management (aihwkit's update_bl_management) and the matmul count path.
+# ---------------------------------------------------------------------------------------------
+
+def _random_trains(rng, b, words, n, slots):
+    """Random packed trains whose slots >= ``slots`` are empty."""
+    w = rng.integers(0, 2 ** 32, (b, words, n), dtype=np.uint64).astype(np.uint32)
+    w &= rng.integers(0, 2 ** 32, w.shape, dtype=np.uint64).astype(np.uint32)   # sparser
+    keep = np.zeros(words, np.uint64)
+    for k in range(words):
+        used = min(max(slots - 32 * k, 0), 32)
+        keep[k] = (1 << used) - 1
+    return w & keep.astype(np.uint32)[None, :, None]
+
+
+@pytest.mark.parametrize("b,slots,bl", [(1, 1, 31), (5, 1, 31), (20, 2, 31), (7, 4, 31),
+                                        (20, 8, 31), (37, 8, 31), (3, 5, 70), (40, 8, 40)])
+def test_matmul_and_popcount_counts_agree_exactly(b, slots, bl):
+    """The same trains give bit-identical up, down and total counts by both paths: one
+    base-M product (b * slots < 256) and the two-product form (37 * 8, 40 * 8 >= 256)."""
+    rng = np.random.default_rng(100 * b + slots)
+    th, tw, r, c = 8, 4, 2, 3
+    words = -(-bl // 32)
+    wx = _random_trains(rng, b, words, r * th, slots)
+    wd = _random_trains(rng, b, words, c * tw, slots)
+    wx[:, :, -3:] = 0                                 # padded rows: zero trains, as in the update
+    mask = lambda s: np.where(s, np.uint32(0xFFFFFFFF), np.uint32(0))  # noqa: E731
+    nx = mask(rng.random((b, r * th)) < 0.5)
+    nd = mask(rng.random((b, c * tw)) < 0.3)
+    args = tuple(map(jnp.asarray, (wx, nx, wd, nd)))
+    pop = C._popcount_counts(*args, (th, tw))
+    mat = jax.jit(C._matmul_counts, static_argnums=(4, 5))(*args, (th, tw), slots)
+    for a, m in zip(pop, mat):
+        assert a.dtype == m.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(m))
+    assert float(pop[0].sum() + pop[1].sum()) == int(pop[2]) > 0
+    # and both equal the numpy count of the first word
+    up, tot = (np.asarray(a) for a in C._coincidence_counts(*args, (th, tw)))
+    np.testing.assert_array_equal(np.asarray(mat[0]), up)
+    np.testing.assert_array_equal(np.asarray(mat[1]), tot - up)
+
+
+def test_train_words_with_lengths_are_prefixes_of_the_full_trains():
+    n, bl = 300, 45
+    p = jnp.asarray(np.random.default_rng(0).random((6, n)), jnp.float32)
+    lengths = jnp.asarray([1, 3, 8, 31, 33, 45], jnp.int32)
+    seeds = C._key_seeds(rkey(2))
+    full = np.asarray(C._train_words(seeds, 1, p, bl, 8))
+    short = np.asarray(C._train_words(seeds, 1, p, bl, 8, lengths))
+    bits = lambda w: ((w[..., None] >> np.arange(32, dtype=np.uint32)) & 1  # noqa: E731
+                      ).transpose(0, 2, 1, 3).reshape(6, n, -1)[:, :, :bl]
+    fb, sb = bits(full), bits(short)
+    for b, length in enumerate(np.asarray(lengths)):
+        np.testing.assert_array_equal(sb[b, :, :length], fb[b, :, :length])
+        assert not sb[b, :, length:].any()
+        assert sb[b].any()
+
+
+def test_train_lengths_follow_aihwkit():
+    """BL_b = clip(ceil(lr max|x_b| max|d_b| / dw), 1, bl): 2.3 -> 3, 0 -> 1, 40 -> bl, NaN
+    -> bl (the full train, whose probabilities are then NaN and fire nothing)."""
+    x = jnp.asarray([[1.0, -0.5], [0.0, 0.0], [2.0, 1.0], [1.0, jnp.nan], [1.0, 1.0]])
+    d = jnp.asarray([[0.5, -0.2], [1.0, 1.0], [-4.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    dw = 0.125
+    lr = jnp.float32(2.3 * dw / 0.5)               # sample 0: lr * 1 * 0.5 / dw = 2.3
+    got = np.asarray(C._train_lengths(x, d, lr, dw, 31))
+    np.testing.assert_array_equal(got, [3, 1, 31, 31, 5])
+
+
+def _noise_free_tiles(shape, tile_shape, dw_min=0.01):
+    dev = analog.ConstantStep(dw_min=dw_min)
+    return analog.init_tiles(rkey(0), jnp.zeros(shape, jnp.float32), dev, tile_shape, w_max=1.0)
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_bl_management_limits_pulses_per_sample(impl):
+    """lr max|x| max|d| / dw = 2.3: the trains have 3 slots, so a pair sees at most 3 pulses
+    (and sees 3 often: per slot the largest pair fires with probability 2.3 / 3); without
+    management 31 slots give more. Noise-free constant steps far from the bounds, so every
+    weight moves by exactly (pulses) * dw."""
+    t = _noise_free_tiles((4, 3), (4, 4))
+    dw = float(analog.weight_step(t))
+    x = jnp.asarray([[1.0, 1.0, 0.5, -1.0]], jnp.float32)
+    d = jnp.asarray([[1.0, -1.0, 0.7]], jnp.float32)
+    lr = 2.3 * dw
+    assert int(C._train_lengths(x, d, jnp.float32(lr), dw, 31)[0]) == 3
+    keys = jax.random.split(rkey(5), 400)
+
+    def pulses(manage):
+        run = jax.vmap(lambda k: analog.pulse_update(
+            t, x, d, lr, k, impl=impl, prob_bits=16, bl_management=manage))
+        tiles, sent = run(keys)
+        n = np.abs(np.asarray(jax.vmap(analog.read_weights)(tiles))) / dw
+        np.testing.assert_allclose(n, np.round(n), atol=1e-3)        # whole pulses
+        np.testing.assert_allclose(np.round(n).sum((1, 2)), np.asarray(sent) / 2)
+        return np.round(n)
+
+    managed = pulses(True)
+    assert managed.max() == 3 and (managed[:, 0, 0] == 3).mean() > 0.3
+    assert abs(managed[:, 0, 0].mean() - 2.3) < 0.1                 # lr x d / dw, SE ~0.04
+    assert pulses(False).max() > 3
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_bl_management_is_unbiased(impl):
+    """The mean change over 2000 keys is lr x^T d for every weight within 5 standard errors,
+    with train lengths from 1 to 17 slots across the batch (no probability truncated:
+    every BL_b < bl); noise-free constant steps far from the bounds."""
+    t = _noise_free_tiles((12, 7), (8, 4), dw_min=0.005)
+    dw = float(analog.weight_step(t))
+    x = jax.random.uniform(rkey(1), (5, 12), jnp.float32, -1, 1)
+    d = jax.random.uniform(rkey(2), (5, 7), jnp.float32, -1, 1)
+    d = d * jnp.asarray([0.02, 0.1, 0.3, 0.6, 1.0])[:, None]
+    lr = 16.5 * dw / float(jnp.abs(x[4]).max() * jnp.abs(d[4]).max())
+    lengths = np.asarray(C._train_lengths(x, d, jnp.float32(lr), dw, 31))
+    assert lengths.min() == 1 and lengths.max() == 17 and len(set(lengths)) >= 4
+    reps = 2000
+    keys = jax.random.split(rkey(3), reps)
+    ws = np.asarray(jax.vmap(lambda k: analog.read_weights(analog.pulse_update(
+        t, x, d, lr, k, impl=impl, prob_bits=16, bl_management=True)[0]))(keys))
+    want = lr * np.asarray(x.T @ d)
+    se = ws.std(0) / np.sqrt(reps) + 1e-9
+    assert np.all(np.abs(ws.mean(0) - want) < 5 * se), np.abs(ws.mean(0) - want) / se
+    assert np.corrcoef(ws.mean(0).ravel(), want.ravel())[0, 1] > 0.99
+
+
+def test_bl_managed_fast_update_equals_the_popcount_pipeline():
+    """Whatever branch lax.switch takes (longest train 1, 2, 3, 5, 8, 9 or 31 slots), the fast
+    update equals drawing the same trains, counting them by popcount and one device pass."""
+    dev = analog.ConstantStep(dw_min=0.01, up_down=0.1, dw_min_dtod=0.3, dw_min_std=0.3)
+    t = analog.init_tiles(rkey(0), jnp.zeros((20, 10), jnp.float32), dev, (8, 8), w_max=1.0)
+    x = jax.random.uniform(rkey(1), (6, 20), jnp.float32, -1, 1)
+    d = jax.random.uniform(rkey(2), (6, 10), jnp.float32, -1, 1)
+    dw = analog.weight_step(t)
+    scale = float(dw / (jnp.abs(x).max(1) * jnp.abs(d).max(1)).max())
+
+    @jax.jit
+    def popcount_pipeline(x, d, lr, key):
+        lengths = C._train_lengths(x, d, lr, dw, 31)
+        px, pd = C._probabilities(x, d, lr, dw, lengths[:, None].astype(jnp.float32))
+        seeds = C._key_seeds(key)
+        pad = lambda a, n: jnp.pad(a, ((0, 0), (0, n - a.shape[1])))  # noqa: E731
+        neg = lambda a: jnp.where(a < 0, jnp.uint32(0xFFFFFFFF), jnp.uint32(0))  # noqa: E731
+        wx = C._train_words(seeds, 1, pad(px, 24), 31, 8, lengths)
+        wd = C._train_words(seeds, 2, pad(pd, 16), 31, 8, lengths)
+        up, down, total = C._popcount_counts(wx, neg(pad(x, 24)), wd, neg(pad(d, 16)), (8, 8))
+        new = C._apply_counts(t, up, down, seeds, 3)
+        return analog.read_weights(new), 2.0 * total.astype(jnp.float32), lengths.max()
+
+    seen = set()
+    for i, need in enumerate([0.7, 1.6, 2.5, 4.2, 7.9, 8.6, 40.0]):
+        lr = jnp.float32(need * scale)
+        got, sent = analog.pulse_update(t, x, d, lr, rkey(10 + i), bl_management=True)
+        want, want_sent, longest = popcount_pipeline(x, d, lr, rkey(10 + i))
+        seen.add(int(longest))
+        np.testing.assert_allclose(analog.read_weights(got), want, atol=1e-6)
+        assert float(sent) == float(want_sent) > 0
+    assert seen == {1, 2, 3, 5, 8, 9, 31}
+
+
+def test_bl_management_does_not_recompile(monkeypatch):
+    """Data that need trains of 1 to 31 slots run one compiled update: the branch is chosen
+    inside it (a tile shape no other test uses, so the first call traces once)."""
+    traces = []
+    inner = C._count_and_apply
+
+    def counting(*args, **kwargs):
+        traces.append(1)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(C, "_count_and_apply", counting)
+    t = analog.init_tiles(rkey(0), jnp.zeros((13, 9), jnp.float32), analog.ConstantStep(
+        dw_min=0.01, dw_min_std=0.2), (5, 7), w_max=1.0)
+    x = jax.random.uniform(rkey(1), (4, 13), jnp.float32, -1, 1)
+    d = jax.random.uniform(rkey(2), (4, 9), jnp.float32, -1, 1)
+    dw = float(analog.weight_step(t))
+    longest = set()
+    for i, s in enumerate([0.01, 0.05, 0.1, 0.3, 1.0, 3.0]):
+        lr = jnp.float32(0.3)
+        longest.add(int(C._train_lengths(x, d * s, lr, dw, 31).max()))
+        new, _ = analog.pulse_update(t, x, d * s, lr, rkey(5 + i), bl_management=True)
+        jax.block_until_ready(new.g_plus)
+    assert len(longest) >= 4 and min(longest) <= 2 and max(longest) > 8, longest
+    assert len(traces) == 1
+
+
+def test_bl_management_must_be_a_bool():
+    t = _noise_free_tiles((3, 2), (2, 2))
+    x, d = jnp.ones((1, 3)), jnp.ones((1, 2))
+    for bad in ("yes", 1, None, np.bool_(True)):
+        with pytest.raises(ValueError, match="bl_management"):
+            analog.pulse_update(t, x, d, 0.1, rkey(0), bl_management=bad)
+    for impl in ("fast", "reference"):                # deterministic pulses draw no trains
+        a, _ = analog.pulse_update(t, x, d, 0.1, None, mode="deterministic", impl=impl,
+                                   bl_management=True)
+        b, _ = analog.pulse_update(t, x, d, 0.1, None, mode="deterministic", impl=impl)
+        np.testing.assert_array_equal(analog.read_weights(a), analog.read_weights(b))
