@@ -17,13 +17,7 @@ DATA=${DATA:-.devdata/mnist}
 LONG_S=${LONG_S:-420}
 EPOCHS=${EPOCHS:-6}
 CHAIN_STEPS=${CHAIN_STEPS:-30000}
-R=$OUT/gpu_results
-mkdir -p "$R"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-PY=${PY:-python3}
-{ nvidia-smi -L; $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax',
-  flax.__version__, 'optax', optax.__version__, jax.devices())"; nproc; } > "$R/machine.txt" 2>&1
-cat "$R/machine.txt"
+. "$(dirname "$0")/gpu_common.sh"
 
 for seed in 0 1 2; do
   for mp in "" "--mixed-precision"; do

@@ -17,13 +17,7 @@ DATA=${DATA:-.devdata/mnist}
 SPEED_S=${SPEED_S:-100}
 THROUGHPUT_S=${THROUGHPUT_S:-60}
 LONG_S=${LONG_S:-240}
-R=$OUT/gpu_results
-mkdir -p "$R"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-PY=${PY:-python3}
-{ nvidia-smi -L; $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax',
-  flax.__version__, 'optax', optax.__version__, jax.devices())"; nproc; } > "$R/machine.txt" 2>&1
-cat "$R/machine.txt"
+. "$(dirname "$0")/gpu_common.sh"
 
 timeout "$SPEED_S" $PY benchmarks/fwdgrad_speed.py --batches 64,256,1024 \
   --out "$R/fwdgrad_speed_gpu" > "$R/speed.log" 2>&1
