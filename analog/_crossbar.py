@@ -774,7 +774,7 @@ def pulse_update(tiles: Tiles, x: jax.Array, d: jax.Array, lr: float | jax.Array
             not 4 <= prob_bits <= 16:
         raise ValueError(f"prob_bits={prob_bits!r}: use an integer number of bits in [4, 16]")
     if not isinstance(bl_management, bool):
-        raise ValueError(f"bl_management={bl_management!r}: use True (shorten each sample's "
+        raise TypeError(f"bl_management={bl_management!r}: use True (shorten each sample's "
                          "trains to ceil(lr max|x| max|d| / dw) slots, as aihwkit's "
                          "update_bl_management) or False (always bl slots)")
     x = jnp.asarray(x).astype(_F32)

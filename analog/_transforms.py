@@ -116,8 +116,8 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
       mixed_precision: keep a digital float32 accumulator ``chi`` per weight and program only
         whole device steps (Nandakumar et al., "Mixed-precision deep learning based on
         computational memory", Front. Neurosci. 14:406, 2020, Sec. 2.2; aihwkit's
-        ``MixedPrecisionCompound``): ``chi += update``, ``p = trunc(chi / eps)`` pulse pairs are
-        sent (``eps`` = :func:`weight_step`, the nominal change of one pair), ``chi -= p eps``.
+        ``MixedPrecisionCompound``): ``chi += update`` (clamped to twice the pair's full swing),
+        ``p = trunc(chi / eps)`` pulse pairs are sent (``eps`` = :func:`weight_step`, the nominal change of one pair), ``chi -= p eps``.
         Sub-step and zero-mean parts of the updates (noisy estimates: forward gradients,
         small-batch local rules) are averaged in the accumulator instead of becoming random
         pulses, which asymmetric devices turn into drift towards their symmetry points. The
@@ -181,7 +181,10 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
         def take():
             pending = state.pending
             if mixed_precision:
-                chi = [c.reshape(t.shape) + dl
+                # Clamped at twice the pair's full swing: a larger request only saturates the
+                # devices, and an unbounded chi loses the trunc arithmetic (|chi/eps| >= 2^24 in
+                # float32) or overflows to inf from a huge but finite update.
+                chi = [jnp.clip(c.reshape(t.shape) + dl, -4.0 * t.w_scale, 4.0 * t.w_scale)
                        for c, dl, t in zip(treedef.flatten_up_to(state.pending), deltas, t_leaves)]
                 eps = [weight_step(t) for t in t_leaves]
                 # trunc, not round: |chi| stays below one step, so a change smaller than a

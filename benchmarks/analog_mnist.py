@@ -49,6 +49,10 @@ def main():
                     help="analog-eqprop-taox only: program through a digital accumulator "
                          "(analog.program(mixed_precision=True), Nandakumar et al. 2020)")
     args = ap.parse_args()
+    if args.method != "analog-eqprop-taox" and (args.read_noise is not None or args.lr_decay
+                                                or args.mixed_precision):
+        ap.error("--read-noise, --lr-decay and --mixed-precision apply to "
+                 "--method analog-eqprop-taox only")
     tr = datasets.load(args.data, "train", data_dir=args.data_dir)
     te = datasets.load(args.data, "test", data_dir=args.data_dir)
     if args.train_limit:
@@ -71,7 +75,8 @@ def main():
     else:
         setup = methods.get(args.method).build(cfg)
     tag = (args.method + ("" if args.read_noise is None else f"-rn{args.read_noise:g}")
-           + ("-decay" if args.lr_decay else "") + ("-mp" if args.mixed_precision else "") + (f"-seed{args.seed}" if args.seed else ""))
+           + ("-decay" if args.lr_decay else "") + ("-mp" if args.mixed_precision else "")
+           + (f"-seed{args.seed}" if args.seed else ""))
     out = RESULTS / f"analog_mnist_{tag}.json"
     t0 = time.time()
     hist = train.train(setup, tr, te, steps=steps, batch_size=args.batch_size, seed=args.seed,

@@ -52,12 +52,12 @@ VARIANTS = {
     "ideal": dict(lr=2e-3, device="IDEAL", mp=False),
     "taox": dict(lr=2e-3, device="TAOX_RERAM", mp=False),
     "taox-mp": dict(lr=2e-3, device="TAOX_RERAM", mp=True),
-    "taox-mp-cosine": dict(lr="cosine", device="TAOX_RERAM", mp=True),
+    "taox-mp-cosine": dict(lr="cosine from 4e-3 to 0", device="TAOX_RERAM", mp=True),
 }
 
 
 def chain(lr, device, mp, seed, steps):
-    if lr == "cosine":
+    if lr == "cosine from 4e-3 to 0":
         lr = optax.cosine_decay_schedule(4e-3, steps)
     return optax.chain(fwdgrad.forward_gradient(num_tangents=4, seed=seed),
                        lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=seed + 1),
@@ -78,21 +78,31 @@ def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, reco
     y_te = jnp.asarray(te.labels, jnp.int32)
     per_epoch = len(tr) // batch
 
-    def one(carry, i):
+    perms = {}
+
+    def order(start):
+        """The chunk's (eval_every, batch) example indices: a fresh permutation per epoch,
+        drawn once per epoch (not per step) and reused by every chunk it spans."""
+        rows = []
+        for i in range(start, start + eval_every):
+            epoch, j = divmod(i, per_epoch)
+            if epoch not in perms:
+                perms.clear()
+                perms[epoch] = np.asarray(jax.random.permutation(
+                    jax.random.fold_in(jax.random.key(seed + 7), epoch), len(tr)))
+            rows.append(perms[epoch][j * batch:(j + 1) * batch])
+        return jnp.asarray(np.stack(rows), jnp.int32)
+
+    def one(carry, idx):
         params, state = carry
-        # A fresh permutation per epoch, indexed inside the scan: no host work per step.
-        epoch, j = i // per_epoch, i % per_epoch
-        perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed + 7), epoch),
-                                      len(tr))
-        idx = jax.lax.dynamic_slice(perm, (j * batch,), (batch,))
         x, y = x_tr[idx], y_tr[idx]
         loss_fn = lambda p: methods.cross_entropy(apply(p, x), y)  # noqa: E731
         updates, state = tx.update(None, state, params, loss_fn=loss_fn)
         return (optax.apply_updates(params, updates), state), None
 
     @jax.jit
-    def chunk(params, state, start):
-        (params, state), _ = jax.lax.scan(one, (params, state), start + jnp.arange(eval_every))
+    def chunk(params, state, idx):
+        (params, state), _ = jax.lax.scan(one, (params, state), idx)
         return params, state
 
     @jax.jit
@@ -101,7 +111,7 @@ def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, reco
 
     curve, t0 = [], time.time()
     for start in range(0, steps, eval_every):
-        params, state = chunk(params, state, jnp.int32(start))
+        params, state = chunk(params, state, order(start))
         acc = float(accuracy(params))
         curve.append((start + eval_every, acc))
         log(f"{name}: step {start + eval_every}: test accuracy {acc:.4f} "
@@ -130,8 +140,8 @@ def main():
                                               / "shared" / "data" / "mnist"))
     ap.add_argument("--out", default="composition_chain")
     args = ap.parse_args()
-    if args.steps % args.eval_every:
-        ap.error("--steps must be a multiple of --eval-every")
+    if args.steps <= 0 or args.eval_every <= 0 or args.steps % args.eval_every:
+        ap.error("--steps and --eval-every must be positive, --steps a multiple of --eval-every")
     names = [v for v in args.variants.split(",") if v]
     for v in names:
         if v not in VARIANTS:
@@ -143,6 +153,8 @@ def main():
     except datasets.DatasetError as e:
         print(f"{e}; using the bundled mnist_small instead", file=sys.stderr)
         tr, te = datasets.load("mnist_small", "train"), datasets.load("mnist_small", "test")
+    if not 0 < args.batch_size <= len(tr):
+        ap.error(f"--batch-size must be in [1, {len(tr)}] (the training set's size)")
     out_path = RESULTS / f"{args.out}.json"
     out = {"command": "python benchmarks/composition_chain.py " + " ".join(sys.argv[1:]),
            "machine": f"{platform.machine()} jax {jax.__version__} {jax.devices()[0].platform}",

@@ -115,6 +115,31 @@ def latest(directory) -> pathlib.Path | None:
     return files[-1] if files else None
 
 
+def _fill_new_fields(ref, sd):
+    """Let a checkpoint written before a state NamedTuple gained a field that defaults to None
+    (e.g. ``analog.ProgramState.pending``) restore into a run where that field is None.
+
+    flax stores a NamedTuple as a dict of its fields and refuses a dict whose keys differ; a
+    missing field whose value in the target is None carries no data, so it is added as None.
+    Lists and tuples are stored as dicts keyed "0", "1", ...
+    """
+    if not isinstance(sd, dict):
+        return sd
+    if isinstance(ref, tuple) and hasattr(ref, "_fields"):
+        sd = dict(sd)
+        for name in ref._fields:
+            if name not in sd and getattr(ref, name) is None:
+                sd[name] = None
+        return {k: _fill_new_fields(getattr(ref, k), v) if k in ref._fields else v
+                for k, v in sd.items()}
+    if isinstance(ref, dict):
+        return {k: _fill_new_fields(ref[k], v) if k in ref else v for k, v in sd.items()}
+    if isinstance(ref, (list, tuple)):
+        return {k: _fill_new_fields(ref[int(k)], v) if k.isdigit() and int(k) < len(ref) else v
+                for k, v in sd.items()}
+    return sd
+
+
 def _describe(path):
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path) or "<root>"
 
@@ -134,6 +159,7 @@ def restore(path, target: Any) -> tuple[int, Any]:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); "
                               "delete it to start fresh or point to another checkpoint") from None
     ref = _to_numpy(target)
+    state = _fill_new_fields(ref, state)
     try:
         loaded = serialization.from_state_dict(ref, state)
     except (ValueError, KeyError, TypeError) as e:

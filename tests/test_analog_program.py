@@ -133,6 +133,52 @@ def test_mixed_precision_sends_fewer_pulses_for_zero_mean_updates():
     assert sent[True] < 0.2 * sent[False], sent
 
 
+def test_mixed_precision_survives_a_huge_finite_update():
+    """A request beyond the devices' range only saturates them; the accumulator stays bounded
+    (unbounded, 1e12 / eps loses the trunc arithmetic and 3e38 overflows to inf -> NaN)."""
+    dev = analog.ConstantStep(dw_min=0.01)
+    for huge in (1e12, 3e38):
+        params = {"w": jnp.zeros((4, 4), jnp.float32)}
+        plain = analog.program(dev, w_max=1.0)
+        mixed = analog.program(dev, w_max=1.0, mixed_precision=True)
+        sp, sm = plain.init(params), mixed.init(params)
+        pp = pm = params
+        for u in (huge, -0.1):
+            up, sp = plain.update({"w": jnp.full((4, 4), u, jnp.float32)}, sp, pp)
+            um, sm = mixed.update({"w": jnp.full((4, 4), u, jnp.float32)}, sm, pm)
+            pp, pm = optax.apply_updates(pp, up), optax.apply_updates(pm, um)
+        assert bool(jnp.all(jnp.isfinite(sm.pending["w"])))
+        # after saturating, the -0.1 request moves the weight down by ~0.1 in both modes
+        np.testing.assert_allclose(pm["w"], pp["w"], atol=0.021)
+
+
+def test_mixed_precision_conserves_on_several_tiles_conv_leaves_and_bfloat16():
+    dev = analog.ConstantStep(dw_min=0.01)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        params = {"conv": jnp.zeros((3, 3, 2, 4), dtype), "b": jnp.zeros((4,), dtype),
+                  "s": jnp.zeros((), dtype)}
+        tx = analog.program(dev, w_max=1.0, tile_shape=(5, 3), mixed_precision=True)
+        state = tx.init(params)
+        step = jax.jit(tx.update)
+        asked = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        done = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        for i in range(12):
+            u = jax.tree.map(lambda p: 0.007 * jax.random.normal(jax.random.fold_in(rkey(5), i),
+                                                                 p.shape).astype(dtype), params)
+            got, state = step(u, state, params)
+            params = optax.apply_updates(params, got)
+            asked = jax.tree.map(lambda a, x: a + x.astype(jnp.float32), asked, u)
+            done = jax.tree.map(lambda a, x: a + x.astype(jnp.float32), done, got)
+        for p, c, a, d in zip(jax.tree.leaves(params), jax.tree.leaves(state.pending),
+                              jax.tree.leaves(asked), jax.tree.leaves(done)):
+            assert p.dtype == dtype and c.dtype == jnp.float32
+            assert float(jnp.max(jnp.abs(c))) < 0.02 + 1e-6
+            # in float32 programmed + pending is what was asked; bfloat16 params round the
+            # returned change, so only the float32 pending is compared there
+            if dtype == jnp.float32:
+                np.testing.assert_allclose(np.asarray(d + c), np.asarray(a), atol=1e-5)
+
+
 def test_mixed_precision_refuses_nonfinite_without_touching_the_accumulator():
     params = {"w": jnp.zeros((4, 4), jnp.float32)}
     tx = analog.program(analog.ConstantStep(dw_min=0.01), w_max=1.0, mixed_precision=True)

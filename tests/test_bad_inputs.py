@@ -285,7 +285,7 @@ ROWS += [
         _tiles(), jnp.ones(3), jnp.ones(4), 0.1, _K, mode="x"), ValueError,
         ("mode='x'", "stochastic", "deterministic")),
     Bad("analog.pulse_update bl_management not a bool", lambda: analog.pulse_update(
-        _tiles(), jnp.ones((1, 3)), jnp.ones((1, 4)), 0.1, _K, bl_management="yes"), ValueError,
+        _tiles(), jnp.ones((1, 3)), jnp.ones((1, 4)), 0.1, _K, bl_management="yes"), TypeError,
         ("bl_management='yes'", "True", "False")),
     Bad("analog.equilibrium_propagation beta 0", lambda: analog.equilibrium_propagation(
         beta=0.0, free_steps=10, nudged_steps=5), ValueError, ("beta=0.0", "non-zero")),

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import analog
 import fwdgrad
@@ -97,3 +98,26 @@ def test_transform_states_round_trip_and_resume_bit_identically(tmp_path):
     # The next step from the restored state is the step the uninterrupted run takes.
     _assert_bit_identical(step(restored["params"], restored["opt"], restored["ep"]),
                           step(trained["params"], trained["opt"], trained["ep"]))
+
+
+def test_checkpoint_from_before_program_state_had_pending_still_restores(tmp_path):
+    """ProgramState gained ``pending`` (None unless mixed_precision=True); a checkpoint written
+    without that field restores into a run where it is None."""
+    from flax import serialization
+
+    params = {"w": jnp.ones((3, 2), jnp.float32)}
+    tx = analog.program(presets.TAOX_RERAM, tile_shape=(2, 2))
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.full((3, 2), 0.01, jnp.float32)}, state, params)
+    tree = {"params": params, "opt": state}
+    path = checkpoint.save(tmp_path, 3, tree)
+    raw = serialization.msgpack_restore(path.read_bytes())
+    del raw["tree"]["opt"]["pending"]                   # the layout written before the field
+    path.write_bytes(serialization.msgpack_serialize(raw))
+    step, restored = checkpoint.restore(path, {"params": params, "opt": tx.init(params)})
+    assert step == 3 and restored["opt"].pending is None
+    np.testing.assert_array_equal(restored["opt"].tiles["w"].g_plus, state.tiles["w"].g_plus)
+    # a mixed-precision run's accumulator is data: a checkpoint without it is refused
+    mixed = analog.program(presets.TAOX_RERAM, tile_shape=(2, 2), mixed_precision=True)
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.restore(path, {"params": params, "opt": mixed.init(params)})
