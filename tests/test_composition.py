@@ -100,8 +100,8 @@ def _train_chain(data, sizes, tx, steps):
 
 def test_design_chain_on_taox_trains_with_the_mixed_precision_accumulator(data):
     """On TAOX_RERAM the plain chain's zero-mean pulse noise drifts the devices (measured here,
-    784-64-10, rate 2e-3, 1,000 steps: 32%); programming through the digital accumulator
-    (``program(mixed_precision=True)``, Nandakumar et al. 2020) keeps it training (56%).
+    784-64-10, rate 2e-3, 800 steps: 15.2%); programming through the digital accumulator
+    (``program(mixed_precision=True)``, Nandakumar et al. 2020) keeps it training (53.4%).
     Full MNIST, 240k steps with a cosine rate: 87.9% (BENCHMARKS.md, composition section)."""
     _, plain = _train_chain(data, (784, 64, 10), design_chain(lr=2e-3), 800)
     _, mixed = _train_chain(data, (784, 64, 10), design_chain(lr=2e-3, mixed_precision=True), 800)
