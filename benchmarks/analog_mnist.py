@@ -48,10 +48,13 @@ def main():
     ap.add_argument("--mixed-precision", action="store_true",
                     help="analog-eqprop-taox only: program through a digital accumulator "
                          "(analog.program(mixed_precision=True), Nandakumar et al. 2020)")
+    ap.add_argument("--beta", type=float, default=None,
+                    help="analog-eqprop-taox only: nudge strength (default: the registered "
+                         f"row's {_methods_analog.BETA})")
     args = ap.parse_args()
     if args.method != "analog-eqprop-taox" and (args.read_noise is not None or args.lr_decay
-                                                or args.mixed_precision):
-        ap.error("--read-noise, --lr-decay and --mixed-precision apply to "
+                                                or args.mixed_precision or args.beta is not None):
+        ap.error("--read-noise, --lr-decay, --mixed-precision and --beta apply to "
                  "--method analog-eqprop-taox only")
     tr = datasets.load(args.data, "train", data_dir=args.data_dir)
     te = datasets.load(args.data, "test", data_dir=args.data_dir)
@@ -62,7 +65,8 @@ def main():
     steps = args.epochs * per_epoch
     cfg = methods.MethodConfig(key=jax.random.key(args.seed), steps=steps)
     if args.method == "analog-eqprop-taox" and (args.read_noise is not None or args.lr_decay
-                                                or args.mixed_precision):
+                                                or args.mixed_precision
+                                                or args.beta is not None):
         io = analog.presets.TAOX_IO
         if args.read_noise is not None:
             io = dataclasses.replace(io, read_noise=args.read_noise)
@@ -71,11 +75,13 @@ def main():
             free_steps=_methods_analog.TAOX_FREE_STEPS,
             nudged_steps=_methods_analog.TAOX_NUDGED_STEPS, w_max=None,
             lr_decay_steps=steps if args.lr_decay else None,
-            mixed_precision=args.mixed_precision)
+            mixed_precision=args.mixed_precision,
+            beta=_methods_analog.BETA if args.beta is None else args.beta)
     else:
         setup = methods.get(args.method).build(cfg)
     tag = (args.method + ("" if args.read_noise is None else f"-rn{args.read_noise:g}")
            + ("-decay" if args.lr_decay else "") + ("-mp" if args.mixed_precision else "")
+           + ("" if args.beta is None else f"-beta{args.beta:g}")
            + (f"-seed{args.seed}" if args.seed else ""))
     out = RESULTS / f"analog_mnist_{tag}.json"
     t0 = time.time()

@@ -96,7 +96,8 @@ def _per_layer_sgd(num_layers: int, rates=LAYER_LR,
 def build_eqprop(cfg: MethodConfig, *, device=analog.presets.IDEAL, io=None, tol=TOL,
                  hidden: int = HIDDEN, free_steps: int = FREE_STEPS,
                  nudged_steps: int = NUDGED_STEPS, w_max: float | None = 1.0,
-                 lr_decay_steps: int | None = None, mixed_precision: bool = False) -> Setup:
+                 lr_decay_steps: int | None = None, mixed_precision: bool = False,
+                 beta: float = BETA) -> Setup:
     params = analog.init_energy_network(cfg.key, (cfg.num_inputs, hidden, cfg.num_classes))
     seed = cfg.seed
     eval_key = jax.random.key(seed, impl="rbg")
@@ -106,7 +107,7 @@ def build_eqprop(cfg: MethodConfig, *, device=analog.presets.IDEAL, io=None, tol
                               key=eval_key if io is not None and io.needs_key else None)
 
     tx = optax.chain(
-        analog.equilibrium_propagation(beta=BETA, free_steps=free_steps,
+        analog.equilibrium_propagation(beta=beta, free_steps=free_steps,
                                        nudged_steps=nudged_steps, seed=seed, io=io, tol=tol),
         _per_layer_sgd(len(params), decay_steps=lr_decay_steps),
         # IDEAL's step is 1e-6 of the range: nearest rounding loses nothing measurable and
