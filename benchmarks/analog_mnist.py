@@ -52,8 +52,9 @@ def main():
                     help="analog-eqprop-taox only: nudge strength (default: the registered "
                          f"row's {_methods_analog.BETA})")
     args = ap.parse_args()
-    if args.method != "analog-eqprop-taox" and (args.read_noise is not None or args.lr_decay
-                                                or args.mixed_precision or args.beta is not None):
+    taox_options = (args.read_noise is not None or args.lr_decay or args.mixed_precision
+                    or args.beta is not None)
+    if args.method != "analog-eqprop-taox" and taox_options:
         ap.error("--read-noise, --lr-decay, --mixed-precision and --beta apply to "
                  "--method analog-eqprop-taox only")
     tr = datasets.load(args.data, "train", data_dir=args.data_dir)
@@ -64,9 +65,7 @@ def main():
     per_epoch = len(tr) // args.batch_size
     steps = args.epochs * per_epoch
     cfg = methods.MethodConfig(key=jax.random.key(args.seed), steps=steps)
-    if args.method == "analog-eqprop-taox" and (args.read_noise is not None or args.lr_decay
-                                                or args.mixed_precision
-                                                or args.beta is not None):
+    if args.method == "analog-eqprop-taox" and taox_options:
         io = analog.presets.TAOX_IO
         if args.read_noise is not None:
             io = dataclasses.replace(io, read_noise=args.read_noise)
