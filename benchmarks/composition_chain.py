@@ -13,7 +13,16 @@ Variants (``--variants``, comma-separated; all on one MLP, batch, seed and data 
 * ``taox``: LR 2e-3 on TAOX_RERAM, plain program;
 * ``taox-mp``: LR 2e-3 on TAOX_RERAM with the digital accumulator
   (``mixed_precision=True``, Nandakumar et al. 2020);
-* ``taox-mp-cosine``: as ``taox-mp`` with the rate on a cosine from 4e-3 to 0.
+* ``taox-mp-cosine``: as ``taox-mp`` with the rate on a cosine from 4e-3 to 0;
+* ``taox-mp-cosine-2e-3``: the same from 2e-3;
+* ``as-written-mp``: the chain as written with the accumulator on (LR 1e-2, TAOX_RERAM);
+* ``ideal-1e-2``: LR 1e-2 on IDEAL devices (the estimator alone at the written rate);
+* ``local-taox``: the chain with its first transform swapped for
+  ``fwdgrad.activity_forward_gradient(num_tangents=4)`` (Ren et al., ICLR 2023:
+  activity-perturbed forward gradients with local losses, on a ``fwdgrad.LocalMLP`` of the same
+  widths) and ``optax.sgd(1e-3, momentum=0.9)``, plain ``program(TAOX_RERAM)``: the
+  registered ``fwdgrad+lowbit+analog`` row's chain;
+* ``local-taox-cosine``: the same with the rate on a cosine from 1e-3 to 0.
 
 Steps run in jitted ``lax.scan`` chunks (one dispatch per evaluation interval, so the GPU is not
 bound by per-step launches). Writes ``benchmarks/results/<out>.json`` and ``.png`` (test
@@ -37,6 +46,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
+from flax import nnx
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -53,15 +63,29 @@ VARIANTS = {
     "taox": dict(lr=2e-3, device="TAOX_RERAM", mp=False),
     "taox-mp": dict(lr=2e-3, device="TAOX_RERAM", mp=True),
     "taox-mp-cosine": dict(lr="cosine from 4e-3 to 0", device="TAOX_RERAM", mp=True),
+    "taox-mp-cosine-2e-3": dict(lr="cosine from 2e-3 to 0", device="TAOX_RERAM", mp=True),
+    "as-written-mp": dict(lr=1e-2, device="TAOX_RERAM", mp=True),
+    "ideal-1e-2": dict(lr=1e-2, device="IDEAL", mp=False),
+    # The same chain with the estimator swapped for Ren et al.'s activity-perturbed local
+    # forward gradient (a LocalMLP: the same MLP plus a linear head per hidden layer).
+    "local-taox": dict(lr=1e-3, device="TAOX_RERAM", mp=False, estimator="local"),
+    "local-taox-cosine": dict(lr="cosine from 1e-3 to 0", device="TAOX_RERAM", mp=False,
+                              estimator="local"),
 }
 
 
-def chain(lr, device, mp, seed, steps):
-    if lr == "cosine from 4e-3 to 0":
-        lr = optax.cosine_decay_schedule(4e-3, steps)
-    return optax.chain(fwdgrad.forward_gradient(num_tangents=4, seed=seed),
+def chain(lr, device, mp, seed, steps, estimator="weight"):
+    if isinstance(lr, str):                          # "cosine from PEAK to 0"
+        lr = optax.cosine_decay_schedule(float(lr.split()[2]), steps)
+    if estimator == "local":
+        # as the registered fwdgrad+lowbit+analog row: K = 4 here, as the DESIGN chain's.
+        first, sgd = (fwdgrad.activity_forward_gradient(num_tangents=4, seed=seed),
+                      optax.sgd(lr, momentum=0.9))
+    else:
+        first, sgd = fwdgrad.forward_gradient(num_tangents=4, seed=seed), optax.sgd(lr)
+    return optax.chain(first,
                        lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=seed + 1),
-                       optax.sgd(lr),
+                       sgd,
                        analog.program(getattr(analog.presets, device), seed=seed + 2,
                                       mixed_precision=mp))
 
@@ -69,8 +93,13 @@ def chain(lr, device, mp, seed, steps):
 def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, record):
     """Train one variant; ``record(result)`` is called after every evaluation (partial runs
     keep what they measured)."""
-    apply, params = models.mlp(jax.random.key(seed), (784, *hidden, 10))
-    tx = chain(spec["lr"], spec["device"], spec["mp"], seed, steps)
+    estimator = spec.get("estimator", "weight")
+    if estimator == "local":
+        apply, params = models.functional(fwdgrad.LocalMLP((784, *hidden, 10),
+                                                           rngs=nnx.Rngs(seed)))
+    else:
+        apply, params = models.mlp(jax.random.key(seed), (784, *hidden, 10))
+    tx = chain(spec["lr"], spec["device"], spec["mp"], seed, steps, estimator)
     state = tx.init(params)
     x_tr = jnp.asarray(tr.images.reshape(len(tr), -1), jnp.float32) / 255.0
     y_tr = jnp.asarray(tr.labels, jnp.int32)
@@ -97,7 +126,8 @@ def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, reco
         params, state = carry
         x, y = x_tr[idx], y_tr[idx]
         loss_fn = lambda p: methods.cross_entropy(apply(p, x), y)  # noqa: E731
-        updates, state = tx.update(None, state, params, loss_fn=loss_fn)
+        # each estimator reads its own extra arg (loss_fn or batch) and ignores the other
+        updates, state = tx.update(None, state, params, loss_fn=loss_fn, batch=(x, y))
         return (optax.apply_updates(params, updates), state), None
 
     @jax.jit
