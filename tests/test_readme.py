@@ -30,3 +30,17 @@ def test_quickstart_runs_as_written():
     exec(compile(code, str(README), "exec"), namespace)
     params = namespace["params"]
     assert all(bool(jax.numpy.all(jax.numpy.isfinite(p))) for p in jax.tree.leaves(params))
+
+
+@pytest.mark.standard_promotion
+def test_device_training_chain_runs_as_written():
+    """The second block continues the quickstart's namespace (x, y, models, ...)."""
+    first, second = _blocks()[:2]
+    namespace: dict = {}
+    exec(compile(first, str(README), "exec"), namespace)
+    before = namespace["params"]
+    exec(compile(second, str(README), "exec"), namespace)
+    params, state = namespace["params"], namespace["state"]
+    assert jax.tree.structure(params) != jax.tree.structure(before)  # the LocalMLP's params
+    assert all(bool(jax.numpy.all(jax.numpy.isfinite(p))) for p in jax.tree.leaves(params))
+    assert int(state[0].count) == 1 and int(state[-1].nonfinite) == 0

@@ -1,0 +1,51 @@
+"""Which TAOX_RERAM non-ideality stops the DESIGN.md chain short of 90% (issue 7).
+
+The chain's ``taox-mp`` variant (weight-perturbation forward gradient, K=4 -> radix-4 FP4 ->
+SGD 2e-3 -> ``program(device, mixed_precision=True)``) with one property of the preset removed at
+a time; everything else as :mod:`composition_chain` (same MLP, data order and seed). Writes
+``benchmarks/results/<out>.json`` and ``.png``.
+
+    python benchmarks/composition_chain_ablation.py --steps 4000 --eval-every 2000 \\
+        --batch-size 2048 --data-dir ../shared/data/mnist --out composition_chain_ablation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import analog
+import composition_chain as cc
+
+T = analog.presets.TAOX_RERAM
+#: the preset with one property changed; registered on ``analog.presets`` so that
+#: :func:`composition_chain.chain` finds them by name.
+DEVICES = {
+    "TAOX_NO_C2C": dataclasses.replace(T, dw_min_std=0.0),
+    "TAOX_NO_STUCK": dataclasses.replace(T, stuck_on=0.0, stuck_off=0.0),
+    "TAOX_NO_DTOD": dataclasses.replace(T, dw_min_dtod=0.0, up_down_dtod=0.0, bounds_dtod=0.0),
+    "TAOX_SYM": dataclasses.replace(T, up_down=0.0, up_down_dtod=0.0),
+    # the exponential step replaced by a constant one, every other parameter kept
+    "TAOX_CONSTANT_STEP": analog.ConstantStep(
+        dw_min=T.dw_min, up_down=T.up_down, dw_min_dtod=T.dw_min_dtod,
+        up_down_dtod=T.up_down_dtod, bounds_dtod=T.bounds_dtod, dw_min_std=T.dw_min_std,
+        stuck_on=T.stuck_on, stuck_off=T.stuck_off),
+    "TAOX_FINE": dataclasses.replace(T, dw_min=T.dw_min / 10),
+}
+VARIANTS = {
+    "taox-mp": "TAOX_RERAM",
+    "taox-mp-no-c2c": "TAOX_NO_C2C",
+    "taox-mp-no-stuck": "TAOX_NO_STUCK",
+    "taox-mp-no-dtod": "TAOX_NO_DTOD",
+    "taox-mp-symmetric": "TAOX_SYM",
+    "taox-mp-constant-step": "TAOX_CONSTANT_STEP",
+    "taox-mp-fine-step": "TAOX_FINE",
+}
+
+if __name__ == "__main__":
+    for name, device in DEVICES.items():
+        setattr(analog.presets, name, device)
+    cc.VARIANTS.update({k: dict(lr=2e-3, device=v, mp=True) for k, v in VARIANTS.items()})
+    if not any(a.startswith("--variants") for a in sys.argv):
+        sys.argv += ["--variants", ",".join(VARIANTS)]
+    cc.main()
