@@ -38,18 +38,26 @@ def _accuracy(apply, params, test):
     return float(jnp.mean((apply(params, x).argmax(-1) == y).astype(jnp.float32)))
 
 
+def _jit_step(apply, tx, traces=None):
+    """One jitted chain step. Both estimators' extra args are passed (``loss_fn`` for the
+    weight-perturbation one, ``batch`` for the local one): each reads its own and ignores the
+    other's. ``traces`` counts compilations."""
+    @jax.jit
+    def step(params, state, x, y):
+        if traces is not None:
+            traces.append(1)
+        loss = lambda p: methods.cross_entropy(apply(p, x), y)  # noqa: E731
+        updates, state = tx.update(None, state, params, loss_fn=loss, batch=(x, y))
+        return optax.apply_updates(params, updates), state
+    return step
+
+
 def test_design_chain_runs_as_written_under_jit(data):
     apply, params = models.mlp(jax.random.key(0), (784, 64, 10))
     tx = design_chain()
     state = tx.init(params)
     traces = []
-
-    @jax.jit
-    def step(params, state, x, y):
-        traces.append(1)
-        loss = lambda p: methods.cross_entropy(apply(p, x), y)
-        updates, state = tx.update(None, state, params, loss_fn=loss)
-        return optax.apply_updates(params, updates), state
+    step = _jit_step(apply, tx, traces)
 
     batches = datasets.batches(data[0], 64, epochs=None)
     for _ in range(4):
@@ -86,12 +94,7 @@ def test_design_chain_trains_with_ideal_devices(data):
 def _train_chain(data, sizes, tx, steps):
     apply, params = models.mlp(jax.random.key(0), sizes)
     state = tx.init(params)
-
-    @jax.jit
-    def step(params, state, x, y):
-        loss = lambda p: methods.cross_entropy(apply(p, x), y)
-        updates, state = tx.update(None, state, params, loss_fn=loss)
-        return optax.apply_updates(params, updates), state
+    step = _jit_step(apply, tx)
 
     before = _accuracy(apply, params, data[1])
     for _, (x, y, _) in zip(range(steps), datasets.batches(data[0], 64, epochs=None)):
@@ -125,15 +128,7 @@ def test_all_three_chain_with_local_forward_gradients_trains_on_taox(data):
                      analog.program(analog.presets.TAOX_RERAM, seed=2))
     state = tx.init(params)
     traces = []
-
-    @jax.jit
-    def step(params, state, x, y):
-        traces.append(1)
-        # the same call as the weight-perturbation chain's, plus the batch the local
-        # estimator reads: each estimator ignores the other's extra arg
-        loss = lambda p: methods.cross_entropy(apply(p, x), y)
-        updates, state = tx.update(None, state, params, loss_fn=loss, batch=(x, y))
-        return optax.apply_updates(params, updates), state
+    step = _jit_step(apply, tx, traces)  # the same call as the weight-perturbation chain's
 
     before = _accuracy(apply, params, data[1])
     for _, (x, y, _) in zip(range(800), datasets.batches(data[0], 64, epochs=None)):
