@@ -73,6 +73,9 @@ VARIANTS = {
                               estimator="local"),
 }
 
+#: device models by name beyond ``analog.presets`` (filled by composition_chain_ablation.py).
+DEVICES: dict = {}
+
 
 def chain(lr, device, mp, seed, steps, estimator="weight"):
     if isinstance(lr, str):                          # "cosine from PEAK to 0"
@@ -86,7 +89,8 @@ def chain(lr, device, mp, seed, steps, estimator="weight"):
     return optax.chain(first,
                        lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=seed + 1),
                        sgd,
-                       analog.program(getattr(analog.presets, device), seed=seed + 2,
+                       analog.program(DEVICES.get(device) or getattr(analog.presets, device),
+                                      seed=seed + 2,
                                       mixed_precision=mp))
 
 

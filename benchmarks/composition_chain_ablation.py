@@ -18,8 +18,7 @@ import analog
 import composition_chain as cc
 
 T = analog.presets.TAOX_RERAM
-#: the preset with one property changed; registered on ``analog.presets`` so that
-#: :func:`composition_chain.chain` finds them by name.
+#: the preset with one property changed, by the name the variants (and the JSON) use.
 DEVICES = {
     "TAOX_NO_C2C": dataclasses.replace(T, dw_min_std=0.0),
     "TAOX_NO_STUCK": dataclasses.replace(T, stuck_on=0.0, stuck_off=0.0),
@@ -43,8 +42,7 @@ VARIANTS = {
 }
 
 if __name__ == "__main__":
-    for name, device in DEVICES.items():
-        setattr(analog.presets, name, device)
+    cc.DEVICES.update(DEVICES)
     cc.VARIANTS.update({k: dict(lr=2e-3, device=v, mp=True) for k, v in VARIANTS.items()})
     if not any(a.startswith("--variants") for a in sys.argv):
         sys.argv += ["--variants", ",".join(VARIANTS)]

@@ -96,9 +96,10 @@ _row("lowbit+analog", f"4-bit model, backprop FP4 gradients on the radix-4 grid,
      f"{LR_BACKPROP} momentum 0.9, programmed onto TAOX_RERAM devices",
      forward=False, four_bit=True, devices=True)
 _row("fwdgrad+analog", f"forward gradient (K={NUM_TANGENTS}), activity perturbation with local "
-     f"losses (Ren et al. 2023), SGD lr {_methods_fwdgrad.LR_LOCAL} momentum 0.9, programmed onto TAOX_RERAM devices",
+     f"losses (Ren et al. 2023), SGD lr {_methods_fwdgrad.LR_LOCAL} momentum 0.9, programmed "
+     "onto TAOX_RERAM devices",
      forward=True, four_bit=False, devices=True)
-_row("fwdgrad+lowbit+analog", f"all three: activity-perturbed local forward gradient (K="
-     f"{NUM_TANGENTS}) -> radix-4 "
-     f"FP4 updates -> SGD lr {_methods_fwdgrad.LR_LOCAL} momentum 0.9 -> TAOX_RERAM devices",
+_row("fwdgrad+lowbit+analog", f"all three: activity-perturbed local forward gradient "
+     f"(K={NUM_TANGENTS}) -> radix-4 FP4 updates -> SGD lr {_methods_fwdgrad.LR_LOCAL} "
+     "momentum 0.9 -> TAOX_RERAM devices",
      forward=True, four_bit=True, devices=True)
