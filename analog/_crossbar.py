@@ -19,9 +19,7 @@ shortening of the trains, "update BL management"), or as per-device pulse counts
 implementation packs the trains 32 slots to a word, counts the coincidences of a whole batch in
 one fused popcount loop (or, for trains of at most 8 slots, as a matmul of 0/1 matrices) and
 moves every device once per update in closed form (see :func:`pulse_update` for what that
-approximates); ``impl="event"`` does the same work event by event in a small C++ kernel (only
-the cross-points that receive a pulse are touched, as on a chip); ``impl="reference"`` keeps the
-straightforward per-sample path for tests.
+approximates); ``impl="reference"`` keeps the straightforward per-sample path for tests.
 """
 
 from __future__ import annotations
@@ -34,9 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from analog import _event
-from analog._devices import (ConstantStep, Device, DeviceVariation, ExpStep, LinearStep, PowStep,
-                             SoftBounds)
+from analog._devices import Device, DeviceVariation
 
 __all__ = ["IOConfig", "Tiles", "init_tiles", "read_weights", "mvm", "mvm_transpose",
            "pulse_update", "apply_pulses", "program_weights", "program_many", "weight_step", "check_tile_shape"]
@@ -771,10 +767,9 @@ def pulse_update(tiles: Tiles, x: jax.Array, d: jax.Array, lr: float | jax.Array
                          "'deterministic' (per-device pulse counts)")
     if not isinstance(bl, int) or isinstance(bl, bool) or not 1 <= bl <= 1024:
         raise ValueError(f"bl={bl!r}: the pulse-train length must be an integer in [1, 1024]")
-    if impl not in ("fast", "event", "reference"):
+    if impl not in ("fast", "reference"):
         raise ValueError(f"impl={impl!r}: use 'fast' (packed trains, fused counts, one device "
-                         "pass), 'event' (the same model, event-driven C++ kernel on CPU) or "
-                         "'reference' (the per-sample reference implementation)")
+                         "pass) or 'reference' (the per-sample reference implementation)")
     if not isinstance(prob_bits, int) or isinstance(prob_bits, bool) or \
             not 4 <= prob_bits <= 16:
         raise ValueError(f"prob_bits={prob_bits!r}: use an integer number of bits in [4, 16]")
@@ -794,14 +789,11 @@ def pulse_update(tiles: Tiles, x: jax.Array, d: jax.Array, lr: float | jax.Array
         raise ValueError("pulse_update: the device has cycle-to-cycle noise; pass a key")
     lr = jnp.asarray(lr, _F32)
     manage = bl_management and mode == "stochastic"   # one compiled variant when unused
-    if impl == "event":
-        _event_kind(tiles.device)                     # unsupported model: fail before tracing
-        _event.ensure_registered()                    # no compiler: say so now, not in XLA
-    if impl in ("fast", "event"):
+    if impl == "fast":
         # Only the conductances come back from the compiled update: the device parameters
         # are reused as they are (returning them from the jit would copy every array).
         g_plus, g_minus, sent = _pulse_update_fast(tiles, x, d, lr, key, mode, bl, prob_bits,
-                                                   manage, impl == "event")
+                                                   manage)
         return dataclasses.replace(tiles, g_plus=g_plus, g_minus=g_minus), sent
     return _pulse_update(tiles, x, d, lr, key, mode, bl, manage)
 
@@ -827,20 +819,8 @@ def _probabilities(x, d, lr, dw, bl):
     return jnp.minimum(jnp.abs(x) * cx, 1.0), jnp.minimum(jnp.abs(d) * cd, 1.0)
 
 
-def _event_kind(device: Device) -> dict:
-    """The event kernel's parameters of ``device`` (its closed form is compiled in C++)."""
-    kinds = {ConstantStep: 0, LinearStep: 1, SoftBounds: 1, ExpStep: 2, PowStep: 3}
-    kind = kinds.get(type(device))
-    if kind is None:
-        raise ValueError(f"impl='event' implements {', '.join(k.__name__ for k in kinds)}; "
-                         f"{type(device).__name__} is not one of them: use impl='fast'")
-    return dict(kind=kind, dw_min=device.dw_min, dw_min_std=device.dw_min_std,
-                gamma_up=getattr(device, "gamma_up", 0.0),
-                gamma_down=getattr(device, "gamma_down", 0.0))
-
-
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
-def _pulse_update_fast(tiles, x, d, lr, key, mode, bl, prob_bits, bl_management, event=False):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8))
+def _pulse_update_fast(tiles, x, d, lr, key, mode, bl, prob_bits, bl_management):
     dw = weight_step(tiles)
     seeds = None if key is None else _key_seeds(key)
     if mode == "deterministic":
@@ -859,11 +839,6 @@ def _pulse_update_fast(tiles, x, d, lr, key, mode, bl, prob_bits, bl_management,
         wx = _train_words(seeds, 1, pad_in(px), bl, prob_bits, lengths)
         wd = _train_words(seeds, 2, pad_out(pd), bl, prob_bits, lengths)
         neg = lambda a: jnp.where(a < 0, _U32(0xFFFFFFFF), _U32(0))  # noqa: E731
-        if event:
-            g_plus, g_minus, total = _event.event_update(
-                tiles.g_plus, tiles.g_minus, tiles.var_plus, tiles.var_minus, wx,
-                neg(pad_in(x)), wd, neg(pad_out(d)), seeds, **_event_kind(tiles.device))
-            return g_plus, g_minus, 2.0 * total.astype(_F32)
         g_plus, g_minus, total = _count_and_apply(tiles, wx, neg(pad_in(x)), wd,
                                                   neg(pad_out(d)), seeds, bl, lengths)
         return g_plus, g_minus, 2.0 * total.astype(_F32)
