@@ -49,8 +49,13 @@ def main():
                     help="analog-eqprop-taox only: program through a digital accumulator "
                          "(analog.program(mixed_precision=True), Nandakumar et al. 2020)")
     ap.add_argument("--beta", type=float, default=None,
-                    help="analog-eqprop-taox only: nudge strength (default: the registered "
-                         f"row's {_methods_analog.BETA})")
+                    help="analog-eqprop-taox only: nudge strength (default with the other "
+                         f"options: {_methods_analog.BETA}, the ideal row's; without any option "
+                         f"the registered row runs: beta {_methods_analog.TAOX_BETA} and "
+                         "--lr-decay)")
+    ap.add_argument("--out", default=None,
+                    help="result name (benchmarks/results/NAME.json/.png); default from the "
+                         "method and options")
     args = ap.parse_args()
     taox_options = (args.read_noise is not None or args.lr_decay or args.mixed_precision
                     or args.beta is not None)
@@ -82,7 +87,7 @@ def main():
            + ("-decay" if args.lr_decay else "") + ("-mp" if args.mixed_precision else "")
            + ("" if args.beta is None else f"-beta{args.beta:g}")
            + (f"-seed{args.seed}" if args.seed else ""))
-    out = RESULTS / f"analog_mnist_{tag}.json"
+    out = RESULTS / f"{args.out or 'analog_mnist_' + tag}.json"
     t0 = time.time()
     hist = train.train(setup, tr, te, steps=steps, batch_size=args.batch_size, seed=args.seed,
                        eval_every=per_epoch, log_every=500, progress=True, desc=args.method,

@@ -13,23 +13,30 @@ preset's values:
   other device values at TaOx; this is the slow path (every relaxation sweep reads the 500x10
   crossbar through the noisy periphery).
 
-The device sweeps use an ideal periphery so that only the device factor changes. Every run has
-the same seed, data order and initial weights.
+The device sweeps use an ideal periphery so that only the device factor changes. Within one
+seed every run has the same data order and initial weights; ``--seeds 0,1,2`` repeats the
+whole sweep per seed (initial weights, data order, device variation and pulse noise all change)
+and plots the mean with the range over seeds. ``--beta`` and ``--lr-decay`` select the nudge and
+the cosine rate of ``benchmarks/analog_mnist.py`` (default: the registered row's).
 
-    .venv/bin/python benchmarks/analog_nonideality.py [--steps 600] [--dataset mnist_small]
+    .venv/bin/python benchmarks/analog_nonideality.py [--steps 600] [--dataset mnist_small] \
+        [--seeds 0,1,2] [--beta 0.5] [--lr-decay] [--out analog_nonideality]
 
-Writes benchmarks/results/analog_nonideality.{json,png}.
+Writes benchmarks/results/<out>.{json,png} (default analog_nonideality).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import pathlib
+import sys
 import time
 
 import jax
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -48,7 +55,7 @@ SWEEPS = {
 }
 
 
-def _setup(cfg, factor, value):
+def _setup(cfg, factor, value, beta=None, lr_decay=False):
     device, io = TAOX, None
     steps = dict(free_steps=_methods_analog.FREE_STEPS, nudged_steps=_methods_analog.NUDGED_STEPS)
     if factor == "stuck":
@@ -60,7 +67,10 @@ def _setup(cfg, factor, value):
     else:
         device = dataclasses.replace(TAOX, **{factor: value})
     # w_max=None: the device range is sized from the initial weights, as analog-eqprop-taox does
-    return _methods_analog.build_eqprop(cfg, device=device, io=io, tol=None, w_max=None, **steps)
+    return _methods_analog.build_eqprop(
+        cfg, device=device, io=io, tol=None, w_max=None,
+        beta=_methods_analog.BETA if beta is None else beta,
+        lr_decay_steps=cfg.steps if lr_decay else None, **steps)
 
 
 def main(argv=None):
@@ -69,14 +79,29 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--dataset", default="mnist_small")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    ap.add_argument("--beta", type=float, default=None,
+                    help=f"nudge strength (default the registered row's {_methods_analog.BETA})")
+    ap.add_argument("--lr-decay", action="store_true",
+                    help="per-layer rates on a cosine to 10%% of themselves over the run")
+    ap.add_argument("--out", default="analog_nonideality", help="result file name")
     ap.add_argument("--only", default=None, help="comma-separated factors to run "
                     "(dw_min_std, up_down, stuck, read_noise); default all")
+    ap.add_argument("--merge", default=None,
+                    help="comma-separated result names to combine into --out (runs nothing): "
+                         "for sweeps split over processes with --only")
     args = ap.parse_args(argv)
+    if args.merge:
+        parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.merge.split(",")]
+        merged = dict(parts[0], results={}, command=[p["command"] for p in parts])
+        for p in parts:
+            merged["results"].update(p["results"])
+        train.write_json(merged, RESULTS / f"{args.out}.json")
+        plot(merged, args.out)
+        return
+    seeds = [int(x) for x in args.seeds.split(",")]
     tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
     te = datasets.load(args.dataset, "test", data_dir=args.data_dir)
-    cfg = methods.MethodConfig(key=jax.random.key(args.seed), input_shape=tr.input_shape,
-                               num_classes=tr.num_classes, steps=args.steps)
     only = set(args.only.split(",")) if args.only else None
     results = {}
     for title, (factor, values) in SWEEPS.items():
@@ -84,28 +109,52 @@ def main(argv=None):
             continue
         rows = []
         for v in values:
-            t0 = time.perf_counter()
-            h = train.train(_setup(cfg, factor, v), tr, te, steps=args.steps,
-                            batch_size=args.batch_size, seed=args.seed,
-                            eval_every=args.steps, progress=False, desc=f"{factor}={v}")
-            rows.append({"value": v, "test_accuracy": h["final_test_accuracy"],
-                         "step_time_s": h["step_time_s"], "wall_s": time.perf_counter() - t0})
-            print(f"{factor:12s} {v:<6} acc {h['final_test_accuracy']:.4f} "
-                  f"({rows[-1]['wall_s']:.0f} s)", flush=True)
+            row = {"value": v, "seeds": seeds, "test_accuracy_per_seed": [],
+                   "step_time_s": [], "wall_s": []}
+            for seed in seeds:
+                cfg = methods.MethodConfig(key=jax.random.key(seed), input_shape=tr.input_shape,
+                                           num_classes=tr.num_classes, steps=args.steps)
+                t0 = time.perf_counter()
+                h = train.train(_setup(cfg, factor, v, args.beta, args.lr_decay), tr, te,
+                                steps=args.steps, batch_size=args.batch_size, seed=seed,
+                                eval_every=args.steps, progress=False, desc=f"{factor}={v}")
+                row["test_accuracy_per_seed"].append(h["final_test_accuracy"])
+                row["step_time_s"].append(h["step_time_s"])
+                row["wall_s"].append(time.perf_counter() - t0)
+                print(f"{factor:12s} {v:<6} seed {seed} acc {h['final_test_accuracy']:.4f} "
+                      f"({row['wall_s'][-1]:.0f} s)", flush=True)
+            accs = np.asarray(row["test_accuracy_per_seed"])
+            row.update(test_accuracy=float(accs.mean()), test_accuracy_min=float(accs.min()),
+                       test_accuracy_max=float(accs.max()))
+            rows.append(row)
         results[title] = {"factor": factor, "runs": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    train.write_json({"config": vars(args), "baseline_device": repr(TAOX),
+    cmd = "python benchmarks/analog_nonideality.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    train.write_json({"config": vars(args), "command": cmd, "baseline_device": repr(TAOX),
                       "baseline_io": repr(analog.presets.TAOX_IO), "results": results,
-                      "machine": compare.machine()}, RESULTS / "analog_nonideality.json")
+                      "machine": compare.machine()}, RESULTS / f"{args.out}.json")
+    plot(json.loads((RESULTS / f"{args.out}.json").read_text()), args.out)
+
+
+def plot(out: dict, name: str) -> None:
+    results, cfg = out["results"], out["config"]
+    seeds = cfg.get("seeds", cfg.get("seed"))
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.2), squeeze=False)
     for ax, (title, r) in zip(axes[0], results.items()):
-        ax.plot([x["value"] for x in r["runs"]], [x["test_accuracy"] for x in r["runs"]], "o-")
+        xs = [x["value"] for x in r["runs"]]
+        mean = np.asarray([x["test_accuracy"] for x in r["runs"]])
+        lo = np.asarray([x.get("test_accuracy_min", x["test_accuracy"]) for x in r["runs"]])
+        hi = np.asarray([x.get("test_accuracy_max", x["test_accuracy"]) for x in r["runs"]])
+        ax.errorbar(xs, mean, yerr=[mean - lo, hi - mean], fmt="o-", capsize=3)
         ax.set(title=title, xlabel=r["factor"], ylabel="test accuracy", ylim=(0, 1))
         ax.grid(alpha=0.3)
-    fig.suptitle(f"784-500-10 energy network, activity-difference rule, {args.steps} steps on "
-                 f"{args.dataset} (others at TAOX_RERAM)", fontsize=9)
+    fig.suptitle(f"784-500-10 energy network, activity-difference rule, {cfg['steps']} steps on "
+                 f"{cfg['dataset']} (others at TAOX_RERAM); mean and range over seeds {seeds}",
+                 fontsize=9)
     fig.tight_layout()
-    fig.savefig(RESULTS / "analog_nonideality.png", dpi=120)
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ size), trained by the centered activity-difference rule (Laborieux et al. 2021),
 (Scellier & Bengio's rates 0.1 and 0.05), weights programmed onto ideal devices.
 ``analog-eqprop-taox``: the same with every relaxation product read through TaOx-like crossbar
 periphery (8-bit DAC/ADC, read noise) and the updates programmed onto ``TAOX_RERAM`` devices
-(nonlinear, asymmetric, noisy steps, device variation, stuck cells): Yi et al.'s setting.
+(nonlinear, asymmetric, noisy steps, device variation, stuck cells): Yi et al.'s setting. It
+nudges harder (beta 0.5) and lets the per-layer rates fall on a cosine to 10% over the run:
+measured on full MNIST, one epoch at batch 64, that gives 93.1% against 84.6% with the ideal
+row's beta 0.2 and constant rates (BENCHMARKS.md, "analog-eqprop-taox configuration").
 ``analog-sgd``: the reference MLP trained by backprop gradients that are then programmed onto
 ``TAOX_RERAM`` devices (the chip holds the weights; the gradient is digital).
 """
@@ -23,6 +26,10 @@ from beyondbp.methods import Method, MethodConfig, Setup, register
 
 HIDDEN = 500
 BETA = 0.2
+# The TaOx row's nudge: read noise and 8-bit converters blur the small activity differences a
+# beta of 0.2 produces; 0.5 keeps them above that floor (centered nudging keeps the estimate's
+# bias second order in beta, Laborieux et al. 2021).
+TAOX_BETA = 0.5
 # Sweeps of exact block-coordinate relaxation. With an ideal periphery the clamped input's
 # product is computed once per phase, so a sweep costs only the 500x10 products: generous
 # counts are cheap and keep the residual under the 0.05 tolerance. With TaOx periphery every
@@ -135,12 +142,13 @@ register(Method(
     build_eqprop, family="analog"))
 register(Method(
     "analog-eqprop-taox",
-    "analog-eqprop with TaOx crossbar periphery (8-bit DAC/ADC, read noise) and updates "
-    "programmed onto TAOX_RERAM devices (Yi et al. 2023 setting)",
+    f"analog-eqprop with TaOx crossbar periphery (8-bit DAC/ADC, read noise) and updates "
+    f"programmed onto TAOX_RERAM devices (Yi et al. 2023 setting); beta {TAOX_BETA}, rates on "
+    f"a cosine to 10%",
     lambda cfg: build_eqprop(cfg, device=analog.presets.TAOX_RERAM,
                              io=analog.presets.TAOX_IO, tol=None,
                              free_steps=TAOX_FREE_STEPS, nudged_steps=TAOX_NUDGED_STEPS,
-                             w_max=None),
+                             w_max=None, beta=TAOX_BETA, lr_decay_steps=cfg.steps),
     family="analog"))
 register(Method(
     "analog-sgd",
