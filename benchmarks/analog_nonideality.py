@@ -139,18 +139,25 @@ def main(argv=None):
 
 def plot(out: dict, name: str) -> None:
     results, cfg = out["results"], out["config"]
-    seeds = cfg.get("seeds", cfg.get("seed"))
+    seeds = [int(x) for x in str(cfg.get("seeds", cfg.get("seed", 0))).split(",")]
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.2), squeeze=False)
+    lowest = min(min(x.get("test_accuracy_per_seed", [x["test_accuracy"]]))
+                 for r in results.values() for x in r["runs"])
     for ax, (title, r) in zip(axes[0], results.items()):
         xs = [x["value"] for x in r["runs"]]
-        mean = np.asarray([x["test_accuracy"] for x in r["runs"]])
-        lo = np.asarray([x.get("test_accuracy_min", x["test_accuracy"]) for x in r["runs"]])
-        hi = np.asarray([x.get("test_accuracy_max", x["test_accuracy"]) for x in r["runs"]])
-        ax.errorbar(xs, mean, yerr=[mean - lo, hi - mean], fmt="o-", capsize=3)
-        ax.set(title=title, xlabel=r["factor"], ylabel="test accuracy", ylim=(0, 1))
+        per_seed = [x.get("test_accuracy_per_seed", [x["test_accuracy"]]) for x in r["runs"]]
+        # One line per seed: between-seed spread (a seed stuck on a plateau) is as large as
+        # the factors' effects, and a mean would hide which it is.
+        for k in range(len(per_seed[0])):
+            ax.plot(xs, [a[k] for a in per_seed], "o-", alpha=0.6, lw=1,
+                    label=f"seed {seeds[k]}" if k < len(seeds) else None)
+        ax.plot(xs, [float(np.median(a)) for a in per_seed], "k_", ms=14, mew=2, label="median")
+        ax.set(title=title, xlabel=r["factor"], ylabel="test accuracy",
+               ylim=(max(0.0, lowest - 0.05), 1.0))
         ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.suptitle(f"784-500-10 energy network, activity-difference rule, {cfg['steps']} steps on "
-                 f"{cfg['dataset']} (others at TAOX_RERAM); mean and range over seeds {seeds}",
+                 f"{cfg['dataset']} (others at TAOX_RERAM); seeds {seeds}",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}.png", dpi=120)
