@@ -8,7 +8,8 @@ periphery (8-bit DAC/ADC, read noise) and the updates programmed onto ``TAOX_RER
 (nonlinear, asymmetric, noisy steps, device variation, stuck cells): Yi et al.'s setting. It
 nudges harder (beta 0.5) and lets the per-layer rates fall on a cosine to 10% over the run:
 measured on full MNIST, one epoch at batch 64, that gives 93.1% against 84.6% with the ideal
-row's beta 0.2 and constant rates (BENCHMARKS.md, "analog-eqprop-taox configuration").
+row's beta 0.2 and constant rates (BENCHMARKS.md, analog section, "The registered
+`analog-eqprop-taox` row").
 ``analog-sgd``: the reference MLP trained by backprop gradients that are then programmed onto
 ``TAOX_RERAM`` devices (the chip holds the weights; the gradient is digital).
 """
@@ -26,9 +27,11 @@ from beyondbp.methods import Method, MethodConfig, Setup, register
 
 HIDDEN = 500
 BETA = 0.2
-# The TaOx row's nudge: read noise and 8-bit converters blur the small activity differences a
-# beta of 0.2 produces; 0.5 keeps them above that floor (centered nudging keeps the estimate's
-# bias second order in beta, Laborieux et al. 2021).
+# The TaOx row's nudge. An output unit is clipped at 0; once its input is below -beta for its
+# class it gets no activity difference and no pulse again, and on TaOx devices with beta 0.2
+# such dead units held the network at 83-85%. The nudged output (pre + beta y) / (1 + beta)
+# lifts inputs down to -0.5 back into range (BENCHMARKS.md, analog section). Centered nudging
+# keeps the estimate's bias second order in beta (Laborieux et al. 2021).
 TAOX_BETA = 0.5
 # Sweeps of exact block-coordinate relaxation. With an ideal periphery the clamped input's
 # product is computed once per phase, so a sweep costs only the 500x10 products: generous
