@@ -16,8 +16,9 @@ preset's values:
 The device sweeps use an ideal periphery so that only the device factor changes. Within one
 seed every run has the same data order and initial weights; ``--seeds 0,1,2`` repeats the
 whole sweep per seed (initial weights, data order, device variation and pulse noise all change)
-and plots the mean with the range over seeds. ``--beta`` and ``--lr-decay`` select the nudge and
-the cosine rate of ``benchmarks/analog_mnist.py`` (default: the registered row's).
+and plots one line per seed with the median. ``--beta`` and ``--lr-decay`` select the nudge and
+the cosine rate of ``benchmarks/analog_mnist.py`` (default: beta 0.2, constant rates, the ideal
+``analog-eqprop`` row's; the registered TaOx row uses ``--beta 0.5 --lr-decay``).
 
     .venv/bin/python benchmarks/analog_nonideality.py [--steps 600] [--dataset mnist_small] \
         [--seeds 0,1,2] [--beta 0.5] [--lr-decay] [--out analog_nonideality]
@@ -55,7 +56,7 @@ SWEEPS = {
 }
 
 
-def _setup(cfg, factor, value, beta=None, lr_decay=False):
+def _setup(cfg, factor, value, beta=_methods_analog.BETA, lr_decay=False):
     device, io = TAOX, None
     steps = dict(free_steps=_methods_analog.FREE_STEPS, nudged_steps=_methods_analog.NUDGED_STEPS)
     if factor == "stuck":
@@ -69,8 +70,7 @@ def _setup(cfg, factor, value, beta=None, lr_decay=False):
     # w_max=None: the device range is sized from the initial weights, as analog-eqprop-taox does
     return _methods_analog.build_eqprop(
         cfg, device=device, io=io, tol=None, w_max=None,
-        beta=_methods_analog.BETA if beta is None else beta,
-        lr_decay_steps=cfg.steps if lr_decay else None, **steps)
+        beta=beta, lr_decay_steps=cfg.steps if lr_decay else None, **steps)
 
 
 def main(argv=None):
@@ -80,8 +80,9 @@ def main(argv=None):
     ap.add_argument("--dataset", default="mnist_small")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    ap.add_argument("--beta", type=float, default=None,
-                    help=f"nudge strength (default the registered row's {_methods_analog.BETA})")
+    ap.add_argument("--beta", type=float, default=_methods_analog.BETA,
+                    help=f"nudge strength (default {_methods_analog.BETA}, the ideal row's; the "
+                         f"registered TaOx row uses {_methods_analog.TAOX_BETA})")
     ap.add_argument("--lr-decay", action="store_true",
                     help="per-layer rates on a cosine to 10%% of themselves over the run")
     ap.add_argument("--out", default="analog_nonideality", help="result file name")
@@ -131,10 +132,11 @@ def main(argv=None):
     RESULTS.mkdir(parents=True, exist_ok=True)
     cmd = "python benchmarks/analog_nonideality.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    train.write_json({"config": vars(args), "command": cmd, "baseline_device": repr(TAOX),
-                      "baseline_io": repr(analog.presets.TAOX_IO), "results": results,
-                      "machine": compare.machine()}, RESULTS / f"{args.out}.json")
-    plot(json.loads((RESULTS / f"{args.out}.json").read_text()), args.out)
+    out = {"config": vars(args), "command": cmd, "baseline_device": repr(TAOX),
+           "baseline_io": repr(analog.presets.TAOX_IO), "results": results,
+           "machine": compare.machine()}
+    train.write_json(out, RESULTS / f"{args.out}.json")
+    plot(out, args.out)
 
 
 def plot(out: dict, name: str) -> None:
