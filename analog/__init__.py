@@ -17,7 +17,11 @@ from analog._crossbar import (IOConfig, Tiles, apply_pulses, init_tiles, mvm, mv
 from analog._distributed import shard_chips, shard_tiles, sharded_mvm, sharded_mvm_transpose
 from analog._devices import (ConstantStep, Device, DeviceVariation, ExpStep, LinearStep, PowStep,
                              SoftBounds)
-from analog._energy import DEFAULT_ENERGY_MODEL, EnergyLedger, EnergyModel, energy_report
+from analog._energy import (DEFAULT_ENERGY_MODEL, EnergyLedger, EnergyModel, crossbar_counts,
+                            energy_report, periphery_update_counts)
+from analog._energy_digital import (DEFAULT_DIGITAL_MODEL, HOROWITZ_45NM, JOUPPI_7NM,
+                                    DigitalCounts, DigitalEnergyModel, OpEnergies,
+                                    digital_counts, digital_joules)
 from analog._local import (NonConvergenceError, RelaxInfo, activity_difference,
                            init_energy_network, predict, read_input, relax,
                            relaxation_counts)
@@ -34,5 +38,8 @@ __all__ = [
     "equilibrium_propagation", "EquilibriumPropagationState", "program", "ProgramState",
     "matrix_shape",
     "EnergyLedger", "EnergyModel", "energy_report", "DEFAULT_ENERGY_MODEL",
+    "crossbar_counts", "periphery_update_counts", "OpEnergies", "HOROWITZ_45NM", "JOUPPI_7NM",
+    "DigitalEnergyModel", "DEFAULT_DIGITAL_MODEL", "DigitalCounts", "digital_counts",
+    "digital_joules",
     "shard_tiles", "sharded_mvm", "sharded_mvm_transpose", "shard_chips",
 ]

@@ -424,5 +424,6 @@ def relaxation_counts(layer_sizes: Sequence[int], batch: int, sweeps: int,
         flops += reads * 2.0 * batch * a * o
     f = float(sweeps)
     z = jnp.zeros((), _F32)
-    return EnergyLedger(z, jnp.asarray(cells * f, _F32), jnp.asarray(dac * f, _F32),
-                        jnp.asarray(adc * f, _F32), z, jnp.asarray(flops * f, _F32))
+    return EnergyLedger(steps=z, cell_reads=jnp.asarray(cells * f, _F32),
+                        dac=jnp.asarray(dac * f, _F32), adc=jnp.asarray(adc * f, _F32),
+                        pulses=z, digital_flops=jnp.asarray(flops * f, _F32))

@@ -201,7 +201,8 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
                 out.append((realized - jnp.asarray(p).astype(_F32)).astype(jnp.asarray(p).dtype))
             one = jnp.ones((), _F32)
             z = jnp.zeros((), _F32)
-            ledger = state.ledger + EnergyLedger(one, z, z, z, pulses, z)
+            ledger = state.ledger + EnergyLedger(steps=one, cell_reads=z, dac=z, adc=z,
+                                                 pulses=pulses, digital_flops=z)
             return treedef.unflatten(out), ProgramState(
                 count=state.count + 1, key=key,
                 tiles=jax.tree.unflatten(jax.tree.structure(state.tiles, is_leaf=_is_tiles),

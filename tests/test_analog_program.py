@@ -247,7 +247,8 @@ def test_composes_with_the_estimator_in_one_chain():
 
 def test_energy_report_arithmetic():
     one = jnp.ones((), jnp.float32)
-    led = analog.EnergyLedger(2 * one, 10 * one, 4 * one, 6 * one, 8 * one, 1000 * one)
+    led = analog.EnergyLedger(steps=2 * one, cell_reads=10 * one, dac=4 * one, adc=6 * one,
+                              pulses=8 * one, digital_flops=1000 * one)
     m = analog.EnergyModel(e_cell_read=1.0, e_dac=10.0, e_adc=100.0, e_pulse=1000.0,
                            e_digital_flop=1.0)
     r = analog.energy_report(led, m)
