@@ -10,6 +10,9 @@ Formats are data (:class:`Format` and presets), quantizers are pure functions
 
 from lowbit import nnx
 from lowbit._distributed import compressed_bytes, compressed_pmean
+from lowbit._blocks import (E8M0, MXFP4, NVFP4, BlockPacked, ExponentFormat, ScaledFormat,
+                            decode_blocks, encode_blocks, quantize_blocks)
+from lowbit._gemm import GemmConfig
 from lowbit._dot import QuantConfig, conv_general_dilated, dot_general, quantize_gradient
 from lowbit._formats import (E2M1, E4M3, E5M2, FLOAT32, INT4, INT8, RADIX4_FP4, UINT4, Format,
                              float_format, int_format, log_format)
@@ -26,4 +29,6 @@ __all__ = [
     "quantize_updates", "QuantizeUpdatesState",
     "compressed_pmean", "compressed_bytes",
     "nnx",
+    "ScaledFormat", "ExponentFormat", "E8M0", "MXFP4", "NVFP4", "BlockPacked",
+    "quantize_blocks", "encode_blocks", "decode_blocks", "GemmConfig",
 ]
