@@ -32,16 +32,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+import bbcore
 from analog._devices import Device, DeviceVariation
 
 __all__ = ["IOConfig", "Tiles", "init_tiles", "read_weights", "mvm", "mvm_transpose",
            "pulse_update", "apply_pulses", "program_weights", "program_many", "weight_step", "check_tile_shape"]
 
 _F32 = jnp.float32
-# Keys this package makes itself use the "rbg" generator: on XLA:CPU its kernels compile about
-# ten times faster than threefry's (seconds per random draw on a loaded 2-core machine), and
-# streams stay reproducible from the seed. Keys passed in by a user keep their own generator.
-_PRNG = "rbg"
 
 
 def _check_bits(name: str, bits: Any) -> None:
@@ -264,8 +261,7 @@ def _periphery_mvm(wt: jax.Array, x: jax.Array, io: IOConfig, key: jax.Array | N
     """Shared core: ``x (B, n)`` through tiled weights ``wt (R, C, th, tw)``; returns padded out."""
     r, c, th, tw = wt.shape
     b = x.shape[0]
-    if io.needs_key and key is None:
-        raise ValueError(f"mvm: io={io} draws read/weight noise; pass key=jax.random.key(...)")
+    require_io_key(io, key, "mvm")
     if transpose:
         xs = jnp.pad(x, ((0, 0), (0, c * tw - x.shape[1]))).reshape(b, c, tw)
     else:
@@ -298,11 +294,12 @@ def _flat(x: jax.Array, n: int, name: str) -> tuple[jax.Array, tuple[int, ...]]:
     return x.reshape(-1, n).astype(_F32), lead
 
 
-def _check_key(io: IOConfig, key) -> None:
+def require_io_key(io: IOConfig, key, who: str) -> None:
+    """Raise when ``io`` draws read or weight noise and no key was given."""
     if not isinstance(io, IOConfig):
-        raise TypeError(f"io={io!r}: pass an analog.IOConfig (or None for ideal)")
-    if io.needs_key and key is None:
-        raise ValueError(f"mvm: io={io} draws read/weight noise; pass key=jax.random.key(...)")
+        raise TypeError(f"{who}: io={io!r}: pass an analog.IOConfig (or None for ideal)")
+    if io.needs_key:
+        bbcore.require_key(key, who, f"io={io} draws read/weight noise")
 
 
 @functools.partial(jax.jit, static_argnums=(2, 4))
@@ -326,7 +323,7 @@ def mvm(tiles: Tiles, x: jax.Array, io: IOConfig | None = None,
     """
     io = IOConfig() if io is None else io
     xf, lead = _flat(x, tiles.shape[0], "mvm")
-    _check_key(io, key)
+    require_io_key(io, key, "mvm")
     y = _jit_mvm(tiles, xf, io, key, False)
     return y.reshape(*lead, tiles.shape[1]).astype(jnp.asarray(x).dtype)
 
@@ -336,7 +333,7 @@ def mvm_transpose(tiles: Tiles, d: jax.Array, io: IOConfig | None = None,
     """Analog transposed product ``d @ W.T``: ``(..., out) -> (..., in)``, columns driven."""
     io = IOConfig() if io is None else io
     df, lead = _flat(d, tiles.shape[1], "mvm_transpose")
-    _check_key(io, key)
+    require_io_key(io, key, "mvm_transpose")
     y = _jit_mvm(tiles, df, io, key, True)
     return y.reshape(*lead, tiles.shape[0]).astype(jnp.asarray(d).dtype)
 
@@ -375,8 +372,8 @@ def program_weights(tiles: Tiles, delta: jax.Array, key: jax.Array | None, *,
         raise ValueError(f"rounding={rounding!r}: use 'stochastic' or 'deterministic'")
     if rounding == "stochastic" and key is None:
         raise ValueError("program_weights: rounding='stochastic' needs a key")
-    if tiles.device.dw_min_std > 0 and key is None:
-        raise ValueError("program_weights: the device has cycle-to-cycle noise; pass a key")
+    if tiles.device.dw_min_std > 0:
+        bbcore.require_key(key, "program_weights", "the device has cycle-to-cycle noise")
     delta = jnp.asarray(delta)
     if delta.shape != tiles.shape:
         raise ValueError(f"program_weights: delta has shape {delta.shape}; the tiles hold "
@@ -413,7 +410,7 @@ def program_many(tiles: list[Tiles], deltas: list[jax.Array], key: jax.Array | N
         raise ValueError("program_many: all tiles must share one device model")
     if key is None and (rounding == "stochastic" or dev.dw_min_std > 0):
         raise ValueError("program_many: stochastic rounding or device noise needs a key")
-    key = jax.random.key(0, impl=_PRNG) if key is None else key
+    key = bbcore.key(0) if key is None else key
     k_round, k_step = jax.random.split(key)
     out, pulses = [], jnp.zeros((), _F32)
     for i, (t, delta) in enumerate(zip(tiles, deltas)):
@@ -785,8 +782,8 @@ def pulse_update(tiles: Tiles, x: jax.Array, d: jax.Array, lr: float | jax.Array
                          f"(B, out) for tiles of shape {tiles.shape}")
     if mode == "stochastic" and key is None:
         raise ValueError("pulse_update: mode='stochastic' needs a key")
-    if tiles.device.dw_min_std > 0 and key is None:
-        raise ValueError("pulse_update: the device has cycle-to-cycle noise; pass a key")
+    if tiles.device.dw_min_std > 0:
+        bbcore.require_key(key, "pulse_update", "the device has cycle-to-cycle noise")
     lr = jnp.asarray(lr, _F32)
     manage = bl_management and mode == "stochastic"   # one compiled variant when unused
     if impl == "fast":

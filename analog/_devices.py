@@ -36,6 +36,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+import bbcore
+
 __all__ = ["DeviceVariation", "Device", "ConstantStep", "LinearStep", "SoftBounds", "ExpStep",
            "PowStep"]
 
@@ -174,9 +176,9 @@ class Device:
         Returns:
           float32 conductances of ``g``'s shape, inside the bounds.
         """
-        if self.dw_min_std > 0 and key is None:
-            raise ValueError(f"{type(self).__name__}.step: dw_min_std={self.dw_min_std} > 0 "
-                             "draws cycle-to-cycle noise; pass key=jax.random.key(...)")
+        if self.dw_min_std > 0:
+            bbcore.require_key(key, f"{type(self).__name__}.step",
+                               f"dw_min_std={self.dw_min_std} > 0 draws cycle-to-cycle noise")
         return _step(self, jnp.asarray(g), jnp.asarray(n_pulses), key, variation)
 
     def _step_impl(self, g, n_pulses, key, variation):

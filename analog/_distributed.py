@@ -37,7 +37,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from analog._crossbar import IOConfig, Tiles, tile_periphery
+import bbcore
+from analog._crossbar import IOConfig, Tiles, require_io_key, tile_periphery
 
 __all__ = ["shard_tiles", "sharded_mvm", "sharded_mvm_transpose", "shard_chips"]
 
@@ -45,13 +46,7 @@ _F32 = jnp.float32
 
 
 def _check_axis(mesh: Any, axis_name: Any, who: str) -> int:
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"{who}: mesh={mesh!r} is not a jax.sharding.Mesh; build one with "
-                        "jax.sharding.Mesh(np.array(jax.devices()), ('chip',))")
-    if axis_name not in mesh.axis_names:
-        raise ValueError(f"{who}: axis_name={axis_name!r} is not an axis of the mesh; its axes "
-                         f"are {mesh.axis_names}")
-    return int(mesh.shape[axis_name])
+    return bbcore.check_mesh_axis(mesh, axis_name, who)
 
 
 def _check_tiles(tiles: Any, n: int, axis_name: Any, who: str) -> None:
@@ -87,10 +82,7 @@ def shard_tiles(tiles: Tiles, mesh: Mesh, axis_name: Any) -> Tiles:
 
 def _prepare(tiles, x, io, key, who, transpose):
     io = IOConfig() if io is None else io
-    if not isinstance(io, IOConfig):
-        raise TypeError(f"{who}: io={io!r}: pass an analog.IOConfig (or None for ideal)")
-    if io.needs_key and key is None:
-        raise ValueError(f"{who}: io={io} draws read/weight noise; pass key=jax.random.key(...)")
+    require_io_key(io, key, who)
     n_in = tiles.shape[1 if transpose else 0]
     x = jnp.asarray(x)
     if x.ndim < 1 or x.shape[-1] != n_in:

@@ -40,17 +40,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analog._crossbar import IOConfig, _periphery_mvm, _to_tiles, check_tile_shape
+import bbcore
+from analog._crossbar import (IOConfig, _periphery_mvm, _to_tiles, check_tile_shape,
+                              require_io_key)
 from analog._energy import EnergyLedger
 
 __all__ = ["init_energy_network", "predict", "relax", "read_input", "activity_difference", "RelaxInfo",
            "NonConvergenceError", "relaxation_counts"]
 
 _F32 = jnp.float32
-# Keys this package makes itself use the "rbg" generator: on XLA:CPU its kernels compile about
-# ten times faster than threefry's (seconds per random draw on a loaded 2-core machine), and
-# streams stay reproducible from the seed. Keys passed in by a user keep their own generator.
-_PRNG = "rbg"
 
 
 class NonConvergenceError(RuntimeError):
@@ -194,9 +192,8 @@ def relax(params, x, states, target, beta, steps: int, *, io: IOConfig | None = 
     ws, bs = _check_params(params)
     ws = [w.astype(_F32) for w in ws]
     bs = [b.astype(_F32) for b in bs]
-    if io.needs_key and key is None:
-        raise ValueError(f"relax: io={io} draws noise; pass key=jax.random.key(...)")
-    key = jax.random.key(0, impl=_PRNG) if key is None else key
+    require_io_key(io, key, "relax")
+    key = bbcore.key(0) if key is None else key
     ops = _ops(ws, io, tile_shape)
     ops_fwd = ops.fwd
     beta = jnp.asarray(beta, _F32)
@@ -238,9 +235,8 @@ def read_input(params, x: jax.Array, *, io: IOConfig | None = None,
     DAC, read noise and ADC (exact for ideal ``io``). :func:`relax` holds it for all sweeps."""
     io = IOConfig() if io is None else io
     ws, _ = _check_params(params)
-    if io.needs_key and key is None:
-        raise ValueError(f"read_input: io={io} draws noise; pass key=jax.random.key(...)")
-    key = jax.random.key(0, impl=_PRNG) if key is None else key
+    require_io_key(io, key, "read_input")
+    key = bbcore.key(0) if key is None else key
     w = ws[0].astype(_F32)
     return _ops([w], io, check_tile_shape(tile_shape)).fwd(0, x.astype(_F32), key)
 
@@ -306,8 +302,7 @@ def predict(params, x: jax.Array, *, steps: int = 20, io: IOConfig | None = None
     steps = _check_steps("steps", steps)
     tile_shape = check_tile_shape(tile_shape)
     io = IOConfig() if io is None else io
-    if io.needs_key and key is None:
-        raise ValueError(f"predict: io={io} draws noise; pass key=jax.random.key(...)")
+    require_io_key(io, key, "predict")
     xf = _flatten_x(x, ws[0].shape[0])
     out, res = _predict(params, xf, key, steps, io, tile_shape)
     _raise_if_not_converged(res, tol, "free-phase", "steps", steps)
@@ -353,11 +348,10 @@ def activity_difference(params, x: jax.Array, y: jax.Array, *, beta: float | jax
     nudged_steps = _check_steps("nudged_steps", nudged_steps)
     tile_shape = check_tile_shape(tile_shape)
     io = IOConfig() if io is None else io
-    if io.needs_key and key is None:
-        raise ValueError(f"activity_difference: io={io} draws noise; pass key=jax.random.key(...)")
+    require_io_key(io, key, "activity_difference")
     xf = _flatten_x(x, ws[0].shape[0])
     target = _targets(y, ws[-1].shape[1], xf.shape[0])
-    key = jax.random.key(0, impl=_PRNG) if key is None else key
+    key = bbcore.key(0) if key is None else key
     updates, info = _activity_difference(params, xf, target, jnp.asarray(beta, _F32), key,
                                          free_steps, nudged_steps, centered, io, tile_shape)
     _raise_if_not_converged(info.free_residual, tol, "free-phase", "free_steps", free_steps)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import bbcore
 from analog._crossbar import (IOConfig, Tiles, check_tile_shape, init_tiles, program_many,
                               read_weights, weight_step)
 from analog._devices import Device
@@ -28,10 +29,6 @@ __all__ = ["program", "ProgramState", "equilibrium_propagation", "EquilibriumPro
            "matrix_shape"]
 
 _F32 = jnp.float32
-# Keys this package makes itself use the "rbg" generator: on XLA:CPU its kernels compile about
-# ten times faster than threefry's (seconds per random draw on a loaded 2-core machine), and
-# streams stay reproducible from the seed. Keys passed in by a user keep their own generator.
-_PRNG = "rbg"
 
 
 class ProgramState(NamedTuple):
@@ -64,29 +61,8 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return (int(math.prod(shape[:-1])), int(shape[-1]))
 
 
-def _check_seed(name: str, seed) -> None:
-    # optax.inject_hyperparams hands numeric arguments over as (possibly traced) int32 scalars;
-    # jax.random.key accepts those, so they are fine too.
-    ok = (isinstance(seed, int) and not isinstance(seed, bool)) or (
-        hasattr(seed, "dtype") and jnp.issubdtype(seed.dtype, jnp.integer) and jnp.ndim(seed) == 0)
-    if not ok:
-        raise TypeError(f"{name}: seed={seed!r} must be an int")
-
-
 def _is_tiles(t) -> bool:
     return isinstance(t, Tiles)
-
-
-def _all_finite(leaves) -> jax.Array:
-    ok = jnp.bool_(True)
-    for x in leaves:
-        if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
-            ok = ok & jnp.all(jnp.isfinite(x))
-    return ok
-
-
-def _bump(nonfinite) -> jax.Array:
-    return jnp.asarray(nonfinite, jnp.int32) + jnp.int32(1)
 
 
 def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
@@ -140,7 +116,7 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
     tile_shape = check_tile_shape(tile_shape)
     if pulse not in ("stochastic", "deterministic"):
         raise ValueError(f"program: pulse={pulse!r}; use 'stochastic' or 'deterministic'")
-    _check_seed("program", seed)
+    bbcore.check_seed(seed, "program")
     if not isinstance(mixed_precision, bool):
         raise TypeError(f"program: mixed_precision={mixed_precision!r} must be True or False")
     if isinstance(w_max, (int, float)) and not isinstance(w_max, bool):
@@ -151,7 +127,7 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
 
     @jax.jit  # one compilation for the whole tree instead of one per leaf
     def init_fn(params):
-        key = jax.random.key(seed, impl=_PRNG)
+        key = bbcore.key(seed)
         leaves, treedef = jax.tree.flatten(params)
         tiles = [init_tiles(jax.random.fold_in(key, i),
                             jnp.asarray(p).reshape(matrix_shape(jnp.shape(p))), device,
@@ -210,12 +186,8 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
                 ledger=ledger, nonfinite=jnp.asarray(state.nonfinite, jnp.int32),
                 pending=pending)
 
-        def refuse():
-            zeros = [jnp.zeros(jnp.shape(p), jnp.asarray(p).dtype) for p in p_leaves]
-            return treedef.unflatten(zeros), state._replace(nonfinite=_bump(state.nonfinite))
-
         # A cond, not a select: a refused update never reaches the device model at all.
-        return jax.lax.cond(_all_finite(u_leaves), take, refuse)
+        return bbcore.refuse_nonfinite(bbcore.all_finite(u_leaves), take, state, params)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -263,13 +235,13 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
     tile_shape = check_tile_shape(tile_shape)
     if io is not None and not isinstance(io, IOConfig):
         raise TypeError(f"equilibrium_propagation: io={io!r}; pass an analog.IOConfig or None")
-    _check_seed("equilibrium_propagation", seed)
+    bbcore.check_seed(seed, "equilibrium_propagation")
     sweeps = free_steps + (2 if centered else 1) * nudged_steps
 
     def init_fn(params):
         _check_params(params)
         return EquilibriumPropagationState(jnp.zeros((), jnp.int32),
-                                           jax.random.key(seed, impl=_PRNG),
+                                           bbcore.key(seed),
                                            jnp.zeros((), _F32), EnergyLedger.zeros(),
                                            jnp.zeros((), jnp.int32))
 
@@ -298,10 +270,6 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
         residual = jnp.maximum(info.free_residual, info.nudged_residual)
         new = EquilibriumPropagationState(state.count + 1, key, residual, state.ledger + counts,
                                           jnp.asarray(state.nonfinite, jnp.int32))
-        refused = (jax.tree.map(jnp.zeros_like, upd),
-                   state._replace(nonfinite=_bump(state.nonfinite)))
-        # lax.cond selects pytrees holding typed PRNG keys, which jnp.where does not take.
-        return jax.lax.cond(_all_finite(jax.tree.leaves(upd)), lambda: (upd, new),
-                            lambda: refused)
+        return bbcore.refuse_nonfinite(bbcore.all_finite(upd), lambda: (upd, new), state, upd)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

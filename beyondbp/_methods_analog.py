@@ -16,13 +16,12 @@ row's beta 0.2 and constant rates (BENCHMARKS.md, analog section, "The registere
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
 
 import analog
+import bbcore
 from beyondbp.methods import Method, MethodConfig, Setup, register
 
 HIDDEN = 500
@@ -54,30 +53,11 @@ def eqprop_loss(outputs: jax.Array, labels: jax.Array) -> jax.Array:
     return 0.5 * jnp.mean(jnp.sum((outputs.astype(jnp.float32) - t) ** 2, axis=-1))
 
 
-def _find(state: Any, cls) -> list:
-    found = []
-
-    def walk(s):
-        if isinstance(s, cls):
-            found.append(s)
-        elif isinstance(s, (tuple, list)):
-            for c in s:
-                walk(c)
-        elif isinstance(s, dict):
-            for c in s.values():
-                walk(c)
-        elif hasattr(s, "inner_states"):  # optax.multi_transform / masked states
-            walk(s.inner_states)
-        elif hasattr(s, "inner_state"):
-            walk(s.inner_state)
-    walk(state)
-    return found
-
-
 def energy_of(opt_state, steps: int) -> dict:
     """Energy report of a chain holding equilibrium_propagation and/or program states."""
-    ledgers = [s.ledger for s in _find(opt_state, analog.EquilibriumPropagationState)]
-    programs = [s.ledger for s in _find(opt_state, analog.ProgramState)]
+    eqprop = bbcore.find_states(opt_state, analog.EquilibriumPropagationState)
+    ledgers = [s.ledger for s in eqprop]
+    programs = [s.ledger for s in bbcore.find_states(opt_state, analog.ProgramState)]
     total = analog.EnergyLedger.zeros()
     for led in ledgers:
         total = total + led
@@ -86,7 +66,7 @@ def energy_of(opt_state, steps: int) -> dict:
         total = total + (led._replace(steps=jnp.zeros((), jnp.float32)) if ledgers else led)
     rep = analog.energy_report(total)
     rep["steps_requested"] = steps
-    res = [float(s.residual) for s in _find(opt_state, analog.EquilibriumPropagationState)]
+    res = [float(s.residual) for s in eqprop]
     if res:
         rep["last_relaxation_residual"] = res[0]
     return rep
@@ -110,7 +90,7 @@ def build_eqprop(cfg: MethodConfig, *, device=analog.presets.IDEAL, io=None, tol
                  beta: float = BETA) -> Setup:
     params = analog.init_energy_network(cfg.key, (cfg.num_inputs, hidden, cfg.num_classes))
     seed = cfg.seed
-    eval_key = jax.random.key(seed, impl="rbg")
+    eval_key = bbcore.key(seed)
 
     def apply(p, x):
         return analog.predict(p, x.reshape(x.shape[0], -1), steps=free_steps, io=io,

@@ -40,6 +40,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import bbcore
 from lowbit import RADIX4_FP4, Format
 from lowbit._distributed import compressed_pmean
 
@@ -118,13 +119,7 @@ def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = ("
 
 def check_mesh_axis(mesh: Any, axis_name: Any, *, who: str) -> int:
     """Validate ``mesh`` and ``axis_name``; return the axis size (raises TypeError/ValueError)."""
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"{who}: mesh={mesh!r} is not a jax.sharding.Mesh; build one with "
-                        "beyondbp.distributed.make_mesh() or jax.sharding.Mesh(devices, names)")
-    if axis_name not in mesh.axis_names:
-        raise ValueError(f"{who}: axis_name={axis_name!r} is not an axis of the mesh; its axes "
-                         f"are {mesh.axis_names}")
-    return int(mesh.shape[axis_name])
+    return bbcore.check_mesh_axis(mesh, axis_name, who)
 
 
 def _global(x: Any, sharding: NamedSharding) -> jax.Array:
@@ -229,7 +224,7 @@ def data_parallel(loss_fn: Callable[[Any, Any], jax.Array], tx: optax.GradientTr
         # Differentiate a per-device copy of the replicated params: otherwise
         # shard_map's transpose of the implicit replicated-to-per-device cast
         # is itself a float32 psum of the gradient, before ours.
-        loss, grads = jax.value_and_grad(loss_fn)(_varying(params, axis_name), batch)
+        loss, grads = jax.value_and_grad(loss_fn)(bbcore.varying(params, axis_name), batch)
         if communication == "float32":
             grads = lax.pmean(grads, axis_name)
         else:
@@ -252,13 +247,6 @@ def data_parallel(loss_fn: Callable[[Any, Any], jax.Array], tx: optax.GradientTr
 
     return DataParallel(init=init, step=step, mesh=mesh, axis_name=axis_name,
                         communication=communication)
-
-
-def _varying(tree: Any, axis_name: Any) -> Any:
-    """``tree`` marked as differing across ``axis_name`` (a no-op on values)."""
-    if hasattr(lax, "pcast"):
-        return lax.pcast(tree, axis_name, to="varying")
-    return lax.pvary(tree, axis_name)
 
 
 # --------------------------------------------------------------------------- reading the HLO

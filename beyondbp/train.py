@@ -35,6 +35,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+import bbcore
 from beyondbp import checkpoint as _checkpoint
 from beyondbp import datasets as _datasets
 from beyondbp.methods import Setup
@@ -43,12 +44,6 @@ __all__ = ["train", "make_step", "evaluate", "compiled_memory", "refused_steps",
            "write_json"]
 
 History = dict  # a JSON-serialisable dict; see ``train`` for its keys
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-              if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def make_step(setup: Setup) -> Callable:
@@ -68,7 +63,7 @@ def make_step(setup: Setup) -> Callable:
 
         grads = jax.grad(loss_fn)(params) if setup.needs_grad else None
         updates, new_state = tx.update(grads, opt_state, params, loss_fn=loss_fn, batch=(x, y))
-        ok = _all_finite(updates)
+        ok = bbcore.all_finite(updates)
         new_params = optax.apply_updates(params, updates)
         params, opt_state = jax.lax.cond(ok, lambda: (new_params, new_state),
                                          lambda: (params, opt_state))
@@ -119,11 +114,7 @@ def refused_steps(opt_state) -> dict[str, int]:
     state unchanged) and counts it in its state's ``nonfinite`` field; this
     collects them so a run's history says which stage refused how often.
     """
-    found = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
-        if path and getattr(path[-1], "name", None) == "nonfinite":
-            found[jax.tree_util.keystr(path)] = int(np.asarray(leaf))
-    return found
+    return bbcore.find_fields(opt_state, "nonfinite")
 
 
 def _check_setup(setup: Setup):

@@ -44,16 +44,16 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
+from bbcore import check_mesh_axis
+from bbcore import varies_over as _varies_over
+from bbcore import varying as _varying
 from fwdgrad import _estimators, _tangents, _transforms
 
 __all__ = ["sharded_forward_gradient", "directional_derivatives"]
 
 
 def _check_axis(mesh: Any, name: Any, what: str) -> int:
-    if name not in mesh.axis_names:
-        raise ValueError(f"sharded_forward_gradient: {what}={name!r} is not an axis of the mesh; "
-                         f"its axes are {mesh.axis_names}")
-    return int(mesh.shape[name])
+    return check_mesh_axis(mesh, name, "sharded_forward_gradient", what=what)
 
 
 def directional_derivatives(loss_fn, params: Any, key: jax.Array, tangent_ids: jax.Array,
@@ -73,26 +73,11 @@ def directional_derivatives(loss_fn, params: Any, key: jax.Array, tangent_ids: j
 
 
 
-def _varies_over(x: jax.Array, axis_name: Any) -> bool:
-    """Whether shard_map's type of ``x`` says it differs across ``axis_name`` (False under vmap)."""
-    aval = jax.typeof(x)
-    axis_type = getattr(aval, "manual_axis_type", None)  # JAX >= 0.9
-    if axis_type is not None:
-        return axis_name in axis_type.varying
-    return axis_name in getattr(aval, "vma", ())  # older JAX
-
 def _gather_invariant(x: jax.Array, axis_name: Any) -> jax.Array:
     """``all_gather`` (tiled) whose result shard_map knows is equal on every device."""
     if _varies_over(x, axis_name):  # inside shard_map
         return lax.all_gather(x, axis_name, tiled=True, to="invarying")
     return lax.all_gather(x, axis_name, tiled=True)  # vmap, pmap, or JAX without variance types
-
-
-def _varying(tree: Any, axis_names: tuple) -> Any:
-    """Mark replicated values as per-device, so their jvp is not treated as replicated."""
-    if hasattr(lax, "pcast"):
-        return lax.pcast(tree, axis_names, to="varying")
-    return tree
 
 
 def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,

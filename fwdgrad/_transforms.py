@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bbcore import all_finite as _all_finite
+from bbcore import check_seed, refuse_nonfinite
 from fwdgrad import _estimators, _tangents
 
 __all__ = ["ForwardGradientState", "forward_gradient", "check_seed"]
@@ -39,18 +41,6 @@ class ForwardGradientState(NamedTuple):
     nonfinite: jax.Array = np.int32(0)
 
 
-def check_seed(seed: Any) -> Any:
-    """A Python int, or an integer scalar array (``optax.inject_hyperparams`` passes arrays)."""
-    if isinstance(seed, bool):
-        raise TypeError(f"seed={seed!r} must be an int")
-    if isinstance(seed, int):
-        return seed
-    if isinstance(seed, (jax.Array, np.ndarray)) and seed.shape == () and jnp.issubdtype(
-            seed.dtype, jnp.integer):
-        return seed
-    raise TypeError(f"seed={seed!r} must be an int")
-
-
 def _init_state(seed: int) -> Callable[[Any], ForwardGradientState]:
     def init_fn(params):
         del params
@@ -61,15 +51,6 @@ def _init_state(seed: int) -> Callable[[Any], ForwardGradientState]:
 
 def _step_key(state: ForwardGradientState) -> jax.Array:
     return jax.random.fold_in(state.key, state.count)
-
-
-def _all_finite(*trees) -> jax.Array:
-    """bool scalar: every floating entry of every tree is finite (True for no entries)."""
-    ok = jnp.bool_(True)
-    for x in jax.tree.leaves(trees):
-        if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
-            ok = ok & jnp.all(jnp.isfinite(x))
-    return ok
 
 
 def _advance(state: ForwardGradientState, estimate: Any,
@@ -83,12 +64,12 @@ def _advance(state: ForwardGradientState, estimate: Any,
     Zeros rather than NaN: a NaN passed on would poison every state after it in
     a chain (momenta, scaling histories, device conductances).
     """
-    ok = _all_finite(estimate, value)
-    estimate = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros((), g.dtype)), estimate)
     nonfinite = jnp.asarray(state.nonfinite, jnp.int32)
-    return estimate, ForwardGradientState(
-        count=jnp.where(ok, optax.safe_increment(state.count), state.count), key=state.key,
-        nonfinite=jnp.where(ok, nonfinite, optax.safe_increment(nonfinite)))
+    return refuse_nonfinite(
+        _all_finite(estimate, value),
+        lambda: (estimate, ForwardGradientState(count=optax.safe_increment(state.count),
+                                                key=state.key, nonfinite=nonfinite)),
+        state._replace(nonfinite=nonfinite), estimate)
 
 
 def forward_gradient(*, num_tangents: int = 1, tangent: str = "rademacher",

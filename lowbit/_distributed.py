@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bbcore import varies_over
 from lowbit._formats import RADIX4_FP4, Format
 from lowbit._rounding import ROUNDINGS, Packed, _check_format, decode, encode, quantize
 from lowbit._scaling import compute_scale
@@ -184,20 +185,12 @@ def compressed_pmean(tree: Any, axis_name: Any, *, fmt: Format = RADIX4_FP4,
 
 
 
-def _varies_over(x: jax.Array, axis_name: Any) -> bool:
-    """Whether shard_map's type of ``x`` says it differs across ``axis_name`` (False under vmap)."""
-    aval = jax.typeof(x)
-    axis_type = getattr(aval, "manual_axis_type", None)  # JAX >= 0.9
-    if axis_type is not None:
-        return axis_name in axis_type.varying
-    return axis_name in getattr(aval, "vma", ())  # older JAX
-
 def _all_gather(x: jax.Array, axis_name: Any) -> jax.Array:
     """``all_gather`` whose result ``shard_map`` knows to be the same on every device.
 
     Newer JAX tracks which values vary across devices; ``to="invarying"`` lets
     the gathered mean leave ``shard_map`` with a replicated ``P()`` out spec.
     """
-    if _varies_over(x, axis_name):  # inside shard_map
+    if varies_over(x, axis_name):  # inside shard_map
         return lax.all_gather(x, axis_name, to="invarying")
     return lax.all_gather(x, axis_name)  # vmap, pmap, or JAX without variance types

@@ -29,8 +29,8 @@ forward-gradient estimator wants: quantize its estimate afterwards with
 quantizer, so ``jax.grad`` computes exactly the paper's two backward GEMMs,
 each from its own quantization of the same ``G`` (two-phase rounding).
 
-``linear_call`` has no batching rule in JAX; this module registers one (it
-batches the callee and the transpose jaxprs), so ``jax.vmap`` works too. Under
+``linear_call`` has no batching rule in JAX; :func:`bbcore.register_linear_call_batching`
+adds one (it batches the callee and the transpose jaxprs), so ``jax.vmap`` works too. Under
 ``vmap`` the GradScale is per mapped slice, as for any per-tensor op.
 """
 
@@ -45,7 +45,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero, linear_call
 
+from bbcore import check_seed, register_linear_call_batching
 from lowbit._formats import FLOAT32, INT4, RADIX4_FP4, Format
+from lowbit._gemm import check_roles, role_bilinear
 from lowbit._rounding import ROUNDINGS, _phase_shift, quantize
 from lowbit._scaling import compute_scale, pact_clip, sawb_scale
 
@@ -81,6 +83,12 @@ class QuantConfig:
         seed folded with a hash of the gradient tensor's bits, so no key needs
         threading through a model and runs are reproducible.
       accumulation: dtype the GEMMs accumulate in (float32).
+      forward / input_gradient / weight_gradient: optional
+        :class:`lowbit.GemmConfig` per GEMM role (block formats such as
+        :data:`lowbit.NVFP4`, stochastic rounding, Hadamard transforms; see
+        :mod:`lowbit._gemm`). Set all three or none; when set they alone define
+        the three GEMMs and the fields above except ``seed`` and
+        ``accumulation`` are not used.
 
     Raises:
       TypeError / ValueError: at construction, naming the field, its value and
@@ -98,6 +106,9 @@ class QuantConfig:
     gradient_rounding: str = "nearest"
     seed: int = 0
     accumulation: Any = jnp.float32
+    forward: Any = None
+    input_gradient: Any = None
+    weight_gradient: Any = None
 
     def __post_init__(self):
         for name in ("weights", "activations", "gradients"):
@@ -136,8 +147,10 @@ class QuantConfig:
                     f"QuantConfig(two_phase=True) needs a radix-4 (or 16) gradient format; "
                     f"gradients={self.gradients.name} has radix {self.gradients.radix}. "
                     "Set two_phase=False") from None
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise TypeError(f"QuantConfig(seed={self.seed!r}): need an int")
+        check_seed(self.seed, "QuantConfig")
+        if not isinstance(self.seed, int):  # the config is static under jit: hashable values
+            raise TypeError(f"QuantConfig(seed={self.seed!r}): need a Python int (the config "
+                            "is a static, hashed argument of jit)")
         try:
             acc = jnp.dtype(self.accumulation)
         except TypeError:
@@ -145,6 +158,8 @@ class QuantConfig:
         if not jnp.issubdtype(acc, jnp.floating):
             raise ValueError(f"QuantConfig(accumulation={self.accumulation!r}): need a floating dtype")
         object.__setattr__(self, "accumulation", acc)
+        check_roles(self.forward, self.input_gradient, self.weight_gradient,
+                    self.activation_scaling)
 
     @classmethod
     def float32(cls) -> "QuantConfig":
@@ -352,6 +367,8 @@ def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=Non
     lhs, rhs = _check(lhs, rhs, config)
     op = _DotOp(_freeze(dimension_numbers), precision)
     out_dtype = _out_dtype(lhs, rhs, preferred_element_type)
+    if config.forward is not None:
+        return role_bilinear(lhs, rhs, op, config, out_dtype, conv=isinstance(op, _ConvOp))
     lhs, a_scale, w_scale = _operand_scales(lhs, rhs, config, activation_clip)
     return _qbilinear(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
 
@@ -372,64 +389,12 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
                  _freeze(lhs_dilation), _freeze(rhs_dilation), _freeze(dimension_numbers),
                  feature_group_count, batch_group_count, precision)
     out_dtype = _out_dtype(lhs, rhs, preferred_element_type)
+    if config.forward is not None:
+        return role_bilinear(lhs, rhs, op, config, out_dtype, conv=isinstance(op, _ConvOp))
     lhs, a_scale, w_scale = _operand_scales(lhs, rhs, config, activation_clip)
     return _qbilinear(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
 
 
-# ---------------------------------------------------------------------------
-# vmap support for linear_call (JAX ships none)
-# ---------------------------------------------------------------------------
-
-def _register_linear_call_batching():
-    from jax._src import custom_derivatives as _cd
-    from jax._src.interpreters import batching
-
-    prim = _cd.linear_call_p
-    if prim in batching.fancy_primitive_batchers:
-        return
-
-    def _batch(axis_data, args, dims, *, callee, transpose_thunk, num_callee_consts, num_res):
-        # Move every mapped axis to 0; broadcast unmapped *linear* operands so the
-        # linear inputs and outputs are all mapped, which keeps the callee and its
-        # transpose consistent (the transpose's outputs are the callee's inputs).
-        n_pre = num_callee_consts + num_res
-        new_args, batched = [], []
-        for i, (x, d) in enumerate(zip(args, dims)):
-            if d is None or isinstance(d, batching.NotMapped):
-                if i >= n_pre:
-                    x = jnp.broadcast_to(x[None], (axis_data.size, *x.shape))
-                    batched.append(True)
-                else:
-                    batched.append(False)
-            else:
-                x = jnp.moveaxis(x, d, 0)
-                batched.append(True)
-            new_args.append(x)
-        b_callee, _ = batching.batch_jaxpr(callee, axis_data, batched, instantiate=True)
-        res_batched = batched[num_callee_consts:n_pre]
-        n_out = len(callee.out_avals)
-
-        def new_thunk():
-            t, t_consts = transpose_thunk()
-            t_batched = [False] * len(t_consts) + res_batched + [True] * n_out
-            b_t, _ = batching.batch_jaxpr(t, axis_data, t_batched, instantiate=True)
-            return b_t, t_consts
-
-        outs = prim.bind(*new_args, callee=b_callee, transpose_thunk=_memo(new_thunk),
-                         num_callee_consts=num_callee_consts, num_res=num_res)
-        return outs, [0] * len(outs)
-
-    batching.fancy_primitive_batchers[prim] = _batch
-
-
-def _memo(f):
-    cache = []
-
-    def g():
-        if not cache:
-            cache.append(f())
-        return cache[0]
-    return g
-
-
-_register_linear_call_batching()
+# linear_call has no vmap rule in JAX; bbcore.jax_compat registers one (it reaches into
+# jax._src, so it lives with the other JAX-version shims and names the versions it is tested on).
+register_linear_call_batching()

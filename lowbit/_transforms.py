@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bbcore import all_finite, check_seed, refuse_nonfinite
 from lowbit._formats import RADIX4_FP4, Format
 from lowbit._rounding import ROUNDINGS, _check_format, quantize
 from lowbit._scaling import SCALINGS, amax_history_update, compute_scale
@@ -75,9 +76,7 @@ def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
         raise ValueError(f"quantize_updates(rounding={rounding!r}): use one of {ROUNDINGS}")
     # optax.inject_hyperparams re-calls this factory with numeric arguments as
     # (possibly traced) arrays; seed and history_length are only read by init.
-    if isinstance(seed, bool) or not (isinstance(seed, int) or (
-            hasattr(seed, "dtype") and jnp.issubdtype(seed.dtype, jnp.integer))):
-        raise TypeError(f"quantize_updates(seed={seed!r}): need an integer")
+    check_seed(seed, "quantize_updates")
     if isinstance(history_length, bool) or not (isinstance(history_length, int) or (
             hasattr(history_length, "dtype") and jnp.issubdtype(history_length.dtype, jnp.integer))):
         raise ValueError(f"quantize_updates(history_length={history_length!r}): need an int >= 1")
@@ -92,8 +91,8 @@ def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
                                     key=jax.random.key(jnp.asarray(seed, jnp.uint32)),
                                     amax_history=hist, nonfinite=jnp.zeros((), jnp.int32))
 
-    def update(updates, state, params=None, **extra_args):
-        del params, extra_args
+    def quantized(updates, state):
+        """Every float leaf on the grid, and the next amax history (None for "max")."""
         leaves, treedef = jax.tree.flatten(updates)
         hists = (jax.tree.leaves(state.amax_history) if scaling == "delayed"
                  else [None] * len(leaves))
@@ -110,16 +109,21 @@ def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
             new_hists.append(amax_history_update(h, u) if h is not None else None)
         hist = (jax.tree.unflatten(jax.tree.structure(state.amax_history), new_hists)
                 if scaling == "delayed" else None)
-        ok = jnp.bool_(True)
-        for u in leaves:
-            if _is_float(u):
-                ok = ok & jnp.all(jnp.isfinite(u))
-        out = [jnp.where(ok, q, jnp.zeros((), q.dtype)) if _is_float(q) else q for q in out]
-        hist = jax.tree.map(lambda new, old: jnp.where(ok, new, old), hist, state.amax_history)
-        nonfinite = jnp.asarray(state.nonfinite, jnp.int32)
-        new_state = QuantizeUpdatesState(
-            count=jnp.where(ok, state.count + jnp.int32(1), state.count), key=state.key,
-            amax_history=hist, nonfinite=jnp.where(ok, nonfinite, nonfinite + jnp.int32(1)))
-        return jax.tree.unflatten(treedef, out), new_state
+        return jax.tree.unflatten(treedef, out), hist
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        # A refused step leaves the amax history as it was: a NaN in it would disable
+        # delayed scaling for history_length steps (bbcore.finite has the policy).
+        state = state._replace(nonfinite=jnp.asarray(state.nonfinite, jnp.int32))
+
+        def take():
+            out, hist = quantized(updates, state)
+            return out, state._replace(count=optax.safe_increment(state.count),
+                                       amax_history=hist)
+
+        out, state = refuse_nonfinite(all_finite(updates), take, state, updates)
+        # Non-floating leaves (step counters) pass through as they came, refused or not.
+        return jax.tree.map(lambda u, q: q if _is_float(u) else u, updates, out), state
 
     return optax.GradientTransformationExtraArgs(init, update)
