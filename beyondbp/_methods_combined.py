@@ -43,7 +43,7 @@ import fwdgrad
 import lowbit
 
 from beyondbp import _methods_analog, _methods_fwdgrad, _methods_lowbit, models
-from beyondbp.methods import Method, MethodConfig, Setup, register
+from beyondbp.methods import Method, MethodConfig, NotApplicable, Setup, register
 
 #: Forward-gradient settings shared by the combined rows.
 NUM_TANGENTS = 4
@@ -55,7 +55,7 @@ DEVICE = analog.presets.TAOX_RERAM
 def _build_local(cfg: MethodConfig, *, four_bit: bool) -> Setup:
     """Activity-perturbed local forward gradients (-> 4-bit updates) -> SGD -> devices."""
     if cfg.model != "mlp":
-        raise ValueError(f"the forward-gradient device rows train an MLP with local heads; "
+        raise NotApplicable(f"the forward-gradient device rows train an MLP with local heads; "
                          f"model={cfg.model!r} is not supported (use model='mlp')")
     model = fwdgrad.LocalMLP((cfg.num_inputs, *cfg.widths, cfg.num_classes),
                              rngs=nnx.Rngs(cfg.seed))

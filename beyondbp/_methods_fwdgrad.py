@@ -31,7 +31,7 @@ from flax import nnx
 
 import fwdgrad
 from beyondbp import models
-from beyondbp.methods import Method, MethodConfig, Setup, register
+from beyondbp.methods import Method, MethodConfig, NotApplicable, Setup, register
 
 #: SGD learning rates (momentum 0.9) of the three rows.
 LR_WEIGHT = 1e-4
@@ -81,7 +81,7 @@ def _weight_perturbation(num_tangents: int, aggregate: str, lr: float, decay: bo
 
 def _local(cfg: MethodConfig) -> Setup:
     if cfg.model != "mlp":
-        raise ValueError(f"fwdgrad-local trains an MLP with local heads; model={cfg.model!r} is "
+        raise NotApplicable(f"fwdgrad-local trains an MLP with local heads; model={cfg.model!r} is "
                          "not supported (use model='mlp', or the 'fwdgrad' weight-perturbation row)")
     model = fwdgrad.LocalMLP((cfg.num_inputs, *cfg.widths, cfg.num_classes),
                              rngs=nnx.Rngs(cfg.seed))

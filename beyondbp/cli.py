@@ -31,14 +31,34 @@ def _widths(s: str) -> tuple[int, ...]:
     return w
 
 
+def _seed(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v}: a seed is a non-negative integer")
+    return v
+
+
+def _seeds(s: str) -> list[int]:
+    seeds = [_seed(p.strip()) for p in s.split(",") if p.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{s!r}: give distinct comma-separated seeds, e.g. 0,1,2")
+    return seeds
+
+
 def _add_run_options(c: argparse.ArgumentParser) -> None:
     """Options shared by ``compare`` and ``train``: data, budget, model, seed."""
     from beyondbp import datasets
 
     c.add_argument("--dataset", default="mnist_small", choices=datasets.NAMES,
                    help="data set (default: mnist_small, bundled, offline)")
-    c.add_argument("--data-dir", default=None, help="directory with the official IDX .gz files "
-                   "(else $BEYONDBP_DATA, then the user cache, then download)")
+    c.add_argument("--data-dir", default=None, help="directory with the four IDX files, .gz or "
+                   "not (else $BEYONDBP_DATA, then the user cache, then download; --dataset idx "
+                   "reads any data set in MNIST's file layout from here)")
+    c.add_argument("--no-verify", action="store_true", help="accept your own copy of a named "
+                   "data set whose content differs from the official files (still parsed strictly)")
     budget = c.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=_positive_int, default=None,
                         help="optimisation steps per method (default 600)")
@@ -48,7 +68,7 @@ def _add_run_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="reference model")
     c.add_argument("--widths", type=_widths, default=(256, 256),
                    help="MLP hidden widths, comma-separated (default 256,256)")
-    c.add_argument("--seed", type=int, default=0, help="seed for init, data order and transforms")
+    c.add_argument("--seed", type=_seed, default=0, help="seed for init, data order and transforms")
     c.add_argument("--eval-every", type=_positive_int, default=None,
                    help="evaluate test accuracy every N steps (default: 10 points per run)")
     c.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -68,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", default="all", help="comma-separated method names, or 'all' "
                    "(default); see `beyondbp methods`")
     _add_run_options(c)
+    c.add_argument("--seeds", type=_seeds, default=None, help="run every method once per seed, "
+                   "e.g. 0,1,2: the table shows mean ± std, the JSON every per-seed value "
+                   "(overrides --seed)")
     c.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     t = sub.add_parser("train", help="train one method, with checkpoints and resume",
                        description="Train one registered method. With --checkpoint-dir the run "
@@ -97,8 +120,8 @@ def _train(args) -> int:
 
     signal.signal(signal.SIGTERM, to_interrupt)
     method = methods.get(args.method)
-    tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
-    te = datasets.load(args.dataset, "test", data_dir=args.data_dir)
+    tr = datasets.load(args.dataset, "train", data_dir=args.data_dir, verify=not args.no_verify)
+    te = datasets.load(args.dataset, "test", data_dir=args.data_dir, verify=not args.no_verify)
     steps = args.steps if args.steps is not None or args.epochs is not None else 600
     total = steps if args.epochs is None else args.epochs * datasets.num_batches(len(tr), args.batch_size)
     cfg = methods.MethodConfig(key=jax.random.key(args.seed), input_shape=tr.input_shape,
@@ -138,8 +161,9 @@ def main(argv=None) -> int:
         steps = args.steps if args.steps is not None or args.epochs is not None else 600
         result = _compare.compare(
             names, dataset=args.dataset, data_dir=args.data_dir, steps=steps, epochs=args.epochs,
-            batch_size=args.batch_size, seed=args.seed, model=args.model, widths=args.widths,
-            eval_every=args.eval_every, progress=not args.no_progress, out=args.out)
+            batch_size=args.batch_size, seed=args.seed, seeds=args.seeds, model=args.model,
+            widths=args.widths, eval_every=args.eval_every, progress=not args.no_progress,
+            out=args.out, verify=not args.no_verify)
     except ValueError as e:  # bad option values and data set errors: one line, no traceback
         print(f"beyondbp: error: {e}", file=sys.stderr)
         return 2

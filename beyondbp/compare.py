@@ -39,51 +39,110 @@ def machine() -> dict:
             "device_count": jax.device_count()}
 
 
+def _check_seeds(seeds) -> list[int]:
+    try:
+        out = [int(s) for s in seeds]
+    except (TypeError, ValueError):
+        raise ValueError(f"seeds={seeds!r}: give a list of integers, e.g. [0, 1, 2]") from None
+    if not out or min(out) < 0 or len(set(out)) != len(out) or any(
+            isinstance(s, float) and not float(s).is_integer() for s in seeds):
+        raise ValueError(f"seeds={seeds!r}: give distinct non-negative integers, e.g. [0, 1, 2]")
+    return out
+
+
+def _loss_kind(setup: methods.Setup) -> str:
+    """Which training loss a row reports: rows on an energy-based model minimise squared error."""
+    return "cross-entropy" if setup.loss is methods.cross_entropy else getattr(
+        setup.loss, "__name__", "other")
+
+
+def _run(name: str, cfg: methods.MethodConfig, train_ds, test_ds, *, steps, epochs, batch_size,
+         seed, eval_every, progress) -> dict:
+    """Build and train one row for one seed; the history without params, plus its row values."""
+    m = methods.get(name)
+    setup = m.build(cfg)
+    h = _train.train(setup, train_ds, test_ds, steps=steps, epochs=epochs, batch_size=batch_size,
+                     seed=seed, eval_every=eval_every, progress=progress,
+                     desc=f"{name:>18s} s{seed}")
+    h.pop("params"); h.pop("opt_state")
+    h["loss_kind"] = _loss_kind(setup)
+    energy = h.get("energy") or {}
+    return {"method": name, "seed": seed, "history": h,
+            "test_accuracy": h["final_test_accuracy"], "step_time_s": h["step_time_s"],
+            "memory_bytes": h["memory"]["peak"], "temp_bytes": h["memory"]["temp"],
+            "energy_per_step_j": energy.get("analog_j_per_step"),
+            "digital_energy_per_step_j": energy.get("digital_j_per_step"),
+            "wall_time_s": h["wall_time_s"]}
+
+
+SPREAD_FLAG = 0.05  # seeds of one row disagreeing by more than 5 points of accuracy get a marker
+
+
+def _aggregate(name: str, runs: list[dict]) -> dict:
+    """One table row from a method's per-seed runs: mean and std (ddof=1), every value kept."""
+    m = methods.get(name)
+    acc = np.array([r["test_accuracy"] for r in runs], dtype=np.float64)
+    times = np.array([r["step_time_s"] for r in runs], dtype=np.float64)
+    std = (lambda v: float(np.std(v, ddof=1)) if v.size > 1 else 0.0)
+    row = {"method": name, "family": m.family, "description": m.description,
+           "seeds": [r["seed"] for r in runs],
+           "test_accuracy": float(acc.mean()), "test_accuracy_std": std(acc),
+           "test_accuracy_per_seed": acc.tolist(),
+           "spread_flag": bool(acc.max() - acc.min() > SPREAD_FLAG),
+           "step_time_s": float(times.mean()), "step_time_std_s": std(times),
+           "step_time_per_seed_s": times.tolist(),
+           "loss_kind": runs[0]["history"]["loss_kind"]}
+    for k in ("memory_bytes", "temp_bytes", "energy_per_step_j", "digital_energy_per_step_j"):
+        row[k] = runs[0][k]  # identical across seeds: same model, same program
+    row["wall_time_s"] = float(sum(r["wall_time_s"] for r in runs))
+    return row
+
+
 def compare(method_names: Sequence[str], *, dataset: str = "mnist_small", data_dir=None,
             steps: int | None = None, epochs: int | None = None, batch_size: int = 64,
-            seed: int = 0, model: str = "mlp", widths: tuple[int, ...] = (256, 256),
-            eval_every: int | None = None, progress: bool = True, out=None) -> dict:
-    """Train every method in ``method_names`` under identical conditions.
+            seed: int = 0, seeds: Sequence[int] | None = None, model: str = "mlp",
+            widths: tuple[int, ...] = (256, 256), eval_every: int | None = None,
+            progress: bool = True, out=None, verify: bool = True) -> dict:
+    """Train every method in ``method_names`` under identical conditions, once per seed.
 
-    Returns a dict with ``rows`` (one per method: accuracy, step time, memory,
-    energy and their ratios to backprop when backprop is among the methods, else
-    to the first method), ``histories`` and ``config``. With ``out`` it writes
-    ``compare.json``, ``learning_curves.png`` and ``accuracy_vs_cost.png`` there.
+    Args:
+      seeds: run every row once per seed (parameter init, data order and the transforms' own
+        randomness all follow the seed); ``None`` runs the single ``seed``.
+      verify: check a named data set's content digest (``datasets.load(verify=...)``).
+
+    Returns a dict with ``rows`` (one per method: mean and standard deviation over seeds of
+    test accuracy and step time, every per-seed value, a ``spread_flag`` when seeds disagree by
+    more than 5 points, memory and energy, and ratios to backprop when backprop is among the
+    methods, else to the first method), ``runs`` (every seed's history), ``histories`` (the first
+    seed's, per method) and ``config``. With ``out`` it writes ``compare.json``,
+    ``learning_curves.png`` and ``accuracy_vs_cost.png`` there.
     """
     names = resolve_methods(method_names)
-    train_ds = datasets.load(dataset, "train", data_dir=data_dir)
-    test_ds = datasets.load(dataset, "test", data_dir=data_dir)
+    seed_list = _check_seeds([seed] if seeds is None else seeds)
     if steps is None and epochs is None:
         raise ValueError("give steps= or epochs=")
+    train_ds = datasets.load(dataset, "train", data_dir=data_dir, verify=verify)
+    test_ds = datasets.load(dataset, "test", data_dir=data_dir, verify=verify)
     total = steps if steps is not None else epochs * datasets.num_batches(len(train_ds), batch_size)
-    cfg = methods.MethodConfig(key=jax.random.key(seed), input_shape=train_ds.input_shape,
-                               num_classes=train_ds.num_classes, steps=total, model=model,
-                               widths=tuple(widths))
-    histories, rows = {}, []
     t0 = time.perf_counter()
-    skipped = {}
-    for name in names:
-        m = methods.get(name)
-        try:
-            setup = m.build(cfg)
-        except ValueError as e:  # e.g. a method that has no CNN variant: say so, run the rest
-            skipped[name] = str(e)
-            if progress:
-                print(f"{name}: skipped ({e})")
-            continue
-        h = _train.train(setup, train_ds, test_ds, steps=steps, epochs=epochs,
-                         batch_size=batch_size, seed=seed, eval_every=eval_every,
-                         progress=progress, desc=f"{name:>18s}")
-        h.pop("params"); h.pop("opt_state")
-        histories[name] = h
-        energy = h.get("energy") or {}
-        rows.append({"method": name, "family": m.family, "description": m.description,
-                     "test_accuracy": h["final_test_accuracy"],
-                     "step_time_s": h["step_time_s"], "memory_bytes": h["memory"]["peak"],
-                     "temp_bytes": h["memory"]["temp"],
-                     "energy_per_step_j": energy.get("analog_j_per_step"),
-                     "digital_energy_per_step_j": energy.get("digital_j_per_step"),
-                     "wall_time_s": h["wall_time_s"]})
+    runs: list[dict] = []
+    skipped: dict[str, str] = {}
+    for s in seed_list:
+        cfg = methods.MethodConfig(key=jax.random.key(s), input_shape=train_ds.input_shape,
+                                   num_classes=train_ds.num_classes, steps=total, model=model,
+                                   widths=tuple(widths))
+        for name in names:
+            if name in skipped:
+                continue
+            try:
+                runs.append(_run(name, cfg, train_ds, test_ds, steps=steps, epochs=epochs,
+                                 batch_size=batch_size, seed=s, eval_every=eval_every,
+                                 progress=progress))
+            except methods.NotApplicable as e:  # e.g. no CNN variant: say so, run the rest
+                skipped[name] = str(e)
+                if progress:
+                    print(f"{name}: skipped ({e})")
+    rows = [_aggregate(n, [r for r in runs if r["method"] == n]) for n in names if n not in skipped]
     if not rows:
         raise ValueError(f"no method could be built for this configuration: {skipped}")
     ref = next((r for r in rows if r["method"] == "backprop"), rows[0])
@@ -94,11 +153,14 @@ def compare(method_names: Sequence[str], *, dataset: str = "mnist_small", data_d
                            if r["memory_bytes"] and ref["memory_bytes"] else None)
         r["temp_rel"] = (r["temp_bytes"] / ref["temp_bytes"]
                          if r["temp_bytes"] and ref["temp_bytes"] else None)
-    result = {"rows": rows, "histories": histories, "skipped": skipped,
+    result = {"rows": rows, "skipped": skipped,
+              "runs": [{k: v for k, v in r.items()} for r in runs],
+              "histories": {r["method"]: r["history"] for r in runs if r["seed"] == seed_list[0]},
               "config": {"methods": names, "dataset": dataset, "steps": total,
-                         "batch_size": batch_size, "seed": seed, "model": model,
-                         "widths": list(widths), "train_examples": len(train_ds),
-                         "test_examples": len(test_ds)},
+                         "batch_size": batch_size, "seed": seed_list[0], "seeds": seed_list,
+                         "model": model, "widths": list(widths), "train_examples": len(train_ds),
+                         "test_examples": len(test_ds), "num_classes": train_ds.num_classes,
+                         "input_shape": list(train_ds.input_shape)},
               "machine": machine(), "total_time_s": time.perf_counter() - t0}
     if out is not None:
         out = pathlib.Path(out)
@@ -112,60 +174,101 @@ def _fmt(v, spec):
 
 
 def format_table(result: dict) -> str:
-    """A plain-text table of the rows (markdown-compatible)."""
+    """A plain-text table of the rows (markdown-compatible).
+
+    With several seeds, accuracy and step time read ``mean ± std``; a ``!`` marks a row whose
+    seeds disagree by more than 5 points of accuracy (see ``test_accuracy_per_seed``).
+    """
     ref = result["rows"][0]["reference"]
-    head = ["method", "test acc", "step ms", f"time/{ref}", "peak MB", f"mem/{ref}",
-            "energy J/step (analog)", "digital J/step"]
+    multi = len(result["config"].get("seeds", [0])) > 1
+    head = ["method", "test acc" + (" (mean ± std)" if multi else ""), "step ms", f"time/{ref}",
+            "peak MB", f"mem/{ref}", "energy J/step (analog)", "digital J/step"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
-        cells = [r["method"], _fmt(r["test_accuracy"], ".4f"), _fmt(r["step_time_s"] * 1e3, ".2f"),
-                 _fmt(r["step_time_rel"], ".2f"),
+        acc = _fmt(r["test_accuracy"], ".4f")
+        ms = _fmt(r["step_time_s"] * 1e3, ".2f")
+        if multi:
+            acc += f" ± {r['test_accuracy_std']:.4f}" + (" !" if r.get("spread_flag") else "")
+            ms += f" ± {r['step_time_std_s'] * 1e3:.2f}"
+        cells = [r["method"], acc, ms, _fmt(r["step_time_rel"], ".2f"),
                  _fmt(r["memory_bytes"] / 2**20 if r["memory_bytes"] else None, ".2f"),
                  _fmt(r["memory_rel"], ".2f"), _fmt(r["energy_per_step_j"], ".3e"),
                  _fmt(r["digital_energy_per_step_j"] or None, ".3e")]
         lines.append("| " + " | ".join(cells) + " |")
     for name, why in result.get("skipped", {}).items():
         lines.append(f"| {name} | skipped: {why} |" + " |" * (len(head) - 2))
+    if multi:
+        lines.append(f"\nseeds {result['config']['seeds']}; '!' marks seeds more than "
+                     f"{SPREAD_FLAG * 100:.0f} points apart in accuracy")
     return "\n".join(lines)
 
 
+def _band(ax, runs: list[dict], xkey: str, ykey: str, **kw) -> None:
+    """Mean over seeds as a line and the min-max over seeds as a shaded band."""
+    n = min(len(r["history"][xkey]) for r in runs)
+    if n == 0:
+        return
+    x = np.asarray(runs[0]["history"][xkey][:n], dtype=np.float64)
+    ys = np.array([r["history"][ykey][:n] for r in runs], dtype=np.float64)
+    ax.plot(x, ys.mean(0), **kw)
+    if len(runs) > 1:
+        ax.fill_between(x, ys.min(0), ys.max(0), color=kw.get("color"), alpha=0.2, lw=0)
+
+
 def plot(result: dict, out) -> list[pathlib.Path]:
-    """Learning curves and an accuracy-vs-cost scatter as PNGs in ``out``."""
+    """Learning curves (one loss panel per loss kind) and accuracy vs cost, as PNGs in ``out``.
+
+    With several seeds each curve is the mean with a min-max band, and accuracy carries a
+    standard-deviation error bar. Labels go in legends, so they never overlap.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    runs = result.get("runs") or [{"method": n, "seed": result["config"]["seed"], "history": h}
+                                  for n, h in result["histories"].items()]
+    rows = result["rows"]
     # 13+ methods outrun the 10-colour default cycle: 20 colours, and a line style per family
     colors = plt.get_cmap("tab20").colors
-    families = {r["method"]: r.get("family", "") for r in result["rows"]}
-    styles = {f: ls for f, ls in zip(dict.fromkeys(families.values()), ["-", "--", "-.", ":"] * 4)}
-    for i, (name, h) in enumerate(result["histories"].items()):
-        kw = dict(color=colors[(2 * i) % 20 + (2 * i) // 20 % 2], ls=styles.get(families.get(name)),
-                  label=name)
-        a1.plot(h["steps"], h["train_loss"], **kw)
-        a2.plot(h["eval_steps"], h["test_accuracy"], marker="o", ms=3, **kw)
-    a1.set(xlabel="step", ylabel="training loss (batch)", yscale="log", title="training loss")
-    a2.set(xlabel="step", ylabel="test accuracy", title="test accuracy")
-    a2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    color = {r["method"]: colors[(2 * i) % 20 + (2 * i) // 20 % 2] for i, r in enumerate(rows)}
+    styles = {f: ls for f, ls in zip(dict.fromkeys(r.get("family", "") for r in rows),
+                                     ["-", "--", "-.", ":"] * 4)}
+    kinds = list(dict.fromkeys(r.get("loss_kind", "cross-entropy") for r in rows))
+    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(6 * (len(kinds) + 1), 4.8), squeeze=False)
+    for r in rows:
+        rr = [u for u in runs if u["method"] == r["method"]]
+        kw = dict(color=color[r["method"]], ls=styles.get(r.get("family", "")), label=r["method"])
+        ax = axes[0, kinds.index(r.get("loss_kind", "cross-entropy"))]
+        _band(ax, rr, "steps", "train_loss", **kw)
+        _band(axes[0, -1], rr, "eval_steps", "test_accuracy", marker="o", ms=3, **kw)
+    for k, kind in enumerate(kinds):
+        axes[0, k].set(xlabel="step", ylabel=f"training loss: {kind} (batch)", yscale="log",
+                       title=f"training loss ({kind})")
+        axes[0, k].legend(fontsize=7)
+    axes[0, -1].set(xlabel="step", ylabel="test accuracy", title="test accuracy")
+    axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     cfg = result["config"]
     fig.suptitle(f"{cfg['dataset']}, {cfg['model']} {cfg['widths']}, batch {cfg['batch_size']}, "
-                 f"seed {cfg['seed']}")
+                 f"seeds {cfg.get('seeds', [cfg['seed']])}"
+                 + (" (mean, min-max band)" if len(cfg.get("seeds", [0])) > 1 else ""))
     fig.tight_layout()
     p1 = out / "learning_curves.png"
     fig.savefig(p1, dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in result["rows"]:
-        ax.scatter(r["step_time_rel"], r["test_accuracy"], s=40)
-        ax.annotate(r["method"], (r["step_time_rel"], r["test_accuracy"]), fontsize=8,
-                    xytext=(4, 3), textcoords="offset points")
-    ax.set(xlabel=f"step time relative to {result['rows'][0]['reference']}",
-           ylabel="test accuracy", title="accuracy vs cost", xscale="log")
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    markers = "osD^v<>pP*hX"
+    for i, r in enumerate(rows):
+        ax.errorbar(r["step_time_rel"], r["test_accuracy"], yerr=r.get("test_accuracy_std") or None,
+                    fmt=markers[i % len(markers)], color=color[r["method"]], ms=7, capsize=3,
+                    label=r["method"] + (" (!)" if r.get("spread_flag") else ""))
+    ax.set(xlabel=f"step time relative to {rows[0]['reference']}",
+           ylabel="test accuracy" + (" (mean ± std over seeds)" if len(cfg.get("seeds", [0])) > 1
+                                     else ""), title="accuracy vs cost", xscale="log")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     p2 = out / "accuracy_vs_cost.png"
     fig.savefig(p2, dpi=120)

@@ -24,7 +24,14 @@ import optax
 from beyondbp import models
 
 __all__ = ["Method", "MethodConfig", "Setup", "register", "get", "names", "cross_entropy",
-           "REGISTRY"]
+           "REGISTRY", "NotApplicable"]
+
+
+class NotApplicable(ValueError):
+    """A method has no variant for this configuration (e.g. a CNN for an MLP-only rule).
+
+    ``compare`` reports such a row as skipped and runs the rest; any other error propagates.
+    """
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
