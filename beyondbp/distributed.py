@@ -14,9 +14,10 @@ and ``jax.distributed``; nothing is home-made transport.
   :func:`lowbit.compressed_pmean`, which moves packed 4-bit codes
   (``communication="4bit"``, 8x fewer bytes), and every device applies the
   same optax update.
-* :func:`hlo_collectives` / :func:`communication_bytes` read the compiled
-  program and report every collective with its operand bytes, so claims about
-  communication are checked against what XLA will actually run.
+* :func:`hlo_collectives` / :func:`communication_bytes` (measurement code, in
+  :mod:`beyondbp.hlo`, re-exported here) read the compiled program and report
+  every collective with its operand bytes, so claims about communication are
+  checked against what XLA will actually run.
 
 Set ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before importing
 JAX to simulate 8 CPU devices in one process. Simulated devices share one
@@ -30,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -41,8 +41,8 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import bbcore
-from lowbit import RADIX4_FP4, Format
-from lowbit._distributed import compressed_pmean
+from beyondbp.hlo import Collective, communication_bytes, hlo_collectives
+from lowbit import RADIX4_FP4, Format, compressed_pmean
 
 __all__ = ["initialize", "make_mesh", "check_mesh_axis", "replicate", "shard",
            "data_parallel", "DataParallel", "DataParallelState", "COMMUNICATIONS",
@@ -210,12 +210,9 @@ def data_parallel(loss_fn: Callable[[Any, Any], jax.Array], tx: optax.GradientTr
         raise ValueError(f"data_parallel(communication={communication!r}): use one of "
                          f"{COMMUNICATIONS}")
     if communication == "4bit":
-        # Validate the format and rounding now, not at the first step.
-        from lowbit._distributed import _check_fmt4
-        from lowbit._rounding import ROUNDINGS
-        _check_fmt4(fmt)
-        if rounding not in ROUNDINGS:
-            raise ValueError(f"data_parallel(rounding={rounding!r}): use one of {ROUNDINGS}")
+        # Validate the format and rounding now, not at the first step: compressed_pmean
+        # checks its arguments before it touches the (empty) tree or the axis.
+        compressed_pmean((), axis_name, fmt=fmt, rounding=rounding, key=jax.random.key(0))
     if not callable(loss_fn):
         raise TypeError(f"data_parallel: loss_fn={loss_fn!r} is not callable")
     base_key = jax.random.key(seed)
@@ -247,108 +244,3 @@ def data_parallel(loss_fn: Callable[[Any, Any], jax.Array], tx: optax.GradientTr
 
     return DataParallel(init=init, step=step, mesh=mesh, axis_name=axis_name,
                         communication=communication)
-
-
-# --------------------------------------------------------------------------- reading the HLO
-
-_COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "reduce-scatter", "collective-permute",
-                "collective-broadcast")
-_DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2,
-                "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8,
-                "f8e4m3fn": 1, "f8e5m2": 1}
-_LINE = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<result>\(.*?\)|\S+)\s+"
-                   r"(?P<op>" + "|".join(_COLLECTIVES) + r")(?P<start>-start)?\(")
-_SHAPE = re.compile(r"\b(?P<dtype>[a-z]+\d*[a-z0-9]*)\[(?P<dims>[\d,]*)\]")
-
-
-@dataclasses.dataclass(frozen=True)
-class Collective:
-    """One collective of a compiled program.
-
-    op: HLO op name (``all-reduce``, ``all-gather``, ...).
-    shapes: the result's array shapes as ``(dtype, dims)``.
-    group_size: devices per replica group.
-    operand_bytes: bytes of the operand(s) one device contributes.
-    sent_bytes: bytes one device sends with the bandwidth-optimal (ring)
-      algorithm: all-reduce ``2 (G-1)/G S``, all-gather ``(G-1) S``,
-      reduce-scatter and all-to-all ``(G-1)/G S``, permute ``S``.
-    """
-
-    op: str
-    shapes: tuple
-    group_size: int
-    operand_bytes: float
-    sent_bytes: float
-
-
-def _group_size(line: str) -> int:
-    m = re.search(r"replica_groups=\{\{([\d,]*)\}", line)
-    if m:
-        return len([t for t in m.group(1).split(",") if t])
-    m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line)  # iota form [groups, size]<=[n]
-    if m:
-        return int(m.group(2))
-    m = re.search(r"source_target_pairs=\{(.*?)\}\}?", line)
-    if m:
-        return 2
-    return 1
-
-
-def hlo_collectives(hlo_text: str) -> list[Collective]:
-    """Every collective in an HLO module's text (``jitted.lower(...).compile().as_text()``).
-
-    Operand sizes are derived from the result shape and the group size
-    (all-gather results are G times their operand, reduce-scatter results 1/G),
-    because compiled HLO prints operands by name only.
-    """
-    out = []
-    for line in hlo_text.splitlines():
-        m = _LINE.match(line)
-        if not m:
-            continue
-        op = m.group("op")
-        result = m.group("result")
-        shapes = tuple((s.group("dtype"), tuple(int(d) for d in s.group("dims").split(",") if d))
-                       for s in _SHAPE.finditer(result) if s.group("dtype") in _DTYPE_BYTES)
-        if m.group("start") and op in ("all-gather", "all-reduce", "collective-permute"):
-            # async starts (GPU, TPU) return (operands, results): keep the results
-            shapes = shapes[len(shapes) // 2:] if len(shapes) > 1 else shapes
-        g = _group_size(line)
-        result_bytes = sum(_DTYPE_BYTES[d] * math.prod(dims) for d, dims in shapes)
-        if op == "all-gather":
-            operand = result_bytes / g
-            sent = (g - 1) * operand
-        elif op == "reduce-scatter":
-            operand = result_bytes * g
-            sent = (g - 1) / g * operand
-        elif op == "all-reduce":
-            operand = result_bytes
-            sent = 2 * (g - 1) / g * operand
-        elif op == "all-to-all":
-            operand = result_bytes
-            sent = (g - 1) / g * operand
-        else:
-            operand = result_bytes
-            sent = operand
-        out.append(Collective(op, shapes, g, float(operand), float(sent)))
-    return out
-
-
-def communication_bytes(jitted: Callable, *args, **kwargs) -> dict:
-    """Collectives of ``jitted(*args)`` as compiled: per-op list and totals (bytes per device).
-
-    Returns ``{"collectives": [...], "operand_bytes": total, "sent_bytes": total,
-    "by_dtype": {dtype: operand bytes}}``.
-    """
-    text = jitted.lower(*args, **kwargs).compile().as_text()
-    cs = hlo_collectives(text)
-    by_dtype: dict[str, float] = {}
-    for c in cs:
-        for d, dims in c.shapes:
-            share = _DTYPE_BYTES[d] * math.prod(dims)
-            share = share / c.group_size if c.op == "all-gather" else share
-            by_dtype[d] = by_dtype.get(d, 0.0) + share
-    return {"collectives": [dataclasses.asdict(c) for c in cs],
-            "operand_bytes": sum(c.operand_bytes for c in cs),
-            "sent_bytes": sum(c.sent_bytes for c in cs),
-            "by_dtype": by_dtype}

@@ -42,7 +42,8 @@ from jax import lax
 
 from bbcore import varies_over
 from lowbit._formats import RADIX4_FP4, Format
-from lowbit._rounding import ROUNDINGS, Packed, _check_format, decode, encode, quantize
+from lowbit._packing import Packed, decode, encode
+from lowbit._rounding import ROUNDINGS, _check_format, quantize
 from lowbit._scaling import compute_scale
 
 __all__ = ["compressed_pmean", "compressed_bytes"]
