@@ -209,8 +209,9 @@ def energy_report(ledger: EnergyLedger, model: EnergyModel = DEFAULT_ENERGY_MODE
         dataflow) and the analog periphery's update work (``update``).
       digital: the digital accelerator (:class:`analog.DigitalEnergyModel`); its technology set
         also prices the analog periphery's digital work.
-      baseline: ``"backprop"`` (a digital training step), ``"inference"`` or ``"eqprop"`` (the
-        same relaxation done digitally); see :func:`analog.digital_counts`.
+      baseline: ``"backprop"`` (a digital training step) or ``"inference"`` (a forward pass);
+        see :func:`analog.digital_counts`, which also counts ``"eqprop"`` (the same relaxation
+        done digitally; it needs the sweep count).
       update: how the periphery turns an update into pulses, ``"dense"`` or ``"rank1"``
         (:func:`analog.periphery_update_counts`); None for an inference ledger.
 
@@ -263,9 +264,10 @@ def energy_report(ledger: EnergyLedger, model: EnergyModel = DEFAULT_ENERGY_MODE
         "model": dataclasses.asdict(model),
     }
     if network is not None:
-        if baseline == "eqprop":
-            raise ValueError("energy_report: baseline='eqprop' needs the sweep count; use "
-                             "analog.digital_counts(..., algorithm='eqprop', sweeps=...)")
+        if baseline not in ("backprop", "inference"):
+            raise ValueError(f"energy_report: baseline={baseline!r}; use 'backprop' or "
+                             "'inference' (for the relaxation done digitally use "
+                             "analog.digital_counts(..., algorithm='eqprop', sweeps=...))")
         counts = digital_counts(network, batch, algorithm=baseline, model=digital)
         dig = digital_joules(counts, digital)
         dig.update(baseline=baseline, counts=counts._asdict(), dtype=digital.dtype,

@@ -174,7 +174,7 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     colors = dict(zip(COMPARISONS, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4), sharey=True)
     for ax, batch in zip(axes, BATCHES):
         for c in COMPARISONS:
             for depth, style in ((1, "-"), (8, "--")):
@@ -182,6 +182,12 @@ def plot(rows, path):
                 ax.plot([r["width"] for r in sel],
                         [r["results"][PRIMARY][c]["ratio"] for r in sel], style, marker="o",
                         ms=3, color=colors[c], label=f"{c}, depth {depth}")
+        if batch == 1:
+            sel = [r for r in rows if r["depth"] == 1 and r["batch"] == batch]
+            ax.plot([r["width"] for r in sel],
+                    [r["results"]["45nm-fp32-dram2.6nJ"]["infer-1read"]["ratio"] for r in sel],
+                    ":", color=colors["infer-1read"],
+                    label="infer-1read, depth 1, DRAM 2.6 nJ/64 b")
         ax.axhline(1e4, color="k", lw=1)
         ax.text(WIDTHS[0], 1.15e4, "10^4 (Yi et al.'s claim)", fontsize=8)
         ax.axhline(1, color="gray", lw=0.5, ls=":")
@@ -191,10 +197,10 @@ def plot(rows, path):
         ax.set_title(f"batch {batch}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("energy ratio digital / analog per step")
-    axes[1].legend(fontsize=7, loc="lower left", ncol=2)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=5)
     fig.suptitle("EqProp on TaOx crossbars vs a digital accelerator (45 nm fp32, 16 MiB buffer, "
                  "data movement counted)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=120)
 
 
