@@ -103,7 +103,8 @@ def _check_tiles(owner: str, tile_shape) -> tuple[int, int]:
 
 def _check_sweeps(owner: str, name: str, v, *, allow_zero: bool) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{owner}: {name}={v!r} must be a {'non-negative' if allow_zero else 'positive'} int")
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{owner}: {name}={v!r} must be a {kind} int")
     return v
 
 

@@ -1,4 +1,4 @@
-"""The digital side of the energy comparison: arithmetic plus the data movement a stated dataflow needs.
+"""The digital side of the energy comparison: arithmetic plus the data movement of a stated dataflow.
 
 A digital accelerator's energy at scale is dominated by moving weights and activations through
 SRAM and DRAM, not by the multiply-adds (Horowitz, "Computing's energy problem (and what we can
@@ -69,6 +69,10 @@ class OpEnergies:
     dram: float
 
     def __post_init__(self):
+        for name in ("name", "source"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"OpEnergies: {name}={getattr(self, name)!r} must be a "
+                                 "non-empty string (what the numbers are and where from)")
         for f in dataclasses.fields(self):
             if f.type in ("float", float):
                 _check_positive_number("OpEnergies", f.name, getattr(self, f.name))
