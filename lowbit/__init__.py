@@ -20,6 +20,8 @@ from lowbit._packing import Packed, decode, encode
 from lowbit._rounding import quantize
 from lowbit._scaling import amax_history_update, compute_scale, pact_clip, sawb_scale
 from lowbit._transforms import QuantizeUpdatesState, quantize_updates
+from lowbit._rules import Recipe, Rule, RulesReport, apply_rules, describe, plan_rules
+from lowbit import recipes  # noqa: E402  (after the names it is built from)
 
 __all__ = [
     "Format", "int_format", "float_format", "log_format",
@@ -32,4 +34,5 @@ __all__ = [
     "nnx",
     "ScaledFormat", "ExponentFormat", "E8M0", "MXFP4", "NVFP4", "BlockPacked",
     "quantize_blocks", "encode_blocks", "decode_blocks", "GemmConfig",
+    "Rule", "Recipe", "RulesReport", "apply_rules", "plan_rules", "describe", "recipes",
 ]

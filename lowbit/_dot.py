@@ -173,6 +173,8 @@ class QuantConfig:
 # ---------------------------------------------------------------------------
 
 def _freeze(x):
+    if isinstance(x, lax.ConvDimensionNumbers):  # flax's nnx.Conv passes these; keep the type
+        return lax.ConvDimensionNumbers(*(_freeze(v) for v in x))
     if isinstance(x, (list, tuple)):
         return tuple(_freeze(v) for v in x)
     return x
