@@ -14,37 +14,65 @@ for the variance of directional estimators.
 """
 
 from fwdgrad._activity import (
-    LocalMLP,
     activity_forward_gradient,
     activity_fwd_grad,
     local_mlp_apply,
     local_mlp_grads,
 )
+from fwdgrad._diagnostics import cosine_similarity, estimator_variance, theoretical_variance
 from fwdgrad._estimators import (
     AGGREGATES,
-    cosine_similarity,
-    estimator_variance,
+    STRATEGIES,
     fwd_grad,
-    theoretical_variance,
+    resolve_strategy,
     value_and_fwd_grad,
 )
+from fwdgrad._local import local_forward_gradient, local_fwd_grad, local_head_losses
+from fwdgrad._mixer import MixerConfig, mixer_apply, mixer_grads, mixer_init, mixer_local_losses
 from fwdgrad._tangents import TANGENTS, sample_tangents
+from fwdgrad._convnet import (
+    ConvNetConfig,
+    convnet_apply,
+    convnet_grads,
+    convnet_init,
+    convnet_local_losses,
+)
 from fwdgrad._distributed import sharded_forward_gradient
 from fwdgrad._transforms import ForwardGradientState, forward_gradient
+from fwdgrad import nnx
+from fwdgrad.nnx import LocalConvNet, LocalMixer, LocalMLP
 
 __all__ = [
     "AGGREGATES",
-    "TANGENTS",
+    "ConvNetConfig",
     "ForwardGradientState",
+    "LocalConvNet",
     "LocalMLP",
+    "LocalMixer",
+    "MixerConfig",
+    "STRATEGIES",
+    "TANGENTS",
     "activity_forward_gradient",
     "activity_fwd_grad",
+    "convnet_apply",
+    "convnet_grads",
+    "convnet_init",
+    "convnet_local_losses",
     "cosine_similarity",
     "estimator_variance",
     "forward_gradient",
     "fwd_grad",
+    "local_forward_gradient",
+    "local_fwd_grad",
+    "local_head_losses",
     "local_mlp_apply",
     "local_mlp_grads",
+    "mixer_apply",
+    "mixer_grads",
+    "mixer_init",
+    "mixer_local_losses",
+    "nnx",
+    "resolve_strategy",
     "sample_tangents",
     "sharded_forward_gradient",
     "theoretical_variance",

@@ -43,12 +43,11 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from fwdgrad import _estimators, _tangents, _transforms
 
 __all__ = ["ACTIVATIONS", "activity_fwd_grad", "local_mlp_grads", "local_mlp_apply",
-           "LocalMLP", "activity_forward_gradient"]
+           "activity_forward_gradient"]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -321,55 +320,6 @@ def _dense_grads(p, x, gz):
     x32, g32 = x.astype(jnp.float32), gz.astype(jnp.float32)
     return {"kernel": (x32.T @ g32).astype(p["kernel"].dtype),
             "bias": jnp.sum(g32, axis=0).astype(p["bias"].dtype)}
-
-
-class LocalMLP(nnx.Module):
-    """MLP with a linear classifier head on every hidden layer, for local losses.
-
-    ``widths = (inputs, hidden..., classes)``: hidden layer i maps to
-    ``widths[i + 1]`` and has a head ``widths[i + 1] -> classes``. The
-    prediction is the last head's logits, so for ``(784, 1024, 1024, 10)`` the
-    prediction path is exactly the 784-1024-1024-10 MLP of Baydin et al. (2022),
-    plus one auxiliary 1024-10 head, and (``normalize=True``) a parameter-free
-    layer norm on the input of every block after the first. Train with :func:`local_mlp_grads` or
-    :func:`activity_forward_gradient`; ``nnx.split(model, nnx.Param)`` gives the
-    parameter dict they expect.
-    """
-
-    def __init__(self, widths: Sequence[int], *, activation: str | Callable = "relu",
-                 rngs: nnx.Rngs, param_dtype: Any = jnp.float32, normalize: bool = True):
-        widths = tuple(widths)
-        if len(widths) < 3 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
-                                  for w in widths):
-            raise ValueError(f"widths={widths!r}: need at least three positive ints "
-                             "(inputs, hidden..., classes), e.g. (784, 1024, 1024, 10)")
-        self.widths = widths
-        self.normalize = bool(normalize)
-        self.activation_fn = _activation(activation)
-        hidden, classes = widths[1:-1], widths[-1]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype)
-                                for a, b in zip(widths[:-2], hidden)])
-        self.heads = nnx.List([nnx.Linear(h, classes, rngs=rngs, param_dtype=param_dtype)
-                               for h in hidden])
-
-    def local_logits(self, x: jax.Array) -> list[jax.Array]:
-        """Every block's head logits, each block reading a stop-gradient input."""
-        h = x.reshape(x.shape[0], -1)
-        out = []
-        for i, (layer, head) in enumerate(zip(self.layers, self.heads)):
-            h = _block_input(jax.lax.stop_gradient(h), i, self.normalize)
-            h = self.activation_fn(layer(h))
-            out.append(head(h))
-        return out
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = x.reshape(x.shape[0], -1)
-        if h.shape[-1] != self.widths[0]:
-            raise ValueError(f"LocalMLP expects {self.widths[0]} input features per example, got "
-                             f"input of shape {x.shape}")
-        for i, layer in enumerate(self.layers):
-            h = self.activation_fn(layer(_block_input(h, i, self.normalize)))
-        return self.heads[-1](h)
 
 
 def activity_forward_gradient(*, activation: str | Callable = "relu", num_tangents: int = 1,

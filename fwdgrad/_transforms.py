@@ -74,7 +74,8 @@ def _advance(state: ForwardGradientState, estimate: Any,
 
 def forward_gradient(*, num_tangents: int = 1, tangent: str = "rademacher",
                      aggregate: str = "mean", seed: int = 0,
-                     chunk_size: int | None = None) -> optax.GradientTransformationExtraArgs:
+                     chunk_size: int | None = None,
+                     strategy: str = "auto") -> optax.GradientTransformationExtraArgs:
     """Forward-gradient estimator as an optax transform (Baydin et al., 2022, eq. 4).
 
     ``update(updates, state, params, *, loss_fn, **extra)`` ignores ``updates``
@@ -91,6 +92,8 @@ def forward_gradient(*, num_tangents: int = 1, tangent: str = "rademacher",
         norm at most ``|g|``, so backprop-sized learning rates work).
       seed: seeds the key held in :class:`ForwardGradientState`.
       chunk_size: see :func:`fwdgrad.value_and_fwd_grad`.
+      strategy: ``"auto"``, ``"loop"`` or ``"vmap"``: how the K tangents are evaluated
+        (see :func:`fwdgrad.value_and_fwd_grad`; ``fwdgrad.resolve_strategy`` tells the choice).
 
     Non-finite policy: when the loss or any entry of the estimate is NaN or
     inf (a bad batch, an overflowing model, an overflowing tangent), the step
@@ -109,6 +112,7 @@ def forward_gradient(*, num_tangents: int = 1, tangent: str = "rademacher",
     _tangents.check_tangent(tangent)
     _estimators.check_aggregate(aggregate)
     _estimators.check_chunk_size(chunk_size, K)
+    _estimators.check_strategy(strategy)
     check_seed(seed)
 
     def update_fn(updates, state, params=None, *, loss_fn=None, **extra_args):
@@ -120,7 +124,8 @@ def forward_gradient(*, num_tangents: int = 1, tangent: str = "rademacher",
             raise ValueError("forward_gradient needs the keyword extra arg loss_fn=lambda params: "
                              "scalar loss; got " + repr(loss_fn))
         grad_fn = _estimators.value_and_fwd_grad(loss_fn, num_tangents=K, tangent=tangent,
-                                                 aggregate=aggregate, chunk_size=chunk_size)
+                                                 aggregate=aggregate, chunk_size=chunk_size,
+                                                 strategy=strategy)
         value, estimate = grad_fn(_step_key(state), params)
         return _advance(state, estimate, value)
 

@@ -1,0 +1,215 @@
+"""LocalConvNet: conv blocks with a local head each, for 28x28 inputs, function API.
+
+Block i: ``z = LN(conv(h) + b)`` (a ``kernel_size`` SAME convolution, then a
+parameter-free layer norm over channels at every pixel), ``out = relu(z)``, and
+a local head reading ``out`` (layer norm per channel group, mean over pixels,
+linear: :func:`fwdgrad._local.head_logits`). The next block reads a 2x2 average
+pool of ``out`` (when ``pool``), a constant for it under local losses. The
+pre-activation ``z`` is the block's perturbation site for
+:func:`fwdgrad.local_fwd_grad` (Ren, Kornblith, Liao, Hinton, ICLR 2023, sec. 3,
+activity perturbation; sec. 4, local losses): every pixel is a patch and the
+head's groups keep the channel groups apart, so patch- and group-wise losses
+apply. ``block_loss``, ``patch_loss`` and ``group_loss`` switch as in
+:class:`fwdgrad.MixerConfig`.
+
+Parameters: ``{"blocks": {i: {"conv": {"kernel" (k, k, in, out), "bias" (out,)},
+"head": {"kernel" (out, classes), "bias" (classes,)}}}}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from fwdgrad import _local
+from fwdgrad._mixer import (_check_flags, _check_groups, _check_image_shape, _dense_init, _norm,
+                            _positive_int, _relu)
+
+__all__ = ["ConvNetConfig", "convnet_init", "convnet_apply", "convnet_local_logits",
+           "convnet_local_losses", "convnet_blocks", "convnet_grads"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConvNetConfig:
+    """Shape and local losses of a LocalConvNet. Validated at construction.
+
+    Attributes:
+      image_shape: ``(height, width, channels)``; height and width must halve
+        evenly before every pooled block.
+      channels: output channels of each conv block, e.g. ``(32, 64, 64)``.
+      kernel_size: odd side of the square kernels.
+      pool: 2x2 average pool between blocks.
+      num_classes: outputs of every head.
+      num_groups: channel groups; must divide every block's channels.
+      normalize: the parameter-free layer norms (off only for checks with one
+        unit per group, where a norm over one unit is zero).
+      block_loss, patch_loss, group_loss: the local losses (as ``MixerConfig``).
+    """
+
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+    channels: tuple[int, ...] = (32, 64, 64)
+    kernel_size: int = 3
+    pool: bool = True
+    num_classes: int = 10
+    num_groups: int = 1
+    block_loss: bool = True
+    patch_loss: bool = True
+    group_loss: bool = True
+    normalize: bool = True
+
+    def __post_init__(self):
+        height, width, _ = _check_image_shape(self.image_shape)
+        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        if not isinstance(self.channels, (tuple, list)) or not self.channels:
+            raise ValueError(f"channels={self.channels!r} must be a non-empty tuple of ints")
+        object.__setattr__(self, "channels", tuple(self.channels))
+        for c in self.channels:
+            _positive_int("channels", c)
+        for name in ("kernel_size", "num_classes", "num_groups"):
+            _positive_int(name, getattr(self, name))
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size={self.kernel_size} must be odd (SAME padding, centred)")
+        _check_flags(self, "pool", "normalize", "block_loss", "patch_loss", "group_loss")
+        for i, c in enumerate(self.channels):
+            _check_groups(self.num_groups, **{f"channels[{i}]": c})
+        if self.pool:
+            for i in range(1, len(self.channels)):
+                if height % 2 or width % 2:
+                    raise ValueError(f"block {i} pools a {height}x{width} map by 2x2; use fewer "
+                                     "blocks, pool=False, or an image side divisible by "
+                                     f"{2 ** (len(self.channels) - 1)}")
+                height, width = height // 2, width // 2
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.channels)
+
+    def local_grads(self, key, params, x, labels, **kwargs):
+        """:func:`convnet_grads` of this configuration (for ``fwdgrad.local_forward_gradient``)."""
+        return convnet_grads(key, params, x, labels, self, **kwargs)
+
+
+def _check_config(config: Any) -> ConvNetConfig:
+    if not isinstance(config, ConvNetConfig):
+        raise TypeError(f"config={config!r} is not a fwdgrad.ConvNetConfig")
+    return config
+
+
+def convnet_init(key: jax.Array, config: ConvNetConfig, dtype: Any = jnp.float32) -> dict:
+    """Initial parameters of a LocalConvNet: He-normal kernels, zero biases."""
+    c = _check_config(config)
+    k, blocks, cin = c.kernel_size, {}, c.image_shape[2]
+    for i, cout in enumerate(c.channels):
+        kc, kh = jax.random.split(jax.random.fold_in(key, i))
+        blocks[i] = {
+            "conv": {"kernel": _dense_init(kc, k * k * cin, (k, k, cin, cout)).astype(dtype),
+                     "bias": jnp.zeros((cout,), dtype)},
+            "head": {"kernel": _dense_init(kh, cout, (cout, c.num_classes)).astype(dtype),
+                     "bias": jnp.zeros((c.num_classes,), dtype)}}
+        cin = cout
+    return {"blocks": blocks}
+
+
+def _block_params(params: Any, config: ConvNetConfig) -> list:
+    try:
+        blocks = params["blocks"]
+    except (TypeError, KeyError):
+        raise ValueError("LocalConvNet params must be {'blocks': {i: ...}} as given by "
+                         "fwdgrad.convnet_init or nnx.split(fwdgrad.LocalConvNet(...), nnx.Param)"
+                         ) from None
+    seq = [blocks[k] for k in sorted(blocks)] if isinstance(blocks, dict) else list(blocks)
+    if len(seq) != config.num_blocks:
+        raise ValueError(f"params have {len(seq)} blocks, the config {config.num_blocks}")
+    return seq
+
+
+def _images(x: jax.Array, config: ConvNetConfig) -> jax.Array:
+    if math.prod(x.shape[1:]) != math.prod(config.image_shape):
+        raise ValueError(f"LocalConvNet expects images of {config.image_shape}, got input of "
+                         f"shape {x.shape}")
+    return x.reshape(x.shape[0], *config.image_shape)
+
+
+def _pool(h: jax.Array) -> jax.Array:
+    b, height, width, c = h.shape
+    return jnp.mean(h.reshape(b, height // 2, 2, width // 2, 2, c), axis=(2, 4))
+
+
+def _body(config: ConvNetConfig, i: int, p: Any, h: jax.Array, site) -> jax.Array:
+    if i > 0 and config.pool:
+        h = _pool(h)
+    z = lax.conv_general_dilated(h, p["conv"]["kernel"], (1, 1), "SAME",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["conv"]["bias"]
+    return site(_norm(z) if config.normalize else z, _relu)
+
+
+def _identity_site(z, activation=None, **_):
+    return activation(z) if activation is not None else z
+
+
+def convnet_local_logits(params: Any, x: jax.Array, config: ConvNetConfig) -> list[jax.Array]:
+    """Every block's head logits (float32), with a stop-gradient between blocks when ``block_loss``."""
+    c = _check_config(config)
+    seq = _block_params(params, c)
+    h = _images(x, c).astype(seq[0]["conv"]["kernel"].dtype)
+    out = []
+    for i, p in enumerate(seq):
+        if c.block_loss:
+            h = lax.stop_gradient(h)
+        h = _body(c, i, p, h, _identity_site)
+        out.append(_local.head_logits(h, p["head"], c.num_groups, c.normalize))
+    return out
+
+
+def convnet_apply(params: Any, x: jax.Array, config: ConvNetConfig) -> jax.Array:
+    """Prediction of a LocalConvNet: the last block's head logits, ``(B, classes)`` float32."""
+    return convnet_local_logits(params, x, config)[-1]
+
+
+def convnet_local_losses(params: Any, x: jax.Array, labels: jax.Array,
+                         config: ConvNetConfig) -> jax.Array:
+    """Mean cross entropy of every head (only the last without ``block_loss``); see ``mixer_local_losses``."""
+    logits = convnet_local_logits(params, x, config)
+    if not config.block_loss:
+        logits = logits[-1:]
+    return jnp.stack([jnp.mean(optax.softmax_cross_entropy_with_integer_labels(l, labels))
+                      for l in logits])
+
+
+def convnet_blocks(config, labels: jax.Array) -> list:
+    """The blocks of :func:`fwdgrad.local_fwd_grad` for this network and these labels.
+
+    With ``block_loss`` one per network block; without, one that runs the whole
+    network (:func:`fwdgrad._local.chain_blocks`).
+    """
+    c = _check_config(config)
+
+    def head_losses(p, out):
+        return _local.local_head_losses(out, p["head"], labels, num_groups=c.num_groups,
+                                        patch_loss=c.patch_loss, group_loss=c.group_loss,
+                                        normalize=c.normalize)
+
+    return _local.chain_blocks(lambda i, p, h, site: _body(c, i, p, h, site), c.num_blocks,
+                               head_losses, block_loss=c.block_loss)
+
+
+def convnet_grads(key: jax.Array, params: Any, x: jax.Array, labels: jax.Array,
+                  config: ConvNetConfig, *, num_tangents: int = 1, tangent: str = "rademacher",
+                  mask_tangents: bool = True, separate_sites: bool = True) -> tuple[jax.Array, Any]:
+    """Local losses and activity-perturbed gradient estimates of a LocalConvNet.
+
+    :func:`fwdgrad.local_fwd_grad` over :func:`convnet_blocks`; as :func:`fwdgrad.mixer_grads`.
+    """
+    c = _check_config(config)
+    seq = _block_params(params, c)
+    x = _images(x, c).astype(seq[0]["conv"]["kernel"].dtype)
+    return _local.network_grads(key, params, seq, x, convnet_blocks(c, labels),
+                                block_loss=c.block_loss, num_tangents=num_tangents,
+                                tangent=tangent, mask_tangents=mask_tangents,
+                                separate_sites=separate_sites)

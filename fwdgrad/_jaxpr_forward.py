@@ -1,0 +1,225 @@
+"""Forward mode with K tangents sharing one primal: a jaxpr interpreter.
+
+Used by :func:`fwdgrad.value_and_fwd_grad` (``strategy="loop"``). ``fun`` is
+traced to a jaxpr and evaluated one equation at a time (:func:`forward`), every
+tangent carrying a leading K axis and the primal computed once (Baydin et al.,
+"Gradients without Backpropagation", 2022, eq. 4, for K directional derivatives).
+
+* For a matmul the primal and the K terms ``dx_k W`` are one matmul of the
+  stacked ``[x; dx_1..dx_K]`` with ``W`` ((1 + 2K)/3 backprop steps of
+  arithmetic for a dense network), and the terms ``x V_k`` with a weight's
+  tangent are drawn and multiplied one k at a time (:func:`_jvp_dot`).
+* Tangents are generated where they are used. A parameter's tangent is drawn
+  from its own key at the first equation that reads the parameter (carried
+  unevaluated through reshapes and casts, :class:`Lazy`). Each matmul's primal
+  output is made to depend on its tangent output (:func:`_tie`): XLA's CPU
+  scheduler otherwise runs the whole primal pass before the tangent pass
+  (optimisation barriers are dropped on CPU), which keeps every activation
+  alive and makes the working memory grow with depth like backprop's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.extend.core import Literal
+
+from fwdgrad import _tangents
+
+__all__ = ["Lazy", "forward"]
+
+# Linear, shape-only unary ops: a tangent that has not been drawn yet is carried
+# through them unevaluated, so that e.g. a reshape of a bias at the top of the
+# program does not force the bias's tangent to be drawn there.
+_STRUCTURAL = frozenset({"reshape", "transpose", "convert_element_type", "squeeze",
+                         "expand_dims", "broadcast_in_dim", "copy", "copy_p", "rev"})
+_INLINE = frozenset({"jit", "pjit", "closed_call", "core_call"})
+
+
+class Lazy(NamedTuple):
+    """A tangent not drawn yet: ``post(sample(fold_in(key_k, index)))`` for each tangent k."""
+    index: int
+    shape: tuple[int, ...]
+    dtype: Any
+    post: tuple = ()  # (primitive, bind_params) applied in order after sampling
+
+
+def _draw_one(lazy: Lazy, key: jax.Array, tangent: str) -> jax.Array:
+    """One tangent of one leaf, from that tangent's key."""
+    t = _tangents.sample_leaf(_tangents.leaf_key(key, lazy.index), lazy.shape, lazy.dtype, tangent)
+    for prim, params in lazy.post:
+        t = prim.bind(t, **params)
+    return t
+
+
+def _draw(lazy: Lazy, keys: jax.Array, tangent: str) -> jax.Array:
+    """The K tangents of one leaf, ``(K, *shape)``, from the K tangent keys."""
+    return jax.vmap(lambda key: _draw_one(lazy, key, tangent))(keys)
+
+
+def _per_tangent(fn, t, keys, tangent):
+    """``stack_k fn(t_k)`` for an array ``t`` ``(K, ...)`` or a lazy tangent.
+
+    A lazy tangent is drawn inside a sequential loop over k, so only one of the
+    K parameter-sized tangents exists at a time (materialising all K is slow
+    as well as large: fresh multi-megabyte buffers cost page faults).
+    """
+    if not isinstance(t, Lazy):
+        return jax.vmap(fn)(t)
+    if keys.shape[0] == 1:
+        return fn(_draw_one(t, keys[0], tangent))[None]
+    return lax.map(lambda key: fn(_draw_one(t, key, tangent)), keys)
+
+
+def _jvp_eqn(prim, params, invals, tans):
+    """Primal output(s) and K-batched tangent output(s) of one equation.
+
+    ``tans[i]`` is None (zero) or ``(K, *shape)``. The primal is computed once: it
+    does not depend on the tangents, so ``vmap`` leaves it unbatched.
+    """
+    nz = [i for i, t in enumerate(tans) if t is not None]
+
+    def at(*nz_vals):
+        vals = list(invals)
+        for i, x in zip(nz, nz_vals):
+            vals[i] = x
+        return prim.bind(*vals, **params)
+
+    def jvp(*nz_tans):
+        return jax.jvp(at, [invals[i] for i in nz], list(nz_tans))
+
+    return jax.vmap(jvp, out_axes=(None, 0))(*[tans[i] for i in nz])
+
+
+def _jvp_dot(params, invals, tans, keys, kind):
+    """Forward mode of a batch-dimension-free ``dot_general`` with shared work.
+
+    ``(a + da)(b + db) = ab + da b + a db``: the primal ``ab`` and the K tangent
+    terms ``da_k b`` share the operand ``b``, so they are one matmul of the
+    stacked ``[a; da_1; ...; da_K]`` with ``b`` (one larger, better-shaped
+    matmul instead of K + 1 small ones). The terms ``a db_k`` with a parameter's
+    tangent ``db_k`` are drawn and multiplied one k at a time. Whichever operand
+    carries an activation tangent is stacked; ``tans`` entries are None, arrays
+    ``(K, ...)`` or lazy parameter tangents.
+    """
+    dims = params["dimension_numbers"]
+    (lc, rc), _ = dims
+    a, b = invals
+    da, db = tans
+    kw = dict(precision=params.get("precision"),
+              preferred_element_type=params.get("preferred_element_type"))
+
+    def dot(x, y):
+        return lax.dot_general(x, y, dims, **kw)
+
+    a_free = a.ndim - len(lc)
+    if da is not None and not isinstance(da, Lazy):
+        stack = jnp.concatenate([a[None].astype(da.dtype), da], axis=0)
+        out = lax.dot_general(stack, b, ((tuple(c + 1 for c in lc), tuple(rc)), ((), ())), **kw)
+        primal, tan = out[0], out[1:]
+        if db is not None:
+            tan = tan + _per_tangent(lambda v: dot(a, v), db, keys, kind).astype(
+                tan.dtype)
+    elif db is not None and not isinstance(db, Lazy):
+        stack = jnp.concatenate([b[None].astype(db.dtype), db], axis=0)
+        out = lax.dot_general(a, stack, ((tuple(lc), tuple(c + 1 for c in rc)), ((), ())), **kw)
+        out = jnp.moveaxis(out, a_free, 0)
+        primal, tan = out[0], out[1:]
+        if da is not None:
+            tan = tan + _per_tangent(lambda v: dot(v, b), da, keys, kind).astype(
+                tan.dtype)
+    else:
+        # Only parameter tangents (a layer reading the input): nothing to stack with.
+        primal = dot(a, b)
+        parts = [_per_tangent(lambda v: dot(a, v), db, keys, kind) if db is not None else None,
+                 _per_tangent(lambda v: dot(v, b), da, keys, kind) if da is not None else None]
+        parts = [p for p in parts if p is not None]
+        tan = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+    return _tie(primal, tan), tan
+
+
+def _tie(primal: jax.Array, tangent: jax.Array) -> jax.Array:
+    """``primal``, made to depend on ``tangent`` so the next layer waits for both.
+
+    XLA's CPU scheduler runs independent chains one after the other: left alone
+    it computes the whole primal pass first and keeps every activation alive for
+    the tangent pass, so the working memory grows with depth like backprop's
+    (optimisation barriers are dropped on CPU, and XLA splits a stacked matmul
+    back into separate ones). Adding ``0 * sum(tangent)`` is an exact no-op for
+    finite tangents that XLA may not fold (``x * 0`` is not 0 for NaN/inf), so
+    it keeps the data dependence, for one extra read of the tangent.
+    """
+    # A full reduction: XLA pushes a slice through a matmul (one entry would only
+    # force one row of it) and splits the K-batched matmul per tangent.
+    total = jnp.sum(tangent, dtype=jnp.float32).astype(primal.dtype)
+    return primal + total * jnp.zeros((), primal.dtype)
+
+
+def forward(jaxpr, consts, primals, tangents, keys, tangent: str):
+    """Evaluate ``jaxpr`` in forward mode with K tangents, equation by equation.
+
+    ``tangents[i]`` is None (zero), an array ``(K, *shape)``, or a
+    :class:`Lazy`, drawn from ``keys`` (``(K,)`` typed keys) where it is first
+    needed. Returns primal outputs and K-batched tangent outputs (None for zero).
+    """
+    env_p: dict = {}
+    env_t: dict = {}
+
+    def read_p(v):
+        return v.val if isinstance(v, Literal) else env_p[v]
+
+    def read_t(v):
+        return None if isinstance(v, Literal) else env_t.get(v)
+
+    for v, x in zip(jaxpr.constvars, consts):
+        env_p[v] = x
+    for v, x, t in zip(jaxpr.invars, primals, tangents):
+        env_p[v] = x
+        if t is not None:
+            env_t[v] = t
+
+    for eqn in jaxpr.eqns:
+        invals = [read_p(v) for v in eqn.invars]
+        tans = [read_t(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        params = eqn.primitive.get_bind_params(eqn.params)
+
+        if all(t is None for t in tans):
+            out = eqn.primitive.bind(*invals, **params)
+            outs = out if eqn.primitive.multiple_results else [out]
+            for v, x in zip(eqn.outvars, outs):
+                env_p[v] = x
+            continue
+
+        if name in _STRUCTURAL and len(tans) == 1 and isinstance(tans[0], Lazy):
+            env_p[eqn.outvars[0]] = eqn.primitive.bind(*invals, **params)
+            lz = tans[0]
+            env_t[eqn.outvars[0]] = lz._replace(post=lz.post + ((eqn.primitive, params),))
+            continue
+
+        fused_dot = name == "dot_general" and params["dimension_numbers"][1] == ((), ())
+        if not fused_dot:
+            tans = [_draw(t, keys, tangent) if isinstance(t, Lazy) else t for t in tans]
+
+        if name in _INLINE and "jaxpr" in eqn.params:
+            closed = eqn.params["jaxpr"]
+            outs, out_t = forward(closed.jaxpr, closed.consts, invals, tans, keys, tangent)
+        else:
+            if fused_dot:
+                out, out_tan = _jvp_dot(params, invals, tans, keys, tangent)
+            else:
+                out, out_tan = _jvp_eqn(eqn.primitive, params, invals, tans)
+            outs = out if eqn.primitive.multiple_results else [out]
+            out_t = out_tan if eqn.primitive.multiple_results else [out_tan]
+        for v, x, t in zip(eqn.outvars, outs, out_t):
+            env_p[v] = x
+            if t is not None and jnp.issubdtype(jnp.result_type(t), jnp.inexact):
+                env_t[v] = t
+
+    outs = [read_p(v) for v in jaxpr.outvars]
+    out_t = [read_t(v) for v in jaxpr.outvars]
+    out_t = [_draw(t, keys, tangent) if isinstance(t, Lazy) else t for t in out_t]
+    return outs, out_t

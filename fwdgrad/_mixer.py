@@ -1,0 +1,303 @@
+"""LocalMixer (Ren, Kornblith, Liao, Hinton, ICLR 2023, sec. 5 and their Algorithm 2), function API.
+
+An MLP-Mixer built for local learning: the image is cut into patches and
+embedded, then every block mixes tokens (across patches, per channel) and
+channels (a dense layer, then a grouped linear layer: channel group g of the
+hidden units feeds only output group g), with parameter-free layer norms where
+Ren et al. put them (on the block input, after every linear layer before its
+ReLU, between the channel-mixing layers within each group, and per group before
+the head), a residual connection into the last ReLU, and a local head per block
+(:func:`fwdgrad._local.head_logits`). Block 0 has no token mixing: its first
+layer embeds the patches.
+
+Pre-activations after each post-linear layer norm are the perturbation sites
+of :func:`fwdgrad.local_fwd_grad`. Three switches, independent of each other:
+
+* ``block_loss``: every block has its own loss and reads a constant input
+  (local greedy losses); off, the whole network is one block with one loss at
+  the end (Ren et al.'s FG-A rows) and the earlier blocks' sites see all of it.
+* ``patch_loss``: one loss per patch (Ren et al.'s spatial loss).
+* ``group_loss``: one loss per channel group (``num_groups`` groups).
+
+Parameters: ``{"blocks": {i: {"token"?, "channel", "group", "head"}}}``, each
+layer ``{"kernel", "bias"}``: token ``(P, P)``, channel ``(in, hidden)``,
+group ``(G, hidden/G, channels/G)``, head ``(channels, classes)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from fwdgrad import _local
+
+__all__ = ["MixerConfig", "mixer_init", "mixer_apply", "mixer_local_logits", "mixer_local_losses",
+           "mixer_blocks", "mixer_grads"]
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive int")
+    return value
+
+
+def _check_image_shape(image_shape: Any) -> tuple[int, int, int]:
+    shape = tuple(image_shape) if isinstance(image_shape, (tuple, list)) else ()
+    if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(f"image_shape={image_shape!r} must be (height, width, channels), e.g. "
+                         "(28, 28, 1)")
+    return shape
+
+
+def _check_groups(num_groups: int, **widths: int) -> None:
+    for name, width in widths.items():
+        if width % num_groups:
+            raise ValueError(f"num_groups={num_groups} does not divide {name}={width}; channel "
+                             f"groups are equal contiguous slices, so use a divisor of {width}")
+
+
+def _check_flags(obj: Any, *names: str) -> None:
+    for name in names:
+        if not isinstance(getattr(obj, name), bool):
+            raise TypeError(f"{name}={getattr(obj, name)!r} must be a bool")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MixerConfig:
+    """Shape and local losses of a LocalMixer (Ren et al., 2023). Validated at construction.
+
+    Ren et al.'s names read ``size/patches/groups``: ``S/1/1`` is one patch per
+    image (a deep MLP) with one group, ``M/1/16`` the wider net with 16 groups.
+
+    Attributes:
+      image_shape: ``(height, width, channels)`` of an input image.
+      patch_size: side of a square patch; must divide height and width.
+      num_blocks: mixer blocks, each with its own head.
+      channels: features per patch after every block.
+      hidden: hidden units of the channel-mixing layers (default ``channels``).
+      num_classes: outputs of every head.
+      num_groups: channel groups; must divide ``channels`` and ``hidden``.
+      normalize: the parameter-free layer norms (off only for checks with one
+        unit per group, where a norm over one unit is zero).
+      block_loss, patch_loss, group_loss: the local losses (module docstring).
+    """
+
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+    patch_size: int = 7
+    num_blocks: int = 2
+    channels: int = 64
+    hidden: int | None = None
+    num_classes: int = 10
+    num_groups: int = 1
+    block_loss: bool = True
+    patch_loss: bool = True
+    group_loss: bool = True
+    normalize: bool = True
+
+    def __post_init__(self):
+        height, width, _ = _check_image_shape(self.image_shape)
+        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        for name in ("patch_size", "num_blocks", "channels", "num_classes", "num_groups"):
+            _positive_int(name, getattr(self, name))
+        if self.hidden is None:
+            object.__setattr__(self, "hidden", self.channels)
+        _positive_int("hidden", self.hidden)
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"patch_size={self.patch_size} does not divide the {height}x{width} "
+                             "image; use a common divisor of height and width (28: 1, 2, 4, 7, 14, 28)")
+        _check_groups(self.num_groups, channels=self.channels, hidden=self.hidden)
+        _check_flags(self, "normalize", "block_loss", "patch_loss", "group_loss")
+
+    @property
+    def num_patches(self) -> int:
+        height, width, _ = self.image_shape
+        return (height // self.patch_size) * (width // self.patch_size)
+
+    @property
+    def patch_features(self) -> int:
+        return self.patch_size * self.patch_size * self.image_shape[2]
+
+    def local_grads(self, key, params, x, labels, **kwargs):
+        """:func:`mixer_grads` of this configuration (for ``fwdgrad.local_forward_gradient``)."""
+        return mixer_grads(key, params, x, labels, self, **kwargs)
+
+
+def _check_config(config: Any) -> MixerConfig:
+    if not isinstance(config, MixerConfig):
+        raise TypeError(f"config={config!r} is not a fwdgrad.MixerConfig")
+    return config
+
+
+def _dense_init(key, fan_in, shape):
+    # He-normal: the layers feed ReLUs through parameter-free layer norms.
+    return jax.random.normal(key, shape, jnp.float32) * jnp.float32(math.sqrt(2.0 / fan_in))
+
+
+def _layer(key, fan_in, kernel_shape, bias_shape, dtype):
+    return {"kernel": _dense_init(key, fan_in, kernel_shape).astype(dtype),
+            "bias": jnp.zeros(bias_shape, dtype)}
+
+
+def mixer_init(key: jax.Array, config: MixerConfig, dtype: Any = jnp.float32) -> dict:
+    """Initial parameters of a LocalMixer: He-normal kernels, zero biases."""
+    c = _check_config(config)
+    G, P = c.num_groups, c.num_patches
+    blocks = {}
+    for i in range(c.num_blocks):
+        kt, kc, kg, kh = jax.random.split(jax.random.fold_in(key, i), 4)
+        fan_in = c.patch_features if i == 0 else c.channels
+        b = {"channel": _layer(kc, fan_in, (fan_in, c.hidden), (c.hidden,), dtype),
+             "group": _layer(kg, c.hidden // G, (G, c.hidden // G, c.channels // G),
+                             (c.channels,), dtype),
+             "head": _layer(kh, c.channels, (c.channels, c.num_classes), (c.num_classes,), dtype)}
+        if i > 0:
+            b = {"token": _layer(kt, P, (P, P), (P,), dtype), **b}
+        blocks[i] = b
+    return {"blocks": blocks}
+
+
+def _block_params(params: Any, config: MixerConfig) -> list:
+    try:
+        blocks = params["blocks"]
+    except (TypeError, KeyError):
+        raise ValueError("LocalMixer params must be {'blocks': {i: ...}} as given by "
+                         "fwdgrad.mixer_init or nnx.split(fwdgrad.LocalMixer(...), nnx.Param)"
+                         ) from None
+    seq = [blocks[k] for k in sorted(blocks)] if isinstance(blocks, dict) else list(blocks)
+    if len(seq) != config.num_blocks:
+        raise ValueError(f"params have {len(seq)} blocks, the config {config.num_blocks}")
+    return seq
+
+
+def _patches(x: jax.Array, config: MixerConfig) -> jax.Array:
+    """``(B, ...)`` images -> ``(B, P, patch_size**2 * channels)`` patch vectors."""
+    height, width, chans = config.image_shape
+    if math.prod(x.shape[1:]) != height * width * chans:
+        raise ValueError(f"LocalMixer expects images of {config.image_shape}, got input of shape "
+                         f"{x.shape}")
+    s = config.patch_size
+    x = x.reshape(x.shape[0], height // s, s, width // s, s, chans)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(x.shape[0], config.num_patches, -1)
+
+
+def _norm(x: jax.Array, num_groups: int = 1) -> jax.Array:
+    """Parameter-free layer norm over the last axis, within ``num_groups`` equal slices."""
+    x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], num_groups, x.shape[-1] // num_groups)
+    mu = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.var(x32, axis=-1, keepdims=True)
+    return ((x32 - mu) * lax.rsqrt(var + jnp.float32(1e-5))).reshape(x.shape).astype(x.dtype)
+
+
+def _no_norm(x: jax.Array, num_groups: int = 1) -> jax.Array:
+    del num_groups
+    return x
+
+
+def _linear(p, x):
+    return x @ p["kernel"] + p["bias"]
+
+
+def _group_linear(p, x, num_groups):
+    xg = x.reshape(*x.shape[:-1], num_groups, -1)
+    y = jnp.einsum("bpgi,gio->bpgo", xg, p["kernel"])
+    return y.reshape(*x.shape[:-1], -1) + p["bias"]
+
+
+def _relu(z):
+    return jax.nn.relu(z)
+
+
+def _body(config: MixerConfig, i: int, p: Any, h: jax.Array, site) -> jax.Array:
+    """Block i's output ``(B, P, channels)`` from its input; ``site`` marks the pre-activations."""
+    G = config.num_groups
+    norm = _norm if config.normalize else _no_norm
+    if i == 0:
+        a = norm(h)
+    else:
+        t = norm(h)
+        # token mixing: patch q of the output reads every patch of the same channel
+        z = jnp.einsum("bpc,pq->bqc", t, p["token"]["kernel"]) + p["token"]["bias"][:, None]
+        a = norm(site(norm(z), _relu, per_group=False))
+    a = site(norm(_linear(p["channel"], a)), _relu)
+    z = norm(_group_linear(p["group"], norm(a, G), G), G)
+    if i == 0:
+        return site(z, _relu)
+    return site(z, lambda t: _relu(t + h))  # residual into the block's last ReLU
+
+
+def _identity_site(z, activation=None, **_):
+    return activation(z) if activation is not None else z
+
+
+def mixer_local_logits(params: Any, x: jax.Array, config: MixerConfig) -> list[jax.Array]:
+    """Every block's head logits (float32), with a stop-gradient between blocks when ``block_loss``."""
+    c = _check_config(config)
+    h = _patches(x, c).astype(_block_params(params, c)[0]["channel"]["kernel"].dtype)
+    out = []
+    for i, p in enumerate(_block_params(params, c)):
+        if c.block_loss:
+            h = lax.stop_gradient(h)
+        h = _body(c, i, p, h, _identity_site)
+        out.append(_local.head_logits(h, p["head"], c.num_groups, c.normalize))
+    return out
+
+
+def mixer_apply(params: Any, x: jax.Array, config: MixerConfig) -> jax.Array:
+    """Prediction of a LocalMixer: the last block's head logits, ``(B, classes)`` float32."""
+    return mixer_local_logits(params, x, config)[-1]
+
+
+def mixer_local_losses(params: Any, x: jax.Array, labels: jax.Array,
+                       config: MixerConfig) -> jax.Array:
+    """Mean cross entropy of every head ``(num_blocks,)``; their sum is the local objective.
+
+    With ``block_loss`` each block's loss sees only its own block (stop-gradient
+    between blocks), so ``jax.grad`` of the sum is local backprop ("LG-BP") and
+    :func:`fwdgrad.fwd_grad` of it is Ren et al.'s LG-FG-W. Without, only the
+    last head's loss is returned (shape ``(1,)``): the global objective.
+    """
+    logits = mixer_local_logits(params, x, config)
+    if not config.block_loss:
+        logits = logits[-1:]
+    return jnp.stack([jnp.mean(optax.softmax_cross_entropy_with_integer_labels(l, labels))
+                      for l in logits])
+
+
+def mixer_blocks(config, labels: jax.Array) -> list:
+    """The blocks of :func:`fwdgrad.local_fwd_grad` for this network and these labels.
+
+    With ``block_loss`` one per network block; without, one that runs the whole
+    network (:func:`fwdgrad._local.chain_blocks`).
+    """
+    c = _check_config(config)
+
+    def head_losses(p, out):
+        return _local.local_head_losses(out, p["head"], labels, num_groups=c.num_groups,
+                                        patch_loss=c.patch_loss, group_loss=c.group_loss,
+                                        normalize=c.normalize)
+
+    return _local.chain_blocks(lambda i, p, h, site: _body(c, i, p, h, site), c.num_blocks,
+                               head_losses, block_loss=c.block_loss)
+
+
+def mixer_grads(key: jax.Array, params: Any, x: jax.Array, labels: jax.Array,
+                config: MixerConfig, *, num_tangents: int = 1, tangent: str = "rademacher",
+                mask_tangents: bool = True, separate_sites: bool = True) -> tuple[jax.Array, Any]:
+    """Local losses and activity-perturbed gradient estimates of a LocalMixer (LG-FG-A / FG-A).
+
+    :func:`fwdgrad.local_fwd_grad` over :func:`mixer_blocks`. Returns the
+    float32 local losses and estimates with ``params``'s structure and dtypes.
+    """
+    c = _check_config(config)
+    seq = _block_params(params, c)
+    x = _patches(x, c).astype(seq[0]["channel"]["kernel"].dtype)
+    return _local.network_grads(key, params, seq, x, mixer_blocks(c, labels),
+                                block_loss=c.block_loss, num_tangents=num_tangents,
+                                tangent=tangent, mask_tangents=mask_tangents,
+                                separate_sites=separate_sites)
