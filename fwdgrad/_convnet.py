@@ -24,7 +24,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 from fwdgrad import _local
@@ -116,17 +115,8 @@ def convnet_init(key: jax.Array, config: ConvNetConfig, dtype: Any = jnp.float32
     return {"blocks": blocks}
 
 
-def _block_params(params: Any, config: ConvNetConfig) -> list:
-    try:
-        blocks = params["blocks"]
-    except (TypeError, KeyError):
-        raise ValueError("LocalConvNet params must be {'blocks': {i: ...}} as given by "
-                         "fwdgrad.convnet_init or nnx.split(fwdgrad.LocalConvNet(...), nnx.Param)"
-                         ) from None
-    seq = [blocks[k] for k in sorted(blocks)] if isinstance(blocks, dict) else list(blocks)
-    if len(seq) != config.num_blocks:
-        raise ValueError(f"params have {len(seq)} blocks, the config {config.num_blocks}")
-    return seq
+def _block_params(params: Any, config) -> list:
+    return _local.block_list(params, config.num_blocks, "LocalConvNet")
 
 
 def _images(x: jax.Array, config: ConvNetConfig) -> jax.Array:
@@ -149,22 +139,14 @@ def _body(config: ConvNetConfig, i: int, p: Any, h: jax.Array, site) -> jax.Arra
     return site(_norm(z) if config.normalize else z, _relu)
 
 
-def _identity_site(z, activation=None, **_):
-    return activation(z) if activation is not None else z
-
-
 def convnet_local_logits(params: Any, x: jax.Array, config: ConvNetConfig) -> list[jax.Array]:
     """Every block's head logits (float32), with a stop-gradient between blocks when ``block_loss``."""
     c = _check_config(config)
     seq = _block_params(params, c)
     h = _images(x, c).astype(seq[0]["conv"]["kernel"].dtype)
-    out = []
-    for i, p in enumerate(seq):
-        if c.block_loss:
-            h = lax.stop_gradient(h)
-        h = _body(c, i, p, h, _identity_site)
-        out.append(_local.head_logits(h, p["head"], c.num_groups, c.normalize))
-    return out
+    return _local.chain_logits(lambda i, p, h, site: _body(c, i, p, h, site), seq, h,
+                               num_groups=c.num_groups, normalize=c.normalize,
+                               block_loss=c.block_loss)
 
 
 def convnet_apply(params: Any, x: jax.Array, config: ConvNetConfig) -> jax.Array:
@@ -175,11 +157,7 @@ def convnet_apply(params: Any, x: jax.Array, config: ConvNetConfig) -> jax.Array
 def convnet_local_losses(params: Any, x: jax.Array, labels: jax.Array,
                          config: ConvNetConfig) -> jax.Array:
     """Mean cross entropy of every head (only the last without ``block_loss``); see ``mixer_local_losses``."""
-    logits = convnet_local_logits(params, x, config)
-    if not config.block_loss:
-        logits = logits[-1:]
-    return jnp.stack([jnp.mean(optax.softmax_cross_entropy_with_integer_labels(l, labels))
-                      for l in logits])
+    return _local.mean_losses(convnet_local_logits(params, x, config), labels, config.block_loss)
 
 
 def convnet_blocks(config, labels: jax.Array) -> list:

@@ -80,6 +80,44 @@ def _gather_invariant(x: jax.Array, axis_name: Any) -> jax.Array:
     return lax.all_gather(x, axis_name, tiled=True)  # vmap, pmap, or JAX without variance types
 
 
+def _check_config(mesh, axis_name, num_tangents, tangent, aggregate, batch_axis_name, seed):
+    """Validate :func:`sharded_forward_gradient`'s arguments; returns ``(K, devices, batch shards)``."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"sharded_forward_gradient: mesh={mesh!r} is not a jax.sharding.Mesh; "
+                        "build one with jax.sharding.Mesh(np.array(jax.devices()), ('tangent',))")
+    n_dev = _check_axis(mesh, axis_name, "axis_name")
+    K = _estimators.check_num_tangents(num_tangents)
+    _tangents.check_tangent(tangent)
+    _estimators.check_aggregate(aggregate)
+    if K % n_dev:
+        raise ValueError(f"sharded_forward_gradient: num_tangents={K} is not divisible by the "
+                         f"{n_dev} devices of mesh axis {axis_name!r}; use a multiple of {n_dev} "
+                         f"(e.g. {n_dev * max(1, round(K / n_dev))})")
+    if batch_axis_name is not None:
+        if batch_axis_name == axis_name:
+            raise ValueError("sharded_forward_gradient: batch_axis_name must differ from "
+                             f"axis_name ({axis_name!r}); use a 2-D mesh such as "
+                             "('data', 'tangent'), or batch_axis_name=None")
+        n_batch = _check_axis(mesh, batch_axis_name, "batch_axis_name")
+    else:
+        n_batch = 1
+    _transforms.check_seed(seed)
+    return K, n_dev, n_batch
+
+
+def _check_batch(batch: Any, batch_axis_name: Any, n_batch: int) -> None:
+    if batch_axis_name is None:
+        return
+    if batch is None:
+        raise ValueError(f"sharded_forward_gradient(batch_axis_name={batch_axis_name!r}) "
+                         "needs batch= and a loss_fn(params, batch)")
+    for x in jax.tree.leaves(batch):
+        if jnp.ndim(x) == 0 or jnp.shape(x)[0] % n_batch:
+            raise ValueError(f"sharded_forward_gradient: batch leaf of shape "
+                             f"{jnp.shape(x)} cannot be split over the {n_batch} devices "
+                             f"of {batch_axis_name!r}; use a batch size divisible by it")
+
+
 def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
                              tangent: str = "rademacher", seed: int = 0,
                              aggregate: str = "mean",
@@ -119,26 +157,8 @@ def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
       TypeError: ``mesh`` not a Mesh, ``num_tangents`` not an int.
       ValueError: unknown axis, K not divisible by the axis size, bad tangent or aggregate.
     """
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"sharded_forward_gradient: mesh={mesh!r} is not a jax.sharding.Mesh; "
-                        "build one with jax.sharding.Mesh(np.array(jax.devices()), ('tangent',))")
-    n_dev = _check_axis(mesh, axis_name, "axis_name")
-    K = _estimators.check_num_tangents(num_tangents)
-    _tangents.check_tangent(tangent)
-    _estimators.check_aggregate(aggregate)
-    if K % n_dev:
-        raise ValueError(f"sharded_forward_gradient: num_tangents={K} is not divisible by the "
-                         f"{n_dev} devices of mesh axis {axis_name!r}; use a multiple of {n_dev} "
-                         f"(e.g. {n_dev * max(1, round(K / n_dev))})")
-    if batch_axis_name is not None:
-        if batch_axis_name == axis_name:
-            raise ValueError("sharded_forward_gradient: batch_axis_name must differ from "
-                             f"axis_name ({axis_name!r}); use a 2-D mesh such as "
-                             "('data', 'tangent'), or batch_axis_name=None")
-        n_batch = _check_axis(mesh, batch_axis_name, "batch_axis_name")
-    else:
-        n_batch = 1
-    _transforms.check_seed(seed)
+    K, n_dev, n_batch = _check_config(mesh, axis_name, num_tangents, tangent, aggregate,
+                                      batch_axis_name, seed)
     k_local = K // n_dev
     axes = (axis_name,) if batch_axis_name is None else (batch_axis_name, axis_name)
 
@@ -151,15 +171,7 @@ def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
         if params is None or loss_fn is None:
             raise ValueError("sharded_forward_gradient.update needs params and loss_fn=; call "
                              "tx.update(None, state, params, loss_fn=loss_fn)")
-        if batch_axis_name is not None and batch is None:
-            raise ValueError(f"sharded_forward_gradient(batch_axis_name={batch_axis_name!r}) "
-                             "needs batch= and a loss_fn(params, batch)")
-        if batch_axis_name is not None:
-            for x in jax.tree.leaves(batch):
-                if jnp.ndim(x) == 0 or jnp.shape(x)[0] % n_batch:
-                    raise ValueError(f"sharded_forward_gradient: batch leaf of shape "
-                                     f"{jnp.shape(x)} cannot be split over the {n_batch} devices "
-                                     f"of {batch_axis_name!r}; use a batch size divisible by it")
+        _check_batch(batch, batch_axis_name, n_batch)
         key = _transforms._step_key(state)
 
         def local(params, batch):

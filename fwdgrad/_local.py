@@ -49,7 +49,8 @@ from jax import lax
 from fwdgrad import _estimators, _tangents, _transforms
 
 __all__ = ["local_fwd_grad", "local_head_losses", "local_forward_gradient", "head_logits",
-           "chain_blocks", "network_grads"]
+           "chain_blocks", "network_grads", "block_list", "identity_site", "chain_logits",
+           "mean_losses"]
 
 Block = Callable[..., tuple[jax.Array, jax.Array]]
 
@@ -348,6 +349,43 @@ def local_head_losses(x: jax.Array, head: Any, labels: jax.Array, *, num_groups:
     if not group_loss:
         own = jnp.sum(own, axis=2, keepdims=True)
     return ce[:, None, None] + own
+
+
+def block_list(params: Any, num_blocks: int, model: str) -> list:
+    """``params["blocks"]`` (a dict keyed by block index, or a sequence) as a list in order."""
+    try:
+        blocks = params["blocks"]
+    except (TypeError, KeyError):
+        raise ValueError(f"{model} params must be {{'blocks': {{i: ...}}}} as given by its init "
+                         f"function or nnx.split(fwdgrad.{model}(...), nnx.Param)") from None
+    seq = [blocks[k] for k in sorted(blocks)] if isinstance(blocks, dict) else list(blocks)
+    if len(seq) != num_blocks:
+        raise ValueError(f"{model} params have {len(seq)} blocks, the config {num_blocks}")
+    return seq
+
+
+def identity_site(z, activation=None, **_):
+    """A ``site`` that perturbs nothing: the plain forward pass of a block."""
+    return activation(z) if activation is not None else z
+
+
+def chain_logits(body: Callable, seq: list, h: jax.Array, *, num_groups: int, normalize: bool,
+                 block_loss: bool) -> list[jax.Array]:
+    """Every block's head logits, a stop-gradient before every block under ``block_loss``."""
+    out = []
+    for i, p in enumerate(seq):
+        if block_loss:
+            h = lax.stop_gradient(h)
+        h = body(i, p, h, identity_site)
+        out.append(head_logits(h, p["head"], num_groups, normalize))
+    return out
+
+
+def mean_losses(logits: list[jax.Array], labels: jax.Array, block_loss: bool) -> jax.Array:
+    """Mean cross entropy of every head, or of the last only without ``block_loss``."""
+    logits = logits if block_loss else logits[-1:]
+    return jnp.stack([jnp.mean(optax.softmax_cross_entropy_with_integer_labels(l, labels))
+                      for l in logits])
 
 
 def local_forward_gradient(model: Any, *, num_tangents: int = 1, tangent: str = "rademacher",

@@ -32,7 +32,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 from fwdgrad import _local
@@ -162,17 +161,8 @@ def mixer_init(key: jax.Array, config: MixerConfig, dtype: Any = jnp.float32) ->
     return {"blocks": blocks}
 
 
-def _block_params(params: Any, config: MixerConfig) -> list:
-    try:
-        blocks = params["blocks"]
-    except (TypeError, KeyError):
-        raise ValueError("LocalMixer params must be {'blocks': {i: ...}} as given by "
-                         "fwdgrad.mixer_init or nnx.split(fwdgrad.LocalMixer(...), nnx.Param)"
-                         ) from None
-    seq = [blocks[k] for k in sorted(blocks)] if isinstance(blocks, dict) else list(blocks)
-    if len(seq) != config.num_blocks:
-        raise ValueError(f"params have {len(seq)} blocks, the config {config.num_blocks}")
-    return seq
+def _block_params(params: Any, config) -> list:
+    return _local.block_list(params, config.num_blocks, "LocalMixer")
 
 
 def _patches(x: jax.Array, config: MixerConfig) -> jax.Array:
@@ -231,21 +221,14 @@ def _body(config: MixerConfig, i: int, p: Any, h: jax.Array, site) -> jax.Array:
     return site(z, lambda t: _relu(t + h))  # residual into the block's last ReLU
 
 
-def _identity_site(z, activation=None, **_):
-    return activation(z) if activation is not None else z
-
-
 def mixer_local_logits(params: Any, x: jax.Array, config: MixerConfig) -> list[jax.Array]:
     """Every block's head logits (float32), with a stop-gradient between blocks when ``block_loss``."""
     c = _check_config(config)
-    h = _patches(x, c).astype(_block_params(params, c)[0]["channel"]["kernel"].dtype)
-    out = []
-    for i, p in enumerate(_block_params(params, c)):
-        if c.block_loss:
-            h = lax.stop_gradient(h)
-        h = _body(c, i, p, h, _identity_site)
-        out.append(_local.head_logits(h, p["head"], c.num_groups, c.normalize))
-    return out
+    seq = _block_params(params, c)
+    h = _patches(x, c).astype(seq[0]["channel"]["kernel"].dtype)
+    return _local.chain_logits(lambda i, p, h, site: _body(c, i, p, h, site), seq, h,
+                               num_groups=c.num_groups, normalize=c.normalize,
+                               block_loss=c.block_loss)
 
 
 def mixer_apply(params: Any, x: jax.Array, config: MixerConfig) -> jax.Array:
@@ -262,11 +245,7 @@ def mixer_local_losses(params: Any, x: jax.Array, labels: jax.Array,
     :func:`fwdgrad.fwd_grad` of it is Ren et al.'s LG-FG-W. Without, only the
     last head's loss is returned (shape ``(1,)``): the global objective.
     """
-    logits = mixer_local_logits(params, x, config)
-    if not config.block_loss:
-        logits = logits[-1:]
-    return jnp.stack([jnp.mean(optax.softmax_cross_entropy_with_integer_labels(l, labels))
-                      for l in logits])
+    return _local.mean_losses(mixer_local_logits(params, x, config), labels, config.block_loss)
 
 
 def mixer_blocks(config, labels: jax.Array) -> list:
