@@ -416,6 +416,24 @@ def quantize_blocks(x: jax.Array, fmt: ScaledFormat, *, axis=-1, channel_axis=No
     return _from_blocks(_dequantize_core(q, rep, t, bad, fmt), lay).astype(x.dtype)
 
 
+def quantize_blocks_split(x, fmt: ScaledFormat, *, axis=-1, channel_axis=None,
+                          rounding: str = "nearest", key=None):
+    """``(v, t)`` with ``quantize_blocks(...) == v * t``: ``t`` the float32 tensor decode scale.
+
+    For two-level formats ``v = q * b`` is exact in float32 *and* bfloat16 (E2M1 times
+    E4M3 has 6 significant bits), so a GEMM on ``v`` rescaled once by the product of
+    the operands' ``t`` is what NVFP4 hardware computes; ``t = 1`` for other formats.
+    """
+    x = _check_x(x)
+    if not fmt.tensor_scale:
+        return quantize_blocks(x, fmt, axis=axis, channel_axis=channel_axis, rounding=rounding,
+                               key=key), jnp.float32(1.0)
+    lay = _layout(x.shape, fmt, axis, channel_axis)
+    q, rep, t, bad = _quantize_core(_to_blocks(x, lay), key, fmt=fmt, rounding=rounding)
+    v = jnp.where(bad, jnp.float32(jnp.nan), q * rep)
+    return _from_blocks(v, lay).astype(x.dtype), t
+
+
 # ---------------------------------------------------------------------------
 # Codes
 # ---------------------------------------------------------------------------

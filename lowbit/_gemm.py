@@ -41,7 +41,7 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero, linear_call
 
-from lowbit._blocks import ScaledFormat, quantize_blocks
+from lowbit._blocks import ScaledFormat, quantize_blocks_split
 from lowbit._formats import FLOAT32, Format
 from lowbit._rounding import ROUNDINGS, quantize
 from lowbit._scaling import compute_scale
@@ -94,10 +94,6 @@ class GemmConfig:
                 and (h == 0 or (h >= 2 and h & (h - 1) == 0 and h <= 256))):
             raise ValueError(f"GemmConfig(hadamard={h!r}): need 0 (off) or a power of two in "
                              "2..256 (NVIDIA 2025 use 16)")
-
-    @property
-    def is_float32(self) -> bool:
-        return all(isinstance(f, Format) and f.is_float32 for f in (self.lhs, self.rhs))
 
 
 def check_roles(forward, input_gradient, weight_gradient, activation_scaling: str) -> bool:
@@ -169,15 +165,29 @@ def _key(x, seed: int, salt: int):
 
 
 def _quant(x, fmt, rounding, seed, salt, axes, channel_axes=None):
-    """``x`` on ``fmt``'s grid with this role's scales, in ``x``'s dtype."""
+    """``(v, t)``: ``x`` on ``fmt``'s grid with this role's scales is ``v * t``.
+
+    ``v`` is in ``x``'s dtype; ``t`` is the float32 per-tensor scale of
+    two-level formats (NVFP4), applied once to the GEMM's output as the
+    hardware does, and 1 otherwise.
+    """
+    one = jnp.float32(1.0)
     if isinstance(fmt, Format) and fmt.is_float32:
-        return x
+        return x, one
     key = _key(x, seed, salt) if rounding == "stochastic" else None
     if isinstance(fmt, ScaledFormat):
-        return quantize_blocks(x, fmt, axis=axes, channel_axis=channel_axes or None,
-                               rounding=rounding, key=key)
+        return quantize_blocks_split(x, fmt, axis=axes, channel_axis=channel_axes or None,
+                                     rounding=rounding, key=key)
     scale = compute_scale(lax.stop_gradient(x), fmt)
-    return quantize(x, fmt, scale=scale, rounding=rounding, key=key)
+    return quantize(x, fmt, scale=scale, rounding=rounding, key=key), one
+
+
+def _two_level(*fmts) -> bool:
+    return any(isinstance(f, ScaledFormat) and f.tensor_scale for f in fmts)
+
+
+def _rescale(y, t, on: bool):
+    return y * t.astype(y.dtype) if on else y
 
 
 @functools.lru_cache(maxsize=None)
@@ -215,23 +225,29 @@ class _Spec:
 
 def _fwd_operands(lhs, rhs, s: _Spec):
     f, ax = s.forward, s.axes
-    aq = _quant(lhs, f.lhs, f.lhs_rounding, s.seed, 2, ax.f_lhs)
-    wq = _quant(rhs, f.rhs, f.rhs_rounding, s.seed, 3, ax.f_rhs, ax.f_rhs_ch)
-    return aq, wq
+    aq, ta = _quant(lhs, f.lhs, f.lhs_rounding, s.seed, 2, ax.f_lhs)
+    wq, tw = _quant(rhs, f.rhs, f.rhs_rounding, s.seed, 3, ax.f_rhs, ax.f_rhs_ch)
+    return aq, ta, wq, tw
+
+
+def _forward(lhs, rhs, op, s: _Spec, out_dtype):
+    aq, ta, wq, tw = _fwd_operands(lhs, rhs, s)
+    y = _rescale(op(aq, wq, s.accumulation), ta * tw, _two_level(s.forward.lhs, s.forward.rhs))
+    return y.astype(out_dtype), aq, ta, wq, tw
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def _role_bilinear(lhs, rhs, op, spec, out_dtype):
-    aq, wq = _fwd_operands(lhs, rhs, spec)
-    return op(aq, wq, spec.accumulation).astype(out_dtype)
+    return _forward(lhs, rhs, op, spec, out_dtype)[0]
 
 
 def _input_grad(g, w, lhs_aval, op, s: _Spec, out_dtype):
     d, ax = s.input_gradient, s.axes
-    gq = _quant(g, d.lhs, d.lhs_rounding, s.seed, 0, ax.d_g)
-    wq = _quant(w, d.rhs, d.rhs_rounding, s.seed, 1, ax.d_rhs, ax.d_rhs_ch)
+    gq, tg = _quant(g, d.lhs, d.lhs_rounding, s.seed, 0, ax.d_g)
+    wq, tw = _quant(w, d.rhs, d.rhs_rounding, s.seed, 1, ax.d_rhs, ax.d_rhs_ch)
     f = lambda t: op(t, wq, s.accumulation).astype(out_dtype)  # noqa: E731
-    return jax.linear_transpose(f, lhs_aval)(gq.astype(out_dtype))[0]
+    da = jax.linear_transpose(f, lhs_aval)(gq.astype(out_dtype))[0]
+    return _rescale(da, tg * tw, _two_level(d.lhs, d.rhs))
 
 
 def _weight_grad(g, a, rhs_aval, op, s: _Spec, out_dtype):
@@ -241,29 +257,34 @@ def _weight_grad(g, a, rhs_aval, op, s: _Spec, out_dtype):
         # adds rows that are zero in both, so A^T G is unchanged before quantization.
         a = _rht(a, ax.w_lhs[-1], wg.hadamard, s.seed)
         g = _rht(g, ax.w_g[-1], wg.hadamard, s.seed)
-    aq = _quant(a, wg.lhs, wg.lhs_rounding, s.seed, 4, ax.w_lhs)
-    gq = _quant(g, wg.rhs, wg.rhs_rounding, s.seed, 5, ax.w_g)
+    aq, ta = _quant(a, wg.lhs, wg.lhs_rounding, s.seed, 4, ax.w_lhs)
+    gq, tg = _quant(g, wg.rhs, wg.rhs_rounding, s.seed, 5, ax.w_g)
     f = lambda t: op(aq, t, s.accumulation).astype(out_dtype)  # noqa: E731
-    return jax.linear_transpose(f, rhs_aval)(gq.astype(out_dtype))[0]
+    dw = jax.linear_transpose(f, rhs_aval)(gq.astype(out_dtype))[0]
+    return _rescale(dw, ta * tg, _two_level(wg.lhs, wg.rhs))
 
 
 def _role_bilinear_jvp(op, spec, out_dtype, primals, tangents):
     lhs, rhs = primals
     dlhs, drhs = tangents
-    aq, wq = _fwd_operands(lhs, rhs, spec)
+    y, aq, ta, wq, tw = _forward(lhs, rhs, op, spec, out_dtype)
     acc = spec.accumulation
-    y = op(aq, wq, acc).astype(out_dtype)
+    f = spec.forward
     lhs_aval = jax.ShapeDtypeStruct(lhs.shape, lhs.dtype)
     rhs_aval = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
     dy = None
     if not isinstance(dlhs, SymbolicZero):
-        dy = linear_call(lambda res, t: op(t, res[0], acc).astype(out_dtype),
-                         lambda res, g: _input_grad(g, res[1], lhs_aval, op, spec, out_dtype),
-                         (wq, rhs), dlhs)
+        dy = linear_call(
+            lambda res, t: _rescale(op(t, res[0], acc), res[2],
+                                    _two_level(f.rhs)).astype(out_dtype),
+            lambda res, g: _input_grad(g, res[1], lhs_aval, op, spec, out_dtype),
+            (wq, rhs, tw), dlhs)
     if not isinstance(drhs, SymbolicZero):
-        t = linear_call(lambda res, t: op(res[0], t, acc).astype(out_dtype),
-                        lambda res, g: _weight_grad(g, res[1], rhs_aval, op, spec, out_dtype),
-                        (aq, lhs), drhs)
+        t = linear_call(
+            lambda res, t: _rescale(op(res[0], t, acc), res[2],
+                                    _two_level(f.lhs)).astype(out_dtype),
+            lambda res, g: _weight_grad(g, res[1], rhs_aval, op, spec, out_dtype),
+            (aq, lhs, ta), drhs)
         dy = t if dy is None else dy + t
     if dy is None:
         dy = jnp.zeros_like(y)

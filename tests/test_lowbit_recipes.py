@@ -258,3 +258,14 @@ def test_rule_errors_and_unmatched_warning():
     assert m.fc.activation_clip is not None
     with pytest.raises(ValueError, match="no layer"):
         lowbit.plan_rules(nnx.Dropout(0.1), [lowbit.Rule()])
+
+
+def test_nvfp4_gemm_in_bfloat16_equals_float32():
+    # E2M1 x E4M3 block values have 6 significant bits, so bfloat16 operands hold them
+    # exactly; the float32 tensor scales are applied once to the float32 output.
+    a, w, _ = _operands()
+    a16, w16 = a.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    cfg = NEAREST_NVFP4
+    y16 = lowbit.dot_general(a16, w16, DN, preferred_element_type=jnp.float32, config=cfg)
+    y32 = lowbit.dot_general(a16.astype(jnp.float32), w16.astype(jnp.float32), DN, config=cfg)
+    np.testing.assert_array_equal(y16, y32)
