@@ -6,14 +6,18 @@ Propagation" (2017); Laborieux et al. (2021); Gokmen & Vlasov (2016); IBM aihwki
 
 Public API (see ../shared/DESIGN.md): device models (``ConstantStep``, ``LinearStep``,
 ``SoftBounds``, ``ExpStep``, ``PowStep``) and ``analog.presets``; ``IOConfig``; crossbar tiles
-(``init_tiles``, ``mvm``, ``mvm_transpose``, ``read_weights``, ``pulse_update``); the local rule
+(``init_tiles``, ``mvm``, ``mvm_transpose``, ``read_weights``, ``pulse_update`` with its
+``UpdateConfig``); the local rule
 (``init_energy_network``, ``predict``, ``activity_difference``, ``equilibrium_propagation``);
 ``program``; ``EnergyLedger`` and ``energy_report``.
 """
 
 from analog import _presets as presets
-from analog._crossbar import (IOConfig, Tiles, apply_pulses, init_tiles, mvm, mvm_transpose,
-                              program_weights, pulse_update, read_weights, weight_step)
+from analog._mvm import mvm, mvm_transpose
+from analog._periphery import IOConfig
+from analog._programming import apply_pulses, program_weights
+from analog._tiles import Tiles, init_tiles, read_weights, weight_step
+from analog._update import UpdateConfig, pulse_update
 from analog._distributed import shard_chips, shard_tiles, sharded_mvm, sharded_mvm_transpose
 from analog._devices import (ConstantStep, Device, DeviceVariation, ExpStep, LinearStep, PowStep,
                              SoftBounds)
@@ -32,6 +36,7 @@ __all__ = [
     "presets",
     "Device", "DeviceVariation", "ConstantStep", "LinearStep", "SoftBounds", "ExpStep", "PowStep",
     "IOConfig", "Tiles", "init_tiles", "read_weights", "mvm", "mvm_transpose", "pulse_update",
+    "UpdateConfig",
     "apply_pulses", "program_weights", "weight_step",
     "init_energy_network", "predict", "relax", "read_input", "activity_difference", "RelaxInfo",
     "NonConvergenceError", "relaxation_counts",

@@ -203,17 +203,29 @@ class Device:
         return self.clip(var.g_min + rng * x, var)
 
 
-    def _step_two(self, g, n_first, n_second, noise, variation, *, pot_first: bool):
-        """Two pulse trains in one pass: ``n_first`` then ``n_second`` pulses (both >= 0).
+    def step_two(self, g: jax.Array, n_first: jax.Array, n_second: jax.Array,
+                 noise: jax.Array | None, variation: DeviceVariation, *,
+                 pot_first: bool) -> jax.Array:
+        """Conductance after two pulse trains in one pass: ``n_first`` then ``n_second`` pulses.
 
-        ``pot_first``: the first train potentiates and the second depresses (else the reverse).
         The noise-free response is exactly that of the two trains applied one after the other
-        (closed forms of the model, clipped to the range after each train, as
-        :meth:`step` called twice). Cycle-to-cycle noise is one draw per device: ``noise`` is a
-        zero-mean, unit-variance array of ``g``'s shape scaled so that its variance is the sum
-        of the two trains' variances (``dw_min_std^2 (D_1^2 / n_1 + D_2^2 / n_2)`` for changes
-        ``D_k``, exact for constant steps); two :meth:`step` calls draw two Gaussians and add
-        the first before the second train. Used by the fast path of :func:`pulse_update`.
+        (the model's closed forms, clipped to the range after each train: :meth:`step` called
+        twice). Cycle-to-cycle noise is one draw per device instead of one per train: the
+        change gets ``dw_min_std * sqrt(D_1^2 / n_1 + D_2^2 / n_2) * noise`` for train changes
+        ``D_k``, the summed variance of the two trains (exact for constant steps). This is the
+        device pass of :func:`analog.pulse_update`'s fast path (``UpdateConfig(impl="fast")``),
+        which gives every device its up and down counts at once.
+
+        Args:
+          g: float32 conductances, any shape.
+          n_first, n_second: float32 pulse counts (>= 0) of ``g``'s shape.
+          noise: zero-mean, unit-variance values of ``g``'s shape, one per device; may be None
+            when ``dw_min_std == 0``.
+          variation: per-device parameters (:meth:`sample_variation`).
+          pot_first: the first train potentiates and the second depresses (else the reverse).
+
+        Returns:
+          float32 conductances of ``g``'s shape, inside the bounds.
         """
         var = variation
         rng = var.g_max - var.g_min
@@ -254,8 +266,8 @@ class ConstantStep(Device):
 
     _down = _up
 
-    def _step_two(self, g, n_first, n_second, noise, variation, *, pot_first: bool):
-        # Device._step_two in conductance units: no division, so XLA:CPU fuses the whole pass
+    def step_two(self, g, n_first, n_second, noise, variation, *, pot_first: bool):
+        # Device.step_two in conductance units: no division, so XLA:CPU fuses the whole pass
         # into one loop (same result up to float rounding).
         var = variation
         g0 = jnp.clip(g, var.g_min, var.g_max)

@@ -38,11 +38,12 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import bbcore
-from analog._crossbar import IOConfig, Tiles, require_io_key, tile_periphery
+from analog._mvm import _flat, tile_inputs, tile_keys, tile_outputs
+from analog._periphery import IOConfig, require_io_key
+from analog._tiles import Tiles
 
 __all__ = ["shard_tiles", "sharded_mvm", "sharded_mvm_transpose", "shard_chips"]
 
-_F32 = jnp.float32
 
 
 def _check_axis(mesh: Any, axis_name: Any, who: str) -> int:
@@ -83,11 +84,8 @@ def shard_tiles(tiles: Tiles, mesh: Mesh, axis_name: Any) -> Tiles:
 def _prepare(tiles, x, io, key, who, transpose):
     io = IOConfig() if io is None else io
     require_io_key(io, key, who)
-    n_in = tiles.shape[1 if transpose else 0]
-    x = jnp.asarray(x)
-    if x.ndim < 1 or x.shape[-1] != n_in:
-        raise ValueError(f"{who}: input has shape {x.shape}; its last axis must be {n_in}")
-    return io, x.reshape(-1, n_in).astype(_F32), x.shape[:-1]
+    xf, lead = _flat(x, tiles.shape[1 if transpose else 0], who)
+    return io, xf, lead
 
 
 def sharded_mvm(tiles: Tiles, x: jax.Array, io: IOConfig | None = None,
@@ -127,27 +125,18 @@ def _sharded(tiles: Tiles, x, io: IOConfig, key, mesh, axis_name, transpose):
     r, c, th, tw = tiles.g_plus.shape
     n = int(mesh.shape[axis_name])
     b = x.shape[0]
-    if transpose:
-        xs = jnp.pad(x, ((0, 0), (0, c * tw - x.shape[1]))).reshape(b, c, tw)
-        x_spec = P(None, axis_name)
-    else:
-        xs = jnp.pad(x, ((0, 0), (0, r * th - x.shape[1]))).reshape(b, r, th)
-        x_spec = P()
-    xs = io.dac(xs)
+    xs = tile_inputs(x, (r, c), (th, tw), io, transpose)
+    x_spec = P(None, axis_name) if transpose else P()
     # The single-device model's per-tile keys, split by column like the tiles.
-    keys = jax.random.split(key, (r, c)) if io.needs_key else jnp.zeros((r, c), _F32)
+    keys = tile_keys(key, (r, c), io)
     keys_spec = P(None, axis_name)
 
     def local(gp, gm, w_scale, xs, keys):
         wt = (gp - gm) * w_scale                                   # (R, C/n, th, tw)
-        tile = lambda w, xi, k: tile_periphery(w, xi, k, io, transpose)  # noqa: E731
+        y = tile_outputs(wt, xs, keys, io, transpose)               # (R, C/n, B, th | tw)
         if transpose:
-            per_c = jax.vmap(tile, in_axes=(0, 1, 0))
-            y = jax.vmap(per_c, in_axes=(0, None, 0))(wt, xs, keys)   # (R, C/n, B, th)
             y = lax.psum(y.sum(axis=1), axis_name)                  # chips' partial sums
             return y.transpose(1, 0, 2).reshape(b, r * th)
-        per_c = jax.vmap(tile, in_axes=(0, None, 0))
-        y = jax.vmap(per_c, in_axes=(0, 1, 0))(wt, xs, keys)       # (R, C/n, B, tw)
         y = y.sum(axis=0)                                           # over row tiles, on chip
         return y.transpose(1, 0, 2).reshape(b, (c // n) * tw)
 

@@ -41,8 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import bbcore
-from analog._crossbar import (IOConfig, _periphery_mvm, _to_tiles, check_tile_shape,
-                              require_io_key)
+from analog._mvm import _periphery_mvm
+from analog._periphery import IOConfig, require_io_key
+from analog._tiles import _to_tiles, check_tile_shape
 from analog._energy import EnergyLedger
 
 __all__ = ["init_energy_network", "predict", "relax", "read_input", "activity_difference", "RelaxInfo",

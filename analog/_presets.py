@@ -11,7 +11,7 @@ Where a publication does not give a parameter, the value is marked "assumed" in 
 
 from __future__ import annotations
 
-from analog._crossbar import IOConfig
+from analog._periphery import IOConfig
 from analog._devices import ConstantStep, ExpStep, LinearStep, PowStep, SoftBounds
 
 __all__ = ["IDEAL", "TAOX_RERAM", "RERAM_SOFTBOUNDS", "PCM", "ECRAM", "CAPACITOR", "TAOX_IO",

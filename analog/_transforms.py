@@ -18,15 +18,16 @@ import numpy as np
 import optax
 
 import bbcore
-from analog._crossbar import (IOConfig, Tiles, check_tile_shape, init_tiles, program_many,
-                              read_weights, weight_step)
+from analog._periphery import IOConfig
+from analog._programming import program_many
+from analog._tiles import Tiles, check_tile_shape, init_tiles, read_weights, weight_step
 from analog._devices import Device
 from analog._energy import EnergyLedger
 from analog._local import (_check_params, _check_steps, activity_difference, check_beta,
                            relaxation_counts)
 
 __all__ = ["program", "ProgramState", "equilibrium_propagation", "EquilibriumPropagationState",
-           "matrix_shape"]
+           "matrix_shape", "mixed_precision_transfer"]
 
 _F32 = jnp.float32
 
@@ -65,6 +66,58 @@ def _is_tiles(t) -> bool:
     return isinstance(t, Tiles)
 
 
+def _check_program(device, io, tile_shape, pulse, seed, mixed_precision, w_max):
+    """Validate :func:`program`'s arguments (errors say what to pass); returns ``tile_shape``."""
+    if not isinstance(device, Device):
+        raise TypeError(f"program: device={device!r}; pass a device model such as "
+                        "analog.presets.TAOX_RERAM")
+    if io is not None and not isinstance(io, IOConfig):
+        raise TypeError(f"program: io={io!r}; pass an analog.IOConfig or None")
+    tile_shape = check_tile_shape(tile_shape)
+    if pulse not in ("stochastic", "deterministic"):
+        raise ValueError(f"program: pulse={pulse!r}; use 'stochastic' or 'deterministic'")
+    bbcore.check_seed(seed, "program")
+    if not isinstance(mixed_precision, bool):
+        raise TypeError(f"program: mixed_precision={mixed_precision!r} must be True or False")
+    if isinstance(w_max, (int, float)) and not isinstance(w_max, bool):
+        if not w_max > 0:
+            raise ValueError(f"program: w_max={w_max!r} must be a positive number or None")
+    elif w_max is not None and not (hasattr(w_max, "dtype") and jnp.ndim(w_max) == 0):
+        raise ValueError(f"program: w_max={w_max!r} must be a positive number or None")
+    return tile_shape
+
+
+def mixed_precision_transfer(pending: list[jax.Array], deltas: list[jax.Array],
+                             tiles: list[Tiles]) -> tuple[list[jax.Array], list[jax.Array]]:
+    """The digital accumulator of mixed-precision training: what to send now, what to keep.
+
+    Nandakumar et al., "Mixed-precision deep learning based on computational memory", Front.
+    Neurosci. 14:406 (2020), Sec. 2.2 (aihwkit's ``MixedPrecisionCompound``): per weight,
+    ``chi += delta``, then ``p = trunc(chi / eps)`` whole pulse pairs are sent (``eps`` =
+    :func:`weight_step`, the nominal change of one pair) and ``chi -= p eps``. Sub-step and
+    zero-mean parts of the updates (noisy estimates: forward gradients, small-batch local
+    rules) are averaged here instead of becoming random pulses, which asymmetric devices turn
+    into drift towards their symmetry points. The transfer is open-loop, as in the paper: the
+    devices' nonlinearity and noise act on the ``p`` pulses and are not fed back.
+
+    Args:
+      pending, deltas: float32 accumulators and requested changes, in the tiles' ``(in, out)``.
+      tiles: the tiles the changes are for (their ``w_scale`` and step size).
+
+    Returns:
+      ``(sent, pending)``: whole-step changes to program, and the new accumulators.
+    """
+    # Clamped at twice the pair's full swing: a larger request only saturates the devices, and
+    # an unbounded chi loses the trunc arithmetic (|chi/eps| >= 2^24 in float32) or overflows
+    # to inf from a huge but finite update.
+    chi = [jnp.clip(c + dl, -4.0 * t.w_scale, 4.0 * t.w_scale)
+           for c, dl, t in zip(pending, deltas, tiles)]
+    # trunc, not round: |chi| stays below one step, so a change smaller than a step is never
+    # sent early (Nandakumar et al.'s threshold at eps).
+    sent = [jnp.trunc(c / weight_step(t)) * weight_step(t) for c, t in zip(chi, tiles)]
+    return sent, [c - s for c, s in zip(chi, sent)]
+
+
 def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
             pulse: str = "stochastic", seed: int = 0, w_max: float | None = None,
             mixed_precision: bool = False) -> optax.GradientTransformationExtraArgs:
@@ -89,41 +142,18 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
       seed: integer seed for the variation and the pulse noise.
       w_max: largest representable ``|weight|`` per leaf; None = twice the leaf's initial
         ``max|w|`` (1.0 for an all-zero leaf such as a fresh bias).
-      mixed_precision: keep a digital float32 accumulator ``chi`` per weight and program only
-        whole device steps (Nandakumar et al., "Mixed-precision deep learning based on
-        computational memory", Front. Neurosci. 14:406, 2020, Sec. 2.2; aihwkit's
-        ``MixedPrecisionCompound``): ``chi += update`` (clamped to twice the pair's full swing),
-        ``p = trunc(chi / eps)`` pulse pairs are sent (``eps`` = :func:`weight_step`, the nominal change of one pair), ``chi -= p eps``.
-        Sub-step and zero-mean parts of the updates (noisy estimates: forward gradients,
-        small-batch local rules) are averaged in the accumulator instead of becoming random
-        pulses, which asymmetric devices turn into drift towards their symmetry points. The
-        transfer is open-loop, as in the paper: the device's nonlinearity and noise act on the
-        ``p`` pulses and are not fed back. ``pulse`` is not used in this mode (counts are
-        whole already). Costs one float32 per weight of digital memory and two digital
-        operations per weight and step (not counted in the ledger, whose ``digital_flops``
-        is the work a digital processor would do instead).
+      mixed_precision: keep a digital float32 accumulator per weight and program only whole
+        device steps (:func:`mixed_precision_transfer`); ``pulse`` is then not used. Costs one
+        float32 per weight of digital memory and two digital operations per weight and step
+        (not counted in the ledger, whose ``digital_flops`` is the work a digital processor
+        would do instead).
 
-    Non-finite policy: an update with a NaN or inf anywhere is refused as a whole. No device
-    is pulsed (a NaN pulse count would leave NaN conductances for good), the tiles, key, count
-    and ledger stay as they were, ``state.nonfinite`` is incremented and the returned updates
-    are zeros.
+    Non-finite policy (``bbcore.finite``): an update with a NaN or inf anywhere is refused as a
+    whole. No device is pulsed (a NaN pulse count would leave NaN conductances for good), the
+    tiles, key, count and ledger stay as they were, ``state.nonfinite`` is incremented and the
+    returned updates are zeros.
     """
-    if not isinstance(device, Device):
-        raise TypeError(f"program: device={device!r}; pass a device model such as "
-                        "analog.presets.TAOX_RERAM")
-    if io is not None and not isinstance(io, IOConfig):
-        raise TypeError(f"program: io={io!r}; pass an analog.IOConfig or None")
-    tile_shape = check_tile_shape(tile_shape)
-    if pulse not in ("stochastic", "deterministic"):
-        raise ValueError(f"program: pulse={pulse!r}; use 'stochastic' or 'deterministic'")
-    bbcore.check_seed(seed, "program")
-    if not isinstance(mixed_precision, bool):
-        raise TypeError(f"program: mixed_precision={mixed_precision!r} must be True or False")
-    if isinstance(w_max, (int, float)) and not isinstance(w_max, bool):
-        if not w_max > 0:
-            raise ValueError(f"program: w_max={w_max!r} must be a positive number or None")
-    elif w_max is not None and not (hasattr(w_max, "dtype") and jnp.ndim(w_max) == 0):
-        raise ValueError(f"program: w_max={w_max!r} must be a positive number or None")
+    tile_shape = _check_program(device, io, tile_shape, pulse, seed, mixed_precision, w_max)
 
     @jax.jit  # one compilation for the whole tree instead of one per leaf
     def init_fn(params):
@@ -148,48 +178,45 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
         if updates is None:
             raise ValueError("analog.program got updates=None; put it after a transform that "
                              "produces updates (an estimator or optax.sgd)")
-        key, sub = jax.random.split(state.key)
         u_leaves, treedef = jax.tree.flatten(updates)
         p_leaves = treedef.flatten_up_to(params)
         t_leaves = jax.tree.leaves(state.tiles, is_leaf=_is_tiles)
         deltas = [jnp.asarray(u).astype(_F32).reshape(t.shape) for u, t in zip(u_leaves, t_leaves)]
 
         def take():
+            key, sub = jax.random.split(state.key)
             pending = state.pending
             if mixed_precision:
-                # Clamped at twice the pair's full swing: a larger request only saturates the
-                # devices, and an unbounded chi loses the trunc arithmetic (|chi/eps| >= 2^24 in
-                # float32) or overflows to inf from a huge but finite update.
-                chi = [jnp.clip(c.reshape(t.shape) + dl, -4.0 * t.w_scale, 4.0 * t.w_scale)
-                       for c, dl, t in zip(treedef.flatten_up_to(state.pending), deltas, t_leaves)]
-                eps = [weight_step(t) for t in t_leaves]
-                # trunc, not round: |chi| stays below one step, so a change smaller than a
-                # step is never sent early (Nandakumar et al.'s threshold at eps).
-                sent = [jnp.trunc(c / e) * e for c, e in zip(chi, eps)]
-                pending = treedef.unflatten([(c - s_).reshape(jnp.shape(p)) for c, s_, p
-                                             in zip(chi, sent, p_leaves)])
+                sent, chi = mixed_precision_transfer(
+                    [c.reshape(t.shape) for c, t in zip(treedef.flatten_up_to(pending), t_leaves)],
+                    deltas, t_leaves)
+                pending = treedef.unflatten([c.reshape(jnp.shape(p))
+                                             for c, p in zip(chi, p_leaves)])
                 new_tiles, pulses = program_many(t_leaves, sent, sub, rounding="deterministic")
             else:
                 new_tiles, pulses = program_many(t_leaves, deltas, sub, rounding=pulse)
-            out = []
-            for t, p in zip(new_tiles, p_leaves):
-                realized = read_weights(t).reshape(jnp.shape(p))
-                out.append((realized - jnp.asarray(p).astype(_F32)).astype(jnp.asarray(p).dtype))
-            one = jnp.ones((), _F32)
             z = jnp.zeros((), _F32)
-            ledger = state.ledger + EnergyLedger(steps=one, cell_reads=z, dac=z, adc=z,
-                                                 pulses=pulses, digital_flops=z)
-            return treedef.unflatten(out), ProgramState(
-                count=state.count + 1, key=key,
-                tiles=jax.tree.unflatten(jax.tree.structure(state.tiles, is_leaf=_is_tiles),
-                                         new_tiles),
-                ledger=ledger, nonfinite=jnp.asarray(state.nonfinite, jnp.int32),
-                pending=pending)
+            ledger = state.ledger + EnergyLedger(steps=jnp.ones((), _F32), cell_reads=z, dac=z,
+                                                 adc=z, pulses=pulses, digital_flops=z)
+            tiles = jax.tree.unflatten(jax.tree.structure(state.tiles, is_leaf=_is_tiles),
+                                       new_tiles)
+            return _realized_minus_params(new_tiles, p_leaves, treedef), ProgramState(
+                count=state.count + 1, key=key, tiles=tiles, ledger=ledger,
+                nonfinite=jnp.asarray(state.nonfinite, jnp.int32), pending=pending)
 
         # A cond, not a select: a refused update never reaches the device model at all.
         return bbcore.refuse_nonfinite(bbcore.all_finite(u_leaves), take, state, params)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _realized_minus_params(tiles: list[Tiles], p_leaves: list, treedef) -> Any:
+    """``read_weights(tiles) - params`` per leaf, in the params' shapes and dtypes."""
+    out = []
+    for t, p in zip(tiles, p_leaves):
+        realized = read_weights(t).reshape(jnp.shape(p))
+        out.append((realized - jnp.asarray(p).astype(_F32)).astype(jnp.asarray(p).dtype))
+    return treedef.unflatten(out)
 
 
 class EquilibriumPropagationState(NamedTuple):

@@ -41,12 +41,12 @@ def test_read_weights_within_one_step_for_every_preset():
         # Stuck cells, and cells whose own (varied) range ends short of the target conductance,
         # cannot hold w: count only the pairs that can.
         t = analog.init_tiles(rkey(1), w, dev, (32, 32))
-        wt = analog._crossbar._to_tiles(w, (32, 32))
+        wt = analog._tiles._to_tiles(w, (32, 32))
         gp, gm = 0.5 + wt / (2 * t.w_scale), 0.5 - wt / (2 * t.w_scale)
         ok = jnp.ones(wt.shape, bool)
         for g, v in ((gp, t.var_plus), (gm, t.var_minus)):
             ok &= ~(v.stuck_on | v.stuck_off) & (g >= v.g_min) & (g <= v.g_max)
-        healthy = analog._crossbar._from_tiles(ok, t.shape)
+        healthy = analog._tiles._from_tiles(ok, t.shape)
         assert float(jnp.mean(healthy)) > 0.5, name
         err = jnp.abs(analog.read_weights(t) - w)
         assert float(jnp.max(jnp.where(healthy, err, 0.0))) <= float(analog.weight_step(t)), name

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 
 import analog
-from analog import _crossbar as C
+from analog import _counter_rng as R
+from analog import _pulse_kernels as K
+from analog import _tiles as T
+from analog import _update as U
 
 
 def rkey(seed):
@@ -35,8 +38,8 @@ def test_train_words_fire_with_the_quantised_probability(prob_bits):
     p = np.array([0.0, 0.4 / full, 1.0 / full, 0.1, 0.5, 0.77, 1 - 1.0 / full, 1.0], np.float32)
     n = 4000                                          # trains per probability
     bl = 45                                           # two words, 13 slots in the second
-    seeds = C._key_seeds(rkey(0))
-    w = np.asarray(C._train_words(seeds, 1, jnp.asarray(np.tile(p, (n, 1))), bl, prob_bits))
+    seeds = R._key_seeds(rkey(0))
+    w = np.asarray(K._train_words(seeds, 1, jnp.asarray(np.tile(p, (n, 1))), bl, prob_bits))
     assert w.shape == (n, 2, p.size) and w.dtype == np.uint32
     assert not (w[:, 1] >> 13).any()                  # slots past bl never fire
     bits = (w[..., None] >> np.arange(32, dtype=np.uint32)) & 1          # (n, 2, P, 32)
@@ -53,10 +56,10 @@ def test_train_words_fire_with_the_quantised_probability(prob_bits):
 
 
 def test_different_keys_and_streams_give_unrelated_words():
-    a = np.asarray(C._hash_bits(C._key_seeds(rkey(0)), 1, (4096,)))
-    b = np.asarray(C._hash_bits(C._key_seeds(rkey(1)), 1, (4096,)))
-    c = np.asarray(C._hash_bits(C._key_seeds(rkey(0)), 2, (4096,)))
-    t = np.asarray(C._hash_bits(C._key_seeds(jax.random.key(0)), 1, (4096,)))   # threefry key
+    a = np.asarray(R._hash_bits(R._key_seeds(rkey(0)), 1, (4096,)))
+    b = np.asarray(R._hash_bits(R._key_seeds(rkey(1)), 1, (4096,)))
+    c = np.asarray(R._hash_bits(R._key_seeds(rkey(0)), 2, (4096,)))
+    t = np.asarray(R._hash_bits(R._key_seeds(jax.random.key(0)), 1, (4096,)))   # threefry key
     for other in (b, c, t):
         assert np.mean(a == other) < 0.01
     bits = (a[:, None] >> np.arange(32, dtype=np.uint32)) & 1
@@ -74,7 +77,7 @@ def test_coincidence_counts_match_a_per_sample_popcount(b, bl):
     sx = rng.random((b, r * th)) < 0.5
     sd = rng.random((b, c * tw)) < 0.5
     mask = lambda s: np.where(s, np.uint32(0xFFFFFFFF), np.uint32(0))  # noqa: E731
-    up, tot = C._coincidence_counts(jnp.asarray(wx), jnp.asarray(mask(sx)), jnp.asarray(wd),
+    up, tot = K._coincidence_counts(jnp.asarray(wx), jnp.asarray(mask(sx)), jnp.asarray(wd),
                                     jnp.asarray(mask(sd)), (th, tw))
     want_up = np.zeros((r * th, c * tw), np.int64)
     want_tot = np.zeros_like(want_up)
@@ -109,7 +112,7 @@ def test_step_two_equals_pulses_one_at_a_time(name, pot_first):
     g = jnp.asarray(rng.uniform(0, 1, shape), jnp.float32)
     n1 = rng.integers(0, 40, shape)                    # up to 40 pulses: some reach a bound
     n2 = rng.integers(0, 40, shape)
-    got = dev._step_two(g, jnp.asarray(n1, jnp.float32), jnp.asarray(n2, jnp.float32), None,
+    got = dev.step_two(g, jnp.asarray(n1, jnp.float32), jnp.asarray(n2, jnp.float32), None,
                         var, pot_first=pot_first)
     want = dev.clip(g, var)
     s1, s2 = (1.0, -1.0) if pot_first else (-1.0, 1.0)
@@ -129,8 +132,8 @@ def test_step_two_noise_has_the_per_pulse_mean_and_variance():
     var = dev.nominal_variation(shape)
     g = jnp.full(shape, 0.5, jnp.float32)
     n1, n2 = 5.0, 3.0
-    z = C._normal_ih4(C._hash_bits(C._key_seeds(rkey(3)), 0, shape))
-    got = np.asarray(dev._step_two(g, jnp.full(shape, n1), jnp.full(shape, n2), z, var,
+    z = R._normal_ih4(R._hash_bits(R._key_seeds(rkey(3)), 0, shape))
+    got = np.asarray(dev.step_two(g, jnp.full(shape, n1), jnp.full(shape, n2), z, var,
                                    pot_first=True)) - 0.5
     # sequential reference: every pulse draws its own Gaussian step dw (1 + std N(0, 1))
     rng = np.random.default_rng(4)
@@ -153,7 +156,7 @@ def _sequential_reference(t, x, d, lr, bl, reps, seed):
     directions with its own Gaussian cycle-to-cycle noise, clipped at every pulse."""
     dev = t.device
     rng = np.random.default_rng(seed)
-    from_t = lambda a: np.asarray(C._from_tiles(jnp.asarray(a, jnp.float32), t.shape))  # noqa
+    from_t = lambda a: np.asarray(T._from_tiles(jnp.asarray(a, jnp.float32), t.shape))  # noqa
     vp = [from_t(a) for a in (t.var_plus.dw_scale, t.var_plus.up_down, t.var_plus.g_min,
                               t.var_plus.g_max)]
     vm = [from_t(a) for a in (t.var_minus.dw_scale, t.var_minus.up_down, t.var_minus.g_min,
@@ -161,7 +164,7 @@ def _sequential_reference(t, x, d, lr, bl, reps, seed):
     gp = np.broadcast_to(from_t(t.g_plus), (reps, *t.shape)).copy()
     gm = np.broadcast_to(from_t(t.g_minus), (reps, *t.shape)).copy()
     dw = float(analog.weight_step(t))
-    px, pd = (np.asarray(a) for a in C._probabilities(x, d, jnp.float32(lr), dw, bl))
+    px, pd = (np.asarray(a) for a in U._probabilities(x, d, jnp.float32(lr), dw, bl))
     sgn = np.sign(np.asarray(x))[:, :, None] * np.sign(np.asarray(d))[:, None, :]
 
     def pulse(g, v, direction, fire):
@@ -276,8 +279,8 @@ def test_matmul_and_popcount_counts_agree_exactly(b, slots, bl):
     nx = mask(rng.random((b, r * th)) < 0.5)
     nd = mask(rng.random((b, c * tw)) < 0.3)
     args = tuple(map(jnp.asarray, (wx, nx, wd, nd)))
-    pop = C._popcount_counts(*args, (th, tw))
-    mat = jax.jit(C._matmul_counts, static_argnums=(4, 5))(*args, (th, tw), slots)
+    pop = K._popcount_counts(*args, (th, tw))
+    mat = jax.jit(K._matmul_counts, static_argnums=(4, 5))(*args, (th, tw), slots)
     for a, m in zip(pop, mat):
         assert a.dtype == m.dtype
         np.testing.assert_array_equal(np.asarray(a), np.asarray(m))
@@ -295,9 +298,9 @@ def test_train_words_with_lengths_are_prefixes_of_the_full_trains():
     n, bl = 300, 45
     p = jnp.asarray(np.random.default_rng(0).random((6, n)), jnp.float32)
     lengths = jnp.asarray([1, 3, 8, 31, 33, 45], jnp.int32)
-    seeds = C._key_seeds(rkey(2))
-    full = np.asarray(C._train_words(seeds, 1, p, bl, 8))
-    short = np.asarray(C._train_words(seeds, 1, p, bl, 8, lengths))
+    seeds = R._key_seeds(rkey(2))
+    full = np.asarray(K._train_words(seeds, 1, p, bl, 8))
+    short = np.asarray(K._train_words(seeds, 1, p, bl, 8, lengths))
     bits = lambda w: ((w[..., None] >> np.arange(32, dtype=np.uint32)) & 1  # noqa: E731
                       ).transpose(0, 2, 1, 3).reshape(6, n, -1)[:, :, :bl]
     fb, sb = bits(full), bits(short)
@@ -314,7 +317,7 @@ def test_train_lengths_follow_aihwkit():
     d = jnp.asarray([[0.5, -0.2], [1.0, 1.0], [-4.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
     dw = 0.125
     lr = jnp.float32(2.3 * dw / 0.5)               # sample 0: lr * 1 * 0.5 / dw = 2.3
-    got = np.asarray(C._train_lengths(x, d, lr, dw, 31))
+    got = np.asarray(U._train_lengths(x, d, lr, dw, 31))
     np.testing.assert_array_equal(got, [3, 1, 31, 31, 5])
 
 
@@ -334,7 +337,7 @@ def test_bl_management_limits_pulses_per_sample(impl):
     x = jnp.asarray([[1.0, 1.0, 0.5, -1.0]], jnp.float32)
     d = jnp.asarray([[1.0, -1.0, 0.7]], jnp.float32)
     lr = 2.3 * dw
-    assert int(C._train_lengths(x, d, jnp.float32(lr), dw, 31)[0]) == 3
+    assert int(U._train_lengths(x, d, jnp.float32(lr), dw, 31)[0]) == 3
     keys = jax.random.split(rkey(5), 400)
 
     def pulses(manage):
@@ -363,7 +366,7 @@ def test_bl_management_is_unbiased(impl):
     d = jax.random.uniform(rkey(2), (5, 7), jnp.float32, -1, 1)
     d = d * jnp.asarray([0.02, 0.1, 0.3, 0.6, 1.0])[:, None]
     lr = 16.5 * dw / float(jnp.abs(x[4]).max() * jnp.abs(d[4]).max())
-    lengths = np.asarray(C._train_lengths(x, d, jnp.float32(lr), dw, 31))
+    lengths = np.asarray(U._train_lengths(x, d, jnp.float32(lr), dw, 31))
     assert lengths.min() == 1 and lengths.max() == 17 and len(set(lengths)) >= 4
     reps = 2000
     keys = jax.random.split(rkey(3), reps)
@@ -387,15 +390,15 @@ def test_bl_managed_fast_update_equals_the_popcount_pipeline():
 
     @jax.jit
     def popcount_pipeline(x, d, lr, key):
-        lengths = C._train_lengths(x, d, lr, dw, 31)
-        px, pd = C._probabilities(x, d, lr, dw, lengths[:, None].astype(jnp.float32))
-        seeds = C._key_seeds(key)
+        lengths = U._train_lengths(x, d, lr, dw, 31)
+        px, pd = U._probabilities(x, d, lr, dw, lengths[:, None].astype(jnp.float32))
+        seeds = R._key_seeds(key)
         pad = lambda a, n: jnp.pad(a, ((0, 0), (0, n - a.shape[1])))  # noqa: E731
         neg = lambda a: jnp.where(a < 0, jnp.uint32(0xFFFFFFFF), jnp.uint32(0))  # noqa: E731
-        wx = C._train_words(seeds, 1, pad(px, 24), 31, 8, lengths)
-        wd = C._train_words(seeds, 2, pad(pd, 16), 31, 8, lengths)
-        up, down, total = C._popcount_counts(wx, neg(pad(x, 24)), wd, neg(pad(d, 16)), (8, 8))
-        new = C._apply_counts(t, up, down, seeds, 3)
+        wx = K._train_words(seeds, 1, pad(px, 24), 31, 8, lengths)
+        wd = K._train_words(seeds, 2, pad(pd, 16), 31, 8, lengths)
+        up, down, total = K._popcount_counts(wx, neg(pad(x, 24)), wd, neg(pad(d, 16)), (8, 8))
+        new = K._apply_counts(t, up, down, seeds, 3)
         return analog.read_weights(new), 2.0 * total.astype(jnp.float32), lengths.max()
 
     seen = set()
@@ -413,13 +416,13 @@ def test_bl_management_does_not_recompile(monkeypatch):
     """Data that need trains of 1 to 31 slots run one compiled update: the branch is chosen
     inside it (a tile shape no other test uses, so the first call traces once)."""
     traces = []
-    inner = C._count_and_apply
+    inner = K._count_and_apply
 
     def counting(*args, **kwargs):
         traces.append(1)
         return inner(*args, **kwargs)
 
-    monkeypatch.setattr(C, "_count_and_apply", counting)
+    monkeypatch.setattr(U, "_count_and_apply", counting)  # the name _update calls
     t = analog.init_tiles(rkey(0), jnp.zeros((13, 9), jnp.float32), analog.ConstantStep(
         dw_min=0.01, dw_min_std=0.2), (5, 7), w_max=1.0)
     x = jax.random.uniform(rkey(1), (4, 13), jnp.float32, -1, 1)
@@ -428,7 +431,7 @@ def test_bl_management_does_not_recompile(monkeypatch):
     longest = set()
     for i, s in enumerate([0.01, 0.05, 0.1, 0.3, 1.0, 3.0]):
         lr = jnp.float32(0.3)
-        longest.add(int(C._train_lengths(x, d * s, lr, dw, 31).max()))
+        longest.add(int(U._train_lengths(x, d * s, lr, dw, 31).max()))
         new, _ = analog.pulse_update(t, x, d * s, lr, rkey(5 + i), bl_management=True)
         jax.block_until_ready(new.g_plus)
     assert len(longest) >= 4 and min(longest) <= 2 and max(longest) > 8, longest

@@ -1,0 +1,125 @@
+"""Analog products through every tile at once: ``x @ W`` and ``d @ W.T``.
+
+Each tile receives its block of the input through the DACs, computes its partial product
+with its own noise and ADC (:func:`analog._periphery.tile_periphery`), and the digital
+periphery adds the partial sums of the tiles of one output block, as a chip would. The tiles
+run at once with ``jax.vmap`` (:func:`tile_outputs`, also the per-chip kernel of
+``analog._distributed``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from analog._periphery import IOConfig, require_io_key, tile_periphery
+from analog._tiles import Tiles, _tile_weights
+
+__all__ = ["mvm", "mvm_transpose", "tile_inputs", "tile_keys", "tile_outputs"]
+
+_F32 = jnp.float32
+
+
+def tile_inputs(x: jax.Array, grid: tuple[int, int], tile_shape: tuple[int, int],
+                io: IOConfig, transpose: bool) -> jax.Array:
+    """Inputs ``x (B, n)`` cut into the tiles' blocks and driven through the DACs.
+
+    Returns ``(B, R, rows)`` (row blocks, ``x @ W``) or, with ``transpose``, ``(B, C, cols)``
+    (column blocks, ``d @ W.T``); the padding past ``n`` is zero.
+    """
+    (r, c), (th, tw) = grid, tile_shape
+    n, size = (c, tw) if transpose else (r, th)
+    xs = jnp.pad(x, ((0, 0), (0, n * size - x.shape[1]))).reshape(x.shape[0], n, size)
+    return io.dac(xs)
+
+
+def tile_keys(key: jax.Array | None, grid: tuple[int, int], io: IOConfig) -> jax.Array:
+    """One noise key per tile, ``split(key, (R, C))``: tile ``(r, c)`` uses entry ``[r, c]``
+    wherever it runs (zeros when ``io`` draws no noise)."""
+    return jax.random.split(key, grid) if io.needs_key else jnp.zeros(grid, _F32)
+
+
+def tile_outputs(wt: jax.Array, xs: jax.Array, keys: jax.Array, io: IOConfig,
+                 transpose: bool) -> jax.Array:
+    """Every tile's partial product through its periphery, all tiles at once (``jax.vmap``).
+
+    Args:
+      wt: ``(R, C, rows, cols)`` tile weights (``C`` may be one chip's share of the columns).
+      xs: :func:`tile_inputs` for the same tiles.
+      keys: ``(R, C)`` per-tile keys (:func:`tile_keys`).
+      io: the periphery; transpose: ``d @ W.T`` instead of ``x @ W``.
+
+    Returns:
+      ``(R, C, B, cols)``, or ``(R, C, B, rows)`` with ``transpose``: tile ``(r, c)``'s output
+      block before the digital sums over tiles.
+    """
+    def one_tile(w_rc, x_in, k):
+        return tile_periphery(w_rc, x_in, k, io, transpose)
+
+    if transpose:
+        # tile (r, c) reads the column block c of d and drives row block r.
+        per_c = jax.vmap(one_tile, in_axes=(0, 1, 0))               # over c
+        return jax.vmap(per_c, in_axes=(0, None, 0))(wt, xs, keys)  # over r
+    per_c = jax.vmap(one_tile, in_axes=(0, None, 0))                # over c
+    return jax.vmap(per_c, in_axes=(0, 1, 0))(wt, xs, keys)         # over r
+
+
+def _periphery_mvm(wt: jax.Array, x: jax.Array, io: IOConfig, key: jax.Array | None,
+                   transpose: bool) -> jax.Array:
+    """``x (B, n)`` through tiled weights ``wt (R, C, th, tw)``; returns the padded output."""
+    r, c, th, tw = wt.shape
+    b = x.shape[0]
+    require_io_key(io, key, "mvm")
+    y = tile_outputs(wt, tile_inputs(x, (r, c), (th, tw), io, transpose),
+                     tile_keys(key, (r, c), io), io, transpose)
+    if transpose:
+        y = y.sum(axis=1)                                           # partial sums over C
+        return y.transpose(1, 0, 2).reshape(b, r * th)
+    y = y.sum(axis=0)                                               # partial sums over R
+    return y.transpose(1, 0, 2).reshape(b, c * tw)
+
+
+def _flat(x: jax.Array, n: int, name: str) -> tuple[jax.Array, tuple[int, ...]]:
+    x = jnp.asarray(x)
+    if x.ndim < 1 or x.shape[-1] != n:
+        raise ValueError(f"{name}: input has shape {x.shape}; its last axis must be {n}")
+    lead = x.shape[:-1]
+    return x.reshape(-1, n).astype(_F32), lead
+
+
+@functools.partial(jax.jit, static_argnums=(2, 4))
+def _jit_mvm(tiles, x, io, key, transpose):
+    y = _periphery_mvm(_tile_weights(tiles), x, io, key, transpose)
+    return y[:, : tiles.shape[0 if transpose else 1]]
+
+
+def mvm(tiles: Tiles, x: jax.Array, io: IOConfig | None = None,
+        key: jax.Array | None = None) -> jax.Array:
+    """Analog vector-matrix product ``x @ W`` through every tile's periphery.
+
+    Args:
+      tiles: the weight matrix ``(in, out)`` on crossbars.
+      x: ``(..., in)`` inputs.
+      io: periphery (DAC, ADC, noise); None = :meth:`IOConfig.ideal`.
+      key: PRNG key, needed when ``io`` draws noise.
+
+    Returns:
+      ``(..., out)`` in ``x``'s dtype (computed in float32).
+    """
+    io = IOConfig() if io is None else io
+    xf, lead = _flat(x, tiles.shape[0], "mvm")
+    require_io_key(io, key, "mvm")
+    y = _jit_mvm(tiles, xf, io, key, False)
+    return y.reshape(*lead, tiles.shape[1]).astype(jnp.asarray(x).dtype)
+
+
+def mvm_transpose(tiles: Tiles, d: jax.Array, io: IOConfig | None = None,
+                  key: jax.Array | None = None) -> jax.Array:
+    """Analog transposed product ``d @ W.T``: ``(..., out) -> (..., in)``, columns driven."""
+    io = IOConfig() if io is None else io
+    df, lead = _flat(d, tiles.shape[1], "mvm_transpose")
+    require_io_key(io, key, "mvm_transpose")
+    y = _jit_mvm(tiles, df, io, key, True)
+    return y.reshape(*lead, tiles.shape[0]).astype(jnp.asarray(d).dtype)

@@ -1,0 +1,138 @@
+"""Crossbar tiles: a weight matrix as differential conductance pairs cut into fixed-size tiles.
+
+A weight matrix ``W`` of shape ``(in, out)`` (flax kernel layout) is stored as two conductance
+arrays ``G+`` and ``G-``, ``W = w_scale (G+ - G-)``, cut into ``tile_shape = (rows, cols)`` tiles
+(default 64 x 64, the array size of Yi et al., Nature Electronics 2023). Each tile is an
+independent array with its own periphery (``analog._periphery``); products through the tiles
+are ``analog._mvm``, programming them ``analog._programming`` and ``analog._update``. A leading
+axis of independent chips is just another ``jax.vmap`` (Monte-Carlo device variation in one
+call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from analog._devices import Device, DeviceVariation
+
+__all__ = ["Tiles", "check_tile_shape", "init_tiles", "read_weights", "weight_step"]
+
+_F32 = jnp.float32
+
+
+def check_tile_shape(tile_shape: Any) -> tuple[int, int]:
+    """Validate ``tile_shape`` = (rows, cols) of positive ints; returns it as a tuple."""
+    ok = (isinstance(tile_shape, (tuple, list)) and len(tile_shape) == 2
+          and all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tile_shape))
+    if not ok:
+        raise ValueError(f"tile_shape={tile_shape!r}: use a pair of positive integers "
+                         "(rows, cols), e.g. (64, 64) as in Yi et al. (2023)")
+    return (int(tile_shape[0]), int(tile_shape[1]))
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["g_plus", "g_minus", "var_plus", "var_minus", "w_scale"],
+                   meta_fields=["shape", "device"])
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """A weight matrix on crossbar tiles (a pytree; ``shape`` and ``device`` are static).
+
+    g_plus, g_minus: float32 conductances, ``(R, C, rows, cols)``: R x C tiles of the padded matrix.
+    var_plus, var_minus: per-device parameters (:class:`DeviceVariation`) of the two arrays.
+    w_scale: float32 scalar, weight per unit conductance difference.
+    shape: ``(in, out)`` of the logical weight matrix.
+    device: the :class:`Device` model of every cell.
+    """
+
+    g_plus: jax.Array
+    g_minus: jax.Array
+    var_plus: DeviceVariation
+    var_minus: DeviceVariation
+    w_scale: jax.Array
+    shape: tuple[int, int]
+    device: Device
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        return tuple(self.g_plus.shape[-2:])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.g_plus.shape[-4:-2])
+
+
+def _to_tiles(w: jax.Array, tile_shape: tuple[int, int]) -> jax.Array:
+    n_in, n_out = w.shape
+    th, tw = tile_shape
+    r, c = -(-n_in // th), -(-n_out // tw)
+    wp = jnp.pad(w, ((0, r * th - n_in), (0, c * tw - n_out)))
+    return wp.reshape(r, th, c, tw).transpose(0, 2, 1, 3)
+
+
+def _from_tiles(wt: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    r, c, th, tw = wt.shape
+    return wt.transpose(0, 2, 1, 3).reshape(r * th, c * tw)[: shape[0], : shape[1]]
+
+
+def init_tiles(key: jax.Array, w: jax.Array, device: Device, tile_shape=(64, 64), *,
+               w_max: float | jax.Array | None = None) -> Tiles:
+    """Program ``w`` onto fresh crossbar tiles (write-and-verify: exact up to the bounds).
+
+    The pair is centred at mid-range, ``G+- = g_mid +- w / (2 w_scale)``, so both devices sit at
+    their symmetry point when the weight is zero, and ``|w| <= w_max`` is representable.
+
+    Args:
+      key: PRNG key for the device-to-device variation.
+      w: ``(in, out)`` weight matrix.
+      device: device model of every cell.
+      tile_shape: ``(rows, cols)`` of one tile.
+      w_max: largest representable ``|weight|``; None = twice ``max|w|`` (1.0 for an all-zero w).
+
+    Returns:
+      :class:`Tiles` with ``R = ceil(in/rows)`` by ``C = ceil(out/cols)`` tiles.
+    """
+    tile_shape = check_tile_shape(tile_shape)
+    if not isinstance(device, Device):
+        raise TypeError(f"device={device!r}: pass a device model such as analog.presets.IDEAL")
+    w = jnp.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"init_tiles: w has shape {w.shape}; need a 2-D (in, out) matrix "
+                         "(analog.program maps other leaves to 2-D first)")
+    return _init_tiles(key, w.astype(_F32), device, tile_shape,
+                       None if w_max is None else jnp.asarray(w_max, _F32))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _init_tiles(key, w, device, tile_shape, w_max):
+    if w_max is None:
+        m = jnp.max(jnp.abs(w))
+        w_max = jnp.where(m > 0, 2.0 * m, 1.0)
+    w_scale = w_max / device.range
+    wt = _to_tiles(w, tile_shape)
+    both = device.sample_variation(key, (2, *wt.shape))      # G+ and G- in one draw
+    var_p = jax.tree.map(lambda a: a[0], both)
+    var_m = jax.tree.map(lambda a: a[1], both)
+    g_mid = 0.5 * (device.g_min + device.g_max)
+    g_plus = device.clip(g_mid + wt / (2.0 * w_scale), var_p)
+    g_minus = device.clip(g_mid - wt / (2.0 * w_scale), var_m)
+    return Tiles(g_plus, g_minus, var_p, var_m, w_scale, (int(w.shape[0]), int(w.shape[1])), device)
+
+
+def _tile_weights(tiles: Tiles) -> jax.Array:
+    return (tiles.g_plus - tiles.g_minus) * tiles.w_scale
+
+
+@jax.jit
+def read_weights(tiles: Tiles) -> jax.Array:
+    """The ``(in, out)`` float32 weight matrix the tiles hold (an exact, noise-free read)."""
+    return _from_tiles(_tile_weights(tiles), tiles.shape)
+
+
+def weight_step(tiles: Tiles) -> jax.Array:
+    """Nominal weight change of one pulse pair: both devices of a pair move ``dw_min``."""
+    return 2.0 * tiles.device.dw_min * tiles.w_scale
