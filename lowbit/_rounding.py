@@ -37,7 +37,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from lowbit._formats import Format
