@@ -34,8 +34,43 @@ __all__ = ["ConvNetConfig", "convnet_init", "convnet_apply", "convnet_local_logi
            "convnet_local_losses", "convnet_blocks", "convnet_grads"]
 
 
+def convnet_init(key: jax.Array, config: ConvNetConfig, dtype: Any = jnp.float32) -> dict:
+    """Initial parameters of a LocalConvNet: He-normal kernels, zero biases."""
+    c = _check_config(config)
+    k, blocks, cin = c.kernel_size, {}, c.image_shape[2]
+    for i, cout in enumerate(c.channels):
+        kc, kh = jax.random.split(jax.random.fold_in(key, i))
+        blocks[i] = {
+            "conv": {"kernel": _dense_init(kc, k * k * cin, (k, k, cin, cout)).astype(dtype),
+                     "bias": jnp.zeros((cout,), dtype)},
+            "head": {"kernel": _dense_init(kh, cout, (cout, c.num_classes)).astype(dtype),
+                     "bias": jnp.zeros((c.num_classes,), dtype)}}
+        cin = cout
+    return {"blocks": blocks}
+
+
+def _images(config: ConvNetConfig, x: jax.Array) -> jax.Array:
+    if math.prod(x.shape[1:]) != math.prod(config.image_shape):
+        raise ValueError(f"LocalConvNet expects images of {config.image_shape}, got input of "
+                         f"shape {x.shape}")
+    return x.reshape(x.shape[0], *config.image_shape)
+
+
+def _pool(h: jax.Array) -> jax.Array:
+    b, height, width, c = h.shape
+    return jnp.mean(h.reshape(b, height // 2, 2, width // 2, 2, c), axis=(2, 4))
+
+
+def _body(config: ConvNetConfig, i: int, p: Any, h: jax.Array, site) -> jax.Array:
+    if i > 0 and config.pool:
+        h = _pool(h)
+    z = lax.conv_general_dilated(h, p["conv"]["kernel"], (1, 1), "SAME",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["conv"]["bias"]
+    return site(_norm(z) if config.normalize else z, _relu)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ConvNetConfig:
+class ConvNetConfig(_local.NetworkConfig):
     """Shape and local losses of a LocalConvNet. Validated at construction.
 
     Attributes:
@@ -89,9 +124,10 @@ class ConvNetConfig:
     def num_blocks(self) -> int:
         return len(self.channels)
 
-    def local_grads(self, key, params, x, labels, **kwargs):
-        """:func:`convnet_grads` of this configuration (for ``fwdgrad.local_forward_gradient``)."""
-        return convnet_grads(key, params, x, labels, self, **kwargs)
+    model_name = "LocalConvNet"
+    first_layer = "conv"
+    images = _images
+    body = _body
 
 
 def _check_config(config: Any) -> ConvNetConfig:
@@ -100,53 +136,9 @@ def _check_config(config: Any) -> ConvNetConfig:
     return config
 
 
-def convnet_init(key: jax.Array, config: ConvNetConfig, dtype: Any = jnp.float32) -> dict:
-    """Initial parameters of a LocalConvNet: He-normal kernels, zero biases."""
-    c = _check_config(config)
-    k, blocks, cin = c.kernel_size, {}, c.image_shape[2]
-    for i, cout in enumerate(c.channels):
-        kc, kh = jax.random.split(jax.random.fold_in(key, i))
-        blocks[i] = {
-            "conv": {"kernel": _dense_init(kc, k * k * cin, (k, k, cin, cout)).astype(dtype),
-                     "bias": jnp.zeros((cout,), dtype)},
-            "head": {"kernel": _dense_init(kh, cout, (cout, c.num_classes)).astype(dtype),
-                     "bias": jnp.zeros((c.num_classes,), dtype)}}
-        cin = cout
-    return {"blocks": blocks}
-
-
-def _block_params(params: Any, config) -> list:
-    return _local.block_list(params, config.num_blocks, "LocalConvNet")
-
-
-def _images(x: jax.Array, config: ConvNetConfig) -> jax.Array:
-    if math.prod(x.shape[1:]) != math.prod(config.image_shape):
-        raise ValueError(f"LocalConvNet expects images of {config.image_shape}, got input of "
-                         f"shape {x.shape}")
-    return x.reshape(x.shape[0], *config.image_shape)
-
-
-def _pool(h: jax.Array) -> jax.Array:
-    b, height, width, c = h.shape
-    return jnp.mean(h.reshape(b, height // 2, 2, width // 2, 2, c), axis=(2, 4))
-
-
-def _body(config: ConvNetConfig, i: int, p: Any, h: jax.Array, site) -> jax.Array:
-    if i > 0 and config.pool:
-        h = _pool(h)
-    z = lax.conv_general_dilated(h, p["conv"]["kernel"], (1, 1), "SAME",
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["conv"]["bias"]
-    return site(_norm(z) if config.normalize else z, _relu)
-
-
 def convnet_local_logits(params: Any, x: jax.Array, config: ConvNetConfig) -> list[jax.Array]:
     """Every block's head logits (float32), with a stop-gradient between blocks when ``block_loss``."""
-    c = _check_config(config)
-    seq = _block_params(params, c)
-    h = _images(x, c).astype(seq[0]["conv"]["kernel"].dtype)
-    return _local.chain_logits(lambda i, p, h, site: _body(c, i, p, h, site), seq, h,
-                               num_groups=c.num_groups, normalize=c.normalize,
-                               block_loss=c.block_loss)
+    return _local.net_logits(_check_config(config), params, x)
 
 
 def convnet_apply(params: Any, x: jax.Array, config: ConvNetConfig) -> jax.Array:
@@ -164,17 +156,9 @@ def convnet_blocks(config, labels: jax.Array) -> list:
     """The blocks of :func:`fwdgrad.local_fwd_grad` for this network and these labels.
 
     With ``block_loss`` one per network block; without, one that runs the whole
-    network (:func:`fwdgrad._local.chain_blocks`).
+    network (:func:`fwdgrad._local.config_blocks`).
     """
-    c = _check_config(config)
-
-    def head_losses(p, out):
-        return _local.local_head_losses(out, p["head"], labels, num_groups=c.num_groups,
-                                        patch_loss=c.patch_loss, group_loss=c.group_loss,
-                                        normalize=c.normalize)
-
-    return _local.chain_blocks(lambda i, p, h, site: _body(c, i, p, h, site), c.num_blocks,
-                               head_losses, block_loss=c.block_loss)
+    return _local.config_blocks(_check_config(config), labels)
 
 
 def convnet_grads(key: jax.Array, params: Any, x: jax.Array, labels: jax.Array,
@@ -184,10 +168,6 @@ def convnet_grads(key: jax.Array, params: Any, x: jax.Array, labels: jax.Array,
 
     :func:`fwdgrad.local_fwd_grad` over :func:`convnet_blocks`; as :func:`fwdgrad.mixer_grads`.
     """
-    c = _check_config(config)
-    seq = _block_params(params, c)
-    x = _images(x, c).astype(seq[0]["conv"]["kernel"].dtype)
-    return _local.network_grads(key, params, seq, x, convnet_blocks(c, labels),
-                                block_loss=c.block_loss, num_tangents=num_tangents,
-                                tangent=tangent, mask_tangents=mask_tangents,
-                                separate_sites=separate_sites)
+    return _local.net_grads(_check_config(config), key, params, x, labels,
+                            num_tangents=num_tangents, tangent=tangent,
+                            mask_tangents=mask_tangents, separate_sites=separate_sites)

@@ -49,7 +49,8 @@ from jax import lax
 from fwdgrad import _estimators, _tangents, _transforms
 
 __all__ = ["local_fwd_grad", "local_head_losses", "local_forward_gradient", "head_logits",
-           "chain_blocks", "network_grads", "block_list", "identity_site", "chain_logits",
+           "chain_blocks", "config_blocks", "network_grads", "net_logits", "net_grads",
+           "NetworkConfig", "block_list", "identity_site", "chain_logits",
            "mean_losses"]
 
 Block = Callable[..., tuple[jax.Array, jax.Array]]
@@ -275,6 +276,20 @@ def chain_blocks(body: Callable, num_blocks: int, head_losses: Callable, *,
     return [whole]
 
 
+def config_blocks(config: Any, labels: jax.Array) -> list:
+    """:func:`chain_blocks` of a network config (``MixerConfig``, ``ConvNetConfig``).
+
+    ``config`` supplies ``body(i, p, h, site)``, ``num_blocks``, ``num_groups``,
+    ``normalize`` and the three loss switches; every head gives :func:`local_head_losses`.
+    """
+    def head_losses(p, out):
+        return local_head_losses(out, p["head"], labels, num_groups=config.num_groups,
+                                 patch_loss=config.patch_loss, group_loss=config.group_loss,
+                                 normalize=config.normalize)
+
+    return chain_blocks(config.body, config.num_blocks, head_losses, block_loss=config.block_loss)
+
+
 def network_grads(key: jax.Array, params: Any, seq: list, x: jax.Array, blocks: list, *,
                   block_loss: bool, **kwargs) -> tuple[jax.Array, Any]:
     """:func:`local_fwd_grad` of :func:`chain_blocks` with the gradients in ``params``'s layout.
@@ -386,6 +401,42 @@ def mean_losses(logits: list[jax.Array], labels: jax.Array, block_loss: bool) ->
     logits = logits if block_loss else logits[-1:]
     return jnp.stack([jnp.mean(optax.softmax_cross_entropy_with_integer_labels(l, labels))
                       for l in logits])
+
+
+def net_logits(config: Any, params: Any, x: jax.Array) -> list[jax.Array]:
+    """Every head's logits of a network config (``config.inputs``, ``config.body``)."""
+    seq = block_list(params, config.num_blocks, config.model_name)
+    return chain_logits(config.body, seq, config.inputs(x, seq), num_groups=config.num_groups,
+                        normalize=config.normalize, block_loss=config.block_loss)
+
+
+def net_grads(config: Any, key: jax.Array, params: Any, x: jax.Array, labels: jax.Array,
+              **kwargs) -> tuple[jax.Array, Any]:
+    """:func:`network_grads` of a network config's :func:`config_blocks`."""
+    seq = block_list(params, config.num_blocks, config.model_name)
+    return network_grads(key, params, seq, config.inputs(x, seq),
+                         config_blocks(config, labels), block_loss=config.block_loss, **kwargs)
+
+
+class NetworkConfig:
+    """What :func:`net_logits` and :func:`net_grads` need of a network config (a mixin).
+
+    Subclasses set ``model_name``, ``first_layer`` (the first block's layer whose
+    kernel dtype the input takes), ``images(x)`` (the first block's input from
+    raw images) and ``body(i, p, h, site)`` (block i's output), and have the
+    fields ``num_blocks``, ``num_groups``, ``normalize`` and the loss switches.
+    """
+
+    model_name: str
+    first_layer: str
+
+    def inputs(self, x: jax.Array, seq: list) -> jax.Array:
+        """The first block's input from images ``x``, in the parameters' dtype."""
+        return self.images(x).astype(seq[0][self.first_layer]["kernel"].dtype)
+
+    def local_grads(self, key, params, x, labels, **kwargs):
+        """:func:`net_grads` of this configuration (for :func:`local_forward_gradient`)."""
+        return net_grads(self, key, params, x, labels, **kwargs)
 
 
 def local_forward_gradient(model: Any, *, num_tangents: int = 1, tangent: str = "rademacher",

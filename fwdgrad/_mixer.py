@@ -67,72 +67,6 @@ def _check_flags(obj: Any, *names: str) -> None:
             raise TypeError(f"{name}={getattr(obj, name)!r} must be a bool")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MixerConfig:
-    """Shape and local losses of a LocalMixer (Ren et al., 2023). Validated at construction.
-
-    Ren et al.'s names read ``size/patches/groups``: ``S/1/1`` is one patch per
-    image (a deep MLP) with one group, ``M/1/16`` the wider net with 16 groups.
-
-    Attributes:
-      image_shape: ``(height, width, channels)`` of an input image.
-      patch_size: side of a square patch; must divide height and width.
-      num_blocks: mixer blocks, each with its own head.
-      channels: features per patch after every block.
-      hidden: hidden units of the channel-mixing layers (default ``channels``).
-      num_classes: outputs of every head.
-      num_groups: channel groups; must divide ``channels`` and ``hidden``.
-      normalize: the parameter-free layer norms (off only for checks with one
-        unit per group, where a norm over one unit is zero).
-      block_loss, patch_loss, group_loss: the local losses (module docstring).
-    """
-
-    image_shape: tuple[int, int, int] = (28, 28, 1)
-    patch_size: int = 7
-    num_blocks: int = 2
-    channels: int = 64
-    hidden: int | None = None
-    num_classes: int = 10
-    num_groups: int = 1
-    block_loss: bool = True
-    patch_loss: bool = True
-    group_loss: bool = True
-    normalize: bool = True
-
-    def __post_init__(self):
-        height, width, _ = _check_image_shape(self.image_shape)
-        object.__setattr__(self, "image_shape", tuple(self.image_shape))
-        for name in ("patch_size", "num_blocks", "channels", "num_classes", "num_groups"):
-            _positive_int(name, getattr(self, name))
-        if self.hidden is None:
-            object.__setattr__(self, "hidden", self.channels)
-        _positive_int("hidden", self.hidden)
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(f"patch_size={self.patch_size} does not divide the {height}x{width} "
-                             "image; use a common divisor of height and width (28: 1, 2, 4, 7, 14, 28)")
-        _check_groups(self.num_groups, channels=self.channels, hidden=self.hidden)
-        _check_flags(self, "normalize", "block_loss", "patch_loss", "group_loss")
-
-    @property
-    def num_patches(self) -> int:
-        height, width, _ = self.image_shape
-        return (height // self.patch_size) * (width // self.patch_size)
-
-    @property
-    def patch_features(self) -> int:
-        return self.patch_size * self.patch_size * self.image_shape[2]
-
-    def local_grads(self, key, params, x, labels, **kwargs):
-        """:func:`mixer_grads` of this configuration (for ``fwdgrad.local_forward_gradient``)."""
-        return mixer_grads(key, params, x, labels, self, **kwargs)
-
-
-def _check_config(config: Any) -> MixerConfig:
-    if not isinstance(config, MixerConfig):
-        raise TypeError(f"config={config!r} is not a fwdgrad.MixerConfig")
-    return config
-
-
 def _dense_init(key, fan_in, shape):
     # He-normal: the layers feed ReLUs through parameter-free layer norms.
     return jax.random.normal(key, shape, jnp.float32) * jnp.float32(math.sqrt(2.0 / fan_in))
@@ -161,11 +95,7 @@ def mixer_init(key: jax.Array, config: MixerConfig, dtype: Any = jnp.float32) ->
     return {"blocks": blocks}
 
 
-def _block_params(params: Any, config) -> list:
-    return _local.block_list(params, config.num_blocks, "LocalMixer")
-
-
-def _patches(x: jax.Array, config: MixerConfig) -> jax.Array:
+def _patches(config: MixerConfig, x: jax.Array) -> jax.Array:
     """``(B, ...)`` images -> ``(B, P, patch_size**2 * channels)`` patch vectors."""
     height, width, chans = config.image_shape
     if math.prod(x.shape[1:]) != height * width * chans:
@@ -221,14 +151,76 @@ def _body(config: MixerConfig, i: int, p: Any, h: jax.Array, site) -> jax.Array:
     return site(z, lambda t: _relu(t + h))  # residual into the block's last ReLU
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MixerConfig(_local.NetworkConfig):
+    """Shape and local losses of a LocalMixer (Ren et al., 2023). Validated at construction.
+
+    Ren et al.'s names read ``size/patches/groups``: ``S/1/1`` is one patch per
+    image (a deep MLP) with one group, ``M/1/16`` the wider net with 16 groups.
+
+    Attributes:
+      image_shape: ``(height, width, channels)`` of an input image.
+      patch_size: side of a square patch; must divide height and width.
+      num_blocks: mixer blocks, each with its own head.
+      channels: features per patch after every block.
+      hidden: hidden units of the channel-mixing layers (default ``channels``).
+      num_classes: outputs of every head.
+      num_groups: channel groups; must divide ``channels`` and ``hidden``.
+      normalize: the parameter-free layer norms (off only for checks with one
+        unit per group, where a norm over one unit is zero).
+      block_loss, patch_loss, group_loss: the local losses (module docstring).
+    """
+
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+    patch_size: int = 7
+    num_blocks: int = 2
+    channels: int = 64
+    hidden: int | None = None
+    num_classes: int = 10
+    num_groups: int = 1
+    block_loss: bool = True
+    patch_loss: bool = True
+    group_loss: bool = True
+    normalize: bool = True
+
+    def __post_init__(self):
+        height, width, _ = _check_image_shape(self.image_shape)
+        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        for name in ("patch_size", "num_blocks", "channels", "num_classes", "num_groups"):
+            _positive_int(name, getattr(self, name))
+        if self.hidden is None:
+            object.__setattr__(self, "hidden", self.channels)
+        _positive_int("hidden", self.hidden)
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"patch_size={self.patch_size} does not divide the {height}x{width} "
+                             "image; use a common divisor of height and width (28: 1, 2, 4, 7, 14, 28)")
+        _check_groups(self.num_groups, channels=self.channels, hidden=self.hidden)
+        _check_flags(self, "normalize", "block_loss", "patch_loss", "group_loss")
+
+    @property
+    def num_patches(self) -> int:
+        height, width, _ = self.image_shape
+        return (height // self.patch_size) * (width // self.patch_size)
+
+    @property
+    def patch_features(self) -> int:
+        return self.patch_size * self.patch_size * self.image_shape[2]
+
+    model_name = "LocalMixer"
+    first_layer = "channel"
+    images = _patches
+    body = _body
+
+
+def _check_config(config: Any) -> MixerConfig:
+    if not isinstance(config, MixerConfig):
+        raise TypeError(f"config={config!r} is not a fwdgrad.MixerConfig")
+    return config
+
+
 def mixer_local_logits(params: Any, x: jax.Array, config: MixerConfig) -> list[jax.Array]:
     """Every block's head logits (float32), with a stop-gradient between blocks when ``block_loss``."""
-    c = _check_config(config)
-    seq = _block_params(params, c)
-    h = _patches(x, c).astype(seq[0]["channel"]["kernel"].dtype)
-    return _local.chain_logits(lambda i, p, h, site: _body(c, i, p, h, site), seq, h,
-                               num_groups=c.num_groups, normalize=c.normalize,
-                               block_loss=c.block_loss)
+    return _local.net_logits(_check_config(config), params, x)
 
 
 def mixer_apply(params: Any, x: jax.Array, config: MixerConfig) -> jax.Array:
@@ -252,17 +244,9 @@ def mixer_blocks(config, labels: jax.Array) -> list:
     """The blocks of :func:`fwdgrad.local_fwd_grad` for this network and these labels.
 
     With ``block_loss`` one per network block; without, one that runs the whole
-    network (:func:`fwdgrad._local.chain_blocks`).
+    network (:func:`fwdgrad._local.config_blocks`).
     """
-    c = _check_config(config)
-
-    def head_losses(p, out):
-        return _local.local_head_losses(out, p["head"], labels, num_groups=c.num_groups,
-                                        patch_loss=c.patch_loss, group_loss=c.group_loss,
-                                        normalize=c.normalize)
-
-    return _local.chain_blocks(lambda i, p, h, site: _body(c, i, p, h, site), c.num_blocks,
-                               head_losses, block_loss=c.block_loss)
+    return _local.config_blocks(_check_config(config), labels)
 
 
 def mixer_grads(key: jax.Array, params: Any, x: jax.Array, labels: jax.Array,
@@ -273,10 +257,6 @@ def mixer_grads(key: jax.Array, params: Any, x: jax.Array, labels: jax.Array,
     :func:`fwdgrad.local_fwd_grad` over :func:`mixer_blocks`. Returns the
     float32 local losses and estimates with ``params``'s structure and dtypes.
     """
-    c = _check_config(config)
-    seq = _block_params(params, c)
-    x = _patches(x, c).astype(seq[0]["channel"]["kernel"].dtype)
-    return _local.network_grads(key, params, seq, x, mixer_blocks(c, labels),
-                                block_loss=c.block_loss, num_tangents=num_tangents,
-                                tangent=tangent, mask_tangents=mask_tangents,
-                                separate_sites=separate_sites)
+    return _local.net_grads(_check_config(config), key, params, x, labels,
+                            num_tangents=num_tangents, tangent=tangent,
+                            mask_tangents=mask_tangents, separate_sites=separate_sites)
