@@ -48,6 +48,8 @@ import torch
 from torch import nn
 
 import aihwkit
+
+import _common  # stdlib only: no JAX in aihwkit's environment
 from aihwkit.nn import AnalogLinear, AnalogSequential
 from aihwkit.optim import AnalogSGD
 from aihwkit.simulator.configs import ConstantStepDevice, SingleRPUConfig
@@ -119,8 +121,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--mnist", default=str(pathlib.Path(__file__).resolve().parents[2]
-                                           / "shared" / "data" / "mnist"))
+    ap.add_argument("--mnist", default=_common.data_dir_default(),
+                    help="directory of the MNIST IDX files (default: $BEYONDBP_DATA[/mnist]); "
+                         "uniform random data when absent")
     ap.add_argument("--configs", default="constant_step,constant_step_fixed_bl31,"
                                          "constant_step_perfect_io,"
                                          "constant_step_perfect_io_fixed_bl31,reram_es_preset")

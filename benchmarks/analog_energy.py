@@ -28,6 +28,7 @@ import optax
 import analog
 from beyondbp import _methods_analog as M
 from beyondbp import datasets
+import _common  # noqa: E402  (benchmarks/_common.py, beside this script)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -37,8 +38,7 @@ def main():
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=20)
     ap.add_argument("--data", default="mnist")
-    ap.add_argument("--data-dir", default=str(pathlib.Path(__file__).resolve().parents[2]
-                                                / "shared" / "data" / "mnist"))
+    _common.add_data_dir(ap)
     args = ap.parse_args()
     tr = datasets.load(args.data, "train", data_dir=args.data_dir)
     b = args.batch_size

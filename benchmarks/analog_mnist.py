@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import analog  # noqa: E402
 from beyondbp import _methods_analog, datasets, methods, train  # noqa: E402
+import _common  # noqa: E402  (benchmarks/_common.py, beside this script)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -35,8 +36,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=20)
     ap.add_argument("--data", default="mnist")
-    ap.add_argument("--data-dir", default=str(pathlib.Path(__file__).resolve().parents[2]
-                                                / "shared" / "data" / "mnist"))
+    _common.add_data_dir(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-limit", type=int, default=None)
     ap.add_argument("--read-noise", type=float, default=None,

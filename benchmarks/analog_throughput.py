@@ -74,16 +74,14 @@ def tile_sweep(repeats: int, batch: int = 20, bl: int = 31):
 def load_mnist(n: int):
     """The first n MNIST training images (pixels / 255) and labels, or uniform random data of
     the same shape when the files are absent (throughput does not depend much on the values,
-    but zero pixels make trains sparse, so real data is the default, as for aihwkit)."""
-    import gzip
-    folder = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    but zero pixels make trains sparse, so real data is the default, as for aihwkit). The
+    files are found as beyondbp.datasets finds them ($BEYONDBP_DATA, the user cache)."""
+    from beyondbp import datasets
     try:
-        with gzip.open(folder / "train-images-idx3-ubyte.gz", "rb") as f:
-            x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)[:n] / 255.0
-        with gzip.open(folder / "train-labels-idx1-ubyte.gz", "rb") as f:
-            y = np.frombuffer(f.read(), np.uint8, offset=8)[:n]
-        return x.astype(np.float32), y.astype(np.int32), "mnist"
-    except OSError:
+        ds = datasets.load("mnist", "train", download=False)
+        x = ds.images.reshape(len(ds), -1)[:n] / 255.0
+        return x.astype(np.float32), ds.labels[:n].astype(np.int32), "mnist"
+    except datasets.DatasetError:
         rng = np.random.default_rng(0)
         return rng.random((n, 784), np.float32), np.arange(n, dtype=np.int32) % 10, "uniform"
 

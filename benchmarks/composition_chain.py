@@ -29,15 +29,13 @@ bound by per-step launches). Writes ``benchmarks/results/<out>.json`` and ``.png
 accuracy against steps), rewriting the JSON after every evaluation.
 
     python benchmarks/composition_chain.py --steps 20000 --eval-every 2000 \
-        --data-dir ../shared/data/mnist --hidden 64
+        --hidden 64
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import pathlib
-import platform
 import sys
 import time
 
@@ -56,7 +54,8 @@ import fwdgrad  # noqa: E402
 import lowbit  # noqa: E402
 from beyondbp import datasets, methods, models  # noqa: E402
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+import _common  # noqa: E402
+
 VARIANTS = {
     "as-written": dict(lr=1e-2, device="TAOX_RERAM", mp=False),
     "ideal": dict(lr=2e-3, device="IDEAL", mp=False),
@@ -73,11 +72,9 @@ VARIANTS = {
                               estimator="local"),
 }
 
-#: device models by name beyond ``analog.presets`` (filled by composition_chain_ablation.py).
-DEVICES: dict = {}
-
-
-def chain(lr, device, mp, seed, steps, estimator="weight"):
+def chain(lr, device, mp, seed, steps, estimator="weight", devices=None):
+    """The DESIGN.md chain; ``device`` names an ``analog.presets`` model or an entry of
+    ``devices`` (extra models by name, e.g. composition_chain_ablation.py's)."""
     if isinstance(lr, str):                          # "cosine from PEAK to 0"
         lr = optax.cosine_decay_schedule(float(lr.split()[2]), steps)
     if estimator == "local":
@@ -89,12 +86,14 @@ def chain(lr, device, mp, seed, steps, estimator="weight"):
     return optax.chain(first,
                        lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=seed + 1),
                        sgd,
-                       analog.program(DEVICES.get(device) or getattr(analog.presets, device),
+                       analog.program((devices or {}).get(device)
+                                      or getattr(analog.presets, device),
                                       seed=seed + 2,
                                       mixed_precision=mp))
 
 
-def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, record):
+def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, record,
+        devices=None):
     """Train one variant; ``record(result)`` is called after every evaluation (partial runs
     keep what they measured)."""
     estimator = spec.get("estimator", "weight")
@@ -103,7 +102,7 @@ def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, reco
                                                            rngs=nnx.Rngs(seed)))
     else:
         apply, params = models.mlp(jax.random.key(seed), (784, *hidden, 10))
-    tx = chain(spec["lr"], spec["device"], spec["mp"], seed, steps, estimator)
+    tx = chain(spec["lr"], spec["device"], spec["mp"], seed, steps, estimator, devices)
     state = tx.init(params)
     x_tr = jnp.asarray(tr.images.reshape(len(tr), -1), jnp.float32) / 255.0
     y_tr = jnp.asarray(tr.labels, jnp.int32)
@@ -160,27 +159,32 @@ def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, reco
     return result
 
 
-def main():
+def main(argv=None, *, variants=None, devices=None, out="composition_chain"):
+    """Run the variants named by ``--variants`` (default: all of ``variants``).
+
+    ``variants`` (default :data:`VARIANTS`) and ``devices`` (extra device models by name) let
+    another script run its own table through the same loop without editing this module.
+    """
+    variants = VARIANTS if variants is None else variants
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--steps", type=int, default=20000)
-    ap.add_argument("--eval-every", type=int, default=2000)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--hidden", default="64", help="hidden widths, comma-separated")
+    ap.add_argument("--variants", default=",".join(variants))
+    ap.add_argument("--steps", type=_common.positive_int, default=20000)
+    ap.add_argument("--eval-every", type=_common.positive_int, default=2000)
+    ap.add_argument("--batch-size", type=_common.positive_int, default=64)
+    ap.add_argument("--hidden", type=_common.int_list, default=(64,),
+                    help="hidden widths, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default="mnist")
-    ap.add_argument("--data-dir", default=str(pathlib.Path(__file__).resolve().parents[2]
-                                              / "shared" / "data" / "mnist"))
-    ap.add_argument("--out", default="composition_chain")
-    args = ap.parse_args()
-    if args.steps <= 0 or args.eval_every <= 0 or args.steps % args.eval_every:
-        ap.error("--steps and --eval-every must be positive, --steps a multiple of --eval-every")
+    _common.add_data_dir(ap)
+    ap.add_argument("--out", default=out)
+    args = ap.parse_args(argv)
+    if args.steps % args.eval_every:
+        ap.error("--steps must be a multiple of --eval-every")
     names = [v for v in args.variants.split(",") if v]
     for v in names:
-        if v not in VARIANTS:
-            ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
-    hidden = tuple(int(h) for h in args.hidden.split(",") if h)
+        if v not in variants:
+            ap.error(f"unknown variant {v!r}; choose from {', '.join(variants)}")
     try:
         tr = datasets.load(args.data, "train", data_dir=args.data_dir)
         te = datasets.load(args.data, "test", data_dir=args.data_dir)
@@ -189,24 +193,22 @@ def main():
         tr, te = datasets.load("mnist_small", "train"), datasets.load("mnist_small", "test")
     if not 0 < args.batch_size <= len(tr):
         ap.error(f"--batch-size must be in [1, {len(tr)}] (the training set's size)")
-    out_path = RESULTS / f"{args.out}.json"
-    out = {"command": "python benchmarks/composition_chain.py " + " ".join(sys.argv[1:]),
-           "machine": f"{platform.machine()} jax {jax.__version__} {jax.devices()[0].platform}",
-           "data": f"{tr.name} ({len(tr)} train, {len(te)} test)", "model": [784, *hidden, 10],
-           "batch": args.batch_size, "seed": args.seed, "results": {}}
+    out = {"command": _common.command(argv), "machine": _common.machine(),
+           "data": f"{tr.name} ({len(tr)} train, {len(te)} test)",
+           "model": [784, *args.hidden, 10], "batch": args.batch_size, "seed": args.seed,
+           "results": {}}
+
     def record(name):
         def write(result):
             out["results"][name] = result
-            tmp = out_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(out, indent=1))
-            tmp.replace(out_path)
+            _common.save(args.out, out)     # after every evaluation: partial runs keep it
         return write
 
     for name in names:
-        run(name, VARIANTS[name], tr, te, hidden=hidden, steps=args.steps,
+        run(name, variants[name], tr, te, hidden=args.hidden, steps=args.steps,
             eval_every=args.eval_every, batch=args.batch_size, seed=args.seed,
-            log=lambda s: print(s, flush=True), record=record(name))
-    plt.figure(figsize=(6, 4))
+            log=lambda s: print(s, flush=True), record=record(name), devices=devices)
+    fig = plt.figure(figsize=(6, 4))
     for name, r in out["results"].items():
         plt.plot(r["steps"], [100 * a for a in r["test_accuracy"]], "o-", ms=3, label=name)
     plt.axhline(90, color="k", lw=0.8, ls="--")
@@ -216,7 +218,7 @@ def main():
     plt.grid(alpha=0.3)
     plt.legend(fontsize=8)
     plt.tight_layout()
-    plt.savefig(out_path.with_suffix(".png"), dpi=100)
+    _common.save(args.out, out, fig, dpi=100)
     print(json.dumps({k: round(v["final_test_accuracy"], 4) for k, v in out["results"].items()}))
 
 

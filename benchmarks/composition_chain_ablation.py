@@ -6,13 +6,12 @@ a time; everything else as :mod:`composition_chain` (same MLP, data order and se
 ``benchmarks/results/<out>.json`` and ``.png``.
 
     python benchmarks/composition_chain_ablation.py --steps 4000 --eval-every 2000 \\
-        --batch-size 2048 --data-dir ../shared/data/mnist --out composition_chain_ablation
+        --batch-size 2048 --out composition_chain_ablation
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import analog
 import composition_chain as cc
@@ -41,9 +40,13 @@ VARIANTS = {
     "taox-mp-fine-step": "TAOX_FINE",
 }
 
+
+
+def main(argv=None):
+    """The ablation table through composition_chain's loop (its module is not modified)."""
+    variants = {k: dict(lr=2e-3, device=v, mp=True) for k, v in VARIANTS.items()}
+    cc.main(argv, variants=variants, devices=DEVICES, out="composition_chain_ablation")
+
+
 if __name__ == "__main__":
-    cc.DEVICES.update(DEVICES)
-    cc.VARIANTS.update({k: dict(lr=2e-3, device=v, mp=True) for k, v in VARIANTS.items()})
-    if not any(a.startswith("--variants") for a in sys.argv):
-        sys.argv += ["--variants", ",".join(VARIANTS)]
-    cc.main()
+    main()

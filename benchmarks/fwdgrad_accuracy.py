@@ -27,6 +27,7 @@ import time
 import jax
 
 from beyondbp import datasets, methods, train
+import _common  # noqa: E402  (benchmarks/_common.py, beside this script)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 METHODS = ("backprop", "fwdgrad", "fwdgrad-orthogonal", "fwdgrad-local")
@@ -35,8 +36,7 @@ METHODS = ("backprop", "fwdgrad", "fwdgrad-orthogonal", "fwdgrad-local")
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--data-dir", default=str(pathlib.Path(__file__).resolve().parents[2]
-                                              / "shared" / "data" / "mnist"))
+    _common.add_data_dir(ap)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--widths", default="256,256", help="hidden widths, e.g. 1024,1024")
     ap.add_argument("--eval-every-epoch", action="store_true",

@@ -16,15 +16,12 @@ Writes benchmarks/results/fwdgrad_memory.json and .png.
 
 from __future__ import annotations
 
-import json
-import pathlib
-
 import jax
 import jax.numpy as jnp
 
 import fwdgrad
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+import _common
 WIDTH, BATCH = 1024, 2048
 
 
@@ -55,8 +52,7 @@ def naive_jvp(f):
 def main():
     key = jax.random.key(0)
     out = {"problem": f"ReLU MLP, width {WIDTH}, batch {BATCH}, float32; compiled temp MiB",
-           "backend": jax.devices()[0].platform, "jax": jax.__version__,
-           "command": "python benchmarks/fwdgrad_memory.py", "results": {}}
+           "results": {}}
     for depth in (4, 16):
         f, params, x = problem(depth)
         r = {"backprop": temp_mib(jax.grad(f), params, x),
@@ -68,8 +64,6 @@ def main():
         out["results"][str(depth)] = {n: {"temp_mib": v, "ratio_to_backprop": v / r["backprop"]}
                                       for n, v in r.items()}
         print(depth, {n: (round(v, 1), round(v / r["backprop"], 3)) for n, v in r.items()}, flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fwdgrad_memory.json").write_text(json.dumps(out, indent=2))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -84,7 +78,7 @@ def main():
     ax.set_title(f"Working memory, {WIDTH}-wide MLP, batch {BATCH}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "fwdgrad_memory.png", dpi=110)
+    _common.save("fwdgrad_memory", out, fig)
 
 
 if __name__ == "__main__":

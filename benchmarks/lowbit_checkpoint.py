@@ -22,7 +22,7 @@ import numpy as np
 import lowbit
 from beyondbp import models
 
-OUT = pathlib.Path(__file__).resolve().parent / "results"
+import _common
 
 
 def main():
@@ -46,15 +46,12 @@ def main():
         size32, size4 = f32.stat().st_size, f4.stat().st_size
     kernel32 = sum(v.nbytes for k, v in float_arrays.items() if k.endswith("kernel"))
     kernel4 = sum(v.nbytes for k, v in packed_arrays.items() if ".kernel." in k)
-    result = {"command": "python benchmarks/lowbit_checkpoint.py",
-              "model": "MLP 784-1024-1024-10", "float32_file_bytes": size32,
+    result = {"model": "MLP 784-1024-1024-10", "float32_file_bytes": size32,
               "packed_file_bytes": size4, "file_ratio": size32 / size4,
               "kernel_bytes_float32": kernel32, "kernel_bytes_packed": kernel4,
               "kernel_ratio": kernel32 / kernel4, "decode_equals_forward_int4_weights": exact,
               "note": "biases (2058 values) stay float32 in both files; npz headers included"}
     print(json.dumps(result, indent=1))
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "lowbit_checkpoint.json").write_text(json.dumps(result, indent=1))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -64,7 +61,7 @@ def main():
     ax.set_xlabel("MiB")
     ax.set_title(f"MLP 784-1024-1024-10 checkpoint: {size32 / size4:.2f}x smaller")
     fig.tight_layout()
-    fig.savefig(OUT / "lowbit_checkpoint.png", dpi=110)
+    _common.save("lowbit_checkpoint", result, fig)
 
 
 if __name__ == "__main__":

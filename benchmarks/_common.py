@@ -1,0 +1,137 @@
+"""Plumbing every benchmark script shares: where results go, what a result records, arguments.
+
+A script does its measurement and calls :func:`save`, which writes
+``benchmarks/results/<name>.json`` (the result plus the exact command line and the machine)
+and, given a figure, ``<name>.png`` beside it. Data sets are found the way a user's are, by
+:func:`beyondbp.datasets.load` (``--data-dir``, then ``$BEYONDBP_DATA``, then the user
+cache), never by a path relative to this checkout.
+
+Standard library only at import time: the aihwkit scripts run in an environment without JAX
+and use :data:`RESULTS`, :func:`command` and :func:`data_dir_default` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+__all__ = ["RESULTS", "command", "machine", "save", "add_data_dir", "data_dir_default",
+           "positive_int", "int_list", "median_time"]
+
+#: Where every benchmark writes its JSON and PNG files.
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def command(argv: Sequence[str] | None = None) -> str:
+    """The command line that reproduces this run: ``python benchmarks/<script> <args>``."""
+    script = pathlib.Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "<script>"
+    args = sys.argv[1:] if argv is None else list(argv)
+    return " ".join(["python", f"benchmarks/{script}", *args])
+
+
+def machine() -> dict:
+    """The machine a result was measured on: platform, CPUs, and JAX's version and devices."""
+    out = {"platform": platform.platform(), "processor": platform.processor() or
+           platform.machine(), "cpus": os.cpu_count()}
+    if "jax" in sys.modules or _importable("jax"):
+        import jax
+        dev = jax.devices()[0]
+        out.update(jax=jax.__version__, backend=dev.platform, device=str(dev.device_kind),
+                   device_count=jax.device_count())
+    return out
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+def _jsonable(v: Any) -> Any:
+    """JSON-ready copy: numpy/JAX scalars and arrays to lists, NaN/inf to None."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
+        return _jsonable(v.tolist())
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def save(name: str, result: dict, fig: Any = None, *, argv: Sequence[str] | None = None,
+         dpi: int = 110) -> pathlib.Path:
+    """Write ``RESULTS/<name>.json`` (and ``<name>.png`` from ``fig``); return the JSON path.
+
+    ``command`` and ``machine`` are added unless ``result`` already has them. The JSON is
+    written to a temporary name and renamed, so an interrupted run never leaves half a file.
+    ``name`` may hold a sub-folder (``"gpu_h200/fwdgrad_speed"``).
+    """
+    path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = dict(result)
+    out.setdefault("command", command(argv))
+    out.setdefault("machine", machine())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(out), indent=1))
+    os.replace(tmp, path)
+    if fig is not None:
+        fig.savefig(path.with_suffix(".png"), dpi=dpi)
+    return path
+
+
+def data_dir_default() -> str | None:
+    """``$BEYONDBP_DATA`` (or its ``mnist/`` folder when it has one), else None."""
+    env = os.environ.get("BEYONDBP_DATA")
+    if not env:
+        return None
+    sub = pathlib.Path(env).expanduser() / "mnist"
+    return str(sub if sub.is_dir() else pathlib.Path(env).expanduser())
+
+
+def add_data_dir(ap: argparse.ArgumentParser) -> None:
+    """``--data-dir``: where the MNIST IDX files are; default: beyondbp.datasets' lookup."""
+    ap.add_argument("--data-dir", default=None,
+                    help="directory of the MNIST IDX files (default: $BEYONDBP_DATA, then the "
+                         "user cache, as beyondbp.datasets.load looks them up)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: need an integer >= 1")
+    return v
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated integers, e.g. ``"64,32"``."""
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: need comma-separated integers") from None
+
+
+def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls.
+
+    Each call's result is waited for (``jax.block_until_ready``), so asynchronous dispatch
+    does not hide the work. Medians, not means: these machines are shared and noisy.
+    """
+    import jax
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
