@@ -20,6 +20,7 @@ pass, so the timed step is exactly the method's own work.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -40,10 +41,7 @@ from beyondbp import checkpoint as _checkpoint
 from beyondbp import datasets as _datasets
 from beyondbp.methods import Setup
 
-__all__ = ["train", "make_step", "evaluate", "compiled_memory", "refused_steps", "History",
-           "write_json"]
-
-History = dict  # a JSON-serialisable dict; see ``train`` for its keys
+__all__ = ["train", "make_step", "evaluate", "compiled_memory", "refused_steps", "write_json"]
 
 
 def make_step(setup: Setup) -> Callable:
@@ -158,45 +156,24 @@ def _graceful_stop():
             signal.signal(s, h)
 
 
-def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset | None = None,
-          *, steps: int | None = None, epochs: int | None = None, batch_size: int = 64,
-          seed: int = 0, eval_every: int | None = None, log_every: int | None = None,
-          progress: bool = True, desc: str = "train", json_path=None,
-          time_steps: bool = True, checkpoint_dir=None, checkpoint_every: int | None = None
-          ) -> History:
-    """Train ``setup`` on ``train_ds``; evaluate on ``test_ds``; return a history.
+@dataclasses.dataclass(frozen=True)
+class _Schedule:
+    """What the step loop does when: the budget, evaluation, logging and checkpoints."""
 
-    Args:
-      setup: params, pure apply, transform (see :class:`beyondbp.methods.Setup`).
-      steps / epochs: the budget; give exactly one (``epochs`` counts full
-        batches, the remainder of each shuffled epoch is dropped).
-      batch_size: fixed batch size (the step compiles once).
-      seed: data order seed.
-      eval_every: test accuracy every this many steps (default: 10 points per run).
-      log_every: training loss every this many steps (default: about 50 points per run,
-        at most every 50 steps).
-      time_steps: block on every step to time it exactly (``step_time_s``).
-      json_path: if given, the history is also written there as JSON: after every
-        evaluation (with ``"partial": true``) and complete at the end.
-      checkpoint_dir: save params and the transform state there every
-        ``checkpoint_every`` steps, at the end, and when interrupted
-        (KeyboardInterrupt / SIGINT); if it already holds a checkpoint of this
-        run, training resumes from it. Resumed runs see the same batches in the
-        same order, so on one backend the final params are bit-identical to an
-        uninterrupted run with the same seed.
+    steps: int
+    batch_size: int
+    seed: int
+    eval_every: int
+    log_every: int
+    time_steps: bool
+    checkpoint_dir: Any
+    checkpoint_every: int | None
+    json_path: Any
 
-    Returns:
-      dict with ``steps``, ``train_loss`` (lists), ``eval_steps``,
-      ``test_accuracy`` (lists), ``final_test_accuracy``, ``step_time_s``
-      (median seconds per step after compilation), ``compile_time_s``,
-      ``memory`` (:func:`compiled_memory` of the step), ``params`` and
-      ``opt_state`` (not written to JSON), ``nonfinite_loss_steps`` (logged
-      losses that were NaN/inf), ``skipped_nonfinite_steps`` (steps whose
-      updates were non-finite and were therefore not applied; see
-      :func:`make_step`), ``transform_refused_steps`` (the transforms' own
-      ``nonfinite`` counters, see :func:`refused_steps`).
-    """
-    _check_setup(setup)
+
+def _schedule(train_ds, *, steps, epochs, batch_size, seed, eval_every, log_every, time_steps,
+              checkpoint_dir, checkpoint_every, json_path) -> _Schedule:
+    """Check the budget and the intervals; fill in the defaults (see :func:`train`)."""
     if (steps is None) == (epochs is None):
         raise ValueError(f"give exactly one of steps= or epochs= (got steps={steps!r}, "
                          f"epochs={epochs!r})")
@@ -216,57 +193,68 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
         log_every = max(1, min(50, steps // 50))
     if eval_every < 1 or log_every < 1:
         raise ValueError(f"eval_every={eval_every!r} and log_every={log_every!r} must be >= 1")
-    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every={checkpoint_every!r}: need a positive integer")
     if checkpoint_every is not None and checkpoint_dir is None:
         raise ValueError("checkpoint_every= needs checkpoint_dir=")
+    return _Schedule(steps, batch_size, seed, eval_every, log_every, time_steps, checkpoint_dir,
+                     checkpoint_every, json_path)
 
-    step_fn = make_step(setup)
+
+def _resume(checkpoint_dir, steps: int, params, opt_state, hist: dict):
+    """``(start, params, opt_state)`` from the newest checkpoint in ``checkpoint_dir`` (step 0
+    and the given ones when there is none); ``hist`` gets the curves logged before it."""
+    ck = _checkpoint.latest(checkpoint_dir)
+    if ck is None:
+        return 0, params, opt_state
+    start, (params, opt_state) = _checkpoint.restore(ck, (params, opt_state))
+    if start > steps:
+        raise ValueError(f"{ck} is at step {start}, beyond steps={steps}; use another "
+                         "checkpoint_dir or more steps")
+    side = pathlib.Path(checkpoint_dir) / "history.json"
+    if side.is_file():  # keep the curves of the steps before the checkpoint
+        old = json.loads(side.read_text())
+        keep = [j for j, s_ in enumerate(old["steps"]) if s_ < start]
+        hist["steps"] = [old["steps"][j] for j in keep]
+        hist["train_loss"] = [old["train_loss"][j] for j in keep]
+        keep = [j for j, s_ in enumerate(old["eval_steps"]) if s_ <= start]
+        hist["eval_steps"] = [old["eval_steps"][j] for j in keep]
+        hist["test_accuracy"] = [old["test_accuracy"][j] for j in keep]
+    hist["resumed_from"] = start
+    return start, params, opt_state
+
+
+def _save_checkpoint(sched: _Schedule, step: int, params, opt_state, hist: dict) -> None:
+    _checkpoint.save(sched.checkpoint_dir, step, (params, opt_state))
+    write_json(hist, pathlib.Path(sched.checkpoint_dir) / "history.json")
+
+
+def _step_loop(setup: Setup, step_fn: Callable, sched: _Schedule, train_ds, test_ds, params,
+               opt_state, hist, start: int, bar) -> tuple[Any, Any, list[float], list[jax.Array]]:
+    """Steps ``start .. sched.steps - 1``: log, step, time, checkpoint, evaluate.
+
+    Returns ``(params, opt_state, step times, per-step ok flags)``. On an interrupt (the first
+    SIGINT/SIGTERM is honoured between steps, see :func:`_graceful_stop`) the last complete
+    step is checkpointed when there is a checkpoint directory, and the interrupt re-raised.
+    """
     jstep = jax.jit(step_fn, donate_argnums=())
     eval_fn = _make_eval(setup)
-    params, opt_state = setup.params, setup.tx.init(setup.params)
-    hist: dict[str, Any] = {"steps": [], "train_loss": [], "eval_steps": [], "test_accuracy": [],
-                            "nonfinite_loss_steps": 0}
-    start = 0
-    if checkpoint_dir is not None and (ck := _checkpoint.latest(checkpoint_dir)) is not None:
-        start, (params, opt_state) = _checkpoint.restore(ck, (params, opt_state))
-        if start > steps:
-            raise ValueError(f"{ck} is at step {start}, beyond steps={steps}; use another "
-                             "checkpoint_dir or more steps")
-        side = pathlib.Path(checkpoint_dir) / "history.json"
-        if side.is_file():  # keep the curves of the steps before the checkpoint
-            old = json.loads(side.read_text())
-            keep = [j for j, s_ in enumerate(old["steps"]) if s_ < start]
-            hist["steps"] = [old["steps"][j] for j in keep]
-            hist["train_loss"] = [old["train_loss"][j] for j in keep]
-            keep = [j for j, s_ in enumerate(old["eval_steps"]) if s_ <= start]
-            hist["eval_steps"] = [old["eval_steps"][j] for j in keep]
-            hist["test_accuracy"] = [old["test_accuracy"][j] for j in keep]
-        hist["resumed_from"] = start
-    data = _datasets.batches(train_ds, batch_size, seed=seed, epochs=None, start=start)
-
-    def save_checkpoint(i):
-        _checkpoint.save(checkpoint_dir, i, (params, opt_state))
-        write_json(hist, pathlib.Path(checkpoint_dir) / "history.json")
-    x0, y0, _ = next(_datasets.batches(train_ds, batch_size, seed=seed, epochs=1))
-    hist["memory"] = compiled_memory(step_fn, params, opt_state, x0, y0)
-
+    data = _datasets.batches(train_ds, sched.batch_size, seed=sched.seed, epochs=None,
+                             start=start)
     times: list[float] = []
     oks: list[jax.Array] = []  # read back once at the end: no per-step host sync
-    t_start = time.perf_counter()
-    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True,
-               leave=True)
     last_acc = float("nan")
     # One tuple, stored by a single assignment: whatever moment a signal lands
     # at, it holds params and state that belong to the same step count.
     snap = (start, params, opt_state)
     with _graceful_stop() as stop:
         try:
-            for i in range(start, steps):
+            for i in range(start, sched.steps):
                 if stop.requested:
                     raise KeyboardInterrupt
                 x, y, mask = next(data)
-                if i % log_every == 0 or i == steps - 1:
+                if i % sched.log_every == 0 or i == sched.steps - 1:
                     loss = float(eval_fn(params, x, y, mask)[1])
                     if not math.isfinite(loss):
                         hist["nonfinite_loss_steps"] += 1
@@ -277,7 +265,7 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
                 params, opt_state, ok = jstep(params, opt_state, x, y)
                 snap = (i + 1, params, opt_state)
                 oks.append(ok)
-                if time_steps or i == start:
+                if sched.time_steps or i == start:
                     jax.block_until_ready((params, opt_state))
                     dt = time.perf_counter() - t0
                     if i == start:
@@ -285,40 +273,111 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
                     else:
                         times.append(dt)
                 bar.update(1)
-                if checkpoint_every is not None and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
-                    save_checkpoint(i + 1)
-                if test_ds is not None and ((i + 1) % eval_every == 0 or i == steps - 1):
+                if sched.checkpoint_every is not None and (i + 1) % sched.checkpoint_every == 0 \
+                        and i + 1 < sched.steps:
+                    _save_checkpoint(sched, i + 1, params, opt_state, hist)
+                if test_ds is not None and ((i + 1) % sched.eval_every == 0
+                                            or i == sched.steps - 1):
                     # the training batch size: the eval function compiles once, not twice
-                    last_acc = evaluate(setup, params, test_ds, batch_size=batch_size, _fn=eval_fn)
+                    last_acc = evaluate(setup, params, test_ds, batch_size=sched.batch_size,
+                                        _fn=eval_fn)
                     hist["eval_steps"].append(i + 1)
                     hist["test_accuracy"].append(last_acc)
                     bar.set_postfix(loss=f"{hist['train_loss'][-1]:.4f}", acc=f"{last_acc:.4f}")
-                    if json_path is not None and i < steps - 1:
+                    if sched.json_path is not None and i < sched.steps - 1:
                         # a long run that is stopped keeps every evaluation it made
-                        write_json({**hist, "partial": True}, json_path)
+                        write_json({**hist, "partial": True}, sched.json_path)
         except KeyboardInterrupt:
-            if checkpoint_dir is not None:
+            if sched.checkpoint_dir is not None:
                 done, params, opt_state = snap
-                save_checkpoint(done)
-                bar.write(f"interrupted: checkpoint at step {done} saved in {checkpoint_dir}")
+                _save_checkpoint(sched, done, params, opt_state, hist)
+                bar.write(f"interrupted: checkpoint at step {done} saved in "
+                          f"{sched.checkpoint_dir}")
             raise
-        finally:
-            bar.close()
-    jax.block_until_ready(params)
+    return params, opt_state, times, oks
+
+
+def _summarise(hist: dict, setup: Setup, sched: _Schedule, params, opt_state, times, oks,
+               wall_s: float) -> None:
+    """Fill in the history's totals, medians and final values (see :func:`train`)."""
     hist["skipped_nonfinite_steps"] = int(len(oks) - np.sum(np.asarray(oks))) if oks else 0
     hist["transform_refused_steps"] = refused_steps(opt_state)
-    if checkpoint_dir is not None:
-        save_checkpoint(steps)
-    hist["wall_time_s"] = time.perf_counter() - t_start
+    hist["wall_time_s"] = wall_s
     hist["step_time_s"] = float(np.median(times)) if times else float("nan")
     hist["step_time_mean_s"] = float(np.mean(times)) if times else float("nan")
     hist["final_test_accuracy"] = hist["test_accuracy"][-1] if hist["test_accuracy"] else None
-    hist["num_steps"] = steps
-    hist["batch_size"] = batch_size
+    hist["num_steps"] = sched.steps
+    hist["batch_size"] = sched.batch_size
     hist["params"] = params
     hist["opt_state"] = opt_state
     if setup.energy is not None:
-        hist["energy"] = setup.energy(opt_state, steps)
+        hist["energy"] = setup.energy(opt_state, sched.steps)
+
+
+def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset | None = None,
+          *, steps: int | None = None, epochs: int | None = None, batch_size: int = 64,
+          seed: int = 0, eval_every: int | None = None, log_every: int | None = None,
+          progress: bool = True, desc: str = "train", json_path=None,
+          time_steps: bool = True, checkpoint_dir=None, checkpoint_every: int | None = None
+          ) -> dict:
+    """Train ``setup`` on ``train_ds``; evaluate on ``test_ds``; return a history.
+
+    Args:
+      setup: params, pure apply, transform (see :class:`beyondbp.methods.Setup`).
+      steps / epochs: the budget; give exactly one (``epochs`` counts full
+        batches, the remainder of each shuffled epoch is dropped).
+      batch_size: fixed batch size (the step compiles once).
+      seed: data order seed.
+      eval_every: test accuracy every this many steps (default: 10 points per run).
+      log_every: training loss every this many steps (default: about 50 points per run,
+        at most every 50 steps).
+      time_steps: block on every step to time it exactly (``step_time_s``).
+      json_path: if given, the history is also written there as JSON: after every
+        evaluation (with ``"partial": true``) and complete at the end.
+      checkpoint_dir: save params and the transform state there every
+        ``checkpoint_every`` steps, at the end, and when interrupted
+        (KeyboardInterrupt / SIGINT / SIGTERM); if it already holds a checkpoint of this
+        run, training resumes from it. Resumed runs see the same batches in the
+        same order, so on one backend the final params are bit-identical to an
+        uninterrupted run with the same seed.
+
+    Returns:
+      A JSON-serialisable dict (but for ``params`` and ``opt_state``) with ``steps``,
+      ``train_loss`` (lists), ``eval_steps``, ``test_accuracy`` (lists),
+      ``final_test_accuracy``, ``step_time_s`` (median seconds per step after compilation),
+      ``compile_time_s``, ``memory`` (:func:`compiled_memory` of the step), ``params`` and
+      ``opt_state`` (not written to JSON), ``nonfinite_loss_steps`` (logged losses that were
+      NaN/inf), ``skipped_nonfinite_steps`` (steps whose updates were non-finite and were
+      therefore not applied; see :func:`make_step`), ``transform_refused_steps`` (the
+      transforms' own ``nonfinite`` counters, see :func:`refused_steps`).
+    """
+    _check_setup(setup)
+    sched = _schedule(train_ds, steps=steps, epochs=epochs, batch_size=batch_size, seed=seed,
+                      eval_every=eval_every, log_every=log_every, time_steps=time_steps,
+                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                      json_path=json_path)
+    params, opt_state = setup.params, setup.tx.init(setup.params)
+    hist: dict[str, Any] = {"steps": [], "train_loss": [], "eval_steps": [], "test_accuracy": [],
+                            "nonfinite_loss_steps": 0}
+    start = 0
+    if checkpoint_dir is not None:
+        start, params, opt_state = _resume(checkpoint_dir, sched.steps, params, opt_state, hist)
+    x0, y0, _ = next(_datasets.batches(train_ds, batch_size, seed=seed, epochs=1))
+    # the same function object as the loop's jit: traced once for both
+    step_fn = make_step(setup)
+    hist["memory"] = compiled_memory(step_fn, params, opt_state, x0, y0)
+    t_start = time.perf_counter()
+    bar = tqdm(total=sched.steps, initial=start, desc=desc, disable=not progress,
+               dynamic_ncols=True, leave=True)
+    try:
+        params, opt_state, times, oks = _step_loop(setup, step_fn, sched, train_ds, test_ds,
+                                                   params, opt_state, hist, start, bar)
+    finally:
+        bar.close()
+    jax.block_until_ready(params)
+    _summarise(hist, setup, sched, params, opt_state, times, oks, time.perf_counter() - t_start)
+    if checkpoint_dir is not None:
+        _save_checkpoint(sched, sched.steps, params, opt_state, hist)
     if json_path is not None:
         write_json(hist, json_path)
     return hist
