@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from analog._periphery import IOConfig, require_io_key, tile_periphery
 from analog._tiles import Tiles, _tile_weights
 
-__all__ = ["mvm", "mvm_transpose", "tile_inputs", "tile_keys", "tile_outputs"]
+__all__ = ["mvm", "mvm_transpose"]
 
 _F32 = jnp.float32
 

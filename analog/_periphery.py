@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 import bbcore
 
-__all__ = ["IOConfig", "tile_periphery", "require_io_key"]
+__all__ = ["IOConfig"]
 
 _F32 = jnp.float32
 

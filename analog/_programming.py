@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import bbcore
 from analog._tiles import Tiles, _to_tiles, weight_step
 
-__all__ = ["apply_pulses", "program_weights", "program_many"]
+__all__ = ["apply_pulses", "program_weights"]
 
 _F32 = jnp.float32
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from analog._devices import Device, DeviceVariation
 
-__all__ = ["Tiles", "check_tile_shape", "init_tiles", "read_weights", "weight_step"]
+__all__ = ["Tiles", "init_tiles", "read_weights", "weight_step"]
 
 _F32 = jnp.float32
 

@@ -41,7 +41,7 @@ from jax import lax
 
 from lowbit._formats import Format
 
-__all__ = ["quantize", "ROUNDINGS", "PHASES"]
+__all__ = ["quantize"]
 
 ROUNDINGS = ("nearest", "stochastic")
 PHASES = ("even", "odd")

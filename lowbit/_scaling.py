@@ -21,7 +21,7 @@ from jax import lax
 from lowbit._formats import Format
 from lowbit._rounding import _check_format, _exponent, _pow2
 
-__all__ = ["compute_scale", "amax_history_update", "sawb_scale", "pact_clip", "SCALINGS"]
+__all__ = ["compute_scale", "amax_history_update", "sawb_scale", "pact_clip"]
 
 SCALINGS = ("max", "delayed")
 
