@@ -344,7 +344,28 @@ class SoftBounds(LinearStep):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ExpStep(Device):
+class _CurveStep(Device):
+    """A device whose up and down responses are one closed-form pulse-response curve,
+    ``_curve(x, n, a, gamma)``, with a nonzero exponent per direction (``gamma_up``,
+    ``gamma_down``, fields of the subclass)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("gamma_up", "gamma_down"):
+            g = getattr(self, name)
+            _check_nonneg(name, g, type(self).__name__)
+            if g == 0:
+                raise ValueError(f"{type(self).__name__}: {name}=0; use ConstantStep instead")
+
+    def _up(self, x, n, a):
+        return self._curve(x, n, a, self.gamma_up)
+
+    def _down(self, x, n, a):
+        return self._curve(x, n, a, self.gamma_down)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExpStep(_CurveStep):
     """Step size falls exponentially as the conductance rises (saturating ReRAM-like response).
 
     Pulse-response curve from ``dx/dp = a exp(-gamma_up (x - 1/2))`` (``a`` at mid-range), so
@@ -357,27 +378,13 @@ class ExpStep(Device):
     gamma_up: float = 3.0
     gamma_down: float = 3.0
 
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("gamma_up", "gamma_down"):
-            g = getattr(self, name)
-            _check_nonneg(name, g, type(self).__name__)
-            if g == 0:
-                raise ValueError(f"{type(self).__name__}: {name}=0; use ConstantStep instead")
-
     @staticmethod
     def _curve(x, n, a, gamma):
         return 0.5 + jnp.log(jnp.exp(gamma * (x - 0.5)) + a * gamma * n) / gamma
 
-    def _up(self, x, n, a):
-        return self._curve(x, n, a, self.gamma_up)
-
-    def _down(self, x, n, a):
-        return self._curve(x, n, a, self.gamma_down)
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PowStep(Device):
+class PowStep(_CurveStep):
     """Step proportional to a power of the distance to the bound (aihwkit ``PowStepDevice``).
 
     ``dx_up/dp = a (2 (1 - x))^gamma_up`` (``a`` at mid-range; PCM-like for gamma < 1: steep
@@ -388,14 +395,6 @@ class PowStep(Device):
 
     gamma_up: float = 0.5
     gamma_down: float = 0.5
-
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("gamma_up", "gamma_down"):
-            g = getattr(self, name)
-            _check_nonneg(name, g, type(self).__name__)
-            if g == 0:
-                raise ValueError(f"{type(self).__name__}: {name}=0; use ConstantStep instead")
 
     @staticmethod
     def _curve(x, n, a, gamma):
@@ -408,9 +407,3 @@ class PowStep(Device):
             base = jnp.power(y, e) - e * a * (2.0 ** gamma) * n
             y_n = jnp.power(jnp.maximum(base, 0.0), 1.0 / e)
         return 1.0 - y_n
-
-    def _up(self, x, n, a):
-        return self._curve(x, n, a, self.gamma_up)
-
-    def _down(self, x, n, a):
-        return self._curve(x, n, a, self.gamma_down)
