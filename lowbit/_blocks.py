@@ -24,7 +24,7 @@ Scale rules, following the published descriptions:
 * Two-level (``tensor_scale=True``; NVIDIA's NVFP4, as in Transformer Engine's
   reference quantizer): a float32 encode scale ``S = max_scale * max_elem /
   amax_tensor`` (448 * 6 / amax for NVFP4; 1 when amax is 0), block scales
-  ``b = E4M3((amax_block / max_elem) * S)``, elements ``q(x * (1 / (b / S)))``,
+  ``b = E4M3((amax_block / max_elem) * S)``, elements ``q(x * (1 / (b * (1 / S))))``,
   decoded as ``(q * b) * (1 / S)``. ``amax_tensor`` is taken over finite
   entries; a block with a NaN or inf entry gets the NaN scale code and
   decodes to NaN (NVIDIA's description leaves this case open; we keep it
@@ -217,26 +217,40 @@ def _norm_axes(axes, ndim: int, name: str) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class _Layout:
-    """How an array maps onto ``(P, Rb, br, Kb, bk)`` blocks (static, hashable)."""
+    """How an array maps onto 6-D blocks ``(P, Rb, br, Kb, bk, T)`` (static, hashable).
+
+    Scales reduce over ``br`` and ``bk`` (and ``T`` for one per-tensor scale).
+    When the contraction axes are consecutive and blocks are 1-D, the array is
+    only reshaped, ``(pre, K, post)`` with ``T = post``: no transpose, which
+    matters for blocks along a leading batch axis (the weight gradient's).
+    Otherwise ``perm`` moves (outer, channel, contraction) axes last, ``T = 1``.
+    """
 
     shape: tuple
-    perm: tuple          # moves (outer, channel, contraction) axes into that order
+    perm: tuple | None   # None: in place
     P: int
     R: int
     K: int
-    dims: tuple          # (P, Rb, br, Kb, bk)
+    T: int
+    dims: tuple          # (P, Rb, br, Kb, bk, T)
+    tensor: bool
 
     @property
-    def padded(self) -> bool:
-        _, rb, br, kb, bk = self.dims
-        return rb * br != self.R or kb * bk != self.K
+    def reduce_axes(self) -> tuple:
+        return (2, 4, 5) if self.tensor else (2, 4)
+
+    @property
+    def scale_shape(self) -> tuple:
+        p, rb, _, kb, _, t = self.dims
+        return (p, rb, kb, 1 if self.tensor else t)
 
 
 def _layout(shape, fmt: ScaledFormat, axis, channel_axis) -> _Layout:
     ndim = len(shape)
     k_axes = _norm_axes(axis, ndim, "axis") if ndim else ()
     rest = tuple(a for a in range(ndim) if a not in k_axes)
-    if channel_axis is None or fmt.block is None or fmt.block[1] == 1:
+    tiles = fmt.block is not None and fmt.block[1] > 1
+    if channel_axis is None or not tiles:
         c_axes, o_axes = rest, ()
     else:
         c_axes = _norm_axes(channel_axis, ndim, "channel_axis")
@@ -244,32 +258,41 @@ def _layout(shape, fmt: ScaledFormat, axis, channel_axis) -> _Layout:
             raise ValueError(f"channel_axis={channel_axis!r} overlaps axis={axis!r}")
         o_axes = tuple(a for a in rest if a not in c_axes)
     size = lambda axs: int(np.prod([shape[a] for a in axs], dtype=np.int64))  # noqa: E731
-    P, R, K = size(o_axes), size(c_axes), size(k_axes)
+    K = size(k_axes)
+    in_place = (not tiles and k_axes
+                and k_axes == tuple(range(k_axes[0], k_axes[0] + len(k_axes))))
+    if in_place:
+        perm, P, R, T = None, 1, size(range(k_axes[0])), size(range(k_axes[-1] + 1, ndim))
+    else:
+        perm, P, R, T = o_axes + c_axes + k_axes, size(o_axes), size(c_axes), 1
     if fmt.granularity == "tensor":
-        dims = (1, 1, R, 1, K)  # P == 1: only 2-D tiles split off outer axes
+        dims = (1, 1, R, 1, K, T)  # P == 1: only 2-D tiles split off outer axes
     elif fmt.granularity == "channel":
-        dims = (P, R, 1, 1, K)
+        dims = (P, R, 1, 1, K, T)
     else:
         n, b = fmt.block
         if fmt.partial_blocks == "error" and (K % n or R % b):
             raise ValueError(
                 f"{fmt.name}: block {fmt.block_size} does not divide the blocked axes (contraction "
                 f"length {K}, channel length {R}); pad the array or use partial_blocks='pad'")
-        dims = (P, -(-R // b), b, -(-K // n), n)
-        if b == 1:
-            dims = (P, R, 1, -(-K // n), n)
-    return _Layout(tuple(shape), o_axes + c_axes + k_axes, P, R, K, dims)
+        dims = (P, -(-R // b), b, -(-K // n), n, T) if b > 1 else (P, R, 1, -(-K // n), n, T)
+    return _Layout(tuple(shape), perm, P, R, K, T, dims, fmt.granularity == "tensor")
 
 
 def _to_blocks(x, lay: _Layout):
-    p, rb, br, kb, bk = lay.dims
-    x3 = jnp.transpose(x, lay.perm).reshape(lay.P, lay.R, lay.K)
-    x3 = jnp.pad(x3, ((0, 0), (0, rb * br - lay.R), (0, kb * bk - lay.K)))
+    p, rb, br, kb, bk, t = lay.dims
+    if lay.perm is None:
+        x3 = jnp.pad(x.reshape(lay.R, lay.K, lay.T), ((0, 0), (0, kb * bk - lay.K), (0, 0)))
+    else:
+        x3 = jnp.transpose(x, lay.perm).reshape(lay.P, lay.R, lay.K)
+        x3 = jnp.pad(x3, ((0, 0), (0, rb * br - lay.R), (0, kb * bk - lay.K)))
     return x3.reshape(lay.dims)
 
 
 def _from_blocks(xb, lay: _Layout):
-    p, rb, br, kb, bk = lay.dims
+    p, rb, br, kb, bk, t = lay.dims
+    if lay.perm is None:
+        return xb.reshape(lay.R, kb * bk, lay.T)[:, :lay.K, :].reshape(lay.shape)
     x3 = xb.reshape(p, rb * br, kb * bk)[:, :lay.R, :lay.K]
     x = x3.reshape([lay.shape[a] for a in lay.perm])
     return jnp.transpose(x, np.argsort(lay.perm))
@@ -326,15 +349,15 @@ def _finite_amax(xb):
     return jnp.max(jnp.where(jnp.isfinite(a), a, 0.0))
 
 
-@functools.partial(jax.jit, static_argnames=("fmt", "rounding"))
-def _quantize_core(xb, key, *, fmt: ScaledFormat, rounding: str):
+@functools.partial(jax.jit, static_argnames=("fmt", "rounding", "red"))
+def _quantize_core(xb, key, *, fmt: ScaledFormat, rounding: str, red: tuple):
     """Blocks -> (element grid values q, scale repr, tensor decode scale, NaN-block mask).
 
     The scale repr is the int32 shared exponent for E8M0 and the float32 block
     scale otherwise; ``q`` has the block shape, unscaled.
     """
     xf = xb.astype(jnp.float32)
-    amax = jnp.max(jnp.abs(xf), axis=(2, 4), keepdims=True)
+    amax = jnp.max(jnp.abs(xf), axis=red, keepdims=True)
     bad = ~jnp.isfinite(amax)
     sf, el = fmt.scale_format, fmt.element
     if isinstance(sf, ExponentFormat):
@@ -412,7 +435,8 @@ def quantize_blocks(x: jax.Array, fmt: ScaledFormat, *, axis=-1, channel_axis=No
     if x.size == 0:
         return x
     lay = _layout(x.shape, fmt, axis, channel_axis)
-    q, rep, t, bad = _quantize_core(_to_blocks(x, lay), key, fmt=fmt, rounding=rounding)
+    q, rep, t, bad = _quantize_core(_to_blocks(x, lay), key, fmt=fmt, rounding=rounding,
+                                   red=lay.reduce_axes)
     return _from_blocks(_dequantize_core(q, rep, t, bad, fmt), lay).astype(x.dtype)
 
 
@@ -429,7 +453,8 @@ def quantize_blocks_split(x, fmt: ScaledFormat, *, axis=-1, channel_axis=None,
         return quantize_blocks(x, fmt, axis=axis, channel_axis=channel_axis, rounding=rounding,
                                key=key), jnp.float32(1.0)
     lay = _layout(x.shape, fmt, axis, channel_axis)
-    q, rep, t, bad = _quantize_core(_to_blocks(x, lay), key, fmt=fmt, rounding=rounding)
+    q, rep, t, bad = _quantize_core(_to_blocks(x, lay), key, fmt=fmt, rounding=rounding,
+                                   red=lay.reduce_axes)
     v = jnp.where(bad, jnp.float32(jnp.nan), q * rep)
     return _from_blocks(v, lay).astype(x.dtype), t
 
@@ -472,10 +497,12 @@ class BlockPacked:
     """A block-scaled tensor: element codes with their scales.
 
     Attributes:
-      codes: uint8 element codes in block order ``(P, Rb, br, Kb, bk)`` flattened,
-        two per byte for formats of at most 4 bits (low nibble first).
-      scales: one scale per block, shape ``(P, Rb, Kb)``: uint8 codes for E8M0
-        and narrow float scale formats, float32 values for FLOAT32.
+      codes: uint8 element codes in block order ``(P, Rb, br, Kb, bk, T)``
+        flattened, two per byte for formats of at most 4 bits (low nibble
+        first); for 1-D blocks along the last axis that is row-major order.
+      scales: one scale per block, shape ``(P, Rb, Kb, T)`` (``T = 1`` unless
+        the blocks run along a leading axis): uint8 codes for E8M0 and narrow
+        float scale formats, float32 values for FLOAT32.
       tensor_scale: float32 scalar: the per-tensor *decode* scale (1 / S; 1.0
         when the format has none).
       shape, fmt, axis, channel_axis: static layout (the original shape and axes).
@@ -506,7 +533,8 @@ def encode_blocks(x: jax.Array, fmt: ScaledFormat, *, axis=-1, channel_axis=None
     _check_scaled(fmt)
     x = _check_x(x)
     lay = _layout(x.shape, fmt, axis, channel_axis)
-    q, rep, t, bad = _quantize_core(_to_blocks(x, lay), None, fmt=fmt, rounding="nearest")
+    q, rep, t, bad = _quantize_core(_to_blocks(x, lay), None, fmt=fmt, rounding="nearest",
+                                   red=lay.reduce_axes)
     return BlockPacked(*_pack(q, rep, t, bad, fmt=fmt), shape=tuple(x.shape), fmt=fmt,
                        axis=axis, channel_axis=channel_axis)
 
@@ -520,8 +548,8 @@ def _pack(q, rep, t_dec, bad, *, fmt):
         pairs = codes.reshape(-1, 2)
         codes = pairs[:, 0] | (pairs[:, 1] << jnp.uint8(4))
     sf = fmt.scale_format
-    bad = bad[:, :, 0, :, 0]
-    rep = rep[:, :, 0, :, 0]
+    bad = bad[:, :, 0, :, 0, :]
+    rep = rep[:, :, 0, :, 0, :]
     if isinstance(sf, ExponentFormat):
         scales = (rep + sf.bias).astype(jnp.uint8)
         scales = jnp.where(bad, jnp.uint8(sf.nan_code), scales)
@@ -549,7 +577,7 @@ def _unpack(codes, scales, t_dec, *, lay, fmt, dtype):
         codes = jnp.stack([codes & jnp.uint8(0xF), codes >> jnp.uint8(4)], axis=-1).reshape(-1)
     n = int(np.prod(lay.dims))
     q = jnp.asarray(_code_table(el))[codes[:n].astype(jnp.int32)].reshape(lay.dims)
-    p, rb, _, kb, _ = lay.dims
+    p, rb, kb, t = lay.scale_shape
     if isinstance(sf, ExponentFormat):
         bad = scales == sf.nan_code
         rep = scales.astype(jnp.int32) - sf.bias
@@ -559,7 +587,7 @@ def _unpack(codes, scales, t_dec, *, lay, fmt, dtype):
     else:
         rep = jnp.asarray(_code_table(sf))[scales.astype(jnp.int32)]
         bad = jnp.isnan(rep)
-    rep = rep.reshape(p, rb, 1, kb, 1)
-    bad = bad.reshape(p, rb, 1, kb, 1)
+    rep = rep.reshape(p, rb, 1, kb, 1, t)
+    bad = bad.reshape(p, rb, 1, kb, 1, t)
     v = _dequantize_core(q, rep, t_dec, bad, fmt)
     return _from_blocks(v, lay).astype(dtype)

@@ -45,7 +45,7 @@ def test_mx_decode_every_element_code_times_every_scale_code():
     # Row s holds every element code twice, with scale code s.
     codes = np.tile(np.arange(16), (256, 2))
     packed = BlockPacked(codes=_pack_nibbles(codes), scales=jnp.arange(256, dtype=jnp.uint8)
-                         .reshape(1, 256, 1), tensor_scale=jnp.float32(1.0), shape=(256, 32),
+                         .reshape(1, 256, 1, 1), tensor_scale=jnp.float32(1.0), shape=(256, 32),
                          fmt=lowbit.MXFP4, axis=-1, channel_axis=None)
     got = np.asarray(lowbit.decode_blocks(packed))
     s = np.arange(256, dtype=np.float64)[:, None]
@@ -60,7 +60,7 @@ def test_mx_decode_every_element_code_times_every_scale_code():
 def test_nvfp4_decode_every_element_code_times_every_scale_code(t_dec):
     codes = np.tile(np.arange(16), (256, 1))
     packed = BlockPacked(codes=_pack_nibbles(codes), scales=jnp.arange(256, dtype=jnp.uint8)
-                         .reshape(1, 256, 1), tensor_scale=jnp.float32(t_dec), shape=(256, 16),
+                         .reshape(1, 256, 1, 1), tensor_scale=jnp.float32(t_dec), shape=(256, 16),
                          fmt=lowbit.NVFP4, axis=-1, channel_axis=None)
     got = np.asarray(lowbit.decode_blocks(packed))
     b = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float64)[:, None]
@@ -128,7 +128,7 @@ def test_mxfp4_matches_reference_with_partial_and_zero_blocks(cols):
     np.testing.assert_array_equal(got, _mx_reference(x))
     assert got[3, 0] == 6.0 and got[3, 2] == -6.0
     p = lowbit.encode_blocks(jnp.asarray(x), lowbit.MXFP4)
-    assert p.scales.shape == (1, 6, -(-cols // 32))
+    assert p.scales.shape == (1, 6, -(-cols // 32), 1)
     np.testing.assert_array_equal(np.asarray(p.scales)[0, 2], 0)  # zero block: 2^-127, code 0
     np.testing.assert_array_equal(np.asarray(lowbit.decode_blocks(p)), got)
 
@@ -225,3 +225,20 @@ def test_bad_inputs_fail_at_construction_or_call():
         lowbit.quantize_blocks(jnp.ones(4), lowbit.E2M1)
     with pytest.raises(ValueError, match="key"):
         lowbit.quantize_blocks(jnp.ones(4), lowbit.MXFP4, rounding="stochastic")
+
+
+@pytest.mark.parametrize("fmt", [lowbit.MXFP4, lowbit.NVFP4, lowbit.ScaledFormat(
+    name="INT4/channel", element=lowbit.INT4, granularity="channel", scale_format=lowbit.FLOAT32)],
+    ids=lambda f: f.name)
+def test_blocks_along_leading_axes_equal_blocks_along_the_last(fmt):
+    # Leading (consecutive) axes are blocked in place, the last axis after a reshape: the
+    # same blocks either way, flattened in axis order.
+    x = jax.random.normal(jax.random.key(10), (40, 3, 5))
+    a = lowbit.quantize_blocks(x, fmt, axis=0)
+    b = jnp.moveaxis(lowbit.quantize_blocks(jnp.moveaxis(x, 0, -1), fmt, axis=-1), -1, 0)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(lowbit.decode_blocks(lowbit.encode_blocks(x, fmt, axis=0)), a)
+    y = jax.random.normal(jax.random.key(11), (6, 8, 5))
+    c = lowbit.quantize_blocks(y, fmt, axis=(0, 1))
+    d = lowbit.quantize_blocks(y.reshape(48, 5).T, fmt, axis=-1).T.reshape(6, 8, 5)
+    np.testing.assert_array_equal(c, d)
