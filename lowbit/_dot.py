@@ -115,7 +115,9 @@ class QuantConfig:
             v = getattr(self, name)
             if not isinstance(v, Format):
                 raise TypeError(f"QuantConfig({name}={v!r}): expected a lowbit.Format such as "
-                                "lowbit.INT4, lowbit.RADIX4_FP4 or lowbit.FLOAT32")
+                                "lowbit.INT4, lowbit.RADIX4_FP4 or lowbit.FLOAT32 (block formats "
+                                "such as lowbit.NVFP4 go in forward/input_gradient/"
+                                "weight_gradient=lowbit.GemmConfig(...))")
         if self.weight_scaling not in WEIGHT_SCALINGS:
             raise ValueError(f"QuantConfig(weight_scaling={self.weight_scaling!r}): use one of "
                              f"{WEIGHT_SCALINGS}")
@@ -370,7 +372,8 @@ def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=Non
     op = _DotOp(_freeze(dimension_numbers), precision)
     out_dtype = _out_dtype(lhs, rhs, preferred_element_type)
     if config.forward is not None:
-        return role_bilinear(lhs, rhs, op, config, out_dtype, conv=isinstance(op, _ConvOp))
+        return role_bilinear(lhs, rhs, op, config, out_dtype, conv=isinstance(op, _ConvOp),
+                             activation_clip=activation_clip)
     lhs, a_scale, w_scale = _operand_scales(lhs, rhs, config, activation_clip)
     return _qbilinear(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
 
@@ -392,7 +395,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
                  feature_group_count, batch_group_count, precision)
     out_dtype = _out_dtype(lhs, rhs, preferred_element_type)
     if config.forward is not None:
-        return role_bilinear(lhs, rhs, op, config, out_dtype, conv=isinstance(op, _ConvOp))
+        return role_bilinear(lhs, rhs, op, config, out_dtype, conv=isinstance(op, _ConvOp),
+                             activation_clip=activation_clip)
     lhs, a_scale, w_scale = _operand_scales(lhs, rhs, config, activation_clip)
     return _qbilinear(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
 

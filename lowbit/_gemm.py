@@ -294,8 +294,11 @@ def _role_bilinear_jvp(op, spec, out_dtype, primals, tangents):
 _role_bilinear.defjvp(_role_bilinear_jvp, symbolic_zeros=True)
 
 
-def role_bilinear(lhs, rhs, op, config, out_dtype, *, conv: bool):
+def role_bilinear(lhs, rhs, op, config, out_dtype, *, conv: bool, activation_clip=None):
     """Run ``op`` (a static ``_DotOp`` / ``_ConvOp``) with ``config``'s per-role GEMMs."""
+    if activation_clip is not None:
+        raise ValueError("activation_clip (PACT) has no effect with per-role GemmConfigs; drop "
+                         "it, or use a QuantConfig without forward/input_gradient/weight_gradient")
     axes = (_conv_axes(op, lhs.shape, rhs.shape) if conv
             else _dot_axes(op.dimension_numbers, lhs.ndim, rhs.ndim))
     spec = _Spec(config.forward, config.input_gradient, config.weight_gradient, config.seed,

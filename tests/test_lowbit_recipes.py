@@ -163,6 +163,11 @@ def test_bad_role_configs_fail_at_construction():
         lowbit.GemmConfig(lhs_rounding="up")
     with pytest.raises(TypeError, match="ScaledFormat"):
         lowbit.GemmConfig(lhs="NVFP4")
+    with pytest.raises(TypeError, match="GemmConfig"):
+        lowbit.QuantConfig(weights=lowbit.NVFP4)
+    with pytest.raises(ValueError, match="activation_clip"):
+        lowbit.dot_general(jnp.ones((2, 3)), jnp.ones((3, 4)), DN, config=recipes.MXFP4_CONFIG,
+                           activation_clip=jnp.float32(4.0))
 
 
 class _Net(nnx.Module):
