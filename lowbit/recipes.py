@@ -8,7 +8,9 @@ away:
   Neural Networks" (NeurIPS 2020): INT4 weights (SAWB) and activations, radix-4
   FP4 gradients with GradScale and two-phase rounding; the first and last
   layer and the 1x1 convolutions in 8 bits, as the paper did.
-  :data:`SUN2020_ALL_4BIT` drops those exceptions (an ablation).
+  :data:`SUN2020_ALL_4BIT` drops those exceptions (an ablation);
+  :data:`SUN2020_E2M1_GRADIENTS` swaps the radix-4 gradients for OCP E2M1 ones
+  (per-tensor GradScale, one grid, so no two-phase rounding).
 * :data:`NVFP4_2025`: NVIDIA, "Pretraining Large Language Models with NVFP4"
   (arXiv 2509.25149, 2025): NVFP4 in all three GEMMs, 16x16 2-D block scales
   for weights (the same quantized weight forward and backward), a 16-point
@@ -21,6 +23,8 @@ away:
 
 from __future__ import annotations
 
+import dataclasses
+
 from lowbit._blocks import MXFP4 as _MXFP4_FORMAT
 from lowbit._blocks import NVFP4 as _NVFP4_FORMAT
 from lowbit._blocks import ScaledFormat
@@ -29,7 +33,7 @@ from lowbit._formats import E2M1, E4M3, E5M2, INT8
 from lowbit._gemm import GemmConfig
 from lowbit._rules import Recipe, Rule
 
-__all__ = ["SUN2020", "SUN2020_ALL_4BIT", "SUN2020_4BIT", "SUN2020_8BIT", "NVFP4_2025",
+__all__ = ["SUN2020", "SUN2020_ALL_4BIT", "SUN2020_E2M1_GRADIENTS", "SUN2020_4BIT", "SUN2020_8BIT", "NVFP4_2025",
            "NVFP4_2025_CONFIG", "NVFP4_WEIGHTS_2D", "MXFP4", "MXFP4_CONFIG", "Recipe", "Rule"]
 
 #: Sun et al. (2020) 4-bit layers: INT4 SAWB weights, INT4 activations, radix-4 FP4 gradients
@@ -52,6 +56,12 @@ SUN2020 = Recipe(
 SUN2020_ALL_4BIT = Recipe(
     name="SUN2020_ALL_4BIT", rules=(Rule(config=SUN2020_4BIT),),
     description="Sun et al. 2020's 4-bit layers everywhere, without the 8-bit exceptions")
+
+SUN2020_E2M1_GRADIENTS = Recipe(
+    name="SUN2020_E2M1_GRADIENTS",
+    rules=SUN2020.rules[:3] + (Rule(config=dataclasses.replace(SUN2020_4BIT, gradients=E2M1,
+                                                               two_phase=False)),),
+    description="SUN2020 with E2M1 instead of radix-4 FP4 gradients (radix-4 vs E2M1 ablation)")
 
 #: NVIDIA (2025) weights: E2M1 with E4M3 scales per 16x16 tile and a float32 tensor scale.
 NVFP4_WEIGHTS_2D = ScaledFormat(name="NVFP4-16x16", element=E2M1, block_size=(16, 16),

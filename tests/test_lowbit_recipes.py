@@ -209,6 +209,9 @@ def test_sun2020_rules_first_match_and_report():
     m2 = _Net(nnx.Rngs(0))
     r2 = lowbit.apply_rules(m2, recipes.SUN2020_ALL_4BIT)
     assert all(a.config == four for a in r2.assignments)
+    r3 = lowbit.plan_rules(m2, recipes.SUN2020_E2M1_GRADIENTS)
+    assert [a.config.gradients.name for a in r3.assignments] == ["E5M2", "E2M1", "E5M2", "E2M1",
+                                                                 "E5M2"]
 
 
 def test_nvfp4_recipe_keeps_last_layers_in_float32_and_none_restores_lax():
