@@ -9,6 +9,7 @@ updates and reads ``batch=(x, y)`` (Scellier & Bengio 2017; Laborieux et al. 202
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -154,21 +155,10 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
     returned updates are zeros.
     """
     tile_shape = _check_program(device, io, tile_shape, pulse, seed, mixed_precision, w_max)
-
-    @jax.jit  # one compilation for the whole tree instead of one per leaf
-    def init_fn(params):
-        key = bbcore.key(seed)
-        leaves, treedef = jax.tree.flatten(params)
-        tiles = [init_tiles(jax.random.fold_in(key, i),
-                            jnp.asarray(p).reshape(matrix_shape(jnp.shape(p))), device,
-                            tile_shape, w_max=w_max)
-                 for i, p in enumerate(leaves)]
-        return ProgramState(count=jnp.zeros((), jnp.int32),
-                            key=jax.random.fold_in(key, len(leaves)),
-                            tiles=jax.tree.unflatten(treedef, tiles),
-                            ledger=EnergyLedger.zeros(), nonfinite=jnp.zeros((), jnp.int32),
-                            pending=(jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _F32), params)
-                                     if mixed_precision else None))
+    # one compilation for the whole tree instead of one per leaf
+    init_fn = jax.jit(functools.partial(_program_init, device=device, seed=seed,
+                                        tile_shape=tile_shape, w_max=w_max,
+                                        mixed_precision=mixed_precision))
 
     def update_fn(updates, state, params=None, **extra):
         del extra
@@ -208,6 +198,21 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
         return bbcore.refuse_nonfinite(bbcore.all_finite(u_leaves), take, state, params)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _program_init(params, *, device, seed, tile_shape, w_max, mixed_precision) -> ProgramState:
+    """:func:`program`'s ``init``: every leaf programmed onto fresh tiles (key ``seed``)."""
+    key = bbcore.key(seed)
+    leaves, treedef = jax.tree.flatten(params)
+    tiles = [init_tiles(jax.random.fold_in(key, i),
+                        jnp.asarray(p).reshape(matrix_shape(jnp.shape(p))), device,
+                        tile_shape, w_max=w_max)
+             for i, p in enumerate(leaves)]
+    return ProgramState(count=jnp.zeros((), jnp.int32), key=jax.random.fold_in(key, len(leaves)),
+                        tiles=jax.tree.unflatten(treedef, tiles),
+                        ledger=EnergyLedger.zeros(), nonfinite=jnp.zeros((), jnp.int32),
+                        pending=(jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _F32), params)
+                                 if mixed_precision else None))
 
 
 def _realized_minus_params(tiles: list[Tiles], p_leaves: list, treedef) -> Any:

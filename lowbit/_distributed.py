@@ -131,59 +131,64 @@ def compressed_pmean(tree: Any, axis_name: Any, *, fmt: Format = RADIX4_FP4,
     if not leaves:
         return tree
     d = lax.axis_size(axis_name)
-    me = lax.axis_index(axis_name)
+    k_send = k_reduce = None
     if key is not None:
-        key = jax.random.fold_in(key, me)
-        k_send, k_reduce = jax.random.split(key)
-    else:
-        k_send = k_reduce = None
-
-    def leaf_key(k, i):
-        return None if k is None else jax.random.fold_in(k, i)
-
+        k_send, k_reduce = jax.random.split(jax.random.fold_in(key, lax.axis_index(axis_name)))
     sizes = [math.prod(jnp.shape(x)) for x in leaves]
     ms = [_chunk_len(n, d) for n in sizes]
+    codes, scales = _scatter_chunks(leaves, sizes, ms, d, axis_name, fmt, rounding, k_send)
+    codes, scales = _mean_chunks(codes, scales, ms, d, fmt, rounding, k_reduce)
+    # 3. Gather every device's mean chunk; all devices decode the same bytes.
+    vals = _decode_segments(_all_gather(codes, axis_name), _all_gather(scales, axis_name), ms,
+                            fmt)
+    out = [v.reshape(-1)[:n].reshape(jnp.shape(x)).astype(jnp.result_type(x))
+           for v, x, n in zip(vals, leaves, sizes)]
+    return jax.tree.unflatten(treedef, out)
 
-    # 1. Quantize D chunks per leaf; send chunk j to device j.
+
+def _leaf_key(k, i):
+    return None if k is None else jax.random.fold_in(k, i)
+
+
+def _scatter_chunks(leaves, sizes, ms, d, axis_name, fmt, rounding, key):
+    """1. Cut each leaf into D chunks of ``m`` elements, quantize and pack each with its own
+    scale, and send chunk j to device j (``all_to_all``). Returns the received ``(D, sum m/2)``
+    codes and ``(D, leaves)`` scales: every device's version of this device's chunks."""
     codes, scales = [], []
     for i, (x, n, m) in enumerate(zip(leaves, sizes, ms)):
         flat = jnp.ravel(x).astype(jnp.float32)
         chunks = jnp.pad(flat, (0, d * m - n)).reshape(d, m)
-        ks = None if k_send is None else jax.random.split(leaf_key(k_send, i), d)
+        ks = None if key is None else jax.random.split(_leaf_key(key, i), d)
         packed = jax.vmap(lambda c, k: _quantize_packed(c, fmt, rounding, k),
                           in_axes=(0, None if ks is None else 0))(chunks, ks)
         codes.append(packed.codes)                       # (D, m/2) uint8
         scales.append(packed.scale)                      # (D,) float32
-    codes = lax.all_to_all(jnp.concatenate(codes, axis=1), axis_name, 0, 0)
-    scales = lax.all_to_all(jnp.stack(scales, axis=1), axis_name, 0, 0)
+    return (lax.all_to_all(jnp.concatenate(codes, axis=1), axis_name, 0, 0),
+            lax.all_to_all(jnp.stack(scales, axis=1), axis_name, 0, 0))
 
-    # 2. Average the received chunks in float32, quantize the mean chunk again.
-    mine_codes, mine_scales = [], []
-    off = 0
+
+def _decode_segments(codes, scales, ms, fmt) -> list[jax.Array]:
+    """Per leaf, the ``(D, m)`` float32 values of the rows of packed ``codes`` / ``scales``."""
+    out, off = [], 0
     for i, m in enumerate(ms):
         seg = codes[:, off:off + m // 2]
         off += m // 2
-        vals = jax.vmap(lambda c, s: decode(Packed(c, s, (m,), fmt)))(seg, scales[:, i])
+        out.append(jax.vmap(lambda c, s: decode(Packed(c, s, (m,), fmt)))(seg, scales[:, i]))
+    return out
+
+
+def _mean_chunks(codes, scales, ms, d, fmt, rounding, key):
+    """2. Average the received chunks in float32 and quantize each leaf's mean chunk again.
+    Returns this device's packed means: codes ``(sum m/2,)`` and scales ``(leaves,)``."""
+    mine_codes, mine_scales = [], []
+    for i, vals in enumerate(_decode_segments(codes, scales, ms, fmt)):
         mean = vals[0]
         for r in range(1, d):  # a fixed order: every device sums the same way
             mean = mean + vals[r]
-        mean = mean / jnp.float32(d)
-        p = _quantize_packed(mean, fmt, rounding, leaf_key(k_reduce, i))
+        p = _quantize_packed(mean / jnp.float32(d), fmt, rounding, _leaf_key(key, i))
         mine_codes.append(p.codes)
         mine_scales.append(p.scale)
-
-    # 3. Gather every device's mean chunk; all devices decode the same bytes.
-    all_codes = _all_gather(jnp.concatenate(mine_codes), axis_name)
-    all_scales = _all_gather(jnp.stack(mine_scales), axis_name)
-    out = []
-    off = 0
-    for i, (x, n, m) in enumerate(zip(leaves, sizes, ms)):
-        seg = all_codes[:, off:off + m // 2]
-        off += m // 2
-        vals = jax.vmap(lambda c, s: decode(Packed(c, s, (m,), fmt)))(seg, all_scales[:, i])
-        out.append(vals.reshape(-1)[:n].reshape(jnp.shape(x)).astype(jnp.result_type(x)))
-    return jax.tree.unflatten(treedef, out)
-
+    return jnp.concatenate(mine_codes), jnp.stack(mine_scales)
 
 
 def _all_gather(x: jax.Array, axis_name: Any) -> jax.Array:

@@ -39,6 +39,23 @@ def _is_float(x) -> bool:
     return x is not None and jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
 
 
+def _check_args(fmt, scaling, rounding, seed, history_length) -> None:
+    """Construction-time checks of :func:`quantize_updates` (errors say what to pass)."""
+    _check_format(fmt)
+    if scaling not in SCALINGS:
+        raise ValueError(f"quantize_updates(scaling={scaling!r}): use one of {SCALINGS}")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"quantize_updates(rounding={rounding!r}): use one of {ROUNDINGS}")
+    # optax.inject_hyperparams re-calls this factory with numeric arguments as
+    # (possibly traced) arrays; seed and history_length are only read by init.
+    check_seed(seed, "quantize_updates")
+    if isinstance(history_length, bool) or not (isinstance(history_length, int) or (
+            hasattr(history_length, "dtype") and jnp.issubdtype(history_length.dtype, jnp.integer))):
+        raise ValueError(f"quantize_updates(history_length={history_length!r}): need an int >= 1")
+    if not isinstance(history_length, jax.core.Tracer) and int(history_length) < 1:
+        raise ValueError(f"quantize_updates(history_length={history_length!r}): need an int >= 1")
+
+
 def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
                      rounding: str = "stochastic", seed: int = 0,
                      history_length: int = 16) -> optax.GradientTransformationExtraArgs:
@@ -69,19 +86,7 @@ def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
     Raises:
       TypeError / ValueError: at construction for a bad argument.
     """
-    _check_format(fmt)
-    if scaling not in SCALINGS:
-        raise ValueError(f"quantize_updates(scaling={scaling!r}): use one of {SCALINGS}")
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"quantize_updates(rounding={rounding!r}): use one of {ROUNDINGS}")
-    # optax.inject_hyperparams re-calls this factory with numeric arguments as
-    # (possibly traced) arrays; seed and history_length are only read by init.
-    check_seed(seed, "quantize_updates")
-    if isinstance(history_length, bool) or not (isinstance(history_length, int) or (
-            hasattr(history_length, "dtype") and jnp.issubdtype(history_length.dtype, jnp.integer))):
-        raise ValueError(f"quantize_updates(history_length={history_length!r}): need an int >= 1")
-    if not isinstance(history_length, jax.core.Tracer) and int(history_length) < 1:
-        raise ValueError(f"quantize_updates(history_length={history_length!r}): need an int >= 1")
+    _check_args(fmt, scaling, rounding, seed, history_length)
 
     def init(params):
         hist = None
