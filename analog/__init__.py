@@ -26,7 +26,8 @@ from analog._energy import (DEFAULT_ENERGY_MODEL, EnergyLedger, EnergyModel, cro
 from analog._energy_digital import (DEFAULT_DIGITAL_MODEL, HOROWITZ_45NM, JOUPPI_7NM,
                                     DigitalCounts, DigitalEnergyModel, OpEnergies,
                                     digital_counts, digital_joules)
-from analog._local import (NonConvergenceError, RelaxInfo, activity_difference,
+from analog._local import (NonConvergenceError, NonConvergenceWarning, RelaxInfo,
+                           activity_difference,
                            init_energy_network, predict, read_input, relax,
                            relaxation_counts)
 from analog._transforms import (EquilibriumPropagationState, ProgramState,
@@ -39,7 +40,7 @@ __all__ = [
     "UpdateConfig",
     "apply_pulses", "program_weights", "weight_step",
     "init_energy_network", "predict", "relax", "read_input", "activity_difference", "RelaxInfo",
-    "NonConvergenceError", "relaxation_counts",
+    "NonConvergenceError", "NonConvergenceWarning", "relaxation_counts",
     "equilibrium_propagation", "EquilibriumPropagationState", "program", "ProgramState",
     "matrix_shape",
     "EnergyLedger", "EnergyModel", "energy_report", "DEFAULT_ENERGY_MODEL",

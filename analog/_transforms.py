@@ -25,6 +25,7 @@ from analog._tiles import Tiles, check_tile_shape, init_tiles, read_weights, wei
 from analog._devices import Device
 from analog._energy import EnergyLedger
 from analog._local import (_check_params, _check_steps, activity_difference, check_beta,
+                           check_nonconvergence_mode,
                            relaxation_counts)
 
 __all__ = ["program", "ProgramState", "equilibrium_propagation", "EquilibriumPropagationState",
@@ -227,19 +228,23 @@ def _realized_minus_params(tiles: list[Tiles], p_leaves: list, treedef) -> Any:
 class EquilibriumPropagationState(NamedTuple):
     """State of :func:`equilibrium_propagation`: step count, PRNG key, the last step's largest
     relaxation residual (for monitoring convergence), the energy ledger of its crossbar reads,
-    and ``nonfinite``, the int32 number of steps refused for a NaN/inf update (default 0)."""
+    ``nonfinite``, the int32 number of steps refused for a NaN/inf update (default 0), and
+    ``unconverged``, the int32 number of steps whose relaxation residual exceeded ``tol``."""
 
     count: jax.Array
     key: jax.Array
     residual: jax.Array
     ledger: EnergyLedger
     nonfinite: jax.Array = np.int32(0)
+    unconverged: jax.Array = np.int32(0)
 
 
 def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_steps: int = 4,
                             seed: int = 0, centered: bool = True, io: IOConfig | None = None,
                             tile_shape=(64, 64),
-                            tol: float | None = 5e-2) -> optax.GradientTransformationExtraArgs:
+                            tol: float | None = 5e-2, normalize: bool = False,
+                            linear_output: bool = False, on_nonconvergence: str = "warn"
+                            ) -> optax.GradientTransformationExtraArgs:
     """Estimator transform: the activity-difference update of an energy network from ``batch``.
 
     ``update(updates, state, params, *, batch=(x, y))`` ignores ``updates`` (may be None) and
@@ -254,11 +259,15 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
       free_steps / nudged_steps: relaxation sweeps per phase.
       seed: integer seed; centered: +beta/-beta phases (else +beta vs free).
       io / tile_shape: crossbar periphery and tiling used during relaxation.
-      tol: raise :class:`NonConvergenceError` when a phase's last-sweep residual exceeds it.
+      tol: a step whose last-sweep residual exceeds it has not converged: it is counted in
+        ``state.unconverged`` and warned about once (``on_nonconvergence="warn"``, default), or
+        raises :class:`NonConvergenceError` (``"raise"``).
+      normalize: normalised (NLMS) per-layer steps; see :func:`activity_difference`.
+      linear_output: unbounded output units, which cannot die; see :func:`activity_difference`.
 
-    Non-finite policy: with ``tol`` set, a relaxation that goes NaN/inf is a non-convergence
-    and raises :class:`NonConvergenceError` (a NaN residual never passes ``<= tol``). With
-    ``tol=None``, an update holding NaN or inf is refused: zeros are returned, the count, key,
+    Non-finite policy: with ``tol`` set and ``on_nonconvergence="raise"``, a relaxation that
+    goes NaN/inf is a non-convergence and raises :class:`NonConvergenceError` (a NaN residual
+    never passes ``<= tol``). Otherwise an update holding NaN or inf is refused: zeros are returned, the count, key,
     residual and ledger stay as they were and ``state.nonfinite`` is incremented.
     """
     check_beta(beta, centered)
@@ -268,6 +277,7 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
     if io is not None and not isinstance(io, IOConfig):
         raise TypeError(f"equilibrium_propagation: io={io!r}; pass an analog.IOConfig or None")
     bbcore.check_seed(seed, "equilibrium_propagation")
+    check_nonconvergence_mode(on_nonconvergence)
     sweeps = free_steps + (2 if centered else 1) * nudged_steps
 
     def init_fn(params):
@@ -275,7 +285,7 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
         return EquilibriumPropagationState(jnp.zeros((), jnp.int32),
                                            bbcore.key(seed),
                                            jnp.zeros((), _F32), EnergyLedger.zeros(),
-                                           jnp.zeros((), jnp.int32))
+                                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None, *, batch=None, **extra):
         del updates, extra
@@ -291,7 +301,8 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
         upd, info = activity_difference(params, x, y, beta=beta, free_steps=free_steps,
                                         nudged_steps=nudged_steps, centered=centered, io=io,
                                         key=sub, tile_shape=tile_shape, tol=tol,
-                                        return_info=True)
+                                        normalize=normalize, linear_output=linear_output,
+                                        on_nonconvergence=on_nonconvergence, return_info=True)
         b = jnp.shape(x)[0]
         sizes = [ws[0].shape[0]] + [w.shape[1] for w in ws]
         counts = relaxation_counts(sizes, b, sweeps, tile_shape)
@@ -300,8 +311,11 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
         counts = counts._replace(steps=jnp.ones((), _F32),
                                  digital_flops=counts.digital_flops + upd_flops)
         residual = jnp.maximum(info.free_residual, info.nudged_residual)
+        late = (jnp.zeros((), jnp.int32) if tol is None
+                else jnp.logical_not(residual <= tol).astype(jnp.int32))
         new = EquilibriumPropagationState(state.count + 1, key, residual, state.ledger + counts,
-                                          jnp.asarray(state.nonfinite, jnp.int32))
+                                          jnp.asarray(state.nonfinite, jnp.int32),
+                                          jnp.asarray(state.unconverged, jnp.int32) + late)
         return bbcore.refuse_nonfinite(bbcore.all_finite(upd), lambda: (upd, new), state, upd)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

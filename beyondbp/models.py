@@ -55,7 +55,8 @@ class MLP(nnx.Module):
       widths: layer widths including input and output, at least two entries.
       activation: name in :data:`ACTIVATIONS` or a callable, applied between layers.
       rngs: ``nnx.Rngs`` for initialisation.
-      linear: layer constructor ``linear(in, out, *, rngs)``; ``nnx.Linear`` by default.
+      linear: layer constructor ``linear(in, out, *, rngs)``; ``nnx.Linear`` by default; or a
+        sequence of constructors, one per layer (e.g. 8-bit first and last layers).
       dtype / param_dtype: computation and parameter dtypes.
     """
 
@@ -70,9 +71,14 @@ class MLP(nnx.Module):
         self.widths = widths
         self.activation = _activation(activation)
         linear = linear or nnx.Linear
-        extra = {} if linear is not nnx.Linear else {"dtype": dtype, "param_dtype": param_dtype}
-        self.layers = nnx.List([linear(a, b, rngs=rngs, **extra)
-                                for a, b in zip(widths[:-1], widths[1:])])
+        ctors = list(linear) if isinstance(linear, (list, tuple)) else [linear] * (len(widths) - 1)
+        if len(ctors) != len(widths) - 1:
+            raise ValueError(f"linear: {len(ctors)} constructors for {len(widths) - 1} layers")
+
+        def extra(c):
+            return {} if c is not nnx.Linear else {"dtype": dtype, "param_dtype": param_dtype}
+        self.layers = nnx.List([c(a, b, rngs=rngs, **extra(c))
+                                for c, a, b in zip(ctors, widths[:-1], widths[1:])])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.reshape(x.shape[0], -1)
@@ -167,19 +173,25 @@ def cnn(key: jax.Array, num_classes: int = 10, **kwargs):
 
 
 def mlp4bit(key: jax.Array, widths: Sequence[int] = (784, 1024, 1024, 10), *, config=None,
-            activation: str | Callable = "relu"):
+            activation: str | Callable = "relu", edge_config=None):
     """The :class:`MLP` with every layer a ``lowbit.nnx.Linear`` (Sun et al. 2020 4-bit training).
 
     ``config`` is a ``lowbit.QuantConfig`` (default: ``QuantConfig()``, INT4
     weights/activations, radix-4 FP4 gradients with GradScale and TPR). Same key,
-    same initial weights as :func:`mlp`. Returns ``(apply, params)``.
+    same initial weights as :func:`mlp`. ``edge_config``, if given, is used for the first and
+    the last layer instead (Sun et al. keep those in 8 bits). Returns ``(apply, params)``.
     """
     import functools
 
     import lowbit
     config = lowbit.QuantConfig() if config is None else config
-    return mlp(key, widths, activation=activation,
-               linear=functools.partial(lowbit.nnx.Linear, config=config))
+    inner = functools.partial(lowbit.nnx.Linear, config=config)
+    if edge_config is None:
+        return mlp(key, widths, activation=activation, linear=inner)
+    edge = functools.partial(lowbit.nnx.Linear, config=edge_config)
+    n = len(tuple(widths)) - 1
+    ctors = [edge if i in (0, n - 1) else inner for i in range(n)]
+    return mlp(key, widths, activation=activation, linear=ctors)
 
 
 def cnn4bit(key: jax.Array, num_classes: int = 10, *, config=None, **kwargs):

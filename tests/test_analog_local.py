@@ -138,10 +138,12 @@ def test_nonconverging_relaxation_raises_and_reports_the_residual():
     # A strongly coupled network cannot settle in two sweeps.
     big = [{"kernel": p["kernel"] * 8.0, "bias": p["bias"]} for p in params]
     with pytest.raises(analog.NonConvergenceError, match="free_steps=2"):
-        analog.activity_difference(big, x, y, beta=0.1, free_steps=2, nudged_steps=2, tol=1e-4)
+        analog.activity_difference(big, x, y, beta=0.1, free_steps=2, nudged_steps=2, tol=1e-4,
+                                   on_nonconvergence="raise")
     with pytest.raises(Exception, match="did not converge"):
         jax.jit(lambda p: analog.activity_difference(p, x, y, beta=0.1, free_steps=2,
-                                                     nudged_steps=2, tol=1e-4))(big)
+                                                     nudged_steps=2, tol=1e-4,
+                                                     on_nonconvergence="raise"))(big)
     _, res = analog.predict(big, x, steps=2, return_residual=True)
     assert float(res) > 1e-4
 

@@ -192,7 +192,8 @@ def test_equilibrium_propagation_refuses_nonfinite_update():
 
 def test_equilibrium_propagation_with_tol_treats_nan_as_nonconvergence():
     params, x, y = _energy_problem()
-    tx = analog.equilibrium_propagation(beta=0.3, free_steps=10, nudged_steps=4, tol=0.5)
+    tx = analog.equilibrium_propagation(beta=0.3, free_steps=10, nudged_steps=4, tol=0.5,
+                                        on_nonconvergence="raise")
     with pytest.raises(analog.NonConvergenceError, match="did not converge"):
         tx.update(None, tx.init(params), params, batch=(x.at[0, 0].set(jnp.nan), y))
 
