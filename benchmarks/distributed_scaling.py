@@ -21,10 +21,10 @@ Writes benchmarks/results/distributed_scaling.{json,png}.
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import pathlib
-import sys
-import time
+
+import _common  # benchmarks/_common.py: stdlib only, so XLA_FLAGS can still be set first
 
 
 def main(argv=None):
@@ -38,24 +38,18 @@ def main(argv=None):
                    help="redraw the PNG from the existing JSON without measuring")
     args = p.parse_args(argv)
     counts = [int(d) for d in args.devices.split(",")]
-    out_dir = pathlib.Path(__file__).resolve().parent / "results"
     if args.plot_only:
-        import json
-        report = json.loads((out_dir / "distributed_scaling.json").read_text())
-        plot(report["rows"], report["parameters"], out_dir)
+        report = json.loads((_common.RESULTS / "distributed_scaling.json").read_text())
+        plot(report["rows"], report["parameters"]).savefig(
+            _common.RESULTS / "distributed_scaling.png", dpi=120)
         return
+    # before JAX is imported (in the helpers): the simulated device count
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={max(counts)}")
-
     import jax
     import numpy as np
-    import optax
-    from jax.sharding import Mesh
 
-    from beyondbp import compare, models, train
-    from beyondbp import distributed as dist
-    from beyondbp.methods import cross_entropy
-    from fwdgrad import sharded_forward_gradient
+    from beyondbp import models
 
     widths = tuple(int(w) for w in args.widths.split(","))
     apply, params = models.mlp(jax.random.key(0), (784, *widths, 10))
@@ -63,65 +57,62 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     x = rng.random((args.batch_size, 784), dtype=np.float32)
     y = rng.integers(0, 10, args.batch_size).astype(np.int32)
+    rows = [row for d in counts for row in _measure(d, apply, params, x, y, args)]
+    report = {"model": f"MLP 784-{'-'.join(map(str, widths))}-10", "parameters": int(n_params),
+              "global_batch": args.batch_size, "num_tangents": args.num_tangents,
+              "repeats": args.repeats, "rows": rows,
+              "note": "bytes: what one device sends per step (ring algorithms), read from the "
+                      "compiled HLO; step times on simulated devices sharing the CPU cores"}
+    _common.save("distributed_scaling", report, plot(rows, n_params), argv=argv, dpi=120)
+
+
+def _measure(d: int, apply, params, x, y, args) -> list[dict]:
+    """Bytes sent and median step time of the three methods on the first ``d`` devices."""
+    import jax
+    import numpy as np
+    import optax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from beyondbp import distributed as dist
+    from beyondbp.methods import cross_entropy
+    from fwdgrad import sharded_forward_gradient
 
     def loss(p, batch):
         return cross_entropy(apply(p, batch[0]), batch[1])
 
-    def timed(fn, *a):
-        out = fn(*a)
-        jax.block_until_ready(out)
-        ts = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            jax.block_until_ready(fn(*a))
-            ts.append(time.perf_counter() - t)
-        return float(np.median(ts))
+    def row(method, bytes_, step, *a):
+        r = {"method": method, "devices": d, "sent_bytes": bytes_["sent_bytes"],
+             "operand_bytes": bytes_["operand_bytes"],
+             "step_time_s": _common.median_time(lambda: step(*a), repeats=args.repeats)}
+        print(r, flush=True)
+        return r
 
     rows = []
-    for d in counts:
-        mesh = dist.make_mesh(devices=jax.devices()[:d])
-        for comm in ("float32", "4bit"):
-            dp = dist.data_parallel(loss, optax.sgd(0.01), mesh=mesh, communication=comm)
-            state, batch = dist.replicate(dp.init(params), mesh), dist.shard((x, y), mesh)
-            b = dist.communication_bytes(dp.step, state, batch)
-            t = timed(dp.step, state, batch)
-            rows.append({"method": f"backprop data-parallel ({comm})", "devices": d,
-                         "sent_bytes": b["sent_bytes"], "operand_bytes": b["operand_bytes"],
-                         "step_time_s": t})
-            print(rows[-1], flush=True)
-        tmesh = Mesh(np.array(jax.devices()[:d]), ("tangent",))
-        tx = optax.chain(sharded_forward_gradient(mesh=tmesh, axis_name="tangent",
-                                                  num_tangents=args.num_tangents),
-                         optax.sgd(0.01))
+    mesh = dist.make_mesh(devices=jax.devices()[:d])
+    for comm in ("float32", "4bit"):
+        dp = dist.data_parallel(loss, optax.sgd(0.01), mesh=mesh, communication=comm)
+        state, batch = dist.replicate(dp.init(params), mesh), dist.shard((x, y), mesh)
+        rows.append(row(f"backprop data-parallel ({comm})",
+                        dist.communication_bytes(dp.step, state, batch), dp.step, state, batch))
+    tmesh = Mesh(np.array(jax.devices()[:d]), ("tangent",))
+    tx = optax.chain(sharded_forward_gradient(mesh=tmesh, axis_name="tangent",
+                                              num_tangents=args.num_tangents),
+                     optax.sgd(0.01))
 
-        @jax.jit
-        def fg_step(p, s, xb, yb):
-            u, s = tx.update(None, s, p, loss_fn=lambda q: loss(q, (xb, yb)))
-            return optax.apply_updates(p, u), s
+    @jax.jit
+    def fg_step(p, s, xb, yb):
+        u, s = tx.update(None, s, p, loss_fn=lambda q: loss(q, (xb, yb)))
+        return optax.apply_updates(p, u), s
 
-        rp = dist.replicate(params, tmesh)
-        s = jax.device_put(tx.init(params), jax.sharding.NamedSharding(tmesh,
-                                                                       jax.sharding.PartitionSpec()))
-        xb, yb = dist.replicate((x, y), tmesh)
-        b = dist.communication_bytes(fg_step, rp, s, xb, yb)
-        t = timed(fg_step, rp, s, xb, yb)
-        rows.append({"method": f"forward gradient seed-shared (K={args.num_tangents})",
-                     "devices": d, "sent_bytes": b["sent_bytes"],
-                     "operand_bytes": b["operand_bytes"], "step_time_s": t})
-        print(rows[-1], flush=True)
-
-    report = {"model": f"MLP 784-{'-'.join(map(str, widths))}-10", "parameters": int(n_params),
-              "global_batch": args.batch_size, "num_tangents": args.num_tangents,
-              "repeats": args.repeats, "machine": compare.machine(), "rows": rows,
-              "command": "python " + " ".join([pathlib.Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-              "note": "bytes: what one device sends per step (ring algorithms), read from the "
-                      "compiled HLO; step times on simulated devices sharing the CPU cores"}
-    train.write_json(report, out_dir / "distributed_scaling.json")
-
-    plot(rows, n_params, out_dir)
+    rp = dist.replicate(params, tmesh)
+    s = jax.device_put(tx.init(params), NamedSharding(tmesh, PartitionSpec()))
+    xb, yb = dist.replicate((x, y), tmesh)
+    rows.append(row(f"forward gradient seed-shared (K={args.num_tangents})",
+                    dist.communication_bytes(fg_step, rp, s, xb, yb), fg_step, rp, s, xb, yb))
+    return rows
 
 
-def plot(rows, n_params, out_dir):
+def plot(rows, n_params):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -143,7 +134,7 @@ def plot(rows, n_params, out_dir):
         a.set_xlabel("devices")
         a.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "distributed_scaling.png", dpi=120)
+    return fig
 
 
 if __name__ == "__main__":
