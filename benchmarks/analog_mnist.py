@@ -12,9 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import pathlib
-import platform
-import sys
 import time
 
 import jax
@@ -24,13 +21,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import analog  # noqa: E402
-from beyondbp import _methods_analog, datasets, methods, train  # noqa: E402
+from beyondbp import datasets, methods, train  # noqa: E402
+from beyondbp.methods import analog_rows  # noqa: E402
 import _common  # noqa: E402  (benchmarks/_common.py, beside this script)
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def main():
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--method", default="analog-eqprop")
     ap.add_argument("--epochs", type=int, default=10)
@@ -50,13 +47,35 @@ def main():
                          "(analog.program(mixed_precision=True), Nandakumar et al. 2020)")
     ap.add_argument("--beta", type=float, default=None,
                     help="analog-eqprop-taox only: nudge strength (default with the other "
-                         f"options: {_methods_analog.BETA}, the ideal row's; without any option "
-                         f"the registered row runs: beta {_methods_analog.TAOX_BETA} and "
+                         f"options: {analog_rows.BETA}, the ideal row's; without any option "
+                         f"the registered row runs: beta {analog_rows.TAOX_BETA} and "
                          "--lr-decay)")
     ap.add_argument("--out", default=None,
                     help="result name (benchmarks/results/NAME.json/.png); default from the "
                          "method and options")
-    args = ap.parse_args()
+    return ap
+
+
+def _setup(args, cfg, steps):
+    """The registered method, or the TaOx row rebuilt with the command line's options."""
+    if not (args.read_noise is not None or args.lr_decay or args.mixed_precision
+            or args.beta is not None):
+        return methods.get(args.method).build(cfg)
+    io = analog.presets.TAOX_IO
+    if args.read_noise is not None:
+        io = dataclasses.replace(io, read_noise=args.read_noise)
+    return analog_rows.build_eqprop(
+        cfg, device=analog.presets.TAOX_RERAM, io=io, tol=None,
+        free_steps=analog_rows.TAOX_FREE_STEPS,
+        nudged_steps=analog_rows.TAOX_NUDGED_STEPS, w_max=None,
+        lr_decay_steps=steps if args.lr_decay else None,
+        mixed_precision=args.mixed_precision,
+        beta=analog_rows.BETA if args.beta is None else args.beta)
+
+
+def main(argv=None):
+    ap = _parser()
+    args = ap.parse_args(argv)
     taox_options = (args.read_noise is not None or args.lr_decay or args.mixed_precision
                     or args.beta is not None)
     if args.method != "analog-eqprop-taox" and taox_options:
@@ -69,38 +88,21 @@ def main():
                               tr.labels[: args.train_limit])
     per_epoch = len(tr) // args.batch_size
     steps = args.epochs * per_epoch
-    cfg = methods.MethodConfig(key=jax.random.key(args.seed), steps=steps)
-    if args.method == "analog-eqprop-taox" and taox_options:
-        io = analog.presets.TAOX_IO
-        if args.read_noise is not None:
-            io = dataclasses.replace(io, read_noise=args.read_noise)
-        setup = _methods_analog.build_eqprop(
-            cfg, device=analog.presets.TAOX_RERAM, io=io, tol=None,
-            free_steps=_methods_analog.TAOX_FREE_STEPS,
-            nudged_steps=_methods_analog.TAOX_NUDGED_STEPS, w_max=None,
-            lr_decay_steps=steps if args.lr_decay else None,
-            mixed_precision=args.mixed_precision,
-            beta=_methods_analog.BETA if args.beta is None else args.beta)
-    else:
-        setup = methods.get(args.method).build(cfg)
+    setup = _setup(args, methods.MethodConfig(key=jax.random.key(args.seed), steps=steps),
+                   steps)
     tag = (args.method + ("" if args.read_noise is None else f"-rn{args.read_noise:g}")
            + ("-decay" if args.lr_decay else "") + ("-mp" if args.mixed_precision else "")
            + ("" if args.beta is None else f"-beta{args.beta:g}")
            + (f"-seed{args.seed}" if args.seed else ""))
-    out = RESULTS / f"{args.out or 'analog_mnist_' + tag}.json"
+    name = args.out or "analog_mnist_" + tag
     t0 = time.time()
+    # json_path: an interrupted run keeps every evaluation it made
     hist = train.train(setup, tr, te, steps=steps, batch_size=args.batch_size, seed=args.seed,
                        eval_every=per_epoch, log_every=500, progress=True, desc=args.method,
-                       time_steps=False, json_path=out)
-    hist = json.loads(out.read_text())
-    hist["command"] = "python benchmarks/analog_mnist.py " + " ".join(sys.argv[1:])
-    hist["machine"] = f"{platform.machine()} {platform.processor() or ''} jax {jax.__version__} " \
-                      f"{jax.devices()[0].platform}"
-    hist["epochs"] = args.epochs
-    hist["train_examples"] = len(tr)
-    hist["wall_s"] = time.time() - t0
-    out.write_text(json.dumps(hist, indent=1))
-    plt.figure(figsize=(5, 3.5))
+                       time_steps=False, json_path=_common.RESULTS / f"{name}.json")
+    hist = {k: v for k, v in hist.items() if k not in ("params", "opt_state")}
+    hist.update(epochs=args.epochs, train_examples=len(tr), wall_s=time.time() - t0)
+    fig = plt.figure(figsize=(5, 3.5))
     ep = [s / per_epoch for s in hist["eval_steps"]]
     plt.plot(ep, [100 * a for a in hist["test_accuracy"]], "o-", label=args.method)
     plt.xlabel("epoch")
@@ -109,7 +111,7 @@ def main():
     plt.grid(alpha=0.3)
     plt.legend()
     plt.tight_layout()
-    plt.savefig(out.with_suffix(".png"), dpi=100)
+    _common.save(name, hist, fig, argv=argv, dpi=100)
     print(json.dumps({"method": args.method, "final_test_accuracy": hist["final_test_accuracy"],
                       "wall_s": hist["wall_s"]}))
 
