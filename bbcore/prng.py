@@ -2,9 +2,9 @@
 
 Keys the toolkit makes itself from a seed for *simulation noise* (device-to-device variation,
 cycle-to-cycle and read noise, pulse trains: the analog package) use JAX's ``"rbg"``
-generator. On XLA:CPU its kernels compile about ten times faster than threefry's (seconds per
-random draw on a loaded two-core machine; BENCHMARKS.md, "analog: simulation throughput"), and
-streams stay reproducible from the seed. Keys passed in by a user keep their own generator.
+generator: on XLA:CPU its random kernels compile much faster than threefry's (the reason the
+choice was made; BENCHMARKS.md has no side-by-side measurement of it), and streams stay
+reproducible from the seed. Keys passed in by a user keep their own generator.
 
 Streams that must come out bit-identical under a different ``vmap`` batch or sharding (the
 forward-gradient tangents every device regenerates from the shared seed, the stochastic
