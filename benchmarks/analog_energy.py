@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 import analog
-from beyondbp import _methods_analog as M
+from beyondbp.methods import analog_rows as M
 from beyondbp import datasets
 import _common  # noqa: E402  (benchmarks/_common.py, beside this script)
 

@@ -43,7 +43,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import analog  # noqa: E402
-from beyondbp import _methods_analog, compare, datasets, methods, train  # noqa: E402
+from beyondbp import compare, datasets, methods, train  # noqa: E402
+from beyondbp.methods import analog_rows  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 TAOX = analog.presets.TAOX_RERAM
@@ -56,19 +57,19 @@ SWEEPS = {
 }
 
 
-def _setup(cfg, factor, value, beta=_methods_analog.BETA, lr_decay=False):
+def _setup(cfg, factor, value, beta=analog_rows.BETA, lr_decay=False):
     device, io = TAOX, None
-    steps = dict(free_steps=_methods_analog.FREE_STEPS, nudged_steps=_methods_analog.NUDGED_STEPS)
+    steps = dict(free_steps=analog_rows.FREE_STEPS, nudged_steps=analog_rows.NUDGED_STEPS)
     if factor == "stuck":
         device = dataclasses.replace(TAOX, stuck_on=value / 2, stuck_off=value / 2)
     elif factor == "read_noise":
         io = dataclasses.replace(analog.presets.TAOX_IO, read_noise=value)
-        steps = dict(free_steps=_methods_analog.TAOX_FREE_STEPS,
-                     nudged_steps=_methods_analog.TAOX_NUDGED_STEPS)
+        steps = dict(free_steps=analog_rows.TAOX_FREE_STEPS,
+                     nudged_steps=analog_rows.TAOX_NUDGED_STEPS)
     else:
         device = dataclasses.replace(TAOX, **{factor: value})
     # w_max=None: the device range is sized from the initial weights, as analog-eqprop-taox does
-    return _methods_analog.build_eqprop(
+    return analog_rows.build_eqprop(
         cfg, device=device, io=io, tol=None, w_max=None,
         beta=beta, lr_decay_steps=cfg.steps if lr_decay else None, **steps)
 
@@ -80,9 +81,9 @@ def main(argv=None):
     ap.add_argument("--dataset", default="mnist_small")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    ap.add_argument("--beta", type=float, default=_methods_analog.BETA,
-                    help=f"nudge strength (default {_methods_analog.BETA}, the ideal row's; the "
-                         f"registered TaOx row uses {_methods_analog.TAOX_BETA})")
+    ap.add_argument("--beta", type=float, default=analog_rows.BETA,
+                    help=f"nudge strength (default {analog_rows.BETA}, the ideal row's; the "
+                         f"registered TaOx row uses {analog_rows.TAOX_BETA})")
     ap.add_argument("--lr-decay", action="store_true",
                     help="per-layer rates on a cosine to 10%% of themselves over the run")
     ap.add_argument("--out", default="analog_nonideality", help="result file name")

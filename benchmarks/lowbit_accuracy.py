@@ -26,7 +26,7 @@ import optax
 
 import lowbit
 from beyondbp import datasets, methods, train
-from beyondbp import _methods_lowbit as ml
+from beyondbp.methods import lowbit_rows as ml
 
 OUT = pathlib.Path(__file__).resolve().parent / "results"
 

@@ -20,9 +20,17 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
-__all__ = ["MLP", "CNN", "functional", "ACTIVATIONS", "mlp", "cnn", "mlp4bit", "cnn4bit"]
+__all__ = ["MLP", "CNN", "functional", "ACTIVATIONS", "mlp", "cnn", "mlp4bit", "cnn4bit",
+           "cross_entropy"]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of integer labels, computed in float32 (the models' loss)."""
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels).mean()
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,

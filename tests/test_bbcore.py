@@ -27,12 +27,9 @@ MAY_IMPORT = {"bbcore": set(), "fwdgrad": {"bbcore"}, "lowbit": {"bbcore"},
               "analog": {"bbcore"}, "beyondbp": set(PACKAGES)}
 
 
-# The rows of beyondbp.methods register themselves through bottom-of-file imports, a cycle
-# that issue 20 (item 3) removes by a methods/ package; until then it is the one exception.
-KNOWN_CYCLES = {("beyondbp.methods", "beyondbp._methods_analog"),
-                ("beyondbp.methods", "beyondbp._methods_combined"),
-                ("beyondbp.methods", "beyondbp._methods_fwdgrad"),
-                ("beyondbp.methods", "beyondbp._methods_lowbit")}
+# The rows of beyondbp.methods used to register through bottom-of-file imports, a cycle; the
+# methods/ package (a registry module the rows import, rows imported by __init__) removed it.
+KNOWN_CYCLES: set = set()
 
 
 def _name(path: pathlib.Path) -> str:

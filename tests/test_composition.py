@@ -83,7 +83,7 @@ def test_design_chain_trains_with_ideal_devices(data):
 
     Measured here (784-128-10, mnist_small): 55% after 500 steps, 78% after 3,000. On
     TAOX_RERAM the same chain stays near 20-35%: device asymmetry turns the estimator's zero-mean
-    noise into drift (see beyondbp/_methods_combined.py and BENCHMARKS.md) unless the devices
+    noise into drift (see beyondbp/methods/combined_rows.py and BENCHMARKS.md) unless the devices
     are programmed through the accumulator (next test).
     """
     before, after = _train_chain(data, (784, 128, 10), design_chain(device=analog.presets.IDEAL,

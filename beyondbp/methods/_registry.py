@@ -1,15 +1,8 @@
-"""The registry of training methods that ``beyondbp compare`` runs side by side.
+"""The registry itself: :class:`Method`, :class:`MethodConfig`, :class:`Setup`, ``register``.
 
-A :class:`Method` turns a :class:`MethodConfig` (seed, data shape, budget) into a
-:class:`Setup`: the model's parameters, a pure ``apply(params, x)``, the optax
-transform, and whether the training loop must feed it backprop gradients
-(``needs_grad``) or only the keyword extra args ``loss_fn=`` and ``batch=``.
-
-Each package adds its rows from its own module (``_methods_<package>.py``),
-imported at the bottom of this file. A user adds a method the same way::
-
-    from beyondbp import methods
-    methods.register(methods.Method("my-sgd", "SGD, lr 0.05", build=my_build))
+The rows live in their own modules (``beyondbp/methods/*_rows.py``), which import this one;
+``beyondbp/methods/__init__.py`` imports them explicitly, in table order. Nothing here imports a
+row, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -18,10 +11,10 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from beyondbp import models
+from beyondbp.models import cross_entropy
 
 __all__ = ["Method", "MethodConfig", "Setup", "register", "get", "names", "cross_entropy",
            "REGISTRY", "NotApplicable"]
@@ -32,12 +25,6 @@ class NotApplicable(ValueError):
 
     ``compare`` reports such a row as skipped and runs the rest; any other error propagates.
     """
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy of integer labels, computed in float32."""
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), labels).mean()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,22 +128,3 @@ def get(name: str) -> Method:
         return REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(REGISTRY)}") from None
-
-
-def _backprop(optimizer: Callable[[], optax.GradientTransformation]):
-    def build(cfg: MethodConfig) -> Setup:
-        apply, params = cfg.build_model()
-        return Setup(params=params, apply=apply, tx=optimizer(), needs_grad=True)
-    return build
-
-
-register(Method("backprop", "float32 backprop, SGD lr 0.05 momentum 0.9",
-                _backprop(lambda: optax.sgd(0.05, momentum=0.9))))
-register(Method("backprop-adam", "float32 backprop, Adam lr 1e-3",
-                _backprop(lambda: optax.adam(1e-3))))
-
-# Each package's rows; one import per package module (keep this list at the end).
-from beyondbp import _methods_lowbit  # noqa: E402,F401
-from beyondbp import _methods_analog  # noqa: E402,F401
-from beyondbp import _methods_fwdgrad  # noqa: E402,F401
-from beyondbp import _methods_combined  # noqa: E402,F401

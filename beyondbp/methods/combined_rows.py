@@ -42,8 +42,11 @@ import analog
 import fwdgrad
 import lowbit
 
-from beyondbp import _methods_analog, _methods_fwdgrad, _methods_lowbit, models
-from beyondbp.methods import Method, MethodConfig, NotApplicable, Setup, register
+from beyondbp import models
+import beyondbp.methods.analog_rows as analog_rows  # the modules, not the package's __init__
+import beyondbp.methods.fwdgrad_rows as fwdgrad_rows
+import beyondbp.methods.lowbit_rows as lowbit_rows
+from beyondbp.methods._registry import Method, MethodConfig, NotApplicable, Setup, register
 
 #: Forward-gradient settings shared by the combined rows.
 NUM_TANGENTS = 4
@@ -63,16 +66,16 @@ def _build_local(cfg: MethodConfig, *, four_bit: bool) -> Setup:
     chain = [fwdgrad.activity_forward_gradient(num_tangents=NUM_TANGENTS, seed=cfg.seed)]
     if four_bit:
         chain.append(lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=cfg.seed + 1))
-    chain += [optax.sgd(_methods_fwdgrad.LR_LOCAL, momentum=0.9),
+    chain += [optax.sgd(fwdgrad_rows.LR_LOCAL, momentum=0.9),
               analog.program(DEVICE, seed=cfg.seed + 2)]
     return Setup(params=params, apply=apply, tx=optax.chain(*chain), needs_grad=False,
-                 energy=_methods_analog.energy_of)
+                 energy=analog_rows.energy_of)
 
 
 def _build(cfg: MethodConfig, *, forward: bool, four_bit: bool, devices: bool) -> Setup:
     if forward and devices:
         return _build_local(cfg, four_bit=four_bit)
-    apply, params = _methods_lowbit.build_model(cfg) if four_bit else cfg.build_model()
+    apply, params = lowbit_rows.build_model(cfg) if four_bit else cfg.build_model()
     chain = []
     if forward:
         chain.append(fwdgrad.forward_gradient(num_tangents=NUM_TANGENTS, seed=cfg.seed))
@@ -82,7 +85,7 @@ def _build(cfg: MethodConfig, *, forward: bool, four_bit: bool, devices: bool) -
     if devices:
         chain.append(analog.program(DEVICE, seed=cfg.seed + 2))
     return Setup(params=params, apply=apply, tx=optax.chain(*chain), needs_grad=not forward,
-                 energy=_methods_analog.energy_of if devices else None)
+                 energy=analog_rows.energy_of if devices else None)
 
 
 def _row(name, description, **parts):
@@ -96,10 +99,10 @@ _row("lowbit+analog", f"4-bit model, backprop FP4 gradients on the radix-4 grid,
      f"{LR_BACKPROP} momentum 0.9, programmed onto TAOX_RERAM devices",
      forward=False, four_bit=True, devices=True)
 _row("fwdgrad+analog", f"forward gradient (K={NUM_TANGENTS}), activity perturbation with local "
-     f"losses (Ren et al. 2023), SGD lr {_methods_fwdgrad.LR_LOCAL} momentum 0.9, programmed "
+     f"losses (Ren et al. 2023), SGD lr {fwdgrad_rows.LR_LOCAL} momentum 0.9, programmed "
      "onto TAOX_RERAM devices",
      forward=True, four_bit=False, devices=True)
 _row("fwdgrad+lowbit+analog", f"all three: activity-perturbed local forward gradient "
-     f"(K={NUM_TANGENTS}) -> radix-4 FP4 updates -> SGD lr {_methods_fwdgrad.LR_LOCAL} "
+     f"(K={NUM_TANGENTS}) -> radix-4 FP4 updates -> SGD lr {fwdgrad_rows.LR_LOCAL} "
      "momentum 0.9 -> TAOX_RERAM devices",
      forward=True, four_bit=True, devices=True)

@@ -31,7 +31,7 @@ from flax import nnx
 
 import fwdgrad
 from beyondbp import models
-from beyondbp.methods import Method, MethodConfig, NotApplicable, Setup, register
+from beyondbp.methods._registry import Method, MethodConfig, NotApplicable, Setup, register
 
 #: SGD learning rates (momentum 0.9) of the three rows.
 LR_WEIGHT = 1e-4

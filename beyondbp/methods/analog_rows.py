@@ -24,7 +24,7 @@ import optax
 
 import analog
 import bbcore
-from beyondbp.methods import Method, MethodConfig, Setup, register
+from beyondbp.methods._registry import Method, MethodConfig, Setup, register
 
 HIDDEN = 500
 BETA = 0.2

@@ -13,7 +13,7 @@ import optax
 
 import lowbit
 from beyondbp import models
-from beyondbp.methods import Method, MethodConfig, Setup, register
+from beyondbp.methods._registry import Method, MethodConfig, Setup, register
 
 #: The recipe ``beyondbp compare`` runs as ``lowbit``. UINT4 activations: every
 #: quantized layer's input is either pixels in [0, 1] or a ReLU output.
