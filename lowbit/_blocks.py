@@ -25,8 +25,8 @@ Scale rules, following the published descriptions:
   reference quantizer): a float32 encode scale ``S = max_scale * max_elem /
   amax_tensor`` (448 * 6 / amax for NVFP4; 1 when amax is 0), block scales
   ``b = E4M3((amax_block / max_elem) * S)``, elements ``q(x * (1 / (b * (1 / S))))``,
-  decoded as ``(q * b) * (1 / S)``. ``amax_tensor`` is taken over finite
-  entries; a block with a NaN or inf entry gets the NaN scale code and
+  decoded as ``(q * b) * (1 / S)``. ``amax_tensor`` is taken over the blocks
+  without NaN or inf; a block with a NaN or inf entry gets the NaN scale code and
   decodes to NaN (NVIDIA's description leaves this case open; we keep it
   visible, as the MX spec does).
 
@@ -344,9 +344,9 @@ def _tensor_encode(amax_t, fmt: ScaledFormat):
     return jnp.where((amax_t > 0) & jnp.isfinite(amax_t) & (s > 0), s, jnp.float32(1.0))
 
 
-def _finite_amax(xb):
-    a = jnp.abs(xb)
-    return jnp.max(jnp.where(jnp.isfinite(a), a, 0.0))
+def _finite_amax(amax):
+    """Tensor amax from the block amaxes, skipping blocks that hold NaN or inf."""
+    return jnp.max(jnp.where(jnp.isfinite(amax), amax, 0.0))
 
 
 @functools.partial(jax.jit, static_argnames=("fmt", "rounding", "red"))
@@ -366,7 +366,7 @@ def _quantize_core(xb, key, *, fmt: ScaledFormat, rounding: str, red: tuple):
         rep, t_enc = e, jnp.float32(1.0)
     else:
         if fmt.tensor_scale:
-            t_enc = _tensor_encode(_finite_amax(xf), fmt)
+            t_enc = _tensor_encode(_finite_amax(amax), fmt)
             b = _round_scale(jnp.minimum(_div(amax, el.max_value) * t_enc,
                                          jnp.float32(_F32_MAX)), sf)
             enc = jnp.minimum(1.0 / (b * (1.0 / t_enc)), jnp.float32(_F32_MAX))
