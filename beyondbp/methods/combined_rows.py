@@ -81,7 +81,9 @@ def _build(cfg: MethodConfig, *, forward: bool, four_bit: bool, devices: bool) -
         chain.append(fwdgrad.forward_gradient(num_tangents=NUM_TANGENTS, seed=cfg.seed))
     if four_bit:
         chain.append(lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=cfg.seed + 1))
-    chain.append(optax.sgd(LR_FWD) if forward else optax.sgd(LR_BACKPROP, momentum=0.9))
+    # 4-bit backprop gradients take the lowbit row's decaying rate (lowbit_rows.rate: why)
+    backprop_rate = lowbit_rows.rate(cfg.steps) if four_bit else LR_BACKPROP
+    chain.append(optax.sgd(LR_FWD) if forward else optax.sgd(backprop_rate, momentum=0.9))
     if devices:
         chain.append(analog.program(DEVICE, seed=cfg.seed + 2))
     return Setup(params=params, apply=apply, tx=optax.chain(*chain), needs_grad=not forward,
@@ -96,7 +98,8 @@ _row("fwdgrad+lowbit", f"forward gradient (K={NUM_TANGENTS}, mean) through the 4
      f"model, updates on the radix-4 FP4 grid, SGD lr {LR_FWD}",
      forward=True, four_bit=True, devices=False)
 _row("lowbit+analog", f"4-bit model, backprop FP4 gradients on the radix-4 grid, SGD lr "
-     f"{LR_BACKPROP} momentum 0.9, programmed onto TAOX_RERAM devices",
+     f"{LR_BACKPROP} on a cosine to 0 over the run, momentum 0.9, programmed onto TAOX_RERAM "
+     "devices",
      forward=False, four_bit=True, devices=True)
 _row("fwdgrad+analog", f"forward gradient (K={NUM_TANGENTS}), activity perturbation with local "
      f"losses (Ren et al. 2023), SGD lr {fwdgrad_rows.LR_LOCAL} momentum 0.9, programmed "
