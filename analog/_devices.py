@@ -288,7 +288,31 @@ class ConstantStep(Device):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LinearStep(Device):
+class _CurveStep(Device):
+    """A device whose up and down responses are one closed-form pulse-response curve,
+    ``_curve(x, n, a, gamma)``, with an exponent per direction (``gamma_up``, ``gamma_down``,
+    fields of the subclass; each checked by ``_check_gamma``, by default nonzero)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("gamma_up", "gamma_down"):
+            g = getattr(self, name)
+            _check_nonneg(name, g, type(self).__name__)
+            self._check_gamma(name, g)
+
+    def _check_gamma(self, name: str, g: float) -> None:
+        if g == 0:
+            raise ValueError(f"{type(self).__name__}: {name}=0; use ConstantStep instead")
+
+    def _up(self, x, n, a):
+        return self._curve(x, n, a, self.gamma_up)
+
+    def _down(self, x, n, a):
+        return self._curve(x, n, a, self.gamma_down)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LinearStep(_CurveStep):
     """Step size falls linearly with the conductance (aihwkit ``LinearStepDevice``).
 
     One up pulse at x: ``dx = a (1 - gamma_up (2x - 1))`` (``a`` at mid-range, smaller near the
@@ -301,33 +325,23 @@ class LinearStep(Device):
     gamma_up: float = 0.0
     gamma_down: float = 0.0
 
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("gamma_up", "gamma_down"):
-            g = getattr(self, name)
-            _check_nonneg(name, g, type(self).__name__)
-            if g > 1:
-                raise ValueError(f"{type(self).__name__}: {name}={g} > 1 would make the step "
-                                 "change sign inside the range (a depressing pulse raising the "
-                                 "conductance); use gamma in [0, 1] (1 = SoftBounds)")
-            a = self.dw_min * (1 + abs(self.up_down)) / self.range
-            if 2 * a * g >= 1:
-                raise ValueError(f"{type(self).__name__}: {name}={g} with dw_min={self.dw_min} "
-                                 "makes 2 a gamma >= 1 (one pulse overshoots its fixed point); "
-                                 "use a smaller step or gamma")
+    def _check_gamma(self, name: str, g: float) -> None:
+        if g > 1:
+            raise ValueError(f"{type(self).__name__}: {name}={g} > 1 would make the step "
+                             "change sign inside the range (a depressing pulse raising the "
+                             "conductance); use gamma in [0, 1] (1 = SoftBounds)")
+        a = self.dw_min * (1 + abs(self.up_down)) / self.range
+        if 2 * a * g >= 1:
+            raise ValueError(f"{type(self).__name__}: {name}={g} with dw_min={self.dw_min} "
+                             "makes 2 a gamma >= 1 (one pulse overshoots its fixed point); "
+                             "use a smaller step or gamma")
 
     @staticmethod
-    def _affine(x, n, a, gamma):
+    def _curve(x, n, a, gamma):
         if gamma == 0:
             return x + n * a
         x_star = (1.0 + gamma) / (2.0 * gamma)
         return x_star + (x - x_star) * jnp.power(1.0 - 2.0 * a * gamma, n)
-
-    def _up(self, x, n, a):
-        return self._affine(x, n, a, self.gamma_up)
-
-    def _down(self, x, n, a):
-        return self._affine(x, n, a, self.gamma_down)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -341,27 +355,6 @@ class SoftBounds(LinearStep):
 
     gamma_up: float = dataclasses.field(default=1.0, init=False)
     gamma_down: float = dataclasses.field(default=1.0, init=False)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _CurveStep(Device):
-    """A device whose up and down responses are one closed-form pulse-response curve,
-    ``_curve(x, n, a, gamma)``, with a nonzero exponent per direction (``gamma_up``,
-    ``gamma_down``, fields of the subclass)."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("gamma_up", "gamma_down"):
-            g = getattr(self, name)
-            _check_nonneg(name, g, type(self).__name__)
-            if g == 0:
-                raise ValueError(f"{type(self).__name__}: {name}=0; use ConstantStep instead")
-
-    def _up(self, x, n, a):
-        return self._curve(x, n, a, self.gamma_up)
-
-    def _down(self, x, n, a):
-        return self._curve(x, n, a, self.gamma_down)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -96,21 +96,22 @@ class IOConfig:
 
     def dac(self, x: jax.Array) -> jax.Array:
         """Inputs as the DAC drives them: clipped to the bound, rounded to the nearest level."""
-        if self.inp_bound is not None:
-            x = jnp.clip(x, -self.inp_bound, self.inp_bound)
-        if self.inp_bits is not None:
-            lsb = self.inp_bound / (2 ** (self.inp_bits - 1) - 1)
-            x = jnp.round(x / lsb) * lsb
-        return x
+        return _convert(x, self.inp_bound, self.inp_bits)
 
     def adc(self, y: jax.Array) -> jax.Array:
         """Outputs as the ADC reports them: saturated at the bound, rounded to the nearest level."""
-        if self.out_bound is not None:
-            y = jnp.clip(y, -self.out_bound, self.out_bound)
-        if self.out_bits is not None:
-            lsb = self.out_bound / (2 ** (self.out_bits - 1) - 1)
-            y = jnp.round(y / lsb) * lsb
-        return y
+        return _convert(y, self.out_bound, self.out_bits)
+
+
+def _convert(v: jax.Array, bound: float | None, bits: int | None) -> jax.Array:
+    """A signed converter: clip to ``[-bound, bound]``, round to ``2^(bits-1) - 1`` levels per
+    sign (either step skipped when its setting is None; bits need a bound, see IOConfig)."""
+    if bound is not None:
+        v = jnp.clip(v, -bound, bound)
+    if bits is not None:
+        lsb = bound / (2 ** (bits - 1) - 1)
+        v = jnp.round(v / lsb) * lsb
+    return v
 
 
 def tile_periphery(w_rc: jax.Array, x_in: jax.Array, k, io: IOConfig, transpose: bool) -> jax.Array:
