@@ -158,3 +158,15 @@ def test_named_set_rejects_altered_content_even_uncompressed(tmp_path):
     p.unlink()
     with pytest.raises(DatasetError, match="does not match the official"):
         datasets._read_verified("mnist_small", p.name, d / p.name.removesuffix(".gz"), True)
+
+
+def test_synthetic_command_writes_a_loadable_set_and_never_overwrites(tmp_path, capsys):
+    from beyondbp import synthetic
+    assert synthetic.main([str(tmp_path / "s"), "--train", "50", "--test", "20", "--size", "12"]) == 0
+    ds = datasets.load("idx", "test", data_dir=tmp_path / "s")
+    assert len(ds) == 20 and ds.input_shape == (12, 12, 1) and ds.num_classes == 10
+    before = _snapshot(tmp_path / "s")
+    with pytest.raises(SystemExit) as e:
+        synthetic.main([str(tmp_path / "s"), "--train", "50", "--test", "20"])
+    assert e.value.code == 2 and "never overwrites" in capsys.readouterr().err
+    assert _snapshot(tmp_path / "s") == before
