@@ -401,6 +401,9 @@ def write_json(hist: dict, path) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # temporary name, then rename: a run killed mid-write leaves the previous file whole
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(hist), indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(_jsonable(hist), indent=2))
+        os.replace(tmp, path)
+    finally:  # a failed write (disk full) leaves no partial .tmp beside the previous file
+        tmp.unlink(missing_ok=True)
     return path
