@@ -8,7 +8,19 @@
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
 import sys
+import tempfile
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every usage error ending in the same ``beyondbp: error: ...`` line as
+    the errors found after parsing (argparse would name the subcommand: ``beyondbp compare:``)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"beyondbp: error: {message}\n")
 
 
 def _positive_int(s: str) -> int:
@@ -48,6 +60,46 @@ def _seeds(s: str) -> list[int]:
     return seeds
 
 
+def _check_writable_dir(path, option: str) -> None:
+    """Refuse, before any training, an output directory the run could not write into.
+
+    Probes by doing what the run will do: create the directory (and missing parents) and a
+    file in it. Asking ``os.access`` is not enough: as root it says yes to directories whose
+    writes fail anyway (``/proc``, read-only or full file systems). Directories the probe
+    created are removed again, so a run refused later leaves nothing behind.
+    """
+    p = pathlib.Path(path)
+    missing: list[pathlib.Path] = []
+    try:
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{option} {path}: is a file, not a directory")
+        q = p.absolute()
+        while not q.exists() and q != q.parent:
+            missing.append(q)
+            q = q.parent
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".beyondbp_probe_", dir=p)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        what = "cannot create the directory" if missing else "cannot write into the directory"
+        raise ValueError(f"{option} {path}: {what} ({e.strerror or e})") from None
+    finally:
+        for d in missing:  # deepest first; only the ones this probe made, and only if empty
+            if d.is_dir():
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a failed write (disk full, permissions changed mid-run)."""
+    if e.filename is not None:
+        return f"could not write {e.filename}: {e.strerror or e}"
+    return f"could not write the outputs: {e.strerror or e}"
+
+
 def _add_run_options(c: argparse.ArgumentParser) -> None:
     """Options shared by ``compare`` and ``train``: data, budget, model, seed."""
     from beyondbp import datasets
@@ -75,7 +127,7 @@ def _add_run_options(c: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="beyondbp", description=(
+    p = _Parser(prog="beyondbp", description=(
         "beyond-backprop: forward gradients, 4-bit training and analog crossbars, compared "
         "side by side."))
     sub = p.add_subparsers(dest="command", required=True, metavar="{compare,train,methods}")
@@ -120,6 +172,9 @@ def _train(args) -> int:
 
     signal.signal(signal.SIGTERM, to_interrupt)
     method = methods.get(args.method)
+    _check_writable_dir(args.out, "--out")
+    if args.checkpoint_dir is not None:
+        _check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
     tr = datasets.load(args.dataset, "train", data_dir=args.data_dir, verify=not args.no_verify)
     te = datasets.load(args.dataset, "test", data_dir=args.data_dir, verify=not args.no_verify)
     steps = args.steps if args.steps is not None or args.epochs is not None else 600
@@ -148,6 +203,9 @@ def main(argv=None) -> int:
         except ValueError as e:
             print(f"beyondbp: error: {e}", file=sys.stderr)
             return 2
+        except OSError as e:  # a write failed mid-run: disk full, directory removed
+            print(f"beyondbp: error: {_os_error(e)}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("beyondbp: interrupted", file=sys.stderr)
             return 130
@@ -158,6 +216,7 @@ def main(argv=None) -> int:
         return 0
     try:
         names = _compare.resolve_methods(args.methods)
+        _check_writable_dir(args.out, "--out")
         steps = args.steps if args.steps is not None or args.epochs is not None else 600
         result = _compare.compare(
             names, dataset=args.dataset, data_dir=args.data_dir, steps=steps, epochs=args.epochs,
@@ -166,6 +225,9 @@ def main(argv=None) -> int:
             out=args.out, verify=not args.no_verify)
     except ValueError as e:  # bad option values and data set errors: one line, no traceback
         print(f"beyondbp: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write failed after training: disk full, directory removed
+        print(f"beyondbp: error: {_os_error(e)}", file=sys.stderr)
         return 2
     print()
     print(_compare.format_table(result))
