@@ -1,6 +1,6 @@
 """Reference: float32 backprop MLP 784-1024-1024-10 on full MNIST (target >= 98% test accuracy).
 
-    .venv/bin/python benchmarks/foundation_backprop_mnist.py --data-dir ../shared/data/mnist
+    .venv/bin/python benchmarks/foundation_backprop_mnist.py   # MNIST from --data-dir or $BEYONDBP_DATA
 
 Writes benchmarks/results/foundation_backprop_mnist.{json,png}.
 """
@@ -8,19 +8,18 @@ Writes benchmarks/results/foundation_backprop_mnist.{json,png}.
 from __future__ import annotations
 
 import argparse
-import pathlib
 
 import jax
 import optax
 
-from beyondbp import compare, datasets, methods, train
+from beyondbp import datasets, methods, train
 
-OUT = pathlib.Path(__file__).resolve().parent / "results"
+import _common
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=None)
+    _common.add_data_dir(p)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -34,9 +33,9 @@ def main(argv=None):
     setup = methods.Setup(params=params, apply=apply, tx=optax.sgd(sched, momentum=0.9))
     h = train.train(setup, tr, te, steps=steps, batch_size=args.batch_size, seed=args.seed,
                     eval_every=steps // args.epochs, desc="backprop 784-1024-1024-10")
+    h = {k: v for k, v in h.items() if k not in ("params", "opt_state")}
     h.update({"model": "MLP 784-1024-1024-10 ReLU", "optimizer": "SGD momentum 0.9, lr 0.05 cosine",
-              "epochs": args.epochs, "machine": compare.machine()})
-    train.write_json(h, OUT / "foundation_backprop_mnist.json")
+              "epochs": args.epochs})
 
     import matplotlib
     matplotlib.use("Agg")
@@ -47,7 +46,7 @@ def main(argv=None):
     ax.set(xlabel="epoch", ylabel="test accuracy", title="backprop MLP 784-1024-1024-10, full MNIST")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(OUT / "foundation_backprop_mnist.png", dpi=120)
+    _common.save("foundation_backprop_mnist", h, fig, argv=argv, dpi=120)
     print(f"final test accuracy {h['final_test_accuracy']:.4f}; step {h['step_time_s']*1e3:.2f} ms")
 
 

@@ -19,9 +19,6 @@ the registered rows' schedules span the whole run):
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
-import sys
 import time
 
 import jax
@@ -29,11 +26,10 @@ import jax
 from beyondbp import datasets, methods, train
 import _common  # noqa: E402  (benchmarks/_common.py, beside this script)
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 METHODS = ("backprop", "fwdgrad", "fwdgrad-orthogonal", "fwdgrad-local")
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
     _common.add_data_dir(ap)
@@ -43,7 +39,7 @@ def main():
                     help="test accuracy after every epoch (default: 10 points per run)")
     ap.add_argument("--out", default="fwdgrad_accuracy",
                     help="results name: benchmarks/results/<out>.json and .png")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if not args.out or "/" in args.out or args.out.startswith("."):
         ap.error(f"--out {args.out!r}: give a plain file name stem, e.g. fwdgrad_local_30ep")
     widths = tuple(int(w) for w in args.widths.split(","))
@@ -54,10 +50,8 @@ def main():
     eval_every = per_epoch if args.eval_every_epoch else max(1, steps // 10)
     cfg = methods.MethodConfig(key=jax.random.key(0), steps=steps, widths=widths)
     arch = "-".join(map(str, (784, *widths, 10)))
-    out = {"command": "python benchmarks/fwdgrad_accuracy.py " + " ".join(sys.argv[1:]),
-           "model": f"MLP {arch} (fwdgrad-local: + one {widths[-1]}-10 local head per hidden "
+    out = {"model": f"MLP {arch} (fwdgrad-local: + one {widths[-1]}-10 local head per hidden "
                     "layer but the last, which is the prediction head), batch 64",
-           "backend": jax.default_backend(), "device": str(jax.devices()[0]),
            "steps": steps, "steps_per_epoch": per_epoch, "results": {}}
     for name in args.methods.split(","):
         m = methods.get(name)
@@ -76,8 +70,7 @@ def main():
                                 "skipped_nonfinite_steps": h.get("skipped_nonfinite_steps")}
         print(name, h["final_test_accuracy"], round(1e3 * h["step_time_s"], 2), "ms/step",
               round(wall / args.epochs, 1), "s/epoch (incl. compile and evals)", flush=True)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=2))
+        _common.save(args.out, out, argv=argv)       # after every method: partial runs keep it
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -90,7 +83,7 @@ def main():
     ax.set_title(f"Full MNIST, {arch}, {args.epochs} epochs, same model and budget")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{args.out}.png", dpi=110)
+    _common.save(args.out, out, fig, argv=argv)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ GradScale) against a plain float32 copy. Writes
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
-import platform
+import os
 import statistics
 import time
 
@@ -28,7 +26,8 @@ import optax
 import lowbit
 from beyondbp import models
 
-OUT = pathlib.Path(__file__).resolve().parent / "results"
+import _common
+
 
 VARIANTS = {
     "float32": None,
@@ -131,13 +130,6 @@ def quantize_throughput(n: int, repeats: int) -> dict:
             for k, v in ts.items()}
 
 
-def machine() -> dict:
-    import os
-    return {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "jax": jax.__version__,
-            "device": str(jax.devices()[0]), "load_avg_at_start": os.getloadavg()}
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
@@ -147,8 +139,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.iters = 3, 2
-    result = {"command": "python benchmarks/lowbit_overhead.py " + " ".join(argv or []),
-              "machine": machine(), "batch": args.batch, "repeats": args.repeats,
+    # the machine is shared: its load when the run starts says how far to trust the timings
+    result = {"machine": {**_common.machine(), "load_avg_at_start": os.getloadavg()},
+              "batch": args.batch, "repeats": args.repeats,
               "iters_per_repeat": args.iters, "target_ratio": 1.5}
     for model in ("mlp", "cnn"):
         for mode in ("grad", "jvp"):
@@ -160,8 +153,6 @@ def main(argv=None):
     result["quantize_throughput_16M"] = quantize_throughput(1 << 24, args.repeats)
     for k, v in result["quantize_throughput_16M"].items():
         print(f"{k:45s} {v['elements_per_s'] / 1e6:8.1f} M elem/s  x{v['ratio_to_copy']:.2f} copy")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "lowbit_overhead.json").write_text(json.dumps(result, indent=1))
 
     import matplotlib
     matplotlib.use("Agg")
@@ -177,7 +168,7 @@ def main(argv=None):
         ax.set(title=k.replace("_", " "), xlabel="step time / float32 step")
     fig.suptitle(f"lowbit emulation overhead, batch {args.batch}, median of {args.repeats}")
     fig.tight_layout()
-    fig.savefig(OUT / "lowbit_overhead.png", dpi=110)
+    _common.save("lowbit_overhead", result, fig, argv=argv)
 
 
 if __name__ == "__main__":
