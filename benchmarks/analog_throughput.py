@@ -19,7 +19,6 @@ import functools
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import tempfile
 import time
@@ -35,7 +34,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import analog  # noqa: E402
 from analog import presets  # noqa: E402
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+import _common  # noqa: E402
+
 KEY = lambda i: jax.random.key(i, impl="rbg")  # noqa: E731
 
 
@@ -203,7 +203,7 @@ def side_by_side(rounds: int, batches: int, aihwkit_python: str | None, batch: i
     return out
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
@@ -211,24 +211,18 @@ def main():
     ap.add_argument("--batches", type=int, default=100, help="timed batches per round")
     ap.add_argument("--aihwkit-python", default=None,
                     help="python of a venv with aihwkit 1.1.0 (else only this package is timed)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rows = tile_sweep(args.repeats)
     sgd = side_by_side(args.rounds, args.batches, args.aihwkit_python)
     print(sgd, flush=True)
-    cmd = (f"python benchmarks/analog_throughput.py --repeats {args.repeats} --rounds "
-           f"{args.rounds} --batches {args.batches}"
-           + (" --aihwkit-python /tmp/aihwkit-venv/bin/python" if args.aihwkit_python else ""))
+    # shared with other jobs, load not controlled: the load average says how busy it was
     out = {"tile_sweep": rows, "mlp_784_500_10_analog_sgd": sgd,
-           "machine": f"{platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__} "
-                      f"{jax.devices()[0].platform}; shared with other jobs (load not controlled: "
-                      f"load average {os.getloadavg()[0]:.1f} at the end)",
-           "command": cmd, "statistic": "median over repeats / rounds"}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "analog_throughput.json").write_text(json.dumps(out, indent=1))
-    plot(out)
+           "machine": {**_common.machine(), "load_average_at_end": os.getloadavg()[0]},
+           "statistic": "median over repeats / rounds"}
+    _common.save("analog_throughput", out, plot(out), argv=argv, dpi=100)
 
 
-def plot(out: dict) -> None:
+def plot(out: dict):
     rows, sgd = out["tile_sweep"], out["mlp_784_500_10_analog_sgd"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
     tiles = [r["tiles"] for r in rows]
@@ -251,7 +245,7 @@ def plot(out: dict) -> None:
         bx.set_title(f"constant step: {ratio:.1f}x aihwkit 1.1.0 (same session)", fontsize=9)
     bx.grid(alpha=0.3, axis="x")
     plt.tight_layout()
-    plt.savefig(RESULTS / "analog_throughput.png", dpi=100)
+    return fig
 
 
 if __name__ == "__main__":
