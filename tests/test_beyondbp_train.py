@@ -7,6 +7,7 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -79,7 +80,16 @@ def test_estimator_transform_gets_loss_fn_and_no_gradients(data):
     # traced once per run (the memory analysis and the step share the trace),
     # independent of the number of steps
     assert traces_short == 1 and len(counter) == 2
-    assert h["final_test_accuracy"] > h5["final_test_accuracy"] - 0.05
+    # and the estimator's updates are applied: 40 steps of SGD(0.1) learn, 5 barely do.
+    # Measured over init seeds 0-2: 40 steps 74-77% test accuracy against 25-43% after 5
+    # (chance 10%), and the training loss falls from ln(10) ~ 2.3 to ~0.9. The margins
+    # (>= 60%, >= 20 points over the short run, loss below 60% of its start) leave room for
+    # summation-order differences between CPUs but fail a loop that drops or misapplies updates.
+    assert h["final_test_accuracy"] >= 0.6, h["final_test_accuracy"]
+    assert h["final_test_accuracy"] >= h5["final_test_accuracy"] + 0.2, (
+        h["final_test_accuracy"], h5["final_test_accuracy"])
+    first, last = np.mean(h["train_loss"][:5]), np.mean(h["train_loss"][-5:])
+    assert last < 0.6 * first, (first, last)
 
 
 def test_batch_extra_arg_is_the_current_batch(data):
