@@ -65,7 +65,9 @@ def test_reverse_mode_matches_explicit_reference(two_phase, gradient_scaling):
     y, vjp = jax.vjp(qdot(cfg), a, w)
     da, dw = vjp(g)
     A, W = ref_quant_operands(a, w, cfg)
-    np.testing.assert_allclose(y, A @ W, rtol=1e-6, atol=1e-6)
+    # one float32 order against float64, plus the output's rescaling (1 ulp): Higham's bound in
+    # ulps of sum |terms| (an element near zero by cancellation has no relative accuracy)
+    assert_close_ulps(y, A @ W, ulps=dot_ulps(A.shape[1]) + 2, magnitude=np.abs(A) @ np.abs(W))
     Ge = ref_quant_grad(g, cfg, "even")
     Go = ref_quant_grad(g, cfg, "odd" if two_phase else "even")
     # The quantized operands' products are exact in float32 (4-bit values times powers of two),
@@ -87,9 +89,12 @@ def test_forward_mode_is_the_straight_through_derivative():
     ta, tw = a * 0.1 + 0.05, jnp.flip(w, 0)
     y, t = jax.jvp(qdot(cfg), (a, w), (ta, tw))
     A, W = ref_quant_operands(a, w, cfg)
-    np.testing.assert_allclose(y, A @ W, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(t, np.asarray(ta, np.float64) @ W + A @ np.asarray(tw, np.float64),
-                               rtol=1e-5, atol=1e-6)
+    assert_close_ulps(y, A @ W, ulps=dot_ulps(A.shape[1]) + 2, magnitude=np.abs(A) @ np.abs(W))
+    TA, TW = np.asarray(ta, np.float64), np.asarray(tw, np.float64)
+    # two float32 products of k terms and their sum: Higham's bound over both, in ulps of the
+    # summed magnitudes (the tangent's own products are not exact: ta is not on a 4-bit grid)
+    assert_close_ulps(t, TA @ W + A @ TW, ulps=dot_ulps(A.shape[1]) + 4,
+                      magnitude=np.abs(TA) @ np.abs(W) + np.abs(A) @ np.abs(TW))
 
 
 def test_two_layer_network_gradient_matches_manual_backprop():
@@ -120,8 +125,11 @@ def test_two_layer_network_gradient_matches_manual_backprop():
     dh = f32(ref_quant_grad(d2, cfg, "even")) @ W2.T
     d1 = jnp.where(y1 > 0, dh, 0.0)
     dW1 = A1.T @ f32(ref_quant_grad(d1, cfg, "odd"))
-    np.testing.assert_allclose(g2, dW2, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(g1, dW1, rtol=1e-5, atol=1e-7)
+    # both sides float32, summed in possibly different orders over the batch (6 rows): Higham's
+    # bound in ulps of sum |terms|, not atol=1e-7 (below one ulp of these sums' terms)
+    for got, want, A_, d_ in ((g2, dW2, A2, d2), (g1, dW1, A1, d1)):
+        mag = np.abs(np.asarray(A_, np.float64)).T @ np.abs(ref_quant_grad(d_, cfg, "odd"))
+        assert_close_ulps(got, want, ulps=dot_ulps(A_.shape[0]) + 2, magnitude=mag)
 
 
 def test_pact_clip_gets_pact_gradient():
@@ -133,7 +141,7 @@ def test_pact_clip_gets_pact_gradient():
     da, dw, dalpha = vjp(g)
     A = np.asarray(lowbit.quantize(jnp.clip(a, 0, alpha), UINT4, scale=alpha / 15), np.float64)
     _, W = ref_quant_operands(a, w, cfg)
-    np.testing.assert_allclose(y, A @ W, rtol=1e-5, atol=1e-6)
+    assert_close_ulps(y, A @ W, ulps=dot_ulps(A.shape[1]) + 2, magnitude=np.abs(A) @ np.abs(W))
     dA = ref_quant_grad(g, cfg, "even") @ W.T  # gradient w.r.t. the clipped activations
     an, al = np.asarray(a), float(alpha)
     mask_in = (an > 0) & (an < al)
@@ -230,14 +238,20 @@ def test_conv_float32_equals_lax_and_quantized_matches_reference():
     dx, dw = vjp(g)
     A = jnp.asarray(ref_quant_operands(x, w, cfg)[0], jnp.float32)
     W = jnp.asarray(ref_quant_operands(x, w, cfg)[1], jnp.float32)
-    np.testing.assert_allclose(y, ref(A, W), rtol=1e-5, atol=1e-5)
+    # float32 convolutions in possibly different orders (XLA picks the algorithm): Higham's bound
+    # over each contraction, in ulps of the same convolution of absolute values (the sum of
+    # |terms|); the contractions run over 3x3x3 taps forward, 3x3x4 for dx, 2x9x9 for dw
+    ab = jnp.abs
+    assert_close_ulps(y, ref(A, W), ulps=dot_ulps(27), magnitude=ref(ab(A), ab(W)))
     _, ref_vjp_e = jax.vjp(ref, A, W)
+    _, ref_vjp_abs = jax.vjp(ref, ab(A), ab(W))
     Ge = jnp.asarray(ref_quant_grad(g, cfg, "even"), jnp.float32)
     Go = jnp.asarray(ref_quant_grad(g, cfg, "odd"), jnp.float32)
-    np.testing.assert_allclose(dx, ref_vjp_e(Ge)[0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(dw, ref_vjp_e(Go)[1], rtol=1e-5, atol=1e-6)
+    assert_close_ulps(dx, ref_vjp_e(Ge)[0], ulps=dot_ulps(36), magnitude=ref_vjp_abs(ab(Ge))[0])
+    assert_close_ulps(dw, ref_vjp_e(Go)[1], ulps=dot_ulps(162), magnitude=ref_vjp_abs(ab(Go))[1])
     t = jax.jvp(conv(cfg), (x, w), (x * 0.1, w))[1]
-    np.testing.assert_allclose(t, ref(x * 0.1, W) + ref(A, w), rtol=1e-4, atol=1e-5)
+    assert_close_ulps(t, ref(x * 0.1, W) + ref(A, w), ulps=dot_ulps(27) + 2,
+                      magnitude=ref(ab(x * 0.1), ab(W)) + ref(ab(A), ab(w)))
 
 
 def test_nnx_layers_grad_and_jvp_and_dtype():
