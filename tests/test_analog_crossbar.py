@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import analog
+from _tolerance import assert_close_ulps, dot_ulps
 
 
 def rkey(seed):
@@ -27,12 +28,20 @@ def test_ideal_mvm_equals_matmul(shape, tile):
     t = analog.init_tiles(rkey(1), w, presets.IDEAL, tile)
     x = jax.random.normal(rkey(2), (4, 3, shape[0]), jnp.float32)
     d = jax.random.normal(rkey(3), (6, shape[1]), jnp.float32)
-    np.testing.assert_allclose(analog.read_weights(t), w, atol=1e-6)
+    # a weight becomes a conductance pair on a scale set by max|w| and back: a few roundings,
+    # each half an ulp of max|w| (measured: at most 0.9 ulp)
+    assert_close_ulps(analog.read_weights(t), w, ulps=4)
     y = analog.mvm(t, x, IDEAL_IO)
     assert y.shape == (4, 3, shape[1]) and y.dtype == jnp.float32
-    np.testing.assert_allclose(y, x @ w, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(analog.mvm_transpose(t, d, IDEAL_IO), d @ w.T, rtol=1e-5,
-                               atol=1e-5)
+    # against float64: Higham's reordered-sum bound over the contraction, in ulps of sum |x w|
+    # plus sum|x| max|w| (the conductances' rounding enters every product at max|w|'s scale).
+    # atol=1e-5 was 3 ulps of sum |x w| for (128, 64): a vector-width change away from failing.
+    x64, w64, d64 = (np.asarray(v, np.float64) for v in (x, w, d))
+    wmax = np.abs(w64).max()
+    assert_close_ulps(y, x64 @ w64, ulps=dot_ulps(shape[0]),
+                      magnitude=np.abs(x64) @ np.abs(w64) + np.abs(x64).sum(-1, keepdims=True) * wmax)
+    assert_close_ulps(analog.mvm_transpose(t, d, IDEAL_IO), d64 @ w64.T, ulps=dot_ulps(shape[1]),
+                      magnitude=np.abs(d64) @ np.abs(w64.T) + np.abs(d64).sum(-1, keepdims=True) * wmax)
 
 
 def test_read_weights_within_one_step_for_every_preset():
