@@ -161,16 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    import signal
-
+    # One SIGINT/SIGTERM policy, train.train's: a stop request honoured between steps, with a
+    # checkpoint; before the first step there is nothing to save and the default action stands.
     import jax
 
     from beyondbp import checkpoint, datasets, methods, train
 
-    def to_interrupt(signum, frame):  # SIGTERM saves a checkpoint like Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, to_interrupt)
     method = methods.get(args.method)
     _check_writable_dir(args.out, "--out")
     if args.checkpoint_dir is not None:

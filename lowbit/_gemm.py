@@ -41,6 +41,7 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero, linear_call
 
+from bbcore import register_linear_call_batching
 from lowbit._blocks import ScaledFormat, quantize_blocks_split
 from lowbit._formats import FLOAT32, Format
 from lowbit._rounding import ROUNDINGS, quantize
@@ -304,3 +305,7 @@ def role_bilinear(lhs, rhs, op, config, out_dtype, *, conv: bool, activation_cli
     spec = _Spec(config.forward, config.input_gradient, config.weight_gradient, config.seed,
                  config.accumulation, axes)
     return _role_bilinear(lhs, rhs, op, spec, out_dtype)
+
+# linear_call has no batching rule in JAX; this module uses it on its own, so it registers the
+# shared rule itself instead of relying on lowbit._dot having been imported first (idempotent).
+register_linear_call_batching()

@@ -92,7 +92,7 @@ ROWS: list[Bad] = [
         datasets.Dataset("e", "train", np.zeros((0, 28, 28), np.uint8), np.zeros((0,), np.uint8)), 4)),
         ValueError, ("empty",)),
     Bad("datasets.load corrupt gzip", lambda: _load_test(_data_dir_with(b"\x1f\x8b garbage")),
-        ValueError, ("t10k-images-idx3-ubyte.gz", "truncated or corrupt", "download it again")),
+        ValueError, ("t10k-images-idx3-ubyte.gz", "truncated or corrupt", "replace it with a good copy")),
     Bad("datasets.load wrong magic", lambda: _load_test(_data_dir_with(
         __import__("gzip").compress(bytes([0, 0, 8, 1]) + bytes(8)))), ValueError,
         ("wrong magic number 0x00000801", "expected 0x00000803")),
