@@ -23,14 +23,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"beyondbp: error: {message}\n")
 
 
-def _positive_int(s: str) -> int:
+def _int_at_least(s: str, low: int, what: str) -> int:
     try:
         v = int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be a positive integer")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"{v}: {what}")
     return v
+
+
+def _positive_int(s: str) -> int:
+    return _int_at_least(s, 1, "must be a positive integer")
 
 
 def _widths(s: str) -> tuple[int, ...]:
@@ -44,13 +48,7 @@ def _widths(s: str) -> tuple[int, ...]:
 
 
 def _seed(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v}: a seed is a non-negative integer")
-    return v
+    return _int_at_least(s, 0, "a seed is a non-negative integer")
 
 
 def _seeds(s: str) -> list[int]:
