@@ -167,6 +167,9 @@ def _block_estimate(block, p, h, key, K, tangent, mask_tangents, separate_sites)
     u = [jax.vmap(lambda k, j=j, s=s: _tangents.sample_leaf(
         jax.random.fold_in(jax.random.fold_in(key, j), k), s.shape, s.dtype, tangent))(
             jnp.arange(K, dtype=jnp.uint32)) for j, s in enumerate(sites)]
+    # tied to this block's input (an exact no-op for finite h), so that XLA draws them here
+    # rather than hoisting every block's draws to the start, all alive at once
+    u = [_after(uj, h) for uj in u]
     if separate_sites and S > 1:
         # batch entry (j, k) perturbs site j alone: each site gets its own K derivatives
         batched = [jnp.zeros((S, *uj.shape), uj.dtype).at[j].set(uj).reshape(S * K, *uj.shape[1:])
@@ -180,6 +183,18 @@ def _block_estimate(block, p, h, key, K, tangent, mask_tangents, separate_sites)
     grads = _param_grads(block, p, h, estimates)
     grads = jax.tree.map(lambda g, x: g.astype(jnp.result_type(x)), grads, p)
     return jnp.mean(losses), grads, out
+
+
+def _after(h: jax.Array, grads: Any) -> jax.Array:
+    """``h``, made to depend on ``grads``: the next block starts after this one's estimates.
+
+    Left alone, XLA's CPU scheduler runs the chain of block forwards first and
+    every block's estimate afterwards, keeping every block's activations alive:
+    memory would grow with depth like backprop's. ``0 * sum`` keeps the data
+    dependence (XLA may not fold ``x * 0``: NaN/inf) for one read of the grads.
+    """
+    total = sum(jnp.sum(g, dtype=jnp.float32) for g in jax.tree.leaves(grads))
+    return h + (total * jnp.zeros((), jnp.float32)).astype(h.dtype)
 
 
 def local_fwd_grad(blocks: Sequence[Block], *, num_tangents: int = 1, tangent: str = "rademacher",
@@ -240,6 +255,7 @@ def local_fwd_grad(blocks: Sequence[Block], *, num_tangents: int = 1, tangent: s
         for i, (block, p) in enumerate(zip(blocks, params)):
             loss, g, h = _block_estimate(block, p, lax.stop_gradient(h), jax.random.fold_in(key, i),
                                          K, tangent, mask_tangents, separate_sites)
+            h = _after(h, g)
             losses.append(loss)
             grads.append(g)
         return jnp.stack(losses), type(params)(grads), h
