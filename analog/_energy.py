@@ -196,6 +196,38 @@ def _periphery_joules(per: dict, digital: DigitalEnergyModel, upd: DigitalCounts
     return out
 
 
+def _check_report_args(ledger, model, digital, network, batch, update):
+    """:func:`energy_report`'s argument checks; returns ``(network, batch)`` normalised."""
+    if not isinstance(ledger, EnergyLedger):
+        raise TypeError(f"energy_report: ledger must be an analog.EnergyLedger, got "
+                        f"{type(ledger).__name__}")
+    if not isinstance(model, EnergyModel):
+        raise TypeError(f"energy_report: model={model!r}; pass an analog.EnergyModel")
+    if not isinstance(digital, DigitalEnergyModel):
+        raise TypeError(f"energy_report: digital={digital!r}; pass an analog.DigitalEnergyModel")
+    if (network is None) != (batch is None):
+        raise ValueError("energy_report: pass network= and batch= together (the layer sizes "
+                         "and the examples per step the ledger counted), or neither")
+    if update not in ("dense", "rank1", None):
+        raise ValueError(f"energy_report: update={update!r}; use 'dense', 'rank1' or None")
+    if network is not None:
+        network, batch = check_network("energy_report", network, batch)
+    return network, batch
+
+
+def _digital_baseline(network, batch, baseline: str, digital: DigitalEnergyModel) -> dict:
+    """:func:`energy_report`'s digital side: the ``baseline`` step with its data movement."""
+    if baseline not in ("backprop", "inference"):
+        raise ValueError(f"energy_report: baseline={baseline!r}; use 'backprop' or "
+                         "'inference' (for the relaxation done digitally use "
+                         "analog.digital_counts(..., algorithm='eqprop', sweeps=...))")
+    counts = digital_counts(network, batch, algorithm=baseline, model=digital)
+    dig = digital_joules(counts, digital)
+    dig.update(baseline=baseline, counts=counts._asdict(), dtype=digital.dtype,
+               technology=digital.ops.name, buffer_bytes=digital.buffer_bytes)
+    return dig
+
+
 def energy_report(ledger: EnergyLedger, model: EnergyModel = DEFAULT_ENERGY_MODEL, *,
                   network: Sequence[int] | None = None, batch: int | None = None,
                   digital: DigitalEnergyModel = DEFAULT_DIGITAL_MODEL,
@@ -225,20 +257,7 @@ def energy_report(ledger: EnergyLedger, model: EnergyModel = DEFAULT_ENERGY_MODE
       With ``network``: ``digital``, the baseline's ``compute``, ``sram``, ``dram``, ``total``
       and its ``counts``; ``ratio_with_data_movement`` = digital total / analog total.
     """
-    if not isinstance(ledger, EnergyLedger):
-        raise TypeError(f"energy_report: ledger must be an analog.EnergyLedger, got "
-                        f"{type(ledger).__name__}")
-    if not isinstance(model, EnergyModel):
-        raise TypeError(f"energy_report: model={model!r}; pass an analog.EnergyModel")
-    if not isinstance(digital, DigitalEnergyModel):
-        raise TypeError(f"energy_report: digital={digital!r}; pass an analog.DigitalEnergyModel")
-    if (network is None) != (batch is None):
-        raise ValueError("energy_report: pass network= and batch= together (the layer sizes "
-                         "and the examples per step the ledger counted), or neither")
-    if update not in ("dense", "rank1", None):
-        raise ValueError(f"energy_report: update={update!r}; use 'dense', 'rank1' or None")
-    if network is not None:
-        network, batch = check_network("energy_report", network, batch)
+    network, batch = _check_report_args(ledger, model, digital, network, batch, update)
     c = {k: float(v) for k, v in ledger._asdict().items()}
     steps = max(c["steps"], 1.0)
     per = {k: v / steps for k, v in c.items() if k != "steps"}
@@ -265,14 +284,7 @@ def energy_report(ledger: EnergyLedger, model: EnergyModel = DEFAULT_ENERGY_MODE
         "model": dataclasses.asdict(model),
     }
     if network is not None:
-        if baseline not in ("backprop", "inference"):
-            raise ValueError(f"energy_report: baseline={baseline!r}; use 'backprop' or "
-                             "'inference' (for the relaxation done digitally use "
-                             "analog.digital_counts(..., algorithm='eqprop', sweeps=...))")
-        counts = digital_counts(network, batch, algorithm=baseline, model=digital)
-        dig = digital_joules(counts, digital)
-        dig.update(baseline=baseline, counts=counts._asdict(), dtype=digital.dtype,
-                   technology=digital.ops.name, buffer_bytes=digital.buffer_bytes)
+        dig = _digital_baseline(network, batch, baseline, digital)
         out["digital"] = dig
         out["ratio_with_data_movement"] = (dig["total"] / breakdown["total"]
                                            if breakdown["total"] > 0 else float("inf"))
