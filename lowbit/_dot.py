@@ -343,6 +343,16 @@ def _out_dtype(lhs, rhs, preferred_element_type):
     return lhs.dtype if lhs.dtype == rhs.dtype else jnp.result_type(lhs, rhs)
 
 
+def _product(lhs, rhs, op, config: QuantConfig, preferred_element_type, activation_clip):
+    """``op`` (a GEMM or a convolution) through per-role configs or the paper's recipe."""
+    out_dtype = _out_dtype(lhs, rhs, preferred_element_type)
+    if config.forward is not None:
+        return role_bilinear(lhs, rhs, op, config, out_dtype, conv=isinstance(op, _ConvOp),
+                             activation_clip=activation_clip)
+    lhs, a_scale, w_scale = _operand_scales(lhs, rhs, config, activation_clip)
+    return _qbilinear(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
+
+
 def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
                 preferred_element_type=None, *, config: QuantConfig,
                 activation_clip: jax.Array | None = None) -> jax.Array:
@@ -370,12 +380,7 @@ def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=Non
     """
     lhs, rhs = _check(lhs, rhs, config)
     op = _DotOp(_freeze(dimension_numbers), precision)
-    out_dtype = _out_dtype(lhs, rhs, preferred_element_type)
-    if config.forward is not None:
-        return role_bilinear(lhs, rhs, op, config, out_dtype, conv=isinstance(op, _ConvOp),
-                             activation_clip=activation_clip)
-    lhs, a_scale, w_scale = _operand_scales(lhs, rhs, config, activation_clip)
-    return _qbilinear(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
+    return _product(lhs, rhs, op, config, preferred_element_type, activation_clip)
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
@@ -393,12 +398,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
     op = _ConvOp(_freeze(window_strides), padding if isinstance(padding, str) else _freeze(padding),
                  _freeze(lhs_dilation), _freeze(rhs_dilation), _freeze(dimension_numbers),
                  feature_group_count, batch_group_count, precision)
-    out_dtype = _out_dtype(lhs, rhs, preferred_element_type)
-    if config.forward is not None:
-        return role_bilinear(lhs, rhs, op, config, out_dtype, conv=isinstance(op, _ConvOp),
-                             activation_clip=activation_clip)
-    lhs, a_scale, w_scale = _operand_scales(lhs, rhs, config, activation_clip)
-    return _qbilinear(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
+    return _product(lhs, rhs, op, config, preferred_element_type, activation_clip)
 
 
 # linear_call has no vmap rule in JAX; bbcore.jax_compat registers one (it reaches into
