@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Sequence
 
 __all__ = ["RESULTS", "command", "machine", "save", "add_data_dir", "data_dir_default",
-           "positive_int", "int_list", "median_time"]
+           "positive_int", "int_list", "median_time", "out_name", "add_step_timing"]
 
 #: Where every benchmark writes its JSON and PNG files.
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -88,6 +88,17 @@ def save(name: str, result: dict, fig: Any = None, *, argv: Sequence[str] | None
     return path
 
 
+def out_name(path: str | os.PathLike) -> str:
+    """The :func:`save` name for a script's ``--out PATH``: the path without its suffix,
+    relative to :data:`RESULTS` (climbing out with ``..`` when the path lies elsewhere).
+
+    So ``--out benchmarks/results/x`` and ``--out /tmp/x.json`` keep working once a script
+    saves through :func:`save`.
+    """
+    p = pathlib.Path(path).expanduser().resolve()
+    return os.path.relpath(p.with_suffix("") if p.suffix else p, RESULTS)
+
+
 def data_dir_default() -> str | None:
     """``$BEYONDBP_DATA`` (or its ``mnist/`` folder when it has one), else None."""
     env = os.environ.get("BEYONDBP_DATA")
@@ -102,6 +113,15 @@ def add_data_dir(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data-dir", default=None,
                     help="directory of the MNIST IDX files (default: $BEYONDBP_DATA, then the "
                          "user cache, as beyondbp.datasets.load looks them up)")
+
+
+def add_step_timing(ap: argparse.ArgumentParser, *, repeats: int = 7, iters: int = 5,
+                    batch: int = 256) -> None:
+    """``--repeats`` (interleaved rounds), ``--iters`` (steps per round) and ``--batch``: the
+    options of the scripts that time training steps side by side."""
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--iters", type=int, default=iters)
+    ap.add_argument("--batch", type=int, default=batch)
 
 
 def positive_int(text: str) -> int:

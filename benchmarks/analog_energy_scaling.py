@@ -35,9 +35,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import pathlib
-import platform
 import time
 
 import jax
@@ -47,7 +44,7 @@ import optax
 
 import analog
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+import _common
 WIDTHS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 DEPTHS = (1, 2, 4, 8)
 BATCHES = (1, 64)
@@ -169,7 +166,7 @@ def crossings(rows, tech, depth, batch, threshold=1e4):
     return out
 
 
-def plot(rows, path):
+def plot(rows):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -201,44 +198,49 @@ def plot(rows, path):
     fig.suptitle("EqProp on TaOx crossbars vs a digital accelerator (45 nm fp32, 16 MiB buffer, "
                  "data movement counted)", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=120)
+    return fig
 
 
-def main():
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real-widths", default="64,128,256",
                     help="widths run for real (depths 1 and 2, batch 1 and 64)")
     ap.add_argument("--real-depths", default="1,2")
     ap.add_argument("--steps", type=int, default=2, help="real training steps per config")
-    ap.add_argument("--out", default=str(RESULTS / "analog_energy_scaling"))
-    args = ap.parse_args()
-    real_w = [int(w) for w in args.real_widths.split(",") if w]
-    real_d = [int(d) for d in args.real_depths.split(",") if d]
-    t0 = time.perf_counter()
+    ap.add_argument("--out", default=str(_common.RESULTS / "analog_energy_scaling"))
+    return ap.parse_args(argv)
 
+
+def measure_real(real_w, real_d, steps: int) -> dict:
+    """Real runs checked against the closed form: ``{(width, depth, batch): pulse rate}``."""
     measured = {}
     for depth in real_d:
         for batch in BATCHES:
             for width in real_w:
                 t = time.perf_counter()
-                ledger, rate = real_ledger(width, depth, batch, args.steps)
-                check_against_formula(ledger, width, depth, batch, args.steps)
+                ledger, rate = real_ledger(width, depth, batch, steps)
+                check_against_formula(ledger, width, depth, batch, steps)
                 measured[(width, depth, batch)] = rate
                 print(f"real run width {width} depth {depth} batch {batch}: ledger = closed "
                       f"form; {rate:.4f} pulses/weight/step ({time.perf_counter() - t:.1f} s)",
                       flush=True)
+    return measured
 
-    def pulse_rate(width, depth, batch):
-        if (width, depth, batch) in measured:
-            return measured[(width, depth, batch)], "measured"
-        cands = [k for k in measured if k[2] == batch]
-        same_depth = [k for k in cands if k[1] == depth]
-        pool = same_depth or [k for k in cands if k[1] == max(c[1] for c in cands)]
-        key = max(pool, key=lambda k: (k[0], k[1]))
-        return measured[key], f"from real run width {key[0]} depth {key[1]}"
 
-    # inference counts: the closed form against the library's own relaxation_counts
+def pulse_rate(measured: dict, width, depth, batch):
+    """The measured rate of this config, else that of the largest real run like it, and whence."""
+    if (width, depth, batch) in measured:
+        return measured[(width, depth, batch)], "measured"
+    cands = [k for k in measured if k[2] == batch]
+    same_depth = [k for k in cands if k[1] == depth]
+    pool = same_depth or [k for k in cands if k[1] == max(c[1] for c in cands)]
+    key = max(pool, key=lambda k: (k[0], k[1]))
+    return measured[key], f"from real run width {key[0]} depth {key[1]}"
+
+
+def check_inference_counts():
+    """Inference counts: the closed form against the library's own relaxation_counts."""
     for width in WIDTHS[:3]:
         sizes = (width,) * 3
         a = analog.crossbar_counts(sizes, 64, free_steps=FREE, tile_shape=TILE)
@@ -246,28 +248,46 @@ def main():
         for f in ("cell_reads", "dac", "adc", "digital_flops"):
             assert float(getattr(a, f)) == float(getattr(b, f)), (width, f)
 
+
+def sweep(measured: dict) -> list:
+    """One row per (depth, batch, width), each technology's comparisons in it."""
     rows = []
     for depth in DEPTHS:
         for batch in BATCHES:
             for width in WIDTHS:
-                rate, src = pulse_rate(width, depth, batch)
+                rate, src = pulse_rate(measured, width, depth, batch)
                 rows.append({"width": width, "depth": depth, "batch": batch,
                              "pulses_per_weight_per_step": rate, "pulse_rate_source": src,
                              "results": {t: one_config(width, depth, batch, rate, m)
                                          for t, m in TECHNOLOGIES.items()}})
+    return rows
+
+
+def describe_models() -> dict:
+    return {"analog_model": dataclasses.asdict(analog.DEFAULT_ENERGY_MODEL),
+            "digital_models": {t: {"ops": m.ops.name, "source": m.ops.source, "dtype": m.dtype,
+                                   "buffer_bytes": m.buffer_bytes,
+                                   "sram_array_bytes": m.sram_array_bytes,
+                                   "pe": [m.pe_rows, m.pe_cols],
+                                   "e_sram_word": m.e_sram_word, "e_dram_word": m.e_dram_word}
+                               for t, m in TECHNOLOGIES.items()}}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    real_w = [int(w) for w in args.real_widths.split(",") if w]
+    real_d = [int(d) for d in args.real_depths.split(",") if d]
+    t0 = time.perf_counter()
+    measured = measure_real(real_w, real_d, args.steps)
+    check_inference_counts()
+    rows = sweep(measured)
     summary = {t: {f"depth {d} batch {b}": crossings(rows, t, d, b) for d in DEPTHS
                    for b in BATCHES} for t in TECHNOLOGIES}
     out = {
         "what": "digital / analog energy per step, square layers, data movement counted",
         "recipe": {"free_steps": FREE, "nudged_steps": NUDGED, "beta": BETA, "lr": LR,
                    "tile_shape": TILE, "device": "TAOX_RERAM", "io": "TAOX_IO, read_noise 0"},
-        "analog_model": dataclasses.asdict(analog.DEFAULT_ENERGY_MODEL),
-        "digital_models": {t: {"ops": m.ops.name, "source": m.ops.source, "dtype": m.dtype,
-                               "buffer_bytes": m.buffer_bytes,
-                               "sram_array_bytes": m.sram_array_bytes,
-                               "pe": [m.pe_rows, m.pe_cols],
-                               "e_sram_word": m.e_sram_word, "e_dram_word": m.e_dram_word}
-                           for t, m in TECHNOLOGIES.items()},
+        **describe_models(),
         "real_runs": {f"width {w} depth {d} batch {b}": r for (w, d, b), r in measured.items()},
         "real_run_check": (f"ledger == closed form (analog.crossbar_counts) for steps, cell "
                            f"reads, DAC, ADC and digital FLOPs (pulses are measured, not "
@@ -275,19 +295,12 @@ def main():
                            f"depths {real_d}, batches {list(BATCHES)}, {args.steps} steps each"),
         "first_width_reaching_1e4": summary,
         "rows": rows,
-        "command": "python benchmarks/analog_energy_scaling.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__}",
         "seconds": time.perf_counter() - t0,
     }
-    path = pathlib.Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(out, indent=1))
-    plot(rows, path.with_suffix(".png"))
+    path = _common.save(_common.out_name(args.out), out, plot(rows), argv=argv, dpi=120)
     for t in TECHNOLOGIES:
         print(t, json.dumps(summary[t]))
-    print(f"wrote {path.with_suffix('.json')} and .png in {out['seconds']:.0f} s")
-
+    print(f"wrote {path.resolve()} and .png in {out['seconds']:.0f} s")
 
 if __name__ == "__main__":
     main()
