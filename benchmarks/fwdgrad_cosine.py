@@ -15,10 +15,6 @@ Writes benchmarks/results/fwdgrad_cosine.json and .png.
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
-import platform
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +23,7 @@ import optax
 
 import fwdgrad
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+import _common
 HIDDEN = (16, 64, 256)
 KS = (1, 4, 16, 64)
 
@@ -47,16 +43,14 @@ def model(h):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(RESULTS / "fwdgrad_cosine"),
+    ap.add_argument("--out", default=str(_common.RESULTS / "fwdgrad_cosine"),
                     help="output path without extension (.json and .png are written)")
     ap.add_argument("--hidden", default=",".join(map(str, HIDDEN)),
                     help="hidden widths to measure, e.g. 256")
     args = ap.parse_args()
-    dest = pathlib.Path(args.out)
+    name = _common.out_name(args.out)
     hidden = tuple(int(h) for h in args.hidden.split(","))
-    out = {"command": "python benchmarks/fwdgrad_cosine.py " + " ".join(sys.argv[1:]),
-           "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}, "
-                      f"matmul precision {jax.config.jax_default_matmul_precision or 'default'}",
+    out = {"matmul_precision": jax.config.jax_default_matmul_precision or "default",
            "results": []}
     for h in hidden:
         params, loss = model(h)
@@ -77,8 +71,7 @@ def main():
                                            "cosine_std": float(cos.std()), "theory": float(theory)})
                     print(out["results"][-1], flush=True)
         # Written after every model size, so a run stopped part-way keeps what it measured.
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.with_suffix(".json").write_text(json.dumps(out, indent=2))
+        _common.save(name, out)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -99,7 +92,7 @@ def main():
     axes[0].set_ylabel("cosine(estimate, exact gradient)")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(dest.with_suffix(".png"), dpi=110)
+    _common.save(name, out, fig)
 
 
 if __name__ == "__main__":
