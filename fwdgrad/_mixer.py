@@ -148,7 +148,7 @@ def _body(config: MixerConfig, i: int, p: Any, h: jax.Array, site) -> jax.Array:
     z = norm(_group_linear(p["group"], norm(a, G), G), G)
     if i == 0:
         return site(z, _relu)
-    return site(z, lambda t: _relu(t + h))  # residual into the block's last ReLU
+    return site(z + h, _relu)  # the residual joins before the last ReLU (a site marks the sum)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
