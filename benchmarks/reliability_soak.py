@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import time
 
 import jax
@@ -25,7 +24,9 @@ import numpy as np
 
 from beyondbp import compare, datasets, methods, train
 
-OUT = pathlib.Path(__file__).resolve().parent / "results"
+import _common
+
+NAME = "reliability_soak"
 _COMPILES = [0]
 
 
@@ -78,23 +79,22 @@ def main(argv=None):
                    help="only print the Markdown table of reliability_soak.json (BENCHMARKS.md)")
     args = p.parse_args(argv)
     if args.table:
-        print(table(json.loads((OUT / "reliability_soak.json").read_text())["results"]))
+        print(table(json.loads((_common.RESULTS / f"{NAME}.json").read_text())["results"]))
         return
     jax.monitoring.register_event_duration_secs_listener(_on_event)
     tr = datasets.load("mnist_small", "train")
-    path = OUT / "reliability_soak.json"
+    path = _common.RESULTS / f"{NAME}.json"
     results = {}
     if args.merge and path.is_file():
         results = json.loads(path.read_text())["results"]
-    OUT.mkdir(parents=True, exist_ok=True)
     for name in compare.resolve_methods(args.methods):
         r = soak(name, args.steps, args.every, tr)
         results[name] = r
         print(f"{name:24s} {r['wall_s']:7.1f} s  rss {r['rss_mb'][0]:.0f} -> {r['rss_mb'][-1]:.0f} MB"
               f"  growth after warm-up {r['rss_growth_after_warmup_mb']:+.1f} MB  compiles after "
               f"step 1: {r['compiles_after_first_record']}  finite: {all(r['finite'])}", flush=True)
-        train.write_json({"results": results, "machine": compare.machine()}, path)
-        plot(results)
+        fig = plot(results)
+        _common.save(NAME, {"results": results}, fig, argv=argv, dpi=120)
 
 
 def table(results) -> str:
@@ -120,8 +120,9 @@ def plot(results):
            title="soak: methods run one after another in one process")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(OUT / "reliability_soak.png", dpi=120)
-    plt.close(fig)
+    plt.close(fig)  # not kept by pyplot; the caller saves it
+    return fig
+
 
 if __name__ == "__main__":
     main()
