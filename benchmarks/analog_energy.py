@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import pathlib
-import platform
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +25,6 @@ import analog
 from beyondbp.methods import analog_rows as M
 from beyondbp import datasets
 import _common  # noqa: E402  (benchmarks/_common.py, beside this script)
-
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
 def main():
@@ -96,12 +90,9 @@ def main():
         "ratio_digital_backprop_over_analog": backprop_flops * model.e_digital_flop
         / rep["analog_j_per_step"],
         "with_data_movement": with_movement,
-        "command": f"python benchmarks/analog_energy.py --steps {args.steps}",
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__}",
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "analog_energy.json").write_text(json.dumps(out, indent=1))
-    print(json.dumps(out, indent=1))
+    path = _common.save("analog_energy", out)
+    print(path.read_text())
 
 
 if __name__ == "__main__":
