@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import pathlib
-import sys
 import time
 
 import jax
@@ -43,10 +41,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import analog  # noqa: E402
-from beyondbp import compare, datasets, methods, train  # noqa: E402
+from beyondbp import datasets, methods, train  # noqa: E402
 from beyondbp.methods import analog_rows  # noqa: E402
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+import _common  # noqa: E402
 TAOX = analog.presets.TAOX_RERAM
 
 SWEEPS = {
@@ -79,7 +77,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--dataset", default="mnist_small")
-    ap.add_argument("--data-dir", default=None)
+    _common.add_data_dir(ap)
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     ap.add_argument("--beta", type=float, default=analog_rows.BETA,
                     help=f"nudge strength (default {analog_rows.BETA}, the ideal row's; the "
@@ -94,12 +92,12 @@ def main(argv=None):
                          "for sweeps split over processes with --only")
     args = ap.parse_args(argv)
     if args.merge:
-        parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.merge.split(",")]
+        parts = [json.loads((_common.RESULTS / f"{n}.json").read_text())
+                 for n in args.merge.split(",")]
         merged = dict(parts[0], results={}, command=[p["command"] for p in parts])
         for p in parts:
             merged["results"].update(p["results"])
-        train.write_json(merged, RESULTS / f"{args.out}.json")
-        plot(merged, args.out)
+        _common.save(args.out, merged, plot(merged), argv=argv, dpi=120)
         return
     seeds = [int(x) for x in args.seeds.split(",")]
     tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
@@ -130,17 +128,12 @@ def main(argv=None):
                        test_accuracy_max=float(accs.max()))
             rows.append(row)
         results[title] = {"factor": factor, "runs": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    cmd = "python benchmarks/analog_nonideality.py " + " ".join(
-        argv if argv is not None else sys.argv[1:])
-    out = {"config": vars(args), "command": cmd, "baseline_device": repr(TAOX),
-           "baseline_io": repr(analog.presets.TAOX_IO), "results": results,
-           "machine": compare.machine()}
-    train.write_json(out, RESULTS / f"{args.out}.json")
-    plot(out, args.out)
+    out = {"config": vars(args), "baseline_device": repr(TAOX),
+           "baseline_io": repr(analog.presets.TAOX_IO), "results": results}
+    _common.save(args.out, out, plot(out), argv=argv, dpi=120)
 
 
-def plot(out: dict, name: str) -> None:
+def plot(out: dict):
     results, cfg = out["results"], out["config"]
     seeds = [int(x) for x in str(cfg.get("seeds", cfg.get("seed", 0))).split(",")]
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.2), squeeze=False)
@@ -163,8 +156,8 @@ def plot(out: dict, name: str) -> None:
                  f"{cfg['dataset']} (others at TAOX_RERAM); seeds {seeds}",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}.png", dpi=120)
-    plt.close(fig)
+    plt.close(fig)  # not kept by pyplot; the caller saves it
+    return fig
 
 
 if __name__ == "__main__":
