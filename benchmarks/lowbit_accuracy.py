@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import pathlib
-import platform
 import time
 
 import jax
@@ -28,7 +25,7 @@ import lowbit
 from beyondbp import datasets, methods, train
 from beyondbp.methods import lowbit_rows as ml
 
-OUT = pathlib.Path(__file__).resolve().parent / "results"
+import _common
 
 RECIPE = ml.RECIPE
 VARIANTS = {
@@ -61,24 +58,25 @@ def run(model: str, name: str, tr, te, epochs: int, batch: int, seed: int) -> di
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=None)
+    _common.add_data_dir(p)
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--out", default=str(OUT / "lowbit_accuracy.json"))
+    p.add_argument("--out", default=str(_common.RESULTS / "lowbit_accuracy.json"),
+                   help="result path (.json; .png beside it); an existing file is updated")
     args = p.parse_args(argv)
     tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
     te = datasets.load(args.dataset, "test", data_dir=args.data_dir)
-    out = pathlib.Path(args.out)
+    save_as = _common.out_name(args.out)
+    out = _common.RESULTS / f"{save_as}.json"
     result = json.loads(out.read_text()) if out.exists() else {}
-    result.update({"command": "python benchmarks/lowbit_accuracy.py " + " ".join(argv or []),
+    # this run's command and machine replace those of the file it updates
+    result.update({"command": _common.command(argv), "machine": _common.machine(),
                    "dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
-                   "seed": args.seed, "optimizer": "SGD momentum 0.9, lr 0.05 cosine",
-                   "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                               "jax": jax.__version__}})
+                   "seed": args.seed, "optimizer": "SGD momentum 0.9, lr 0.05 cosine"})
     for model in args.models.split(","):
         result.setdefault(model, {})
         for name in args.variants.split(","):
@@ -86,12 +84,11 @@ def main(argv=None):
             result[model][name] = r
             print(f"{model} {name:32s} acc {r['final_test_accuracy']:.4f}  "
                   f"step {r['step_time_s'] * 1e3:.1f} ms  wall {r['wall_s']:.0f} s", flush=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=1))
-    plot(result, out.with_suffix(".png"))
+            _common.save(save_as, result)
+    _common.save(save_as, result, plot(result))
 
 
-def plot(result: dict, path: pathlib.Path):
+def plot(result: dict):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -115,7 +112,7 @@ def plot(result: dict, path: pathlib.Path):
         ax.set(title=f"{m.upper()} on {result.get('dataset')}, {result.get('epochs')} epochs",
                xlabel="test accuracy (%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
 
 
 if __name__ == "__main__":
