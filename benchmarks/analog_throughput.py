@@ -187,19 +187,15 @@ def side_by_side(rounds: int, batches: int, aihwkit_python: str | None, batch: i
            "rounds": rounds, "samples_per_s_median": med, "samples_per_s_rounds": rates,
            "aihwkit_run": aih_meta}
     if "aihwkit_constant_step" in med:
-        out["ratio_constant_step_vs_aihwkit_default"] = \
-            med["ours_constant_step"] / med["aihwkit_constant_step"]
-        out["ratio_constant_step_vs_aihwkit_fixed_bl31"] = \
-            med["ours_constant_step"] / med["aihwkit_constant_step_fixed_bl31"]
-        out["ratio_constant_step_vs_aihwkit_perfect_io"] = \
-            med["ours_constant_step"] / med["aihwkit_constant_step_perfect_io"]
-        out["ratio_constant_step_vs_aihwkit_perfect_io_fixed_bl31"] = \
-            med["ours_constant_step"] / med["aihwkit_constant_step_perfect_io_fixed_bl31"]
-        # like for like: both shorten the trains per sample (update BL management)
-        out["ratio_constant_step_bl_managed_vs_aihwkit_default"] = \
-            med["ours_constant_step_bl_managed"] / med["aihwkit_constant_step"]
-        out["ratio_constant_step_bl_managed_vs_aihwkit_perfect_io"] = \
-            med["ours_constant_step_bl_managed"] / med["aihwkit_constant_step_perfect_io"]
+        # (ours, aihwkit's setting): the bl_managed pairs are like for like, both shortening
+        # the trains per sample (update BL management)
+        pairs = (("", "default"), ("", "fixed_bl31"), ("", "perfect_io"),
+                 ("", "perfect_io_fixed_bl31"), ("_bl_managed", "default"),
+                 ("_bl_managed", "perfect_io"))
+        for ours_, theirs in pairs:
+            aih = "aihwkit_constant_step" + ("" if theirs == "default" else f"_{theirs}")
+            out[f"ratio_constant_step{ours_}_vs_aihwkit_{theirs}"] = \
+                med[f"ours_constant_step{ours_}"] / med[aih]
     return out
 
 

@@ -132,9 +132,7 @@ def quantize_throughput(n: int, repeats: int) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--batch", type=int, default=256)
+    _common.add_step_timing(p)
     p.add_argument("--quick", action="store_true", help="3 repeats, 2 iters (smoke run)")
     args = p.parse_args(argv)
     if args.quick:

@@ -21,8 +21,6 @@ import argparse
 import functools
 import json
 import os
-import pathlib
-import platform
 import statistics
 import time
 
@@ -32,7 +30,7 @@ from jax import lax
 
 import lowbit
 
-OUT = pathlib.Path(__file__).resolve().parent / "results"
+import _common
 DN = (((1,), (0,)), ((), ()))
 
 
@@ -104,18 +102,17 @@ def plot(result: dict):
     ax.set(xlabel="training step time / float32 step",
            title=f"MLP 784-1024-1024-10, batch {result['batch']}, median of {result['repeats']}")
     fig.tight_layout()
-    fig.savefig(OUT / "lowbit_vs_aqt.png", dpi=110)
+    return fig
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--batch", type=int, default=256)
+    _common.add_step_timing(p)
     p.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON")
     args = p.parse_args(argv)
     if args.plot_only:
-        plot(json.loads((OUT / "lowbit_vs_aqt.json").read_text()))
+        fig = plot(json.loads((_common.RESULTS / "lowbit_vs_aqt.json").read_text()))
+        fig.savefig(_common.RESULTS / "lowbit_vs_aqt.png", dpi=110)
         return
     import aqt
     kx, ky, kp = jax.random.split(jax.random.key(0), 3)
@@ -146,10 +143,8 @@ def main(argv=None):
             times[name].append((time.perf_counter() - t0) / args.iters)
             r[1] = prm
     base = times["float32 (lax.dot_general)"]
-    result = {"command": "PYTHONPATH=. /tmp/aqtvenv/bin/python benchmarks/lowbit_vs_aqt.py "
-                         + " ".join(argv or []),
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                          "jax": jax.__version__, "aqt": getattr(aqt, "__version__", "aqtp 0.9.0"),
+    result = {"command": "PYTHONPATH=. /tmp/aqtvenv/bin/" + _common.command(argv),
+              "machine": {**_common.machine(), "aqt": getattr(aqt, "__version__", "aqtp 0.9.0"),
                           "load_avg_at_end": os.getloadavg()},
               "batch": args.batch, "repeats": args.repeats, "iters_per_repeat": args.iters,
               "issue_reference_ratios": {"AQT INT4 fwd+bwd": 2.35, "AQT with SR": 3.08,
@@ -162,9 +157,7 @@ def main(argv=None):
                                     "all_step_ms": [1e3 * t for t in ts]}
         print(f"{name:55s} {1e3 * statistics.median(ts):8.2f} ms  x{ratio:.2f}  jvp: {jvp_ok[name]}",
               flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "lowbit_vs_aqt.json").write_text(json.dumps(result, indent=1))
-    plot(result)
+    _common.save("lowbit_vs_aqt", result, plot(result), argv=argv)
 
 
 if __name__ == "__main__":
