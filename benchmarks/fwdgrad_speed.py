@@ -18,10 +18,6 @@ Writes benchmarks/results/fwdgrad_speed.json and .png (or PATH.json / PATH.png).
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
-import platform
-import sys
 import time
 
 import jax
@@ -31,7 +27,7 @@ import optax
 
 import fwdgrad
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+import _common
 WIDTHS = (784, 1024, 1024, 10)
 
 
@@ -120,15 +116,12 @@ def main():
     ap.add_argument("--batches", default="64,256,1024")
     ap.add_argument("--vmap-baseline-max-batch", type=int, default=1 << 30,
                     help="time the plain vmap-of-jvp baselines only up to this batch size")
-    ap.add_argument("--out", default=str(RESULTS / "fwdgrad_speed"),
+    ap.add_argument("--out", default=str(_common.RESULTS / "fwdgrad_speed"),
                     help="output path without extension (.json and .png are written)")
     args = ap.parse_args()
-    dest = pathlib.Path(args.out)
+    name = _common.out_name(args.out)
     batches = (64,) if args.quick else tuple(int(b) for b in args.batches.split(","))
     out = {"model": "MLP 784-1024-1024-10, float32, ReLU, softmax CE, SGD step",
-           "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, "
-                      f"{jax.device_count()} device(s), jax {jax.__version__}",
-           "command": "python benchmarks/fwdgrad_speed.py " + " ".join(sys.argv[1:]),
            "results": {}}
     for b in batches:
         rounds, iters = (7, 5) if b <= 256 else (5, 2)
@@ -136,8 +129,7 @@ def main():
         print(b, {n: round(r["ratio_to_backprop"], 2) for n, r in out["results"][str(b)].items()},
               flush=True)
         # Written after every batch size, so a run stopped part-way keeps what it measured.
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.with_suffix(".json").write_text(json.dumps(out, indent=2))
+        _common.save(name, out)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -155,7 +147,7 @@ def main():
     ax.set_title("Forward gradient vs backprop, MLP 784-1024-1024-10 (median of rounds)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(dest.with_suffix(".png"), dpi=110)
+    _common.save(name, out, fig)
 
 
 if __name__ == "__main__":
