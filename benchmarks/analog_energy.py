@@ -41,7 +41,7 @@ def main():
     tx = optax.chain(
         analog.equilibrium_propagation(beta=M.BETA, free_steps=M.TAOX_FREE_STEPS,
                                        nudged_steps=M.TAOX_NUDGED_STEPS, io=io, tol=None),
-        M._per_layer_sgd(2), analog.program(analog.presets.TAOX_RERAM, seed=1))
+        M.per_layer_sgd(2), analog.program(analog.presets.TAOX_RERAM, seed=1))
     state = tx.init(params)
 
     @jax.jit

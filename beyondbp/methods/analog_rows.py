@@ -83,7 +83,7 @@ def energy_of(opt_state, steps: int) -> dict:
     return rep
 
 
-def _per_layer_sgd(num_layers: int, rates=LAYER_LR,
+def per_layer_sgd(num_layers: int, rates=LAYER_LR,
                    decay_steps: int | None = None) -> optax.GradientTransformation:
     """Per-layer SGD; with ``decay_steps`` each rate follows a cosine to 10% of itself."""
     labels = [{"kernel": f"l{i}", "bias": f"l{i}"} for i in range(num_layers)]
@@ -113,7 +113,7 @@ def build_eqprop(cfg: MethodConfig, *, device=analog.presets.IDEAL, io=None, tol
         analog.equilibrium_propagation(beta=beta, free_steps=free_steps,
                                        nudged_steps=nudged_steps, seed=seed, io=io, tol=tol,
                                        normalize=normalize, linear_output=linear_output),
-        _per_layer_sgd(len(params), rates, decay_steps=lr_decay_steps),
+        per_layer_sgd(len(params), rates, decay_steps=lr_decay_steps),
         # IDEAL's step is 1e-6 of the range: nearest rounding loses nothing measurable and
         # needs no random numbers (the dominant cost of a step on CPU).
         # An ideal device should not bound the weights either: w_max 1 (well above what the
