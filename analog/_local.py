@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -287,7 +288,6 @@ def _raise_if_not_converged(residual: jax.Array, tol: float | None, phase: str,
             raise NonConvergenceError(msg)
         if not _WARNED[0]:
             _WARNED[0] = True
-            import warnings
             warnings.warn(msg + " (Warned once per process; the residual is in the returned "
                           "info and the transform state counts such steps; "
                           "on_nonconvergence='raise' stops instead.)", NonConvergenceWarning,

@@ -154,7 +154,7 @@ def compare(method_names: Sequence[str], *, dataset: str = "mnist_small", data_d
         r["temp_rel"] = (r["temp_bytes"] / ref["temp_bytes"]
                          if r["temp_bytes"] and ref["temp_bytes"] else None)
     result = {"rows": rows, "skipped": skipped,
-              "runs": [{k: v for k, v in r.items()} for r in runs],
+              "runs": runs,
               "histories": {r["method"]: r["history"] for r in runs if r["seed"] == seed_list[0]},
               "config": {"methods": names, "dataset": dataset, "steps": total,
                          "batch_size": batch_size, "seed": seed_list[0], "seeds": seed_list,

@@ -154,13 +154,14 @@ def _sha256(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
-def _read(path: pathlib.Path) -> bytes:
-    """The decompressed bytes of an IDX file (gzip by content, not by suffix)."""
+def _read(path: pathlib.Path, size: int = -1) -> bytes:
+    """The decompressed bytes of an IDX file (gzip by content, not by suffix); the first
+    ``size`` of them when ``size`` >= 0."""
     try:
         with open(path, "rb") as f:
             gz = f.read(2) == b"\x1f\x8b"
         with (gzip.open if gz else open)(path, "rb") as f:
-            return f.read()
+            return f.read(size)
     except (OSError, EOFError) as e:  # gzip raises these on truncated/corrupt streams
         raise DatasetError(f"{path}: cannot be read ({e}); the file is truncated or corrupt: "
                            "replace it with a good copy") from None
@@ -190,13 +191,7 @@ def _parse_idx(path: pathlib.Path, data: bytes, magics: dict[int, int]) -> np.nd
 
 def _image_header(path: pathlib.Path) -> tuple[int, ...]:
     """The per-image shape from an IDX image header, reading only the first bytes."""
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    try:
-        with (gzip.open if gz else open)(path, "rb") as f:
-            head = f.read(20)
-    except (OSError, EOFError) as e:
-        raise DatasetError(f"{path}: cannot be read ({e}); the file is truncated or corrupt") from None
+    head = _read(path, 20)
     magic = int.from_bytes(head[:4], "big") if len(head) >= 4 else -1
     if magic not in _IMAGE_MAGIC or len(head) < 4 + 4 * _IMAGE_MAGIC[magic]:
         raise DatasetError(f"{path}: not an IDX image file (magic 0x{max(magic, 0):08x})")
@@ -339,9 +334,10 @@ def _check_idx_splits(split, images, labels, img_path, lab_path, data_dir) -> in
             raise DatasetError(f"{lab_path}: label {int(labels.max())} is outside the training "
                                f"split's classes 0..{num_classes - 1}")
     other = _find("idx", FILES["test" if split == "train" else "train"][0], data_dir, False)
-    if _image_header(other) != images.shape[1:]:
+    other_shape = _image_header(other)
+    if other_shape != images.shape[1:]:
         raise DatasetError(f"idx: images in {img_path} are {images.shape[1:]} but in {other} "
-                           f"{_image_header(other)}; both splits must have one image shape")
+                           f"{other_shape}; both splits must have one image shape")
     return num_classes
 
 
