@@ -260,6 +260,13 @@ _WARNED = [False]
 _MODES = ("warn", "raise")
 
 
+def check_flags(**flags: Any) -> None:
+    """Refuse a non-bool switch (``normalize="no"`` would otherwise be truthy and silently on)."""
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}={value!r}: pass True or False")
+
+
 def check_nonconvergence_mode(mode: Any) -> str:
     if mode not in _MODES:
         raise ValueError(f"on_nonconvergence={mode!r}: use 'warn' (default: report the residual "
@@ -342,6 +349,7 @@ def predict(params, x: jax.Array, *, steps: int = 20, io: IOConfig | None = None
     io = IOConfig() if io is None else io
     require_io_key(io, key, "predict")
     xf = _flatten_x(x, ws[0].shape[0])
+    check_flags(linear_output=linear_output)
     out, res = _predict(params, xf, key, steps, io, tile_shape, bool(linear_output))
     _raise_if_not_converged(res, tol, "free-phase", "steps", steps)
     return (out, res) if return_residual else out
@@ -403,6 +411,7 @@ def activity_difference(params, x: jax.Array, y: jax.Array, *, beta: float | jax
     """
     check_beta(beta, centered)
     check_nonconvergence_mode(on_nonconvergence)
+    check_flags(normalize=normalize, linear_output=linear_output)
     ws, _ = _check_params(params)
     free_steps = _check_steps("free_steps", free_steps)
     nudged_steps = _check_steps("nudged_steps", nudged_steps)

@@ -25,7 +25,7 @@ from analog._tiles import Tiles, check_tile_shape, init_tiles, read_weights, wei
 from analog._devices import Device
 from analog._energy import EnergyLedger
 from analog._local import (_check_params, _check_steps, activity_difference, check_beta,
-                           check_nonconvergence_mode,
+                           check_flags, check_nonconvergence_mode,
                            relaxation_counts)
 
 __all__ = ["program", "ProgramState", "equilibrium_propagation", "EquilibriumPropagationState",
@@ -241,8 +241,7 @@ class EquilibriumPropagationState(NamedTuple):
 
 def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_steps: int = 4,
                             seed: int = 0, centered: bool = True, io: IOConfig | None = None,
-                            tile_shape=(64, 64),
-                            tol: float | None = 5e-2, normalize: bool = False,
+                            tile_shape=(64, 64), tol: float | None = 5e-2, normalize: bool = False,
                             linear_output: bool = False, on_nonconvergence: str = "warn"
                             ) -> optax.GradientTransformationExtraArgs:
     """Estimator transform: the activity-difference update of an energy network from ``batch``.
@@ -267,8 +266,9 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
 
     Non-finite policy: with ``tol`` set and ``on_nonconvergence="raise"``, a relaxation that
     goes NaN/inf is a non-convergence and raises :class:`NonConvergenceError` (a NaN residual
-    never passes ``<= tol``). Otherwise an update holding NaN or inf is refused: zeros are returned, the count, key,
-    residual and ledger stay as they were and ``state.nonfinite`` is incremented.
+    never passes ``<= tol``). Otherwise an update holding NaN or inf is refused: zeros are
+    returned, the count, key, residual and ledger stay as they were and ``state.nonfinite`` is
+    incremented.
     """
     check_beta(beta, centered)
     free_steps = _check_steps("free_steps", free_steps)
@@ -278,12 +278,12 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
         raise TypeError(f"equilibrium_propagation: io={io!r}; pass an analog.IOConfig or None")
     bbcore.check_seed(seed, "equilibrium_propagation")
     check_nonconvergence_mode(on_nonconvergence)
+    check_flags(normalize=normalize, linear_output=linear_output)
     sweeps = free_steps + (2 if centered else 1) * nudged_steps
 
     def init_fn(params):
         _check_params(params)
-        return EquilibriumPropagationState(jnp.zeros((), jnp.int32),
-                                           bbcore.key(seed),
+        return EquilibriumPropagationState(jnp.zeros((), jnp.int32), bbcore.key(seed),
                                            jnp.zeros((), _F32), EnergyLedger.zeros(),
                                            jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 

@@ -94,3 +94,12 @@ def test_normalize_is_the_update_divided_by_input_power():
             np.testing.assert_allclose(np.asarray(nlms[k][leaf]) * powers[k],
                                        np.asarray(raw[k][leaf]), rtol=1e-5,
                                        atol=1e-6 * float(np.abs(raw[k][leaf]).max()))
+
+
+@pytest.mark.parametrize("kw", [{"normalize": "no"}, {"linear_output": 1}])
+def test_switches_must_be_bool_at_construction(kw):
+    with pytest.raises(TypeError, match="pass True or False"):
+        analog.equilibrium_propagation(beta=0.5, free_steps=5, nudged_steps=2, **kw)
+    params, x, y = _dead_output_net()
+    with pytest.raises(TypeError, match="pass True or False"):
+        analog.activity_difference(params, x, y, beta=0.5, free_steps=5, nudged_steps=2, **kw)
