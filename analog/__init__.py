@@ -13,39 +13,108 @@ Public API (see ../shared/DESIGN.md): device models (``ConstantStep``, ``LinearS
 """
 
 from analog import _presets as presets
+from analog._devices import (
+    ConstantStep,
+    Device,
+    DeviceVariation,
+    ExpStep,
+    LinearStep,
+    PowStep,
+    SoftBounds,
+)
+from analog._distributed import shard_chips, shard_tiles, sharded_mvm, sharded_mvm_transpose
+from analog._energy import (
+    DEFAULT_ENERGY_MODEL,
+    EnergyLedger,
+    EnergyModel,
+    crossbar_counts,
+    energy_report,
+    periphery_update_counts,
+)
+from analog._energy_digital import (
+    DEFAULT_DIGITAL_MODEL,
+    HOROWITZ_45NM,
+    JOUPPI_7NM,
+    DigitalCounts,
+    DigitalEnergyModel,
+    OpEnergies,
+    digital_counts,
+    digital_joules,
+)
+from analog._local import (
+    NonConvergenceError,
+    NonConvergenceWarning,
+    RelaxInfo,
+    activity_difference,
+    init_energy_network,
+    predict,
+    read_input,
+    relax,
+    relaxation_counts,
+)
 from analog._mvm import mvm, mvm_transpose
 from analog._periphery import IOConfig
 from analog._programming import apply_pulses, program_weights
 from analog._tiles import Tiles, init_tiles, read_weights, weight_step
+from analog._transforms import (
+    EquilibriumPropagationState,
+    ProgramState,
+    equilibrium_propagation,
+    matrix_shape,
+    program,
+)
 from analog._update import UpdateConfig, pulse_update
-from analog._distributed import shard_chips, shard_tiles, sharded_mvm, sharded_mvm_transpose
-from analog._devices import (ConstantStep, Device, DeviceVariation, ExpStep, LinearStep, PowStep,
-                             SoftBounds)
-from analog._energy import (DEFAULT_ENERGY_MODEL, EnergyLedger, EnergyModel, crossbar_counts,
-                            energy_report, periphery_update_counts)
-from analog._energy_digital import (DEFAULT_DIGITAL_MODEL, HOROWITZ_45NM, JOUPPI_7NM,
-                                    DigitalCounts, DigitalEnergyModel, OpEnergies,
-                                    digital_counts, digital_joules)
-from analog._local import (NonConvergenceError, NonConvergenceWarning, RelaxInfo,
-                           activity_difference,
-                           init_energy_network, predict, read_input, relax,
-                           relaxation_counts)
-from analog._transforms import (EquilibriumPropagationState, ProgramState,
-                                equilibrium_propagation, matrix_shape, program)
 
 __all__ = [
     "presets",
-    "Device", "DeviceVariation", "ConstantStep", "LinearStep", "SoftBounds", "ExpStep", "PowStep",
-    "IOConfig", "Tiles", "init_tiles", "read_weights", "mvm", "mvm_transpose", "pulse_update",
+    "Device",
+    "DeviceVariation",
+    "ConstantStep",
+    "LinearStep",
+    "SoftBounds",
+    "ExpStep",
+    "PowStep",
+    "IOConfig",
+    "Tiles",
+    "init_tiles",
+    "read_weights",
+    "mvm",
+    "mvm_transpose",
+    "pulse_update",
     "UpdateConfig",
-    "apply_pulses", "program_weights", "weight_step",
-    "init_energy_network", "predict", "relax", "read_input", "activity_difference", "RelaxInfo",
-    "NonConvergenceError", "NonConvergenceWarning", "relaxation_counts",
-    "equilibrium_propagation", "EquilibriumPropagationState", "program", "ProgramState",
+    "apply_pulses",
+    "program_weights",
+    "weight_step",
+    "init_energy_network",
+    "predict",
+    "relax",
+    "read_input",
+    "activity_difference",
+    "RelaxInfo",
+    "NonConvergenceError",
+    "NonConvergenceWarning",
+    "relaxation_counts",
+    "equilibrium_propagation",
+    "EquilibriumPropagationState",
+    "program",
+    "ProgramState",
     "matrix_shape",
-    "EnergyLedger", "EnergyModel", "energy_report", "DEFAULT_ENERGY_MODEL",
-    "crossbar_counts", "periphery_update_counts", "OpEnergies", "HOROWITZ_45NM", "JOUPPI_7NM",
-    "DigitalEnergyModel", "DEFAULT_DIGITAL_MODEL", "DigitalCounts", "digital_counts",
+    "EnergyLedger",
+    "EnergyModel",
+    "energy_report",
+    "DEFAULT_ENERGY_MODEL",
+    "crossbar_counts",
+    "periphery_update_counts",
+    "OpEnergies",
+    "HOROWITZ_45NM",
+    "JOUPPI_7NM",
+    "DigitalEnergyModel",
+    "DEFAULT_DIGITAL_MODEL",
+    "DigitalCounts",
+    "digital_counts",
     "digital_joules",
-    "shard_tiles", "sharded_mvm", "sharded_mvm_transpose", "shard_chips",
+    "shard_tiles",
+    "sharded_mvm",
+    "sharded_mvm_transpose",
+    "shard_chips",
 ]

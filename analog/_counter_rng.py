@@ -65,4 +65,4 @@ def _normal_ih4(bits: jax.Array) -> jax.Array:
     probability 5e-4). One word per value, no transcendental function.
     """
     s = (bits & 255) + ((bits >> 8) & 255) + ((bits >> 16) & 255) + (bits >> 24)
-    return (s.astype(_F32) - 510.0) * _F32(1.0 / math.sqrt(4 * (256 ** 2 - 1) / 12))
+    return (s.astype(_F32) - 510.0) * _F32(1.0 / math.sqrt(4 * (256**2 - 1) / 12))

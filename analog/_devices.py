@@ -38,8 +38,15 @@ import jax.numpy as jnp
 
 import bbcore
 
-__all__ = ["DeviceVariation", "Device", "ConstantStep", "LinearStep", "SoftBounds", "ExpStep",
-           "PowStep"]
+__all__ = [
+    "DeviceVariation",
+    "Device",
+    "ConstantStep",
+    "LinearStep",
+    "SoftBounds",
+    "ExpStep",
+    "PowStep",
+]
 
 _F32 = jnp.float32
 
@@ -62,8 +69,12 @@ class DeviceVariation(NamedTuple):
 
 
 def _check_nonneg(name: str, value: float, cls: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-            or value < 0:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise ValueError(f"{cls}: {name}={value!r} must be a finite number >= 0")
 
 
@@ -95,16 +106,30 @@ class Device:
 
     def __post_init__(self):
         cls = type(self).__name__
-        for name in ("dw_min", "up_down", "g_min", "g_max", "dw_min_dtod", "up_down_dtod",
-                     "bounds_dtod", "dw_min_std", "stuck_on", "stuck_off"):
+        for name in (
+            "dw_min",
+            "up_down",
+            "g_min",
+            "g_max",
+            "dw_min_dtod",
+            "up_down_dtod",
+            "bounds_dtod",
+            "dw_min_std",
+            "stuck_on",
+            "stuck_off",
+        ):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
                 raise TypeError(f"{cls}: {name}={v!r} must be a finite Python number")
         if not self.g_max > self.g_min:
-            raise ValueError(f"{cls}: need g_max > g_min, got g_min={self.g_min}, g_max={self.g_max}")
+            raise ValueError(
+                f"{cls}: need g_max > g_min, got g_min={self.g_min}, g_max={self.g_max}"
+            )
         if not 0 < self.dw_min < (self.g_max - self.g_min):
-            raise ValueError(f"{cls}: dw_min={self.dw_min!r} must be in (0, g_max - g_min = "
-                             f"{self.g_max - self.g_min})")
+            raise ValueError(
+                f"{cls}: dw_min={self.dw_min!r} must be in (0, g_max - g_min = "
+                f"{self.g_max - self.g_min})"
+            )
         if not -1 < self.up_down < 1:
             raise ValueError(f"{cls}: up_down={self.up_down!r} must be in (-1, 1)")
         for name in ("dw_min_dtod", "up_down_dtod", "bounds_dtod", "dw_min_std"):
@@ -130,9 +155,13 @@ class Device:
     def nominal_variation(self, shape: tuple[int, ...]) -> DeviceVariation:
         """Every device at the nominal parameters (no device-to-device variation, none stuck)."""
         return DeviceVariation(
-            dw_scale=jnp.ones(shape, _F32), up_down=jnp.full(shape, self.up_down, _F32),
-            g_min=jnp.full(shape, self.g_min, _F32), g_max=jnp.full(shape, self.g_max, _F32),
-            stuck_on=jnp.zeros(shape, bool), stuck_off=jnp.zeros(shape, bool))
+            dw_scale=jnp.ones(shape, _F32),
+            up_down=jnp.full(shape, self.up_down, _F32),
+            g_min=jnp.full(shape, self.g_min, _F32),
+            g_max=jnp.full(shape, self.g_max, _F32),
+            stuck_on=jnp.zeros(shape, bool),
+            stuck_off=jnp.zeros(shape, bool),
+        )
 
     def sample_variation(self, key: jax.Array, shape: tuple[int, ...]) -> DeviceVariation:
         """Draw the per-device parameters once (aihwkit's ``*_dtod`` semantics, Gaussian).
@@ -140,8 +169,13 @@ class Device:
         The step scale is truncated at 0 (a device cannot step backwards), the range scale at
         0.1 of nominal, and the asymmetry to (-0.99, 0.99).
         """
-        if not (self.dw_min_dtod or self.up_down_dtod or self.bounds_dtod or self.stuck_on
-                or self.stuck_off):
+        if not (
+            self.dw_min_dtod
+            or self.up_down_dtod
+            or self.bounds_dtod
+            or self.stuck_on
+            or self.stuck_off
+        ):
             return self.nominal_variation(shape)  # nothing to draw (and nothing to compile)
         # Two draws in all: random-number kernels dominate compile time on CPU.
         kz, ku = jax.random.split(key)
@@ -162,8 +196,14 @@ class Device:
         g = jnp.clip(g, var.g_min, var.g_max)
         return jnp.where(var.stuck_on, var.g_max, jnp.where(var.stuck_off, var.g_min, g))
 
-    def step(self, g: jax.Array, n_pulses: jax.Array, key: jax.Array | None = None, *,
-             variation: DeviceVariation | None = None) -> jax.Array:
+    def step(
+        self,
+        g: jax.Array,
+        n_pulses: jax.Array,
+        key: jax.Array | None = None,
+        *,
+        variation: DeviceVariation | None = None,
+    ) -> jax.Array:
         """Conductance after ``n_pulses`` programming pulses (signed; elementwise).
 
         Args:
@@ -177,8 +217,11 @@ class Device:
           float32 conductances of ``g``'s shape, inside the bounds.
         """
         if self.dw_min_std > 0:
-            bbcore.require_key(key, f"{type(self).__name__}.step",
-                               f"dw_min_std={self.dw_min_std} > 0 draws cycle-to-cycle noise")
+            bbcore.require_key(
+                key,
+                f"{type(self).__name__}.step",
+                f"dw_min_std={self.dw_min_std} > 0 draws cycle-to-cycle noise",
+            )
         return _step(self, jnp.asarray(g), jnp.asarray(n_pulses), key, variation)
 
     def _step_impl(self, g, n_pulses, key, variation):
@@ -202,10 +245,16 @@ class Device:
         x = jnp.clip(x, 0.0, 1.0)
         return self.clip(var.g_min + rng * x, var)
 
-
-    def step_two(self, g: jax.Array, n_first: jax.Array, n_second: jax.Array,
-                 noise: jax.Array | None, variation: DeviceVariation, *,
-                 pot_first: bool) -> jax.Array:
+    def step_two(
+        self,
+        g: jax.Array,
+        n_first: jax.Array,
+        n_second: jax.Array,
+        noise: jax.Array | None,
+        variation: DeviceVariation,
+        *,
+        pot_first: bool,
+    ) -> jax.Array:
         """Conductance after two pulse trains in one pass: ``n_first`` then ``n_second`` pulses.
 
         The noise-free response is exactly that of the two trains applied one after the other
@@ -327,14 +376,18 @@ class LinearStep(_CurveStep):
 
     def _check_gamma(self, name: str, g: float) -> None:
         if g > 1:
-            raise ValueError(f"{type(self).__name__}: {name}={g} > 1 would make the step "
-                             "change sign inside the range (a depressing pulse raising the "
-                             "conductance); use gamma in [0, 1] (1 = SoftBounds)")
+            raise ValueError(
+                f"{type(self).__name__}: {name}={g} > 1 would make the step "
+                "change sign inside the range (a depressing pulse raising the "
+                "conductance); use gamma in [0, 1] (1 = SoftBounds)"
+            )
         a = self.dw_min * (1 + abs(self.up_down)) / self.range
         if 2 * a * g >= 1:
-            raise ValueError(f"{type(self).__name__}: {name}={g} with dw_min={self.dw_min} "
-                             "makes 2 a gamma >= 1 (one pulse overshoots its fixed point); "
-                             "use a smaller step or gamma")
+            raise ValueError(
+                f"{type(self).__name__}: {name}={g} with dw_min={self.dw_min} "
+                "makes 2 a gamma >= 1 (one pulse overshoots its fixed point); "
+                "use a smaller step or gamma"
+            )
 
     @staticmethod
     def _curve(x, n, a, gamma):
@@ -397,6 +450,6 @@ class PowStep(_CurveStep):
         else:
             e = 1.0 - gamma
             # y = 0 with gamma > 1 gives inf ** negative = 0: the bound stays the bound.
-            base = jnp.power(y, e) - e * a * (2.0 ** gamma) * n
+            base = jnp.power(y, e) - e * a * (2.0**gamma) * n
             y_n = jnp.power(jnp.maximum(base, 0.0), 1.0 / e)
         return 1.0 - y_n

@@ -30,12 +30,14 @@ so with them a sharded noisy read is an equally distributed, not identical, draw
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import bbcore
 from analog._mvm import _flat, tile_inputs, tile_keys, tile_outputs
@@ -43,7 +45,6 @@ from analog._periphery import IOConfig, require_io_key
 from analog._tiles import Tiles
 
 __all__ = ["shard_tiles", "sharded_mvm", "sharded_mvm_transpose", "shard_chips"]
-
 
 
 def _check_axis(mesh: Any, axis_name: Any, who: str) -> int:
@@ -58,14 +59,17 @@ def _check_tiles(tiles: Any, n: int, axis_name: Any, who: str) -> None:
         raise ValueError(
             f"{who}: the layer has {cols} tile columns ({tiles.shape[1]} outputs in tiles of "
             f"{tiles.tile_shape[1]}), not divisible by the {n} devices of mesh axis "
-            f"{axis_name!r}; use a layer width or tile width giving a multiple of {n} columns")
+            f"{axis_name!r}; use a layer width or tile width giving a multiple of {n} columns"
+        )
 
 
 def _tile_specs(tiles: Tiles, axis_name: Any) -> Tiles:
     """Sharding specs for a Tiles pytree: conductance-shaped leaves split on the column axis."""
+
     def spec(x):
         x = jnp.asarray(x)
         return P(None, axis_name) if x.ndim == 4 else P()
+
     return jax.tree.map(spec, tiles)
 
 
@@ -88,8 +92,15 @@ def _prepare(tiles, x, io, key, who, transpose):
     return io, xf, lead
 
 
-def sharded_mvm(tiles: Tiles, x: jax.Array, io: IOConfig | None = None,
-                key: jax.Array | None = None, *, mesh: Mesh, axis_name: Any) -> jax.Array:
+def sharded_mvm(
+    tiles: Tiles,
+    x: jax.Array,
+    io: IOConfig | None = None,
+    key: jax.Array | None = None,
+    *,
+    mesh: Mesh,
+    axis_name: Any,
+) -> jax.Array:
     """:func:`analog.mvm` (``x @ W``) with the tile columns spread over ``axis_name``.
 
     Equal to ``analog.mvm(tiles, x, io, key)`` on one device up to float32
@@ -105,9 +116,15 @@ def sharded_mvm(tiles: Tiles, x: jax.Array, io: IOConfig | None = None,
     return y.reshape(*lead, tiles.shape[1]).astype(jnp.asarray(x).dtype)
 
 
-def sharded_mvm_transpose(tiles: Tiles, d: jax.Array, io: IOConfig | None = None,
-                          key: jax.Array | None = None, *, mesh: Mesh,
-                          axis_name: Any) -> jax.Array:
+def sharded_mvm_transpose(
+    tiles: Tiles,
+    d: jax.Array,
+    io: IOConfig | None = None,
+    key: jax.Array | None = None,
+    *,
+    mesh: Mesh,
+    axis_name: Any,
+) -> jax.Array:
     """:func:`analog.mvm_transpose` (``d @ W.T``) with the tile columns spread over ``axis_name``.
 
     Each chip sums its column blocks' partial outputs; a ``psum`` adds the
@@ -132,26 +149,29 @@ def _sharded(tiles: Tiles, x, io: IOConfig, key, mesh, axis_name, transpose):
     keys_spec = P(None, axis_name)
 
     def local(gp, gm, w_scale, xs, keys):
-        wt = (gp - gm) * w_scale                                   # (R, C/n, th, tw)
-        y = tile_outputs(wt, xs, keys, io, transpose)               # (R, C/n, B, th | tw)
+        wt = (gp - gm) * w_scale  # (R, C/n, th, tw)
+        y = tile_outputs(wt, xs, keys, io, transpose)  # (R, C/n, B, th | tw)
         if transpose:
-            y = lax.psum(y.sum(axis=1), axis_name)                  # chips' partial sums
+            y = lax.psum(y.sum(axis=1), axis_name)  # chips' partial sums
             return y.transpose(1, 0, 2).reshape(b, r * th)
-        y = y.sum(axis=0)                                           # over row tiles, on chip
+        y = y.sum(axis=0)  # over row tiles, on chip
         return y.transpose(1, 0, 2).reshape(b, (c // n) * tw)
 
     out_spec = P() if transpose else P(None, axis_name)
     tile_spec = P(None, axis_name)
-    y = jax.shard_map(local, mesh=mesh, in_specs=(tile_spec, tile_spec, P(), x_spec, keys_spec),
-                      out_specs=out_spec)(tiles.g_plus, tiles.g_minus, tiles.w_scale, xs, keys)
+    y = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(tile_spec, tile_spec, P(), x_spec, keys_spec),
+        out_specs=out_spec,
+    )(tiles.g_plus, tiles.g_minus, tiles.w_scale, xs, keys)
     if transpose:
         return y[:, : tiles.shape[0]]
     # (B, C*tw) in chip order: chip j holds column blocks j*C/n .. (j+1)*C/n - 1, in order.
     return y[:, : tiles.shape[1]]
 
 
-def shard_chips(fn: Callable, *, mesh: Mesh, axis_name: Any,
-                in_axes: Any = 0) -> Callable:
+def shard_chips(fn: Callable, *, mesh: Mesh, axis_name: Any, in_axes: Any = 0) -> Callable:
     """``jax.vmap(fn, in_axes)`` over a leading chip axis, with the chips split over ``axis_name``.
 
     Use it for Monte-Carlo device variation: stack independently drawn chips
@@ -182,7 +202,8 @@ def shard_chips(fn: Callable, *, mesh: Mesh, axis_name: Any,
                     raise ValueError(
                         f"shard_chips: a chip-stacked argument has leading size {size}, not "
                         f"divisible by the {n} devices of mesh axis {axis_name!r}; use a number "
-                        f"of chips that is a multiple of {n}")
+                        f"of chips that is a multiple of {n}"
+                    )
         specs = tuple(P() if ax is None else P(axis_name) for ax in axes)
         vf = jax.vmap(fn, in_axes=tuple(axes))
         return jax.shard_map(vf, mesh=mesh, in_specs=specs, out_specs=P(axis_name))(*args)

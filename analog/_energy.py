@@ -15,18 +15,33 @@ magnitude less energy than digital hardware can be checked rather than quoted.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from analog._energy_digital import (DEFAULT_DIGITAL_MODEL, DigitalCounts, DigitalEnergyModel,
-                                    _check_positive_number, _outer_gemm, check_network,
-                                    digital_counts, digital_joules)
+from analog._energy_digital import (
+    DEFAULT_DIGITAL_MODEL,
+    DigitalCounts,
+    DigitalEnergyModel,
+    _check_positive_number,
+    _outer_gemm,
+    check_network,
+    digital_counts,
+    digital_joules,
+)
 
-__all__ = ["EnergyLedger", "EnergyModel", "energy_report", "DEFAULT_ENERGY_MODEL",
-           "crossbar_counts", "periphery_update_counts"]
+__all__ = [
+    "EnergyLedger",
+    "EnergyModel",
+    "energy_report",
+    "DEFAULT_ENERGY_MODEL",
+    "crossbar_counts",
+    "periphery_update_counts",
+]
 
 _F32 = jnp.float32
 
@@ -50,11 +65,11 @@ class EnergyLedger(NamedTuple):
     digital_flops: jax.Array
 
     @classmethod
-    def zeros(cls) -> "EnergyLedger":
+    def zeros(cls) -> EnergyLedger:
         z = jnp.zeros((), _F32)
         return cls(**{f: z for f in cls._fields})
 
-    def __add__(self, other: "EnergyLedger") -> "EnergyLedger":  # type: ignore[override]
+    def __add__(self, other: EnergyLedger) -> EnergyLedger:  # type: ignore[override]
         return EnergyLedger(**{f: a + b for f, a, b in zip(self._fields, self, other)})
 
 
@@ -94,8 +109,11 @@ DEFAULT_ENERGY_MODEL = EnergyModel()
 
 
 def _check_tiles(owner: str, tile_shape) -> tuple[int, int]:
-    ok = (isinstance(tile_shape, (tuple, list)) and len(tile_shape) == 2
-          and all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tile_shape))
+    ok = (
+        isinstance(tile_shape, (tuple, list))
+        and len(tile_shape) == 2
+        and all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tile_shape)
+    )
     if not ok:
         raise ValueError(f"{owner}: tile_shape={tile_shape!r} must be a pair of positive ints")
     return tuple(tile_shape)
@@ -108,9 +126,16 @@ def _check_sweeps(owner: str, name: str, v, *, allow_zero: bool) -> int:
     return v
 
 
-def crossbar_counts(layer_sizes: Sequence[int], batch: int, *, free_steps: int,
-                    nudged_steps: int = 0, centered: bool = True, tile_shape=(64, 64),
-                    pulses: float = 0.0) -> EnergyLedger:
+def crossbar_counts(
+    layer_sizes: Sequence[int],
+    batch: int,
+    *,
+    free_steps: int,
+    nudged_steps: int = 0,
+    centered: bool = True,
+    tile_shape=(64, 64),
+    pulses: float = 0.0,
+) -> EnergyLedger:
     """Closed-form ledger of one EqProp step (or, with ``nudged_steps=0``, one inference) on
     crossbars: what ``equilibrium_propagation`` + ``program`` record for that step.
 
@@ -132,7 +157,7 @@ def crossbar_counts(layer_sizes: Sequence[int], batch: int, *, free_steps: int,
     _check_positive_number("crossbar_counts", "pulses", pulses, allow_zero=True)
     sweeps = free_steps + (2 if centered else 1) * nudged_steps
     cells = dac = adc = flops = 0.0
-    for i, (k, n) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (k, n) in enumerate(itertools.pairwise(sizes)):
         tiles = math.ceil(k / th) * math.ceil(n / tw)
         # forward read: every tile's rows driven, its columns converted
         cells += 2.0 * b * tiles * th * tw
@@ -144,17 +169,24 @@ def crossbar_counts(layer_sizes: Sequence[int], batch: int, *, free_steps: int,
             dac += b * tiles * tw
             adc += b * tiles * th
             flops += 2.0 * b * k * n
-    update_flops = 4.0 * b * sum(k * n for k, n in zip(sizes[:-1], sizes[1:]))
+    update_flops = 4.0 * b * sum(k * n for k, n in itertools.pairwise(sizes))
     f = jnp.asarray
-    return EnergyLedger(steps=f(1.0, _F32), cell_reads=f(cells * sweeps, _F32),
-                        dac=f(dac * sweeps, _F32), adc=f(adc * sweeps, _F32),
-                        pulses=f(float(pulses), _F32),
-                        digital_flops=f(flops * sweeps + (update_flops if nudged_steps else 0.0),
-                                        _F32))
+    return EnergyLedger(
+        steps=f(1.0, _F32),
+        cell_reads=f(cells * sweeps, _F32),
+        dac=f(dac * sweeps, _F32),
+        adc=f(adc * sweeps, _F32),
+        pulses=f(float(pulses), _F32),
+        digital_flops=f(flops * sweeps + (update_flops if nudged_steps else 0.0), _F32),
+    )
 
 
-def periphery_update_counts(layer_sizes: Sequence[int], batch: int, update: str,
-                            digital: DigitalEnergyModel = DEFAULT_DIGITAL_MODEL) -> DigitalCounts:
+def periphery_update_counts(
+    layer_sizes: Sequence[int],
+    batch: int,
+    update: str,
+    digital: DigitalEnergyModel = DEFAULT_DIGITAL_MODEL,
+) -> DigitalCounts:
     """Digital work of an analog chip's periphery to turn one EqProp step into device pulses.
 
     ``"dense"`` (what :func:`analog.program` does): the update matrix is formed digitally, two
@@ -167,7 +199,7 @@ def periphery_update_counts(layer_sizes: Sequence[int], batch: int, update: str,
     buffer read each).
     """
     sizes, b = check_network("periphery_update_counts", layer_sizes, batch)
-    layers = list(zip(sizes[:-1], sizes[1:]))
+    layers = list(itertools.pairwise(sizes))
     if update == "dense":
         total = DigitalCounts()
         for k, n in layers:
@@ -187,27 +219,33 @@ def _periphery_joules(per: dict, digital: DigitalEnergyModel, upd: DigitalCounts
     ``periphery_sram_bytes`` (DAC inputs read from it, ADC outputs written to it); plus the
     update's work (``upd``, None for inference) with the buffer's reads at ``digital.dtype``."""
     e_local = digital.ops.sram_per_access(digital.periphery_sram_bytes)
-    out = {"periphery_accumulate": per["adc"] * digital.ops.add_int32,
-           "periphery_buffer": (per["adc"] + per["dac"]) * e_local * 8 / 64,
-           "periphery_update": 0.0}
+    out = {
+        "periphery_accumulate": per["adc"] * digital.ops.add_int32,
+        "periphery_buffer": (per["adc"] + per["dac"]) * e_local * 8 / 64,
+        "periphery_update": 0.0,
+    }
     if upd is not None:
         out["periphery_update"] = digital_joules(
-            upd, digital, sram_word=e_local * digital.bits / 64)["total"]
+            upd, digital, sram_word=e_local * digital.bits / 64
+        )["total"]
     return out
 
 
 def _check_report_args(ledger, model, digital, network, batch, update):
     """:func:`energy_report`'s argument checks; returns ``(network, batch)`` normalised."""
     if not isinstance(ledger, EnergyLedger):
-        raise TypeError(f"energy_report: ledger must be an analog.EnergyLedger, got "
-                        f"{type(ledger).__name__}")
+        raise TypeError(
+            f"energy_report: ledger must be an analog.EnergyLedger, got {type(ledger).__name__}"
+        )
     if not isinstance(model, EnergyModel):
         raise TypeError(f"energy_report: model={model!r}; pass an analog.EnergyModel")
     if not isinstance(digital, DigitalEnergyModel):
         raise TypeError(f"energy_report: digital={digital!r}; pass an analog.DigitalEnergyModel")
     if (network is None) != (batch is None):
-        raise ValueError("energy_report: pass network= and batch= together (the layer sizes "
-                         "and the examples per step the ledger counted), or neither")
+        raise ValueError(
+            "energy_report: pass network= and batch= together (the layer sizes "
+            "and the examples per step the ledger counted), or neither"
+        )
     if update not in ("dense", "rank1", None):
         raise ValueError(f"energy_report: update={update!r}; use 'dense', 'rank1' or None")
     if network is not None:
@@ -218,20 +256,33 @@ def _check_report_args(ledger, model, digital, network, batch, update):
 def _digital_baseline(network, batch, baseline: str, digital: DigitalEnergyModel) -> dict:
     """:func:`energy_report`'s digital side: the ``baseline`` step with its data movement."""
     if baseline not in ("backprop", "inference"):
-        raise ValueError(f"energy_report: baseline={baseline!r}; use 'backprop' or "
-                         "'inference' (for the relaxation done digitally use "
-                         "analog.digital_counts(..., algorithm='eqprop', sweeps=...))")
+        raise ValueError(
+            f"energy_report: baseline={baseline!r}; use 'backprop' or "
+            "'inference' (for the relaxation done digitally use "
+            "analog.digital_counts(..., algorithm='eqprop', sweeps=...))"
+        )
     counts = digital_counts(network, batch, algorithm=baseline, model=digital)
     dig = digital_joules(counts, digital)
-    dig.update(baseline=baseline, counts=counts._asdict(), dtype=digital.dtype,
-               technology=digital.ops.name, buffer_bytes=digital.buffer_bytes)
+    dig.update(
+        baseline=baseline,
+        counts=counts._asdict(),
+        dtype=digital.dtype,
+        technology=digital.ops.name,
+        buffer_bytes=digital.buffer_bytes,
+    )
     return dig
 
 
-def energy_report(ledger: EnergyLedger, model: EnergyModel = DEFAULT_ENERGY_MODEL, *,
-                  network: Sequence[int] | None = None, batch: int | None = None,
-                  digital: DigitalEnergyModel = DEFAULT_DIGITAL_MODEL,
-                  baseline: str = "backprop", update: str | None = "dense") -> dict:
+def energy_report(
+    ledger: EnergyLedger,
+    model: EnergyModel = DEFAULT_ENERGY_MODEL,
+    *,
+    network: Sequence[int] | None = None,
+    batch: int | None = None,
+    digital: DigitalEnergyModel = DEFAULT_DIGITAL_MODEL,
+    baseline: str = "backprop",
+    update: str | None = "dense",
+) -> dict:
     """Joules per step of the analog computation beside digital estimates of the same step.
 
     Args:
@@ -269,8 +320,11 @@ def energy_report(ledger: EnergyLedger, model: EnergyModel = DEFAULT_ENERGY_MODE
     }
     analog = sum(joules.values())
     flops_digital = per["digital_flops"] * model.e_digital_flop
-    upd = (periphery_update_counts(network, batch, update, digital)
-           if network is not None and update is not None else None)
+    upd = (
+        periphery_update_counts(network, batch, update, digital)
+        if network is not None and update is not None
+        else None
+    )
     breakdown = dict(joules, **_periphery_joules(per, digital, upd))
     breakdown["total"] = sum(breakdown.values())
     out = {
@@ -286,6 +340,7 @@ def energy_report(ledger: EnergyLedger, model: EnergyModel = DEFAULT_ENERGY_MODE
     if network is not None:
         dig = _digital_baseline(network, batch, baseline, digital)
         out["digital"] = dig
-        out["ratio_with_data_movement"] = (dig["total"] / breakdown["total"]
-                                           if breakdown["total"] > 0 else float("inf"))
+        out["ratio_with_data_movement"] = (
+            dig["total"] / breakdown["total"] if breakdown["total"] > 0 else float("inf")
+        )
     return out

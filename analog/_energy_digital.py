@@ -28,11 +28,22 @@ The dataflow (stated, and deliberately kind to the digital side):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
-__all__ = ["OpEnergies", "HOROWITZ_45NM", "JOUPPI_7NM", "DigitalEnergyModel", "DigitalCounts",
-           "DEFAULT_DIGITAL_MODEL", "digital_counts", "digital_joules", "DTYPE_BITS"]
+__all__ = [
+    "OpEnergies",
+    "HOROWITZ_45NM",
+    "JOUPPI_7NM",
+    "DigitalEnergyModel",
+    "DigitalCounts",
+    "DEFAULT_DIGITAL_MODEL",
+    "digital_counts",
+    "digital_joules",
+    "DTYPE_BITS",
+]
 
 DTYPE_BITS = {"fp32": 32, "bf16": 16, "int8": 8}
 _KIB = 1024
@@ -71,22 +82,25 @@ class OpEnergies:
     def __post_init__(self):
         for name in ("name", "source"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"OpEnergies: {name}={getattr(self, name)!r} must be a "
-                                 "non-empty string (what the numbers are and where from)")
+                raise ValueError(
+                    f"OpEnergies: {name}={getattr(self, name)!r} must be a "
+                    "non-empty string (what the numbers are and where from)"
+                )
         for f in dataclasses.fields(self):
             if f.type in ("float", float):
                 _check_positive_number("OpEnergies", f.name, getattr(self, f.name))
         if not (self.sram_8kb <= self.sram_32kb <= self.sram_1mb):
-            raise ValueError(f"OpEnergies {self.name}: SRAM energies must not fall with array "
-                             f"size: 8 KB {self.sram_8kb}, 32 KB {self.sram_32kb}, "
-                             f"1 MB {self.sram_1mb}")
+            raise ValueError(
+                f"OpEnergies {self.name}: SRAM energies must not fall with array "
+                f"size: 8 KB {self.sram_8kb}, 32 KB {self.sram_32kb}, "
+                f"1 MB {self.sram_1mb}"
+            )
 
     def sram_per_access(self, array_bytes: float) -> float:
         """Joules per 64-bit read of an SRAM array of ``array_bytes``: the three cited points,
         log-log interpolated between them, the 8 KB value below 8 KB and the 32 KB-1 MB power
         law beyond 1 MB (energy grows with wire length, ~ sqrt(capacity), Horowitz 2014)."""
-        pts = [(8 * _KIB, self.sram_8kb), (32 * _KIB, self.sram_32kb),
-               (1024 * _KIB, self.sram_1mb)]
+        pts = [(8 * _KIB, self.sram_8kb), (32 * _KIB, self.sram_32kb), (1024 * _KIB, self.sram_1mb)]
         if array_bytes <= pts[0][0]:
             return self.sram_8kb
         (s0, e0), (s1, e1) = (pts[0], pts[1]) if array_bytes <= pts[1][0] else (pts[1], pts[2])
@@ -103,9 +117,18 @@ class OpEnergies:
 HOROWITZ_45NM = OpEnergies(
     name="horowitz-45nm",
     source="Horowitz, ISSCC 2014, Fig. 1.1.9 (45 nm); bf16 = FP16 figures; DRAM low end 1.3 nJ",
-    mult_fp32=3.7e-12, add_fp32=0.9e-12, mult_bf16=1.1e-12, add_bf16=0.4e-12,
-    mult_int8=0.2e-12, add_int8=0.03e-12, add_int32=0.1e-12,
-    sram_8kb=10e-12, sram_32kb=20e-12, sram_1mb=100e-12, dram=1.3e-9)
+    mult_fp32=3.7e-12,
+    add_fp32=0.9e-12,
+    mult_bf16=1.1e-12,
+    add_bf16=0.4e-12,
+    mult_int8=0.2e-12,
+    add_int8=0.03e-12,
+    add_int32=0.1e-12,
+    sram_8kb=10e-12,
+    sram_32kb=20e-12,
+    sram_1mb=100e-12,
+    dram=1.3e-9,
+)
 
 # Jouppi et al., "Ten Lessons From Three Generations Shaped Google's TPUv4i", ISCA 2021, Table 2
 # (the same operations at 7 nm): add int8 0.007 pJ, int32 0.03, bf16 0.11, fp32 0.38; multiply
@@ -114,9 +137,18 @@ HOROWITZ_45NM = OpEnergies(
 JOUPPI_7NM = OpEnergies(
     name="jouppi-7nm",
     source="Jouppi et al., ISCA 2021, Table 2 (7 nm); DRAM = HBM2 midpoint 350 pJ/64 b",
-    mult_fp32=1.31e-12, add_fp32=0.38e-12, mult_bf16=0.21e-12, add_bf16=0.11e-12,
-    mult_int8=0.07e-12, add_int8=0.007e-12, add_int32=0.03e-12,
-    sram_8kb=7.5e-12, sram_32kb=8.5e-12, sram_1mb=14e-12, dram=350e-12)
+    mult_fp32=1.31e-12,
+    add_fp32=0.38e-12,
+    mult_bf16=0.21e-12,
+    add_bf16=0.11e-12,
+    mult_int8=0.07e-12,
+    add_int8=0.007e-12,
+    add_int32=0.03e-12,
+    sram_8kb=7.5e-12,
+    sram_32kb=8.5e-12,
+    sram_1mb=14e-12,
+    dram=350e-12,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -145,13 +177,21 @@ class DigitalEnergyModel:
 
     def __post_init__(self):
         if not isinstance(self.ops, OpEnergies):
-            raise TypeError(f"DigitalEnergyModel: ops={self.ops!r}; pass an analog.OpEnergies "
-                            "such as analog.HOROWITZ_45NM")
+            raise TypeError(
+                f"DigitalEnergyModel: ops={self.ops!r}; pass an analog.OpEnergies "
+                "such as analog.HOROWITZ_45NM"
+            )
         if self.dtype not in DTYPE_BITS:
-            raise ValueError(f"DigitalEnergyModel: dtype={self.dtype!r}; use one of "
-                             f"{sorted(DTYPE_BITS)}")
-        for name in ("buffer_bytes", "sram_array_bytes", "pe_rows", "pe_cols",
-                     "periphery_sram_bytes"):
+            raise ValueError(
+                f"DigitalEnergyModel: dtype={self.dtype!r}; use one of {sorted(DTYPE_BITS)}"
+            )
+        for name in (
+            "buffer_bytes",
+            "sram_array_bytes",
+            "pe_rows",
+            "pe_cols",
+            "periphery_sram_bytes",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"DigitalEnergyModel: {name}={v!r} must be a positive int")
@@ -193,33 +233,45 @@ class DigitalCounts(NamedTuple):
     sram_words: float = 0.0
     dram_words: float = 0.0
 
-    def __add__(self, other: "DigitalCounts") -> "DigitalCounts":  # type: ignore[override]
+    def __add__(self, other: DigitalCounts) -> DigitalCounts:  # type: ignore[override]
         return DigitalCounts(*(a + b for a, b in zip(self, other)))
 
-    def scale(self, f: float) -> "DigitalCounts":
+    def scale(self, f: float) -> DigitalCounts:
         return DigitalCounts(*(a * f for a in self))
 
 
-def digital_joules(counts: DigitalCounts, model: DigitalEnergyModel = DEFAULT_DIGITAL_MODEL,
-                   *, sram_word: float | None = None) -> dict:
+def digital_joules(
+    counts: DigitalCounts,
+    model: DigitalEnergyModel = DEFAULT_DIGITAL_MODEL,
+    *,
+    sram_word: float | None = None,
+) -> dict:
     """Joules of ``counts``: ``compute`` (mults x e_mult + adds x e_acc), ``sram``, ``dram``,
     ``total``; ``sram_word`` overrides the per-word SRAM energy (a smaller local array)."""
     e_sram = model.e_sram_word if sram_word is None else sram_word
-    out = {"compute": counts.mults * model.e_mult + counts.adds * model.e_acc,
-           "sram": counts.sram_words * e_sram,
-           "dram": counts.dram_words * model.e_dram_word}
+    out = {
+        "compute": counts.mults * model.e_mult + counts.adds * model.e_acc,
+        "sram": counts.sram_words * e_sram,
+        "dram": counts.dram_words * model.e_dram_word,
+    }
     out["total"] = out["compute"] + out["sram"] + out["dram"]
     return out
 
 
-def check_network(owner: str, layer_sizes: Sequence[int], batch: int) -> tuple[tuple[int, ...],
-                                                                                 int]:
+def check_network(
+    owner: str, layer_sizes: Sequence[int], batch: int
+) -> tuple[tuple[int, ...], int]:
     """Validated ``(layer_sizes, batch)``: at least two positive int sizes, a positive int batch."""
     sizes = tuple(layer_sizes) if isinstance(layer_sizes, (list, tuple)) else None
-    if (sizes is None or len(sizes) < 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)):
-        raise ValueError(f"{owner}: layer_sizes={layer_sizes!r} must be a list or tuple of at "
-                         "least two positive ints, e.g. (784, 500, 10)")
+    if (
+        sizes is None
+        or len(sizes) < 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)
+    ):
+        raise ValueError(
+            f"{owner}: layer_sizes={layer_sizes!r} must be a list or tuple of at "
+            "least two positive ints, e.g. (784, 500, 10)"
+        )
     if not isinstance(batch, int) or isinstance(batch, bool) or batch <= 0:
         raise ValueError(f"{owner}: batch={batch!r} must be a positive int (examples per step)")
     return sizes, batch
@@ -241,16 +293,18 @@ def _outer_gemm(b: int, k: int, n: int, model: DigitalEnergyModel) -> DigitalCou
     re-read once per block of the other's dimension; the output leaves the array once."""
     row_blocks = -(-k // model.pe_rows)
     col_blocks = -(-n // model.pe_cols)
-    return DigitalCounts(mults=b * k * n, adds=b * k * n,
-                         sram_words=b * k * col_blocks + b * n * row_blocks)
+    return DigitalCounts(
+        mults=b * k * n, adds=b * k * n, sram_words=b * k * col_blocks + b * n * row_blocks
+    )
 
 
 def _weight_traffic(words: float, resident: float) -> DigitalCounts:
     return DigitalCounts(sram_words=words * resident, dram_words=words * (1.0 - resident))
 
 
-def _placement(kept_act_words: float, weight_words: float,
-               model: DigitalEnergyModel) -> tuple[float, float]:
+def _placement(
+    kept_act_words: float, weight_words: float, model: DigitalEnergyModel
+) -> tuple[float, float]:
     """(activation words spilled to DRAM, fraction of weights resident on chip)."""
     cap = model.buffer_bytes * 8 / model.bits  # buffer capacity in words
     spill = max(0.0, kept_act_words - cap)
@@ -258,9 +312,14 @@ def _placement(kept_act_words: float, weight_words: float,
     return spill, min(1.0, room / weight_words)
 
 
-def digital_counts(layer_sizes: Sequence[int], batch: int, *, algorithm: str = "backprop",
-                   model: DigitalEnergyModel = DEFAULT_DIGITAL_MODEL,
-                   sweeps: int | None = None) -> DigitalCounts:
+def digital_counts(
+    layer_sizes: Sequence[int],
+    batch: int,
+    *,
+    algorithm: str = "backprop",
+    model: DigitalEnergyModel = DEFAULT_DIGITAL_MODEL,
+    sweeps: int | None = None,
+) -> DigitalCounts:
     """Counts of one step of a layered network on the digital accelerator ``model`` describes.
 
     Args:
@@ -284,20 +343,23 @@ def digital_counts(layer_sizes: Sequence[int], batch: int, *, algorithm: str = "
     if not isinstance(model, DigitalEnergyModel):
         raise TypeError(f"digital_counts: model={model!r}; pass an analog.DigitalEnergyModel")
     if algorithm not in ("backprop", "inference", "eqprop"):
-        raise ValueError(f"digital_counts: algorithm={algorithm!r}; use 'backprop', "
-                         "'inference' or 'eqprop'")
+        raise ValueError(
+            f"digital_counts: algorithm={algorithm!r}; use 'backprop', 'inference' or 'eqprop'"
+        )
     if (algorithm == "eqprop") != (sweeps is not None):
-        raise ValueError("digital_counts: pass sweeps= (a positive int) for algorithm='eqprop' "
-                         "and only then")
-    if sweeps is not None and (not isinstance(sweeps, int) or isinstance(sweeps, bool)
-                               or sweeps <= 0):
+        raise ValueError(
+            "digital_counts: pass sweeps= (a positive int) for algorithm='eqprop' and only then"
+        )
+    if sweeps is not None and (
+        not isinstance(sweeps, int) or isinstance(sweeps, bool) or sweeps <= 0
+    ):
         raise ValueError(f"digital_counts: sweeps={sweeps!r} must be a positive int")
-    layers = list(zip(sizes[:-1], sizes[1:]))
+    layers = list(itertools.pairwise(sizes))
     weight_words = float(sum(k * n for k, n in layers))
     if algorithm == "inference":
-        kept = 2.0 * b * max(sizes)            # the live input and output of one layer
+        kept = 2.0 * b * max(sizes)  # the live input and output of one layer
     elif algorithm == "backprop":
-        kept = float(b * sum(sizes))           # every layer's activations, for the backward pass
+        kept = float(b * sum(sizes))  # every layer's activations, for the backward pass
     else:
         kept = 3.0 * b * sum(sizes[1:]) + b * sizes[0]  # free, +beta, -beta states
     spill, resident = _placement(kept, weight_words, model)

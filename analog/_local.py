@@ -33,22 +33,33 @@ direction (an estimate of the gradient), so ``optax.sgd`` follows it.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import warnings
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import bbcore
+from analog._energy import EnergyLedger
 from analog._mvm import _periphery_mvm
 from analog._periphery import IOConfig, require_io_key
 from analog._tiles import _to_tiles, check_tile_shape
-from analog._energy import EnergyLedger
 
-__all__ = ["init_energy_network", "predict", "relax", "read_input", "activity_difference", "RelaxInfo",
-           "NonConvergenceError", "NonConvergenceWarning", "relaxation_counts"]
+__all__ = [
+    "init_energy_network",
+    "predict",
+    "relax",
+    "read_input",
+    "activity_difference",
+    "RelaxInfo",
+    "NonConvergenceError",
+    "NonConvergenceWarning",
+    "relaxation_counts",
+]
 
 _F32 = jnp.float32
 
@@ -70,8 +81,9 @@ class RelaxInfo(NamedTuple):
     free_output: jax.Array
 
 
-def init_energy_network(key: jax.Array, layer_sizes: Sequence[int], *,
-                        dtype: Any = jnp.float32) -> list[dict]:
+def init_energy_network(
+    key: jax.Array, layer_sizes: Sequence[int], *, dtype: Any = jnp.float32
+) -> list[dict]:
     """Parameters of a layered energy network: ``[{"kernel": (n_k-1, n_k), "bias": (n_k,)}, ...]``.
 
     Kernels are Glorot-uniform (as in Scellier & Bengio 2017, Sec. 4), biases zero.
@@ -82,12 +94,13 @@ def init_energy_network(key: jax.Array, layer_sizes: Sequence[int], *,
       dtype: parameter dtype.
     """
     sizes = tuple(layer_sizes)
-    if len(sizes) < 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1
-                             for s in sizes):
-        raise ValueError(f"layer_sizes={layer_sizes!r}: need at least two positive integers "
-                         "(inputs, ..., outputs), e.g. (784, 500, 10)")
+    if len(sizes) < 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes):
+        raise ValueError(
+            f"layer_sizes={layer_sizes!r}: need at least two positive integers "
+            "(inputs, ..., outputs), e.g. (784, 500, 10)"
+        )
     params = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         lim = math.sqrt(6.0 / (a + b))
         w = jax.random.uniform(jax.random.fold_in(key, i), (a, b), _F32, -lim, lim)
         params.append({"kernel": w.astype(dtype), "bias": jnp.zeros((b,), dtype)})
@@ -95,19 +108,27 @@ def init_energy_network(key: jax.Array, layer_sizes: Sequence[int], *,
 
 
 def _check_params(params: Any) -> tuple[list[jax.Array], list[jax.Array]]:
-    if not isinstance(params, (list, tuple)) or not params or not all(
-            isinstance(p, dict) and set(p) == {"kernel", "bias"} for p in params):
-        raise TypeError("energy-network params must be a list of {'kernel': (n_in, n_out), "
-                        "'bias': (n_out,)} dicts, as made by analog.init_energy_network")
+    if (
+        not isinstance(params, (list, tuple))
+        or not params
+        or not all(isinstance(p, dict) and set(p) == {"kernel", "bias"} for p in params)
+    ):
+        raise TypeError(
+            "energy-network params must be a list of {'kernel': (n_in, n_out), "
+            "'bias': (n_out,)} dicts, as made by analog.init_energy_network"
+        )
     ws = [jnp.asarray(p["kernel"]) for p in params]
     bs = [jnp.asarray(p["bias"]) for p in params]
     for k, (w, b) in enumerate(zip(ws, bs)):
         if w.ndim != 2 or b.shape != (w.shape[1],):
-            raise ValueError(f"layer {k}: kernel {w.shape} / bias {b.shape}; need (n_in, n_out) "
-                             "and (n_out,)")
+            raise ValueError(
+                f"layer {k}: kernel {w.shape} / bias {b.shape}; need (n_in, n_out) and (n_out,)"
+            )
         if k and ws[k - 1].shape[1] != w.shape[0]:
-            raise ValueError(f"layer {k}: kernel {w.shape} does not follow the previous layer's "
-                             f"{ws[k - 1].shape}")
+            raise ValueError(
+                f"layer {k}: kernel {w.shape} does not follow the previous layer's "
+                f"{ws[k - 1].shape}"
+            )
     return ws, bs
 
 
@@ -124,11 +145,15 @@ def check_beta(beta: Any, centered: bool) -> None:
     except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
         return
     if not math.isfinite(b) or b == 0:
-        raise ValueError(f"beta={beta!r}: the nudge must be a finite non-zero number (the "
-                         "activity difference divides by beta; beta=0 has no learning signal)")
+        raise ValueError(
+            f"beta={beta!r}: the nudge must be a finite non-zero number (the "
+            "activity difference divides by beta; beta=0 has no learning signal)"
+        )
     if centered and abs(b) >= 1:
-        raise ValueError(f"beta={beta!r} with centered=True: the -beta phase needs |beta| < 1 "
-                         "(1 - |beta| > 0 keeps the nudged output energy convex)")
+        raise ValueError(
+            f"beta={beta!r} with centered=True: the -beta phase needs |beta| < 1 "
+            "(1 - |beta| > 0 keeps the nudged output energy convex)"
+        )
     if b <= -1:
         raise ValueError(f"beta={beta!r}: need beta > -1 (1 + beta > 0)")
 
@@ -150,6 +175,7 @@ def _ops(ws: list[jax.Array], io: IOConfig, tile_shape: tuple[int, int]) -> _Ops
 
     def bwd(k, s, key):
         return _periphery_mvm(wts[k], s, io, key, transpose=True)[:, : ws[k].shape[0]]
+
     return _Ops(fwd, bwd)
 
 
@@ -177,9 +203,20 @@ def _sweep(ops: _Ops, bs, x, states, target, beta, key, linear_output: bool = Fa
     return tuple(states)
 
 
-def relax(params, x, states, target, beta, steps: int, *, io: IOConfig | None = None,
-          key: jax.Array | None = None, tile_shape=(64, 64), input_product=None,
-          linear_output: bool = False):
+def relax(
+    params,
+    x,
+    states,
+    target,
+    beta,
+    steps: int,
+    *,
+    io: IOConfig | None = None,
+    key: jax.Array | None = None,
+    tile_shape=(64, 64),
+    input_product=None,
+    linear_output: bool = False,
+):
     """Relax the states to a minimum of ``F = E + beta C`` (see the module docstring).
 
     Args:
@@ -224,9 +261,11 @@ def relax(params, x, states, target, beta, steps: int, *, io: IOConfig | None = 
     else:
         h0 = jnp.asarray(input_product)
         if h0.shape != (x.shape[0], ws[0].shape[1]) or not jnp.issubdtype(h0.dtype, jnp.floating):
-            raise ValueError(f"relax: input_product has shape {h0.shape} and dtype {h0.dtype}; "
-                             f"it must be a float (batch, n_1) = {(x.shape[0], ws[0].shape[1])} "
-                             "read of x @ W_1, e.g. from analog.read_input(params, x, ...)")
+            raise ValueError(
+                f"relax: input_product has shape {h0.shape} and dtype {h0.dtype}; "
+                f"it must be a float (batch, n_1) = {(x.shape[0], ws[0].shape[1])} "
+                "read of x @ W_1, e.g. from analog.read_input(params, x, ...)"
+            )
         h0 = h0.astype(_F32)
     ops = _Ops(lambda k, s, kk: h0 if k == 0 else ops_fwd(k, s, kk), ops.bwd)
 
@@ -240,8 +279,14 @@ def relax(params, x, states, target, beta, steps: int, *, io: IOConfig | None = 
     return last, residual
 
 
-def read_input(params, x: jax.Array, *, io: IOConfig | None = None,
-               key: jax.Array | None = None, tile_shape=(64, 64)) -> jax.Array:
+def read_input(
+    params,
+    x: jax.Array,
+    *,
+    io: IOConfig | None = None,
+    key: jax.Array | None = None,
+    tile_shape=(64, 64),
+) -> jax.Array:
     """One read of the clamped input through the first crossbar: ``x @ W_1`` with ``io``'s
     DAC, read noise and ADC (exact for ideal ``io``). :func:`relax` holds it for all sweeps."""
     io = IOConfig() if io is None else io
@@ -269,13 +314,21 @@ def check_flags(**flags: Any) -> None:
 
 def check_nonconvergence_mode(mode: Any) -> str:
     if mode not in _MODES:
-        raise ValueError(f"on_nonconvergence={mode!r}: use 'warn' (default: report the residual "
-                         "and warn once) or 'raise' (stop with NonConvergenceError)")
+        raise ValueError(
+            f"on_nonconvergence={mode!r}: use 'warn' (default: report the residual "
+            "and warn once) or 'raise' (stop with NonConvergenceError)"
+        )
     return mode
 
 
-def _raise_if_not_converged(residual: jax.Array, tol: float | None, phase: str,
-                            steps_name: str, steps: int, mode: str = "raise") -> None:
+def _raise_if_not_converged(
+    residual: jax.Array,
+    tol: float | None,
+    phase: str,
+    steps_name: str,
+    steps: int,
+    mode: str = "raise",
+) -> None:
     """Act on residual > tol: raise NonConvergenceError (``mode="raise"``) or warn once.
 
     Raises now if concrete, at run time if traced. The residual is in the info either way.
@@ -287,18 +340,24 @@ def _raise_if_not_converged(residual: jax.Array, tol: float | None, phase: str,
         r = float(r)
         if r <= tol:  # NaN never passes: a NaN relaxation is a non-convergence too
             return
-        msg = (f"{phase} relaxation did not converge: residual max|s_t - s_(t-1)| = {r:.3g} > "
-               f"tol={tol} after {steps_name}={steps} sweeps. Increase {steps_name}, reduce the "
-               "learning rate or the weights' scale, or raise tol (read noise sets a floor on "
-               "the residual); tol=None disables this check.")
+        msg = (
+            f"{phase} relaxation did not converge: residual max|s_t - s_(t-1)| = {r:.3g} > "
+            f"tol={tol} after {steps_name}={steps} sweeps. Increase {steps_name}, reduce the "
+            "learning rate or the weights' scale, or raise tol (read noise sets a floor on "
+            "the residual); tol=None disables this check."
+        )
         if mode == "raise":
             raise NonConvergenceError(msg)
         if not _WARNED[0]:
             _WARNED[0] = True
-            warnings.warn(msg + " (Warned once per process; the residual is in the returned "
-                          "info and the transform state counts such steps; "
-                          "on_nonconvergence='raise' stops instead.)", NonConvergenceWarning,
-                          stacklevel=2)
+            warnings.warn(
+                msg + " (Warned once per process; the residual is in the returned "
+                "info and the transform state counts such steps; "
+                "on_nonconvergence='raise' stops instead.)",
+                NonConvergenceWarning,
+                stacklevel=2,
+            )
+
     if isinstance(residual, jax.core.Tracer):
         # Under an outer jit the value exists only at run time; a raise then surfaces as a
         # JaxRuntimeError carrying this message.
@@ -314,8 +373,10 @@ def _targets(y: jax.Array, n_out: int, batch: int) -> jax.Array:
             raise ValueError(f"integer labels y have shape {y.shape}; need ({batch},)")
         return jax.nn.one_hot(y, n_out, dtype=_F32)
     if y.shape != (batch, n_out):
-        raise ValueError(f"float targets y have shape {y.shape}; need ({batch}, {n_out}) "
-                         "(or pass integer labels)")
+        raise ValueError(
+            f"float targets y have shape {y.shape}; need ({batch}, {n_out}) "
+            "(or pass integer labels)"
+        )
     return y.astype(_F32)
 
 
@@ -327,9 +388,18 @@ def _flatten_x(x: jax.Array, n_in: int) -> jax.Array:
     return x.astype(_F32)
 
 
-def predict(params, x: jax.Array, *, steps: int = 20, io: IOConfig | None = None,
-            key: jax.Array | None = None, tile_shape=(64, 64), tol: float | None = None,
-            return_residual: bool = False, linear_output: bool = False):
+def predict(
+    params,
+    x: jax.Array,
+    *,
+    steps: int = 20,
+    io: IOConfig | None = None,
+    key: jax.Array | None = None,
+    tile_shape=(64, 64),
+    tol: float | None = None,
+    return_residual: bool = False,
+    linear_output: bool = False,
+):
     """Free phase: relax with the input clamped and return the output units ``(B, n_out)``.
 
     Args:
@@ -361,17 +431,39 @@ def _predict(params, xf, key, steps, io, tile_shape, linear_output=False):
     b = xf.shape[0]
     states = tuple(jnp.zeros((b, w.shape[1]), _F32) for w in ws)
     target = jnp.zeros((b, ws[-1].shape[1]), _F32)
-    s, res = relax(params, xf, states, target, 0.0, steps, io=io, key=key, tile_shape=tile_shape,
-                   linear_output=linear_output)
+    s, res = relax(
+        params,
+        xf,
+        states,
+        target,
+        0.0,
+        steps,
+        io=io,
+        key=key,
+        tile_shape=tile_shape,
+        linear_output=linear_output,
+    )
     return s[-1], res
 
 
-def activity_difference(params, x: jax.Array, y: jax.Array, *, beta: float | jax.Array,
-                        free_steps: int, nudged_steps: int, centered: bool = True,
-                        io: IOConfig | None = None, key: jax.Array | None = None,
-                        tile_shape=(64, 64), tol: float | None = 5e-2,
-                        normalize: bool = False, linear_output: bool = False,
-                        on_nonconvergence: str = "warn", return_info: bool = False):
+def activity_difference(
+    params,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    beta: float | jax.Array,
+    free_steps: int,
+    nudged_steps: int,
+    centered: bool = True,
+    io: IOConfig | None = None,
+    key: jax.Array | None = None,
+    tile_shape=(64, 64),
+    tol: float | None = 5e-2,
+    normalize: bool = False,
+    linear_output: bool = False,
+    on_nonconvergence: str = "warn",
+    return_info: bool = False,
+):
     """Equilibrium-Propagation gradient estimate from free and nudged activities.
 
     Args:
@@ -421,27 +513,51 @@ def activity_difference(params, x: jax.Array, y: jax.Array, *, beta: float | jax
     xf = _flatten_x(x, ws[0].shape[0])
     target = _targets(y, ws[-1].shape[1], xf.shape[0])
     key = bbcore.key(0) if key is None else key
-    updates, info = _activity_difference(params, xf, target, jnp.asarray(beta, _F32), key,
-                                         free_steps, nudged_steps, centered, io, tile_shape,
-                                         bool(normalize), bool(linear_output))
-    _raise_if_not_converged(info.free_residual, tol, "free-phase", "free_steps", free_steps,
-                            on_nonconvergence)
-    _raise_if_not_converged(info.nudged_residual, tol, "nudged-phase", "nudged_steps",
-                            nudged_steps, on_nonconvergence)
+    updates, info = _activity_difference(
+        params,
+        xf,
+        target,
+        jnp.asarray(beta, _F32),
+        key,
+        free_steps,
+        nudged_steps,
+        centered,
+        io,
+        tile_shape,
+        bool(normalize),
+        bool(linear_output),
+    )
+    _raise_if_not_converged(
+        info.free_residual, tol, "free-phase", "free_steps", free_steps, on_nonconvergence
+    )
+    _raise_if_not_converged(
+        info.nudged_residual, tol, "nudged-phase", "nudged_steps", nudged_steps, on_nonconvergence
+    )
     return (updates, info) if return_info else updates
 
 
 @functools.partial(jax.jit, static_argnums=tuple(range(5, 12)))
-def _activity_difference(params, xf, target, beta, key, free_steps, nudged_steps, centered, io,
-                         tile_shape, normalize=False, linear_output=False):
+def _activity_difference(
+    params,
+    xf,
+    target,
+    beta,
+    key,
+    free_steps,
+    nudged_steps,
+    centered,
+    io,
+    tile_shape,
+    normalize=False,
+    linear_output=False,
+):
     ws, _ = _check_params(params)
     b = xf.shape[0]
     kf, kp, km, ki = jax.random.split(key, 4)
     zeros = tuple(jnp.zeros((b, w.shape[1]), _F32) for w in ws)
     kw = dict(io=io, tile_shape=tile_shape, linear_output=linear_output)
     # one held read of the clamped input serves all phases of the step (see relax)
-    kw["input_product"] = read_input(params, xf, io=io, key=ki,
-                                     tile_shape=tile_shape)
+    kw["input_product"] = read_input(params, xf, io=io, key=ki, tile_shape=tile_shape)
     s0, r0 = relax(params, xf, zeros, target, 0.0, free_steps, key=kf, **kw)
     s_plus, rp = relax(params, xf, s0, target, beta, nudged_steps, key=kp, **kw)
     if centered:
@@ -460,21 +576,26 @@ def _activity_difference(params, xf, target, beta, key, free_steps, nudged_steps
         if normalize:  # NLMS: the step per unit of the layer's input power (see the docstring)
             power = 1.0 + jnp.mean(jnp.sum(jnp.square(below_0[k]), axis=-1))
             dw, db = dw / power, db / power
-        updates.append({"kernel": (scale * dw).astype(jnp.asarray(p["kernel"]).dtype),
-                        "bias": (scale * db).astype(jnp.asarray(p["bias"]).dtype)})
+        updates.append(
+            {
+                "kernel": (scale * dw).astype(jnp.asarray(p["kernel"]).dtype),
+                "bias": (scale * db).astype(jnp.asarray(p["bias"]).dtype),
+            }
+        )
     return updates, RelaxInfo(r0, rn, s0[-1])
 
 
 def _mvm_counts(n_in: int, n_out: int, batch: int, tile_shape: tuple[int, int]):
     th, tw = tile_shape
     r, c = -(-n_in // th), -(-n_out // tw)
-    cells = 2.0 * batch * r * c * th * tw      # both devices of each pair are read
+    cells = 2.0 * batch * r * c * th * tw  # both devices of each pair are read
     drive_fwd, read_fwd = batch * r * c * th, batch * r * c * tw
     return cells, drive_fwd, read_fwd
 
 
-def relaxation_counts(layer_sizes: Sequence[int], batch: int, sweeps: int,
-                      tile_shape=(64, 64)) -> EnergyLedger:
+def relaxation_counts(
+    layer_sizes: Sequence[int], batch: int, sweeps: int, tile_shape=(64, 64)
+) -> EnergyLedger:
     """Operation counts of ``sweeps`` relaxation sweeps on crossbars (and the digital FLOPs).
 
     A sweep reads every ``W_k`` forward once and every ``W_k`` but the first transposed once.
@@ -484,7 +605,7 @@ def relaxation_counts(layer_sizes: Sequence[int], batch: int, sweeps: int,
     """
     tile_shape = check_tile_shape(tile_shape)
     cells = dac = adc = flops = 0.0
-    for k, (a, o) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
+    for k, (a, o) in enumerate(itertools.pairwise(layer_sizes)):
         c, d_in, d_out = _mvm_counts(a, o, batch, tile_shape)
         reads = 1 if k == 0 else 2
         cells += reads * c
@@ -493,6 +614,11 @@ def relaxation_counts(layer_sizes: Sequence[int], batch: int, sweeps: int,
         flops += reads * 2.0 * batch * a * o
     f = float(sweeps)
     z = jnp.zeros((), _F32)
-    return EnergyLedger(steps=z, cell_reads=jnp.asarray(cells * f, _F32),
-                        dac=jnp.asarray(dac * f, _F32), adc=jnp.asarray(adc * f, _F32),
-                        pulses=z, digital_flops=jnp.asarray(flops * f, _F32))
+    return EnergyLedger(
+        steps=z,
+        cell_reads=jnp.asarray(cells * f, _F32),
+        dac=jnp.asarray(dac * f, _F32),
+        adc=jnp.asarray(adc * f, _F32),
+        pulses=z,
+        digital_flops=jnp.asarray(flops * f, _F32),
+    )

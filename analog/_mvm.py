@@ -22,8 +22,9 @@ __all__ = ["mvm", "mvm_transpose"]
 _F32 = jnp.float32
 
 
-def tile_inputs(x: jax.Array, grid: tuple[int, int], tile_shape: tuple[int, int],
-                io: IOConfig, transpose: bool) -> jax.Array:
+def tile_inputs(
+    x: jax.Array, grid: tuple[int, int], tile_shape: tuple[int, int], io: IOConfig, transpose: bool
+) -> jax.Array:
     """Inputs ``x (B, n)`` cut into the tiles' blocks and driven through the DACs.
 
     Returns ``(B, R, rows)`` (row blocks, ``x @ W``) or, with ``transpose``, ``(B, C, cols)``
@@ -41,8 +42,9 @@ def tile_keys(key: jax.Array | None, grid: tuple[int, int], io: IOConfig) -> jax
     return jax.random.split(key, grid) if io.needs_key else jnp.zeros(grid, _F32)
 
 
-def tile_outputs(wt: jax.Array, xs: jax.Array, keys: jax.Array, io: IOConfig,
-                 transpose: bool) -> jax.Array:
+def tile_outputs(
+    wt: jax.Array, xs: jax.Array, keys: jax.Array, io: IOConfig, transpose: bool
+) -> jax.Array:
     """Every tile's partial product through its periphery, all tiles at once (``jax.vmap``).
 
     Args:
@@ -55,29 +57,36 @@ def tile_outputs(wt: jax.Array, xs: jax.Array, keys: jax.Array, io: IOConfig,
       ``(R, C, B, cols)``, or ``(R, C, B, rows)`` with ``transpose``: tile ``(r, c)``'s output
       block before the digital sums over tiles.
     """
+
     def one_tile(w_rc, x_in, k):
         return tile_periphery(w_rc, x_in, k, io, transpose)
 
     if transpose:
         # tile (r, c) reads the column block c of d and drives row block r.
-        per_c = jax.vmap(one_tile, in_axes=(0, 1, 0))               # over c
+        per_c = jax.vmap(one_tile, in_axes=(0, 1, 0))  # over c
         return jax.vmap(per_c, in_axes=(0, None, 0))(wt, xs, keys)  # over r
-    per_c = jax.vmap(one_tile, in_axes=(0, None, 0))                # over c
-    return jax.vmap(per_c, in_axes=(0, 1, 0))(wt, xs, keys)         # over r
+    per_c = jax.vmap(one_tile, in_axes=(0, None, 0))  # over c
+    return jax.vmap(per_c, in_axes=(0, 1, 0))(wt, xs, keys)  # over r
 
 
-def _periphery_mvm(wt: jax.Array, x: jax.Array, io: IOConfig, key: jax.Array | None,
-                   transpose: bool) -> jax.Array:
+def _periphery_mvm(
+    wt: jax.Array, x: jax.Array, io: IOConfig, key: jax.Array | None, transpose: bool
+) -> jax.Array:
     """``x (B, n)`` through tiled weights ``wt (R, C, th, tw)``; returns the padded output."""
     r, c, th, tw = wt.shape
     b = x.shape[0]
     require_io_key(io, key, "mvm")
-    y = tile_outputs(wt, tile_inputs(x, (r, c), (th, tw), io, transpose),
-                     tile_keys(key, (r, c), io), io, transpose)
+    y = tile_outputs(
+        wt,
+        tile_inputs(x, (r, c), (th, tw), io, transpose),
+        tile_keys(key, (r, c), io),
+        io,
+        transpose,
+    )
     if transpose:
-        y = y.sum(axis=1)                                           # partial sums over C
+        y = y.sum(axis=1)  # partial sums over C
         return y.transpose(1, 0, 2).reshape(b, r * th)
-    y = y.sum(axis=0)                                               # partial sums over R
+    y = y.sum(axis=0)  # partial sums over R
     return y.transpose(1, 0, 2).reshape(b, c * tw)
 
 
@@ -95,8 +104,9 @@ def _jit_mvm(tiles, x, io, key, transpose):
     return y[:, : tiles.shape[0 if transpose else 1]]
 
 
-def mvm(tiles: Tiles, x: jax.Array, io: IOConfig | None = None,
-        key: jax.Array | None = None) -> jax.Array:
+def mvm(
+    tiles: Tiles, x: jax.Array, io: IOConfig | None = None, key: jax.Array | None = None
+) -> jax.Array:
     """Analog vector-matrix product ``x @ W`` through every tile's periphery.
 
     Args:
@@ -115,8 +125,9 @@ def mvm(tiles: Tiles, x: jax.Array, io: IOConfig | None = None,
     return y.reshape(*lead, tiles.shape[1]).astype(jnp.asarray(x).dtype)
 
 
-def mvm_transpose(tiles: Tiles, d: jax.Array, io: IOConfig | None = None,
-                  key: jax.Array | None = None) -> jax.Array:
+def mvm_transpose(
+    tiles: Tiles, d: jax.Array, io: IOConfig | None = None, key: jax.Array | None = None
+) -> jax.Array:
     """Analog transposed product ``d @ W.T``: ``(..., out) -> (..., in)``, columns driven."""
     io = IOConfig() if io is None else io
     df, lead = _flat(d, tiles.shape[1], "mvm_transpose")

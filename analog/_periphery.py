@@ -26,15 +26,21 @@ def _check_bits(name: str, bits: Any) -> None:
     if bits is None:
         return
     if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 24:
-        raise ValueError(f"IOConfig: {name}={bits!r}; use an integer number of bits in [2, 24] "
-                         "(one is the sign), or None for an ideal converter")
+        raise ValueError(
+            f"IOConfig: {name}={bits!r}; use an integer number of bits in [2, 24] "
+            "(one is the sign), or None for an ideal converter"
+        )
 
 
 def _check_pos(name: str, value: Any) -> None:
     if value is None:
         return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-            or value <= 0:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"IOConfig: {name}={value!r} must be a finite number > 0, or None")
 
 
@@ -69,26 +75,40 @@ class IOConfig:
         _check_pos("inp_bound", self.inp_bound)
         _check_pos("out_bound", self.out_bound)
         if self.inp_bits is not None and self.inp_bound is None:
-            raise ValueError(f"IOConfig: inp_bits={self.inp_bits} needs inp_bound (the DAC's "
-                             "full scale), e.g. inp_bound=1.0")
+            raise ValueError(
+                f"IOConfig: inp_bits={self.inp_bits} needs inp_bound (the DAC's "
+                "full scale), e.g. inp_bound=1.0"
+            )
         if self.out_bits is not None and self.out_bound is None:
-            raise ValueError(f"IOConfig: out_bits={self.out_bits} needs out_bound (the ADC's "
-                             "full scale), e.g. out_bound=10.0")
+            raise ValueError(
+                f"IOConfig: out_bits={self.out_bits} needs out_bound (the ADC's "
+                "full scale), e.g. out_bound=10.0"
+            )
         for name in ("read_noise", "w_noise"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
-                    or v < 0:
+            if (
+                not isinstance(v, (int, float))
+                or isinstance(v, bool)
+                or not math.isfinite(v)
+                or v < 0
+            ):
                 raise ValueError(f"IOConfig: {name}={v!r} must be a finite number >= 0")
 
     @classmethod
-    def ideal(cls) -> "IOConfig":
+    def ideal(cls) -> IOConfig:
         """Exact periphery: no quantization, no noise, no bound."""
         return cls()
 
     @property
     def is_ideal(self) -> bool:
-        return (self.inp_bits is None and self.inp_bound is None and self.out_bits is None
-                and self.out_bound is None and self.read_noise == 0 and self.w_noise == 0)
+        return (
+            self.inp_bits is None
+            and self.inp_bound is None
+            and self.out_bits is None
+            and self.out_bound is None
+            and self.read_noise == 0
+            and self.w_noise == 0
+        )
 
     @property
     def needs_key(self) -> bool:

@@ -25,8 +25,7 @@ __all__ = ["apply_pulses", "program_weights"]
 _F32 = jnp.float32
 
 
-def apply_pulses(tiles: Tiles, n_up: jax.Array, n_down: jax.Array,
-                 key: jax.Array | None) -> Tiles:
+def apply_pulses(tiles: Tiles, n_up: jax.Array, n_down: jax.Array, key: jax.Array | None) -> Tiles:
     """Send pulse counts to every cross-point: ``n_up`` raise the weight, ``n_down`` lower it.
 
     ``n_up`` and ``n_down`` are ``(in, out)`` non-negative counts. Raising a weight potentiates
@@ -44,8 +43,9 @@ def apply_pulses(tiles: Tiles, n_up: jax.Array, n_down: jax.Array,
     return dataclasses.replace(tiles, g_plus=gp, g_minus=gm)
 
 
-def program_weights(tiles: Tiles, delta: jax.Array, key: jax.Array | None, *,
-                    rounding: str = "stochastic") -> tuple[Tiles, jax.Array]:
+def program_weights(
+    tiles: Tiles, delta: jax.Array, key: jax.Array | None, *, rounding: str = "stochastic"
+) -> tuple[Tiles, jax.Array]:
     """Apply an arbitrary ``(in, out)`` weight change as per-device pulse counts.
 
     The count is ``delta / weight_step`` rounded stochastically (unbiased: sub-step changes are
@@ -63,8 +63,9 @@ def program_weights(tiles: Tiles, delta: jax.Array, key: jax.Array | None, *,
         bbcore.require_key(key, "program_weights", "the device has cycle-to-cycle noise")
     delta = jnp.asarray(delta)
     if delta.shape != tiles.shape:
-        raise ValueError(f"program_weights: delta has shape {delta.shape}; the tiles hold "
-                         f"{tiles.shape}")
+        raise ValueError(
+            f"program_weights: delta has shape {delta.shape}; the tiles hold {tiles.shape}"
+        )
     return _program_weights(tiles, delta, key, rounding)
 
 
@@ -81,8 +82,13 @@ def _program_weights(tiles, delta, key, rounding):
     return new, 2.0 * jnp.sum(n_up + n_down)
 
 
-def program_many(tiles: list[Tiles], deltas: list[jax.Array], key: jax.Array | None, *,
-                 rounding: str = "stochastic") -> tuple[list[Tiles], jax.Array]:
+def program_many(
+    tiles: list[Tiles],
+    deltas: list[jax.Array],
+    key: jax.Array | None,
+    *,
+    rounding: str = "stochastic",
+) -> tuple[list[Tiles], jax.Array]:
     """:func:`program_weights` for several matrices of one device model in a single device step.
 
     One PRNG split and one device step per conductance array (a rounded count has one sign per

@@ -32,8 +32,14 @@ def _pack_bits(bits: jax.Array) -> jax.Array:
     return jnp.sum(bits.astype(jnp.uint32) << shifts, axis=2, dtype=jnp.uint32)
 
 
-def _train_words(seeds: jax.Array, stream: int, p: jax.Array, bl: int, prob_bits: int,
-                 lengths: jax.Array | None = None) -> jax.Array:
+def _train_words(
+    seeds: jax.Array,
+    stream: int,
+    p: jax.Array,
+    bl: int,
+    prob_bits: int,
+    lengths: jax.Array | None = None,
+) -> jax.Array:
     """Bernoulli pulse trains, packed: ``p`` (B, n) -> (B, W, n) uint32, ``W = ceil(bl / 32)``.
 
     Slot ``t`` of a train fires with probability ``q / 2^k``, ``q = round(p 2^k)`` and
@@ -48,26 +54,27 @@ def _train_words(seeds: jax.Array, stream: int, p: jax.Array, bl: int, prob_bits
     b, n = p.shape
     words = -(-bl // 32)
     full = 1 << prob_bits
-    p = jnp.where(jnp.isnan(p), 0.0, p)              # NaN fires nothing, as uniform < NaN
-    q = jnp.clip(jnp.round(p * full), 0, full).astype(_U32)[:, None, :]          # (B, 1, n)
+    p = jnp.where(jnp.isnan(p), 0.0, p)  # NaN fires nothing, as uniform < NaN
+    q = jnp.clip(jnp.round(p * full), 0, full).astype(_U32)[:, None, :]  # (B, 1, n)
     r = _hash_bits(seeds, stream, (prob_bits, b, words, n))
     w = jnp.zeros((b, words, n), _U32)
-    for k in range(prob_bits):                       # least significant bit of q first
+    for k in range(prob_bits):  # least significant bit of q first
         bit = ((q >> k) & 1) == 1
         w = jnp.where(bit, w | r[k], w & r[k])
     w = jnp.where(q >= full, _U32(0xFFFFFFFF), w)
-    last = bl - 32 * (words - 1)                     # slots used in the last word
+    last = bl - 32 * (words - 1)  # slots used in the last word
     mask = jnp.full((words,), 0xFFFFFFFF, _U32).at[-1].set(_U32((1 << last) - 1))[None, :]
     if lengths is not None:
-        used = jnp.clip(lengths[:, None] - 32 * jnp.arange(words)[None, :], 0, 32)   # (B, W)
+        used = jnp.clip(lengths[:, None] - 32 * jnp.arange(words)[None, :], 0, 32)  # (B, W)
         # a shift by the full 32 bits is not defined on every backend: whole words apart.
         low = (_U32(1) << jnp.minimum(used, 31).astype(_U32)) - _U32(1)
         mask = mask & jnp.where(used >= 32, _U32(0xFFFFFFFF), low)
     return w & mask[:, :, None]
 
 
-def _coincidence_counts(wx: jax.Array, nx: jax.Array, wd: jax.Array, nd: jax.Array,
-                        tile_shape: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+def _coincidence_counts(
+    wx: jax.Array, nx: jax.Array, wd: jax.Array, nd: jax.Array, tile_shape: tuple[int, int]
+) -> tuple[jax.Array, jax.Array]:
     """Up and total coincidence counts per device, in tile layout, without a (B, in, out) tensor.
 
     wx: (B, W, R * rows) packed row trains of the padded matrix; nx: (B, R * rows) uint32 sign
@@ -105,11 +112,12 @@ def _coincidence_counts(wx: jax.Array, nx: jax.Array, wd: jax.Array, nd: jax.Arr
         # fuse the loop into both of its consumers, the G+ and G- passes, counting every
         # coincidence twice (an optimization barrier does not stop that fusion).
         fired = jnp.any(wx != 0) & jnp.any(wd != 0)
-        acc = jax.lax.cond(fired, packed, lambda *a: jnp.zeros((r, c, th, tw), _U32),
-                           wx, nx, wd, nd)
+        acc = jax.lax.cond(
+            fired, packed, lambda *a: jnp.zeros((r, c, th, tw), _U32), wx, nx, wd, nd
+        )
         return acc & lo, acc >> 16
-    size = 16                                        # samples unrolled per loop iteration
-    pad = -b % size                                  # zero trains add no coincidence
+    size = 16  # samples unrolled per loop iteration
+    pad = -b % size  # zero trains add no coincidence
 
     def split(a):
         a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
@@ -129,9 +137,14 @@ def _coincidence_counts(wx: jax.Array, nx: jax.Array, wd: jax.Array, nd: jax.Arr
 _MATMUL_SLOTS = (1, 2, 4, 8)
 
 
-def _matmul_counts(wx: jax.Array, nx: jax.Array, wd: jax.Array, nd: jax.Array,
-                   tile_shape: tuple[int, int], slots: int) -> tuple[jax.Array, jax.Array,
-                                                                     jax.Array]:
+def _matmul_counts(
+    wx: jax.Array,
+    nx: jax.Array,
+    wd: jax.Array,
+    nd: jax.Array,
+    tile_shape: tuple[int, int],
+    slots: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """:func:`_coincidence_counts` of trains no longer than ``slots`` (<= 32), as matmuls.
 
     Same arguments; only the first ``slots`` slots of each train are read. With the 0/1 trains
@@ -158,14 +171,15 @@ def _matmul_counts(wx: jax.Array, nx: jax.Array, wd: jax.Array, nd: jax.Array,
     ad = ((wd[:, 0].T[:, :, None] >> t) & 1).astype(_F32).reshape(n_out, k)
     neg_x = jnp.repeat(nx.T != 0, slots, axis=1)
     neg_d = jnp.repeat(nd.T != 0, slots, axis=1)
-    mm = lambda a, c: jax.lax.dot_general(a, c, (((1,), (1,)), ((), ())),  # noqa: E731
-                                          preferred_element_type=_F32)
+    mm = lambda a, c: jax.lax.dot_general(
+        a, c, (((1,), (1,)), ((), ())), preferred_element_type=_F32
+    )
     if k < 256:
-        m = float(1 << k.bit_length())                               # 2^ceil(log2(k + 1))
+        m = float(1 << k.bit_length())  # 2^ceil(log2(k + 1))
         o = mm(jnp.where(neg_x, m * ax, ax), jnp.where(neg_d, m * ad, ad))
-        hi = jnp.floor(o * (1.0 / (m * m)))                          # NN
-        lo = o - m * jnp.floor(o * (1.0 / m))                        # PP
-        up, down = lo + hi, jnp.floor(o * (1.0 / m)) - m * hi        # PP + NN, PN + NP
+        hi = jnp.floor(o * (1.0 / (m * m)))  # NN
+        lo = o - m * jnp.floor(o * (1.0 / m))  # PP
+        up, down = lo + hi, jnp.floor(o * (1.0 / m)) - m * hi  # PP + NN, PN + NP
     else:
         net = mm(jnp.where(neg_x, -ax, ax), jnp.where(neg_d, -ad, ad))
         tot = mm(ax, ad)
@@ -181,9 +195,16 @@ def _popcount_counts(wx, nx, wd, nd, tile_shape):
     return up.astype(_F32), (tot - up).astype(_F32), jnp.sum(tot, dtype=jnp.int32)
 
 
-def _count_and_apply(tiles: Tiles, wx: jax.Array, nx: jax.Array, wd: jax.Array, nd: jax.Array,
-                     seeds: jax.Array, bl: int, lengths: jax.Array | None
-                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _count_and_apply(
+    tiles: Tiles,
+    wx: jax.Array,
+    nx: jax.Array,
+    wd: jax.Array,
+    nd: jax.Array,
+    seeds: jax.Array,
+    bl: int,
+    lengths: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Count the coincidences by the cheapest exact path and move the devices.
 
     Trains of at most ``bl`` slots (static): matmuls up to ``_MATMUL_SLOTS[-1]`` slots, else
@@ -197,17 +218,20 @@ def _count_and_apply(tiles: Tiles, wx: jax.Array, nx: jax.Array, wd: jax.Array, 
     layout their kernel wrote (XLA fuses the change of layout into the pass) instead of
     through an extra copy. Returns ``(g_plus, g_minus, coincidences)``.
     """
+
     def branch(count):
         def run(tiles, wx, nx, wd, nd, seeds):
             up, down, total = count(wx, nx, wd, nd, tiles.tile_shape)
             new = _apply_counts(tiles, up, down, seeds, 3)
             return new.g_plus, new.g_minus, total
+
         return run
 
     shorter = [s for s in _MATMUL_SLOTS if s < bl]
     counts = [functools.partial(_matmul_counts, slots=s) for s in shorter]
-    counts.append(functools.partial(_matmul_counts, slots=bl) if bl <= _MATMUL_SLOTS[-1]
-                  else _popcount_counts)
+    counts.append(
+        functools.partial(_matmul_counts, slots=bl) if bl <= _MATMUL_SLOTS[-1] else _popcount_counts
+    )
     operands = (tiles, wx, nx, wd, nd, seeds)
     if lengths is None or len(counts) == 1:
         return branch(counts[-1])(*operands)
@@ -215,8 +239,9 @@ def _count_and_apply(tiles: Tiles, wx: jax.Array, nx: jax.Array, wd: jax.Array, 
     return jax.lax.switch(index, [branch(c) for c in counts], *operands)
 
 
-def _apply_counts(tiles: Tiles, up: jax.Array, down: jax.Array, seeds: jax.Array | None,
-                  stream: int) -> Tiles:
+def _apply_counts(
+    tiles: Tiles, up: jax.Array, down: jax.Array, seeds: jax.Array | None, stream: int
+) -> Tiles:
     """One device pass per conductance array: G+ sees ``up`` potentiating then ``down``
     depressing pulses, G- ``up`` depressing then ``down`` potentiating (weight-raising pulses
     first, as :func:`apply_pulses`), with one noise value per device."""

@@ -27,17 +27,24 @@ _F32 = jnp.float32
 
 def check_tile_shape(tile_shape: Any) -> tuple[int, int]:
     """Validate ``tile_shape`` = (rows, cols) of positive ints; returns it as a tuple."""
-    ok = (isinstance(tile_shape, (tuple, list)) and len(tile_shape) == 2
-          and all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tile_shape))
+    ok = (
+        isinstance(tile_shape, (tuple, list))
+        and len(tile_shape) == 2
+        and all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tile_shape)
+    )
     if not ok:
-        raise ValueError(f"tile_shape={tile_shape!r}: use a pair of positive integers "
-                         "(rows, cols), e.g. (64, 64) as in Yi et al. (2023)")
+        raise ValueError(
+            f"tile_shape={tile_shape!r}: use a pair of positive integers "
+            "(rows, cols), e.g. (64, 64) as in Yi et al. (2023)"
+        )
     return (int(tile_shape[0]), int(tile_shape[1]))
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["g_plus", "g_minus", "var_plus", "var_minus", "w_scale"],
-                   meta_fields=["shape", "device"])
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["g_plus", "g_minus", "var_plus", "var_minus", "w_scale"],
+    meta_fields=["shape", "device"],
+)
 @dataclasses.dataclass(frozen=True)
 class Tiles:
     """A weight matrix on crossbar tiles (a pytree; ``shape`` and ``device`` are static).
@@ -79,8 +86,14 @@ def _from_tiles(wt: jax.Array, shape: tuple[int, int]) -> jax.Array:
     return wt.transpose(0, 2, 1, 3).reshape(r * th, c * tw)[: shape[0], : shape[1]]
 
 
-def init_tiles(key: jax.Array, w: jax.Array, device: Device, tile_shape=(64, 64), *,
-               w_max: float | jax.Array | None = None) -> Tiles:
+def init_tiles(
+    key: jax.Array,
+    w: jax.Array,
+    device: Device,
+    tile_shape=(64, 64),
+    *,
+    w_max: float | jax.Array | None = None,
+) -> Tiles:
     """Program ``w`` onto fresh crossbar tiles (write-and-verify: exact up to the bounds).
 
     The pair is centred at mid-range, ``G+- = g_mid +- w / (2 w_scale)``, so both devices sit at
@@ -101,10 +114,13 @@ def init_tiles(key: jax.Array, w: jax.Array, device: Device, tile_shape=(64, 64)
         raise TypeError(f"device={device!r}: pass a device model such as analog.presets.IDEAL")
     w = jnp.asarray(w)
     if w.ndim != 2:
-        raise ValueError(f"init_tiles: w has shape {w.shape}; need a 2-D (in, out) matrix "
-                         "(analog.program maps other leaves to 2-D first)")
-    return _init_tiles(key, w.astype(_F32), device, tile_shape,
-                       None if w_max is None else jnp.asarray(w_max, _F32))
+        raise ValueError(
+            f"init_tiles: w has shape {w.shape}; need a 2-D (in, out) matrix "
+            "(analog.program maps other leaves to 2-D first)"
+        )
+    return _init_tiles(
+        key, w.astype(_F32), device, tile_shape, None if w_max is None else jnp.asarray(w_max, _F32)
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -114,7 +130,7 @@ def _init_tiles(key, w, device, tile_shape, w_max):
         w_max = jnp.where(m > 0, 2.0 * m, 1.0)
     w_scale = w_max / device.range
     wt = _to_tiles(w, tile_shape)
-    both = device.sample_variation(key, (2, *wt.shape))      # G+ and G- in one draw
+    both = device.sample_variation(key, (2, *wt.shape))  # G+ and G- in one draw
     var_p = jax.tree.map(lambda a: a[0], both)
     var_m = jax.tree.map(lambda a: a[1], both)
     g_mid = 0.5 * (device.g_min + device.g_max)

@@ -19,17 +19,29 @@ import numpy as np
 import optax
 
 import bbcore
+from analog._devices import Device
+from analog._energy import EnergyLedger
+from analog._local import (
+    _check_params,
+    _check_steps,
+    activity_difference,
+    check_beta,
+    check_flags,
+    check_nonconvergence_mode,
+    relaxation_counts,
+)
 from analog._periphery import IOConfig
 from analog._programming import program_many
 from analog._tiles import Tiles, check_tile_shape, init_tiles, read_weights, weight_step
-from analog._devices import Device
-from analog._energy import EnergyLedger
-from analog._local import (_check_params, _check_steps, activity_difference, check_beta,
-                           check_flags, check_nonconvergence_mode,
-                           relaxation_counts)
 
-__all__ = ["program", "ProgramState", "equilibrium_propagation", "EquilibriumPropagationState",
-           "matrix_shape", "mixed_precision_transfer"]
+__all__ = [
+    "program",
+    "ProgramState",
+    "equilibrium_propagation",
+    "EquilibriumPropagationState",
+    "matrix_shape",
+    "mixed_precision_transfer",
+]
 
 _F32 = jnp.float32
 
@@ -71,8 +83,9 @@ def _is_tiles(t) -> bool:
 def _check_program(device, io, tile_shape, pulse, seed, mixed_precision, w_max):
     """Validate :func:`program`'s arguments (errors say what to pass); returns ``tile_shape``."""
     if not isinstance(device, Device):
-        raise TypeError(f"program: device={device!r}; pass a device model such as "
-                        "analog.presets.TAOX_RERAM")
+        raise TypeError(
+            f"program: device={device!r}; pass a device model such as analog.presets.TAOX_RERAM"
+        )
     if io is not None and not isinstance(io, IOConfig):
         raise TypeError(f"program: io={io!r}; pass an analog.IOConfig or None")
     tile_shape = check_tile_shape(tile_shape)
@@ -89,8 +102,9 @@ def _check_program(device, io, tile_shape, pulse, seed, mixed_precision, w_max):
     return tile_shape
 
 
-def mixed_precision_transfer(pending: list[jax.Array], deltas: list[jax.Array],
-                             tiles: list[Tiles]) -> tuple[list[jax.Array], list[jax.Array]]:
+def mixed_precision_transfer(
+    pending: list[jax.Array], deltas: list[jax.Array], tiles: list[Tiles]
+) -> tuple[list[jax.Array], list[jax.Array]]:
     """The digital accumulator of mixed-precision training: what to send now, what to keep.
 
     Nandakumar et al., "Mixed-precision deep learning based on computational memory", Front.
@@ -112,17 +126,26 @@ def mixed_precision_transfer(pending: list[jax.Array], deltas: list[jax.Array],
     # Clamped at twice the pair's full swing: a larger request only saturates the devices, and
     # an unbounded chi loses the trunc arithmetic (|chi/eps| >= 2^24 in float32) or overflows
     # to inf from a huge but finite update.
-    chi = [jnp.clip(c + dl, -4.0 * t.w_scale, 4.0 * t.w_scale)
-           for c, dl, t in zip(pending, deltas, tiles)]
+    chi = [
+        jnp.clip(c + dl, -4.0 * t.w_scale, 4.0 * t.w_scale)
+        for c, dl, t in zip(pending, deltas, tiles)
+    ]
     # trunc, not round: |chi| stays below one step, so a change smaller than a step is never
     # sent early (Nandakumar et al.'s threshold at eps).
     sent = [jnp.trunc(c / weight_step(t)) * weight_step(t) for c, t in zip(chi, tiles)]
     return sent, [c - s for c, s in zip(chi, sent)]
 
 
-def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
-            pulse: str = "stochastic", seed: int = 0, w_max: float | None = None,
-            mixed_precision: bool = False) -> optax.GradientTransformationExtraArgs:
+def program(
+    device: Device,
+    *,
+    io: IOConfig | None = None,
+    tile_shape=(64, 64),
+    pulse: str = "stochastic",
+    seed: int = 0,
+    w_max: float | None = None,
+    mixed_precision: bool = False,
+) -> optax.GradientTransformationExtraArgs:
     """Make the devices take the incoming updates; return what they actually did.
 
     ``init(params)`` programs every leaf onto fresh tiles of ``device`` (write-and-verify, with
@@ -157,18 +180,29 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
     """
     tile_shape = _check_program(device, io, tile_shape, pulse, seed, mixed_precision, w_max)
     # one compilation for the whole tree instead of one per leaf
-    init_fn = jax.jit(functools.partial(_program_init, device=device, seed=seed,
-                                        tile_shape=tile_shape, w_max=w_max,
-                                        mixed_precision=mixed_precision))
+    init_fn = jax.jit(
+        functools.partial(
+            _program_init,
+            device=device,
+            seed=seed,
+            tile_shape=tile_shape,
+            w_max=w_max,
+            mixed_precision=mixed_precision,
+        )
+    )
 
     def update_fn(updates, state, params=None, **extra):
         del extra
         if params is None:
-            raise ValueError("analog.program needs params: it returns realized - params, so "
-                             "call tx.update(updates, state, params)")
+            raise ValueError(
+                "analog.program needs params: it returns realized - params, so "
+                "call tx.update(updates, state, params)"
+            )
         if updates is None:
-            raise ValueError("analog.program got updates=None; put it after a transform that "
-                             "produces updates (an estimator or optax.sgd)")
+            raise ValueError(
+                "analog.program got updates=None; put it after a transform that "
+                "produces updates (an estimator or optax.sgd)"
+            )
         u_leaves, treedef = jax.tree.flatten(updates)
         p_leaves = treedef.flatten_up_to(params)
         t_leaves = jax.tree.leaves(state.tiles, is_leaf=_is_tiles)
@@ -180,20 +214,30 @@ def program(device: Device, *, io: IOConfig | None = None, tile_shape=(64, 64),
             if mixed_precision:
                 sent, chi = mixed_precision_transfer(
                     [c.reshape(t.shape) for c, t in zip(treedef.flatten_up_to(pending), t_leaves)],
-                    deltas, t_leaves)
-                pending = treedef.unflatten([c.reshape(jnp.shape(p))
-                                             for c, p in zip(chi, p_leaves)])
+                    deltas,
+                    t_leaves,
+                )
+                pending = treedef.unflatten(
+                    [c.reshape(jnp.shape(p)) for c, p in zip(chi, p_leaves)]
+                )
                 new_tiles, pulses = program_many(t_leaves, sent, sub, rounding="deterministic")
             else:
                 new_tiles, pulses = program_many(t_leaves, deltas, sub, rounding=pulse)
             z = jnp.zeros((), _F32)
-            ledger = state.ledger + EnergyLedger(steps=jnp.ones((), _F32), cell_reads=z, dac=z,
-                                                 adc=z, pulses=pulses, digital_flops=z)
-            tiles = jax.tree.unflatten(jax.tree.structure(state.tiles, is_leaf=_is_tiles),
-                                       new_tiles)
+            ledger = state.ledger + EnergyLedger(
+                steps=jnp.ones((), _F32), cell_reads=z, dac=z, adc=z, pulses=pulses, digital_flops=z
+            )
+            tiles = jax.tree.unflatten(
+                jax.tree.structure(state.tiles, is_leaf=_is_tiles), new_tiles
+            )
             return _realized_minus_params(new_tiles, p_leaves, treedef), ProgramState(
-                count=state.count + 1, key=key, tiles=tiles, ledger=ledger,
-                nonfinite=jnp.asarray(state.nonfinite, jnp.int32), pending=pending)
+                count=state.count + 1,
+                key=key,
+                tiles=tiles,
+                ledger=ledger,
+                nonfinite=jnp.asarray(state.nonfinite, jnp.int32),
+                pending=pending,
+            )
 
         # A cond, not a select: a refused update never reaches the device model at all.
         return bbcore.refuse_nonfinite(bbcore.all_finite(u_leaves), take, state, params)
@@ -205,15 +249,28 @@ def _program_init(params, *, device, seed, tile_shape, w_max, mixed_precision) -
     """:func:`program`'s ``init``: every leaf programmed onto fresh tiles (key ``seed``)."""
     key = bbcore.key(seed)
     leaves, treedef = jax.tree.flatten(params)
-    tiles = [init_tiles(jax.random.fold_in(key, i),
-                        jnp.asarray(p).reshape(matrix_shape(jnp.shape(p))), device,
-                        tile_shape, w_max=w_max)
-             for i, p in enumerate(leaves)]
-    return ProgramState(count=jnp.zeros((), jnp.int32), key=jax.random.fold_in(key, len(leaves)),
-                        tiles=jax.tree.unflatten(treedef, tiles),
-                        ledger=EnergyLedger.zeros(), nonfinite=jnp.zeros((), jnp.int32),
-                        pending=(jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _F32), params)
-                                 if mixed_precision else None))
+    tiles = [
+        init_tiles(
+            jax.random.fold_in(key, i),
+            jnp.asarray(p).reshape(matrix_shape(jnp.shape(p))),
+            device,
+            tile_shape,
+            w_max=w_max,
+        )
+        for i, p in enumerate(leaves)
+    ]
+    return ProgramState(
+        count=jnp.zeros((), jnp.int32),
+        key=jax.random.fold_in(key, len(leaves)),
+        tiles=jax.tree.unflatten(treedef, tiles),
+        ledger=EnergyLedger.zeros(),
+        nonfinite=jnp.zeros((), jnp.int32),
+        pending=(
+            jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _F32), params)
+            if mixed_precision
+            else None
+        ),
+    )
 
 
 def _realized_minus_params(tiles: list[Tiles], p_leaves: list, treedef) -> Any:
@@ -239,11 +296,20 @@ class EquilibriumPropagationState(NamedTuple):
     unconverged: jax.Array = np.int32(0)
 
 
-def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_steps: int = 4,
-                            seed: int = 0, centered: bool = True, io: IOConfig | None = None,
-                            tile_shape=(64, 64), tol: float | None = 5e-2, normalize: bool = False,
-                            linear_output: bool = False, on_nonconvergence: str = "warn"
-                            ) -> optax.GradientTransformationExtraArgs:
+def equilibrium_propagation(
+    *,
+    beta: float = 0.5,
+    free_steps: int = 20,
+    nudged_steps: int = 4,
+    seed: int = 0,
+    centered: bool = True,
+    io: IOConfig | None = None,
+    tile_shape=(64, 64),
+    tol: float | None = 5e-2,
+    normalize: bool = False,
+    linear_output: bool = False,
+    on_nonconvergence: str = "warn",
+) -> optax.GradientTransformationExtraArgs:
     """Estimator transform: the activity-difference update of an energy network from ``batch``.
 
     ``update(updates, state, params, *, batch=(x, y))`` ignores ``updates`` (may be None) and
@@ -283,39 +349,68 @@ def equilibrium_propagation(*, beta: float = 0.5, free_steps: int = 20, nudged_s
 
     def init_fn(params):
         _check_params(params)
-        return EquilibriumPropagationState(jnp.zeros((), jnp.int32), bbcore.key(seed),
-                                           jnp.zeros((), _F32), EnergyLedger.zeros(),
-                                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+        return EquilibriumPropagationState(
+            jnp.zeros((), jnp.int32),
+            bbcore.key(seed),
+            jnp.zeros((), _F32),
+            EnergyLedger.zeros(),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.int32),
+        )
 
     def update_fn(updates, state, params=None, *, batch=None, **extra):
         del updates, extra
         if params is None:
-            raise ValueError("equilibrium_propagation needs params: tx.update(None, state, "
-                             "params, batch=(x, y))")
+            raise ValueError(
+                "equilibrium_propagation needs params: tx.update(None, state, params, batch=(x, y))"
+            )
         if batch is None:
-            raise ValueError("equilibrium_propagation reads the keyword extra arg batch=(x, y); "
-                             "pass it to tx.update (optax.chain forwards it)")
+            raise ValueError(
+                "equilibrium_propagation reads the keyword extra arg batch=(x, y); "
+                "pass it to tx.update (optax.chain forwards it)"
+            )
         x, y = batch
         ws, _ = _check_params(params)
         key, sub = jax.random.split(state.key)
-        upd, info = activity_difference(params, x, y, beta=beta, free_steps=free_steps,
-                                        nudged_steps=nudged_steps, centered=centered, io=io,
-                                        key=sub, tile_shape=tile_shape, tol=tol,
-                                        normalize=normalize, linear_output=linear_output,
-                                        on_nonconvergence=on_nonconvergence, return_info=True)
+        upd, info = activity_difference(
+            params,
+            x,
+            y,
+            beta=beta,
+            free_steps=free_steps,
+            nudged_steps=nudged_steps,
+            centered=centered,
+            io=io,
+            key=sub,
+            tile_shape=tile_shape,
+            tol=tol,
+            normalize=normalize,
+            linear_output=linear_output,
+            on_nonconvergence=on_nonconvergence,
+            return_info=True,
+        )
         b = jnp.shape(x)[0]
         sizes = [ws[0].shape[0]] + [w.shape[1] for w in ws]
         counts = relaxation_counts(sizes, b, sweeps, tile_shape)
         # The update itself: two outer products per layer on a digital processor.
         upd_flops = sum(4.0 * b * w.shape[0] * w.shape[1] for w in ws)
-        counts = counts._replace(steps=jnp.ones((), _F32),
-                                 digital_flops=counts.digital_flops + upd_flops)
+        counts = counts._replace(
+            steps=jnp.ones((), _F32), digital_flops=counts.digital_flops + upd_flops
+        )
         residual = jnp.maximum(info.free_residual, info.nudged_residual)
-        late = (jnp.zeros((), jnp.int32) if tol is None
-                else jnp.logical_not(residual <= tol).astype(jnp.int32))
-        new = EquilibriumPropagationState(state.count + 1, key, residual, state.ledger + counts,
-                                          jnp.asarray(state.nonfinite, jnp.int32),
-                                          jnp.asarray(state.unconverged, jnp.int32) + late)
+        late = (
+            jnp.zeros((), jnp.int32)
+            if tol is None
+            else jnp.logical_not(residual <= tol).astype(jnp.int32)
+        )
+        new = EquilibriumPropagationState(
+            state.count + 1,
+            key,
+            residual,
+            state.ledger + counts,
+            jnp.asarray(state.nonfinite, jnp.int32),
+            jnp.asarray(state.unconverged, jnp.int32) + late,
+        )
         return bbcore.refuse_nonfinite(bbcore.all_finite(upd), lambda: (upd, new), state, upd)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -34,8 +34,9 @@ _IMPLS = ("fast", "reference")
 
 def _check_int(name: str, value, lo: int, hi: int, what: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ValueError(f"UpdateConfig: {name}={value!r}: {what} must be an integer in "
-                         f"[{lo}, {hi}]")
+        raise ValueError(
+            f"UpdateConfig: {name}={value!r}: {what} must be an integer in [{lo}, {hi}]"
+        )
 
 
 def _check_bool(name: str, value, true: str, false: str) -> None:
@@ -102,20 +103,31 @@ class UpdateConfig:
 
     def __post_init__(self):
         if self.mode not in _MODES:
-            raise ValueError(f"UpdateConfig: mode={self.mode!r}: use 'stochastic' (coincidence "
-                             "pulse trains) or 'deterministic' (per-device pulse counts)")
+            raise ValueError(
+                f"UpdateConfig: mode={self.mode!r}: use 'stochastic' (coincidence "
+                "pulse trains) or 'deterministic' (per-device pulse counts)"
+            )
         _check_int("bl", self.bl, 1, 1024, "the pulse-train length")
-        _check_bool("update_management", self.update_management,
-                    "balance the row and column probabilities per sample",
-                    "equal factors sqrt(lr / (bl dw))")
-        _check_bool("bl_management", self.bl_management,
-                    "shorten each sample's trains to ceil(lr max|x| max|d| / dw) slots, as "
-                    "aihwkit's update_bl_management", "always bl slots")
+        _check_bool(
+            "update_management",
+            self.update_management,
+            "balance the row and column probabilities per sample",
+            "equal factors sqrt(lr / (bl dw))",
+        )
+        _check_bool(
+            "bl_management",
+            self.bl_management,
+            "shorten each sample's trains to ceil(lr max|x| max|d| / dw) slots, as "
+            "aihwkit's update_bl_management",
+            "always bl slots",
+        )
         _check_int("prob_bits", self.prob_bits, 4, 16, "the probability resolution in bits")
         if self.impl not in _IMPLS:
-            raise ValueError(f"UpdateConfig: impl={self.impl!r}: use 'fast' (packed trains, "
-                             "fused counts, one device pass) or 'reference' (the per-sample "
-                             "reference implementation)")
+            raise ValueError(
+                f"UpdateConfig: impl={self.impl!r}: use 'fast' (packed trains, "
+                "fused counts, one device pass) or 'reference' (the per-sample "
+                "reference implementation)"
+            )
 
     @property
     def trains(self) -> bool:
@@ -143,11 +155,21 @@ def _resolve(update: UpdateConfig | None, **knobs) -> UpdateConfig:
     return dataclasses.replace(update, **given) if given else update
 
 
-def pulse_update(tiles: Tiles, x: jax.Array, d: jax.Array, lr: float | jax.Array,
-                 key: jax.Array | None, *, update: UpdateConfig | None = None,
-                 mode: str = _UNSET, bl: int = _UNSET, impl: str = _UNSET,
-                 prob_bits: int = _UNSET, bl_management: bool = _UNSET,
-                 update_management: bool = _UNSET) -> tuple[Tiles, jax.Array]:
+def pulse_update(
+    tiles: Tiles,
+    x: jax.Array,
+    d: jax.Array,
+    lr: float | jax.Array,
+    key: jax.Array | None,
+    *,
+    update: UpdateConfig | None = None,
+    mode: str = _UNSET,
+    bl: int = _UNSET,
+    impl: str = _UNSET,
+    prob_bits: int = _UNSET,
+    bl_management: bool = _UNSET,
+    update_management: bool = _UNSET,
+) -> tuple[Tiles, jax.Array]:
     """Outer-product update ``W += lr * sum_b x_b^T d_b`` as programming pulses.
 
     How the update becomes pulses is ``update`` (an :class:`UpdateConfig`: pulse mode, bit
@@ -164,14 +186,27 @@ def pulse_update(tiles: Tiles, x: jax.Array, d: jax.Array, lr: float | jax.Array
     Returns:
       ``(new_tiles, pulses)`` with the float32 number of pulses sent.
     """
-    cfg = _resolve(update, mode=mode, bl=bl, impl=impl, prob_bits=prob_bits,
-                   bl_management=bl_management, update_management=update_management)
+    cfg = _resolve(
+        update,
+        mode=mode,
+        bl=bl,
+        impl=impl,
+        prob_bits=prob_bits,
+        bl_management=bl_management,
+        update_management=update_management,
+    )
     x = jnp.asarray(x).astype(_F32)
     d = jnp.asarray(d).astype(_F32)
-    if x.ndim != 2 or d.ndim != 2 or x.shape[0] != d.shape[0] or \
-            (x.shape[1], d.shape[1]) != tiles.shape:
-        raise ValueError(f"pulse_update: x {x.shape} and d {d.shape} must be (B, in) and "
-                         f"(B, out) for tiles of shape {tiles.shape}")
+    if (
+        x.ndim != 2
+        or d.ndim != 2
+        or x.shape[0] != d.shape[0]
+        or (x.shape[1], d.shape[1]) != tiles.shape
+    ):
+        raise ValueError(
+            f"pulse_update: x {x.shape} and d {d.shape} must be (B, in) and "
+            f"(B, out) for tiles of shape {tiles.shape}"
+        )
     if cfg.trains:
         bbcore.require_key(key, "pulse_update", "mode='stochastic' draws pulse trains")
     if tiles.device.dw_min_std > 0:
@@ -223,18 +258,25 @@ def _pulse_update_fast(tiles, x, d, lr, key, cfg: UpdateConfig):
         sent = 2.0 * jnp.sum(up + down)
     else:
         lengths = _train_lengths(x, d, lr, dw, bl) if cfg.bl_management else None
-        px, pd = _probabilities(x, d, lr, dw, bl if lengths is None
-                                else lengths[:, None].astype(_F32), cfg.update_management)
+        px, pd = _probabilities(
+            x,
+            d,
+            lr,
+            dw,
+            bl if lengths is None else lengths[:, None].astype(_F32),
+            cfg.update_management,
+        )
         # Pad rows and columns to whole tiles before drawing: padded lines get p = 0 (zero
         # trains), and each train word is drawn once, straight into the layout of the counts.
         (th, tw), (r, c) = tiles.tile_shape, tiles.grid
-        pad_in = lambda a: jnp.pad(a, ((0, 0), (0, r * th - a.shape[1])))  # noqa: E731
-        pad_out = lambda a: jnp.pad(a, ((0, 0), (0, c * tw - a.shape[1])))  # noqa: E731
+        pad_in = lambda a: jnp.pad(a, ((0, 0), (0, r * th - a.shape[1])))
+        pad_out = lambda a: jnp.pad(a, ((0, 0), (0, c * tw - a.shape[1])))
         wx = _train_words(seeds, 1, pad_in(px), bl, prob_bits, lengths)
         wd = _train_words(seeds, 2, pad_out(pd), bl, prob_bits, lengths)
-        neg = lambda a: jnp.where(a < 0, _U32(0xFFFFFFFF), _U32(0))  # noqa: E731
-        g_plus, g_minus, total = _count_and_apply(tiles, wx, neg(pad_in(x)), wd,
-                                                  neg(pad_out(d)), seeds, bl, lengths)
+        neg = lambda a: jnp.where(a < 0, _U32(0xFFFFFFFF), _U32(0))
+        g_plus, g_minus, total = _count_and_apply(
+            tiles, wx, neg(pad_in(x)), wd, neg(pad_out(d)), seeds, bl, lengths
+        )
         return g_plus, g_minus, 2.0 * total.astype(_F32)
     new = _apply_counts(tiles, up, down, seeds, 3)
     return new.g_plus, new.g_minus, sent
@@ -253,19 +295,18 @@ def _pulse_update_reference(tiles, x, d, lr, key, cfg: UpdateConfig):
         slots = jnp.arange(bl)[None, :, None]
         if cfg.bl_management:
             lengths = _train_lengths(x, d, lr, dw, bl)
-            px, pd = _probabilities(x, d, lr, dw, lengths[:, None].astype(_F32),
-                                    cfg.update_management)
-            live = slots < lengths[:, None, None]                   # (B, bl, 1)
+            px, pd = _probabilities(
+                x, d, lr, dw, lengths[:, None].astype(_F32), cfg.update_management
+            )
+            live = slots < lengths[:, None, None]  # (B, bl, 1)
         else:
             px, pd = _probabilities(x, d, lr, dw, bl, cfg.update_management)
             live = True
-        bx = live & (jax.random.uniform(kx, (x.shape[0], bl, x.shape[1]), _F32)
-                     < px[:, None, :])
-        bd = live & (jax.random.uniform(kd, (d.shape[0], bl, d.shape[1]), _F32)
-                     < pd[:, None, :])
-        wx, wd = _pack_bits(bx), _pack_bits(bd)                     # (B, W, in), (B, W, out)
+        bx = live & (jax.random.uniform(kx, (x.shape[0], bl, x.shape[1]), _F32) < px[:, None, :])
+        bd = live & (jax.random.uniform(kd, (d.shape[0], bl, d.shape[1]), _F32) < pd[:, None, :])
+        wx, wd = _pack_bits(bx), _pack_bits(bd)  # (B, W, in), (B, W, out)
         coinc = jax.lax.population_count(wx[:, :, :, None] & wd[:, :, None, :])
-        coinc = jnp.sum(coinc, axis=1).astype(_F32)                 # (B, in, out)
+        coinc = jnp.sum(coinc, axis=1).astype(_F32)  # (B, in, out)
         sgn = jnp.sign(x)[:, :, None] * jnp.sign(d)[:, None, :]
         n_up = jnp.sum(jnp.where(sgn > 0, coinc, 0.0), axis=0)
         n_down = jnp.sum(jnp.where(sgn < 0, coinc, 0.0), axis=0)

@@ -19,15 +19,23 @@ package, slightly differently; now a change of policy is one edit.
 
 from bbcore.checks import check_mesh_axis, check_seed, require_key
 from bbcore.finite import all_finite, count_refusal, refuse_nonfinite
-from bbcore.jax_compat import (TESTED_JAX, register_linear_call_batching, varies_over,
-                               varying)
+from bbcore.jax_compat import TESTED_JAX, register_linear_call_batching, varies_over, varying
 from bbcore.prng import PRNG_IMPL, key
 from bbcore.trees import find_fields, find_states
 
 __all__ = [
-    "all_finite", "refuse_nonfinite", "count_refusal",
-    "check_seed", "check_mesh_axis", "require_key",
-    "PRNG_IMPL", "key",
-    "varies_over", "varying", "register_linear_call_batching", "TESTED_JAX",
-    "find_states", "find_fields",
+    "all_finite",
+    "refuse_nonfinite",
+    "count_refusal",
+    "check_seed",
+    "check_mesh_axis",
+    "require_key",
+    "PRNG_IMPL",
+    "key",
+    "varies_over",
+    "varying",
+    "register_linear_call_batching",
+    "TESTED_JAX",
+    "find_states",
+    "find_fields",
 ]

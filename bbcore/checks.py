@@ -26,12 +26,16 @@ def check_seed(seed: Any, who: str | None = None) -> Any:
     """
     if isinstance(seed, int) and not isinstance(seed, bool):
         return seed
-    if isinstance(seed, (jax.Array, np.ndarray, np.generic)) and np.ndim(seed) == 0 and \
-            jnp.issubdtype(seed.dtype, jnp.integer):
+    if (
+        isinstance(seed, (jax.Array, np.ndarray, np.generic))
+        and np.ndim(seed) == 0
+        and jnp.issubdtype(seed.dtype, jnp.integer)
+    ):
         return seed
     where = f"{who}: " if who else ""
-    raise TypeError(f"{where}seed={seed!r} must be an integer (a Python int or an integer "
-                    "scalar array)")
+    raise TypeError(
+        f"{where}seed={seed!r} must be an integer (a Python int or an integer scalar array)"
+    )
 
 
 def check_mesh_axis(mesh: Any, axis_name: Any, who: str, *, what: str = "axis_name") -> int:
@@ -47,12 +51,16 @@ def check_mesh_axis(mesh: Any, axis_name: Any, who: str, *, what: str = "axis_na
       TypeError: ``mesh`` is not a mesh. ValueError: no such axis.
     """
     if not isinstance(mesh, (jax.sharding.Mesh, jax.sharding.AbstractMesh)):
-        raise TypeError(f"{who}: mesh={mesh!r} is not a jax.sharding.Mesh; build one with "
-                        "jax.sharding.Mesh(np.array(jax.devices()), ('data',)) or "
-                        "beyondbp.distributed.make_mesh()")
+        raise TypeError(
+            f"{who}: mesh={mesh!r} is not a jax.sharding.Mesh; build one with "
+            "jax.sharding.Mesh(np.array(jax.devices()), ('data',)) or "
+            "beyondbp.distributed.make_mesh()"
+        )
     if axis_name not in mesh.axis_names:
-        raise ValueError(f"{who}: {what}={axis_name!r} is not an axis of the mesh; its axes "
-                         f"are {mesh.axis_names}")
+        raise ValueError(
+            f"{who}: {what}={axis_name!r} is not an axis of the mesh; its axes "
+            f"are {mesh.axis_names}"
+        )
     return int(mesh.shape[axis_name])
 
 

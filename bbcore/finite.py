@@ -10,7 +10,8 @@ than NaN: a NaN passed on would poison every state after it in a chain.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,8 +44,9 @@ def _zeros_like(tree: Any) -> Any:
     return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.result_type(x)), tree)
 
 
-def refuse_nonfinite(ok: jax.Array, take: Callable[[], tuple[Any, Any]], state: Any,
-                     updates_like: Any) -> tuple[Any, Any]:
+def refuse_nonfinite(
+    ok: jax.Array, take: Callable[[], tuple[Any, Any]], state: Any, updates_like: Any
+) -> tuple[Any, Any]:
     """``take()`` when ``ok``, else the refusal: zero updates and ``count_refusal(state)``.
 
     Args:
@@ -57,6 +59,7 @@ def refuse_nonfinite(ok: jax.Array, take: Callable[[], tuple[Any, Any]], state: 
     A ``lax.cond``, not a select: a refused step's work never runs, and the branches may hold
     typed PRNG keys, which ``jnp.where`` does not take. Under ``vmap`` it becomes a select.
     """
+
     def refuse():
         return _zeros_like(updates_like), count_refusal(state)
 

@@ -86,8 +86,13 @@ def register_linear_call_batching() -> None:
             b_t, _ = batching.batch_jaxpr(t, axis_data, t_batched, instantiate=True)
             return b_t, t_consts
 
-        outs = prim.bind(*new_args, callee=b_callee, transpose_thunk=_memo(new_thunk),
-                         num_callee_consts=num_callee_consts, num_res=num_res)
+        outs = prim.bind(
+            *new_args,
+            callee=b_callee,
+            transpose_thunk=_memo(new_thunk),
+            num_callee_consts=num_callee_consts,
+            num_res=num_res,
+        )
         return outs, [0] * len(outs)
 
     batching.fancy_primitive_batchers[prim] = _batch
@@ -101,4 +106,5 @@ def _memo(f):
         if not cache:
             cache.append(f())
         return cache[0]
+
     return g

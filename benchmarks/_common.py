@@ -21,10 +21,22 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-__all__ = ["RESULTS", "command", "machine", "save", "add_data_dir", "data_dir_default",
-           "positive_int", "int_list", "median_time", "out_name", "add_step_timing"]
+__all__ = [
+    "RESULTS",
+    "command",
+    "machine",
+    "save",
+    "add_data_dir",
+    "data_dir_default",
+    "positive_int",
+    "int_list",
+    "median_time",
+    "out_name",
+    "add_step_timing",
+]
 
 #: Where every benchmark writes its JSON and PNG files.
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -39,18 +51,27 @@ def command(argv: Sequence[str] | None = None) -> str:
 
 def machine() -> dict:
     """The machine a result was measured on: platform, CPUs, and JAX's version and devices."""
-    out = {"platform": platform.platform(), "processor": platform.processor() or
-           platform.machine(), "cpus": os.cpu_count()}
+    out = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
     if "jax" in sys.modules or _importable("jax"):
         import jax
+
         dev = jax.devices()[0]
-        out.update(jax=jax.__version__, backend=dev.platform, device=str(dev.device_kind),
-                   device_count=jax.device_count())
+        out.update(
+            jax=jax.__version__,
+            backend=dev.platform,
+            device=str(dev.device_kind),
+            device_count=jax.device_count(),
+        )
     return out
 
 
 def _importable(name: str) -> bool:
     import importlib.util
+
     return importlib.util.find_spec(name) is not None
 
 
@@ -67,8 +88,9 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def save(name: str, result: dict, fig: Any = None, *, argv: Sequence[str] | None = None,
-         dpi: int = 110) -> pathlib.Path:
+def save(
+    name: str, result: dict, fig: Any = None, *, argv: Sequence[str] | None = None, dpi: int = 110
+) -> pathlib.Path:
     """Write ``RESULTS/<name>.json`` (and ``<name>.png`` from ``fig``); return the JSON path.
 
     ``command`` and ``machine`` are added unless ``result`` already has them. The JSON is
@@ -110,13 +132,17 @@ def data_dir_default() -> str | None:
 
 def add_data_dir(ap: argparse.ArgumentParser) -> None:
     """``--data-dir``: where the MNIST IDX files are; default: beyondbp.datasets' lookup."""
-    ap.add_argument("--data-dir", default=None,
-                    help="directory of the MNIST IDX files (default: $BEYONDBP_DATA, then the "
-                         "user cache, as beyondbp.datasets.load looks them up)")
+    ap.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory of the MNIST IDX files (default: $BEYONDBP_DATA, then the "
+        "user cache, as beyondbp.datasets.load looks them up)",
+    )
 
 
-def add_step_timing(ap: argparse.ArgumentParser, *, repeats: int = 7, iters: int = 5,
-                    batch: int = 256) -> None:
+def add_step_timing(
+    ap: argparse.ArgumentParser, *, repeats: int = 7, iters: int = 5, batch: int = 256
+) -> None:
     """``--repeats`` (interleaved rounds), ``--iters`` (steps per round) and ``--batch``: the
     options of the scripts that time training steps side by side."""
     ap.add_argument("--repeats", type=int, default=repeats)
@@ -147,6 +173,7 @@ def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> 
     does not hide the work. Medians, not means: these machines are shared and noisy.
     """
     import jax
+
     for _ in range(warmup):
         jax.block_until_ready(fn())
     times = []

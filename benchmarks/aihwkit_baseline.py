@@ -43,17 +43,15 @@ import platform
 import statistics
 import time
 
+import _common  # stdlib only: no JAX in aihwkit's environment
+import aihwkit
 import numpy as np
 import torch
-from torch import nn
-
-import aihwkit
-
-import _common  # stdlib only: no JAX in aihwkit's environment
 from aihwkit.nn import AnalogLinear, AnalogSequential
 from aihwkit.optim import AnalogSGD
 from aihwkit.simulator.configs import ConstantStepDevice, SingleRPUConfig
 from aihwkit.simulator.presets import ReRamESPreset
+from torch import nn
 
 
 def load_mnist(folder: pathlib.Path, n: int) -> np.ndarray:
@@ -81,9 +79,12 @@ def rpu_config(name: str):
 def time_config(name, x_all, y_all, batch, warmup, batches, repeats):
     torch.manual_seed(0)
     cfg = rpu_config(name)
-    model = AnalogSequential(AnalogLinear(784, 500, bias=False, rpu_config=cfg), nn.Sigmoid(),
-                             AnalogLinear(500, 10, bias=False, rpu_config=cfg),
-                             nn.LogSoftmax(dim=1))
+    model = AnalogSequential(
+        AnalogLinear(784, 500, bias=False, rpu_config=cfg),
+        nn.Sigmoid(),
+        AnalogLinear(500, 10, bias=False, rpu_config=cfg),
+        nn.LogSoftmax(dim=1),
+    )
     opt = AnalogSGD(model.parameters(), lr=0.01)
     opt.regroup_param_groups(model)
     loss_fn = nn.NLLLoss()
@@ -93,7 +94,7 @@ def time_config(name, x_all, y_all, batch, warmup, batches, repeats):
     def one_batch():
         i = it[0] % n
         it[0] += 1
-        xb, yb = x_all[i * batch:(i + 1) * batch], y_all[i * batch:(i + 1) * batch]
+        xb, yb = x_all[i * batch : (i + 1) * batch], y_all[i * batch : (i + 1) * batch]
         opt.zero_grad()
         loss = loss_fn(model(xb), yb)
         loss.backward()
@@ -109,24 +110,30 @@ def time_config(name, x_all, y_all, batch, warmup, batches, repeats):
             loss = one_batch()
         loss.item()
         rates.append(batch * batches / (time.perf_counter() - t0))
-    return {"samples_per_s": statistics.median(rates), "repeats": rates,
-            "final_loss": loss.item()}
+    return {"samples_per_s": statistics.median(rates), "repeats": rates, "final_loss": loss.item()}
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batches", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--mnist", default=_common.data_dir_default(),
-                    help="directory of the MNIST IDX files (default: $BEYONDBP_DATA[/mnist]); "
-                         "uniform random data when absent")
-    ap.add_argument("--configs", default="constant_step,constant_step_fixed_bl31,"
-                                         "constant_step_perfect_io,"
-                                         "constant_step_perfect_io_fixed_bl31,reram_es_preset")
+    ap.add_argument(
+        "--mnist",
+        default=_common.data_dir_default(),
+        help="directory of the MNIST IDX files (default: $BEYONDBP_DATA[/mnist]); "
+        "uniform random data when absent",
+    )
+    ap.add_argument(
+        "--configs",
+        default="constant_step,constant_step_fixed_bl31,"
+        "constant_step_perfect_io,"
+        "constant_step_perfect_io_fixed_bl31,reram_es_preset",
+    )
     ap.add_argument("--json", default=None, help="also write the result here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -140,14 +147,21 @@ def main():
         with gzip.open(pathlib.Path(args.mnist) / "train-labels-idx1-ubyte.gz", "rb") as f:
             y = np.frombuffer(f.read(), np.uint8, offset=8)[:n].astype(np.int64)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    out = {"aihwkit": aihwkit.__version__, "torch": torch.__version__,
-           "torch_threads": torch.get_num_threads(), "batch": args.batch, "data": data,
-           "machine": f"{platform.machine()} {platform.processor()}",
-           "timed_batches_per_repeat": args.batches, "statistic": "median over repeats",
-           "configs": {}}
+    out = {
+        "aihwkit": aihwkit.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "data": data,
+        "machine": f"{platform.machine()} {platform.processor()}",
+        "timed_batches_per_repeat": args.batches,
+        "statistic": "median over repeats",
+        "configs": {},
+    }
     for name in args.configs.split(","):
-        out["configs"][name] = time_config(name, xt, yt, args.batch, args.warmup, args.batches,
-                                           args.repeats)
+        out["configs"][name] = time_config(
+            name, xt, yt, args.batch, args.warmup, args.batches, args.repeats
+        )
         print(name, out["configs"][name], flush=True)
     print(json.dumps(out))
     if args.json:

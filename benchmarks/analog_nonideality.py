@@ -38,13 +38,13 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import _common
+import matplotlib.pyplot as plt
 
-import analog  # noqa: E402
-from beyondbp import datasets, methods, train  # noqa: E402
-from beyondbp.methods import analog_rows  # noqa: E402
+import analog
+from beyondbp import datasets, methods, train
+from beyondbp.methods import analog_rows
 
-import _common  # noqa: E402
 TAOX = analog.presets.TAOX_RERAM
 
 SWEEPS = {
@@ -62,14 +62,22 @@ def _setup(cfg, factor, value, beta=analog_rows.BETA, lr_decay=False):
         device = dataclasses.replace(TAOX, stuck_on=value / 2, stuck_off=value / 2)
     elif factor == "read_noise":
         io = dataclasses.replace(analog.presets.TAOX_IO, read_noise=value)
-        steps = dict(free_steps=analog_rows.TAOX_FREE_STEPS,
-                     nudged_steps=analog_rows.TAOX_NUDGED_STEPS)
+        steps = dict(
+            free_steps=analog_rows.TAOX_FREE_STEPS, nudged_steps=analog_rows.TAOX_NUDGED_STEPS
+        )
     else:
         device = dataclasses.replace(TAOX, **{factor: value})
     # w_max=None: the device range is sized from the initial weights, as analog-eqprop-taox does
     return analog_rows.build_eqprop(
-        cfg, device=device, io=io, tol=None, w_max=None,
-        beta=beta, lr_decay_steps=cfg.steps if lr_decay else None, **steps)
+        cfg,
+        device=device,
+        io=io,
+        tol=None,
+        w_max=None,
+        beta=beta,
+        lr_decay_steps=cfg.steps if lr_decay else None,
+        **steps,
+    )
 
 
 def main(argv=None):
@@ -79,21 +87,35 @@ def main(argv=None):
     ap.add_argument("--dataset", default="mnist_small")
     _common.add_data_dir(ap)
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    ap.add_argument("--beta", type=float, default=analog_rows.BETA,
-                    help=f"nudge strength (default {analog_rows.BETA}, the ideal row's; the "
-                         f"registered TaOx row uses {analog_rows.TAOX_BETA})")
-    ap.add_argument("--lr-decay", action="store_true",
-                    help="per-layer rates on a cosine to 10%% of themselves over the run")
+    ap.add_argument(
+        "--beta",
+        type=float,
+        default=analog_rows.BETA,
+        help=f"nudge strength (default {analog_rows.BETA}, the ideal row's; the "
+        f"registered TaOx row uses {analog_rows.TAOX_BETA})",
+    )
+    ap.add_argument(
+        "--lr-decay",
+        action="store_true",
+        help="per-layer rates on a cosine to 10%% of themselves over the run",
+    )
     ap.add_argument("--out", default="analog_nonideality", help="result file name")
-    ap.add_argument("--only", default=None, help="comma-separated factors to run "
-                    "(dw_min_std, up_down, stuck, read_noise); default all")
-    ap.add_argument("--merge", default=None,
-                    help="comma-separated result names to combine into --out (runs nothing): "
-                         "for sweeps split over processes with --only")
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated factors to run (dw_min_std, up_down, stuck, read_noise); default all",
+    )
+    ap.add_argument(
+        "--merge",
+        default=None,
+        help="comma-separated result names to combine into --out (runs nothing): "
+        "for sweeps split over processes with --only",
+    )
     args = ap.parse_args(argv)
     if args.merge:
-        parts = [json.loads((_common.RESULTS / f"{n}.json").read_text())
-                 for n in args.merge.split(",")]
+        parts = [
+            json.loads((_common.RESULTS / f"{n}.json").read_text()) for n in args.merge.split(",")
+        ]
         merged = dict(parts[0], results={}, command=[p["command"] for p in parts])
         for p in parts:
             merged["results"].update(p["results"])
@@ -109,27 +131,54 @@ def main(argv=None):
             continue
         rows = []
         for v in values:
-            row = {"value": v, "seeds": seeds, "test_accuracy_per_seed": [],
-                   "step_time_s": [], "wall_s": []}
+            row = {
+                "value": v,
+                "seeds": seeds,
+                "test_accuracy_per_seed": [],
+                "step_time_s": [],
+                "wall_s": [],
+            }
             for seed in seeds:
-                cfg = methods.MethodConfig(key=jax.random.key(seed), input_shape=tr.input_shape,
-                                           num_classes=tr.num_classes, steps=args.steps)
+                cfg = methods.MethodConfig(
+                    key=jax.random.key(seed),
+                    input_shape=tr.input_shape,
+                    num_classes=tr.num_classes,
+                    steps=args.steps,
+                )
                 t0 = time.perf_counter()
-                h = train.train(_setup(cfg, factor, v, args.beta, args.lr_decay), tr, te,
-                                steps=args.steps, batch_size=args.batch_size, seed=seed,
-                                eval_every=args.steps, progress=False, desc=f"{factor}={v}")
+                h = train.train(
+                    _setup(cfg, factor, v, args.beta, args.lr_decay),
+                    tr,
+                    te,
+                    steps=args.steps,
+                    batch_size=args.batch_size,
+                    seed=seed,
+                    eval_every=args.steps,
+                    progress=False,
+                    desc=f"{factor}={v}",
+                )
                 row["test_accuracy_per_seed"].append(h["final_test_accuracy"])
                 row["step_time_s"].append(h["step_time_s"])
                 row["wall_s"].append(time.perf_counter() - t0)
-                print(f"{factor:12s} {v:<6} seed {seed} acc {h['final_test_accuracy']:.4f} "
-                      f"({row['wall_s'][-1]:.0f} s)", flush=True)
+                print(
+                    f"{factor:12s} {v:<6} seed {seed} acc {h['final_test_accuracy']:.4f} "
+                    f"({row['wall_s'][-1]:.0f} s)",
+                    flush=True,
+                )
             accs = np.asarray(row["test_accuracy_per_seed"])
-            row.update(test_accuracy=float(accs.mean()), test_accuracy_min=float(accs.min()),
-                       test_accuracy_max=float(accs.max()))
+            row.update(
+                test_accuracy=float(accs.mean()),
+                test_accuracy_min=float(accs.min()),
+                test_accuracy_max=float(accs.max()),
+            )
             rows.append(row)
         results[title] = {"factor": factor, "runs": rows}
-    out = {"config": vars(args), "baseline_device": repr(TAOX),
-           "baseline_io": repr(analog.presets.TAOX_IO), "results": results}
+    out = {
+        "config": vars(args),
+        "baseline_device": repr(TAOX),
+        "baseline_io": repr(analog.presets.TAOX_IO),
+        "results": results,
+    }
     _common.save(args.out, out, plot(out), argv=argv, dpi=120)
 
 
@@ -137,24 +186,39 @@ def plot(out: dict):
     results, cfg = out["results"], out["config"]
     seeds = [int(x) for x in str(cfg.get("seeds", cfg.get("seed", 0))).split(",")]
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.2), squeeze=False)
-    lowest = min(min(x.get("test_accuracy_per_seed", [x["test_accuracy"]]))
-                 for r in results.values() for x in r["runs"])
+    lowest = min(
+        min(x.get("test_accuracy_per_seed", [x["test_accuracy"]]))
+        for r in results.values()
+        for x in r["runs"]
+    )
     for ax, (title, r) in zip(axes[0], results.items()):
         xs = [x["value"] for x in r["runs"]]
         per_seed = [x.get("test_accuracy_per_seed", [x["test_accuracy"]]) for x in r["runs"]]
         # One line per seed: between-seed spread (a seed stuck on a plateau) is as large as
         # the factors' effects, and a mean would hide which it is.
         for k in range(len(per_seed[0])):
-            ax.plot(xs, [a[k] for a in per_seed], "o-", alpha=0.6, lw=1,
-                    label=f"seed {seeds[k]}" if k < len(seeds) else None)
+            ax.plot(
+                xs,
+                [a[k] for a in per_seed],
+                "o-",
+                alpha=0.6,
+                lw=1,
+                label=f"seed {seeds[k]}" if k < len(seeds) else None,
+            )
         ax.plot(xs, [float(np.median(a)) for a in per_seed], "k_", ms=14, mew=2, label="median")
-        ax.set(title=title, xlabel=r["factor"], ylabel="test accuracy",
-               ylim=(max(0.0, lowest - 0.05), 1.0))
+        ax.set(
+            title=title,
+            xlabel=r["factor"],
+            ylabel="test accuracy",
+            ylim=(max(0.0, lowest - 0.05), 1.0),
+        )
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"784-500-10 energy network, activity-difference rule, {cfg['steps']} steps on "
-                 f"{cfg['dataset']} (others at TAOX_RERAM); seeds {seeds}",
-                 fontsize=9)
+    fig.suptitle(
+        f"784-500-10 energy network, activity-difference rule, {cfg['steps']} steps on "
+        f"{cfg['dataset']} (others at TAOX_RERAM); seeds {seeds}",
+        fontsize=9,
+    )
     fig.tight_layout()
     plt.close(fig)  # not kept by pyplot; the caller saves it
     return fig

@@ -29,14 +29,13 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import _common
+import matplotlib.pyplot as plt
 
-import analog  # noqa: E402
-from analog import presets  # noqa: E402
+import analog
+from analog import presets
 
-import _common  # noqa: E402
-
-KEY = lambda i: jax.random.key(i, impl="rbg")  # noqa: E731
+KEY = lambda i: jax.random.key(i, impl="rbg")
 
 
 def median_time(fn, args, calls: int, repeats: int) -> float:
@@ -64,9 +63,17 @@ def tile_sweep(repeats: int, batch: int = 20, bl: int = 31):
         t_mvm = median_time(f_mvm, (t, x, KEY(4)), 20, repeats)
         t_upd = median_time(f_upd, (t, x, d, KEY(5)), 5, repeats)
         tiles = t.grid[0] * t.grid[1]
-        rows.append({"n": n, "tiles": tiles, "batch": batch,
-                     "mvm_per_s": batch / t_mvm, "tile_mvm_per_s": batch * tiles / t_mvm,
-                     "updates_per_s": batch / t_upd, "tile_updates_per_s": batch * tiles / t_upd})
+        rows.append(
+            {
+                "n": n,
+                "tiles": tiles,
+                "batch": batch,
+                "mvm_per_s": batch / t_mvm,
+                "tile_mvm_per_s": batch * tiles / t_mvm,
+                "updates_per_s": batch / t_upd,
+                "tile_updates_per_s": batch * tiles / t_upd,
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -77,6 +84,7 @@ def load_mnist(n: int):
     but zero pixels make trains sparse, so real data is the default, as for aihwkit). The
     files are found as beyondbp.datasets finds them ($BEYONDBP_DATA, the user cache)."""
     from beyondbp import datasets
+
     try:
         ds = datasets.load("mnist", "train", download=False)
         x = ds.images.reshape(len(ds), -1)[:n] / 255.0
@@ -91,12 +99,19 @@ def load_mnist(n: int):
 #: of the range (with w_max 0.6 one pulse pair moves a weight by 0.001, as one aihwkit pulse
 #: does), dw_min_dtod 0.3, dw_min_std 0.3 (per pulse), up_down 0, up_down_dtod 0.01, bound
 #: spread 0.3 (aihwkit's w_max_dtod = w_min_dtod = 0.3).
-AIHWKIT_CONSTANT_STEP = analog.ConstantStep(dw_min=0.001 / 1.2, dw_min_dtod=0.3, dw_min_std=0.3,
-                                            up_down_dtod=0.01, bounds_dtod=0.3)
+AIHWKIT_CONSTANT_STEP = analog.ConstantStep(
+    dw_min=0.001 / 1.2, dw_min_dtod=0.3, dw_min_std=0.3, up_down_dtod=0.01, bounds_dtod=0.3
+)
 
 
-def make_mlp_sgd(device, batch: int = 20, bl: int = 31, impl: str = "fast",
-                 n_batches: int = 100, bl_management: bool = False):
+def make_mlp_sgd(
+    device,
+    batch: int = 20,
+    bl: int = 31,
+    impl: str = "fast",
+    n_batches: int = 100,
+    bl_management: bool = False,
+):
     """Analog SGD as aihwkit runs it: forward mvm, backward mvm_transpose, pulsed update per layer.
 
     784-500-10 without biases, sigmoid hidden layer, softmax cross-entropy error, lr 0.01,
@@ -110,8 +125,10 @@ def make_mlp_sgd(device, batch: int = 20, bl: int = 31, impl: str = "fast",
     ys = jax.nn.one_hot(jnp.asarray(y_all.reshape(n_batches, batch)), 10)
     w1 = jax.random.uniform(KEY(0), (784, 500), jnp.float32, -1, 1) / np.sqrt(784)
     w2 = jax.random.uniform(KEY(1), (500, 10), jnp.float32, -1, 1) / np.sqrt(500)
-    state = [analog.init_tiles(KEY(2), w1, device, w_max=0.6),
-             analog.init_tiles(KEY(3), w2, device, w_max=0.6)]
+    state = [
+        analog.init_tiles(KEY(2), w1, device, w_max=0.6),
+        analog.init_tiles(KEY(3), w2, device, w_max=0.6),
+    ]
 
     # The batch and the key are picked inside the jitted step from a step counter kept on the
     # device: creating a key or slicing a batch eagerly costs more host time than the step.
@@ -123,10 +140,12 @@ def make_mlp_sgd(device, batch: int = 20, bl: int = 31, impl: str = "fast",
         o = analog.mvm(t2, h)
         e = jax.nn.softmax(o) - y
         dh = analog.mvm_transpose(t2, e) * h * (1 - h)
-        t2, _ = analog.pulse_update(t2, h, -e, 0.01, k2, bl=bl, impl=impl,
-                                    bl_management=bl_management)
-        t1, _ = analog.pulse_update(t1, x, -dh, 0.01, k1, bl=bl, impl=impl,
-                                    bl_management=bl_management)
+        t2, _ = analog.pulse_update(
+            t2, h, -e, 0.01, k2, bl=bl, impl=impl, bl_management=bl_management
+        )
+        t1, _ = analog.pulse_update(
+            t1, x, -dh, 0.01, k1, bl=bl, impl=impl, bl_management=bl_management
+        )
         return t1, t2, i + 1
 
     base = KEY(1000)
@@ -141,7 +160,7 @@ def make_mlp_sgd(device, batch: int = 20, bl: int = 31, impl: str = "fast",
         state[:] = [t1, t2, i]
         return time.perf_counter() - t0
 
-    run(2)                                            # compile
+    run(2)  # compile
     return run, data
 
 
@@ -149,25 +168,48 @@ def run_aihwkit(python: str, batches: int, configs: str) -> dict:
     script = pathlib.Path(__file__).resolve().parent / "aihwkit_baseline.py"
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "aihwkit.json"
-        subprocess.run([python, str(script), "--repeats", "1", "--batches", str(batches),
-                        "--warmup", "10", "--threads", "2", "--configs", configs,
-                        "--json", str(out)], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                python,
+                str(script),
+                "--repeats",
+                "1",
+                "--batches",
+                str(batches),
+                "--warmup",
+                "10",
+                "--threads",
+                "2",
+                "--configs",
+                configs,
+                "--json",
+                str(out),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         return json.loads(out.read_text())
 
 
-def side_by_side(rounds: int, batches: int, aihwkit_python: str | None, batch: int = 20,
-                 bl: int = 31):
+def side_by_side(
+    rounds: int, batches: int, aihwkit_python: str | None, batch: int = 20, bl: int = 31
+):
     # constant_step_bl_managed shortens each sample's trains as aihwkit's default does
     # (update_bl_management=True); constant_step keeps BL 31 slots for every sample.
-    ours = {"constant_step": make_mlp_sgd(AIHWKIT_CONSTANT_STEP, batch, bl),
-            "constant_step_bl_managed": make_mlp_sgd(AIHWKIT_CONSTANT_STEP, batch, bl,
-                                                     bl_management=True),
-            "taox_reram_expstep": make_mlp_sgd(presets.TAOX_RERAM, batch, bl)}
+    ours = {
+        "constant_step": make_mlp_sgd(AIHWKIT_CONSTANT_STEP, batch, bl),
+        "constant_step_bl_managed": make_mlp_sgd(
+            AIHWKIT_CONSTANT_STEP, batch, bl, bl_management=True
+        ),
+        "taox_reram_expstep": make_mlp_sgd(presets.TAOX_RERAM, batch, bl),
+    }
     data = ours["constant_step"][1]
     ref_run, _ = make_mlp_sgd(AIHWKIT_CONSTANT_STEP, batch, bl, impl="reference")
-    aih_configs = ("constant_step,constant_step_fixed_bl31,constant_step_perfect_io,"
-                   "constant_step_perfect_io_fixed_bl31,reram_es_preset")
+    aih_configs = (
+        "constant_step,constant_step_fixed_bl31,constant_step_perfect_io,"
+        "constant_step_perfect_io_fixed_bl31,reram_es_preset"
+    )
     rates = {f"ours_{k}": [] for k in ours}
     rates["ours_constant_step_reference_impl"] = []
     aih_meta = None
@@ -179,42 +221,62 @@ def side_by_side(rounds: int, batches: int, aihwkit_python: str | None, batch: i
                 rates.setdefault(f"aihwkit_{name}", []).append(v["samples_per_s"])
         for name, (run, _) in ours.items():
             rates[f"ours_{name}"].append(batch * batches / run(batches))
-        if r < 2:                                     # the old path: ~3 s a step
+        if r < 2:  # the old path: ~3 s a step
             rates["ours_constant_step_reference_impl"].append(batch * 2 / ref_run(2))
         print({k: round(v[-1], 1) for k, v in rates.items() if v}, flush=True)
     med = {k: float(np.median(v)) for k, v in rates.items()}
-    out = {"batch": batch, "bl": bl, "data": data, "timed_batches_per_round": batches,
-           "rounds": rounds, "samples_per_s_median": med, "samples_per_s_rounds": rates,
-           "aihwkit_run": aih_meta}
+    out = {
+        "batch": batch,
+        "bl": bl,
+        "data": data,
+        "timed_batches_per_round": batches,
+        "rounds": rounds,
+        "samples_per_s_median": med,
+        "samples_per_s_rounds": rates,
+        "aihwkit_run": aih_meta,
+    }
     if "aihwkit_constant_step" in med:
         # (ours, aihwkit's setting): the bl_managed pairs are like for like, both shortening
         # the trains per sample (update BL management)
-        pairs = (("", "default"), ("", "fixed_bl31"), ("", "perfect_io"),
-                 ("", "perfect_io_fixed_bl31"), ("_bl_managed", "default"),
-                 ("_bl_managed", "perfect_io"))
+        pairs = (
+            ("", "default"),
+            ("", "fixed_bl31"),
+            ("", "perfect_io"),
+            ("", "perfect_io_fixed_bl31"),
+            ("_bl_managed", "default"),
+            ("_bl_managed", "perfect_io"),
+        )
         for ours_, theirs in pairs:
             aih = "aihwkit_constant_step" + ("" if theirs == "default" else f"_{theirs}")
-            out[f"ratio_constant_step{ours_}_vs_aihwkit_{theirs}"] = \
+            out[f"ratio_constant_step{ours_}_vs_aihwkit_{theirs}"] = (
                 med[f"ours_constant_step{ours_}"] / med[aih]
+            )
     return out
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5, help="alternating side-by-side rounds")
     ap.add_argument("--batches", type=int, default=100, help="timed batches per round")
-    ap.add_argument("--aihwkit-python", default=None,
-                    help="python of a venv with aihwkit 1.1.0 (else only this package is timed)")
+    ap.add_argument(
+        "--aihwkit-python",
+        default=None,
+        help="python of a venv with aihwkit 1.1.0 (else only this package is timed)",
+    )
     args = ap.parse_args(argv)
     rows = tile_sweep(args.repeats)
     sgd = side_by_side(args.rounds, args.batches, args.aihwkit_python)
     print(sgd, flush=True)
     # shared with other jobs, load not controlled: the load average says how busy it was
-    out = {"tile_sweep": rows, "mlp_784_500_10_analog_sgd": sgd,
-           "machine": {**_common.machine(), "load_average_at_end": os.getloadavg()[0]},
-           "statistic": "median over repeats / rounds"}
+    out = {
+        "tile_sweep": rows,
+        "mlp_784_500_10_analog_sgd": sgd,
+        "machine": {**_common.machine(), "load_average_at_end": os.getloadavg()[0]},
+        "statistic": "median over repeats / rounds",
+    }
     _common.save("analog_throughput", out, plot(out), argv=argv, dpi=100)
 
 
@@ -223,8 +285,9 @@ def plot(out: dict):
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
     tiles = [r["tiles"] for r in rows]
     ax.loglog(tiles, [r["tile_mvm_per_s"] for r in rows], "o-", label="tile-MVMs/s (TAOX_IO)")
-    ax.loglog(tiles, [r["tile_updates_per_s"] for r in rows], "s-",
-              label="tile pulsed updates/s (BL 31)")
+    ax.loglog(
+        tiles, [r["tile_updates_per_s"] for r in rows], "s-", label="tile pulsed updates/s (BL 31)"
+    )
     ax.set_xlabel("tiles (64x64)")
     ax.set_ylabel("per second")
     ax.legend(fontsize=8)

@@ -47,14 +47,13 @@ import optax
 from flax import nnx
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import _common
+import matplotlib.pyplot as plt
 
-import analog  # noqa: E402
-import fwdgrad  # noqa: E402
-import lowbit  # noqa: E402
-from beyondbp import datasets, methods, models  # noqa: E402
-
-import _common  # noqa: E402
+import analog
+import fwdgrad
+import lowbit
+from beyondbp import datasets, methods, models
 
 VARIANTS = {
     "as-written": dict(lr=1e-2, device="TAOX_RERAM", mp=False),
@@ -68,38 +67,43 @@ VARIANTS = {
     # The same chain with the estimator swapped for Ren et al.'s activity-perturbed local
     # forward gradient (a LocalMLP: the same MLP plus a linear head per hidden layer).
     "local-taox": dict(lr=1e-3, device="TAOX_RERAM", mp=False, estimator="local"),
-    "local-taox-cosine": dict(lr="cosine from 1e-3 to 0", device="TAOX_RERAM", mp=False,
-                              estimator="local"),
+    "local-taox-cosine": dict(
+        lr="cosine from 1e-3 to 0", device="TAOX_RERAM", mp=False, estimator="local"
+    ),
 }
+
 
 def chain(lr, device, mp, seed, steps, estimator="weight", devices=None):
     """The DESIGN.md chain; ``device`` names an ``analog.presets`` model or an entry of
     ``devices`` (extra models by name, e.g. composition_chain_ablation.py's)."""
-    if isinstance(lr, str):                          # "cosine from PEAK to 0"
+    if isinstance(lr, str):  # "cosine from PEAK to 0"
         lr = optax.cosine_decay_schedule(float(lr.split()[2]), steps)
     if estimator == "local":
         # as the registered fwdgrad+lowbit+analog row: K = 4 here, as the DESIGN chain's.
-        first, sgd = (fwdgrad.activity_forward_gradient(num_tangents=4, seed=seed),
-                      optax.sgd(lr, momentum=0.9))
+        first, sgd = (
+            fwdgrad.activity_forward_gradient(num_tangents=4, seed=seed),
+            optax.sgd(lr, momentum=0.9),
+        )
     else:
         first, sgd = fwdgrad.forward_gradient(num_tangents=4, seed=seed), optax.sgd(lr)
-    return optax.chain(first,
-                       lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=seed + 1),
-                       sgd,
-                       analog.program((devices or {}).get(device)
-                                      or getattr(analog.presets, device),
-                                      seed=seed + 2,
-                                      mixed_precision=mp))
+    return optax.chain(
+        first,
+        lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=seed + 1),
+        sgd,
+        analog.program(
+            (devices or {}).get(device) or getattr(analog.presets, device),
+            seed=seed + 2,
+            mixed_precision=mp,
+        ),
+    )
 
 
-def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, record,
-        devices=None):
+def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, record, devices=None):
     """Train one variant; ``record(result)`` is called after every evaluation (partial runs
     keep what they measured)."""
     estimator = spec.get("estimator", "weight")
     if estimator == "local":
-        apply, params = models.functional(fwdgrad.LocalMLP((784, *hidden, 10),
-                                                           rngs=nnx.Rngs(seed)))
+        apply, params = models.functional(fwdgrad.LocalMLP((784, *hidden, 10), rngs=nnx.Rngs(seed)))
     else:
         apply, params = models.mlp(jax.random.key(seed), (784, *hidden, 10))
     tx = chain(spec["lr"], spec["device"], spec["mp"], seed, steps, estimator, devices)
@@ -120,15 +124,18 @@ def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, reco
             epoch, j = divmod(i, per_epoch)
             if epoch not in perms:
                 perms.clear()
-                perms[epoch] = np.asarray(jax.random.permutation(
-                    jax.random.fold_in(jax.random.key(seed + 7), epoch), len(tr)))
-            rows.append(perms[epoch][j * batch:(j + 1) * batch])
+                perms[epoch] = np.asarray(
+                    jax.random.permutation(
+                        jax.random.fold_in(jax.random.key(seed + 7), epoch), len(tr)
+                    )
+                )
+            rows.append(perms[epoch][j * batch : (j + 1) * batch])
         return jnp.asarray(np.stack(rows), jnp.int32)
 
     def one(carry, idx):
         params, state = carry
         x, y = x_tr[idx], y_tr[idx]
-        loss_fn = lambda p: methods.cross_entropy(apply(p, x), y)  # noqa: E731
+        loss_fn = lambda p: methods.cross_entropy(apply(p, x), y)
         # each estimator reads its own extra arg (loss_fn or batch) and ignores the other
         updates, state = tx.update(None, state, params, loss_fn=loss_fn, batch=(x, y))
         return (optax.apply_updates(params, updates), state), None
@@ -147,14 +154,21 @@ def run(name, spec, tr, te, *, hidden, steps, eval_every, batch, seed, log, reco
         params, state = chunk(params, state, order(start))
         acc = float(accuracy(params))
         curve.append((start + eval_every, acc))
-        log(f"{name}: step {start + eval_every}: test accuracy {acc:.4f} "
-            f"({time.time() - t0:.0f} s)")
+        log(
+            f"{name}: step {start + eval_every}: test accuracy {acc:.4f} ({time.time() - t0:.0f} s)"
+        )
         finite = all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
-        result = {"spec": spec, "steps": [s for s, _ in curve],
-                  "test_accuracy": [a for _, a in curve], "final_test_accuracy": acc,
-                  "best_test_accuracy": max(a for _, a in curve), "params_finite": finite,
-                  "refused_steps": int(state[0].nonfinite) + int(state[-1].nonfinite),
-                  "partial": start + eval_every < steps, "wall_s": time.time() - t0}
+        result = {
+            "spec": spec,
+            "steps": [s for s, _ in curve],
+            "test_accuracy": [a for _, a in curve],
+            "final_test_accuracy": acc,
+            "best_test_accuracy": max(a for _, a in curve),
+            "params_finite": finite,
+            "refused_steps": int(state[0].nonfinite) + int(state[-1].nonfinite),
+            "partial": start + eval_every < steps,
+            "wall_s": time.time() - t0,
+        }
         record(result)
     return result
 
@@ -166,14 +180,16 @@ def main(argv=None, *, variants=None, devices=None, out="composition_chain"):
     another script run its own table through the same loop without editing this module.
     """
     variants = VARIANTS if variants is None else variants
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--variants", default=",".join(variants))
     ap.add_argument("--steps", type=_common.positive_int, default=20000)
     ap.add_argument("--eval-every", type=_common.positive_int, default=2000)
     ap.add_argument("--batch-size", type=_common.positive_int, default=64)
-    ap.add_argument("--hidden", type=_common.int_list, default=(64,),
-                    help="hidden widths, comma-separated")
+    ap.add_argument(
+        "--hidden", type=_common.int_list, default=(64,), help="hidden widths, comma-separated"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default="mnist")
     _common.add_data_dir(ap)
@@ -193,26 +209,43 @@ def main(argv=None, *, variants=None, devices=None, out="composition_chain"):
         tr, te = datasets.load("mnist_small", "train"), datasets.load("mnist_small", "test")
     if not 0 < args.batch_size <= len(tr):
         ap.error(f"--batch-size must be in [1, {len(tr)}] (the training set's size)")
-    out = {"command": _common.command(argv), "machine": _common.machine(),
-           "data": f"{tr.name} ({len(tr)} train, {len(te)} test)",
-           "model": [784, *args.hidden, 10], "batch": args.batch_size, "seed": args.seed,
-           "results": {}}
+    out = {
+        "command": _common.command(argv),
+        "machine": _common.machine(),
+        "data": f"{tr.name} ({len(tr)} train, {len(te)} test)",
+        "model": [784, *args.hidden, 10],
+        "batch": args.batch_size,
+        "seed": args.seed,
+        "results": {},
+    }
 
     def record(name):
         def write(result):
             out["results"][name] = result
-            _common.save(args.out, out)     # after every evaluation: partial runs keep it
+            _common.save(args.out, out)  # after every evaluation: partial runs keep it
+
         return write
 
     for name in names:
-        run(name, variants[name], tr, te, hidden=args.hidden, steps=args.steps,
-            eval_every=args.eval_every, batch=args.batch_size, seed=args.seed,
-            log=lambda s: print(s, flush=True), record=record(name), devices=devices)
+        run(
+            name,
+            variants[name],
+            tr,
+            te,
+            hidden=args.hidden,
+            steps=args.steps,
+            eval_every=args.eval_every,
+            batch=args.batch_size,
+            seed=args.seed,
+            log=lambda s: print(s, flush=True),
+            record=record(name),
+            devices=devices,
+        )
     fig = plt.figure(figsize=(6, 4))
     for name, r in out["results"].items():
         plt.plot(r["steps"], [100 * a for a in r["test_accuracy"]], "o-", ms=3, label=name)
     plt.axhline(90, color="k", lw=0.8, ls="--")
-    plt.xlabel("step (batch %d)" % args.batch_size)
+    plt.xlabel(f"step (batch {args.batch_size})")
     plt.ylabel("test accuracy (%)")
     plt.title(f"DESIGN chain, MLP {out['model']}, {tr.name}")
     plt.grid(alpha=0.3)

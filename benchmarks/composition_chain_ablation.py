@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import analog
 import composition_chain as cc
+
+import analog
 
 T = analog.presets.TAOX_RERAM
 #: the preset with one property changed, by the name the variants (and the JSON) use.
@@ -25,9 +26,15 @@ DEVICES = {
     "TAOX_SYM": dataclasses.replace(T, up_down=0.0, up_down_dtod=0.0),
     # the exponential step replaced by a constant one, every other parameter kept
     "TAOX_CONSTANT_STEP": analog.ConstantStep(
-        dw_min=T.dw_min, up_down=T.up_down, dw_min_dtod=T.dw_min_dtod,
-        up_down_dtod=T.up_down_dtod, bounds_dtod=T.bounds_dtod, dw_min_std=T.dw_min_std,
-        stuck_on=T.stuck_on, stuck_off=T.stuck_off),
+        dw_min=T.dw_min,
+        up_down=T.up_down,
+        dw_min_dtod=T.dw_min_dtod,
+        up_down_dtod=T.up_down_dtod,
+        bounds_dtod=T.bounds_dtod,
+        dw_min_std=T.dw_min_std,
+        stuck_on=T.stuck_on,
+        stuck_off=T.stuck_off,
+    ),
     "TAOX_FINE": dataclasses.replace(T, dw_min=T.dw_min / 10),
 }
 VARIANTS = {
@@ -39,7 +46,6 @@ VARIANTS = {
     "taox-mp-constant-step": "TAOX_CONSTANT_STEP",
     "taox-mp-fine-step": "TAOX_FINE",
 }
-
 
 
 def main(argv=None):

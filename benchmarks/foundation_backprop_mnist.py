@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 
+import _common
 import jax
 import optax
 
 from beyondbp import datasets, methods, train
-
-import _common
 
 
 def main(argv=None):
@@ -31,23 +30,42 @@ def main(argv=None):
     apply, params = cfg.build_model()
     sched = optax.cosine_decay_schedule(0.05, steps)
     setup = methods.Setup(params=params, apply=apply, tx=optax.sgd(sched, momentum=0.9))
-    h = train.train(setup, tr, te, steps=steps, batch_size=args.batch_size, seed=args.seed,
-                    eval_every=steps // args.epochs, desc="backprop 784-1024-1024-10")
+    h = train.train(
+        setup,
+        tr,
+        te,
+        steps=steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        eval_every=steps // args.epochs,
+        desc="backprop 784-1024-1024-10",
+    )
     h = {k: v for k, v in h.items() if k not in ("params", "opt_state")}
-    h.update({"model": "MLP 784-1024-1024-10 ReLU", "optimizer": "SGD momentum 0.9, lr 0.05 cosine",
-              "epochs": args.epochs})
+    h.update(
+        {
+            "model": "MLP 784-1024-1024-10 ReLU",
+            "optimizer": "SGD momentum 0.9, lr 0.05 cosine",
+            "epochs": args.epochs,
+        }
+    )
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([s / (steps // args.epochs) for s in h["eval_steps"]], h["test_accuracy"], marker="o")
     ax.axhline(0.98, ls="--", c="gray", label="target 98%")
-    ax.set(xlabel="epoch", ylabel="test accuracy", title="backprop MLP 784-1024-1024-10, full MNIST")
+    ax.set(
+        xlabel="epoch", ylabel="test accuracy", title="backprop MLP 784-1024-1024-10, full MNIST"
+    )
     ax.legend()
     fig.tight_layout()
     _common.save("foundation_backprop_mnist", h, fig, argv=argv, dpi=120)
-    print(f"final test accuracy {h['final_test_accuracy']:.4f}; step {h['step_time_s']*1e3:.2f} ms")
+    print(
+        f"final test accuracy {h['final_test_accuracy']:.4f}; step {h['step_time_s'] * 1e3:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -16,29 +16,35 @@ Writes benchmarks/results/fwdgrad_memory.json and .png.
 
 from __future__ import annotations
 
+import _common
 import jax
 import jax.numpy as jnp
 
 import fwdgrad
 
-import _common
 WIDTH, BATCH = 1024, 2048
 
 
 def problem(depth):
-    params = [{"w": jax.ShapeDtypeStruct((WIDTH, WIDTH), jnp.float32),
-               "b": jax.ShapeDtypeStruct((WIDTH,), jnp.float32)} for _ in range(depth)]
+    params = [
+        {
+            "w": jax.ShapeDtypeStruct((WIDTH, WIDTH), jnp.float32),
+            "b": jax.ShapeDtypeStruct((WIDTH,), jnp.float32),
+        }
+        for _ in range(depth)
+    ]
     x = jax.ShapeDtypeStruct((BATCH, WIDTH), jnp.float32)
 
     def f(ps, x):
         for p in ps:
             x = jax.nn.relu(x @ p["w"] + p["b"])
-        return jnp.mean(x ** 2)
+        return jnp.mean(x**2)
+
     return f, params, x
 
 
 def temp_mib(fn, *args):
-    return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes / 2 ** 20
+    return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
 
 
 def naive_jvp(f):
@@ -46,33 +52,47 @@ def naive_jvp(f):
         t = fwdgrad.sample_tangents(key, p)
         _, d = jax.jvp(lambda q: f(q, x), (p,), (t,))
         return jax.tree.map(lambda v: d * v, t)
+
     return g
 
 
 def main():
     key = jax.random.key(0)
-    out = {"problem": f"ReLU MLP, width {WIDTH}, batch {BATCH}, float32; compiled temp MiB",
-           "results": {}}
+    out = {
+        "problem": f"ReLU MLP, width {WIDTH}, batch {BATCH}, float32; compiled temp MiB",
+        "results": {},
+    }
     for depth in (4, 16):
         f, params, x = problem(depth)
-        r = {"backprop": temp_mib(jax.grad(f), params, x),
-             "naive jax.jvp": temp_mib(naive_jvp(f), params, x, key)}
+        r = {
+            "backprop": temp_mib(jax.grad(f), params, x),
+            "naive jax.jvp": temp_mib(naive_jvp(f), params, x, key),
+        }
         for K, chunk in ((1, None), (4, None), (4, 1)):
             fg = fwdgrad.fwd_grad(f, num_tangents=K, chunk_size=chunk)
             name = f"fwdgrad K={K}" + (f" chunk {chunk}" if chunk else "")
             r[name] = temp_mib(lambda p, x, k, fg=fg: fg(k, p, x), params, x, key)
-        out["results"][str(depth)] = {n: {"temp_mib": v, "ratio_to_backprop": v / r["backprop"]}
-                                      for n, v in r.items()}
-        print(depth, {n: (round(v, 1), round(v / r["backprop"], 3)) for n, v in r.items()}, flush=True)
+        out["results"][str(depth)] = {
+            n: {"temp_mib": v, "ratio_to_backprop": v / r["backprop"]} for n, v in r.items()
+        }
+        print(
+            depth, {n: (round(v, 1), round(v / r["backprop"], 3)) for n, v in r.items()}, flush=True
+        )
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
     names = list(out["results"]["4"])
     fig, ax = plt.subplots(figsize=(8, 4))
     for i, depth in enumerate(("4", "16")):
-        ax.bar(np.arange(len(names)) + 0.4 * i, [out["results"][depth][n]["temp_mib"] for n in names],
-               0.4, label=f"depth {depth}")
+        ax.bar(
+            np.arange(len(names)) + 0.4 * i,
+            [out["results"][depth][n]["temp_mib"] for n in names],
+            0.4,
+            label=f"depth {depth}",
+        )
     ax.set_xticks(np.arange(len(names)) + 0.2, names, rotation=20, ha="right")
     ax.set_ylabel("compiled temp memory (MiB)")
     ax.set_title(f"Working memory, {WIDTH}-wide MLP, batch {BATCH}")

@@ -18,6 +18,7 @@ import argparse
 import json
 import time
 
+import _common
 import jax
 import optax
 
@@ -25,35 +26,51 @@ import lowbit
 from beyondbp import datasets, methods, train
 from beyondbp.methods import lowbit_rows as ml
 
-import _common
-
 RECIPE = ml.RECIPE
 VARIANTS = {
     "float32": None,
     "4-bit recipe": RECIPE,
     "no GradScale": lowbit.QuantConfig(activations=lowbit.UINT4, gradient_scaling="none"),
     "no TPR (even grid twice)": lowbit.QuantConfig(activations=lowbit.UINT4, two_phase=False),
-    "E2M1 gradients (no TPR)": lowbit.QuantConfig(activations=lowbit.UINT4,
-                                                  gradients=lowbit.E2M1, two_phase=False),
-    "stochastic gradient rounding": lowbit.QuantConfig(activations=lowbit.UINT4,
-                                                       gradient_rounding="stochastic"),
+    "E2M1 gradients (no TPR)": lowbit.QuantConfig(
+        activations=lowbit.UINT4, gradients=lowbit.E2M1, two_phase=False
+    ),
+    "stochastic gradient rounding": lowbit.QuantConfig(
+        activations=lowbit.UINT4, gradient_rounding="stochastic"
+    ),
 }
 
 
 def run(model: str, name: str, tr, te, epochs: int, batch: int, seed: int) -> dict:
     steps = epochs * datasets.num_batches(len(tr), batch)
-    cfg = methods.MethodConfig(key=jax.random.key(seed), model=model, widths=(1024, 1024),
-                               steps=steps)
+    cfg = methods.MethodConfig(
+        key=jax.random.key(seed), model=model, widths=(1024, 1024), steps=steps
+    )
     config = VARIANTS[name]
     apply, params = cfg.build_model() if config is None else ml.build_model(cfg, config)
     tx = optax.sgd(optax.cosine_decay_schedule(0.05, steps), momentum=0.9)
     setup = methods.Setup(params=params, apply=apply, tx=tx)
     t0 = time.time()
-    h = train.train(setup, tr, te, steps=steps, batch_size=batch, seed=seed,
-                    eval_every=steps // epochs, progress=False, desc=f"{model} {name}")
-    return {"final_test_accuracy": h["final_test_accuracy"], "test_accuracy": h["test_accuracy"],
-            "eval_steps": h["eval_steps"], "step_time_s": h["step_time_s"],
-            "wall_s": time.time() - t0, "steps": steps, "config": repr(config)}
+    h = train.train(
+        setup,
+        tr,
+        te,
+        steps=steps,
+        batch_size=batch,
+        seed=seed,
+        eval_every=steps // epochs,
+        progress=False,
+        desc=f"{model} {name}",
+    )
+    return {
+        "final_test_accuracy": h["final_test_accuracy"],
+        "test_accuracy": h["test_accuracy"],
+        "eval_steps": h["eval_steps"],
+        "step_time_s": h["step_time_s"],
+        "wall_s": time.time() - t0,
+        "steps": steps,
+        "config": repr(config),
+    }
 
 
 def main(argv=None):
@@ -65,8 +82,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--out", default=str(_common.RESULTS / "lowbit_accuracy.json"),
-                   help="result path (.json; .png beside it); an existing file is updated")
+    p.add_argument(
+        "--out",
+        default=str(_common.RESULTS / "lowbit_accuracy.json"),
+        help="result path (.json; .png beside it); an existing file is updated",
+    )
     args = p.parse_args(argv)
     tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
     te = datasets.load(args.dataset, "test", data_dir=args.data_dir)
@@ -74,24 +94,37 @@ def main(argv=None):
     out = _common.RESULTS / f"{save_as}.json"
     result = json.loads(out.read_text()) if out.exists() else {}
     # this run's command and machine replace those of the file it updates
-    result.update({"command": _common.command(argv), "machine": _common.machine(),
-                   "dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
-                   "seed": args.seed, "optimizer": "SGD momentum 0.9, lr 0.05 cosine"})
+    result.update(
+        {
+            "command": _common.command(argv),
+            "machine": _common.machine(),
+            "dataset": args.dataset,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "optimizer": "SGD momentum 0.9, lr 0.05 cosine",
+        }
+    )
     for model in args.models.split(","):
         result.setdefault(model, {})
         for name in args.variants.split(","):
             r = run(model, name, tr, te, args.epochs, args.batch_size, args.seed)
             result[model][name] = r
-            print(f"{model} {name:32s} acc {r['final_test_accuracy']:.4f}  "
-                  f"step {r['step_time_s'] * 1e3:.1f} ms  wall {r['wall_s']:.0f} s", flush=True)
+            print(
+                f"{model} {name:32s} acc {r['final_test_accuracy']:.4f}  "
+                f"step {r['step_time_s'] * 1e3:.1f} ms  wall {r['wall_s']:.0f} s",
+                flush=True,
+            )
             _common.save(save_as, result)
     _common.save(save_as, result, plot(result))
 
 
 def plot(result: dict):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     models = [m for m in ("mlp", "cnn") if m in result]
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
     for ax, m in zip(axes[0], models):
@@ -107,10 +140,17 @@ def plot(result: dict):
         lo = min([a for a in acc if a > 90] + [97]) - 1.5
         ax.set_xlim(lo, 100)
         for i, a in enumerate(acc):
-            ax.text(max(a, lo), i, f" {a:.2f}" + (" (off scale)" if a < lo else ""),
-                    va="center", fontsize=8)
-        ax.set(title=f"{m.upper()} on {result.get('dataset')}, {result.get('epochs')} epochs",
-               xlabel="test accuracy (%)")
+            ax.text(
+                max(a, lo),
+                i,
+                f" {a:.2f}" + (" (off scale)" if a < lo else ""),
+                va="center",
+                fontsize=8,
+            )
+        ax.set(
+            title=f"{m.upper()} on {result.get('dataset')}, {result.get('epochs')} epochs",
+            xlabel="test accuracy (%)",
+        )
     fig.tight_layout()
     return fig
 

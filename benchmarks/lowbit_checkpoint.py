@@ -15,14 +15,13 @@ import json
 import pathlib
 import tempfile
 
+import _common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import lowbit
 from beyondbp import models
-
-import _common
 
 
 def main():
@@ -46,15 +45,23 @@ def main():
         size32, size4 = f32.stat().st_size, f4.stat().st_size
     kernel32 = sum(v.nbytes for k, v in float_arrays.items() if k.endswith("kernel"))
     kernel4 = sum(v.nbytes for k, v in packed_arrays.items() if ".kernel." in k)
-    result = {"model": "MLP 784-1024-1024-10", "float32_file_bytes": size32,
-              "packed_file_bytes": size4, "file_ratio": size32 / size4,
-              "kernel_bytes_float32": kernel32, "kernel_bytes_packed": kernel4,
-              "kernel_ratio": kernel32 / kernel4, "decode_equals_forward_int4_weights": exact,
-              "note": "biases (2058 values) stay float32 in both files; npz headers included"}
+    result = {
+        "model": "MLP 784-1024-1024-10",
+        "float32_file_bytes": size32,
+        "packed_file_bytes": size4,
+        "file_ratio": size32 / size4,
+        "kernel_bytes_float32": kernel32,
+        "kernel_bytes_packed": kernel4,
+        "kernel_ratio": kernel32 / kernel4,
+        "decode_equals_forward_int4_weights": exact,
+        "note": "biases (2058 values) stay float32 in both files; npz headers included",
+    }
     print(json.dumps(result, indent=1))
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(5, 2.5))
     ax.barh([0, 1], [size32 / 2**20, size4 / 2**20], color=["gray", "C0"])
     ax.set_yticks([0, 1], ["float32 npz", "packed INT4 npz"])

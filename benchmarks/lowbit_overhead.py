@@ -19,6 +19,7 @@ import os
 import statistics
 import time
 
+import _common
 import jax
 import jax.numpy as jnp
 import optax
@@ -26,25 +27,26 @@ import optax
 import lowbit
 from beyondbp import models
 
-import _common
-
-
 VARIANTS = {
     "float32": None,
     "4bit full recipe (TPR, nearest)": lowbit.QuantConfig(activations=lowbit.UINT4),
-    "4bit, stochastic gradient rounding": lowbit.QuantConfig(activations=lowbit.UINT4,
-                                                             gradient_rounding="stochastic"),
-    "4bit forward only (float32 gradients)": lowbit.QuantConfig(activations=lowbit.UINT4,
-                                                                gradients=lowbit.FLOAT32,
-                                                                two_phase=False),
+    "4bit, stochastic gradient rounding": lowbit.QuantConfig(
+        activations=lowbit.UINT4, gradient_rounding="stochastic"
+    ),
+    "4bit forward only (float32 gradients)": lowbit.QuantConfig(
+        activations=lowbit.UINT4, gradients=lowbit.FLOAT32, two_phase=False
+    ),
 }
 
 
 def build(model: str, config):
     key = jax.random.key(0)
     if model == "mlp":
-        return (models.mlp(key, (784, 1024, 1024, 10)) if config is None
-                else models.mlp4bit(key, (784, 1024, 1024, 10), config=config))
+        return (
+            models.mlp(key, (784, 1024, 1024, 10))
+            if config is None
+            else models.mlp4bit(key, (784, 1024, 1024, 10), config=config)
+        )
     return models.cnn(key) if config is None else models.cnn4bit(key, config=config)
 
 
@@ -55,18 +57,21 @@ def make_step(apply, mode: str):
         return optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
 
     if mode == "grad":
+
         @jax.jit
         def step(p, s, x, y):
             g = jax.grad(loss)(p, x, y)
             u, s = tx.update(g, s, p)
             return optax.apply_updates(p, u), s
     else:  # forward mode: one jvp along a random tangent (what fwdgrad does)
+
         @jax.jit
         def step(p, s, x, y):
             v = jax.tree.map(jnp.ones_like, p)
             _, d = jax.jvp(lambda q: loss(q, x, y), (p,), (v,))
             u, s = tx.update(jax.tree.map(lambda t: d * t, v), s, p)
             return optax.apply_updates(p, u), s
+
     return step, tx
 
 
@@ -98,23 +103,37 @@ def time_steps(model: str, mode: str, repeats: int, iters: int, batch: int) -> d
     out = {}
     for name, ts in times.items():
         ratios = [t / b for t, b in zip(ts, base)]
-        out[name] = {"median_step_ms": 1e3 * statistics.median(ts),
-                     "median_ratio_to_float32": statistics.median(ratios),
-                     "all_step_ms": [1e3 * t for t in ts]}
+        out[name] = {
+            "median_step_ms": 1e3 * statistics.median(ts),
+            "median_ratio_to_float32": statistics.median(ratios),
+            "all_step_ms": [1e3 * t for t in ts],
+        }
     return out
 
 
 def quantize_throughput(n: int, repeats: int) -> dict:
     x = jax.random.normal(jax.random.key(2), (n,)) * 1e-3
     copy = jax.jit(lambda x: x * 1.0 + 0.0)
-    q_nearest = jax.jit(lambda x: lowbit.quantize(
-        x, lowbit.RADIX4_FP4, scale=lowbit.compute_scale(x, lowbit.RADIX4_FP4)))
+    q_nearest = jax.jit(
+        lambda x: lowbit.quantize(
+            x, lowbit.RADIX4_FP4, scale=lowbit.compute_scale(x, lowbit.RADIX4_FP4)
+        )
+    )
     key = jax.random.key(3)
-    q_sr = jax.jit(lambda x: lowbit.quantize(
-        x, lowbit.RADIX4_FP4, scale=lowbit.compute_scale(x, lowbit.RADIX4_FP4),
-        rounding="stochastic", key=key))
-    fns = {"float32 copy": copy, "quantize RADIX4_FP4 nearest + GradScale": q_nearest,
-           "quantize RADIX4_FP4 stochastic + GradScale": q_sr}
+    q_sr = jax.jit(
+        lambda x: lowbit.quantize(
+            x,
+            lowbit.RADIX4_FP4,
+            scale=lowbit.compute_scale(x, lowbit.RADIX4_FP4),
+            rounding="stochastic",
+            key=key,
+        )
+    )
+    fns = {
+        "float32 copy": copy,
+        "quantize RADIX4_FP4 nearest + GradScale": q_nearest,
+        "quantize RADIX4_FP4 stochastic + GradScale": q_sr,
+    }
     for f in fns.values():
         jax.block_until_ready(f(x))
     ts = {k: [] for k in fns}
@@ -125,9 +144,13 @@ def quantize_throughput(n: int, repeats: int) -> dict:
                 r = f(x)
             jax.block_until_ready(r)
             ts[k].append((time.perf_counter() - t0) / 5)
-    return {k: {"elements_per_s": n / statistics.median(v),
-                "ratio_to_copy": statistics.median(v) / statistics.median(ts["float32 copy"])}
-            for k, v in ts.items()}
+    return {
+        k: {
+            "elements_per_s": n / statistics.median(v),
+            "ratio_to_copy": statistics.median(v) / statistics.median(ts["float32 copy"]),
+        }
+        for k, v in ts.items()
+    }
 
 
 def main(argv=None):
@@ -138,23 +161,32 @@ def main(argv=None):
     if args.quick:
         args.repeats, args.iters = 3, 2
     # the machine is shared: its load when the run starts says how far to trust the timings
-    result = {"machine": {**_common.machine(), "load_avg_at_start": os.getloadavg()},
-              "batch": args.batch, "repeats": args.repeats,
-              "iters_per_repeat": args.iters, "target_ratio": 1.5}
+    result = {
+        "machine": {**_common.machine(), "load_avg_at_start": os.getloadavg()},
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "iters_per_repeat": args.iters,
+        "target_ratio": 1.5,
+    }
     for model in ("mlp", "cnn"):
         for mode in ("grad", "jvp"):
             r = time_steps(model, mode, args.repeats, args.iters, args.batch)
             result[f"{model}_{mode}"] = r
             for name, v in r.items():
-                print(f"{model:4s} {mode:4s} {name:42s} {v['median_step_ms']:8.2f} ms  "
-                      f"x{v['median_ratio_to_float32']:.2f}", flush=True)
+                print(
+                    f"{model:4s} {mode:4s} {name:42s} {v['median_step_ms']:8.2f} ms  "
+                    f"x{v['median_ratio_to_float32']:.2f}",
+                    flush=True,
+                )
     result["quantize_throughput_16M"] = quantize_throughput(1 << 24, args.repeats)
     for k, v in result["quantize_throughput_16M"].items():
         print(f"{k:45s} {v['elements_per_s'] / 1e6:8.1f} M elem/s  x{v['ratio_to_copy']:.2f} copy")
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     panels = [k for k in result if k.endswith(("_grad", "_jvp"))]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), sharey=True)
     for ax, k in zip(axes, panels):

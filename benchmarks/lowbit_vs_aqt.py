@@ -19,26 +19,28 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import statistics
 import time
 
+import _common
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 import lowbit
 
-import _common
 DN = (((1,), (0,)), ((), ()))
 
 
 def init(key, widths=(784, 1024, 1024, 10)):
     params = []
-    for k, (a, b) in zip(jax.random.split(key, len(widths) - 1), zip(widths[:-1], widths[1:])):
-        params.append({"w": jax.random.normal(k, (a, b)) / jnp.sqrt(jnp.float32(a)),
-                       "b": jnp.zeros((b,))})
+    for k, (a, b) in zip(jax.random.split(key, len(widths) - 1), itertools.pairwise(widths)):
+        params.append(
+            {"w": jax.random.normal(k, (a, b)) / jnp.sqrt(jnp.float32(a)), "b": jnp.zeros((b,))}
+        )
     return params
 
 
@@ -61,25 +63,34 @@ def make_step(dg):
     def step(params, x, y):
         g = jax.grad(functools.partial(loss, dg))(params, x, y)
         return jax.tree.map(lambda p, g: p - 0.05 * g, params, g)
+
     return step
 
 
 def variants():
     from aqt.jax.v2 import config as aqt_config
+
     out = {
         "float32 (lax.dot_general)": lax.dot_general,
         "lowbit full recipe (INT4 fwd, FP4 radix-4 bwd, TPR)": functools.partial(
-            lowbit.dot_general, config=lowbit.QuantConfig(activations=lowbit.UINT4)),
+            lowbit.dot_general, config=lowbit.QuantConfig(activations=lowbit.UINT4)
+        ),
         "lowbit, stochastic gradient rounding": functools.partial(
-            lowbit.dot_general, config=lowbit.QuantConfig(activations=lowbit.UINT4,
-                                                          gradient_rounding="stochastic")),
+            lowbit.dot_general,
+            config=lowbit.QuantConfig(activations=lowbit.UINT4, gradient_rounding="stochastic"),
+        ),
         "lowbit forward only INT4": functools.partial(
-            lowbit.dot_general, config=lowbit.QuantConfig(
-                activations=lowbit.UINT4, gradients=lowbit.FLOAT32, two_phase=False)),
+            lowbit.dot_general,
+            config=lowbit.QuantConfig(
+                activations=lowbit.UINT4, gradients=lowbit.FLOAT32, two_phase=False
+            ),
+        ),
         "AQT fully_quantized INT4 fwd+bwd (nearest)": aqt_config.fully_quantized(
-            fwd_bits=4, bwd_bits=4, use_stochastic_rounding=False),
+            fwd_bits=4, bwd_bits=4, use_stochastic_rounding=False
+        ),
         "AQT INT4 forward only": aqt_config.fully_quantized(
-            fwd_bits=4, bwd_bits=None, use_stochastic_rounding=False),
+            fwd_bits=4, bwd_bits=None, use_stochastic_rounding=False
+        ),
     }
     return out
 
@@ -87,20 +98,29 @@ def variants():
 def plot(result: dict):
     """Bar chart of the step-time ratios (also runnable alone: ``--plot-only``)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     names = list(result["variants"])
     ratios = [result["variants"][n]["median_ratio_to_float32"] for n in names]
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    colors = ["gray" if n.startswith("float32") else "C0" if n.startswith("lowbit") else "C1"
-              for n in names]
+    colors = [
+        "gray" if n.startswith("float32") else "C0" if n.startswith("lowbit") else "C1"
+        for n in names
+    ]
     ax.barh(range(len(names)), ratios, color=colors)
-    ax.set_yticks(range(len(names)), [n + ("" if result["variants"][n]["jvp"] == "ok"
-                                           else "  [no jvp]") for n in names], fontsize=7)
+    ax.set_yticks(
+        range(len(names)),
+        [n + ("" if result["variants"][n]["jvp"] == "ok" else "  [no jvp]") for n in names],
+        fontsize=7,
+    )
     for i, r in enumerate(ratios):
         ax.text(r, i, f" {r:.2f}x", va="center", fontsize=8)
-    ax.set(xlabel="training step time / float32 step",
-           title=f"MLP 784-1024-1024-10, batch {result['batch']}, median of {result['repeats']}")
+    ax.set(
+        xlabel="training step time / float32 step",
+        title=f"MLP 784-1024-1024-10, batch {result['batch']}, median of {result['repeats']}",
+    )
     fig.tight_layout()
     return fig
 
@@ -115,6 +135,7 @@ def main(argv=None):
         fig.savefig(_common.RESULTS / "lowbit_vs_aqt.png", dpi=110)
         return
     import aqt
+
     kx, ky, kp = jax.random.split(jax.random.key(0), 3)
     x = jax.random.uniform(kx, (args.batch, 784))
     y = jax.random.randint(ky, (args.batch,), 0, 10)
@@ -127,10 +148,11 @@ def main(argv=None):
         runs[name] = [step, p1]
         try:
             v = jax.tree.map(jnp.ones_like, params0)
-            jax.block_until_ready(jax.jit(lambda p, v: jax.jvp(
-                lambda q: loss(dg, q, x, y), (p,), (v,)))(params0, v))
+            jax.block_until_ready(
+                jax.jit(lambda p, v: jax.jvp(lambda q: loss(dg, q, x, y), (p,), (v,)))(params0, v)
+            )
             jvp_ok[name] = "ok"
-        except Exception as e:  # noqa: BLE001  (record what the library says)
+        except Exception as e:
             jvp_ok[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     times = {n: [] for n in runs}
     for _ in range(args.repeats):
@@ -143,20 +165,35 @@ def main(argv=None):
             times[name].append((time.perf_counter() - t0) / args.iters)
             r[1] = prm
     base = times["float32 (lax.dot_general)"]
-    result = {"command": "PYTHONPATH=. /tmp/aqtvenv/bin/" + _common.command(argv),
-              "machine": {**_common.machine(), "aqt": getattr(aqt, "__version__", "aqtp 0.9.0"),
-                          "load_avg_at_end": os.getloadavg()},
-              "batch": args.batch, "repeats": args.repeats, "iters_per_repeat": args.iters,
-              "issue_reference_ratios": {"AQT INT4 fwd+bwd": 2.35, "AQT with SR": 3.08,
-                                         "AQT forward only": 1.18},
-              "variants": {}}
+    result = {
+        "command": "PYTHONPATH=. /tmp/aqtvenv/bin/" + _common.command(argv),
+        "machine": {
+            **_common.machine(),
+            "aqt": getattr(aqt, "__version__", "aqtp 0.9.0"),
+            "load_avg_at_end": os.getloadavg(),
+        },
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "iters_per_repeat": args.iters,
+        "issue_reference_ratios": {
+            "AQT INT4 fwd+bwd": 2.35,
+            "AQT with SR": 3.08,
+            "AQT forward only": 1.18,
+        },
+        "variants": {},
+    }
     for name, ts in times.items():
         ratio = statistics.median([t / b for t, b in zip(ts, base)])
-        result["variants"][name] = {"median_step_ms": 1e3 * statistics.median(ts),
-                                    "median_ratio_to_float32": ratio, "jvp": jvp_ok[name],
-                                    "all_step_ms": [1e3 * t for t in ts]}
-        print(f"{name:55s} {1e3 * statistics.median(ts):8.2f} ms  x{ratio:.2f}  jvp: {jvp_ok[name]}",
-              flush=True)
+        result["variants"][name] = {
+            "median_step_ms": 1e3 * statistics.median(ts),
+            "median_ratio_to_float32": ratio,
+            "jvp": jvp_ok[name],
+            "all_step_ms": [1e3 * t for t in ts],
+        }
+        print(
+            f"{name:55s} {1e3 * statistics.median(ts):8.2f} ms  x{ratio:.2f}  jvp: {jvp_ok[name]}",
+            flush=True,
+        )
     _common.save("lowbit_vs_aqt", result, plot(result), argv=argv)
 
 

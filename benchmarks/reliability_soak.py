@@ -19,12 +19,11 @@ import json
 import os
 import time
 
+import _common
 import jax
 import numpy as np
 
 from beyondbp import compare, datasets, methods, train
-
-import _common
 
 NAME = "reliability_soak"
 _COMPILES = [0]
@@ -58,8 +57,14 @@ def soak(name, steps, every, tr, seed=0):
             rec["step"].append(i + 1)
             rec["rss_mb"].append(rss_mb())
             rec["compiles"].append(_COMPILES[0] - c0)
-            rec["finite"].append(bool(all(np.isfinite(np.asarray(p, np.float32)).all()
-                                          for p in jax.tree.leaves(params))))
+            rec["finite"].append(
+                bool(
+                    all(
+                        np.isfinite(np.asarray(p, np.float32)).all()
+                        for p in jax.tree.leaves(params)
+                    )
+                )
+            )
     rec["wall_s"] = time.perf_counter() - t0
     rec["steps"] = steps
     warm = rec["rss_mb"][min(2, len(rec["rss_mb"]) - 1)]
@@ -73,10 +78,16 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--every", type=int, default=1000)
     p.add_argument("--methods", default="all")
-    p.add_argument("--merge", action="store_true",
-                   help="keep the results of methods already in reliability_soak.json")
-    p.add_argument("--table", action="store_true",
-                   help="only print the Markdown table of reliability_soak.json (BENCHMARKS.md)")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the results of methods already in reliability_soak.json",
+    )
+    p.add_argument(
+        "--table",
+        action="store_true",
+        help="only print the Markdown table of reliability_soak.json (BENCHMARKS.md)",
+    )
     args = p.parse_args(argv)
     if args.table:
         print(table(json.loads((_common.RESULTS / f"{NAME}.json").read_text())["results"]))
@@ -90,34 +101,46 @@ def main(argv=None):
     for name in compare.resolve_methods(args.methods):
         r = soak(name, args.steps, args.every, tr)
         results[name] = r
-        print(f"{name:24s} {r['wall_s']:7.1f} s  rss {r['rss_mb'][0]:.0f} -> {r['rss_mb'][-1]:.0f} MB"
-              f"  growth after warm-up {r['rss_growth_after_warmup_mb']:+.1f} MB  compiles after "
-              f"step 1: {r['compiles_after_first_record']}  finite: {all(r['finite'])}", flush=True)
+        print(
+            f"{name:24s} {r['wall_s']:7.1f} s  rss {r['rss_mb'][0]:.0f} -> {r['rss_mb'][-1]:.0f} MB"
+            f"  growth after warm-up {r['rss_growth_after_warmup_mb']:+.1f} MB  compiles after "
+            f"step 1: {r['compiles_after_first_record']}  finite: {all(r['finite'])}",
+            flush=True,
+        )
         fig = plot(results)
         _common.save(NAME, {"results": results}, fig, argv=argv, dpi=120)
 
 
 def table(results) -> str:
     """The BENCHMARKS.md soak table, one row per soaked method, straight from the JSON."""
-    rows = ["| method | steps | wall s | RSS first record -> last (MB) | growth after warm-up (MB) "
-            "| compiles after step 1 | params finite | skipped steps |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| method | steps | wall s | RSS first record -> last (MB) | growth after warm-up (MB) "
+        "| compiles after step 1 | params finite | skipped steps |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
-        rows.append(f"| {name} | {r['steps']:,} | {r['wall_s']:.0f} | {r['rss_mb'][0]:.0f} -> "
-                    f"{r['rss_mb'][-1]:.0f} | {r['rss_growth_after_warmup_mb']:+.1f} | "
-                    f"{r['compiles_after_first_record']} | {all(r['finite'])} | {r['skipped']} |")
+        rows.append(
+            f"| {name} | {r['steps']:,} | {r['wall_s']:.0f} | {r['rss_mb'][0]:.0f} -> "
+            f"{r['rss_mb'][-1]:.0f} | {r['rss_growth_after_warmup_mb']:+.1f} | "
+            f"{r['compiles_after_first_record']} | {all(r['finite'])} | {r['skipped']} |"
+        )
     return "\n".join(rows)
 
 
 def plot(results):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, r in results.items():
         ax.plot(r["step"], r["rss_mb"], label=f"{name} ({r.get('steps', r['step'][-1])} steps)")
-    ax.set(xlabel="step", ylabel="process RSS (MB)",
-           title="soak: methods run one after another in one process")
+    ax.set(
+        xlabel="step",
+        ylabel="process RSS (MB)",
+        title="soak: methods run one after another in one process",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     plt.close(fig)  # not kept by pyplot; the caller saves it

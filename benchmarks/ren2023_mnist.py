@@ -50,10 +50,14 @@ from beyondbp import datasets
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 # Ren et al. (2023), Table 3, MNIST test error (%); LG-FG-W is not quoted here.
-PAPER = {"S/1/1": {"BP": 2.66, "FG-W": 9.25, "FG-A": 3.24, "LG-FG-W": None, "LG-FG-A": 3.24},
-         "M/1/16": {"BP": 2.41, "FG-W": 8.56, "FG-A": 3.76, "LG-FG-W": None, "LG-FG-A": 2.55}}
-ARCHS = {"S/1/1": dict(patch_size=28, num_blocks=2, channels=256, num_groups=1),
-         "M/1/16": dict(patch_size=28, num_blocks=4, channels=512, num_groups=16)}
+PAPER = {
+    "S/1/1": {"BP": 2.66, "FG-W": 9.25, "FG-A": 3.24, "LG-FG-W": None, "LG-FG-A": 3.24},
+    "M/1/16": {"BP": 2.41, "FG-W": 8.56, "FG-A": 3.76, "LG-FG-W": None, "LG-FG-A": 2.55},
+}
+ARCHS = {
+    "S/1/1": dict(patch_size=28, num_blocks=2, channels=256, num_groups=1),
+    "M/1/16": dict(patch_size=28, num_blocks=4, channels=512, num_groups=16),
+}
 ROWS = ("BP", "FG-W", "FG-A", "LG-FG-W", "LG-FG-A")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -70,6 +74,7 @@ def _configs(arch: str, quick: bool) -> tuple[fwdgrad.MixerConfig, fwdgrad.Mixer
 
 def _estimator(row: str, glob, local, num_tangents: int):
     """``grads(key, params, x, y)`` of one row."""
+
     def final(p, x, y):
         return fwdgrad.mixer_local_losses(p, x, y, glob)[0]
 
@@ -82,16 +87,17 @@ def _estimator(row: str, glob, local, num_tangents: int):
         g = fwdgrad.fwd_grad(final if row == "FG-W" else local_sum, num_tangents=num_tangents)
         return g
     cfg = glob if row == "FG-A" else local
-    return lambda key, p, x, y: fwdgrad.mixer_grads(key, p, x, y, cfg,
-                                                    num_tangents=num_tangents)[1]
+    return lambda key, p, x, y: fwdgrad.mixer_grads(key, p, x, y, cfg, num_tangents=num_tangents)[1]
 
 
 def _optimizer(lr: float, steps: int, warmup: int, wd: float):
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, warmup), max(steps, warmup + 1))
-    kernels = lambda p: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda path, _: jax.tree_util.keystr(path).endswith("['kernel']"), p)
-    return optax.chain(optax.add_decayed_weights(wd, mask=kernels),
-                       optax.sgd(schedule, momentum=0.9))
+    kernels = lambda p: jax.tree_util.tree_map_with_path(
+        lambda path, _: jax.tree_util.keystr(path).endswith("['kernel']"), p
+    )
+    return optax.chain(
+        optax.add_decayed_weights(wd, mask=kernels), optax.sgd(schedule, momentum=0.9)
+    )
 
 
 def _prep(x: np.ndarray) -> jnp.ndarray:
@@ -125,14 +131,17 @@ def run_one(arch, row, seed, train, test, args) -> dict:
 
     key = jax.random.key(1000 + seed)
     t0 = time.perf_counter()
-    for i, (x, y, _) in enumerate(datasets.batches(train, args.batch_size, seed=seed,
-                                                   epochs=args.epochs)):
+    for i, (x, y, _) in enumerate(
+        datasets.batches(train, args.batch_size, seed=seed, epochs=args.epochs)
+    ):
         params, state = step(params, state, jax.random.fold_in(key, i), _prep(x), jnp.asarray(y))
     jax.block_until_ready(params)
     wall = time.perf_counter() - t0
     err = _test_error(params, cfg, test)
-    print(f"{arch:7s} {row:8s} seed {seed}: test error {err:.2f}%  ({wall:.0f} s, {steps} steps)",
-          flush=True)
+    print(
+        f"{arch:7s} {row:8s} seed {seed}: test error {err:.2f}%  ({wall:.0f} s, {steps} steps)",
+        flush=True,
+    )
     return {"test_error_pct": err, "wall_s": wall, "steps": steps}
 
 
@@ -142,10 +151,13 @@ def _subset(ds, n):
 
 def _plot(out, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(out["table"]), figsize=(5 * len(out["table"]), 3.5),
-                             squeeze=False)
+
+    fig, axes = plt.subplots(
+        1, len(out["table"]), figsize=(5 * len(out["table"]), 3.5), squeeze=False
+    )
     for ax, (arch, rows) in zip(axes[0], out["table"].items()):
         names = list(rows)
         ours = [rows[r]["mean"] for r in names]
@@ -164,9 +176,11 @@ def _plot(out, path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 2,048 training and 1,000 test examples, 1 epoch, seed 0, "
-                         "widths / 8")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 2,048 training and 1,000 test examples, 1 epoch, seed 0, widths / 8",
+    )
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--seeds", default="0,1,2")
@@ -176,8 +190,11 @@ def main():
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--wd", type=float, default=1e-4)
     ap.add_argument("--num-tangents", type=int, default=1)
-    ap.add_argument("--data-dir", default=None,
-                    help="MNIST IDX directory (default: beyondbp.datasets' search path)")
+    ap.add_argument(
+        "--data-dir",
+        default=None,
+        help="MNIST IDX directory (default: beyondbp.datasets' search path)",
+    )
     ap.add_argument("--out", default="ren2023_mnist")
     args = ap.parse_args()
     archs, rows = args.archs.split(","), args.rows.split(",")
@@ -194,12 +211,18 @@ def main():
     test = datasets.load("mnist", "test", data_dir=args.data_dir)
     if args.quick:
         train, test = _subset(train, 2048), _subset(test, 1000)
-    out = {"command": "python benchmarks/ren2023_mnist.py " + " ".join(sys.argv[1:]),
-           "machine": {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
-                       "platform": platform.platform()},
-           "settings": vars(args), "archs": {a: dataclasses.asdict(_configs(a, args.quick)[1])
-                                             for a in archs},
-           "per_seed": {}, "table": {}}
+    out = {
+        "command": "python benchmarks/ren2023_mnist.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "backend": jax.default_backend(),
+            "device": str(jax.devices()[0]),
+            "platform": platform.platform(),
+        },
+        "settings": vars(args),
+        "archs": {a: dataclasses.asdict(_configs(a, args.quick)[1]) for a in archs},
+        "per_seed": {},
+        "table": {},
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     for arch in archs:
         out["per_seed"][arch], out["table"][arch] = {}, {}
@@ -207,8 +230,12 @@ def main():
             runs = [run_one(arch, row, s, train, test, args) for s in seeds]
             errs = [r["test_error_pct"] for r in runs]
             out["per_seed"][arch][row] = runs
-            out["table"][arch][row] = {"mean": float(np.mean(errs)), "std": float(np.std(errs)),
-                                       "seeds": seeds, "paper": PAPER[arch][row]}
+            out["table"][arch][row] = {
+                "mean": float(np.mean(errs)),
+                "std": float(np.std(errs)),
+                "seeds": seeds,
+                "paper": PAPER[arch][row],
+            }
             (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=2))
     _plot(out, RESULTS / f"{args.out}.png")
     for arch, table in out["table"].items():

@@ -46,6 +46,7 @@ def _register_pytree_dataclass(cls) -> None:
     ``analog.Tiles``) would reach msgpack as an opaque object. Static fields (shape, format,
     device model) are not stored: they come from the restore target, like every structure.
     """
+
     def data_fields(x):
         children = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)[0]
         return [k.name for (k,), _ in children]
@@ -54,9 +55,13 @@ def _register_pytree_dataclass(cls) -> None:
         return {name: serialization.to_state_dict(getattr(x, name)) for name in data_fields(x)}
 
     def from_state(x, state):
-        return dataclasses.replace(x, **{
-            name: serialization.from_state_dict(getattr(x, name), state[name], name=name)
-            for name in data_fields(x)})
+        return dataclasses.replace(
+            x,
+            **{
+                name: serialization.from_state_dict(getattr(x, name), state[name], name=name)
+                for name in data_fields(x)
+            },
+        )
 
     serialization.register_serialization_state(cls, to_state, from_state, override=True)
 
@@ -74,6 +79,7 @@ def _to_numpy(tree):
         if _is_key(x):
             x = jax.random.key_data(x)
         return np.asarray(x)
+
     return jax.tree.map(leaf, tree)
 
 
@@ -130,13 +136,17 @@ def _fill_new_fields(ref, sd):
         for name in ref._fields:
             if name not in sd and getattr(ref, name) is None:
                 sd[name] = None
-        return {k: _fill_new_fields(getattr(ref, k), v) if k in ref._fields else v
-                for k, v in sd.items()}
+        return {
+            k: _fill_new_fields(getattr(ref, k), v) if k in ref._fields else v
+            for k, v in sd.items()
+        }
     if isinstance(ref, dict):
         return {k: _fill_new_fields(ref[k], v) if k in ref else v for k, v in sd.items()}
     if isinstance(ref, (list, tuple)):
-        return {k: _fill_new_fields(ref[int(k)], v) if k.isdigit() and int(k) < len(ref) else v
-                for k, v in sd.items()}
+        return {
+            k: _fill_new_fields(ref[int(k)], v) if k.isdigit() and int(k) < len(ref) else v
+            for k, v in sd.items()
+        }
     return sd
 
 
@@ -156,30 +166,38 @@ def restore(path, target: Any) -> tuple[int, Any]:
         raw = serialization.msgpack_restore(path.read_bytes())
         step, state = int(raw["step"]), raw["tree"]
     except Exception as e:  # msgpack raises several unrelated types on garbage
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); "
-                              "delete it to start fresh or point to another checkpoint") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); "
+            "delete it to start fresh or point to another checkpoint"
+        ) from None
     ref = _to_numpy(target)
     state = _fill_new_fields(ref, state)
     try:
         loaded = serialization.from_state_dict(ref, state)
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: structure does not match this run ({e}); was it "
-                              "written by a different method, model or configuration?") from None
+        raise CheckpointError(
+            f"{path}: structure does not match this run ({e}); was it "
+            "written by a different method, model or configuration?"
+        ) from None
     flat_ref = jax.tree_util.tree_flatten_with_path(ref)[0]
     flat_new = jax.tree.leaves(loaded)
     if len(flat_ref) != len(flat_new):
-        raise CheckpointError(f"{path}: holds {len(flat_new)} arrays, this run has "
-                              f"{len(flat_ref)}; different method or configuration")
+        raise CheckpointError(
+            f"{path}: holds {len(flat_new)} arrays, this run has "
+            f"{len(flat_ref)}; different method or configuration"
+        )
     for (kp, a), b in zip(flat_ref, flat_new):
         b = np.asarray(b)
         if a.shape != b.shape or a.dtype != b.dtype:
             raise CheckpointError(
                 f"{path}: leaf {_describe(kp)} is {b.dtype}{list(b.shape)} in the checkpoint but "
-                f"{a.dtype}{list(a.shape)} in this run; different model or configuration")
+                f"{a.dtype}{list(a.shape)} in this run; different model or configuration"
+            )
     leaves_t, treedef = jax.tree.flatten(target)
 
     def back(t, b):
         if _is_key(t):
             return jax.random.wrap_key_data(jnp.asarray(b), impl=jax.random.key_impl(t))
         return jnp.asarray(b, dtype=t.dtype) if hasattr(t, "dtype") else b
+
     return step, jax.tree.unflatten(treedef, [back(t, b) for t, b in zip(leaves_t, flat_new)])

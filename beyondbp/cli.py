@@ -1,8 +1,8 @@
 """The ``beyondbp`` command line.
 
-    beyondbp compare [--methods all] [--dataset mnist_small] [--steps N | --epochs E] ...
-    beyondbp train --method NAME [--checkpoint-dir D --checkpoint-every K] ...
-    beyondbp methods            list the registered methods
+beyondbp compare [--methods all] [--dataset mnist_small] [--steps N | --epochs E] ...
+beyondbp train --method NAME [--checkpoint-dir D --checkpoint-every K] ...
+beyondbp methods            list the registered methods
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def _widths(s: str) -> tuple[int, ...]:
     try:
         w = tuple(int(p) for p in s.split(",") if p.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r}: give comma-separated integers, e.g. 1024,1024") from None
+        raise argparse.ArgumentTypeError(
+            f"{s!r}: give comma-separated integers, e.g. 1024,1024"
+        ) from None
     if not w or min(w) < 1:
         raise argparse.ArgumentTypeError(f"{s!r}: give comma-separated positive integers")
     return w
@@ -102,58 +104,107 @@ def _add_run_options(c: argparse.ArgumentParser) -> None:
     """Options shared by ``compare`` and ``train``: data, budget, model, seed."""
     from beyondbp import datasets
 
-    c.add_argument("--dataset", default="mnist_small", choices=datasets.NAMES,
-                   help="data set (default: mnist_small, bundled, offline)")
-    c.add_argument("--data-dir", default=None, help="directory with the four IDX files, .gz or "
-                   "not (else $BEYONDBP_DATA, then the user cache, then download; --dataset idx "
-                   "reads any data set in MNIST's file layout from here)")
-    c.add_argument("--no-verify", action="store_true", help="accept your own copy of a named "
-                   "data set whose content differs from the official files (still parsed strictly)")
+    c.add_argument(
+        "--dataset",
+        default="mnist_small",
+        choices=datasets.NAMES,
+        help="data set (default: mnist_small, bundled, offline)",
+    )
+    c.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory with the four IDX files, .gz or "
+        "not (else $BEYONDBP_DATA, then the user cache, then download; --dataset idx "
+        "reads any data set in MNIST's file layout from here)",
+    )
+    c.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="accept your own copy of a named "
+        "data set whose content differs from the official files (still parsed strictly)",
+    )
     budget = c.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=_positive_int, default=None,
-                        help="optimisation steps per method (default 600)")
-    budget.add_argument("--epochs", type=_positive_int, default=None,
-                        help="epochs per method instead of --steps")
+    budget.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="optimisation steps per method (default 600)",
+    )
+    budget.add_argument(
+        "--epochs", type=_positive_int, default=None, help="epochs per method instead of --steps"
+    )
     c.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (default 64)")
     c.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="reference model")
-    c.add_argument("--widths", type=_widths, default=(256, 256),
-                   help="MLP hidden widths, comma-separated (default 256,256)")
+    c.add_argument(
+        "--widths",
+        type=_widths,
+        default=(256, 256),
+        help="MLP hidden widths, comma-separated (default 256,256)",
+    )
     c.add_argument("--seed", type=_seed, default=0, help="seed for init, data order and transforms")
-    c.add_argument("--eval-every", type=_positive_int, default=None,
-                   help="evaluate test accuracy every N steps (default: 10 points per run)")
+    c.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=None,
+        help="evaluate test accuracy every N steps (default: 10 points per run)",
+    )
     c.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="beyondbp", description=(
-        "beyond-backprop: forward gradients, 4-bit training and analog crossbars, compared "
-        "side by side."))
+    p = _Parser(
+        prog="beyondbp",
+        description=(
+            "beyond-backprop: forward gradients, 4-bit training and analog crossbars, compared "
+            "side by side."
+        ),
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="{compare,train,methods}")
-    c = sub.add_parser("compare", help="train several methods on the same data and seed; "
-                       "print a table, write plots and JSON",
-                       description="Train the same model with several methods on the same data "
-                       "and seed; print method, test accuracy, step time and memory relative "
-                       "to backprop (and energy where a hardware model exists); write "
-                       "learning_curves.png, accuracy_vs_cost.png and compare.json to --out.")
-    c.add_argument("--methods", default="all", help="comma-separated method names, or 'all' "
-                   "(default); see `beyondbp methods`")
+    c = sub.add_parser(
+        "compare",
+        help="train several methods on the same data and seed; print a table, write plots and JSON",
+        description="Train the same model with several methods on the same data "
+        "and seed; print method, test accuracy, step time and memory relative "
+        "to backprop (and energy where a hardware model exists); write "
+        "learning_curves.png, accuracy_vs_cost.png and compare.json to --out.",
+    )
+    c.add_argument(
+        "--methods",
+        default="all",
+        help="comma-separated method names, or 'all' (default); see `beyondbp methods`",
+    )
     _add_run_options(c)
-    c.add_argument("--seeds", type=_seeds, default=None, help="run every method once per seed, "
-                   "e.g. 0,1,2: the table shows mean ± std, the JSON every per-seed value "
-                   "(overrides --seed)")
+    c.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=None,
+        help="run every method once per seed, "
+        "e.g. 0,1,2: the table shows mean ± std, the JSON every per-seed value "
+        "(overrides --seed)",
+    )
     c.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
-    t = sub.add_parser("train", help="train one method, with checkpoints and resume",
-                       description="Train one registered method. With --checkpoint-dir the run "
-                       "saves params and optimiser state every --checkpoint-every steps and on "
-                       "SIGINT/SIGTERM, and resumes from the newest checkpoint there when started "
-                       "again with the same options.")
+    t = sub.add_parser(
+        "train",
+        help="train one method, with checkpoints and resume",
+        description="Train one registered method. With --checkpoint-dir the run "
+        "saves params and optimiser state every --checkpoint-every steps and on "
+        "SIGINT/SIGTERM, and resumes from the newest checkpoint there when started "
+        "again with the same options.",
+    )
     t.add_argument("--method", default="backprop", help="a registered method (default backprop)")
     _add_run_options(t)
     t.add_argument("--checkpoint-dir", default=None, help="where to save and resume checkpoints")
-    t.add_argument("--checkpoint-every", type=_positive_int, default=None,
-                   help="save a checkpoint every N steps (needs --checkpoint-dir)")
-    t.add_argument("--out", default="runs/train", help="output directory: history.json and "
-                   "final params (default runs/train)")
+    t.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=None,
+        help="save a checkpoint every N steps (needs --checkpoint-dir)",
+    )
+    t.add_argument(
+        "--out",
+        default="runs/train",
+        help="output directory: history.json and final params (default runs/train)",
+    )
     sub.add_parser("methods", help="list the registered methods")
     return p
 
@@ -172,24 +223,45 @@ def _train(args) -> int:
     tr = datasets.load(args.dataset, "train", data_dir=args.data_dir, verify=not args.no_verify)
     te = datasets.load(args.dataset, "test", data_dir=args.data_dir, verify=not args.no_verify)
     steps = args.steps if args.steps is not None or args.epochs is not None else 600
-    total = steps if args.epochs is None else args.epochs * datasets.num_batches(len(tr), args.batch_size)
-    cfg = methods.MethodConfig(key=jax.random.key(args.seed), input_shape=tr.input_shape,
-                               num_classes=tr.num_classes, steps=total, model=args.model,
-                               widths=args.widths)
-    h = train.train(method.build(cfg), tr, te, steps=total, batch_size=args.batch_size,
-                    seed=args.seed, eval_every=args.eval_every, progress=not args.no_progress,
-                    desc=args.method, checkpoint_dir=args.checkpoint_dir,
-                    checkpoint_every=args.checkpoint_every)
+    total = (
+        steps
+        if args.epochs is None
+        else args.epochs * datasets.num_batches(len(tr), args.batch_size)
+    )
+    cfg = methods.MethodConfig(
+        key=jax.random.key(args.seed),
+        input_shape=tr.input_shape,
+        num_classes=tr.num_classes,
+        steps=total,
+        model=args.model,
+        widths=args.widths,
+    )
+    h = train.train(
+        method.build(cfg),
+        tr,
+        te,
+        steps=total,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        progress=not args.no_progress,
+        desc=args.method,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+    )
     checkpoint.save(args.out, total, h["params"], keep=1)
     train.write_json(h, f"{args.out}/history.json")
-    print(f"{args.method}: test accuracy {h['final_test_accuracy']:.4f} after {total} steps; "
-          f"wrote {args.out}/history.json and the final params")
+    print(
+        f"{args.method}: test accuracy {h['final_test_accuracy']:.4f} after {total} steps; "
+        f"wrote {args.out}/history.json and the final params"
+    )
     return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from beyondbp import compare as _compare, methods
+    from beyondbp import compare as _compare
+    from beyondbp import methods
 
     if args.command == "train":
         try:
@@ -213,10 +285,21 @@ def main(argv=None) -> int:
         _check_writable_dir(args.out, "--out")
         steps = args.steps if args.steps is not None or args.epochs is not None else 600
         result = _compare.compare(
-            names, dataset=args.dataset, data_dir=args.data_dir, steps=steps, epochs=args.epochs,
-            batch_size=args.batch_size, seed=args.seed, seeds=args.seeds, model=args.model,
-            widths=args.widths, eval_every=args.eval_every, progress=not args.no_progress,
-            out=args.out, verify=not args.no_verify)
+            names,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            steps=steps,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            seeds=args.seeds,
+            model=args.model,
+            widths=args.widths,
+            eval_every=args.eval_every,
+            progress=not args.no_progress,
+            out=args.out,
+            verify=not args.no_verify,
+        )
     except ValueError as e:  # bad option values and data set errors: one line, no traceback
         print(f"beyondbp: error: {e}", file=sys.stderr)
         return 2
@@ -225,8 +308,10 @@ def main(argv=None) -> int:
         return 2
     print()
     print(_compare.format_table(result))
-    print(f"\nwrote {args.out}/compare.json, learning_curves.png, accuracy_vs_cost.png "
-          f"({result['total_time_s']:.0f} s)")
+    print(
+        f"\nwrote {args.out}/compare.json, learning_curves.png, accuracy_vs_cost.png "
+        f"({result['total_time_s']:.0f} s)"
+    )
     return 0
 
 

@@ -9,20 +9,28 @@ from __future__ import annotations
 import pathlib
 import platform
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
 
-from beyondbp import datasets, methods, train as _train
+from beyondbp import datasets, methods
+from beyondbp import train as _train
 
 __all__ = ["compare", "format_table", "plot", "resolve_methods", "machine"]
 
 
 def resolve_methods(spec: str | Sequence[str]) -> list[str]:
     """``"all"``, ``"a,b"`` or a list of names -> validated list of method names."""
-    names = methods.names() if spec == "all" else (
-        [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec))
+    names = (
+        methods.names()
+        if spec == "all"
+        else (
+            [s.strip() for s in spec.split(",") if s.strip()]
+            if isinstance(spec, str)
+            else list(spec)
+        )
+    )
     if not names:
         raise ValueError(f"methods={spec!r} names no method; known: {', '.join(methods.names())}")
     for n in names:
@@ -34,9 +42,14 @@ def resolve_methods(spec: str | Sequence[str]) -> list[str]:
 
 def machine() -> dict:
     dev = jax.devices()[0]
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "jax": jax.__version__, "backend": dev.platform, "device": str(dev.device_kind),
-            "device_count": jax.device_count()}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+        "backend": dev.platform,
+        "device": str(dev.device_kind),
+        "device_count": jax.device_count(),
+    }
 
 
 def _check_seeds(seeds) -> list[int]:
@@ -44,35 +57,69 @@ def _check_seeds(seeds) -> list[int]:
         out = [int(s) for s in seeds]
     except (TypeError, ValueError):
         raise ValueError(f"seeds={seeds!r}: give a list of integers, e.g. [0, 1, 2]") from None
-    if not out or min(out) < 0 or len(set(out)) != len(out) or any(
-            isinstance(s, float) and not float(s).is_integer() for s in seeds):
+    if (
+        not out
+        or min(out) < 0
+        or len(set(out)) != len(out)
+        or any(isinstance(s, float) and not float(s).is_integer() for s in seeds)
+    ):
         raise ValueError(f"seeds={seeds!r}: give distinct non-negative integers, e.g. [0, 1, 2]")
     return out
 
 
 def _loss_kind(setup: methods.Setup) -> str:
     """Which training loss a row reports: rows on an energy-based model minimise squared error."""
-    return "cross-entropy" if setup.loss is methods.cross_entropy else getattr(
-        setup.loss, "__name__", "other")
+    return (
+        "cross-entropy"
+        if setup.loss is methods.cross_entropy
+        else getattr(setup.loss, "__name__", "other")
+    )
 
 
-def _run(name: str, cfg: methods.MethodConfig, train_ds, test_ds, *, steps, epochs, batch_size,
-         seed, eval_every, progress) -> dict:
+def _run(
+    name: str,
+    cfg: methods.MethodConfig,
+    train_ds,
+    test_ds,
+    *,
+    steps,
+    epochs,
+    batch_size,
+    seed,
+    eval_every,
+    progress,
+) -> dict:
     """Build and train one row for one seed; the history without params, plus its row values."""
     m = methods.get(name)
     setup = m.build(cfg)
-    h = _train.train(setup, train_ds, test_ds, steps=steps, epochs=epochs, batch_size=batch_size,
-                     seed=seed, eval_every=eval_every, progress=progress,
-                     desc=f"{name:>18s} s{seed}")
-    h.pop("params"); h.pop("opt_state")
+    h = _train.train(
+        setup,
+        train_ds,
+        test_ds,
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        eval_every=eval_every,
+        progress=progress,
+        desc=f"{name:>18s} s{seed}",
+    )
+    h.pop("params")
+    h.pop("opt_state")
     h["loss_kind"] = _loss_kind(setup)
     energy = h.get("energy") or {}
-    return {"method": name, "seed": seed, "history": h,
-            "test_accuracy": h["final_test_accuracy"], "step_time_s": h["step_time_s"],
-            "memory_bytes": h["memory"]["peak"], "temp_bytes": h["memory"]["temp"],
-            "energy_per_step_j": energy.get("analog_j_per_step"),
-            "digital_energy_per_step_j": energy.get("digital_j_per_step"),
-            "wall_time_s": h["wall_time_s"]}
+    return {
+        "method": name,
+        "seed": seed,
+        "history": h,
+        "test_accuracy": h["final_test_accuracy"],
+        "step_time_s": h["step_time_s"],
+        "memory_bytes": h["memory"]["peak"],
+        "temp_bytes": h["memory"]["temp"],
+        "energy_per_step_j": energy.get("analog_j_per_step"),
+        "digital_energy_per_step_j": energy.get("digital_j_per_step"),
+        "wall_time_s": h["wall_time_s"],
+    }
 
 
 SPREAD_FLAG = 0.05  # seeds of one row disagreeing by more than 5 points of accuracy get a marker
@@ -83,26 +130,44 @@ def _aggregate(name: str, runs: list[dict]) -> dict:
     m = methods.get(name)
     acc = np.array([r["test_accuracy"] for r in runs], dtype=np.float64)
     times = np.array([r["step_time_s"] for r in runs], dtype=np.float64)
-    std = (lambda v: float(np.std(v, ddof=1)) if v.size > 1 else 0.0)
-    row = {"method": name, "family": m.family, "description": m.description,
-           "seeds": [r["seed"] for r in runs],
-           "test_accuracy": float(acc.mean()), "test_accuracy_std": std(acc),
-           "test_accuracy_per_seed": acc.tolist(),
-           "spread_flag": bool(acc.max() - acc.min() > SPREAD_FLAG),
-           "step_time_s": float(times.mean()), "step_time_std_s": std(times),
-           "step_time_per_seed_s": times.tolist(),
-           "loss_kind": runs[0]["history"]["loss_kind"]}
+    std = lambda v: float(np.std(v, ddof=1)) if v.size > 1 else 0.0
+    row = {
+        "method": name,
+        "family": m.family,
+        "description": m.description,
+        "seeds": [r["seed"] for r in runs],
+        "test_accuracy": float(acc.mean()),
+        "test_accuracy_std": std(acc),
+        "test_accuracy_per_seed": acc.tolist(),
+        "spread_flag": bool(acc.max() - acc.min() > SPREAD_FLAG),
+        "step_time_s": float(times.mean()),
+        "step_time_std_s": std(times),
+        "step_time_per_seed_s": times.tolist(),
+        "loss_kind": runs[0]["history"]["loss_kind"],
+    }
     for k in ("memory_bytes", "temp_bytes", "energy_per_step_j", "digital_energy_per_step_j"):
         row[k] = runs[0][k]  # identical across seeds: same model, same program
     row["wall_time_s"] = float(sum(r["wall_time_s"] for r in runs))
     return row
 
 
-def compare(method_names: Sequence[str], *, dataset: str = "mnist_small", data_dir=None,
-            steps: int | None = None, epochs: int | None = None, batch_size: int = 64,
-            seed: int = 0, seeds: Sequence[int] | None = None, model: str = "mlp",
-            widths: tuple[int, ...] = (256, 256), eval_every: int | None = None,
-            progress: bool = True, out=None, verify: bool = True) -> dict:
+def compare(
+    method_names: Sequence[str],
+    *,
+    dataset: str = "mnist_small",
+    data_dir=None,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    seeds: Sequence[int] | None = None,
+    model: str = "mlp",
+    widths: tuple[int, ...] = (256, 256),
+    eval_every: int | None = None,
+    progress: bool = True,
+    out=None,
+    verify: bool = True,
+) -> dict:
     """Train every method in ``method_names`` under identical conditions, once per seed.
 
     Args:
@@ -128,16 +193,32 @@ def compare(method_names: Sequence[str], *, dataset: str = "mnist_small", data_d
     runs: list[dict] = []
     skipped: dict[str, str] = {}
     for s in seed_list:
-        cfg = methods.MethodConfig(key=jax.random.key(s), input_shape=train_ds.input_shape,
-                                   num_classes=train_ds.num_classes, steps=total, model=model,
-                                   widths=tuple(widths))
+        cfg = methods.MethodConfig(
+            key=jax.random.key(s),
+            input_shape=train_ds.input_shape,
+            num_classes=train_ds.num_classes,
+            steps=total,
+            model=model,
+            widths=tuple(widths),
+        )
         for name in names:
             if name in skipped:
                 continue
             try:
-                runs.append(_run(name, cfg, train_ds, test_ds, steps=steps, epochs=epochs,
-                                 batch_size=batch_size, seed=s, eval_every=eval_every,
-                                 progress=progress))
+                runs.append(
+                    _run(
+                        name,
+                        cfg,
+                        train_ds,
+                        test_ds,
+                        steps=steps,
+                        epochs=epochs,
+                        batch_size=batch_size,
+                        seed=s,
+                        eval_every=eval_every,
+                        progress=progress,
+                    )
+                )
             except methods.NotApplicable as e:  # e.g. no CNN variant: say so, run the rest
                 skipped[name] = str(e)
                 if progress:
@@ -149,19 +230,36 @@ def compare(method_names: Sequence[str], *, dataset: str = "mnist_small", data_d
     for r in rows:
         r["reference"] = ref["method"]
         r["step_time_rel"] = r["step_time_s"] / ref["step_time_s"]
-        r["memory_rel"] = (r["memory_bytes"] / ref["memory_bytes"]
-                           if r["memory_bytes"] and ref["memory_bytes"] else None)
-        r["temp_rel"] = (r["temp_bytes"] / ref["temp_bytes"]
-                         if r["temp_bytes"] and ref["temp_bytes"] else None)
-    result = {"rows": rows, "skipped": skipped,
-              "runs": runs,
-              "histories": {r["method"]: r["history"] for r in runs if r["seed"] == seed_list[0]},
-              "config": {"methods": names, "dataset": dataset, "steps": total,
-                         "batch_size": batch_size, "seed": seed_list[0], "seeds": seed_list,
-                         "model": model, "widths": list(widths), "train_examples": len(train_ds),
-                         "test_examples": len(test_ds), "num_classes": train_ds.num_classes,
-                         "input_shape": list(train_ds.input_shape)},
-              "machine": machine(), "total_time_s": time.perf_counter() - t0}
+        r["memory_rel"] = (
+            r["memory_bytes"] / ref["memory_bytes"]
+            if r["memory_bytes"] and ref["memory_bytes"]
+            else None
+        )
+        r["temp_rel"] = (
+            r["temp_bytes"] / ref["temp_bytes"] if r["temp_bytes"] and ref["temp_bytes"] else None
+        )
+    result = {
+        "rows": rows,
+        "skipped": skipped,
+        "runs": runs,
+        "histories": {r["method"]: r["history"] for r in runs if r["seed"] == seed_list[0]},
+        "config": {
+            "methods": names,
+            "dataset": dataset,
+            "steps": total,
+            "batch_size": batch_size,
+            "seed": seed_list[0],
+            "seeds": seed_list,
+            "model": model,
+            "widths": list(widths),
+            "train_examples": len(train_ds),
+            "test_examples": len(test_ds),
+            "num_classes": train_ds.num_classes,
+            "input_shape": list(train_ds.input_shape),
+        },
+        "machine": machine(),
+        "total_time_s": time.perf_counter() - t0,
+    }
     if out is not None:
         out = pathlib.Path(out)
         _train.write_json(result, out / "compare.json")
@@ -181,8 +279,16 @@ def format_table(result: dict) -> str:
     """
     ref = result["rows"][0]["reference"]
     multi = len(result["config"].get("seeds", [0])) > 1
-    head = ["method", "test acc" + (" (mean ± std)" if multi else ""), "step ms", f"time/{ref}",
-            "peak MB", f"mem/{ref}", "energy J/step (analog)", "digital J/step"]
+    head = [
+        "method",
+        "test acc" + (" (mean ± std)" if multi else ""),
+        "step ms",
+        f"time/{ref}",
+        "peak MB",
+        f"mem/{ref}",
+        "energy J/step (analog)",
+        "digital J/step",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         acc = _fmt(r["test_accuracy"], ".4f")
@@ -190,16 +296,24 @@ def format_table(result: dict) -> str:
         if multi:
             acc += f" ± {r['test_accuracy_std']:.4f}" + (" !" if r.get("spread_flag") else "")
             ms += f" ± {r['step_time_std_s'] * 1e3:.2f}"
-        cells = [r["method"], acc, ms, _fmt(r["step_time_rel"], ".2f"),
-                 _fmt(r["memory_bytes"] / 2**20 if r["memory_bytes"] else None, ".2f"),
-                 _fmt(r["memory_rel"], ".2f"), _fmt(r["energy_per_step_j"], ".3e"),
-                 _fmt(r["digital_energy_per_step_j"] or None, ".3e")]
+        cells = [
+            r["method"],
+            acc,
+            ms,
+            _fmt(r["step_time_rel"], ".2f"),
+            _fmt(r["memory_bytes"] / 2**20 if r["memory_bytes"] else None, ".2f"),
+            _fmt(r["memory_rel"], ".2f"),
+            _fmt(r["energy_per_step_j"], ".3e"),
+            _fmt(r["digital_energy_per_step_j"] or None, ".3e"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     for name, why in result.get("skipped", {}).items():
         lines.append(f"| {name} | skipped: {why} |" + " |" * (len(head) - 2))
     if multi:
-        lines.append(f"\nseeds {result['config']['seeds']}; '!' marks seeds more than "
-                     f"{SPREAD_FLAG * 100:.0f} points apart in accuracy")
+        lines.append(
+            f"\nseeds {result['config']['seeds']}; '!' marks seeds more than "
+            f"{SPREAD_FLAG * 100:.0f} points apart in accuracy"
+        )
     return "\n".join(lines)
 
 
@@ -222,19 +336,26 @@ def plot(result: dict, out) -> list[pathlib.Path]:
     standard-deviation error bar. Labels go in legends, so they never overlap.
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = result.get("runs") or [{"method": n, "seed": result["config"]["seed"], "history": h}
-                                  for n, h in result["histories"].items()]
+    runs = result.get("runs") or [
+        {"method": n, "seed": result["config"]["seed"], "history": h}
+        for n, h in result["histories"].items()
+    ]
     rows = result["rows"]
     # 13+ methods outrun the 10-colour default cycle: 20 colours, and a line style per family
     colors = plt.get_cmap("tab20").colors
     color = {r["method"]: colors[(2 * i) % 20 + (2 * i) // 20 % 2] for i, r in enumerate(rows)}
-    styles = {f: ls for f, ls in zip(dict.fromkeys(r.get("family", "") for r in rows),
-                                     ["-", "--", "-.", ":"] * 4)}
+    styles = {
+        f: ls
+        for f, ls in zip(
+            dict.fromkeys(r.get("family", "") for r in rows), ["-", "--", "-.", ":"] * 4
+        )
+    }
     kinds = list(dict.fromkeys(r.get("loss_kind", "cross-entropy") for r in rows))
     fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(6 * (len(kinds) + 1), 4.8), squeeze=False)
     for r in rows:
@@ -244,15 +365,21 @@ def plot(result: dict, out) -> list[pathlib.Path]:
         _band(ax, rr, "steps", "train_loss", **kw)
         _band(axes[0, -1], rr, "eval_steps", "test_accuracy", marker="o", ms=3, **kw)
     for k, kind in enumerate(kinds):
-        axes[0, k].set(xlabel="step", ylabel=f"training loss: {kind} (batch)", yscale="log",
-                       title=f"training loss ({kind})")
+        axes[0, k].set(
+            xlabel="step",
+            ylabel=f"training loss: {kind} (batch)",
+            yscale="log",
+            title=f"training loss ({kind})",
+        )
         axes[0, k].legend(fontsize=7)
     axes[0, -1].set(xlabel="step", ylabel="test accuracy", title="test accuracy")
     axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     cfg = result["config"]
-    fig.suptitle(f"{cfg['dataset']}, {cfg['model']} {cfg['widths']}, batch {cfg['batch_size']}, "
-                 f"seeds {cfg.get('seeds', [cfg['seed']])}"
-                 + (" (mean, min-max band)" if len(cfg.get("seeds", [0])) > 1 else ""))
+    fig.suptitle(
+        f"{cfg['dataset']}, {cfg['model']} {cfg['widths']}, batch {cfg['batch_size']}, "
+        f"seeds {cfg.get('seeds', [cfg['seed']])}"
+        + (" (mean, min-max band)" if len(cfg.get("seeds", [0])) > 1 else "")
+    )
     fig.tight_layout()
     p1 = out / "learning_curves.png"
     fig.savefig(p1, dpi=120)
@@ -261,12 +388,23 @@ def plot(result: dict, out) -> list[pathlib.Path]:
     fig, ax = plt.subplots(figsize=(9, 4.8))
     markers = "osD^v<>pP*hX"
     for i, r in enumerate(rows):
-        ax.errorbar(r["step_time_rel"], r["test_accuracy"], yerr=r.get("test_accuracy_std") or None,
-                    fmt=markers[i % len(markers)], color=color[r["method"]], ms=7, capsize=3,
-                    label=r["method"] + (" (!)" if r.get("spread_flag") else ""))
-    ax.set(xlabel=f"step time relative to {rows[0]['reference']}",
-           ylabel="test accuracy" + (" (mean ± std over seeds)" if len(cfg.get("seeds", [0])) > 1
-                                     else ""), title="accuracy vs cost", xscale="log")
+        ax.errorbar(
+            r["step_time_rel"],
+            r["test_accuracy"],
+            yerr=r.get("test_accuracy_std") or None,
+            fmt=markers[i % len(markers)],
+            color=color[r["method"]],
+            ms=7,
+            capsize=3,
+            label=r["method"] + (" (!)" if r.get("spread_flag") else ""),
+        )
+    ax.set(
+        xlabel=f"step time relative to {rows[0]['reference']}",
+        ylabel="test accuracy"
+        + (" (mean ± std over seeds)" if len(cfg.get("seeds", [0])) > 1 else ""),
+        title="accuracy vs cost",
+        xscale="log",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()

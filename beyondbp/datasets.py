@@ -44,12 +44,22 @@ import struct
 import tempfile
 import urllib.error
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["Dataset", "load", "batches", "DatasetError", "NAMES", "FILES", "SHA256",
-           "CONTENT_SHA256", "num_batches", "write_idx"]
+__all__ = [
+    "Dataset",
+    "load",
+    "batches",
+    "DatasetError",
+    "NAMES",
+    "FILES",
+    "SHA256",
+    "CONTENT_SHA256",
+    "num_batches",
+    "write_idx",
+]
 
 NAMES = ("mnist", "fashion_mnist", "mnist_small", "idx")
 SPLITS = ("train", "test")
@@ -96,9 +106,11 @@ CONTENT_SHA256 = {
     },
 }
 MIRRORS = {
-    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/",
-              "https://storage.googleapis.com/cvdf-datasets/mnist/",
-              "http://yann.lecun.com/exdb/mnist/"),
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ),
     "fashion_mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
 }
 _BUNDLED = pathlib.Path(__file__).resolve().parent / "data" / "mnist_small"
@@ -126,7 +138,9 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one example as the models see it: ``(H, W, C)`` (C = 1 for IDX3 images)."""
-        return tuple(self.images.shape[1:]) if self.images.ndim == 4 else (*self.images.shape[1:], 1)
+        return (
+            tuple(self.images.shape[1:]) if self.images.ndim == 4 else (*self.images.shape[1:], 1)
+        )
 
 
 def _cache_dir(name: str) -> pathlib.Path:
@@ -163,29 +177,37 @@ def _read(path: pathlib.Path, size: int = -1) -> bytes:
         with (gzip.open if gz else open)(path, "rb") as f:
             return f.read(size)
     except (OSError, EOFError) as e:  # gzip raises these on truncated/corrupt streams
-        raise DatasetError(f"{path}: cannot be read ({e}); the file is truncated or corrupt: "
-                           "replace it with a good copy") from None
+        raise DatasetError(
+            f"{path}: cannot be read ({e}); the file is truncated or corrupt: "
+            "replace it with a good copy"
+        ) from None
 
 
 def _parse_idx(path: pathlib.Path, data: bytes, magics: dict[int, int]) -> np.ndarray:
     """Parse IDX bytes: a 4-byte magic (0x0000, type 0x08 = uint8, ndim), ndim big-endian sizes."""
     if len(data) < 8:
-        raise DatasetError(f"{path}: only {len(data)} bytes, too short for an IDX header; "
-                           "the file is truncated: replace it with a good copy")
+        raise DatasetError(
+            f"{path}: only {len(data)} bytes, too short for an IDX header; "
+            "the file is truncated: replace it with a good copy"
+        )
     magic = int.from_bytes(data[:4], "big")
     if magic not in magics:
         want = " or ".join(f"0x{m:08x}" for m in magics)
-        raise DatasetError(f"{path}: wrong magic number 0x{magic:08x} (expected {want}: unsigned "
-                           "bytes); this is not the right IDX file (images and labels swapped?)")
+        raise DatasetError(
+            f"{path}: wrong magic number 0x{magic:08x} (expected {want}: unsigned "
+            "bytes); this is not the right IDX file (images and labels swapped?)"
+        )
     ndim = magics[magic]
     if len(data) < 4 + 4 * ndim:
         raise DatasetError(f"{path}: header cut short; the file is truncated")
-    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise DatasetError(f"{path}: header says shape {dims} ({int(np.prod(dims))} bytes) but "
-                           f"{body.size} bytes follow; the file is truncated or padded: replace "
-                           "it with a good copy")
+        raise DatasetError(
+            f"{path}: header says shape {dims} ({int(np.prod(dims))} bytes) but "
+            f"{body.size} bytes follow; the file is truncated or padded: replace "
+            "it with a good copy"
+        )
     return body.reshape(dims)
 
 
@@ -196,7 +218,7 @@ def _image_header(path: pathlib.Path) -> tuple[int, ...]:
     if magic not in _IMAGE_MAGIC or len(head) < 4 + 4 * _IMAGE_MAGIC[magic]:
         raise DatasetError(f"{path}: not an IDX image file (magic 0x{max(magic, 0):08x})")
     nd = _IMAGE_MAGIC[magic]
-    return struct.unpack(">" + "I" * nd, head[4:4 + 4 * nd])[1:]
+    return struct.unpack(">" + "I" * nd, head[4 : 4 + 4 * nd])[1:]
 
 
 def _download(name: str, fname: str, dest_dir: pathlib.Path) -> pathlib.Path:
@@ -235,11 +257,14 @@ def _find(name: str, fname: str, data_dir, download: bool) -> pathlib.Path:
             if cand.is_file():
                 return cand
     if name == "idx":
-        where = ", ".join(str(d) for d in dirs) or "nowhere (no data_dir given, BEYONDBP_DATA unset)"
+        where = (
+            ", ".join(str(d) for d in dirs) or "nowhere (no data_dir given, BEYONDBP_DATA unset)"
+        )
         raise DatasetError(
             f"idx: file {fname} (or {fname.removesuffix('.gz')}) not found in {where}. Put the "
             f"four IDX files ({', '.join(FILES['train'] + FILES['test'])}) in a directory and "
-            "pass data_dir=... (CLI: --data-dir) or set BEYONDBP_DATA")
+            "pass data_dir=... (CLI: --data-dir) or set BEYONDBP_DATA"
+        )
     if download:
         try:
             return _download(name, fname, _cache_dir(name))
@@ -251,7 +276,8 @@ def _find(name: str, fname: str, data_dir, download: bool) -> pathlib.Path:
         f"{name}: file {fname} not found in {', '.join(str(d) for d in dirs)} and not "
         f"downloaded ({reason}). Put the official IDX files ({', '.join(SHA256[name])}) in a "
         "directory and pass data_dir=... (CLI: --data-dir) or set BEYONDBP_DATA, or use "
-        "name='mnist_small' (bundled, offline)")
+        "name='mnist_small' (bundled, offline)"
+    )
 
 
 def _read_verified(name: str, fname: str, path: pathlib.Path, verify: bool) -> bytes:
@@ -263,7 +289,8 @@ def _read_verified(name: str, fname: str, path: pathlib.Path, verify: bool) -> b
             raise DatasetError(
                 f"{path}: the SHA-256 of its decompressed content, {got}, does not match the "
                 f"official {want}; the file is corrupt or not the official {name} data: replace it (or "
-                "accept your own copy with verify=False, CLI --no-verify)")
+                "accept your own copy with verify=False, CLI --no-verify)"
+            )
     return data
 
 
@@ -276,12 +303,19 @@ def _num_classes(labels: np.ndarray, path: pathlib.Path) -> int:
     if missing.size:
         raise DatasetError(
             f"{path}: labels skip class(es) {missing[:10].tolist()} of 0..{c - 1}; labels must be "
-            "0..C-1 with every class present in the training split (relabel your data)")
+            "0..C-1 with every class present in the training split (relabel your data)"
+        )
     return c
 
 
-def load(name: str = "mnist_small", split: str = "train", *, data_dir=None,
-         download: bool = True, verify: bool = True) -> Dataset:
+def load(
+    name: str = "mnist_small",
+    split: str = "train",
+    *,
+    data_dir=None,
+    download: bool = True,
+    verify: bool = True,
+) -> Dataset:
     """Load one split of a data set as uint8 numpy arrays.
 
     Args:
@@ -309,17 +343,25 @@ def load(name: str = "mnist_small", split: str = "train", *, data_dir=None,
     img_path = _find(name, img_name, data_dir, download)
     lab_path = _find(name, lab_name, data_dir, download)
     images = _parse_idx(img_path, _read_verified(name, img_name, img_path, verify), _IMAGE_MAGIC)
-    labels = _parse_idx(lab_path, _read_verified(name, lab_name, lab_path, verify),
-                        {_LABEL_MAGIC: 1})
+    labels = _parse_idx(
+        lab_path, _read_verified(name, lab_name, lab_path, verify), {_LABEL_MAGIC: 1}
+    )
     if images.shape[0] != labels.shape[0]:
-        raise DatasetError(f"{name}/{split}: {img_path} holds {images.shape[0]} images but "
-                           f"{lab_path} holds {labels.shape[0]} labels; the two files must pair up")
+        raise DatasetError(
+            f"{name}/{split}: {img_path} holds {images.shape[0]} images but "
+            f"{lab_path} holds {labels.shape[0]} labels; the two files must pair up"
+        )
     if name != "idx":
         if labels.size and int(labels.max()) >= 10:
             raise DatasetError(f"{lab_path}: label {int(labels.max())} outside {name}'s 0..9")
         return Dataset(name, split, images, labels, num_classes=10)
-    return Dataset(name, split, images, labels,
-                   num_classes=_check_idx_splits(split, images, labels, img_path, lab_path, data_dir))
+    return Dataset(
+        name,
+        split,
+        images,
+        labels,
+        num_classes=_check_idx_splits(split, images, labels, img_path, lab_path, data_dir),
+    )
 
 
 def _check_idx_splits(split, images, labels, img_path, lab_path, data_dir) -> int:
@@ -329,15 +371,20 @@ def _check_idx_splits(split, images, labels, img_path, lab_path, data_dir) -> in
     else:  # the class count is the training split's: a small test split may lack a rare class
         train_labels = _find("idx", FILES["train"][1], data_dir, False)
         num_classes = _num_classes(
-            _parse_idx(train_labels, _read(train_labels), {_LABEL_MAGIC: 1}), train_labels)
+            _parse_idx(train_labels, _read(train_labels), {_LABEL_MAGIC: 1}), train_labels
+        )
         if labels.size and int(labels.max()) >= num_classes:
-            raise DatasetError(f"{lab_path}: label {int(labels.max())} is outside the training "
-                               f"split's classes 0..{num_classes - 1}")
+            raise DatasetError(
+                f"{lab_path}: label {int(labels.max())} is outside the training "
+                f"split's classes 0..{num_classes - 1}"
+            )
     other = _find("idx", FILES["test" if split == "train" else "train"][0], data_dir, False)
     other_shape = _image_header(other)
     if other_shape != images.shape[1:]:
-        raise DatasetError(f"idx: images in {img_path} are {images.shape[1:]} but in {other} "
-                           f"{other_shape}; both splits must have one image shape")
+        raise DatasetError(
+            f"idx: images in {img_path} are {images.shape[1:]} but in {other} "
+            f"{other_shape}; both splits must have one image shape"
+        )
     return num_classes
 
 
@@ -355,8 +402,9 @@ def write_idx(path, array: np.ndarray) -> pathlib.Path:
     path = pathlib.Path(path)
     array = np.asarray(array)
     if array.dtype != np.uint8 or not 1 <= array.ndim <= 4:
-        raise DatasetError(f"write_idx: need a uint8 array of 1 to 4 dimensions, got "
-                           f"{array.dtype} {array.shape}")
+        raise DatasetError(
+            f"write_idx: need a uint8 array of 1 to 4 dimensions, got {array.dtype} {array.shape}"
+        )
     if path.exists():
         raise DatasetError(f"{path} exists; write_idx never overwrites a file: remove it first")
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
@@ -378,9 +426,16 @@ def num_batches(n: int, batch_size: int, remainder: str = "drop") -> int:
     return n // batch_size if remainder == "drop" else -(-n // batch_size)
 
 
-def batches(ds: Dataset, batch_size: int, *, seed: int = 0, epochs: int | None = 1,
-            shuffle: bool = True, remainder: str = "drop", start: int = 0
-            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def batches(
+    ds: Dataset,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    epochs: int | None = 1,
+    shuffle: bool = True,
+    remainder: str = "drop",
+    start: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(x, y, mask)`` batches: x float32 ``(B, *ds.input_shape)`` in [0, 1], y int32 ``(B,)``.
 
     Every batch has exactly ``batch_size`` rows so a jitted step compiles once.
@@ -405,8 +460,10 @@ def batches(ds: Dataset, batch_size: int, *, seed: int = 0, epochs: int | None =
     if n == 0:
         raise ValueError(f"data set {ds.name}/{ds.split} is empty")
     if remainder == "drop" and batch_size > n:
-        raise ValueError(f"batch_size={batch_size} is larger than the {n} examples of "
-                         f"{ds.name}/{ds.split}; use a smaller batch or remainder='pad'")
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {n} examples of "
+            f"{ds.name}/{ds.split}; use a smaller batch or remainder='pad'"
+        )
     if epochs is not None and epochs < 1:
         raise ValueError(f"epochs={epochs!r}: need a positive integer or None")
     if not isinstance(start, (int, np.integer)) or start < 0:
@@ -414,13 +471,12 @@ def batches(ds: Dataset, batch_size: int, *, seed: int = 0, epochs: int | None =
     per_epoch = num_batches(n, batch_size, remainder)
     epoch, first = divmod(int(start), per_epoch)
     while epochs is None or epoch < epochs:
-        order = (np.random.default_rng([seed, epoch]).permutation(n) if shuffle
-                 else np.arange(n))
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
         for b in range(first, per_epoch):
-            idx = order[b * batch_size:(b + 1) * batch_size]
+            idx = order[b * batch_size : (b + 1) * batch_size]
             mask = np.ones(batch_size, dtype=bool)
             if idx.size < batch_size:
-                mask[idx.size:] = False
+                mask[idx.size :] = False
                 idx = np.resize(idx, batch_size)
             x = ds.images[idx].astype(np.float32).reshape(-1, *ds.input_shape) * np.float32(1 / 255)
             yield x, ds.labels[idx].astype(np.int32), mask

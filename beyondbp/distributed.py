@@ -31,23 +31,38 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import bbcore
 from beyondbp.hlo import Collective, communication_bytes, hlo_collectives
 from lowbit import RADIX4_FP4, Format, compressed_pmean
 
-__all__ = ["initialize", "make_mesh", "check_mesh_axis", "replicate", "shard",
-           "data_parallel", "DataParallel", "DataParallelState", "COMMUNICATIONS",
-           "Collective", "hlo_collectives", "communication_bytes", "ENV_COORDINATOR",
-           "ENV_NUM_PROCESSES", "ENV_PROCESS_ID"]
+__all__ = [
+    "initialize",
+    "make_mesh",
+    "check_mesh_axis",
+    "replicate",
+    "shard",
+    "data_parallel",
+    "DataParallel",
+    "DataParallelState",
+    "COMMUNICATIONS",
+    "Collective",
+    "hlo_collectives",
+    "communication_bytes",
+    "ENV_COORDINATOR",
+    "ENV_NUM_PROCESSES",
+    "ENV_PROCESS_ID",
+]
 
 COMMUNICATIONS = ("float32", "4bit")
 
@@ -59,8 +74,14 @@ ENV_PROCESS_ID = "BEYONDBP_PROCESS_ID"
 
 # --------------------------------------------------------------------------- processes
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, initialization_timeout: int = 120) -> None:
+
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    initialization_timeout: int = 120,
+) -> None:
     """Join a multi-process JAX job: ``jax.distributed.initialize`` with addresses from the environment.
 
     Arguments win over ``$BEYONDBP_COORDINATOR_ADDRESS``, ``$BEYONDBP_NUM_PROCESSES``
@@ -82,22 +103,30 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             "initialize: give all of coordinator_address, num_processes and process_id (or "
             f"${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID}), or none of them to let "
             f"JAX detect the cluster; got coordinator_address={coordinator_address!r}, "
-            f"num_processes={num_processes!r}, process_id={process_id!r}")
+            f"num_processes={num_processes!r}, process_id={process_id!r}"
+        )
     if num_processes is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"initialize: process_id={process_id} not in [0, {num_processes})")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator_address is None:
         jax.distributed.initialize(initialization_timeout=initialization_timeout)
     else:
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id,
-                                   initialization_timeout=initialization_timeout)
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            initialization_timeout=initialization_timeout,
+        )
 
 
 # --------------------------------------------------------------------------- meshes and data
 
-def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = ("data",),
-              devices: Sequence[Any] | None = None) -> Mesh:
+
+def make_mesh(
+    shape: Sequence[int] | None = None,
+    axis_names: Sequence[str] = ("data",),
+    devices: Sequence[Any] | None = None,
+) -> Mesh:
     """A mesh over ``devices`` (default: every device of every process).
 
     ``shape`` defaults to all devices on one axis. The axes are of JAX's
@@ -107,13 +136,17 @@ def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = ("
     axis_names = tuple(axis_names)
     shape = (len(devices),) if shape is None else tuple(shape)
     if len(shape) != len(axis_names):
-        raise ValueError(f"make_mesh: shape {shape} has {len(shape)} axes but axis_names "
-                         f"{axis_names} names {len(axis_names)}")
+        raise ValueError(
+            f"make_mesh: shape {shape} has {len(shape)} axes but axis_names "
+            f"{axis_names} names {len(axis_names)}"
+        )
     if math.prod(shape) != len(devices):
-        raise ValueError(f"make_mesh: shape {shape} holds {math.prod(shape)} devices but "
-                         f"{len(devices)} are given; set XLA_FLAGS="
-                         "--xla_force_host_platform_device_count=N before importing jax to "
-                         "simulate N CPU devices")
+        raise ValueError(
+            f"make_mesh: shape {shape} holds {math.prod(shape)} devices but "
+            f"{len(devices)} are given; set XLA_FLAGS="
+            "--xla_force_host_platform_device_count=N before importing jax to "
+            "simulate N CPU devices"
+        )
     return Mesh(np.asarray(devices, dtype=object).reshape(shape), axis_names)
 
 
@@ -150,15 +183,18 @@ def shard(tree: Any, mesh: Mesh, axis_name: Any = "data") -> Any:
     def one(x):
         x = np.asarray(x)
         if x.ndim == 0 or x.shape[0] % d:
-            raise ValueError(f"shard: leading dimension of shape {x.shape} is not divisible by "
-                             f"the {d} devices of mesh axis {axis_name!r}; use a batch size that "
-                             f"is a multiple of {d}")
+            raise ValueError(
+                f"shard: leading dimension of shape {x.shape} is not divisible by "
+                f"the {d} devices of mesh axis {axis_name!r}; use a batch size that "
+                f"is a multiple of {d}"
+            )
         return _global(x, s)
 
     return jax.tree.map(one, tree)
 
 
 # --------------------------------------------------------------------------- data parallel
+
 
 class DataParallelState(NamedTuple):
     """Replicated training state: params, optax state and the step count (int32)."""
@@ -179,10 +215,17 @@ class DataParallel:
     communication: str
 
 
-def data_parallel(loss_fn: Callable[[Any, Any], jax.Array], tx: optax.GradientTransformation, *,
-                  mesh: Mesh, axis_name: Any = "data", communication: str = "float32",
-                  fmt: Format = RADIX4_FP4, rounding: str = "stochastic",
-                  seed: int = 0) -> DataParallel:
+def data_parallel(
+    loss_fn: Callable[[Any, Any], jax.Array],
+    tx: optax.GradientTransformation,
+    *,
+    mesh: Mesh,
+    axis_name: Any = "data",
+    communication: str = "float32",
+    fmt: Format = RADIX4_FP4,
+    rounding: str = "stochastic",
+    seed: int = 0,
+) -> DataParallel:
     """Synchronous data-parallel backprop over ``axis_name`` of ``mesh``.
 
     Each device computes ``jax.grad(loss_fn)(params, local_batch)`` on its
@@ -207,8 +250,9 @@ def data_parallel(loss_fn: Callable[[Any, Any], jax.Array], tx: optax.GradientTr
     """
     check_mesh_axis(mesh, axis_name, who="data_parallel")
     if communication not in COMMUNICATIONS:
-        raise ValueError(f"data_parallel(communication={communication!r}): use one of "
-                         f"{COMMUNICATIONS}")
+        raise ValueError(
+            f"data_parallel(communication={communication!r}): use one of {COMMUNICATIONS}"
+        )
     if communication == "4bit":
         # Validate the format and rounding now, not at the first step: compressed_pmean
         # checks its arguments before it touches the (empty) tree or the axis.
@@ -231,8 +275,7 @@ def data_parallel(loss_fn: Callable[[Any, Any], jax.Array], tx: optax.GradientTr
         params = optax.apply_updates(params, updates)
         return params, opt_state, count + jnp.int32(1), lax.pmean(loss, axis_name)
 
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P(axis_name)),
-                            out_specs=P())
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P(axis_name)), out_specs=P())
 
     @jax.jit
     def step(state: DataParallelState, batch):
@@ -242,5 +285,6 @@ def data_parallel(loss_fn: Callable[[Any, Any], jax.Array], tx: optax.GradientTr
     def init(params) -> DataParallelState:
         return DataParallelState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
-    return DataParallel(init=init, step=step, mesh=mesh, axis_name=axis_name,
-                        communication=communication)
+    return DataParallel(
+        init=init, step=step, mesh=mesh, axis_name=axis_name, communication=communication
+    )

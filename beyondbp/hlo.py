@@ -12,17 +12,41 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Collective", "hlo_collectives", "communication_bytes"]
 
-_COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "reduce-scatter", "collective-permute",
-                "collective-broadcast")
-_DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2,
-                "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8,
-                "f8e4m3fn": 1, "f8e5m2": 1}
-_LINE = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<result>\(.*?\)|\S+)\s+"
-                   r"(?P<op>" + "|".join(_COLLECTIVES) + r")(?P<start>-start)?\(")
+_COLLECTIVES = (
+    "all-reduce",
+    "all-gather",
+    "all-to-all",
+    "reduce-scatter",
+    "collective-permute",
+    "collective-broadcast",
+)
+_DTYPE_BYTES = {
+    "pred": 1,
+    "s4": 0.5,
+    "u4": 0.5,
+    "s8": 1,
+    "u8": 1,
+    "s16": 2,
+    "u16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+    "f8e4m3fn": 1,
+    "f8e5m2": 1,
+}
+_LINE = re.compile(
+    r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<result>\(.*?\)|\S+)\s+"
+    r"(?P<op>" + "|".join(_COLLECTIVES) + r")(?P<start>-start)?\("
+)
 _SHAPE = re.compile(r"\b(?P<dtype>[a-z]+\d*[a-z0-9]*)\[(?P<dims>[\d,]*)\]")
 
 
@@ -73,11 +97,14 @@ def hlo_collectives(hlo_text: str) -> list[Collective]:
             continue
         op = m.group("op")
         result = m.group("result")
-        shapes = tuple((s.group("dtype"), tuple(int(d) for d in s.group("dims").split(",") if d))
-                       for s in _SHAPE.finditer(result) if s.group("dtype") in _DTYPE_BYTES)
+        shapes = tuple(
+            (s.group("dtype"), tuple(int(d) for d in s.group("dims").split(",") if d))
+            for s in _SHAPE.finditer(result)
+            if s.group("dtype") in _DTYPE_BYTES
+        )
         if m.group("start") and op in ("all-gather", "all-reduce", "collective-permute"):
             # async starts (GPU, TPU) return (operands, results): keep the results
-            shapes = shapes[len(shapes) // 2:] if len(shapes) > 1 else shapes
+            shapes = shapes[len(shapes) // 2 :] if len(shapes) > 1 else shapes
         g = _group_size(line)
         result_bytes = sum(_DTYPE_BYTES[d] * math.prod(dims) for d, dims in shapes)
         if op == "all-gather":
@@ -113,7 +140,9 @@ def communication_bytes(jitted: Callable, *args, **kwargs) -> dict:
             share = _DTYPE_BYTES[d] * math.prod(dims)
             share = share / c.group_size if c.op == "all-gather" else share
             by_dtype[d] = by_dtype.get(d, 0.0) + share
-    return {"collectives": [dataclasses.asdict(c) for c in cs],
-            "operand_bytes": sum(c.operand_bytes for c in cs),
-            "sent_bytes": sum(c.sent_bytes for c in cs),
-            "by_dtype": by_dtype}
+    return {
+        "collectives": [dataclasses.asdict(c) for c in cs],
+        "operand_bytes": sum(c.operand_bytes for c in cs),
+        "sent_bytes": sum(c.sent_bytes for c in cs),
+        "by_dtype": by_dtype,
+    }

@@ -30,6 +30,7 @@ error's code. ``--timeout`` bounds the whole run (exit code 124, like
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -37,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from beyondbp.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
@@ -64,25 +65,30 @@ def _stop(procs: Sequence[subprocess.Popen], grace: float) -> None:
     """SIGTERM every live process group, then SIGKILL what is left after ``grace`` seconds."""
     for p in procs:
         if p.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     deadline = time.monotonic() + grace
     for p in procs:
         try:
             p.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             p.wait()
 
 
-def launch(command: Sequence[str], num_processes: int, *, devices_per_process: int | None = None,
-           timeout: float | None = None, host: str = "127.0.0.1", port: int | None = None,
-           env: dict | None = None, grace: float = 5.0, stdout=None) -> int:
+def launch(
+    command: Sequence[str],
+    num_processes: int,
+    *,
+    devices_per_process: int | None = None,
+    timeout: float | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    env: dict | None = None,
+    grace: float = 5.0,
+    stdout=None,
+) -> int:
     """Run ``command`` as ``num_processes`` cooperating processes; return the exit code.
 
     0 when all succeed; the first failing process's code otherwise (the others
@@ -94,26 +100,40 @@ def launch(command: Sequence[str], num_processes: int, *, devices_per_process: i
         raise ValueError("launch: no command given; e.g. launch(['python', 'train.py'], 2)")
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise ValueError(f"launch: num_processes={num_processes!r}; need an int >= 1")
-    if devices_per_process is not None and (not isinstance(devices_per_process, int)
-                                            or devices_per_process < 1):
+    if devices_per_process is not None and (
+        not isinstance(devices_per_process, int) or devices_per_process < 1
+    ):
         raise ValueError(f"launch: devices_per_process={devices_per_process!r}; need an int >= 1")
     out = stdout or sys.stdout
     address = f"{host}:{port or free_port(host)}"
     base = dict(os.environ if env is None else env)
     if devices_per_process is not None:
-        flags = [f for f in base.get("XLA_FLAGS", "").split()
-                 if not f.startswith("--xla_force_host_platform_device_count")]
+        flags = [
+            f
+            for f in base.get("XLA_FLAGS", "").split()
+            if not f.startswith("--xla_force_host_platform_device_count")
+        ]
         flags.append(f"--xla_force_host_platform_device_count={devices_per_process}")
         base["XLA_FLAGS"] = " ".join(flags)
     procs, pumps = [], []
     try:
         for rank in range(num_processes):
             penv = dict(base)
-            penv.update({ENV_COORDINATOR: address, ENV_NUM_PROCESSES: str(num_processes),
-                         ENV_PROCESS_ID: str(rank)})
+            penv.update(
+                {
+                    ENV_COORDINATOR: address,
+                    ENV_NUM_PROCESSES: str(num_processes),
+                    ENV_PROCESS_ID: str(rank),
+                }
+            )
             # Own process group: stopping a rank also stops whatever it spawned.
-            p = subprocess.Popen(list(command), env=penv, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+            p = subprocess.Popen(
+                list(command),
+                env=penv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             procs.append(p)
             t = threading.Thread(target=_pump, args=(p.stdout, f"[{rank}] ", out), daemon=True)
             t.start()
@@ -148,23 +168,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m beyondbp.launch",
         description="Start N cooperating JAX processes on this machine (loopback, CPU "
-                    "collectives). The command must call beyondbp.distributed.initialize().")
+        "collectives). The command must call beyondbp.distributed.initialize().",
+    )
     parser.add_argument("-n", "--num-processes", type=int, required=True)
-    parser.add_argument("--devices-per-process", type=int, default=None,
-                        help="simulated CPU devices per process (sets XLA_FLAGS)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds before every process is stopped (exit code 124)")
-    parser.add_argument("--port", type=int, default=None, help="coordinator port (default: a free one)")
-    parser.add_argument("command", nargs=argparse.REMAINDER,
-                        help="the command to run, after --")
+    parser.add_argument(
+        "--devices-per-process",
+        type=int,
+        default=None,
+        help="simulated CPU devices per process (sets XLA_FLAGS)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds before every process is stopped (exit code 124)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="coordinator port (default: a free one)"
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to run after --, e.g. -- python train.py")
     if args.num_processes < 1:
         parser.error("--num-processes must be >= 1")
-    return launch(command, args.num_processes, devices_per_process=args.devices_per_process,
-                  timeout=args.timeout, port=args.port)
+    return launch(
+        command,
+        args.num_processes,
+        devices_per_process=args.devices_per_process,
+        timeout=args.timeout,
+        port=args.port,
+    )
 
 
 if __name__ == "__main__":

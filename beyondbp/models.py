@@ -16,21 +16,33 @@ of the same architecture.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-__all__ = ["MLP", "CNN", "functional", "ACTIVATIONS", "mlp", "cnn", "mlp4bit", "cnn4bit",
-           "cross_entropy"]
+__all__ = [
+    "MLP",
+    "CNN",
+    "functional",
+    "ACTIVATIONS",
+    "mlp",
+    "cnn",
+    "mlp4bit",
+    "cnn4bit",
+    "cross_entropy",
+]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy of integer labels, computed in float32 (the models' loss)."""
     return optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), labels).mean()
+        logits.astype(jnp.float32), labels
+    ).mean()
+
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -49,7 +61,8 @@ def _activation(activation: str | Callable) -> Callable:
     if activation not in ACTIVATIONS:
         raise ValueError(
             f"activation={activation!r} is not known; use one of {sorted(ACTIVATIONS)} "
-            "or pass a callable")
+            "or pass a callable"
+        )
     return ACTIVATIONS[activation]
 
 
@@ -68,14 +81,22 @@ class MLP(nnx.Module):
       dtype / param_dtype: computation and parameter dtypes.
     """
 
-    def __init__(self, widths: Sequence[int], *, activation: str | Callable = "relu",
-                 rngs: nnx.Rngs, linear: Callable[..., nnx.Module] | None = None,
-                 dtype: Any = None, param_dtype: Any = jnp.float32):
+    def __init__(
+        self,
+        widths: Sequence[int],
+        *,
+        activation: str | Callable = "relu",
+        rngs: nnx.Rngs,
+        linear: Callable[..., nnx.Module] | None = None,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+    ):
         widths = tuple(widths)
         if len(widths) < 2 or any((not isinstance(w, int)) or w < 1 for w in widths):
             raise ValueError(
                 f"widths={widths!r}: need at least two positive integers (inputs, ..., outputs), "
-                "e.g. (784, 1024, 1024, 10)")
+                "e.g. (784, 1024, 1024, 10)"
+            )
         self.widths = widths
         self.activation = _activation(activation)
         linear = linear or nnx.Linear
@@ -85,15 +106,18 @@ class MLP(nnx.Module):
 
         def extra(c):
             return {} if c is not nnx.Linear else {"dtype": dtype, "param_dtype": param_dtype}
-        self.layers = nnx.List([c(a, b, rngs=rngs, **extra(c))
-                                for c, a, b in zip(ctors, widths[:-1], widths[1:])])
+
+        self.layers = nnx.List(
+            [c(a, b, rngs=rngs, **extra(c)) for c, a, b in zip(ctors, widths[:-1], widths[1:])]
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.reshape(x.shape[0], -1)
         if x.shape[-1] != self.widths[0]:
             raise ValueError(
                 f"MLP expects {self.widths[0]} input features per example, got input of "
-                f"shape {x.shape} after flattening")
+                f"shape {x.shape} after flattening"
+            )
         for layer in self.layers[:-1]:
             x = self.activation(layer(x))
         return self.layers[-1](x)
@@ -107,10 +131,16 @@ class CNN(nnx.Module):
     about 61k parameters). Inputs ``(batch, 28, 28)`` or ``(batch, 28, 28, 1)``.
     """
 
-    def __init__(self, num_classes: int = 10, *, in_channels: int = 1,
-                 activation: str | Callable = "relu", rngs: nnx.Rngs,
-                 linear: Callable[..., nnx.Module] | None = None,
-                 conv: Callable[..., nnx.Module] | None = None):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        *,
+        in_channels: int = 1,
+        activation: str | Callable = "relu",
+        rngs: nnx.Rngs,
+        linear: Callable[..., nnx.Module] | None = None,
+        conv: Callable[..., nnx.Module] | None = None,
+    ):
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes={num_classes!r}: need an integer >= 2")
         linear = linear or nnx.Linear
@@ -128,7 +158,8 @@ class CNN(nnx.Module):
             x = x[..., None]
         if x.ndim != 4 or x.shape[1:3] != (28, 28) or x.shape[3] != self.in_channels:
             raise ValueError(
-                f"CNN expects images of shape (batch, 28, 28[, {self.in_channels}]), got {x.shape}")
+                f"CNN expects images of shape (batch, 28, 28[, {self.in_channels}]), got {x.shape}"
+            )
         act = self.activation
         x = _avg_pool2(act(self.conv1(x)))
         x = _avg_pool2(act(self.conv2(x)))
@@ -167,8 +198,13 @@ def functional(model: nnx.Module) -> tuple[Callable[[Any, jax.Array], jax.Array]
     return apply, params
 
 
-def mlp(key: jax.Array, widths: Sequence[int] = (784, 1024, 1024, 10), *,
-        activation: str | Callable = "relu", **kwargs):
+def mlp(
+    key: jax.Array,
+    widths: Sequence[int] = (784, 1024, 1024, 10),
+    *,
+    activation: str | Callable = "relu",
+    **kwargs,
+):
     """``functional(MLP(...))`` seeded from a JAX key: returns ``(apply, params)``."""
     seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
     return functional(MLP(widths, activation=activation, rngs=nnx.Rngs(seed), **kwargs))
@@ -180,8 +216,14 @@ def cnn(key: jax.Array, num_classes: int = 10, **kwargs):
     return functional(CNN(num_classes, rngs=nnx.Rngs(seed), **kwargs))
 
 
-def mlp4bit(key: jax.Array, widths: Sequence[int] = (784, 1024, 1024, 10), *, config=None,
-            activation: str | Callable = "relu", edge_config=None):
+def mlp4bit(
+    key: jax.Array,
+    widths: Sequence[int] = (784, 1024, 1024, 10),
+    *,
+    config=None,
+    activation: str | Callable = "relu",
+    edge_config=None,
+):
     """The :class:`MLP` with every layer a ``lowbit.nnx.Linear`` (Sun et al. 2020 4-bit training).
 
     ``config`` is a ``lowbit.QuantConfig`` (default: ``QuantConfig()``, INT4
@@ -192,6 +234,7 @@ def mlp4bit(key: jax.Array, widths: Sequence[int] = (784, 1024, 1024, 10), *, co
     import functools
 
     import lowbit
+
     config = lowbit.QuantConfig() if config is None else config
     inner = functools.partial(lowbit.nnx.Linear, config=config)
     if edge_config is None:
@@ -207,6 +250,12 @@ def cnn4bit(key: jax.Array, num_classes: int = 10, *, config=None, **kwargs):
     import functools
 
     import lowbit
+
     config = lowbit.QuantConfig() if config is None else config
-    return cnn(key, num_classes, linear=functools.partial(lowbit.nnx.Linear, config=config),
-               conv=functools.partial(lowbit.nnx.Conv, config=config), **kwargs)
+    return cnn(
+        key,
+        num_classes,
+        linear=functools.partial(lowbit.nnx.Linear, config=config),
+        conv=functools.partial(lowbit.nnx.Conv, config=config),
+        **kwargs,
+    )

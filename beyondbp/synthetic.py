@@ -31,20 +31,20 @@ def _render(cls: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     cy = size / 2 + rng.uniform(-size / 7, size / 7, n)[:, None, None]
     cx = size / 2 + rng.uniform(-size / 7, size / 7, n)[:, None, None]
     r = rng.uniform(size / 5, size / 3, n)[:, None, None]
-    t = rng.uniform(1.2, 2.5, n)[:, None, None]          # stroke half-width
+    t = rng.uniform(1.2, 2.5, n)[:, None, None]  # stroke half-width
     dy, dx = yy[None] - cy, xx[None] - cx
-    d = np.sqrt(dy ** 2 + dx ** 2)
+    d = np.sqrt(dy**2 + dx**2)
     box = np.maximum(np.abs(dy), np.abs(dx))
     inside = box <= r
     shapes = [
-        d <= r,                                            # 0 disk
-        np.abs(d - r) <= t,                                # 1 ring
-        inside,                                            # 2 filled square
-        inside & (box >= r - 2 * t),                       # 3 square frame
-        (np.abs(dy) <= t) & (np.abs(dx) <= r),             # 4 horizontal bar
-        (np.abs(dx) <= t) & (np.abs(dy) <= r),             # 5 vertical bar
-        (np.abs(dy - dx) <= 1.4 * t) & inside,             # 6 diagonal
-        (np.abs(dy + dx) <= 1.4 * t) & inside,             # 7 anti-diagonal
+        d <= r,  # 0 disk
+        np.abs(d - r) <= t,  # 1 ring
+        inside,  # 2 filled square
+        inside & (box >= r - 2 * t),  # 3 square frame
+        (np.abs(dy) <= t) & (np.abs(dx) <= r),  # 4 horizontal bar
+        (np.abs(dx) <= t) & (np.abs(dy) <= r),  # 5 vertical bar
+        (np.abs(dy - dx) <= 1.4 * t) & inside,  # 6 diagonal
+        (np.abs(dy + dx) <= 1.4 * t) & inside,  # 7 anti-diagonal
         ((np.abs(dy - dx) <= 1.4 * t) | (np.abs(dy + dx) <= 1.4 * t)) & inside,  # 8 X
         ((np.abs(dy) <= t) | (np.abs(dx) <= t)) & inside,  # 9 plus
     ]
@@ -61,8 +61,15 @@ def shapes(n: int, *, seed: int, size: int = 28) -> tuple[np.ndarray, np.ndarray
     return _render(labels, rng, size), labels
 
 
-def write_shapes(directory: pathlib.Path, *, train: int = 3000, test: int = 1000, size: int = 28,
-                 seed: int = 0, gz: bool = True) -> pathlib.Path:
+def write_shapes(
+    directory: pathlib.Path,
+    *,
+    train: int = 3000,
+    test: int = 1000,
+    size: int = 28,
+    seed: int = 0,
+    gz: bool = True,
+) -> pathlib.Path:
     """Write a shapes data set as the four IDX files ``datasets.load("idx", ...)`` reads."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -77,8 +84,9 @@ def write_shapes(directory: pathlib.Path, *, train: int = 3000, test: int = 1000
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m beyondbp.synthetic",
-                                description="write a rendered-shapes IDX data set")
+    p = argparse.ArgumentParser(
+        prog="python -m beyondbp.synthetic", description="write a rendered-shapes IDX data set"
+    )
     p.add_argument("out", help="directory for the four IDX files (must not hold them already)")
     p.add_argument("--train", type=int, default=3000)
     p.add_argument("--test", type=int, default=1000)

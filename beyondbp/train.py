@@ -28,7 +28,8 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,8 +64,9 @@ def make_step(setup: Setup) -> Callable:
         updates, new_state = tx.update(grads, opt_state, params, loss_fn=loss_fn, batch=(x, y))
         ok = bbcore.all_finite(updates)
         new_params = optax.apply_updates(params, updates)
-        params, opt_state = jax.lax.cond(ok, lambda: (new_params, new_state),
-                                         lambda: (params, opt_state))
+        params, opt_state = jax.lax.cond(
+            ok, lambda: (new_params, new_state), lambda: (params, opt_state)
+        )
         return params, opt_state, ok
 
     return step
@@ -76,16 +78,19 @@ def _make_eval(setup: Setup):
         logits = setup.apply(params, x)
         hit = (jnp.argmax(logits, axis=-1) == y) & mask
         return jnp.sum(hit.astype(jnp.int32)), setup.loss(logits, y)
+
     return correct_and_loss
 
 
-def evaluate(setup: Setup, params, ds: _datasets.Dataset, *, batch_size: int = 500,
-             _fn=None) -> float:
+def evaluate(
+    setup: Setup, params, ds: _datasets.Dataset, *, batch_size: int = 500, _fn=None
+) -> float:
     """Accuracy of ``setup.apply(params, .)`` on every example of ``ds`` (padded batches)."""
     fn = _fn or _make_eval(setup)
     correct = 0
-    for x, y, mask in _datasets.batches(ds, min(batch_size, len(ds)), shuffle=False,
-                                        remainder="pad"):
+    for x, y, mask in _datasets.batches(
+        ds, min(batch_size, len(ds)), shuffle=False, remainder="pad"
+    ):
         correct += int(fn(params, x, y, mask)[0])
     return correct / len(ds)
 
@@ -100,7 +105,11 @@ def compiled_memory(fn: Callable, *args) -> dict:
     m = compiled.memory_analysis()
     if m is None:  # some backends do not report it
         return {"temp": None, "argument": None, "output": None, "peak": None}
-    temp, arg, out = int(m.temp_size_in_bytes), int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
+    temp, arg, out = (
+        int(m.temp_size_in_bytes),
+        int(m.argument_size_in_bytes),
+        int(m.output_size_in_bytes),
+    )
     alias = int(getattr(m, "alias_size_in_bytes", 0))
     return {"temp": temp, "argument": arg, "output": out, "peak": temp + arg + out - alias}
 
@@ -171,16 +180,31 @@ class _Schedule:
     json_path: Any
 
 
-def _schedule(train_ds, *, steps, epochs, batch_size, seed, eval_every, log_every, time_steps,
-              checkpoint_dir, checkpoint_every, json_path) -> _Schedule:
+def _schedule(
+    train_ds,
+    *,
+    steps,
+    epochs,
+    batch_size,
+    seed,
+    eval_every,
+    log_every,
+    time_steps,
+    checkpoint_dir,
+    checkpoint_every,
+    json_path,
+) -> _Schedule:
     """Check the budget and the intervals; fill in the defaults (see :func:`train`)."""
     if (steps is None) == (epochs is None):
-        raise ValueError(f"give exactly one of steps= or epochs= (got steps={steps!r}, "
-                         f"epochs={epochs!r})")
+        raise ValueError(
+            f"give exactly one of steps= or epochs= (got steps={steps!r}, epochs={epochs!r})"
+        )
     per_epoch = _datasets.num_batches(len(train_ds), batch_size)
     if per_epoch < 1:
-        raise ValueError(f"batch_size={batch_size} is larger than the {len(train_ds)} training "
-                         "examples; use a smaller batch")
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {len(train_ds)} training "
+            "examples; use a smaller batch"
+        )
     if epochs is not None:
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs={epochs!r}: need a positive integer")
@@ -193,13 +217,23 @@ def _schedule(train_ds, *, steps, epochs, batch_size, seed, eval_every, log_ever
         log_every = max(1, min(50, steps // 50))
     if eval_every < 1 or log_every < 1:
         raise ValueError(f"eval_every={eval_every!r} and log_every={log_every!r} must be >= 1")
-    if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
-                                         or checkpoint_every < 1):
+    if checkpoint_every is not None and (
+        not isinstance(checkpoint_every, int) or checkpoint_every < 1
+    ):
         raise ValueError(f"checkpoint_every={checkpoint_every!r}: need a positive integer")
     if checkpoint_every is not None and checkpoint_dir is None:
         raise ValueError("checkpoint_every= needs checkpoint_dir=")
-    return _Schedule(steps, batch_size, seed, eval_every, log_every, time_steps, checkpoint_dir,
-                     checkpoint_every, json_path)
+    return _Schedule(
+        steps,
+        batch_size,
+        seed,
+        eval_every,
+        log_every,
+        time_steps,
+        checkpoint_dir,
+        checkpoint_every,
+        json_path,
+    )
 
 
 def _resume(checkpoint_dir, steps: int, params, opt_state, hist: dict):
@@ -210,8 +244,10 @@ def _resume(checkpoint_dir, steps: int, params, opt_state, hist: dict):
         return 0, params, opt_state
     start, (params, opt_state) = _checkpoint.restore(ck, (params, opt_state))
     if start > steps:
-        raise ValueError(f"{ck} is at step {start}, beyond steps={steps}; use another "
-                         "checkpoint_dir or more steps")
+        raise ValueError(
+            f"{ck} is at step {start}, beyond steps={steps}; use another "
+            "checkpoint_dir or more steps"
+        )
     side = pathlib.Path(checkpoint_dir) / "history.json"
     if side.is_file():  # keep the curves of the steps before the checkpoint
         old = json.loads(side.read_text())
@@ -230,8 +266,18 @@ def _save_checkpoint(sched: _Schedule, step: int, params, opt_state, hist: dict)
     write_json(hist, pathlib.Path(sched.checkpoint_dir) / "history.json")
 
 
-def _step_loop(setup: Setup, step_fn: Callable, sched: _Schedule, train_ds, test_ds, params,
-               opt_state, hist, start: int, bar) -> tuple[Any, Any, list[float], list[jax.Array]]:
+def _step_loop(
+    setup: Setup,
+    step_fn: Callable,
+    sched: _Schedule,
+    train_ds,
+    test_ds,
+    params,
+    opt_state,
+    hist,
+    start: int,
+    bar,
+) -> tuple[Any, Any, list[float], list[jax.Array]]:
     """Steps ``start .. sched.steps - 1``: log, step, time, checkpoint, evaluate.
 
     Returns ``(params, opt_state, step times, per-step ok flags)``. On an interrupt (the first
@@ -240,8 +286,7 @@ def _step_loop(setup: Setup, step_fn: Callable, sched: _Schedule, train_ds, test
     """
     jstep = jax.jit(step_fn, donate_argnums=())
     eval_fn = _make_eval(setup)
-    data = _datasets.batches(train_ds, sched.batch_size, seed=sched.seed, epochs=None,
-                             start=start)
+    data = _datasets.batches(train_ds, sched.batch_size, seed=sched.seed, epochs=None, start=start)
     times: list[float] = []
     oks: list[jax.Array] = []  # read back once at the end: no per-step host sync
     last_acc = float("nan")
@@ -273,14 +318,19 @@ def _step_loop(setup: Setup, step_fn: Callable, sched: _Schedule, train_ds, test
                     else:
                         times.append(dt)
                 bar.update(1)
-                if sched.checkpoint_every is not None and (i + 1) % sched.checkpoint_every == 0 \
-                        and i + 1 < sched.steps:
+                if (
+                    sched.checkpoint_every is not None
+                    and (i + 1) % sched.checkpoint_every == 0
+                    and i + 1 < sched.steps
+                ):
                     _save_checkpoint(sched, i + 1, params, opt_state, hist)
-                if test_ds is not None and ((i + 1) % sched.eval_every == 0
-                                            or i == sched.steps - 1):
+                if test_ds is not None and (
+                    (i + 1) % sched.eval_every == 0 or i == sched.steps - 1
+                ):
                     # the training batch size: the eval function compiles once, not twice
-                    last_acc = evaluate(setup, params, test_ds, batch_size=sched.batch_size,
-                                        _fn=eval_fn)
+                    last_acc = evaluate(
+                        setup, params, test_ds, batch_size=sched.batch_size, _fn=eval_fn
+                    )
                     hist["eval_steps"].append(i + 1)
                     hist["test_accuracy"].append(last_acc)
                     bar.set_postfix(loss=f"{hist['train_loss'][-1]:.4f}", acc=f"{last_acc:.4f}")
@@ -291,14 +341,14 @@ def _step_loop(setup: Setup, step_fn: Callable, sched: _Schedule, train_ds, test
             if sched.checkpoint_dir is not None:
                 done, params, opt_state = snap
                 _save_checkpoint(sched, done, params, opt_state, hist)
-                bar.write(f"interrupted: checkpoint at step {done} saved in "
-                          f"{sched.checkpoint_dir}")
+                bar.write(f"interrupted: checkpoint at step {done} saved in {sched.checkpoint_dir}")
             raise
     return params, opt_state, times, oks
 
 
-def _summarise(hist: dict, setup: Setup, sched: _Schedule, params, opt_state, times, oks,
-               wall_s: float) -> None:
+def _summarise(
+    hist: dict, setup: Setup, sched: _Schedule, params, opt_state, times, oks, wall_s: float
+) -> None:
     """Fill in the history's totals, medians and final values (see :func:`train`)."""
     hist["skipped_nonfinite_steps"] = int(len(oks) - np.sum(np.asarray(oks))) if oks else 0
     hist["transform_refused_steps"] = refused_steps(opt_state)
@@ -314,12 +364,24 @@ def _summarise(hist: dict, setup: Setup, sched: _Schedule, params, opt_state, ti
         hist["energy"] = setup.energy(opt_state, sched.steps)
 
 
-def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset | None = None,
-          *, steps: int | None = None, epochs: int | None = None, batch_size: int = 64,
-          seed: int = 0, eval_every: int | None = None, log_every: int | None = None,
-          progress: bool = True, desc: str = "train", json_path=None,
-          time_steps: bool = True, checkpoint_dir=None, checkpoint_every: int | None = None
-          ) -> dict:
+def train(
+    setup: Setup,
+    train_ds: _datasets.Dataset,
+    test_ds: _datasets.Dataset | None = None,
+    *,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    eval_every: int | None = None,
+    log_every: int | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    json_path=None,
+    time_steps: bool = True,
+    checkpoint_dir=None,
+    checkpoint_every: int | None = None,
+) -> dict:
     """Train ``setup`` on ``train_ds``; evaluate on ``test_ds``; return a history.
 
     Args:
@@ -352,13 +414,27 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
       transforms' own ``nonfinite`` counters, see :func:`refused_steps`).
     """
     _check_setup(setup)
-    sched = _schedule(train_ds, steps=steps, epochs=epochs, batch_size=batch_size, seed=seed,
-                      eval_every=eval_every, log_every=log_every, time_steps=time_steps,
-                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                      json_path=json_path)
+    sched = _schedule(
+        train_ds,
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        eval_every=eval_every,
+        log_every=log_every,
+        time_steps=time_steps,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        json_path=json_path,
+    )
     params, opt_state = setup.params, setup.tx.init(setup.params)
-    hist: dict[str, Any] = {"steps": [], "train_loss": [], "eval_steps": [], "test_accuracy": [],
-                            "nonfinite_loss_steps": 0}
+    hist: dict[str, Any] = {
+        "steps": [],
+        "train_loss": [],
+        "eval_steps": [],
+        "test_accuracy": [],
+        "nonfinite_loss_steps": 0,
+    }
     start = 0
     if checkpoint_dir is not None:
         start, params, opt_state = _resume(checkpoint_dir, sched.steps, params, opt_state, hist)
@@ -367,11 +443,18 @@ def train(setup: Setup, train_ds: _datasets.Dataset, test_ds: _datasets.Dataset 
     step_fn = make_step(setup)
     hist["memory"] = compiled_memory(step_fn, params, opt_state, x0, y0)
     t_start = time.perf_counter()
-    bar = tqdm(total=sched.steps, initial=start, desc=desc, disable=not progress,
-               dynamic_ncols=True, leave=True)
+    bar = tqdm(
+        total=sched.steps,
+        initial=start,
+        desc=desc,
+        disable=not progress,
+        dynamic_ncols=True,
+        leave=True,
+    )
     try:
-        params, opt_state, times, oks = _step_loop(setup, step_fn, sched, train_ds, test_ds,
-                                                   params, opt_state, hist, start, bar)
+        params, opt_state, times, oks = _step_loop(
+            setup, step_fn, sched, train_ds, test_ds, params, opt_state, hist, start, bar
+        )
     finally:
         bar.close()
     jax.block_until_ready(params)

@@ -4,6 +4,7 @@ Two changes to an ordinary loop: the Linear layers come from `lowbit.nnx` (INT4 
 activations forward, radix-4 FP4 gradients with two-phase rounding backward), and
 `lowbit.quantize_updates` puts each update on the 4-bit grid before the optimizer.
 """
+
 import os
 
 import jax
@@ -18,7 +19,7 @@ STEPS = int(os.environ.get("EXAMPLE_STEPS", 500))
 
 class Net(nnx.Module):
     def __init__(self, rngs):
-        self.l1 = lowbit.nnx.Linear(784, 256, rngs=rngs)           # was: nnx.Linear(784, 256, ...)
+        self.l1 = lowbit.nnx.Linear(784, 256, rngs=rngs)  # was: nnx.Linear(784, 256, ...)
         self.l2 = lowbit.nnx.Linear(256, 10, rngs=rngs)
 
     def __call__(self, x):
@@ -26,8 +27,10 @@ class Net(nnx.Module):
 
 
 model = Net(nnx.Rngs(0))
-tx = optax.chain(lowbit.quantize_updates(lowbit.RADIX4_FP4),     # added: 4-bit updates
-                 optax.sgd(0.05, momentum=0.9))
+tx = optax.chain(
+    lowbit.quantize_updates(lowbit.RADIX4_FP4),  # added: 4-bit updates
+    optax.sgd(0.05, momentum=0.9),
+)
 optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
@@ -35,6 +38,7 @@ optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 def train_step(model, optimizer, x, y):
     def loss_fn(model):
         return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
     return loss
@@ -46,7 +50,9 @@ def accuracy(model, x, y):
 
 
 train, test = datasets.load("mnist_small", "train"), datasets.load("mnist_small", "test")
-for step, (x, y, _) in zip(range(STEPS), datasets.batches(train, 64, epochs=None)):
+for _step, (x, y, _) in zip(range(STEPS), datasets.batches(train, 64, epochs=None)):
     loss = train_step(model, optimizer, x, y)
 xt, yt, _ = next(datasets.batches(test, len(test), shuffle=False))
-print(f"4-bit MLP after {STEPS} steps: loss {float(loss):.3f}, test accuracy {float(accuracy(model, xt, yt)):.4f}")
+print(
+    f"4-bit MLP after {STEPS} steps: loss {float(loss):.3f}, test accuracy {float(accuracy(model, xt, yt)):.4f}"
+)

@@ -13,13 +13,22 @@ for the variance of directional estimators.
     updates, state = tx.update(None, state, params, loss_fn=lambda p: loss(p, batch))
 """
 
+from fwdgrad import nnx
 from fwdgrad._activity import (
     activity_forward_gradient,
     activity_fwd_grad,
     local_mlp_apply,
     local_mlp_grads,
 )
+from fwdgrad._convnet import (
+    ConvNetConfig,
+    convnet_apply,
+    convnet_grads,
+    convnet_init,
+    convnet_local_losses,
+)
 from fwdgrad._diagnostics import cosine_similarity, estimator_variance, theoretical_variance
+from fwdgrad._distributed import sharded_forward_gradient
 from fwdgrad._estimators import (
     AGGREGATES,
     STRATEGIES,
@@ -30,16 +39,7 @@ from fwdgrad._estimators import (
 from fwdgrad._local import local_forward_gradient, local_fwd_grad, local_head_losses
 from fwdgrad._mixer import MixerConfig, mixer_apply, mixer_grads, mixer_init, mixer_local_losses
 from fwdgrad._tangents import TANGENTS, sample_tangents
-from fwdgrad._convnet import (
-    ConvNetConfig,
-    convnet_apply,
-    convnet_grads,
-    convnet_init,
-    convnet_local_losses,
-)
-from fwdgrad._distributed import sharded_forward_gradient
 from fwdgrad._transforms import ForwardGradientState, forward_gradient
-from fwdgrad import nnx
 from fwdgrad.nnx import LocalConvNet, LocalMixer, LocalMLP
 
 __all__ = [

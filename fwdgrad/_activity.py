@@ -38,7 +38,8 @@ last block's head.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +47,13 @@ import optax
 
 from fwdgrad import _estimators, _tangents, _transforms
 
-__all__ = ["ACTIVATIONS", "activity_fwd_grad", "local_mlp_grads", "local_mlp_apply",
-           "activity_forward_gradient"]
+__all__ = [
+    "ACTIVATIONS",
+    "activity_fwd_grad",
+    "local_mlp_grads",
+    "local_mlp_apply",
+    "activity_forward_gradient",
+]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -63,27 +69,34 @@ def _activation(activation: str | Callable) -> Callable:
     if callable(activation):
         return activation
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is not known; use one of "
-                         f"{sorted(ACTIVATIONS)} or pass a callable")
+        raise ValueError(
+            f"activation={activation!r} is not known; use one of "
+            f"{sorted(ACTIVATIONS)} or pass a callable"
+        )
     return ACTIVATIONS[activation]
 
 
 def _check_num_groups(num_groups: Any, width: int | None = None) -> int:
     """``num_groups`` must be a Python int >= 1 that divides ``width`` (if given)."""
     if isinstance(num_groups, bool) or not isinstance(num_groups, int):
-        raise TypeError(f"num_groups={num_groups!r} must be a Python int >= 1 (it fixes the shapes "
-                        "traced, so it cannot be an array)")
+        raise TypeError(
+            f"num_groups={num_groups!r} must be a Python int >= 1 (it fixes the shapes "
+            "traced, so it cannot be an array)"
+        )
     if num_groups < 1:
         raise ValueError(f"num_groups={num_groups!r}: need at least one group")
     if width is not None and width % num_groups:
-        raise ValueError(f"num_groups={num_groups} does not divide the block width {width}; the "
-                         "units are split into equal contiguous groups, so use a divisor of "
-                         f"{width}")
+        raise ValueError(
+            f"num_groups={num_groups} does not divide the block width {width}; the "
+            "units are split into equal contiguous groups, so use a divisor of "
+            f"{width}"
+        )
     return num_groups
 
 
-def activity_fwd_grad(fun: Callable, *, num_tangents: int = 1,
-                      tangent: str = "rademacher", num_groups: int = 1) -> Callable:
+def activity_fwd_grad(
+    fun: Callable, *, num_tangents: int = 1, tangent: str = "rademacher", num_groups: int = 1
+) -> Callable:
     """Per-example activity-perturbed forward gradient (Ren et al., 2023, "FG-A").
 
     Args:
@@ -112,14 +125,17 @@ def activity_fwd_grad(fun: Callable, *, num_tangents: int = 1,
     def grad_fn(key, z, *args, tangent_mask=None):
         z = jnp.asarray(z)
         if z.ndim < 1 or not jnp.issubdtype(z.dtype, jnp.floating):
-            raise TypeError(f"z must be a float array with a leading batch axis; got {z.dtype}{z.shape}")
+            raise TypeError(
+                f"z must be a float array with a leading batch axis; got {z.dtype}{z.shape}"
+            )
         if G > 1 and z.ndim < 2:
             raise ValueError(f"num_groups={G} needs z of shape (B, ..., m); got {z.shape}")
         if G > 1:
             _check_num_groups(G, z.shape[-1])
         batch = z.shape[0]
-        u = jax.vmap(lambda k: _tangents.sample_leaf(jax.random.fold_in(key, k), z.shape, z.dtype,
-                                                     tangent))(jnp.arange(K, dtype=jnp.uint32))
+        u = jax.vmap(
+            lambda k: _tangents.sample_leaf(jax.random.fold_in(key, k), z.shape, z.dtype, tangent)
+        )(jnp.arange(K, dtype=jnp.uint32))
         if tangent_mask is not None:
             tangent_mask = jnp.asarray(tangent_mask)
             if tangent_mask.shape != z.shape:
@@ -133,8 +149,10 @@ def activity_fwd_grad(fun: Callable, *, num_tangents: int = 1,
         want = (batch,) if G == 1 else (batch, G)
         if losses.shape != want:
             what = "per-example losses" if G == 1 else f"per-example, per-group losses ({G} groups)"
-            raise ValueError(f"fun must return {what} of shape {want} for z of shape {z.shape}; "
-                             f"got {losses.shape}")
+            raise ValueError(
+                f"fun must return {what} of shape {want} for z of shape {z.shape}; "
+                f"got {losses.shape}"
+            )
         # (K, B, ..., G, m/G): each group's slice is scaled by its own directional derivative.
         dl = dl.astype(jnp.float32).reshape(K, batch, *(1,) * (z.ndim - 2), G, 1)
         ug = u.astype(jnp.float32).reshape(K, *z.shape[:-1], G, z.shape[-1] // G)
@@ -153,13 +171,17 @@ def _check_local_params(params: Any) -> tuple[list, list]:
     try:
         layers, heads = params["layers"], params["heads"]
     except (TypeError, KeyError):
-        raise ValueError("local MLP params must be a dict {'layers': ..., 'heads': ...} as given by "
-                         "nnx.split(fwdgrad.LocalMLP(...), nnx.Param) -> to_pure_dict()") from None
-    seq = lambda d: [d[k] for k in sorted(d)] if isinstance(d, dict) else list(d)  # noqa: E731
+        raise ValueError(
+            "local MLP params must be a dict {'layers': ..., 'heads': ...} as given by "
+            "nnx.split(fwdgrad.LocalMLP(...), nnx.Param) -> to_pure_dict()"
+        ) from None
+    seq = lambda d: [d[k] for k in sorted(d)] if isinstance(d, dict) else list(d)
     layers, heads = seq(layers), seq(heads)
     if len(layers) != len(heads) or not layers:
-        raise ValueError(f"local MLP params have {len(layers)} layers and {len(heads)} heads; "
-                         "need one head per layer (at least one)")
+        raise ValueError(
+            f"local MLP params have {len(layers)} layers and {len(heads)} heads; "
+            "need one head per layer (at least one)"
+        )
     return layers, heads
 
 
@@ -184,8 +206,9 @@ def _block_losses(z, head, labels, act, num_groups):
     logits = _dense(head, a_const)
     w = head["kernel"].reshape(num_groups, width // num_groups, -1)
     own = jnp.einsum("bgk,gkc->bgc", (a - a_const).reshape(batch, num_groups, -1), w)
-    return _per_example_ce(logits[:, None, :] + own,
-                           jnp.broadcast_to(labels[:, None], (batch, num_groups)))
+    return _per_example_ce(
+        logits[:, None, :] + own, jnp.broadcast_to(labels[:, None], (batch, num_groups))
+    )
 
 
 def _active_mask(act, z):
@@ -214,8 +237,9 @@ def _block_input(h: jax.Array, i: int, normalize: bool) -> jax.Array:
     return _normalize(h) if (normalize and i > 0) else h
 
 
-def local_mlp_apply(params: Any, x: jax.Array, *, activation: str | Callable = "relu",
-                    normalize: bool = True) -> jax.Array:
+def local_mlp_apply(
+    params: Any, x: jax.Array, *, activation: str | Callable = "relu", normalize: bool = True
+) -> jax.Array:
     """Prediction of a local-loss MLP: the last block's head logits, ``(B, classes)``."""
     act = _activation(activation)
     layers, heads = _check_local_params(params)
@@ -225,11 +249,20 @@ def local_mlp_apply(params: Any, x: jax.Array, *, activation: str | Callable = "
     return _dense(heads[-1], h)
 
 
-def local_mlp_grads(key: jax.Array, params: Any, x: jax.Array, labels: jax.Array, *,
-                    activation: str | Callable = "relu", num_tangents: int = 1,
-                    tangent: str = "rademacher", normalize: bool = True, num_groups: int = 1,
-                    mask_tangents: bool = True, head_grad: str = "forward"
-                    ) -> tuple[jax.Array, Any]:
+def local_mlp_grads(
+    key: jax.Array,
+    params: Any,
+    x: jax.Array,
+    labels: jax.Array,
+    *,
+    activation: str | Callable = "relu",
+    num_tangents: int = 1,
+    tangent: str = "rademacher",
+    normalize: bool = True,
+    num_groups: int = 1,
+    mask_tangents: bool = True,
+    head_grad: str = "forward",
+) -> tuple[jax.Array, Any]:
     """Local losses and activity-perturbed gradient estimates of a local-loss MLP.
 
     Block i: ``z_i = n(h_{i-1}) W_i + b_i``, ``h_i = act(z_i)``, local loss
@@ -271,9 +304,13 @@ def local_mlp_grads(key: jax.Array, params: Any, x: jax.Array, labels: jax.Array
     _check_head_grad(head_grad)
     block_grad = activity_fwd_grad(
         lambda z, head, y: _block_losses(z, head, y, act, G),
-        num_tangents=num_tangents, tangent=tangent, num_groups=G)
-    head_fg = activity_fwd_grad(lambda logits, y: _per_example_ce(logits, y),
-                                  num_tangents=num_tangents, tangent=tangent)
+        num_tangents=num_tangents,
+        tangent=tangent,
+        num_groups=G,
+    )
+    head_fg = activity_fwd_grad(
+        lambda logits, y: _per_example_ce(logits, y), num_tangents=num_tangents, tangent=tangent
+    )
     h = x.reshape(x.shape[0], -1).astype(layers[0]["kernel"].dtype)
     losses, g_layers, g_heads = [], [], []
     for i, (layer, head) in enumerate(zip(layers, heads)):
@@ -318,15 +355,23 @@ def _ce_logit_grad(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def _dense_grads(p, x, gz):
     """Exact local chain rule of ``z = x W + b`` given the (estimated) ``dL/dz``."""
     x32, g32 = x.astype(jnp.float32), gz.astype(jnp.float32)
-    return {"kernel": (x32.T @ g32).astype(p["kernel"].dtype),
-            "bias": jnp.sum(g32, axis=0).astype(p["bias"].dtype)}
+    return {
+        "kernel": (x32.T @ g32).astype(p["kernel"].dtype),
+        "bias": jnp.sum(g32, axis=0).astype(p["bias"].dtype),
+    }
 
 
-def activity_forward_gradient(*, activation: str | Callable = "relu", num_tangents: int = 1,
-                              tangent: str = "rademacher", seed: int = 0,
-                              normalize: bool = True, num_groups: int = 1,
-                              mask_tangents: bool = True, head_grad: str = "forward"
-                              ) -> optax.GradientTransformationExtraArgs:
+def activity_forward_gradient(
+    *,
+    activation: str | Callable = "relu",
+    num_tangents: int = 1,
+    tangent: str = "rademacher",
+    seed: int = 0,
+    normalize: bool = True,
+    num_groups: int = 1,
+    mask_tangents: bool = True,
+    head_grad: str = "forward",
+) -> optax.GradientTransformationExtraArgs:
     """Activity-perturbed local-loss forward gradients as an optax estimator transform.
 
     ``update(updates, state, params, *, batch, **extra)`` ignores ``updates``
@@ -351,24 +396,39 @@ def activity_forward_gradient(*, activation: str | Callable = "relu", num_tangen
         layers, _ = _check_local_params(params)
         for layer in layers:
             _check_num_groups(G, layer["kernel"].shape[-1])
-        return _transforms.ForwardGradientState(count=jnp.zeros((), jnp.int32),
-                                                key=jax.random.key(seed),
-                                                nonfinite=jnp.zeros((), jnp.int32))
+        return _transforms.ForwardGradientState(
+            count=jnp.zeros((), jnp.int32),
+            key=jax.random.key(seed),
+            nonfinite=jnp.zeros((), jnp.int32),
+        )
 
     def update_fn(updates, state, params=None, *, batch=None, **extra_args):
         del updates, extra_args
         if params is None:
-            raise ValueError("activity_forward_gradient needs params: tx.update(None, state, params, "
-                             "batch=(x, labels))")
+            raise ValueError(
+                "activity_forward_gradient needs params: tx.update(None, state, params, "
+                "batch=(x, labels))"
+            )
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise ValueError("activity_forward_gradient needs the keyword extra arg batch=(x, labels); "
-                             f"got {type(batch).__name__}")
+            raise ValueError(
+                "activity_forward_gradient needs the keyword extra arg batch=(x, labels); "
+                f"got {type(batch).__name__}"
+            )
         x, labels = batch
         key = jax.random.fold_in(state.key, state.count)
-        losses, grads = local_mlp_grads(key, params, x, labels, activation=activation,
-                                        num_tangents=K, tangent=tangent, normalize=normalize,
-                                        num_groups=G, mask_tangents=mask_tangents,
-                                        head_grad=head_grad)
+        losses, grads = local_mlp_grads(
+            key,
+            params,
+            x,
+            labels,
+            activation=activation,
+            num_tangents=K,
+            tangent=tangent,
+            normalize=normalize,
+            num_groups=G,
+            mask_tangents=mask_tangents,
+            head_grad=head_grad,
+        )
         return _transforms._advance(state, grads, losses)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

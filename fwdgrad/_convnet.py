@@ -27,11 +27,25 @@ import jax.numpy as jnp
 from jax import lax
 
 from fwdgrad import _local
-from fwdgrad._mixer import (_check_flags, _check_groups, _check_image_shape, _dense_init, _norm,
-                            _positive_int, _relu)
+from fwdgrad._mixer import (
+    _check_flags,
+    _check_groups,
+    _check_image_shape,
+    _dense_init,
+    _norm,
+    _positive_int,
+    _relu,
+)
 
-__all__ = ["ConvNetConfig", "convnet_init", "convnet_apply", "convnet_local_logits",
-           "convnet_local_losses", "convnet_blocks", "convnet_grads"]
+__all__ = [
+    "ConvNetConfig",
+    "convnet_init",
+    "convnet_apply",
+    "convnet_local_logits",
+    "convnet_local_losses",
+    "convnet_blocks",
+    "convnet_grads",
+]
 
 
 def convnet_init(key: jax.Array, config: ConvNetConfig, dtype: Any = jnp.float32) -> dict:
@@ -41,18 +55,24 @@ def convnet_init(key: jax.Array, config: ConvNetConfig, dtype: Any = jnp.float32
     for i, cout in enumerate(c.channels):
         kc, kh = jax.random.split(jax.random.fold_in(key, i))
         blocks[i] = {
-            "conv": {"kernel": _dense_init(kc, k * k * cin, (k, k, cin, cout)).astype(dtype),
-                     "bias": jnp.zeros((cout,), dtype)},
-            "head": {"kernel": _dense_init(kh, cout, (cout, c.num_classes)).astype(dtype),
-                     "bias": jnp.zeros((c.num_classes,), dtype)}}
+            "conv": {
+                "kernel": _dense_init(kc, k * k * cin, (k, k, cin, cout)).astype(dtype),
+                "bias": jnp.zeros((cout,), dtype),
+            },
+            "head": {
+                "kernel": _dense_init(kh, cout, (cout, c.num_classes)).astype(dtype),
+                "bias": jnp.zeros((c.num_classes,), dtype),
+            },
+        }
         cin = cout
     return {"blocks": blocks}
 
 
 def _images(config: ConvNetConfig, x: jax.Array) -> jax.Array:
     if math.prod(x.shape[1:]) != math.prod(config.image_shape):
-        raise ValueError(f"LocalConvNet expects images of {config.image_shape}, got input of "
-                         f"shape {x.shape}")
+        raise ValueError(
+            f"LocalConvNet expects images of {config.image_shape}, got input of shape {x.shape}"
+        )
     return x.reshape(x.shape[0], *config.image_shape)
 
 
@@ -64,8 +84,12 @@ def _pool(h: jax.Array) -> jax.Array:
 def _body(config: ConvNetConfig, i: int, p: Any, h: jax.Array, site) -> jax.Array:
     if i > 0 and config.pool:
         h = _pool(h)
-    z = lax.conv_general_dilated(h, p["conv"]["kernel"], (1, 1), "SAME",
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["conv"]["bias"]
+    z = (
+        lax.conv_general_dilated(
+            h, p["conv"]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        + p["conv"]["bias"]
+    )
     return site(_norm(z) if config.normalize else z, _relu)
 
 
@@ -115,9 +139,11 @@ class ConvNetConfig(_local.NetworkConfig):
         if self.pool:
             for i in range(1, len(self.channels)):
                 if height % 2 or width % 2:
-                    raise ValueError(f"block {i} pools a {height}x{width} map by 2x2; use fewer "
-                                     "blocks, pool=False, or an image side divisible by "
-                                     f"{2 ** (len(self.channels) - 1)}")
+                    raise ValueError(
+                        f"block {i} pools a {height}x{width} map by 2x2; use fewer "
+                        "blocks, pool=False, or an image side divisible by "
+                        f"{2 ** (len(self.channels) - 1)}"
+                    )
                 height, width = height // 2, width // 2
 
     @property
@@ -146,8 +172,9 @@ def convnet_apply(params: Any, x: jax.Array, config: ConvNetConfig) -> jax.Array
     return convnet_local_logits(params, x, config)[-1]
 
 
-def convnet_local_losses(params: Any, x: jax.Array, labels: jax.Array,
-                         config: ConvNetConfig) -> jax.Array:
+def convnet_local_losses(
+    params: Any, x: jax.Array, labels: jax.Array, config: ConvNetConfig
+) -> jax.Array:
     """Mean cross entropy of every head (only the last without ``block_loss``); see ``mixer_local_losses``."""
     return _local.mean_losses(convnet_local_logits(params, x, config), labels, config.block_loss)
 
@@ -161,13 +188,30 @@ def convnet_blocks(config, labels: jax.Array) -> list:
     return _local.config_blocks(_check_config(config), labels)
 
 
-def convnet_grads(key: jax.Array, params: Any, x: jax.Array, labels: jax.Array,
-                  config: ConvNetConfig, *, num_tangents: int = 1, tangent: str = "rademacher",
-                  mask_tangents: bool = True, separate_sites: bool = True) -> tuple[jax.Array, Any]:
+def convnet_grads(
+    key: jax.Array,
+    params: Any,
+    x: jax.Array,
+    labels: jax.Array,
+    config: ConvNetConfig,
+    *,
+    num_tangents: int = 1,
+    tangent: str = "rademacher",
+    mask_tangents: bool = True,
+    separate_sites: bool = True,
+) -> tuple[jax.Array, Any]:
     """Local losses and activity-perturbed gradient estimates of a LocalConvNet.
 
     :func:`fwdgrad.local_fwd_grad` over :func:`convnet_blocks`; as :func:`fwdgrad.mixer_grads`.
     """
-    return _local.net_grads(_check_config(config), key, params, x, labels,
-                            num_tangents=num_tangents, tangent=tangent,
-                            mask_tangents=mask_tangents, separate_sites=separate_sites)
+    return _local.net_grads(
+        _check_config(config),
+        key,
+        params,
+        x,
+        labels,
+        num_tangents=num_tangents,
+        tangent=tangent,
+        mask_tangents=mask_tangents,
+        separate_sites=separate_sites,
+    )

@@ -7,7 +7,8 @@ variance of directional estimators.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,11 @@ __all__ = ["cosine_similarity", "theoretical_variance", "estimator_variance"]
 
 def _flat32(tree) -> jax.Array:
     leaves = jax.tree.leaves(tree)
-    return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves]) if leaves else (
-        jnp.zeros((0,), jnp.float32))
+    return (
+        jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
+        if leaves
+        else (jnp.zeros((0,), jnp.float32))
+    )
 
 
 def cosine_similarity(estimate: Any, exact: Any) -> jax.Array:
@@ -30,8 +34,10 @@ def cosine_similarity(estimate: Any, exact: Any) -> jax.Array:
     Returns 0 when either is all zeros. Raises ``ValueError`` if the structures differ.
     """
     if jax.tree.structure(estimate) != jax.tree.structure(exact):
-        raise ValueError("estimate and exact have different pytree structures: "
-                         f"{jax.tree.structure(estimate)} vs {jax.tree.structure(exact)}")
+        raise ValueError(
+            "estimate and exact have different pytree structures: "
+            f"{jax.tree.structure(estimate)} vs {jax.tree.structure(exact)}"
+        )
     a, b = _flat32(estimate), _flat32(exact)
     if a.shape != b.shape:
         raise ValueError(f"estimate has {a.shape[0]} entries, exact has {b.shape[0]}")
@@ -39,8 +45,9 @@ def cosine_similarity(estimate: Any, exact: Any) -> jax.Array:
     return jnp.where(denom > 0, jnp.dot(a, b) / jnp.where(denom > 0, denom, 1.0), 0.0)
 
 
-def theoretical_variance(exact: Any, *, tangent: str = "rademacher", num_tangents: int = 1,
-                         aggregate: str = "mean") -> jax.Array:
+def theoretical_variance(
+    exact: Any, *, tangent: str = "rademacher", num_tangents: int = 1, aggregate: str = "mean"
+) -> jax.Array:
     """``E|g_hat - g|^2`` predicted for the estimator, given the exact gradient ``g``.
 
     Mean of K forward gradients over n parameters (Baydin et al., 2022; Silver et
@@ -59,8 +66,14 @@ def theoretical_variance(exact: Any, *, tangent: str = "rademacher", num_tangent
     return sq * jnp.float32((n + 1 if tangent == "gaussian" else n - 1) / K)
 
 
-def estimator_variance(grad_fn: Callable, key: jax.Array, *args, num_samples: int = 256,
-                       exact: Any = None, batch_size: int | None = 64) -> jax.Array:
+def estimator_variance(
+    grad_fn: Callable,
+    key: jax.Array,
+    *args,
+    num_samples: int = 256,
+    exact: Any = None,
+    batch_size: int | None = 64,
+) -> jax.Array:
     """Empirical ``E|g_hat - g|^2`` of a gradient estimator (float32 scalar).
 
     Args:

@@ -42,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from bbcore import check_mesh_axis
 from bbcore import varies_over as _varies_over
@@ -56,21 +57,22 @@ def _check_axis(mesh: Any, name: Any, what: str) -> int:
     return check_mesh_axis(mesh, name, "sharded_forward_gradient", what=what)
 
 
-def directional_derivatives(loss_fn, params: Any, key: jax.Array, tangent_ids: jax.Array,
-                            tangent: str = "rademacher") -> jax.Array:
+def directional_derivatives(
+    loss_fn, params: Any, key: jax.Array, tangent_ids: jax.Array, tangent: str = "rademacher"
+) -> jax.Array:
     """``d_k = grad loss_fn(params) . v_k`` (float32) for the tangents ``k`` in ``tangent_ids``.
 
     Tangent ``k`` is drawn leaf by leaf exactly as :func:`fwdgrad.fwd_grad`
     draws it from ``key``: leaf ``i`` from ``fold_in(fold_in(key, k), i)``. The
     primal does not depend on the tangent, so ``vmap`` computes it once.
     """
+
     def one(k):
         v = _tangents.sample_tangents(jax.random.fold_in(key, k), params, tangent)
         _, d = jax.jvp(loss_fn, (params,), (v,))
         return d.astype(jnp.float32)
 
     return jax.vmap(one)(tangent_ids)
-
 
 
 def _gather_invariant(x: jax.Array, axis_name: Any) -> jax.Array:
@@ -83,21 +85,27 @@ def _gather_invariant(x: jax.Array, axis_name: Any) -> jax.Array:
 def _check_config(mesh, axis_name, num_tangents, tangent, aggregate, batch_axis_name, seed):
     """Validate :func:`sharded_forward_gradient`'s arguments; returns ``(K, devices, batch shards)``."""
     if not isinstance(mesh, Mesh):
-        raise TypeError(f"sharded_forward_gradient: mesh={mesh!r} is not a jax.sharding.Mesh; "
-                        "build one with jax.sharding.Mesh(np.array(jax.devices()), ('tangent',))")
+        raise TypeError(
+            f"sharded_forward_gradient: mesh={mesh!r} is not a jax.sharding.Mesh; "
+            "build one with jax.sharding.Mesh(np.array(jax.devices()), ('tangent',))"
+        )
     n_dev = _check_axis(mesh, axis_name, "axis_name")
     K = _estimators.check_num_tangents(num_tangents)
     _tangents.check_tangent(tangent)
     _estimators.check_aggregate(aggregate)
     if K % n_dev:
-        raise ValueError(f"sharded_forward_gradient: num_tangents={K} is not divisible by the "
-                         f"{n_dev} devices of mesh axis {axis_name!r}; use a multiple of {n_dev} "
-                         f"(e.g. {n_dev * max(1, round(K / n_dev))})")
+        raise ValueError(
+            f"sharded_forward_gradient: num_tangents={K} is not divisible by the "
+            f"{n_dev} devices of mesh axis {axis_name!r}; use a multiple of {n_dev} "
+            f"(e.g. {n_dev * max(1, round(K / n_dev))})"
+        )
     if batch_axis_name is not None:
         if batch_axis_name == axis_name:
-            raise ValueError("sharded_forward_gradient: batch_axis_name must differ from "
-                             f"axis_name ({axis_name!r}); use a 2-D mesh such as "
-                             "('data', 'tangent'), or batch_axis_name=None")
+            raise ValueError(
+                "sharded_forward_gradient: batch_axis_name must differ from "
+                f"axis_name ({axis_name!r}); use a 2-D mesh such as "
+                "('data', 'tangent'), or batch_axis_name=None"
+            )
         n_batch = _check_axis(mesh, batch_axis_name, "batch_axis_name")
     else:
         n_batch = 1
@@ -109,19 +117,29 @@ def _check_batch(batch: Any, batch_axis_name: Any, n_batch: int) -> None:
     if batch_axis_name is None:
         return
     if batch is None:
-        raise ValueError(f"sharded_forward_gradient(batch_axis_name={batch_axis_name!r}) "
-                         "needs batch= and a loss_fn(params, batch)")
+        raise ValueError(
+            f"sharded_forward_gradient(batch_axis_name={batch_axis_name!r}) "
+            "needs batch= and a loss_fn(params, batch)"
+        )
     for x in jax.tree.leaves(batch):
         if jnp.ndim(x) == 0 or jnp.shape(x)[0] % n_batch:
-            raise ValueError(f"sharded_forward_gradient: batch leaf of shape "
-                             f"{jnp.shape(x)} cannot be split over the {n_batch} devices "
-                             f"of {batch_axis_name!r}; use a batch size divisible by it")
+            raise ValueError(
+                f"sharded_forward_gradient: batch leaf of shape "
+                f"{jnp.shape(x)} cannot be split over the {n_batch} devices "
+                f"of {batch_axis_name!r}; use a batch size divisible by it"
+            )
 
 
-def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
-                             tangent: str = "rademacher", seed: int = 0,
-                             aggregate: str = "mean",
-                             batch_axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
+def sharded_forward_gradient(
+    *,
+    mesh: Mesh,
+    axis_name: Any,
+    num_tangents: int,
+    tangent: str = "rademacher",
+    seed: int = 0,
+    aggregate: str = "mean",
+    batch_axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
     """:func:`fwdgrad.forward_gradient` with its K tangents split across ``axis_name`` of ``mesh``.
 
     Each device computes the directional derivatives of its K / D tangents,
@@ -157,8 +175,9 @@ def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
       TypeError: ``mesh`` not a Mesh, ``num_tangents`` not an int.
       ValueError: unknown axis, K not divisible by the axis size, bad tangent or aggregate.
     """
-    K, n_dev, n_batch = _check_config(mesh, axis_name, num_tangents, tangent, aggregate,
-                                      batch_axis_name, seed)
+    K, n_dev, n_batch = _check_config(
+        mesh, axis_name, num_tangents, tangent, aggregate, batch_axis_name, seed
+    )
     k_local = K // n_dev
     axes = (axis_name,) if batch_axis_name is None else (batch_axis_name, axis_name)
 
@@ -169,8 +188,10 @@ def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
     def update(updates, state, params=None, *, loss_fn=None, batch=None, **extra_args):
         del updates, extra_args
         if params is None or loss_fn is None:
-            raise ValueError("sharded_forward_gradient.update needs params and loss_fn=; call "
-                             "tx.update(None, state, params, loss_fn=loss_fn)")
+            raise ValueError(
+                "sharded_forward_gradient.update needs params and loss_fn=; call "
+                "tx.update(None, state, params, loss_fn=loss_fn)"
+            )
         _check_batch(batch, batch_axis_name, n_batch)
         key = _transforms._step_key(state)
 
@@ -182,14 +203,16 @@ def sharded_forward_gradient(*, mesh: Mesh, axis_name: Any, num_tangents: int,
             d = directional_derivatives(f, p, key, ids, tangent)
             if batch_axis_name is not None:
                 d = lax.pmean(d, batch_axis_name)
-            d = _gather_invariant(d, axis_name)                  # (K,): the only exchange
+            d = _gather_invariant(d, axis_name)  # (K,): the only exchange
             leaves, treedef = jax.tree.flatten(params)
-            return jax.tree.unflatten(treedef, _estimators._combine(key, d, leaves, tangent,
-                                                                    aggregate))
+            return jax.tree.unflatten(
+                treedef, _estimators._combine(key, d, leaves, tangent, aggregate)
+            )
 
         batch_spec = P() if batch_axis_name is None else P(batch_axis_name)
         est = jax.shard_map(local, mesh=mesh, in_specs=(P(), batch_spec), out_specs=P())(
-            params, batch)
+            params, batch
+        )
         return _transforms._advance(state, est)
 
     return optax.GradientTransformationExtraArgs(init, update)

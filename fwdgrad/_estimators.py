@@ -29,7 +29,8 @@ How the estimate is computed here, and why:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,11 +53,14 @@ _VMAP_BYTES_FALLBACK = 1 << 30
 
 # --------------------------------------------------------------------------- validation
 
+
 def check_num_tangents(num_tangents: Any) -> int:
     if isinstance(num_tangents, bool) or not isinstance(num_tangents, int):
-        raise TypeError(f"num_tangents={num_tangents!r} must be a Python int >= 1 (it fixes the "
-                        "number of jvps traced, so it cannot be an array; with "
-                        "optax.inject_hyperparams pass static_args=('num_tangents',))")
+        raise TypeError(
+            f"num_tangents={num_tangents!r} must be a Python int >= 1 (it fixes the "
+            "number of jvps traced, so it cannot be an array; with "
+            "optax.inject_hyperparams pass static_args=('num_tangents',))"
+        )
     if num_tangents < 1:
         raise ValueError(f"num_tangents={num_tangents!r}: need at least one tangent")
     return num_tangents
@@ -72,15 +76,20 @@ def check_chunk_size(chunk_size: Any, num_tangents: int) -> int | None:
     if chunk_size is None:
         return None
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r}: use None (all tangents in one vmap) or an "
-                         "int >= 1 (tangents per sequential chunk)")
+        raise ValueError(
+            f"chunk_size={chunk_size!r}: use None (all tangents in one vmap) or an "
+            "int >= 1 (tangents per sequential chunk)"
+        )
     return min(chunk_size, num_tangents)
 
 
 def _check_argnums(argnums: Any) -> tuple[int, ...]:
     nums = (argnums,) if isinstance(argnums, int) and not isinstance(argnums, bool) else argnums
-    if not isinstance(nums, tuple) or not nums or any(
-            isinstance(a, bool) or not isinstance(a, int) for a in nums):
+    if (
+        not isinstance(nums, tuple)
+        or not nums
+        or any(isinstance(a, bool) or not isinstance(a, int) for a in nums)
+    ):
         raise TypeError(f"argnums={argnums!r} must be an int or a non-empty tuple of ints")
     if len(set(nums)) != len(nums):
         raise ValueError(f"argnums={argnums!r} repeats an argument")
@@ -91,20 +100,25 @@ def as_key(key: Any) -> jax.Array:
     key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
-            raise ValueError(f"key has shape {key.shape}; pass a single PRNG key, e.g. "
-                             "jax.random.key(0)")
+            raise ValueError(
+                f"key has shape {key.shape}; pass a single PRNG key, e.g. jax.random.key(0)"
+            )
         return key
     if key.dtype == jnp.uint32 and key.shape == (2,):
         return jax.random.wrap_key_data(key)
-    raise TypeError(f"key of dtype {key.dtype} and shape {key.shape} is not a PRNG key; pass "
-                    "jax.random.key(seed)")
+    raise TypeError(
+        f"key of dtype {key.dtype} and shape {key.shape} is not a PRNG key; pass "
+        "jax.random.key(seed)"
+    )
 
 
 def check_strategy(strategy: Any) -> str:
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r} is not known; use one of {STRATEGIES} ('loop': "
-                         "one tangent at a time, flat memory; 'vmap': all K at once; 'auto': by "
-                         "backend and size)")
+        raise ValueError(
+            f"strategy={strategy!r} is not known; use one of {STRATEGIES} ('loop': "
+            "one tangent at a time, flat memory; 'vmap': all K at once; 'auto': by "
+            "backend and size)"
+        )
     return strategy
 
 
@@ -117,8 +131,9 @@ def _vmap_budget(backend: str) -> float:
     return _VMAP_MEMORY_SHARE * limit if limit else float(_VMAP_BYTES_FALLBACK)
 
 
-def resolve_strategy(strategy: str, num_tangents: int, params: Any = None, *,
-                     backend: str | None = None) -> str:
+def resolve_strategy(
+    strategy: str, num_tangents: int, params: Any = None, *, backend: str | None = None
+) -> str:
     """The evaluation ``"auto"`` stands for: ``"loop"`` or ``"vmap"`` (others returned as given).
 
     ``"vmap"`` on accelerators (one batched program; on an H200 a vmap of jvp
@@ -141,8 +156,10 @@ def resolve_strategy(strategy: str, num_tangents: int, params: Any = None, *,
     if backend == "cpu":
         return "loop"
     if params is not None:
-        nbytes = sum(math.prod(jnp.shape(x)) * jnp.dtype(jnp.result_type(x)).itemsize
-                     for x in jax.tree.leaves(params))
+        nbytes = sum(
+            math.prod(jnp.shape(x)) * jnp.dtype(jnp.result_type(x)).itemsize
+            for x in jax.tree.leaves(params)
+        )
         if num_tangents * nbytes > _vmap_budget(backend):
             return "loop"
     return "vmap"
@@ -150,16 +167,21 @@ def resolve_strategy(strategy: str, num_tangents: int, params: Any = None, *,
 
 # --------------------------------------------------------------------------- estimators
 
+
 def _float_leaves(diff: Any) -> tuple[list, Any]:
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(diff)
     for path, x in leaves_with_path:
         dt = jnp.result_type(x)
         if not jnp.issubdtype(dt, jnp.floating):
-            raise TypeError(f"parameter leaf {jax.tree_util.keystr(path)} has dtype {dt}; forward "
-                            "gradients need floating-point parameters (float32, bfloat16, ...)")
+            raise TypeError(
+                f"parameter leaf {jax.tree_util.keystr(path)} has dtype {dt}; forward "
+                "gradients need floating-point parameters (float32, bfloat16, ...)"
+            )
     leaves = [x for _, x in leaves_with_path]
     if not leaves:
-        raise ValueError("the differentiated argument has no array leaves to estimate a gradient for")
+        raise ValueError(
+            "the differentiated argument has no array leaves to estimate a gradient for"
+        )
     return leaves, treedef
 
 
@@ -169,25 +191,33 @@ def _check_value(out_shape: Any, has_aux: bool) -> None:
         if not (isinstance(out_shape, tuple) and len(out_shape) == 2):
             raise ValueError("has_aux=True but fun did not return a (value, aux) pair")
         out_shape = out_shape[0]
-    if not hasattr(out_shape, "shape") or out_shape.shape != () or not jnp.issubdtype(
-            out_shape.dtype, jnp.floating):
+    if (
+        not hasattr(out_shape, "shape")
+        or out_shape.shape != ()
+        or not jnp.issubdtype(out_shape.dtype, jnp.floating)
+    ):
         got = getattr(out_shape, "shape", type(out_shape).__name__)
-        raise ValueError(f"fun must return a float scalar{' as value of (value, aux)' if has_aux else ''}"
-                         f"; got {got} of dtype {getattr(out_shape, 'dtype', None)}. Reduce the loss "
-                         "(e.g. jnp.mean) before estimating its gradient")
+        raise ValueError(
+            f"fun must return a float scalar{' as value of (value, aux)' if has_aux else ''}"
+            f"; got {got} of dtype {getattr(out_shape, 'dtype', None)}. Reduce the loss "
+            "(e.g. jnp.mean) before estimating its gradient"
+        )
 
 
 def _loop_directional(flat_fun, leaves, key, tangent):
     """``ks -> (value_and_aux, d)`` by the jaxpr interpreter: one primal, K tangents batched."""
     closed, out_shape = jax.make_jaxpr(flat_fun, return_shape=True)(*leaves)
     out_tree = jax.tree.structure(out_shape)
-    lazies = [_jaxpr_forward.Lazy(i, tuple(jnp.shape(x)), jnp.result_type(x))
-              for i, x in enumerate(leaves)]
+    lazies = [
+        _jaxpr_forward.Lazy(i, tuple(jnp.shape(x)), jnp.result_type(x))
+        for i, x in enumerate(leaves)
+    ]
 
     def directional(ks):
         tkeys = jax.vmap(lambda k: jax.random.fold_in(key, k))(ks)
-        outs, out_t = _jaxpr_forward.forward(closed.jaxpr, closed.consts, leaves, lazies, tkeys,
-                                             tangent)
+        outs, out_t = _jaxpr_forward.forward(
+            closed.jaxpr, closed.consts, leaves, lazies, tkeys, tangent
+        )
         d = out_t[0]
         d = jnp.zeros(ks.shape, jnp.float32) if d is None else d.astype(jnp.float32)
         return jax.tree.unflatten(out_tree, outs), d
@@ -197,14 +227,19 @@ def _loop_directional(flat_fun, leaves, key, tangent):
 
 def _vmap_directional(flat_fun, leaves, key, tangent, has_aux):
     """``ks -> (value_and_aux, d)`` by ``vmap`` of ``jax.jvp``: the K tangents drawn at once."""
+
     def value_only(*flat):
         out = flat_fun(*flat)
         return (out[0], out[1]) if has_aux else (out, None)
 
     def one(k):
         tkey = jax.random.fold_in(key, k)
-        v = [_tangents.sample_leaf(_tangents.leaf_key(tkey, i), tuple(jnp.shape(x)),
-                                   jnp.result_type(x), tangent) for i, x in enumerate(leaves)]
+        v = [
+            _tangents.sample_leaf(
+                _tangents.leaf_key(tkey, i), tuple(jnp.shape(x)), jnp.result_type(x), tangent
+            )
+            for i, x in enumerate(leaves)
+        ]
         value, d, aux = jax.jvp(value_only, leaves, v, has_aux=True)
         return (value, aux), d.astype(jnp.float32)
 
@@ -226,10 +261,17 @@ def _directional_derivatives(directional, K, chunk_size):
     return jax.tree.map(lambda o: o[0], value_and_aux), d.reshape(-1)[:K]
 
 
-def value_and_fwd_grad(fun: Callable, argnums: int | Sequence[int] = 0, *, num_tangents: int = 1,
-                       tangent: str = "rademacher", aggregate: str = "mean",
-                       has_aux: bool = False, chunk_size: int | None = None,
-                       strategy: str = "auto") -> Callable:
+def value_and_fwd_grad(
+    fun: Callable,
+    argnums: int | Sequence[int] = 0,
+    *,
+    num_tangents: int = 1,
+    tangent: str = "rademacher",
+    aggregate: str = "mean",
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+    strategy: str = "auto",
+) -> Callable:
     """Value of ``fun`` and a forward-gradient estimate of its gradient, like ``jax.value_and_grad``.
 
     Baydin et al. (2022), eq. 4 (``aggregate="mean"``): ``g_hat = (1/K) sum_k
@@ -283,9 +325,11 @@ def value_and_fwd_grad(fun: Callable, argnums: int | Sequence[int] = 0, *, num_t
         diff = tuple(args[i] for i in argnums_t)
         leaves, treedef = _float_leaves(diff[0] if single else diff)
         n = sum(math.prod(jnp.shape(x)) for x in leaves)
-        if aggregate == "orthogonal" and K > n:
-            raise ValueError(f"num_tangents={K} exceeds the {n} parameters: the span of the "
-                             f"tangents has at most {n} dimensions; use num_tangents <= {n}")
+        if aggregate == "orthogonal" and n < K:
+            raise ValueError(
+                f"num_tangents={K} exceeds the {n} parameters: the span of the "
+                f"tangents has at most {n} dimensions; use num_tangents <= {n}"
+            )
 
         def flat_fun(*flat):
             d = jax.tree.unflatten(treedef, list(flat))
@@ -323,8 +367,9 @@ def combine(key, d, leaves, tangent, aggregate):
     else:
         gram = jnp.zeros((K, K), jnp.float32)
         for i, x in enumerate(leaves):
-            gram = gram + _tangents.gram_leaf(leaf_keys(i), tuple(jnp.shape(x)),
-                                              jnp.result_type(x), tangent)
+            gram = gram + _tangents.gram_leaf(
+                leaf_keys(i), tuple(jnp.shape(x)), jnp.result_type(x), tangent
+            )
         w = jnp.linalg.pinv(gram, hermitian=True) @ d
 
     out = []
@@ -347,18 +392,33 @@ def combine(key, d, leaves, tangent, aggregate):
     return out
 
 
-def fwd_grad(fun: Callable, argnums: int | Sequence[int] = 0, *, num_tangents: int = 1,
-             tangent: str = "rademacher", aggregate: str = "mean", has_aux: bool = False,
-             chunk_size: int | None = None, strategy: str = "auto") -> Callable:
+def fwd_grad(
+    fun: Callable,
+    argnums: int | Sequence[int] = 0,
+    *,
+    num_tangents: int = 1,
+    tangent: str = "rademacher",
+    aggregate: str = "mean",
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+    strategy: str = "auto",
+) -> Callable:
     """Forward-gradient estimate of ``grad fun``, like ``jax.grad`` with a key first.
 
     See :func:`value_and_fwd_grad` for the arguments and the estimator (Baydin
     et al., 2022, eq. 4). Returns ``g(key, *args) -> grad`` (``(grad, aux)`` with
     ``has_aux``).
     """
-    vg = value_and_fwd_grad(fun, argnums, num_tangents=num_tangents, tangent=tangent,
-                            aggregate=aggregate, has_aux=has_aux, chunk_size=chunk_size,
-                            strategy=strategy)
+    vg = value_and_fwd_grad(
+        fun,
+        argnums,
+        num_tangents=num_tangents,
+        tangent=tangent,
+        aggregate=aggregate,
+        has_aux=has_aux,
+        chunk_size=chunk_size,
+        strategy=strategy,
+    )
 
     def grad_fn(key, *args):
         value, grad = vg(key, *args)

@@ -34,13 +34,25 @@ __all__ = ["Lazy", "forward"]
 # Linear, shape-only unary ops: a tangent that has not been drawn yet is carried
 # through them unevaluated, so that e.g. a reshape of a bias at the top of the
 # program does not force the bias's tangent to be drawn there.
-_STRUCTURAL = frozenset({"reshape", "transpose", "convert_element_type", "squeeze",
-                         "expand_dims", "broadcast_in_dim", "copy", "copy_p", "rev"})
+_STRUCTURAL = frozenset(
+    {
+        "reshape",
+        "transpose",
+        "convert_element_type",
+        "squeeze",
+        "expand_dims",
+        "broadcast_in_dim",
+        "copy",
+        "copy_p",
+        "rev",
+    }
+)
 _INLINE = frozenset({"jit", "pjit", "closed_call", "core_call"})
 
 
 class Lazy(NamedTuple):
     """A tangent not drawn yet: ``post(sample(fold_in(key_k, index)))`` for each tangent k."""
+
     index: int
     shape: tuple[int, ...]
     dtype: Any
@@ -109,8 +121,10 @@ def _jvp_dot(params, invals, tans, keys, kind):
     (lc, rc), _ = dims
     a, b = invals
     da, db = tans
-    kw = dict(precision=params.get("precision"),
-              preferred_element_type=params.get("preferred_element_type"))
+    kw = dict(
+        precision=params.get("precision"),
+        preferred_element_type=params.get("preferred_element_type"),
+    )
 
     def dot(x, y):
         return lax.dot_general(x, y, dims, **kw)
@@ -121,21 +135,21 @@ def _jvp_dot(params, invals, tans, keys, kind):
         out = lax.dot_general(stack, b, ((tuple(c + 1 for c in lc), tuple(rc)), ((), ())), **kw)
         primal, tan = out[0], out[1:]
         if db is not None:
-            tan = tan + _per_tangent(lambda v: dot(a, v), db, keys, kind).astype(
-                tan.dtype)
+            tan = tan + _per_tangent(lambda v: dot(a, v), db, keys, kind).astype(tan.dtype)
     elif db is not None and not isinstance(db, Lazy):
         stack = jnp.concatenate([b[None].astype(db.dtype), db], axis=0)
         out = lax.dot_general(a, stack, ((tuple(lc), tuple(c + 1 for c in rc)), ((), ())), **kw)
         out = jnp.moveaxis(out, a_free, 0)
         primal, tan = out[0], out[1:]
         if da is not None:
-            tan = tan + _per_tangent(lambda v: dot(v, b), da, keys, kind).astype(
-                tan.dtype)
+            tan = tan + _per_tangent(lambda v: dot(v, b), da, keys, kind).astype(tan.dtype)
     else:
         # Only parameter tangents (a layer reading the input): nothing to stack with.
         primal = dot(a, b)
-        parts = [_per_tangent(lambda v: dot(a, v), db, keys, kind) if db is not None else None,
-                 _per_tangent(lambda v: dot(v, b), da, keys, kind) if da is not None else None]
+        parts = [
+            _per_tangent(lambda v: dot(a, v), db, keys, kind) if db is not None else None,
+            _per_tangent(lambda v: dot(v, b), da, keys, kind) if da is not None else None,
+        ]
         parts = [p for p in parts if p is not None]
         tan = parts[0] if len(parts) == 1 else parts[0] + parts[1]
     return _tie(primal, tan), tan

@@ -39,7 +39,8 @@ features, so it gets its exact local gradient, as in Ren et al.'s code.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,10 +49,22 @@ from jax import lax
 
 from fwdgrad import _estimators, _tangents, _transforms
 
-__all__ = ["local_fwd_grad", "local_head_losses", "local_forward_gradient", "head_logits",
-           "chain_blocks", "config_blocks", "network_grads", "net_logits", "net_grads",
-           "NetworkConfig", "block_list", "identity_site", "chain_logits",
-           "mean_losses"]
+__all__ = [
+    "local_fwd_grad",
+    "local_head_losses",
+    "local_forward_gradient",
+    "head_logits",
+    "chain_blocks",
+    "config_blocks",
+    "network_grads",
+    "net_logits",
+    "net_grads",
+    "NetworkConfig",
+    "block_list",
+    "identity_site",
+    "chain_logits",
+    "mean_losses",
+]
 
 Block = Callable[..., tuple[jax.Array, jax.Array]]
 
@@ -75,9 +88,11 @@ def _slope_nonzero(activation, z):
 
 def _check_losses(losses: Any, batch: int) -> jax.Array:
     if not hasattr(losses, "shape") or len(losses.shape) != 3 or losses.shape[0] != batch:
-        raise ValueError("a block must return losses of shape (B, P, G): example, patch, group "
-                         f"(P = G = 1 without patch- or group-wise losses); got "
-                         f"{getattr(losses, 'shape', type(losses).__name__)} for a batch of {batch}")
+        raise ValueError(
+            "a block must return losses of shape (B, P, G): example, patch, group "
+            f"(P = G = 1 without patch- or group-wise losses); got "
+            f"{getattr(losses, 'shape', type(losses).__name__)} for a batch of {batch}"
+        )
     return losses
 
 
@@ -96,6 +111,7 @@ def _discover(block, p, h):
 
 def _directional(block, p, h, u, mask_tangents):
     """Losses ``(B, P, G)``, their K directional derivatives ``(K, B, P, G)``, output, masks."""
+
     def perturbed(eps):
         it, masks = iter(eps), []
 
@@ -128,24 +144,32 @@ def _site_estimate(dl: jax.Array, u: jax.Array, mask, site: _Site) -> jax.Array:
     d = dl if site.per_group else jnp.sum(dl, axis=3, keepdims=True)
     d = d if site.per_patch else jnp.sum(d, axis=2, keepdims=True)
     if d.shape[2] not in (1, positions):
-        raise ValueError(f"a per-patch site of shape {site.shape} has {positions} positions but the "
-                         f"block's losses have {P} patches; give the losses one patch per position, "
-                         "P = 1, or mark the site per_patch=False")
+        raise ValueError(
+            f"a per-patch site of shape {site.shape} has {positions} positions but the "
+            f"block's losses have {P} patches; give the losses one patch per position, "
+            "P = 1, or mark the site per_patch=False"
+        )
     if features % d.shape[3]:
-        raise ValueError(f"a per-group site of shape {site.shape} has {features} features, not "
-                         f"divisible into the losses' {G} groups; mark it per_group=False")
+        raise ValueError(
+            f"a per-group site of shape {site.shape} has {features} features, not "
+            f"divisible into the losses' {G} groups; mark it per_group=False"
+        )
     v = u.astype(jnp.float32)
     if mask is not None:
         v = v * mask.astype(jnp.float32)
     v = v.reshape(K, B, positions, d.shape[3], features // d.shape[3])
-    est = jnp.einsum("kbpg,kbpgf->bpgf", d, v) if d.shape[2] == positions else jnp.einsum(
-        "kbg,kbpgf->bpgf", d[:, :, 0], v)
+    est = (
+        jnp.einsum("kbpg,kbpgf->bpgf", d, v)
+        if d.shape[2] == positions
+        else jnp.einsum("kbg,kbpgf->bpgf", d[:, :, 0], v)
+    )
     # d(mean_b l_b)/dz_b = grad l_b / B: the 1/B of the batch mean, applied here once.
     return (est / jnp.float32(K * B)).reshape(site.shape)
 
 
 def _param_grads(block, p, h, estimates):
     """Each layer's parameters from its own site's estimate; heads by their exact local gradient."""
+
     def surrogate(p):
         it, acc = iter(estimates), []
 
@@ -164,22 +188,31 @@ def _param_grads(block, p, h, estimates):
 def _block_estimate(block, p, h, key, K, tangent, mask_tangents, separate_sites):
     sites = _discover(block, p, h)
     S = len(sites)
-    u = [jax.vmap(lambda k, j=j, s=s: _tangents.sample_leaf(
-        jax.random.fold_in(jax.random.fold_in(key, j), k), s.shape, s.dtype, tangent))(
-            jnp.arange(K, dtype=jnp.uint32)) for j, s in enumerate(sites)]
+    u = [
+        jax.vmap(
+            lambda k, j=j, s=s: _tangents.sample_leaf(
+                jax.random.fold_in(jax.random.fold_in(key, j), k), s.shape, s.dtype, tangent
+            )
+        )(jnp.arange(K, dtype=jnp.uint32))
+        for j, s in enumerate(sites)
+    ]
     # tied to this block's input (an exact no-op for finite h), so that XLA draws them here
     # rather than hoisting every block's draws to the start, all alive at once
     u = [_after(uj, h) for uj in u]
     if separate_sites and S > 1:
         # batch entry (j, k) perturbs site j alone: each site gets its own K derivatives
-        batched = [jnp.zeros((S, *uj.shape), uj.dtype).at[j].set(uj).reshape(S * K, *uj.shape[1:])
-                   for j, uj in enumerate(u)]
+        batched = [
+            jnp.zeros((S, *uj.shape), uj.dtype).at[j].set(uj).reshape(S * K, *uj.shape[1:])
+            for j, uj in enumerate(u)
+        ]
         losses, dl, (out, masks) = _directional(block, p, h, batched, mask_tangents)
         dl = dl.reshape(S, K, *dl.shape[1:])
     else:
         losses, dl, (out, masks) = _directional(block, p, h, u, mask_tangents)
         dl = jnp.broadcast_to(dl, (S, *dl.shape))
-    estimates = [_site_estimate(dl[j], uj, m, s) for j, (uj, m, s) in enumerate(zip(u, masks, sites))]
+    estimates = [
+        _site_estimate(dl[j], uj, m, s) for j, (uj, m, s) in enumerate(zip(u, masks, sites))
+    ]
     grads = _param_grads(block, p, h, estimates)
     grads = jax.tree.map(lambda g, x: g.astype(jnp.result_type(x)), grads, p)
     return jnp.mean(losses), grads, out
@@ -197,8 +230,14 @@ def _after(h: jax.Array, grads: Any) -> jax.Array:
     return h + (total * jnp.zeros((), jnp.float32)).astype(h.dtype)
 
 
-def local_fwd_grad(blocks: Sequence[Block], *, num_tangents: int = 1, tangent: str = "rademacher",
-                   mask_tangents: bool = True, separate_sites: bool = True) -> Callable:
+def local_fwd_grad(
+    blocks: Sequence[Block],
+    *,
+    num_tangents: int = 1,
+    tangent: str = "rademacher",
+    mask_tangents: bool = True,
+    separate_sites: bool = True,
+) -> Callable:
     """Activity-perturbed local-loss forward gradients of a network of blocks (Ren et al., 2023).
 
     The one entry point for every local-loss network here (``LocalMixer``,
@@ -238,8 +277,10 @@ def local_fwd_grad(blocks: Sequence[Block], *, num_tangents: int = 1, tangent: s
     """
     blocks = tuple(blocks)
     if not blocks or not all(callable(b) for b in blocks):
-        raise TypeError("blocks must be a non-empty sequence of callables "
-                        "block(params, h, site) -> (out, losses)")
+        raise TypeError(
+            "blocks must be a non-empty sequence of callables "
+            "block(params, h, site) -> (out, losses)"
+        )
     K = _estimators.check_num_tangents(num_tangents)
     _tangents.check_tangent(tangent)
     for name, flag in (("mask_tangents", mask_tangents), ("separate_sites", separate_sites)):
@@ -249,12 +290,22 @@ def local_fwd_grad(blocks: Sequence[Block], *, num_tangents: int = 1, tangent: s
     def grad_fn(key, params, x):
         key = _estimators.as_key(key)
         if not isinstance(params, (list, tuple)) or len(params) != len(blocks):
-            raise ValueError(f"params must be a list or tuple with one entry per block "
-                             f"({len(blocks)}); got {type(params).__name__}")
+            raise ValueError(
+                f"params must be a list or tuple with one entry per block "
+                f"({len(blocks)}); got {type(params).__name__}"
+            )
         h, losses, grads = x, [], []
         for i, (block, p) in enumerate(zip(blocks, params)):
-            loss, g, h = _block_estimate(block, p, lax.stop_gradient(h), jax.random.fold_in(key, i),
-                                         K, tangent, mask_tangents, separate_sites)
+            loss, g, h = _block_estimate(
+                block,
+                p,
+                lax.stop_gradient(h),
+                jax.random.fold_in(key, i),
+                K,
+                tangent,
+                mask_tangents,
+                separate_sites,
+            )
             h = _after(h, g)
             losses.append(loss)
             grads.append(g)
@@ -263,8 +314,9 @@ def local_fwd_grad(blocks: Sequence[Block], *, num_tangents: int = 1, tangent: s
     return grad_fn
 
 
-def chain_blocks(body: Callable, num_blocks: int, head_losses: Callable, *,
-                 block_loss: bool) -> list:
+def chain_blocks(
+    body: Callable, num_blocks: int, head_losses: Callable, *, block_loss: bool
+) -> list:
     """Blocks for :func:`local_fwd_grad` from a network's block body and head.
 
     ``body(i, p, h, site) -> out`` runs block i; ``head_losses(p, out) ->
@@ -273,10 +325,12 @@ def chain_blocks(body: Callable, num_blocks: int, head_losses: Callable, *,
     every block's), the earlier blocks' sites feeding every patch and group of
     the last head, since the later blocks mix them.
     """
+
     def block(i):
         def run(p, h, site):
             out = body(i, p, h, site)
             return out, head_losses(p, out)
+
         return run
 
     if block_loss:
@@ -285,6 +339,7 @@ def chain_blocks(body: Callable, num_blocks: int, head_losses: Callable, *,
     def whole(ps, h, site):
         def mixed(z, activation=None, **_):
             return site(z, activation, per_patch=False, per_group=False)
+
         for i, p in enumerate(ps):
             h = body(i, p, h, site if i == len(ps) - 1 else mixed)
         return h, head_losses(ps[-1], h)
@@ -298,16 +353,31 @@ def config_blocks(config: Any, labels: jax.Array) -> list:
     ``config`` supplies ``body(i, p, h, site)``, ``num_blocks``, ``num_groups``,
     ``normalize`` and the three loss switches; every head gives :func:`local_head_losses`.
     """
+
     def head_losses(p, out):
-        return local_head_losses(out, p["head"], labels, num_groups=config.num_groups,
-                                 patch_loss=config.patch_loss, group_loss=config.group_loss,
-                                 normalize=config.normalize)
+        return local_head_losses(
+            out,
+            p["head"],
+            labels,
+            num_groups=config.num_groups,
+            patch_loss=config.patch_loss,
+            group_loss=config.group_loss,
+            normalize=config.normalize,
+        )
 
     return chain_blocks(config.body, config.num_blocks, head_losses, block_loss=config.block_loss)
 
 
-def network_grads(key: jax.Array, params: Any, seq: list, x: jax.Array, blocks: list, *,
-                  block_loss: bool, **kwargs) -> tuple[jax.Array, Any]:
+def network_grads(
+    key: jax.Array,
+    params: Any,
+    seq: list,
+    x: jax.Array,
+    blocks: list,
+    *,
+    block_loss: bool,
+    **kwargs,
+) -> tuple[jax.Array, Any]:
     """:func:`local_fwd_grad` of :func:`chain_blocks` with the gradients in ``params``'s layout.
 
     ``params = {"blocks": {i: ...} or [...], ...}``; ``seq`` its blocks in order.
@@ -315,8 +385,11 @@ def network_grads(key: jax.Array, params: Any, seq: list, x: jax.Array, blocks: 
     losses, grads, _ = local_fwd_grad(blocks, **kwargs)(key, seq if block_loss else [seq], x)
     grads = grads if block_loss else grads[0]
     original = params["blocks"]
-    rebuilt = ({k: g for k, g in zip(sorted(original), grads)} if isinstance(original, dict)
-               else type(original)(grads))
+    rebuilt = (
+        {k: g for k, g in zip(sorted(original), grads)}
+        if isinstance(original, dict)
+        else type(original)(grads)
+    )
     return losses, {**params, "blocks": rebuilt}
 
 
@@ -346,9 +419,16 @@ def head_logits(x: jax.Array, head: Any, num_groups: int, normalize: bool = True
     return feats @ head["kernel"].astype(jnp.float32) + head["bias"].astype(jnp.float32)
 
 
-def local_head_losses(x: jax.Array, head: Any, labels: jax.Array, *, num_groups: int = 1,
-                      patch_loss: bool = True, group_loss: bool = True,
-                      normalize: bool = True) -> jax.Array:
+def local_head_losses(
+    x: jax.Array,
+    head: Any,
+    labels: jax.Array,
+    *,
+    num_groups: int = 1,
+    patch_loss: bool = True,
+    group_loss: bool = True,
+    normalize: bool = True,
+) -> jax.Array:
     """Per-example, per-patch, per-group cross-entropy losses of a local head, ``(B, P, G)``.
 
     Entry ``[b, p, g]`` has the value of example b's loss ``CE(head(x_b), y_b)``
@@ -362,16 +442,18 @@ def local_head_losses(x: jax.Array, head: Any, labels: jax.Array, *, num_groups:
     cross entropy of :func:`head_logits` for that).
     """
     labels = jnp.asarray(labels)
-    xn = _head_input(x, num_groups, normalize)                       # (B, T, G, C/G)
+    xn = _head_input(x, num_groups, normalize)  # (B, T, G, C/G)
     const = lax.stop_gradient(xn)
     logits = jnp.mean(const, axis=1).reshape(x.shape[0], -1) @ head["kernel"].astype(
-        jnp.float32) + head["bias"].astype(jnp.float32)
+        jnp.float32
+    ) + head["bias"].astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     err = jax.nn.softmax(logits) - jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
     # the error at the head's input, per group: (B, G, C/G), a constant
     back = lax.stop_gradient(err @ head["kernel"].astype(jnp.float32).T).reshape(
-        x.shape[0], num_groups, -1)
-    live = xn - const                                                # zero, with x's tangent
+        x.shape[0], num_groups, -1
+    )
+    live = xn - const  # zero, with x's tangent
     if not patch_loss:
         live = jnp.mean(live, axis=1, keepdims=True)
     else:
@@ -387,8 +469,10 @@ def block_list(params: Any, num_blocks: int, model: str) -> list:
     try:
         blocks = params["blocks"]
     except (TypeError, KeyError):
-        raise ValueError(f"{model} params must be {{'blocks': {{i: ...}}}} as given by its init "
-                         f"function or nnx.split(fwdgrad.{model}(...), nnx.Param)") from None
+        raise ValueError(
+            f"{model} params must be {{'blocks': {{i: ...}}}} as given by its init "
+            f"function or nnx.split(fwdgrad.{model}(...), nnx.Param)"
+        ) from None
     seq = [blocks[k] for k in sorted(blocks)] if isinstance(blocks, dict) else list(blocks)
     if len(seq) != num_blocks:
         raise ValueError(f"{model} params have {len(seq)} blocks, the config {num_blocks}")
@@ -400,8 +484,9 @@ def identity_site(z, activation=None, **_):
     return activation(z) if activation is not None else z
 
 
-def chain_logits(body: Callable, seq: list, h: jax.Array, *, num_groups: int, normalize: bool,
-                 block_loss: bool) -> list[jax.Array]:
+def chain_logits(
+    body: Callable, seq: list, h: jax.Array, *, num_groups: int, normalize: bool, block_loss: bool
+) -> list[jax.Array]:
     """Every block's head logits, a stop-gradient before every block under ``block_loss``."""
     out = []
     for i, p in enumerate(seq):
@@ -415,23 +500,38 @@ def chain_logits(body: Callable, seq: list, h: jax.Array, *, num_groups: int, no
 def mean_losses(logits: list[jax.Array], labels: jax.Array, block_loss: bool) -> jax.Array:
     """Mean cross entropy of every head, or of the last only without ``block_loss``."""
     logits = logits if block_loss else logits[-1:]
-    return jnp.stack([jnp.mean(optax.softmax_cross_entropy_with_integer_labels(l, labels))
-                      for l in logits])
+    return jnp.stack(
+        [jnp.mean(optax.softmax_cross_entropy_with_integer_labels(l, labels)) for l in logits]
+    )
 
 
 def net_logits(config: Any, params: Any, x: jax.Array) -> list[jax.Array]:
     """Every head's logits of a network config (``config.inputs``, ``config.body``)."""
     seq = block_list(params, config.num_blocks, config.model_name)
-    return chain_logits(config.body, seq, config.inputs(x, seq), num_groups=config.num_groups,
-                        normalize=config.normalize, block_loss=config.block_loss)
+    return chain_logits(
+        config.body,
+        seq,
+        config.inputs(x, seq),
+        num_groups=config.num_groups,
+        normalize=config.normalize,
+        block_loss=config.block_loss,
+    )
 
 
-def net_grads(config: Any, key: jax.Array, params: Any, x: jax.Array, labels: jax.Array,
-              **kwargs) -> tuple[jax.Array, Any]:
+def net_grads(
+    config: Any, key: jax.Array, params: Any, x: jax.Array, labels: jax.Array, **kwargs
+) -> tuple[jax.Array, Any]:
     """:func:`network_grads` of a network config's :func:`config_blocks`."""
     seq = block_list(params, config.num_blocks, config.model_name)
-    return network_grads(key, params, seq, config.inputs(x, seq),
-                         config_blocks(config, labels), block_loss=config.block_loss, **kwargs)
+    return network_grads(
+        key,
+        params,
+        seq,
+        config.inputs(x, seq),
+        config_blocks(config, labels),
+        block_loss=config.block_loss,
+        **kwargs,
+    )
 
 
 class NetworkConfig:
@@ -455,9 +555,15 @@ class NetworkConfig:
         return net_grads(self, key, params, x, labels, **kwargs)
 
 
-def local_forward_gradient(model: Any, *, num_tangents: int = 1, tangent: str = "rademacher",
-                           seed: int = 0, mask_tangents: bool = True,
-                           separate_sites: bool = True) -> optax.GradientTransformationExtraArgs:
+def local_forward_gradient(
+    model: Any,
+    *,
+    num_tangents: int = 1,
+    tangent: str = "rademacher",
+    seed: int = 0,
+    mask_tangents: bool = True,
+    separate_sites: bool = True,
+) -> optax.GradientTransformationExtraArgs:
     """:func:`local_fwd_grad` of a local-loss model as an optax estimator transform.
 
     ``model``: a config with ``local_grads(key, params, x, labels, *, num_tangents,
@@ -467,8 +573,10 @@ def local_forward_gradient(model: Any, *, num_tangents: int = 1, tangent: str = 
     State and non-finite policy as :func:`fwdgrad.forward_gradient`.
     """
     if not callable(getattr(model, "local_grads", None)):
-        raise TypeError(f"model={model!r} has no local_grads method; pass a fwdgrad.MixerConfig "
-                        "or fwdgrad.ConvNetConfig")
+        raise TypeError(
+            f"model={model!r} has no local_grads method; pass a fwdgrad.MixerConfig "
+            "or fwdgrad.ConvNetConfig"
+        )
     K = _estimators.check_num_tangents(num_tangents)
     _tangents.check_tangent(tangent)
     _transforms.check_seed(seed)
@@ -476,12 +584,19 @@ def local_forward_gradient(model: Any, *, num_tangents: int = 1, tangent: str = 
     def update_fn(updates, state, params=None, *, batch=None, **extra_args):
         del updates, extra_args
         if params is None or not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise ValueError("local_forward_gradient needs params and the keyword extra arg "
-                             "batch=(x, labels): tx.update(None, state, params, batch=(x, y))")
-        losses, grads = model.local_grads(_transforms._step_key(state), params, *batch,
-                                          num_tangents=K, tangent=tangent,
-                                          mask_tangents=mask_tangents,
-                                          separate_sites=separate_sites)
+            raise ValueError(
+                "local_forward_gradient needs params and the keyword extra arg "
+                "batch=(x, labels): tx.update(None, state, params, batch=(x, y))"
+            )
+        losses, grads = model.local_grads(
+            _transforms._step_key(state),
+            params,
+            *batch,
+            num_tangents=K,
+            tangent=tangent,
+            mask_tangents=mask_tangents,
+            separate_sites=separate_sites,
+        )
         return _transforms._advance(state, grads, losses)
 
     return optax.GradientTransformationExtraArgs(_transforms._init_state(seed), update_fn)

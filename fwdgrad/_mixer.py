@@ -36,8 +36,15 @@ from jax import lax
 
 from fwdgrad import _local
 
-__all__ = ["MixerConfig", "mixer_init", "mixer_apply", "mixer_local_logits", "mixer_local_losses",
-           "mixer_blocks", "mixer_grads"]
+__all__ = [
+    "MixerConfig",
+    "mixer_init",
+    "mixer_apply",
+    "mixer_local_logits",
+    "mixer_local_losses",
+    "mixer_blocks",
+    "mixer_grads",
+]
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -48,17 +55,22 @@ def _positive_int(name: str, value: Any) -> int:
 
 def _check_image_shape(image_shape: Any) -> tuple[int, int, int]:
     shape = tuple(image_shape) if isinstance(image_shape, (tuple, list)) else ()
-    if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
-        raise ValueError(f"image_shape={image_shape!r} must be (height, width, channels), e.g. "
-                         "(28, 28, 1)")
+    if len(shape) != 3 or any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape
+    ):
+        raise ValueError(
+            f"image_shape={image_shape!r} must be (height, width, channels), e.g. (28, 28, 1)"
+        )
     return shape
 
 
 def _check_groups(num_groups: int, **widths: int) -> None:
     for name, width in widths.items():
         if width % num_groups:
-            raise ValueError(f"num_groups={num_groups} does not divide {name}={width}; channel "
-                             f"groups are equal contiguous slices, so use a divisor of {width}")
+            raise ValueError(
+                f"num_groups={num_groups} does not divide {name}={width}; channel "
+                f"groups are equal contiguous slices, so use a divisor of {width}"
+            )
 
 
 def _check_flags(obj: Any, *names: str) -> None:
@@ -73,8 +85,10 @@ def _dense_init(key, fan_in, shape):
 
 
 def _layer(key, fan_in, kernel_shape, bias_shape, dtype):
-    return {"kernel": _dense_init(key, fan_in, kernel_shape).astype(dtype),
-            "bias": jnp.zeros(bias_shape, dtype)}
+    return {
+        "kernel": _dense_init(key, fan_in, kernel_shape).astype(dtype),
+        "bias": jnp.zeros(bias_shape, dtype),
+    }
 
 
 def mixer_init(key: jax.Array, config: MixerConfig, dtype: Any = jnp.float32) -> dict:
@@ -85,10 +99,13 @@ def mixer_init(key: jax.Array, config: MixerConfig, dtype: Any = jnp.float32) ->
     for i in range(c.num_blocks):
         kt, kc, kg, kh = jax.random.split(jax.random.fold_in(key, i), 4)
         fan_in = c.patch_features if i == 0 else c.channels
-        b = {"channel": _layer(kc, fan_in, (fan_in, c.hidden), (c.hidden,), dtype),
-             "group": _layer(kg, c.hidden // G, (G, c.hidden // G, c.channels // G),
-                             (c.channels,), dtype),
-             "head": _layer(kh, c.channels, (c.channels, c.num_classes), (c.num_classes,), dtype)}
+        b = {
+            "channel": _layer(kc, fan_in, (fan_in, c.hidden), (c.hidden,), dtype),
+            "group": _layer(
+                kg, c.hidden // G, (G, c.hidden // G, c.channels // G), (c.channels,), dtype
+            ),
+            "head": _layer(kh, c.channels, (c.channels, c.num_classes), (c.num_classes,), dtype),
+        }
         if i > 0:
             b = {"token": _layer(kt, P, (P, P), (P,), dtype), **b}
         blocks[i] = b
@@ -99,8 +116,9 @@ def _patches(config: MixerConfig, x: jax.Array) -> jax.Array:
     """``(B, ...)`` images -> ``(B, P, patch_size**2 * channels)`` patch vectors."""
     height, width, chans = config.image_shape
     if math.prod(x.shape[1:]) != height * width * chans:
-        raise ValueError(f"LocalMixer expects images of {config.image_shape}, got input of shape "
-                         f"{x.shape}")
+        raise ValueError(
+            f"LocalMixer expects images of {config.image_shape}, got input of shape {x.shape}"
+        )
     s = config.patch_size
     x = x.reshape(x.shape[0], height // s, s, width // s, s, chans)
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(x.shape[0], config.num_patches, -1)
@@ -192,8 +210,10 @@ class MixerConfig(_local.NetworkConfig):
             object.__setattr__(self, "hidden", self.channels)
         _positive_int("hidden", self.hidden)
         if height % self.patch_size or width % self.patch_size:
-            raise ValueError(f"patch_size={self.patch_size} does not divide the {height}x{width} "
-                             "image; use a common divisor of height and width (28: 1, 2, 4, 7, 14, 28)")
+            raise ValueError(
+                f"patch_size={self.patch_size} does not divide the {height}x{width} "
+                "image; use a common divisor of height and width (28: 1, 2, 4, 7, 14, 28)"
+            )
         _check_groups(self.num_groups, channels=self.channels, hidden=self.hidden)
         _check_flags(self, "normalize", "block_loss", "patch_loss", "group_loss")
 
@@ -228,8 +248,9 @@ def mixer_apply(params: Any, x: jax.Array, config: MixerConfig) -> jax.Array:
     return mixer_local_logits(params, x, config)[-1]
 
 
-def mixer_local_losses(params: Any, x: jax.Array, labels: jax.Array,
-                       config: MixerConfig) -> jax.Array:
+def mixer_local_losses(
+    params: Any, x: jax.Array, labels: jax.Array, config: MixerConfig
+) -> jax.Array:
     """Mean cross entropy of every head ``(num_blocks,)``; their sum is the local objective.
 
     With ``block_loss`` each block's loss sees only its own block (stop-gradient
@@ -249,14 +270,31 @@ def mixer_blocks(config, labels: jax.Array) -> list:
     return _local.config_blocks(_check_config(config), labels)
 
 
-def mixer_grads(key: jax.Array, params: Any, x: jax.Array, labels: jax.Array,
-                config: MixerConfig, *, num_tangents: int = 1, tangent: str = "rademacher",
-                mask_tangents: bool = True, separate_sites: bool = True) -> tuple[jax.Array, Any]:
+def mixer_grads(
+    key: jax.Array,
+    params: Any,
+    x: jax.Array,
+    labels: jax.Array,
+    config: MixerConfig,
+    *,
+    num_tangents: int = 1,
+    tangent: str = "rademacher",
+    mask_tangents: bool = True,
+    separate_sites: bool = True,
+) -> tuple[jax.Array, Any]:
     """Local losses and activity-perturbed gradient estimates of a LocalMixer (LG-FG-A / FG-A).
 
     :func:`fwdgrad.local_fwd_grad` over :func:`mixer_blocks`. Returns the
     float32 local losses and estimates with ``params``'s structure and dtypes.
     """
-    return _local.net_grads(_check_config(config), key, params, x, labels,
-                            num_tangents=num_tangents, tangent=tangent,
-                            mask_tangents=mask_tangents, separate_sites=separate_sites)
+    return _local.net_grads(
+        _check_config(config),
+        key,
+        params,
+        x,
+        labels,
+        num_tangents=num_tangents,
+        tangent=tangent,
+        mask_tangents=mask_tangents,
+        separate_sites=separate_sites,
+    )

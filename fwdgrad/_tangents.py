@@ -25,8 +25,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["TANGENTS", "check_tangent", "rademacher_bits", "signs_from_bits", "sample_leaf",
-           "sample_tangents", "gram_leaf"]
+__all__ = [
+    "TANGENTS",
+    "check_tangent",
+    "rademacher_bits",
+    "signs_from_bits",
+    "sample_leaf",
+    "sample_tangents",
+    "gram_leaf",
+]
 
 TANGENTS = ("rademacher", "gaussian")
 
@@ -36,8 +43,9 @@ _WORD_BITS = 32
 def check_tangent(tangent: Any) -> str:
     """Validate a tangent distribution name (raises ``ValueError`` naming the valid ones)."""
     if not isinstance(tangent, str) or tangent not in TANGENTS:
-        raise ValueError(f"tangent={tangent!r} is not a known tangent distribution; "
-                         f"use one of {TANGENTS}")
+        raise ValueError(
+            f"tangent={tangent!r} is not a known tangent distribution; use one of {TANGENTS}"
+        )
     return tangent
 
 
@@ -83,7 +91,9 @@ def sample_leaf(key: jax.Array, shape: tuple[int, ...], dtype: Any, tangent: str
         return signs_from_bits(rademacher_bits(key, math.prod(shape)), tuple(shape), dtype)
     if tangent == "gaussian":
         return jax.random.normal(key, tuple(shape), dtype)
-    raise ValueError(f"tangent={tangent!r} is not a known tangent distribution; use one of {TANGENTS}")
+    raise ValueError(
+        f"tangent={tangent!r} is not a known tangent distribution; use one of {TANGENTS}"
+    )
 
 
 def leaf_key(key: jax.Array, index: int) -> jax.Array:
@@ -99,8 +109,10 @@ def sample_tangents(key: jax.Array, tree: Any, tangent: str = "rademacher") -> A
     """
     check_tangent(tangent)
     leaves, treedef = jax.tree.flatten(tree)
-    out = [sample_leaf(leaf_key(key, i), jnp.shape(x), jnp.result_type(x), tangent)
-           for i, x in enumerate(leaves)]
+    out = [
+        sample_leaf(leaf_key(key, i), jnp.shape(x), jnp.result_type(x), tangent)
+        for i, x in enumerate(leaves)
+    ]
     return jax.tree.unflatten(treedef, out)
 
 
@@ -113,8 +125,8 @@ def gram_leaf(keys: jax.Array, shape: tuple[int, ...], dtype: Any, tangent: str)
     """
     size = math.prod(shape)
     if tangent == "rademacher":
-        words = jax.vmap(lambda k: rademacher_bits(k, size))(keys)             # (K, W)
-        diff = lax.population_count(words[:, None, :] ^ words[None, :, :])     # (K, K, W)
+        words = jax.vmap(lambda k: rademacher_bits(k, size))(keys)  # (K, W)
+        diff = lax.population_count(words[:, None, :] ^ words[None, :, :])  # (K, K, W)
         ndiff = jnp.sum(diff.astype(jnp.int32), axis=-1)
         return (jnp.int32(size) - 2 * ndiff).astype(jnp.float32)
     v = jax.vmap(lambda k: sample_leaf(k, shape, dtype, tangent))(keys)

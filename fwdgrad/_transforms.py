@@ -11,7 +11,8 @@ randomness in its state, so a user never threads keys (../shared/DESIGN.md,
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +45,12 @@ class ForwardGradientState(NamedTuple):
 def _init_state(seed: int) -> Callable[[Any], ForwardGradientState]:
     def init_fn(params):
         del params
-        return ForwardGradientState(count=jnp.zeros((), jnp.int32), key=jax.random.key(seed),
-                                    nonfinite=jnp.zeros((), jnp.int32))
+        return ForwardGradientState(
+            count=jnp.zeros((), jnp.int32),
+            key=jax.random.key(seed),
+            nonfinite=jnp.zeros((), jnp.int32),
+        )
+
     return init_fn
 
 
@@ -53,8 +58,9 @@ def _step_key(state: ForwardGradientState) -> jax.Array:
     return jax.random.fold_in(state.key, state.count)
 
 
-def _advance(state: ForwardGradientState, estimate: Any,
-             value: Any = None) -> tuple[Any, ForwardGradientState]:
+def _advance(
+    state: ForwardGradientState, estimate: Any, value: Any = None
+) -> tuple[Any, ForwardGradientState]:
     """The estimate and the next state, or zeros and the same state if anything is non-finite.
 
     The non-finite policy shared by the forward-gradient transforms: a NaN/inf
@@ -67,15 +73,26 @@ def _advance(state: ForwardGradientState, estimate: Any,
     nonfinite = jnp.asarray(state.nonfinite, jnp.int32)
     return refuse_nonfinite(
         _all_finite(estimate, value),
-        lambda: (estimate, ForwardGradientState(count=optax.safe_increment(state.count),
-                                                key=state.key, nonfinite=nonfinite)),
-        state._replace(nonfinite=nonfinite), estimate)
+        lambda: (
+            estimate,
+            ForwardGradientState(
+                count=optax.safe_increment(state.count), key=state.key, nonfinite=nonfinite
+            ),
+        ),
+        state._replace(nonfinite=nonfinite),
+        estimate,
+    )
 
 
-def forward_gradient(*, num_tangents: int = 1, tangent: str = "rademacher",
-                     aggregate: str = "mean", seed: int = 0,
-                     chunk_size: int | None = None,
-                     strategy: str = "auto") -> optax.GradientTransformationExtraArgs:
+def forward_gradient(
+    *,
+    num_tangents: int = 1,
+    tangent: str = "rademacher",
+    aggregate: str = "mean",
+    seed: int = 0,
+    chunk_size: int | None = None,
+    strategy: str = "auto",
+) -> optax.GradientTransformationExtraArgs:
     """Forward-gradient estimator as an optax transform (Baydin et al., 2022, eq. 4).
 
     ``update(updates, state, params, *, loss_fn, **extra)`` ignores ``updates``
@@ -118,14 +135,22 @@ def forward_gradient(*, num_tangents: int = 1, tangent: str = "rademacher",
     def update_fn(updates, state, params=None, *, loss_fn=None, **extra_args):
         del updates, extra_args
         if params is None:
-            raise ValueError("forward_gradient needs params: call tx.update(updates, state, params, "
-                             "loss_fn=...)")
+            raise ValueError(
+                "forward_gradient needs params: call tx.update(updates, state, params, loss_fn=...)"
+            )
         if loss_fn is None or not callable(loss_fn):
-            raise ValueError("forward_gradient needs the keyword extra arg loss_fn=lambda params: "
-                             "scalar loss; got " + repr(loss_fn))
-        grad_fn = _estimators.value_and_fwd_grad(loss_fn, num_tangents=K, tangent=tangent,
-                                                 aggregate=aggregate, chunk_size=chunk_size,
-                                                 strategy=strategy)
+            raise ValueError(
+                "forward_gradient needs the keyword extra arg loss_fn=lambda params: "
+                "scalar loss; got " + repr(loss_fn)
+            )
+        grad_fn = _estimators.value_and_fwd_grad(
+            loss_fn,
+            num_tangents=K,
+            tangent=tangent,
+            aggregate=aggregate,
+            chunk_size=chunk_size,
+            strategy=strategy,
+        )
         value, estimate = grad_fn(_step_key(state), params)
         return _advance(state, estimate, value)
 

@@ -11,7 +11,8 @@ Losses" (ICLR 2023).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,21 +37,36 @@ class LocalMLP(nnx.Module):
     parameter dict they expect.
     """
 
-    def __init__(self, widths: Sequence[int], *, activation: str | Callable = "relu",
-                 rngs: nnx.Rngs, param_dtype: Any = jnp.float32, normalize: bool = True):
+    def __init__(
+        self,
+        widths: Sequence[int],
+        *,
+        activation: str | Callable = "relu",
+        rngs: nnx.Rngs,
+        param_dtype: Any = jnp.float32,
+        normalize: bool = True,
+    ):
         widths = tuple(widths)
-        if len(widths) < 3 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
-                                  for w in widths):
-            raise ValueError(f"widths={widths!r}: need at least three positive ints "
-                             "(inputs, hidden..., classes), e.g. (784, 1024, 1024, 10)")
+        if len(widths) < 3 or any(
+            isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths
+        ):
+            raise ValueError(
+                f"widths={widths!r}: need at least three positive ints "
+                "(inputs, hidden..., classes), e.g. (784, 1024, 1024, 10)"
+            )
         self.widths = widths
         self.normalize = bool(normalize)
         self.activation_fn = _activation(activation)
         hidden, classes = widths[1:-1], widths[-1]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype)
-                                for a, b in zip(widths[:-2], hidden)])
-        self.heads = nnx.List([nnx.Linear(h, classes, rngs=rngs, param_dtype=param_dtype)
-                               for h in hidden])
+        self.layers = nnx.List(
+            [
+                nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype)
+                for a, b in zip(widths[:-2], hidden)
+            ]
+        )
+        self.heads = nnx.List(
+            [nnx.Linear(h, classes, rngs=rngs, param_dtype=param_dtype) for h in hidden]
+        )
 
     def local_logits(self, x: jax.Array) -> list[jax.Array]:
         """Every block's head logits, each block reading a stop-gradient input."""
@@ -65,8 +81,10 @@ class LocalMLP(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x.reshape(x.shape[0], -1)
         if h.shape[-1] != self.widths[0]:
-            raise ValueError(f"LocalMLP expects {self.widths[0]} input features per example, got "
-                             f"input of shape {x.shape}")
+            raise ValueError(
+                f"LocalMLP expects {self.widths[0]} input features per example, got "
+                f"input of shape {x.shape}"
+            )
         for i, layer in enumerate(self.layers):
             h = self.activation_fn(layer(_block_input(h, i, self.normalize)))
         return self.heads[-1](h)
@@ -121,7 +139,9 @@ class LocalMixer(_LocalNet):
     _init = staticmethod(_mixer.mixer_init)
     _logits = staticmethod(_mixer.mixer_local_logits)
 
-    def __init__(self, config: _mixer.MixerConfig, *, rngs: nnx.Rngs, param_dtype: Any = jnp.float32):
+    def __init__(
+        self, config: _mixer.MixerConfig, *, rngs: nnx.Rngs, param_dtype: Any = jnp.float32
+    ):
         super().__init__(_mixer._check_config(config), rngs=rngs, param_dtype=param_dtype)
 
 
@@ -135,6 +155,7 @@ class LocalConvNet(_LocalNet):
     _init = staticmethod(_convnet.convnet_init)
     _logits = staticmethod(_convnet.convnet_local_logits)
 
-    def __init__(self, config: _convnet.ConvNetConfig, *, rngs: nnx.Rngs,
-                 param_dtype: Any = jnp.float32):
+    def __init__(
+        self, config: _convnet.ConvNetConfig, *, rngs: nnx.Rngs, param_dtype: Any = jnp.float32
+    ):
         super().__init__(_convnet._check_config(config), rngs=rngs, param_dtype=param_dtype)

@@ -8,31 +8,86 @@ Formats are data (:class:`Format` and presets), quantizers are pure functions
 :func:`quantize_updates` is an optax transform.
 """
 
-from lowbit import nnx
+from lowbit import nnx, recipes
+from lowbit._blocks import (
+    E8M0,
+    MXFP4,
+    NVFP4,
+    BlockPacked,
+    ExponentFormat,
+    ScaledFormat,
+    decode_blocks,
+    encode_blocks,
+    quantize_blocks,
+)
 from lowbit._distributed import compressed_bytes, compressed_pmean
-from lowbit._blocks import (E8M0, MXFP4, NVFP4, BlockPacked, ExponentFormat, ScaledFormat,
-                            decode_blocks, encode_blocks, quantize_blocks)
-from lowbit._gemm import GemmConfig
 from lowbit._dot import QuantConfig, conv_general_dilated, dot_general, quantize_gradient
-from lowbit._formats import (E2M1, E4M3, E5M2, FLOAT32, INT4, INT8, RADIX4_FP4, UINT4, Format,
-                             float_format, int_format, log_format)
+from lowbit._formats import (
+    E2M1,
+    E4M3,
+    E5M2,
+    FLOAT32,
+    INT4,
+    INT8,
+    RADIX4_FP4,
+    UINT4,
+    Format,
+    float_format,
+    int_format,
+    log_format,
+)
+from lowbit._gemm import GemmConfig
 from lowbit._packing import Packed, decode, encode
 from lowbit._rounding import quantize
+from lowbit._rules import Recipe, Rule, RulesReport, apply_rules, describe, plan_rules
 from lowbit._scaling import amax_history_update, compute_scale, pact_clip, sawb_scale
 from lowbit._transforms import QuantizeUpdatesState, quantize_updates
-from lowbit._rules import Recipe, Rule, RulesReport, apply_rules, describe, plan_rules
-from lowbit import recipes  # noqa: E402  (after the names it is built from)
 
 __all__ = [
-    "Format", "int_format", "float_format", "log_format",
-    "RADIX4_FP4", "INT4", "UINT4", "INT8", "E2M1", "E4M3", "E5M2", "FLOAT32",
-    "quantize", "encode", "decode", "Packed",
-    "compute_scale", "amax_history_update", "sawb_scale", "pact_clip",
-    "QuantConfig", "dot_general", "conv_general_dilated", "quantize_gradient",
-    "quantize_updates", "QuantizeUpdatesState",
-    "compressed_pmean", "compressed_bytes",
+    "Format",
+    "int_format",
+    "float_format",
+    "log_format",
+    "RADIX4_FP4",
+    "INT4",
+    "UINT4",
+    "INT8",
+    "E2M1",
+    "E4M3",
+    "E5M2",
+    "FLOAT32",
+    "quantize",
+    "encode",
+    "decode",
+    "Packed",
+    "compute_scale",
+    "amax_history_update",
+    "sawb_scale",
+    "pact_clip",
+    "QuantConfig",
+    "dot_general",
+    "conv_general_dilated",
+    "quantize_gradient",
+    "quantize_updates",
+    "QuantizeUpdatesState",
+    "compressed_pmean",
+    "compressed_bytes",
     "nnx",
-    "ScaledFormat", "ExponentFormat", "E8M0", "MXFP4", "NVFP4", "BlockPacked",
-    "quantize_blocks", "encode_blocks", "decode_blocks", "GemmConfig",
-    "Rule", "Recipe", "RulesReport", "apply_rules", "plan_rules", "describe", "recipes",
+    "ScaledFormat",
+    "ExponentFormat",
+    "E8M0",
+    "MXFP4",
+    "NVFP4",
+    "BlockPacked",
+    "quantize_blocks",
+    "encode_blocks",
+    "decode_blocks",
+    "GemmConfig",
+    "Rule",
+    "Recipe",
+    "RulesReport",
+    "apply_rules",
+    "plan_rules",
+    "describe",
+    "recipes",
 ]

@@ -28,6 +28,7 @@ _F32_MAX = float(np.finfo(np.float32).max)
 # Layout: (outer, channel, contraction) -> 5-D blocks
 # ---------------------------------------------------------------------------
 
+
 def _norm_axes(axes, ndim: int, name: str) -> tuple[int, ...]:
     axes = (axes,) if isinstance(axes, int) else tuple(axes)
     out = []
@@ -52,12 +53,12 @@ class _Layout:
     """
 
     shape: tuple
-    perm: tuple | None   # None: in place
+    perm: tuple | None  # None: in place
     P: int
     R: int
     K: int
     T: int
-    dims: tuple          # (P, Rb, br, Kb, bk, T)
+    dims: tuple  # (P, Rb, br, Kb, bk, T)
     tensor: bool
 
     @property
@@ -82,10 +83,9 @@ def _layout(shape, fmt: ScaledFormat, axis, channel_axis) -> _Layout:
         if set(c_axes) & set(k_axes):
             raise ValueError(f"channel_axis={channel_axis!r} overlaps axis={axis!r}")
         o_axes = tuple(a for a in rest if a not in c_axes)
-    size = lambda axs: int(np.prod([shape[a] for a in axs], dtype=np.int64))  # noqa: E731
+    size = lambda axs: int(np.prod([shape[a] for a in axs], dtype=np.int64))
     K = size(k_axes)
-    in_place = (not tiles and k_axes
-                and k_axes == tuple(range(k_axes[0], k_axes[0] + len(k_axes))))
+    in_place = not tiles and k_axes and k_axes == tuple(range(k_axes[0], k_axes[0] + len(k_axes)))
     if in_place:
         perm, P, R, T = None, 1, size(range(k_axes[0])), size(range(k_axes[-1] + 1, ndim))
     else:
@@ -99,13 +99,14 @@ def _layout(shape, fmt: ScaledFormat, axis, channel_axis) -> _Layout:
         if fmt.partial_blocks == "error" and (K % n or R % b):
             raise ValueError(
                 f"{fmt.name}: block {fmt.block_size} does not divide the blocked axes (contraction "
-                f"length {K}, channel length {R}); pad the array or use partial_blocks='pad'")
+                f"length {K}, channel length {R}); pad the array or use partial_blocks='pad'"
+            )
         dims = (P, -(-R // b), b, -(-K // n), n, T) if b > 1 else (P, R, 1, -(-K // n), n, T)
     return _Layout(tuple(shape), perm, P, R, K, T, dims, fmt.granularity == "tensor")
 
 
 def _to_blocks(x, lay: _Layout):
-    p, rb, br, kb, bk, t = lay.dims
+    _p, rb, br, kb, bk, _t = lay.dims
     if lay.perm is None:
         x3 = jnp.pad(x.reshape(lay.R, lay.K, lay.T), ((0, 0), (0, kb * bk - lay.K), (0, 0)))
     else:
@@ -115,10 +116,10 @@ def _to_blocks(x, lay: _Layout):
 
 
 def _from_blocks(xb, lay: _Layout):
-    p, rb, br, kb, bk, t = lay.dims
+    p, rb, br, kb, bk, _t = lay.dims
     if lay.perm is None:
-        return xb.reshape(lay.R, kb * bk, lay.T)[:, :lay.K, :].reshape(lay.shape)
-    x3 = xb.reshape(p, rb * br, kb * bk)[:, :lay.R, :lay.K]
+        return xb.reshape(lay.R, kb * bk, lay.T)[:, : lay.K, :].reshape(lay.shape)
+    x3 = xb.reshape(p, rb * br, kb * bk)[:, : lay.R, : lay.K]
     x = x3.reshape([lay.shape[a] for a in lay.perm])
     return jnp.transpose(x, np.argsort(lay.perm))
 
@@ -126,6 +127,7 @@ def _from_blocks(xb, lay: _Layout):
 # ---------------------------------------------------------------------------
 # Scales
 # ---------------------------------------------------------------------------
+
 
 def _ldexp(v, e):
     """``v * 2^e`` for int32 ``e`` in [-254, 252], exact unless the result leaves float32's normals."""
@@ -192,8 +194,9 @@ def _quantize_core(xb, key, *, fmt: ScaledFormat, rounding: str, red: tuple):
     else:
         if fmt.tensor_scale:
             t_enc = _tensor_encode(_finite_amax(amax), fmt)
-            b = _round_scale(jnp.minimum(_div(amax, el.max_value) * t_enc,
-                                         jnp.float32(_F32_MAX)), sf)
+            b = _round_scale(
+                jnp.minimum(_div(amax, el.max_value) * t_enc, jnp.float32(_F32_MAX)), sf
+            )
             enc = jnp.minimum(1.0 / (b * (1.0 / t_enc)), jnp.float32(_F32_MAX))
             y = xf * enc
         else:
@@ -219,8 +222,10 @@ def _dequantize_core(q, rep, t_dec, bad, fmt: ScaledFormat):
 
 def _check_scaled(fmt) -> ScaledFormat:
     if not isinstance(fmt, ScaledFormat):
-        raise TypeError(f"fmt={fmt!r}: expected a lowbit.ScaledFormat such as lowbit.MXFP4 or "
-                        "lowbit.NVFP4 (per-tensor formats go through lowbit.quantize)")
+        raise TypeError(
+            f"fmt={fmt!r}: expected a lowbit.ScaledFormat such as lowbit.MXFP4 or "
+            "lowbit.NVFP4 (per-tensor formats go through lowbit.quantize)"
+        )
     return fmt
 
 

@@ -46,18 +46,41 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowbit._block_scales import (_check_scaled, _check_x, _dequantize_core, _from_blocks,
-                                  _layout, _quantize_core, _to_blocks)
+from lowbit._block_scales import (
+    _check_scaled,
+    _check_x,
+    _dequantize_core,
+    _from_blocks,
+    _layout,
+    _quantize_core,
+    _to_blocks,
+)
 from lowbit._formats import Format, _code_table
-from lowbit._scaled_formats import (E8M0, GRANULARITIES, MXFP4, NVFP4, ExponentFormat,
-                                    ScaledFormat)
+from lowbit._scaled_formats import E8M0, GRANULARITIES, MXFP4, NVFP4, ExponentFormat, ScaledFormat
 
-__all__ = ["ExponentFormat", "E8M0", "ScaledFormat", "MXFP4", "NVFP4", "BlockPacked",
-           "quantize_blocks", "encode_blocks", "decode_blocks", "GRANULARITIES"]
+__all__ = [
+    "ExponentFormat",
+    "E8M0",
+    "ScaledFormat",
+    "MXFP4",
+    "NVFP4",
+    "BlockPacked",
+    "quantize_blocks",
+    "encode_blocks",
+    "decode_blocks",
+    "GRANULARITIES",
+]
 
 
-def quantize_blocks(x: jax.Array, fmt: ScaledFormat, *, axis=-1, channel_axis=None,
-                    rounding: str = "nearest", key: jax.Array | None = None) -> jax.Array:
+def quantize_blocks(
+    x: jax.Array,
+    fmt: ScaledFormat,
+    *,
+    axis=-1,
+    channel_axis=None,
+    rounding: str = "nearest",
+    key: jax.Array | None = None,
+) -> jax.Array:
     """Values of ``x`` on a block-scaled grid (fake quantization), in ``x``'s dtype.
 
     Equal to ``decode_blocks(encode_blocks(x, fmt, axis=...))`` for nearest
@@ -85,13 +108,15 @@ def quantize_blocks(x: jax.Array, fmt: ScaledFormat, *, axis=-1, channel_axis=No
     if x.size == 0:
         return x
     lay = _layout(x.shape, fmt, axis, channel_axis)
-    q, rep, t, bad = _quantize_core(_to_blocks(x, lay), key, fmt=fmt, rounding=rounding,
-                                   red=lay.reduce_axes)
+    q, rep, t, bad = _quantize_core(
+        _to_blocks(x, lay), key, fmt=fmt, rounding=rounding, red=lay.reduce_axes
+    )
     return _from_blocks(_dequantize_core(q, rep, t, bad, fmt), lay).astype(x.dtype)
 
 
-def quantize_blocks_split(x, fmt: ScaledFormat, *, axis=-1, channel_axis=None,
-                          rounding: str = "nearest", key=None):
+def quantize_blocks_split(
+    x, fmt: ScaledFormat, *, axis=-1, channel_axis=None, rounding: str = "nearest", key=None
+):
     """``(v, t)`` with ``quantize_blocks(...) == v * t``: ``t`` the float32 tensor decode scale.
 
     For two-level formats ``v = q * b`` is exact in float32 *and* bfloat16 (E2M1 times
@@ -100,11 +125,13 @@ def quantize_blocks_split(x, fmt: ScaledFormat, *, axis=-1, channel_axis=None,
     """
     x = _check_x(x)
     if not fmt.tensor_scale:
-        return quantize_blocks(x, fmt, axis=axis, channel_axis=channel_axis, rounding=rounding,
-                               key=key), jnp.float32(1.0)
+        return quantize_blocks(
+            x, fmt, axis=axis, channel_axis=channel_axis, rounding=rounding, key=key
+        ), jnp.float32(1.0)
     lay = _layout(x.shape, fmt, axis, channel_axis)
-    q, rep, t, bad = _quantize_core(_to_blocks(x, lay), key, fmt=fmt, rounding=rounding,
-                                   red=lay.reduce_axes)
+    q, rep, t, bad = _quantize_core(
+        _to_blocks(x, lay), key, fmt=fmt, rounding=rounding, red=lay.reduce_axes
+    )
     v = jnp.where(bad, jnp.float32(jnp.nan), q * rep)
     return _from_blocks(v, lay).astype(x.dtype), t
 
@@ -113,7 +140,8 @@ def quantize_blocks_split(x, fmt: ScaledFormat, *, axis=-1, channel_axis=None,
 # Codes
 # ---------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _magnitudes(fmt: Format) -> np.ndarray:
     """Finite non-negative values of a float format, in code order (ascending)."""
     half = _code_table(fmt)[: 2 ** (fmt.bits - 1)]
@@ -124,7 +152,7 @@ def _magnitudes(fmt: Format) -> np.ndarray:
 def _value_codes(v, fmt: Format):
     """uint8 codes of values already on ``fmt``'s grid (zero of either sign -> code 0)."""
     if fmt.kind == "int":
-        return v.astype(jnp.int32).astype(jnp.uint8) & jnp.uint8(2 ** fmt.bits - 1)
+        return v.astype(jnp.int32).astype(jnp.uint8) & jnp.uint8(2**fmt.bits - 1)
     mags = jnp.asarray(_magnitudes(fmt))
     mag = jnp.searchsorted(mags, jnp.abs(v)).astype(jnp.uint8)
     sign = jnp.where((v < 0) & (mag > 0), jnp.uint8(1 << (fmt.bits - 1)), jnp.uint8(0))
@@ -169,8 +197,11 @@ class BlockPacked:
     @property
     def nbytes(self) -> int:
         """Bytes of storage: codes, scales and the tensor scale."""
-        return int(self.codes.size * self.codes.dtype.itemsize
-                   + self.scales.size * self.scales.dtype.itemsize + 4)
+        return int(
+            self.codes.size * self.codes.dtype.itemsize
+            + self.scales.size * self.scales.dtype.itemsize
+            + 4
+        )
 
 
 def encode_blocks(x: jax.Array, fmt: ScaledFormat, *, axis=-1, channel_axis=None) -> BlockPacked:
@@ -183,10 +214,16 @@ def encode_blocks(x: jax.Array, fmt: ScaledFormat, *, axis=-1, channel_axis=None
     _check_scaled(fmt)
     x = _check_x(x)
     lay = _layout(x.shape, fmt, axis, channel_axis)
-    q, rep, t, bad = _quantize_core(_to_blocks(x, lay), None, fmt=fmt, rounding="nearest",
-                                   red=lay.reduce_axes)
-    return BlockPacked(*_pack(q, rep, t, bad, fmt=fmt), shape=tuple(x.shape), fmt=fmt,
-                       axis=axis, channel_axis=channel_axis)
+    q, rep, t, bad = _quantize_core(
+        _to_blocks(x, lay), None, fmt=fmt, rounding="nearest", red=lay.reduce_axes
+    )
+    return BlockPacked(
+        *_pack(q, rep, t, bad, fmt=fmt),
+        shape=tuple(x.shape),
+        fmt=fmt,
+        axis=axis,
+        channel_axis=channel_axis,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("fmt",))
@@ -213,11 +250,19 @@ def _pack(q, rep, t_dec, bad, *, fmt):
 def decode_blocks(packed: BlockPacked, dtype: Any = jnp.float32) -> jax.Array:
     """``value(code) * scale`` for every element, in the original shape and ``dtype``."""
     if not isinstance(packed, BlockPacked):
-        raise TypeError(f"decode_blocks expects a lowbit.BlockPacked from lowbit.encode_blocks, "
-                        f"got {type(packed).__name__}")
+        raise TypeError(
+            f"decode_blocks expects a lowbit.BlockPacked from lowbit.encode_blocks, "
+            f"got {type(packed).__name__}"
+        )
     lay = _layout(packed.shape, packed.fmt, packed.axis, packed.channel_axis)
-    return _unpack(packed.codes, packed.scales, packed.tensor_scale, lay=lay, fmt=packed.fmt,
-                   dtype=jnp.dtype(dtype))
+    return _unpack(
+        packed.codes,
+        packed.scales,
+        packed.tensor_scale,
+        lay=lay,
+        fmt=packed.fmt,
+        dtype=jnp.dtype(dtype),
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("lay", "fmt", "dtype"))

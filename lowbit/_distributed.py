@@ -52,8 +52,10 @@ __all__ = ["compressed_pmean", "compressed_bytes"]
 def _check_fmt4(fmt: Any) -> Format:
     _check_format(fmt)
     if fmt.is_float32 or fmt.bits > 4:
-        raise ValueError(f"compressed_pmean: fmt={fmt.name} has {fmt.bits} bits; use a 4-bit "
-                         "format (RADIX4_FP4, E2M1, INT4) so two codes share a byte")
+        raise ValueError(
+            f"compressed_pmean: fmt={fmt.name} has {fmt.bits} bits; use a 4-bit "
+            "format (RADIX4_FP4, E2M1, INT4) so two codes share a byte"
+        )
     return fmt
 
 
@@ -93,8 +95,14 @@ def _quantize_packed(x: jax.Array, fmt: Format, rounding: str, key) -> Packed:
     return encode(x, fmt, s)
 
 
-def compressed_pmean(tree: Any, axis_name: Any, *, fmt: Format = RADIX4_FP4,
-                     rounding: str = "stochastic", key: jax.Array | None = None) -> Any:
+def compressed_pmean(
+    tree: Any,
+    axis_name: Any,
+    *,
+    fmt: Format = RADIX4_FP4,
+    rounding: str = "stochastic",
+    key: jax.Array | None = None,
+) -> Any:
     """Mean of ``tree`` over ``axis_name``, communicated as packed 4-bit codes.
 
     A drop-in for ``lax.pmean(tree, axis_name)`` inside ``shard_map`` / ``vmap``
@@ -121,13 +129,17 @@ def compressed_pmean(tree: Any, axis_name: Any, *, fmt: Format = RADIX4_FP4,
     if rounding not in ROUNDINGS:
         raise ValueError(f"compressed_pmean(rounding={rounding!r}): use one of {ROUNDINGS}")
     if rounding == "stochastic" and key is None:
-        raise ValueError("compressed_pmean(rounding='stochastic') needs key=...; fold the step "
-                         "count into a PRNG key, or use rounding='nearest'")
+        raise ValueError(
+            "compressed_pmean(rounding='stochastic') needs key=...; fold the step "
+            "count into a PRNG key, or use rounding='nearest'"
+        )
     leaves, treedef = jax.tree.flatten(tree)
     for x in leaves:
         if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-            raise TypeError(f"compressed_pmean: leaf of dtype {jnp.result_type(x)}; only floating "
-                            "leaves can be quantized (average integer leaves with lax.pmean)")
+            raise TypeError(
+                f"compressed_pmean: leaf of dtype {jnp.result_type(x)}; only floating "
+                "leaves can be quantized (average integer leaves with lax.pmean)"
+            )
     if not leaves:
         return tree
     d = lax.axis_size(axis_name)
@@ -139,10 +151,11 @@ def compressed_pmean(tree: Any, axis_name: Any, *, fmt: Format = RADIX4_FP4,
     codes, scales = _scatter_chunks(leaves, sizes, ms, d, axis_name, fmt, rounding, k_send)
     codes, scales = _mean_chunks(codes, scales, ms, d, fmt, rounding, k_reduce)
     # 3. Gather every device's mean chunk; all devices decode the same bytes.
-    vals = _decode_segments(_all_gather(codes, axis_name), _all_gather(scales, axis_name), ms,
-                            fmt)
-    out = [v.reshape(-1)[:n].reshape(jnp.shape(x)).astype(jnp.result_type(x))
-           for v, x, n in zip(vals, leaves, sizes)]
+    vals = _decode_segments(_all_gather(codes, axis_name), _all_gather(scales, axis_name), ms, fmt)
+    out = [
+        v.reshape(-1)[:n].reshape(jnp.shape(x)).astype(jnp.result_type(x))
+        for v, x, n in zip(vals, leaves, sizes)
+    ]
     return jax.tree.unflatten(treedef, out)
 
 
@@ -159,21 +172,25 @@ def _scatter_chunks(leaves, sizes, ms, d, axis_name, fmt, rounding, key):
         flat = jnp.ravel(x).astype(jnp.float32)
         chunks = jnp.pad(flat, (0, d * m - n)).reshape(d, m)
         ks = None if key is None else jax.random.split(_leaf_key(key, i), d)
-        packed = jax.vmap(lambda c, k: _quantize_packed(c, fmt, rounding, k),
-                          in_axes=(0, None if ks is None else 0))(chunks, ks)
-        codes.append(packed.codes)                       # (D, m/2) uint8
-        scales.append(packed.scale)                      # (D,) float32
-    return (lax.all_to_all(jnp.concatenate(codes, axis=1), axis_name, 0, 0),
-            lax.all_to_all(jnp.stack(scales, axis=1), axis_name, 0, 0))
+        packed = jax.vmap(
+            lambda c, k: _quantize_packed(c, fmt, rounding, k),
+            in_axes=(0, None if ks is None else 0),
+        )(chunks, ks)
+        codes.append(packed.codes)  # (D, m/2) uint8
+        scales.append(packed.scale)  # (D,) float32
+    return (
+        lax.all_to_all(jnp.concatenate(codes, axis=1), axis_name, 0, 0),
+        lax.all_to_all(jnp.stack(scales, axis=1), axis_name, 0, 0),
+    )
 
 
 def _decode_segments(codes, scales, ms, fmt) -> list[jax.Array]:
     """Per leaf, the ``(D, m)`` float32 values of the rows of packed ``codes`` / ``scales``."""
     out, off = [], 0
     for i, m in enumerate(ms):
-        seg = codes[:, off:off + m // 2]
+        seg = codes[:, off : off + m // 2]
         off += m // 2
-        out.append(jax.vmap(lambda c, s: decode(Packed(c, s, (m,), fmt)))(seg, scales[:, i]))
+        out.append(jax.vmap(lambda c, s, m=m: decode(Packed(c, s, (m,), fmt)))(seg, scales[:, i]))
     return out
 
 

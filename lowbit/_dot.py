@@ -51,8 +51,15 @@ from lowbit._gemm import check_roles, role_bilinear
 from lowbit._rounding import ROUNDINGS, _phase_shift, quantize
 from lowbit._scaling import compute_scale, pact_clip, sawb_scale
 
-__all__ = ["QuantConfig", "dot_general", "conv_general_dilated", "quantize_gradient", "WEIGHT_SCALINGS",
-           "ACTIVATION_SCALINGS", "GRADIENT_SCALINGS"]
+__all__ = [
+    "QuantConfig",
+    "dot_general",
+    "conv_general_dilated",
+    "quantize_gradient",
+    "WEIGHT_SCALINGS",
+    "ACTIVATION_SCALINGS",
+    "GRADIENT_SCALINGS",
+]
 
 WEIGHT_SCALINGS = ("sawb", "max")
 ACTIVATION_SCALINGS = ("max", "pact")
@@ -114,31 +121,46 @@ class QuantConfig:
         for name in ("weights", "activations", "gradients"):
             v = getattr(self, name)
             if not isinstance(v, Format):
-                raise TypeError(f"QuantConfig({name}={v!r}): expected a lowbit.Format such as "
-                                "lowbit.INT4, lowbit.RADIX4_FP4 or lowbit.FLOAT32 (block formats "
-                                "such as lowbit.NVFP4 go in forward/input_gradient/"
-                                "weight_gradient=lowbit.GemmConfig(...))")
+                raise TypeError(
+                    f"QuantConfig({name}={v!r}): expected a lowbit.Format such as "
+                    "lowbit.INT4, lowbit.RADIX4_FP4 or lowbit.FLOAT32 (block formats "
+                    "such as lowbit.NVFP4 go in forward/input_gradient/"
+                    "weight_gradient=lowbit.GemmConfig(...))"
+                )
         if self.weight_scaling not in WEIGHT_SCALINGS:
-            raise ValueError(f"QuantConfig(weight_scaling={self.weight_scaling!r}): use one of "
-                             f"{WEIGHT_SCALINGS}")
-        if (self.weight_scaling == "sawb" and not self.weights.is_float32
-                and (self.weights.kind != "int" or not self.weights.signed)):
-            raise ValueError(f"QuantConfig(weight_scaling='sawb') needs a signed integer weight "
-                             f"format, got weights={self.weights.name}; use weight_scaling='max'")
+            raise ValueError(
+                f"QuantConfig(weight_scaling={self.weight_scaling!r}): use one of {WEIGHT_SCALINGS}"
+            )
+        if (
+            self.weight_scaling == "sawb"
+            and not self.weights.is_float32
+            and (self.weights.kind != "int" or not self.weights.signed)
+        ):
+            raise ValueError(
+                f"QuantConfig(weight_scaling='sawb') needs a signed integer weight "
+                f"format, got weights={self.weights.name}; use weight_scaling='max'"
+            )
         if self.activation_scaling not in ACTIVATION_SCALINGS:
-            raise ValueError(f"QuantConfig(activation_scaling={self.activation_scaling!r}): use "
-                             f"one of {ACTIVATION_SCALINGS}")
+            raise ValueError(
+                f"QuantConfig(activation_scaling={self.activation_scaling!r}): use "
+                f"one of {ACTIVATION_SCALINGS}"
+            )
         if self.activation_scaling == "pact" and self.activations.kind != "int":
-            raise ValueError(f"QuantConfig(activation_scaling='pact') needs an integer activation "
-                             f"format, got activations={self.activations.name}")
+            raise ValueError(
+                f"QuantConfig(activation_scaling='pact') needs an integer activation "
+                f"format, got activations={self.activations.name}"
+            )
         if not (isinstance(self.pact_init, (int, float)) and self.pact_init > 0):
             raise ValueError(f"QuantConfig(pact_init={self.pact_init!r}): need a positive number")
         if self.gradient_scaling not in GRADIENT_SCALINGS:
-            raise ValueError(f"QuantConfig(gradient_scaling={self.gradient_scaling!r}): use one "
-                             f"of {GRADIENT_SCALINGS}")
+            raise ValueError(
+                f"QuantConfig(gradient_scaling={self.gradient_scaling!r}): use one "
+                f"of {GRADIENT_SCALINGS}"
+            )
         if self.gradient_rounding not in ROUNDINGS:
-            raise ValueError(f"QuantConfig(gradient_rounding={self.gradient_rounding!r}): use one "
-                             f"of {ROUNDINGS}")
+            raise ValueError(
+                f"QuantConfig(gradient_rounding={self.gradient_rounding!r}): use one of {ROUNDINGS}"
+            )
         if not isinstance(self.two_phase, bool):
             raise TypeError(f"QuantConfig(two_phase={self.two_phase!r}): need a bool")
         if self.two_phase and not self.gradients.is_float32:
@@ -148,31 +170,45 @@ class QuantConfig:
                 raise ValueError(
                     f"QuantConfig(two_phase=True) needs a radix-4 (or 16) gradient format; "
                     f"gradients={self.gradients.name} has radix {self.gradients.radix}. "
-                    "Set two_phase=False") from None
+                    "Set two_phase=False"
+                ) from None
         check_seed(self.seed, "QuantConfig")
         if not isinstance(self.seed, int):  # the config is static under jit: hashable values
-            raise TypeError(f"QuantConfig(seed={self.seed!r}): need a Python int (the config "
-                            "is a static, hashed argument of jit)")
+            raise TypeError(
+                f"QuantConfig(seed={self.seed!r}): need a Python int (the config "
+                "is a static, hashed argument of jit)"
+            )
         try:
             acc = jnp.dtype(self.accumulation)
         except TypeError:
-            raise TypeError(f"QuantConfig(accumulation={self.accumulation!r}): not a dtype") from None
+            raise TypeError(
+                f"QuantConfig(accumulation={self.accumulation!r}): not a dtype"
+            ) from None
         if not jnp.issubdtype(acc, jnp.floating):
-            raise ValueError(f"QuantConfig(accumulation={self.accumulation!r}): need a floating dtype")
+            raise ValueError(
+                f"QuantConfig(accumulation={self.accumulation!r}): need a floating dtype"
+            )
         object.__setattr__(self, "accumulation", acc)
-        check_roles(self.forward, self.input_gradient, self.weight_gradient,
-                    self.activation_scaling)
+        check_roles(
+            self.forward, self.input_gradient, self.weight_gradient, self.activation_scaling
+        )
 
     @classmethod
-    def float32(cls) -> "QuantConfig":
+    def float32(cls) -> QuantConfig:
         """No quantization anywhere: ``dot_general`` equals ``lax.dot_general``."""
-        return cls(weights=FLOAT32, activations=FLOAT32, gradients=FLOAT32,
-                   weight_scaling="max", two_phase=False)
+        return cls(
+            weights=FLOAT32,
+            activations=FLOAT32,
+            gradients=FLOAT32,
+            weight_scaling="max",
+            two_phase=False,
+        )
 
 
 # ---------------------------------------------------------------------------
 # The bilinear ops (static, hashable)
 # ---------------------------------------------------------------------------
+
 
 def _freeze(x):
     if isinstance(x, lax.ConvDimensionNumbers):  # flax's nnx.Conv passes these; keep the type
@@ -188,8 +224,9 @@ class _DotOp:
     precision: Any
 
     def __call__(self, lhs, rhs, pet):
-        return lax.dot_general(lhs, rhs, self.dimension_numbers, precision=self.precision,
-                               preferred_element_type=pet)
+        return lax.dot_general(
+            lhs, rhs, self.dimension_numbers, precision=self.precision, preferred_element_type=pet
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,16 +242,24 @@ class _ConvOp:
 
     def __call__(self, lhs, rhs, pet):
         return lax.conv_general_dilated(
-            lhs, rhs, self.window_strides, self.padding, lhs_dilation=self.lhs_dilation,
-            rhs_dilation=self.rhs_dilation, dimension_numbers=self.dimension_numbers,
+            lhs,
+            rhs,
+            self.window_strides,
+            self.padding,
+            lhs_dilation=self.lhs_dilation,
+            rhs_dilation=self.rhs_dilation,
+            dimension_numbers=self.dimension_numbers,
             feature_group_count=self.feature_group_count,
-            batch_group_count=self.batch_group_count, precision=self.precision,
-            preferred_element_type=pet)
+            batch_group_count=self.batch_group_count,
+            precision=self.precision,
+            preferred_element_type=pet,
+        )
 
 
 # ---------------------------------------------------------------------------
 # Gradient quantizer: identity forward, FP4 in transpose
 # ---------------------------------------------------------------------------
+
 
 def _gradient_key(g: jax.Array, config: QuantConfig, phase: str) -> jax.Array:
     """A key from the config seed and a wrapping sum of ``g``'s bits (no state needed)."""
@@ -243,13 +288,13 @@ def _grad_quantizer(t: jax.Array, config: QuantConfig, phase: str) -> jax.Array:
     """Identity on tangents whose transpose quantizes the cotangent."""
     if config.gradients.is_float32:
         return t
-    return linear_call(lambda _, t: t,
-                       lambda _, g: quantize_gradient(g, config, phase), (), t)
+    return linear_call(lambda _, t: t, lambda _, g: quantize_gradient(g, config, phase), (), t)
 
 
 # ---------------------------------------------------------------------------
 # The quantized bilinear op
 # ---------------------------------------------------------------------------
+
 
 def _codes(x, fmt, scale):
     """``q(x / scale)`` in ``x``'s dtype: small integers or grid values, exact there."""
@@ -309,9 +354,11 @@ def _operand_scales(lhs, rhs, config, activation_clip):
     afmt, wfmt = config.activations, config.weights
     if config.activation_scaling == "pact":
         if activation_clip is None:
-            raise ValueError("QuantConfig(activation_scaling='pact') needs "
-                             "activation_clip=<learnable scalar alpha>; lowbit.nnx layers pass "
-                             "their own, or use activation_scaling='max'")
+            raise ValueError(
+                "QuantConfig(activation_scaling='pact') needs "
+                "activation_clip=<learnable scalar alpha>; lowbit.nnx layers pass "
+                "their own, or use activation_scaling='max'"
+            )
         lhs = pact_clip(lhs, activation_clip, signed=afmt.signed)
         a_scale = lax.stop_gradient(jnp.asarray(activation_clip, jnp.float32)) / afmt.max_value
     elif afmt.is_float32:
@@ -347,15 +394,29 @@ def _product(lhs, rhs, op, config: QuantConfig, preferred_element_type, activati
     """``op`` (a GEMM or a convolution) through per-role configs or the paper's recipe."""
     out_dtype = _out_dtype(lhs, rhs, preferred_element_type)
     if config.forward is not None:
-        return role_bilinear(lhs, rhs, op, config, out_dtype, conv=isinstance(op, _ConvOp),
-                             activation_clip=activation_clip)
+        return role_bilinear(
+            lhs,
+            rhs,
+            op,
+            config,
+            out_dtype,
+            conv=isinstance(op, _ConvOp),
+            activation_clip=activation_clip,
+        )
     lhs, a_scale, w_scale = _operand_scales(lhs, rhs, config, activation_clip)
     return _qbilinear(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
 
 
-def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
-                preferred_element_type=None, *, config: QuantConfig,
-                activation_clip: jax.Array | None = None) -> jax.Array:
+def dot_general(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    dimension_numbers,
+    precision=None,
+    preferred_element_type=None,
+    *,
+    config: QuantConfig,
+    activation_clip: jax.Array | None = None,
+) -> jax.Array:
     """Drop-in for ``lax.dot_general`` running Sun et al.'s three quantized GEMMs.
 
     ``lhs`` is the activation operand, ``rhs`` the weight operand (as in
@@ -383,11 +444,22 @@ def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=Non
     return _product(lhs, rhs, op, config, preferred_element_type, activation_clip)
 
 
-def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
-                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count: int = 1, batch_group_count: int = 1,
-                         precision=None, preferred_element_type=None, *, config: QuantConfig,
-                         activation_clip: jax.Array | None = None) -> jax.Array:
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    *,
+    config: QuantConfig,
+    activation_clip: jax.Array | None = None,
+) -> jax.Array:
     """Drop-in for ``lax.conv_general_dilated`` with the same three quantized products.
 
     A convolution is bilinear in (inputs, kernel) like a GEMM, so the forward,
@@ -395,9 +467,16 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
     :func:`dot_general` (Sun et al. 2020 quantize conv layers the same way).
     """
     lhs, rhs = _check(lhs, rhs, config)
-    op = _ConvOp(_freeze(window_strides), padding if isinstance(padding, str) else _freeze(padding),
-                 _freeze(lhs_dilation), _freeze(rhs_dilation), _freeze(dimension_numbers),
-                 feature_group_count, batch_group_count, precision)
+    op = _ConvOp(
+        _freeze(window_strides),
+        padding if isinstance(padding, str) else _freeze(padding),
+        _freeze(lhs_dilation),
+        _freeze(rhs_dilation),
+        _freeze(dimension_numbers),
+        feature_group_count,
+        batch_group_count,
+        precision,
+    )
     return _product(lhs, rhs, op, config, preferred_element_type, activation_clip)
 
 

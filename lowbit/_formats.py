@@ -31,8 +31,20 @@ import math
 
 import numpy as np
 
-__all__ = ["Format", "int_format", "float_format", "log_format",
-           "RADIX4_FP4", "INT4", "UINT4", "INT8", "E2M1", "E4M3", "E5M2", "FLOAT32"]
+__all__ = [
+    "Format",
+    "int_format",
+    "float_format",
+    "log_format",
+    "RADIX4_FP4",
+    "INT4",
+    "UINT4",
+    "INT8",
+    "E2M1",
+    "E4M3",
+    "E5M2",
+    "FLOAT32",
+]
 
 _KINDS = ("int", "float")
 _NONFINITE = ("none", "negzero", "fn", "ieee")
@@ -79,14 +91,19 @@ class Format:
                 raise ValueError(
                     f"Format {self.name!r}: kind='int' takes no exponent_bits/mantissa_bits "
                     f"and nonfinite='none' (got {self.exponent_bits}, {self.mantissa_bits}, "
-                    f"{self.nonfinite!r})")
+                    f"{self.nonfinite!r})"
+                )
             return
         # float
         if not self.signed:
-            raise ValueError(f"Format {self.name!r}: kind='float' formats are signed (signed=False given)")
+            raise ValueError(
+                f"Format {self.name!r}: kind='float' formats are signed (signed=False given)"
+            )
         if self.radix not in (2, 4, 16):
-            raise ValueError(f"Format(radix={self.radix!r}): use 2, 4 or 16 (a power of two "
-                             "keeps rounding exact on the float's bits)")
+            raise ValueError(
+                f"Format(radix={self.radix!r}): use 2, 4 or 16 (a power of two "
+                "keeps rounding exact on the float's bits)"
+            )
         if self.exponent_bits < 1:
             raise ValueError(f"Format(exponent_bits={self.exponent_bits!r}): need >= 1")
         if self.mantissa_bits < 0:
@@ -94,14 +111,18 @@ class Format:
         if self.radix > 2 and self.mantissa_bits != 0:
             raise ValueError(
                 f"Format(radix={self.radix}, mantissa_bits={self.mantissa_bits}): radix > 2 "
-                "needs mantissa_bits=0 (a logarithmic format); otherwise the grid has gaps")
+                "needs mantissa_bits=0 (a logarithmic format); otherwise the grid has gaps"
+            )
         if self.bits != 1 + self.exponent_bits + self.mantissa_bits:
             raise ValueError(
                 f"Format(bits={self.bits}): a float needs bits = 1 + exponent_bits + mantissa_bits "
-                f"= {1 + self.exponent_bits + self.mantissa_bits}")
+                f"= {1 + self.exponent_bits + self.mantissa_bits}"
+            )
         if self.bits > 8 and not self.is_float32:
-            raise ValueError(f"Format(bits={self.bits}): quantized floats have at most 8 bits; "
-                             "use FLOAT32 for no quantization")
+            raise ValueError(
+                f"Format(bits={self.bits}): quantized floats have at most 8 bits; "
+                "use FLOAT32 for no quantization"
+            )
         if self.nonfinite == "negzero" and self.mantissa_bits != 0:
             raise ValueError("nonfinite='negzero' is only defined for mantissa_bits=0 formats")
         if self.nonfinite == "ieee" and self.exponent_bits < 2:
@@ -114,14 +135,19 @@ class Format:
             if lo < -126 or hi > 127:
                 raise ValueError(
                     f"Format {self.name!r}: bias={self.bias} puts the grid outside float32's "
-                    f"normal range (2^{lo} .. 2^{hi}); exact emulation needs -126..127")
+                    f"normal range (2^{lo} .. 2^{hi}); exact emulation needs -126..127"
+                )
 
     # ---- derived properties -------------------------------------------------
     @property
     def is_float32(self) -> bool:
         """True for the identity format (no quantization)."""
-        return (self.kind == "float" and self.radix == 2 and self.exponent_bits >= 8
-                and self.mantissa_bits >= 23)
+        return (
+            self.kind == "float"
+            and self.radix == 2
+            and self.exponent_bits >= 8
+            and self.mantissa_bits >= 23
+        )
 
     @property
     def log2_radix(self) -> int:
@@ -130,13 +156,13 @@ class Format:
     @property
     def max_exponent_field(self) -> int:
         """Largest exponent field that holds finite values."""
-        top = 2 ** self.exponent_bits - 1
+        top = 2**self.exponent_bits - 1
         return top - 1 if self.nonfinite == "ieee" else top
 
     @property
     def max_int(self) -> int:
         """Largest integer on an ``"int"`` grid (7 for INT4, 15 for UINT4)."""
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
 
     @property
     def max_value(self) -> float:
@@ -146,11 +172,12 @@ class Format:
         if self.is_float32:
             return float(np.finfo(np.float32).max)
         m = self.mantissa_bits
-        top_mant = 2 ** m - 1
+        top_mant = 2**m - 1
         if self.nonfinite == "fn":
             top_mant -= 1  # S.1111.111 is NaN
-        return float(2.0 ** (self.log2_radix * (self.max_exponent_field - self.bias))
-                     * (1 + top_mant / 2 ** m))
+        return float(
+            2.0 ** (self.log2_radix * (self.max_exponent_field - self.bias)) * (1 + top_mant / 2**m)
+        )
 
     @property
     def min_value(self) -> float:
@@ -171,30 +198,30 @@ class Format:
         return _code_table(self).copy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _code_table(fmt: Format) -> np.ndarray:
     """Decode every code of ``fmt`` in numpy float64, then float32 (exact here)."""
-    n = 2 ** fmt.bits
+    n = 2**fmt.bits
     out = np.zeros(n, np.float64)
     for c in range(n):
         if fmt.kind == "int":
             out[c] = c - n if (fmt.signed and c >= n // 2) else c
             continue
         sign = -1.0 if c >> (fmt.bits - 1) else 1.0
-        e = (c >> fmt.mantissa_bits) & (2 ** fmt.exponent_bits - 1)
-        m = c & (2 ** fmt.mantissa_bits - 1)
+        e = (c >> fmt.mantissa_bits) & (2**fmt.exponent_bits - 1)
+        m = c & (2**fmt.mantissa_bits - 1)
         r = fmt.log2_radix
-        top_e = 2 ** fmt.exponent_bits - 1
+        top_e = 2**fmt.exponent_bits - 1
         if fmt.nonfinite == "ieee" and e == top_e:
             out[c] = sign * np.inf if m == 0 else np.nan
-        elif fmt.nonfinite == "fn" and e == top_e and m == 2 ** fmt.mantissa_bits - 1:
-            out[c] = np.nan
-        elif fmt.nonfinite == "negzero" and c == 1 << (fmt.bits - 1):
+        elif (fmt.nonfinite == "fn" and e == top_e and m == 2**fmt.mantissa_bits - 1) or (
+            fmt.nonfinite == "negzero" and c == 1 << (fmt.bits - 1)
+        ):
             out[c] = np.nan
         elif e == 0:
-            out[c] = sign * 2.0 ** (r * (1 - fmt.bias)) * m / 2 ** fmt.mantissa_bits
+            out[c] = sign * 2.0 ** (r * (1 - fmt.bias)) * m / 2**fmt.mantissa_bits
         else:
-            out[c] = sign * 2.0 ** (r * (e - fmt.bias)) * (1 + m / 2 ** fmt.mantissa_bits)
+            out[c] = sign * 2.0 ** (r * (e - fmt.bias)) * (1 + m / 2**fmt.mantissa_bits)
     table = out.astype(np.float32)
     table.setflags(write=False)
     return table
@@ -202,29 +229,55 @@ def _code_table(fmt: Format) -> np.ndarray:
 
 def int_format(bits: int, *, signed: bool = True, name: str | None = None) -> Format:
     """An integer grid: symmetric ``[-(2^(b-1)-1), 2^(b-1)-1]`` if signed, else ``[0, 2^b-1]``."""
-    return Format(name=name or f"{'INT' if signed else 'UINT'}{bits}", kind="int", bits=bits,
-                  signed=signed)
+    return Format(
+        name=name or f"{'INT' if signed else 'UINT'}{bits}", kind="int", bits=bits, signed=signed
+    )
 
 
-def float_format(exponent_bits: int, mantissa_bits: int, bias: int, *, nonfinite: str = "none",
-                 name: str | None = None) -> Format:
+def float_format(
+    exponent_bits: int,
+    mantissa_bits: int,
+    bias: int,
+    *,
+    nonfinite: str = "none",
+    name: str | None = None,
+) -> Format:
     """A radix-2 sign-magnitude float with subnormals (OCP-style ``E<e>M<m>``)."""
-    return Format(name=name or f"E{exponent_bits}M{mantissa_bits}", kind="float",
-                  bits=1 + exponent_bits + mantissa_bits, exponent_bits=exponent_bits,
-                  mantissa_bits=mantissa_bits, bias=bias, nonfinite=nonfinite)
+    return Format(
+        name=name or f"E{exponent_bits}M{mantissa_bits}",
+        kind="float",
+        bits=1 + exponent_bits + mantissa_bits,
+        exponent_bits=exponent_bits,
+        mantissa_bits=mantissa_bits,
+        bias=bias,
+        nonfinite=nonfinite,
+    )
 
 
-def log_format(radix: int, exponent_bits: int, bias: int, *, nonfinite: str = "negzero",
-               name: str | None = None) -> Format:
+def log_format(
+    radix: int,
+    exponent_bits: int,
+    bias: int,
+    *,
+    nonfinite: str = "negzero",
+    name: str | None = None,
+) -> Format:
     """A logarithmic format: values 0 and ``+-radix^(e - bias)`` for ``e = 1..2^E - 1``.
 
     Sun et al. (2020), section 3: radix-4 FP4 is ``log_format(4, 3, 4)``; the
     code with exponent field 0 is zero and its negative twin is NaN
     (``nonfinite="negzero"``) so that zero has exactly one code.
     """
-    return Format(name=name or f"radix{radix}-E{exponent_bits}", kind="float",
-                  bits=1 + exponent_bits, exponent_bits=exponent_bits, mantissa_bits=0,
-                  bias=bias, radix=radix, nonfinite=nonfinite)
+    return Format(
+        name=name or f"radix{radix}-E{exponent_bits}",
+        kind="float",
+        bits=1 + exponent_bits,
+        exponent_bits=exponent_bits,
+        mantissa_bits=0,
+        bias=bias,
+        radix=radix,
+        nonfinite=nonfinite,
+    )
 
 
 #: Sun et al. (2020) radix-4 FP4 [1,3,0]: 0 and +-4^k, k = -3..3; code 0 = zero, code 8 = NaN.
@@ -242,5 +295,12 @@ E4M3 = float_format(4, 3, 7, nonfinite="fn", name="E4M3")
 #: OCP FP8 E5M2: IEEE-like, max 57344, inf and NaN.
 E5M2 = float_format(5, 2, 15, nonfinite="ieee", name="E5M2")
 #: The identity format: quantizing to it returns the input unchanged.
-FLOAT32 = Format(name="FLOAT32", kind="float", bits=32, exponent_bits=8, mantissa_bits=23,
-                 bias=127, nonfinite="ieee")
+FLOAT32 = Format(
+    name="FLOAT32",
+    kind="float",
+    bits=32,
+    exponent_bits=8,
+    mantissa_bits=23,
+    bias=127,
+    nonfinite="ieee",
+)

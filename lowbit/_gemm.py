@@ -84,17 +84,26 @@ class GemmConfig:
         for name in ("lhs", "rhs"):
             v = getattr(self, name)
             if not isinstance(v, (Format, ScaledFormat)):
-                raise TypeError(f"GemmConfig({name}={v!r}): need a lowbit.Format (e.g. lowbit.INT4, "
-                                "lowbit.FLOAT32) or a lowbit.ScaledFormat (e.g. lowbit.NVFP4)")
+                raise TypeError(
+                    f"GemmConfig({name}={v!r}): need a lowbit.Format (e.g. lowbit.INT4, "
+                    "lowbit.FLOAT32) or a lowbit.ScaledFormat (e.g. lowbit.NVFP4)"
+                )
         for name in ("lhs_rounding", "rhs_rounding"):
             if getattr(self, name) not in ROUNDINGS:
-                raise ValueError(f"GemmConfig({name}={getattr(self, name)!r}): use one of "
-                                 f"{ROUNDINGS}")
+                raise ValueError(
+                    f"GemmConfig({name}={getattr(self, name)!r}): use one of {ROUNDINGS}"
+                )
         h = self.hadamard
-        if not (isinstance(h, int) and not isinstance(h, bool) and h >= 0
-                and (h == 0 or (h >= 2 and h & (h - 1) == 0 and h <= 256))):
-            raise ValueError(f"GemmConfig(hadamard={h!r}): need 0 (off) or a power of two in "
-                             "2..256 (NVIDIA 2025 use 16)")
+        if not (
+            isinstance(h, int)
+            and not isinstance(h, bool)
+            and h >= 0
+            and (h == 0 or (h >= 2 and h & (h - 1) == 0 and h <= 256))
+        ):
+            raise ValueError(
+                f"GemmConfig(hadamard={h!r}): need 0 (off) or a power of two in "
+                "2..256 (NVIDIA 2025 use 16)"
+            )
 
 
 def check_roles(forward, input_gradient, weight_gradient, activation_scaling: str) -> bool:
@@ -104,22 +113,29 @@ def check_roles(forward, input_gradient, weight_gradient, activation_scaling: st
         return False
     for name, r in zip(ROLES, roles):
         if not isinstance(r, GemmConfig):
-            raise TypeError(f"QuantConfig({name}={r!r}): when any of forward / input_gradient / "
-                            "weight_gradient is set, all three need a lowbit.GemmConfig "
-                            "(GemmConfig() is float32)")
+            raise TypeError(
+                f"QuantConfig({name}={r!r}): when any of forward / input_gradient / "
+                "weight_gradient is set, all three need a lowbit.GemmConfig "
+                "(GemmConfig() is float32)"
+            )
     for name, r in zip(ROLES[:2], roles[:2]):
         if r.hadamard:
-            raise ValueError(f"QuantConfig({name}=GemmConfig(hadamard={r.hadamard})): the random "
-                             "Hadamard transform is implemented for weight_gradient only")
+            raise ValueError(
+                f"QuantConfig({name}=GemmConfig(hadamard={r.hadamard})): the random "
+                "Hadamard transform is implemented for weight_gradient only"
+            )
     if activation_scaling == "pact":
-        raise ValueError("QuantConfig(activation_scaling='pact') cannot be combined with per-role "
-                         "GemmConfigs; use a ScaledFormat or a per-tensor Format for activations")
+        raise ValueError(
+            "QuantConfig(activation_scaling='pact') cannot be combined with per-role "
+            "GemmConfigs; use a ScaledFormat or a per-tensor Format for activations"
+        )
     return True
 
 
 # ---------------------------------------------------------------------------
 # Axes of each role's contraction (static)
 # ---------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class _Axes:
@@ -148,7 +164,11 @@ def _dot_axes(dimension_numbers, lhs_ndim, rhs_ndim) -> _Axes:
 
 def _conv_axes(op, lhs_shape, rhs_shape) -> _Axes:
     dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, op.dimension_numbers)
-    ls, rs, os_ = dn.lhs_spec, dn.rhs_spec, dn.out_spec  # (batch, feature, *spatial) / (out, in, ...)
+    ls, rs, os_ = (
+        dn.lhs_spec,
+        dn.rhs_spec,
+        dn.out_spec,
+    )  # (batch, feature, *spatial) / (out, in, ...)
     # Forward blocks run along the input channels (im2col's contraction also runs over the
     # window, which has no memory layout here); the weight gradient contracts over batch and
     # space, blocked along the batch axis.
@@ -158,6 +178,7 @@ def _conv_axes(op, lhs_shape, rhs_shape) -> _Axes:
 # ---------------------------------------------------------------------------
 # Operand quantizers
 # ---------------------------------------------------------------------------
+
 
 def _key(x, seed: int, salt: int):
     bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
@@ -177,8 +198,9 @@ def _quant(x, fmt, rounding, seed, salt, axes, channel_axes=None):
         return x, one
     key = _key(x, seed, salt) if rounding == "stochastic" else None
     if isinstance(fmt, ScaledFormat):
-        return quantize_blocks_split(x, fmt, axis=axes, channel_axis=channel_axes or None,
-                                     rounding=rounding, key=key)
+        return quantize_blocks_split(
+            x, fmt, axis=axes, channel_axis=channel_axes or None, rounding=rounding, key=key
+        )
     scale = compute_scale(lax.stop_gradient(x), fmt)
     return quantize(x, fmt, scale=scale, rounding=rounding, key=key), one
 
@@ -191,7 +213,7 @@ def _rescale(y, t, on: bool):
     return y * t.astype(y.dtype) if on else y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hadamard(n: int) -> np.ndarray:
     h = np.ones((1, 1), np.float32)
     while h.shape[0] < n:
@@ -213,6 +235,7 @@ def _rht(x, axis: int, n: int, seed: int):
 # ---------------------------------------------------------------------------
 # The op
 # ---------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class _Spec:
@@ -246,7 +269,7 @@ def _input_grad(g, w, lhs_aval, op, s: _Spec, out_dtype):
     d, ax = s.input_gradient, s.axes
     gq, tg = _quant(g, d.lhs, d.lhs_rounding, s.seed, 0, ax.d_g)
     wq, tw = _quant(w, d.rhs, d.rhs_rounding, s.seed, 1, ax.d_rhs, ax.d_rhs_ch)
-    f = lambda t: op(t, wq, s.accumulation).astype(out_dtype)  # noqa: E731
+    f = lambda t: op(t, wq, s.accumulation).astype(out_dtype)
     da = jax.linear_transpose(f, lhs_aval)(gq.astype(out_dtype))[0]
     return _rescale(da, tg * tw, _two_level(d.lhs, d.rhs))
 
@@ -260,7 +283,7 @@ def _weight_grad(g, a, rhs_aval, op, s: _Spec, out_dtype):
         g = _rht(g, ax.w_g[-1], wg.hadamard, s.seed)
     aq, ta = _quant(a, wg.lhs, wg.lhs_rounding, s.seed, 4, ax.w_lhs)
     gq, tg = _quant(g, wg.rhs, wg.rhs_rounding, s.seed, 5, ax.w_g)
-    f = lambda t: op(aq, t, s.accumulation).astype(out_dtype)  # noqa: E731
+    f = lambda t: op(aq, t, s.accumulation).astype(out_dtype)
     dw = jax.linear_transpose(f, rhs_aval)(gq.astype(out_dtype))[0]
     return _rescale(dw, ta * tg, _two_level(wg.lhs, wg.rhs))
 
@@ -276,16 +299,22 @@ def _role_bilinear_jvp(op, spec, out_dtype, primals, tangents):
     dy = None
     if not isinstance(dlhs, SymbolicZero):
         dy = linear_call(
-            lambda res, t: _rescale(op(t, res[0], acc), res[2],
-                                    _two_level(f.rhs)).astype(out_dtype),
+            lambda res, t: _rescale(op(t, res[0], acc), res[2], _two_level(f.rhs)).astype(
+                out_dtype
+            ),
             lambda res, g: _input_grad(g, res[1], lhs_aval, op, spec, out_dtype),
-            (wq, rhs, tw), dlhs)
+            (wq, rhs, tw),
+            dlhs,
+        )
     if not isinstance(drhs, SymbolicZero):
         t = linear_call(
-            lambda res, t: _rescale(op(res[0], t, acc), res[2],
-                                    _two_level(f.lhs)).astype(out_dtype),
+            lambda res, t: _rescale(op(res[0], t, acc), res[2], _two_level(f.lhs)).astype(
+                out_dtype
+            ),
             lambda res, g: _weight_grad(g, res[1], rhs_aval, op, spec, out_dtype),
-            (aq, lhs, ta), drhs)
+            (aq, lhs, ta),
+            drhs,
+        )
         dy = t if dy is None else dy + t
     if dy is None:
         dy = jnp.zeros_like(y)
@@ -298,13 +327,25 @@ _role_bilinear.defjvp(_role_bilinear_jvp, symbolic_zeros=True)
 def role_bilinear(lhs, rhs, op, config, out_dtype, *, conv: bool, activation_clip=None):
     """Run ``op`` (a static ``_DotOp`` / ``_ConvOp``) with ``config``'s per-role GEMMs."""
     if activation_clip is not None:
-        raise ValueError("activation_clip (PACT) has no effect with per-role GemmConfigs; drop "
-                         "it, or use a QuantConfig without forward/input_gradient/weight_gradient")
-    axes = (_conv_axes(op, lhs.shape, rhs.shape) if conv
-            else _dot_axes(op.dimension_numbers, lhs.ndim, rhs.ndim))
-    spec = _Spec(config.forward, config.input_gradient, config.weight_gradient, config.seed,
-                 config.accumulation, axes)
+        raise ValueError(
+            "activation_clip (PACT) has no effect with per-role GemmConfigs; drop "
+            "it, or use a QuantConfig without forward/input_gradient/weight_gradient"
+        )
+    axes = (
+        _conv_axes(op, lhs.shape, rhs.shape)
+        if conv
+        else _dot_axes(op.dimension_numbers, lhs.ndim, rhs.ndim)
+    )
+    spec = _Spec(
+        config.forward,
+        config.input_gradient,
+        config.weight_gradient,
+        config.seed,
+        config.accumulation,
+        axes,
+    )
     return _role_bilinear(lhs, rhs, op, spec, out_dtype)
+
 
 # linear_call has no batching rule in JAX; this module uses it on its own, so it registers the
 # shared rule itself instead of relying on lowbit._dot having been imported first (idempotent).

@@ -26,7 +26,7 @@ from lowbit._scaling import compute_scale
 __all__ = ["Packed", "encode", "decode"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _positive_finite(fmt: Format) -> np.ndarray:
     """Finite non-negative magnitudes in code order (a prefix of the codes, ascending)."""
     table = _code_table(fmt)
@@ -48,7 +48,7 @@ def _nan_code(fmt: Format) -> int | None:
 def _codes(x: jax.Array, fmt: Format, scale: jax.Array) -> jax.Array:
     """uint8 code of each element of ``x / scale`` after nearest rounding."""
     y = x.astype(jnp.float32) / scale
-    mask = jnp.uint8(2 ** fmt.bits - 1)
+    mask = jnp.uint8(2**fmt.bits - 1)
     if fmt.kind == "int":
         # NaN has no integer code: it encodes as 0 (documented in ``encode``).
         y = jnp.where(jnp.isnan(y), 0.0, y)
@@ -62,7 +62,7 @@ def _codes(x: jax.Array, fmt: Format, scale: jax.Array) -> jax.Array:
     sign = jnp.where((q < 0) & (mag > 0), jnp.uint8(1 << (fmt.bits - 1)), jnp.uint8(0))
     code = mag | sign
     if fmt.nonfinite == "ieee":
-        inf_code = jnp.uint8((2 ** fmt.exponent_bits - 1) << fmt.mantissa_bits)
+        inf_code = jnp.uint8((2**fmt.exponent_bits - 1) << fmt.mantissa_bits)
         code = jnp.where(jnp.isinf(q), inf_code | sign, code)
     nan = _nan_code(fmt)
     if nan is not None:
@@ -140,9 +140,12 @@ def _pack(x, s, *, fmt):
 def decode(packed: Packed, dtype: Any = jnp.float32) -> jax.Array:
     """Unpack codes and return ``scale * value(code)`` with the original shape, in ``dtype``."""
     if not isinstance(packed, Packed):
-        raise TypeError(f"decode expects a lowbit.Packed from lowbit.encode, got {type(packed).__name__}")
-    return _unpack(packed.codes, packed.scale, fmt=packed.fmt, shape=packed.shape,
-                   dtype=jnp.dtype(dtype))
+        raise TypeError(
+            f"decode expects a lowbit.Packed from lowbit.encode, got {type(packed).__name__}"
+        )
+    return _unpack(
+        packed.codes, packed.scale, fmt=packed.fmt, shape=packed.shape, dtype=jnp.dtype(dtype)
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("fmt", "shape", "dtype"))

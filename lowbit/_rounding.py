@@ -61,7 +61,7 @@ def _exponent(a: jax.Array) -> jax.Array:
 def _uniform24(key: jax.Array, shape) -> jax.Array:
     """Uniform float32 on the grid ``k 2^-24``, k in [0, 2^24): exact, 24 random bits."""
     bits = jax.random.bits(key, shape, jnp.uint32) >> jnp.uint32(8)
-    return bits.astype(jnp.float32) * jnp.float32(2.0 ** -24)
+    return bits.astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
 def _bracket(a: jax.Array, fmt: Format):
@@ -128,8 +128,10 @@ def _check_rounding(rounding: str, key) -> None:
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding={rounding!r}: use one of {ROUNDINGS}")
     if rounding == "stochastic" and key is None:
-        raise ValueError("rounding='stochastic' needs key=jax.random.key(...); "
-                         "pass a PRNG key or use rounding='nearest'")
+        raise ValueError(
+            "rounding='stochastic' needs key=jax.random.key(...); "
+            "pass a PRNG key or use rounding='nearest'"
+        )
 
 
 def _phase_shift(fmt: Format, phase: str) -> int:
@@ -141,13 +143,20 @@ def _phase_shift(fmt: Format, phase: str) -> int:
     if fmt.kind != "float" or fmt.log2_radix % 2:
         raise ValueError(
             f"phase='odd' needs a logarithmic format with radix 4 or 16 (two-phase rounding "
-            f"shifts the grid by sqrt(radix)); {fmt.name} has kind={fmt.kind!r}, radix={fmt.radix}")
+            f"shifts the grid by sqrt(radix)); {fmt.name} has kind={fmt.kind!r}, radix={fmt.radix}"
+        )
     return fmt.log2_radix // 2
 
 
-def quantize(x: jax.Array, fmt: Format, *, scale: jax.Array | float | None = None,
-             rounding: str = "nearest", key: jax.Array | None = None,
-             phase: str = "even") -> jax.Array:
+def quantize(
+    x: jax.Array,
+    fmt: Format,
+    *,
+    scale: jax.Array | float | None = None,
+    rounding: str = "nearest",
+    key: jax.Array | None = None,
+    phase: str = "even",
+) -> jax.Array:
     """Values of ``x`` rounded onto ``scale * grid(fmt)``, in ``x``'s dtype.
 
     Implements the quantizers of Sun et al. (NeurIPS 2020): INT4 for weights
@@ -192,10 +201,10 @@ def _quantize_impl(x, s, key, *, fmt, rounding, shift):
     if s is not None:
         y = y / s
     if shift:
-        y = y * jnp.float32(2.0 ** -shift)
+        y = y * jnp.float32(2.0**-shift)
     q = _round_to_grid(y, fmt, rounding, key)
     if shift:
-        q = q * jnp.float32(2.0 ** shift)
+        q = q * jnp.float32(2.0**shift)
     if s is not None:
         q = q * s
     return jnp.where(jnp.isfinite(xf), q, xf).astype(x.dtype)

@@ -31,8 +31,17 @@ from jax import lax
 from lowbit import nnx as lnnx
 from lowbit._dot import QuantConfig, conv_general_dilated, dot_general
 
-__all__ = ["Rule", "Recipe", "RulesReport", "Assignment", "apply_rules", "plan_rules",
-           "layer_paths", "describe", "SELECTORS"]
+__all__ = [
+    "Rule",
+    "Recipe",
+    "RulesReport",
+    "Assignment",
+    "apply_rules",
+    "plan_rules",
+    "layer_paths",
+    "describe",
+    "SELECTORS",
+]
 
 SELECTORS = ("all", "first", "last", "pointwise")
 
@@ -64,16 +73,19 @@ class Rule:
         try:
             re.compile(self.pattern)
         except re.error as e:
-            raise ValueError(f"Rule(pattern={self.pattern!r}): not a valid regular expression "
-                             f"({e})") from None
+            raise ValueError(
+                f"Rule(pattern={self.pattern!r}): not a valid regular expression ({e})"
+            ) from None
         if self.config is not None and not isinstance(self.config, QuantConfig):
-            raise TypeError(f"Rule(config={self.config!r}): need a lowbit.QuantConfig or None "
-                            "(float32)")
+            raise TypeError(
+                f"Rule(config={self.config!r}): need a lowbit.QuantConfig or None (float32)"
+            )
         if self.select not in SELECTORS:
             raise ValueError(f"Rule(select={self.select!r}): use one of {SELECTORS}")
         c = self.count
-        ok = ((isinstance(c, int) and not isinstance(c, bool) and c >= 1)
-              or (isinstance(c, float) and 0 < c < 1))
+        ok = (isinstance(c, int) and not isinstance(c, bool) and c >= 1) or (
+            isinstance(c, float) and 0 < c < 1
+        )
         if not ok:
             raise ValueError(f"Rule(count={c!r}): need an int >= 1 or a fraction in (0, 1)")
 
@@ -93,8 +105,9 @@ class Recipe:
     def __post_init__(self):
         rules = tuple(self.rules)
         if not rules or not all(isinstance(r, Rule) for r in rules):
-            raise TypeError(f"Recipe({self.name!r}): rules must be a non-empty sequence of "
-                            "lowbit.Rule")
+            raise TypeError(
+                f"Recipe({self.name!r}): rules must be a non-empty sequence of lowbit.Rule"
+            )
         object.__setattr__(self, "rules", rules)
 
 
@@ -127,8 +140,9 @@ class RulesReport:
             cfg = "unchanged" if a.rule is None else describe(a.config)
             rows.append((a.path, a.layer, rule, cfg))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3]
-                         for r in rows)
+        return "\n".join(
+            "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows
+        )
 
 
 def _fmt_name(f) -> str:
@@ -141,8 +155,11 @@ def describe(config: QuantConfig | None) -> str:
         return "float32"
     if config.forward is not None:
         parts = []
-        for tag, g in (("fwd", config.forward), ("dgrad", config.input_gradient),
-                       ("wgrad", config.weight_gradient)):
+        for tag, g in (
+            ("fwd", config.forward),
+            ("dgrad", config.input_gradient),
+            ("wgrad", config.weight_gradient),
+        ):
             s = f"{tag} {_fmt_name(g.lhs)}{'(SR)' if g.lhs_rounding == 'stochastic' else ''} x "
             s += f"{_fmt_name(g.rhs)}{'(SR)' if g.rhs_rounding == 'stochastic' else ''}"
             parts.append(s + (f" RHT{g.hadamard}" if g.hadamard else ""))
@@ -150,9 +167,11 @@ def describe(config: QuantConfig | None) -> str:
     if config.weights.is_float32 and config.activations.is_float32 and config.gradients.is_float32:
         return "float32"
     tpr = " TPR" if config.two_phase else ""
-    return (f"W {config.weights.name}/{config.weight_scaling}, A {config.activations.name}/"
-            f"{config.activation_scaling}, G {config.gradients.name}/{config.gradient_scaling}"
-            f"{tpr}")
+    return (
+        f"W {config.weights.name}/{config.weight_scaling}, A {config.activations.name}/"
+        f"{config.activation_scaling}, G {config.gradients.name}/{config.gradient_scaling}"
+        f"{tpr}"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -218,8 +237,10 @@ def plan_rules(model, rules) -> RulesReport:
     rules = _as_rules(rules)
     layers = layer_paths(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no layer lowbit can quantize (lowbit.nnx."
-                         "Linear/Conv, flax nnx.Linear/LinearGeneral/Conv)")
+        raise ValueError(
+            f"{type(model).__name__} has no layer lowbit can quantize (lowbit.nnx."
+            "Linear/Conv, flax nnx.Linear/LinearGeneral/Conv)"
+        )
     n = len(layers)
     out = []
     for i, (path, layer) in enumerate(layers):
@@ -227,19 +248,25 @@ def plan_rules(model, rules) -> RulesReport:
         for j, r in enumerate(rules):
             if re.fullmatch(r.pattern, path) is None:
                 continue
-            if ((r.select == "first" and i >= _n(r.count, n))
-                    or (r.select == "last" and i < n - _n(r.count, n))
-                    or (r.select == "pointwise" and not _pointwise(layer))):
+            if (
+                (r.select == "first" and i >= _n(r.count, n))
+                or (r.select == "last" and i < n - _n(r.count, n))
+                or (r.select == "pointwise" and not _pointwise(layer))
+            ):
                 continue
             hit = j
             break
-        out.append(Assignment(path, type(layer).__name__, hit,
-                              None if hit is None else rules[hit].config))
+        out.append(
+            Assignment(path, type(layer).__name__, hit, None if hit is None else rules[hit].config)
+        )
     paths = [p for p, _ in layers]
     for j, r in enumerate(rules):
         if not any(re.fullmatch(r.pattern, p) for p in paths):
-            warnings.warn(f"lowbit rule {j} (pattern {r.pattern!r}) matches no layer of "
-                          f"{type(model).__name__}; its layer paths are: {paths}", stacklevel=3)
+            warnings.warn(
+                f"lowbit rule {j} (pattern {r.pattern!r}) matches no layer of "
+                f"{type(model).__name__}; its layer paths are: {paths}",
+                stacklevel=3,
+            )
     return RulesReport(tuple(out), rules)
 
 
@@ -260,13 +287,22 @@ class _QuantDot:
 
     config: QuantConfig
 
-    def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
-                 out_sharding=None):
+    def __call__(
+        self,
+        lhs,
+        rhs,
+        dimension_numbers,
+        precision=None,
+        preferred_element_type=None,
+        out_sharding=None,
+    ):
         if out_sharding is not None:
-            raise NotImplementedError("lowbit.dot_general takes no out_sharding; shard the "
-                                      "inputs instead")
-        return dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type,
-                           config=self.config)
+            raise NotImplementedError(
+                "lowbit.dot_general takes no out_sharding; shard the inputs instead"
+            )
+        return dot_general(
+            lhs, rhs, dimension_numbers, precision, preferred_element_type, config=self.config
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,15 +311,39 @@ class _QuantConv:
 
     config: QuantConfig
 
-    def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                 dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                 precision=None, preferred_element_type=None, out_sharding=None):
+    def __call__(
+        self,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=None,
+        rhs_dilation=None,
+        dimension_numbers=None,
+        feature_group_count=1,
+        batch_group_count=1,
+        precision=None,
+        preferred_element_type=None,
+        out_sharding=None,
+    ):
         if out_sharding is not None:
-            raise NotImplementedError("lowbit.conv_general_dilated takes no out_sharding; shard "
-                                      "the inputs instead")
-        return conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, batch_group_count,
-                                    precision, preferred_element_type, config=self.config)
+            raise NotImplementedError(
+                "lowbit.conv_general_dilated takes no out_sharding; shard the inputs instead"
+            )
+        return conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            precision,
+            preferred_element_type,
+            config=self.config,
+        )
 
 
 def _set(layer, path: str, config: QuantConfig | None) -> None:
@@ -291,18 +351,22 @@ def _set(layer, path: str, config: QuantConfig | None) -> None:
         cfg = QuantConfig.float32() if config is None else config
         if cfg.activation_scaling == "pact" and layer.activation_clip is None:
             # the attribute was created static (None); a parameter must be declared data
-            layer.activation_clip = fnnx.data(fnnx.Param(
-                jnp.asarray(cfg.pact_init, layer.kernel[...].dtype)))
+            layer.activation_clip = fnnx.data(
+                fnnx.Param(jnp.asarray(cfg.pact_init, layer.kernel[...].dtype))
+            )
         layer.config = cfg
         return
     if config is not None and config.activation_scaling == "pact":
-        raise ValueError(f"layer {path!r} is a flax {type(layer).__name__}, which has no PACT "
-                         "clip parameter; use lowbit.nnx layers or activation_scaling='max'")
+        raise ValueError(
+            f"layer {path!r} is a flax {type(layer).__name__}, which has no PACT "
+            "clip parameter; use lowbit.nnx layers or activation_scaling='max'"
+        )
     if isinstance(layer, _FLAX_DOT):
         layer.dot_general = lax.dot_general if config is None else _QuantDot(config)
     else:
-        layer.conv_general_dilated = (lax.conv_general_dilated if config is None
-                                      else _QuantConv(config))
+        layer.conv_general_dilated = (
+            lax.conv_general_dilated if config is None else _QuantConv(config)
+        )
 
 
 def apply_rules(model, rules) -> RulesReport:
@@ -323,4 +387,3 @@ def apply_rules(model, rules) -> RulesReport:
         if a.rule is not None:
             _set(layers[a.path], a.path, a.config)
     return report
-

@@ -38,10 +38,12 @@ class ExponentFormat:
     def __post_init__(self):
         if not (isinstance(self.bits, int) and 2 <= self.bits <= 8):
             raise ValueError(f"ExponentFormat(bits={self.bits!r}): need an int in 2..8")
-        lo, hi = -self.bias, 2 ** self.bits - 2 - self.bias
+        lo, hi = -self.bias, 2**self.bits - 2 - self.bias
         if lo < -127 or hi > 127:
-            raise ValueError(f"ExponentFormat(bias={self.bias}): exponents {lo}..{hi} must lie "
-                             "in -127..127 (float32's range)")
+            raise ValueError(
+                f"ExponentFormat(bias={self.bias}): exponents {lo}..{hi} must lie "
+                "in -127..127 (float32's range)"
+            )
 
     @property
     def min_exponent(self) -> int:
@@ -49,15 +51,15 @@ class ExponentFormat:
 
     @property
     def max_exponent(self) -> int:
-        return 2 ** self.bits - 2 - self.bias
+        return 2**self.bits - 2 - self.bias
 
     @property
     def nan_code(self) -> int:
-        return 2 ** self.bits - 1
+        return 2**self.bits - 1
 
     def values(self) -> np.ndarray:
         """All code values in float64 (exact; 2^-127 is below float32's normals), NaN last."""
-        out = 2.0 ** (np.arange(2 ** self.bits, dtype=np.float64) - self.bias)
+        out = 2.0 ** (np.arange(2**self.bits, dtype=np.float64) - self.bias)
         out[-1] = np.nan
         return out
 
@@ -67,7 +69,7 @@ E8M0 = ExponentFormat(name="E8M0")
 
 
 def _scale_range_ok(fmt: Format) -> bool:
-    return fmt.kind == "float" and fmt.max_value / fmt.min_value >= 2.0 ** 16
+    return fmt.kind == "float" and fmt.max_value / fmt.min_value >= 2.0**16
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,22 +107,30 @@ class ScaledFormat:
 
     def __post_init__(self):
         if not isinstance(self.element, Format) or self.element.is_float32:
-            raise TypeError(f"ScaledFormat(element={self.element!r}): need a quantized "
-                            "lowbit.Format such as lowbit.E2M1 or lowbit.INT4")
+            raise TypeError(
+                f"ScaledFormat(element={self.element!r}): need a quantized "
+                "lowbit.Format such as lowbit.E2M1 or lowbit.INT4"
+            )
         if self.granularity not in GRANULARITIES:
-            raise ValueError(f"ScaledFormat(granularity={self.granularity!r}): use one of "
-                             f"{GRANULARITIES}")
+            raise ValueError(
+                f"ScaledFormat(granularity={self.granularity!r}): use one of {GRANULARITIES}"
+            )
         if self.granularity == "block":
             bs = self.block_size
             bs = (bs,) if isinstance(bs, int) and not isinstance(bs, bool) else bs
-            if (not isinstance(bs, tuple) or len(bs) not in (1, 2)
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                               for v in bs)):
-                raise ValueError(f"ScaledFormat(block_size={self.block_size!r}): need a positive "
-                                 "int N or a pair (N, B) of positive ints")
+            if (
+                not isinstance(bs, tuple)
+                or len(bs) not in (1, 2)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in bs)
+            ):
+                raise ValueError(
+                    f"ScaledFormat(block_size={self.block_size!r}): need a positive "
+                    "int N or a pair (N, B) of positive ints"
+                )
         if self.partial_blocks not in _PARTIAL:
-            raise ValueError(f"ScaledFormat(partial_blocks={self.partial_blocks!r}): use one of "
-                             f"{_PARTIAL}")
+            raise ValueError(
+                f"ScaledFormat(partial_blocks={self.partial_blocks!r}): use one of {_PARTIAL}"
+            )
         sf = self.scale_format
         if isinstance(sf, ExponentFormat):
             pass
@@ -129,16 +139,21 @@ class ScaledFormat:
                 raise ValueError(
                     f"ScaledFormat(scale_format={sf.name}): it cannot hold the range of scales "
                     f"(kind={sf.kind!r}, max/min = {sf.max_value / sf.min_value:g} < 2^16); use "
-                    "lowbit.E8M0, lowbit.E4M3 or lowbit.FLOAT32")
+                    "lowbit.E8M0, lowbit.E4M3 or lowbit.FLOAT32"
+                )
         else:
-            raise TypeError(f"ScaledFormat(scale_format={sf!r}): need lowbit.E8M0, lowbit.E4M3 "
-                            "(a lowbit.Format) or lowbit.FLOAT32")
+            raise TypeError(
+                f"ScaledFormat(scale_format={sf!r}): need lowbit.E8M0, lowbit.E4M3 "
+                "(a lowbit.Format) or lowbit.FLOAT32"
+            )
         if not isinstance(self.tensor_scale, bool):
             raise TypeError(f"ScaledFormat(tensor_scale={self.tensor_scale!r}): need a bool")
         if self.tensor_scale and not (isinstance(sf, Format) and not sf.is_float32):
-            raise ValueError(f"ScaledFormat(tensor_scale=True) needs a narrow float scale format "
-                             f"such as lowbit.E4M3 (got {getattr(sf, 'name', sf)}): a power-of-two "
-                             "or float32 scale already covers float32's range")
+            raise ValueError(
+                f"ScaledFormat(tensor_scale=True) needs a narrow float scale format "
+                f"such as lowbit.E4M3 (got {getattr(sf, 'name', sf)}): a power-of-two "
+                "or float32 scale already covers float32's range"
+            )
 
     @property
     def block(self) -> tuple[int, int] | None:
@@ -152,13 +167,17 @@ class ScaledFormat:
     def bits_per_element(self) -> float:
         """Average storage per element at full blocks (codes plus block scales)."""
         n = self.block
-        sbits = 32 if (isinstance(self.scale_format, Format)
-                       and self.scale_format.is_float32) else self.scale_format.bits
+        sbits = (
+            32
+            if (isinstance(self.scale_format, Format) and self.scale_format.is_float32)
+            else self.scale_format.bits
+        )
         return self.element.bits + (sbits / (n[0] * n[1]) if n else 0.0)
 
 
 #: OCP MX v1.0 MXFP4: E2M1 elements, one E8M0 power-of-two scale per 32 elements.
 MXFP4 = ScaledFormat(name="MXFP4", element=E2M1, block_size=32, scale_format=E8M0)
 #: NVIDIA NVFP4: E2M1 elements, an E4M3 scale per 16 elements, and a float32 per-tensor scale.
-NVFP4 = ScaledFormat(name="NVFP4", element=E2M1, block_size=16, scale_format=E4M3,
-                     tensor_scale=True)
+NVFP4 = ScaledFormat(
+    name="NVFP4", element=E2M1, block_size=16, scale_format=E4M3, tensor_scale=True
+)

@@ -51,8 +51,9 @@ def _radix_scale(amax: jax.Array, fmt: Format) -> jax.Array:
     return jnp.where(ok, scale, jnp.float32(1.0))
 
 
-def compute_scale(x: jax.Array, fmt: Format, method: str = "max", *,
-                  amax_history: jax.Array | None = None) -> jax.Array:
+def compute_scale(
+    x: jax.Array, fmt: Format, method: str = "max", *, amax_history: jax.Array | None = None
+) -> jax.Array:
     """Per-tensor power-of-radix scale mapping ``x``'s range onto ``fmt``'s (GradScale).
 
     Sun et al. (2020), section 4.3: ``scale = radix^ceil(log_radix(max|x| /
@@ -79,8 +80,10 @@ def compute_scale(x: jax.Array, fmt: Format, method: str = "max", *,
     if fmt.is_float32:
         return jnp.float32(1.0)
     if method == "delayed" and amax_history is None:
-        raise ValueError("method='delayed' needs amax_history=<1-D float32 array>; "
-                         "create it with jnp.zeros((n,), jnp.float32)")
+        raise ValueError(
+            "method='delayed' needs amax_history=<1-D float32 array>; "
+            "create it with jnp.zeros((n,), jnp.float32)"
+        )
     return _compute_scale(jnp.asarray(x), None if method == "max" else amax_history, fmt=fmt)
 
 

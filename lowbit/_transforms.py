@@ -49,16 +49,23 @@ def _check_args(fmt, scaling, rounding, seed, history_length) -> None:
     # optax.inject_hyperparams re-calls this factory with numeric arguments as
     # (possibly traced) arrays; seed and history_length are only read by init.
     check_seed(seed, "quantize_updates")
-    if isinstance(history_length, bool) or not (isinstance(history_length, int) or (
-            hasattr(history_length, "dtype") and jnp.issubdtype(history_length.dtype, jnp.integer))):
+    if isinstance(history_length, bool) or not (
+        isinstance(history_length, int)
+        or (hasattr(history_length, "dtype") and jnp.issubdtype(history_length.dtype, jnp.integer))
+    ):
         raise ValueError(f"quantize_updates(history_length={history_length!r}): need an int >= 1")
     if not isinstance(history_length, jax.core.Tracer) and int(history_length) < 1:
         raise ValueError(f"quantize_updates(history_length={history_length!r}): need an int >= 1")
 
 
-def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
-                     rounding: str = "stochastic", seed: int = 0,
-                     history_length: int = 16) -> optax.GradientTransformationExtraArgs:
+def quantize_updates(
+    fmt: Format = RADIX4_FP4,
+    *,
+    scaling: str = "max",
+    rounding: str = "stochastic",
+    seed: int = 0,
+    history_length: int = 16,
+) -> optax.GradientTransformationExtraArgs:
     """Put each update leaf on ``fmt``'s grid with its own adaptive scale.
 
     Per leaf: ``scale = compute_scale(u, fmt, scaling)`` (GradScale, Sun et al.
@@ -92,15 +99,19 @@ def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
         hist = None
         if scaling == "delayed":
             hist = jax.tree.map(lambda p: jnp.zeros((int(history_length),), jnp.float32), params)
-        return QuantizeUpdatesState(count=jnp.zeros((), jnp.int32),
-                                    key=jax.random.key(jnp.asarray(seed, jnp.uint32)),
-                                    amax_history=hist, nonfinite=jnp.zeros((), jnp.int32))
+        return QuantizeUpdatesState(
+            count=jnp.zeros((), jnp.int32),
+            key=jax.random.key(jnp.asarray(seed, jnp.uint32)),
+            amax_history=hist,
+            nonfinite=jnp.zeros((), jnp.int32),
+        )
 
     def quantized(updates, state):
         """Every float leaf on the grid, and the next amax history (None for "max")."""
         leaves, treedef = jax.tree.flatten(updates)
-        hists = (jax.tree.leaves(state.amax_history) if scaling == "delayed"
-                 else [None] * len(leaves))
+        hists = (
+            jax.tree.leaves(state.amax_history) if scaling == "delayed" else [None] * len(leaves)
+        )
         step_key = jax.random.fold_in(state.key, state.count)
         out, new_hists = [], []
         for i, (u, h) in enumerate(zip(leaves, hists)):
@@ -112,8 +123,11 @@ def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
             key = jax.random.fold_in(step_key, i) if rounding == "stochastic" else None
             out.append(quantize(u, fmt, scale=s, rounding=rounding, key=key))
             new_hists.append(amax_history_update(h, u) if h is not None else None)
-        hist = (jax.tree.unflatten(jax.tree.structure(state.amax_history), new_hists)
-                if scaling == "delayed" else None)
+        hist = (
+            jax.tree.unflatten(jax.tree.structure(state.amax_history), new_hists)
+            if scaling == "delayed"
+            else None
+        )
         return jax.tree.unflatten(treedef, out), hist
 
     def update(updates, state, params=None, **extra_args):
@@ -124,8 +138,7 @@ def quantize_updates(fmt: Format = RADIX4_FP4, *, scaling: str = "max",
 
         def take():
             out, hist = quantized(updates, state)
-            return out, state._replace(count=optax.safe_increment(state.count),
-                                       amax_history=hist)
+            return out, state._replace(count=optax.safe_increment(state.count), amax_history=hist)
 
         out, state = refuse_nonfinite(all_finite(updates), take, state, updates)
         # Non-floating leaves (step counters) pass through as they came, refused or not.

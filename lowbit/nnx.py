@@ -10,7 +10,8 @@ bfloat16 in, bfloat16 out.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,29 +42,55 @@ class Linear(fnnx.Module):
     Shapes: ``x (..., in_features) -> (..., out_features)``.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, rngs: fnnx.Rngs,
-                 config: QuantConfig = QuantConfig(), use_bias: bool = True,
-                 dtype: Any = None, param_dtype: Any = jnp.float32,
-                 kernel_init=_default_kernel_init, bias_init=fnnx.initializers.zeros_init(),
-                 precision=None):
-        if not (isinstance(in_features, int) and in_features > 0 and isinstance(out_features, int)
-                and out_features > 0):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        rngs: fnnx.Rngs,
+        config: QuantConfig = QuantConfig(),
+        use_bias: bool = True,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        kernel_init=_default_kernel_init,
+        bias_init=fnnx.initializers.zeros_init(),
+        precision=None,
+    ):
+        if not (
+            isinstance(in_features, int)
+            and in_features > 0
+            and isinstance(out_features, int)
+            and out_features > 0
+        ):
             raise ValueError(f"Linear({in_features!r}, {out_features!r}): need positive ints")
         self.config = _check_config(config)
         self.in_features, self.out_features = in_features, out_features
         self.dtype, self.precision = dtype, precision
-        self.kernel = fnnx.Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype))
-        self.bias = fnnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
-        self.activation_clip = (fnnx.Param(jnp.asarray(config.pact_init, param_dtype))
-                                if config.activation_scaling == "pact" else None)
+        self.kernel = fnnx.Param(
+            kernel_init(rngs.params(), (in_features, out_features), param_dtype)
+        )
+        self.bias = (
+            fnnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+        )
+        self.activation_clip = (
+            fnnx.Param(jnp.asarray(config.pact_init, param_dtype))
+            if config.activation_scaling == "pact"
+            else None
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
         kernel = self.kernel[...].astype(dtype)
         clip = None if self.activation_clip is None else self.activation_clip[...]
-        y = dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), self.precision,
-                        config=self.config, activation_clip=clip)
+        y = dot_general(
+            x,
+            kernel,
+            (((x.ndim - 1,), (0,)), ((), ())),
+            self.precision,
+            config=self.config,
+            activation_clip=clip,
+        )
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y
@@ -82,19 +109,31 @@ class Conv(fnnx.Module):
     Shapes: ``x (batch, *spatial, in_features) -> (batch, *spatial', out_features)``.
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: int | Sequence[int],
-                 strides: int | Sequence[int] = 1, *, padding: Any = "SAME", rngs: fnnx.Rngs,
-                 config: QuantConfig = QuantConfig(), use_bias: bool = True,
-                 dtype: Any = None, param_dtype: Any = jnp.float32,
-                 kernel_init=_default_kernel_init, bias_init=fnnx.initializers.zeros_init(),
-                 precision=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        *,
+        padding: Any = "SAME",
+        rngs: fnnx.Rngs,
+        config: QuantConfig = QuantConfig(),
+        use_bias: bool = True,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        kernel_init=_default_kernel_init,
+        bias_init=fnnx.initializers.zeros_init(),
+        precision=None,
+    ):
         kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
         if not kernel_size or any((not isinstance(k, int)) or k < 1 for k in kernel_size):
             raise ValueError(f"Conv(kernel_size={kernel_size!r}): need positive ints")
         strides = (strides,) * len(kernel_size) if isinstance(strides, int) else tuple(strides)
         if len(strides) != len(kernel_size):
-            raise ValueError(f"Conv(strides={strides!r}): need one stride per kernel axis "
-                             f"({len(kernel_size)})")
+            raise ValueError(
+                f"Conv(strides={strides!r}): need one stride per kernel axis ({len(kernel_size)})"
+            )
         if isinstance(padding, str):
             if padding not in ("SAME", "VALID"):
                 raise ValueError(f"Conv(padding={padding!r}): use 'SAME', 'VALID' or pairs")
@@ -104,25 +143,40 @@ class Conv(fnnx.Module):
         self.kernel_size, self.strides, self.padding = kernel_size, strides, padding
         self.in_features, self.out_features = in_features, out_features
         self.dtype, self.precision = dtype, precision
-        self.kernel = fnnx.Param(kernel_init(rngs.params(), (*kernel_size, in_features, out_features),
-                                             param_dtype))
-        self.bias = fnnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
-        self.activation_clip = (fnnx.Param(jnp.asarray(config.pact_init, param_dtype))
-                                if config.activation_scaling == "pact" else None)
+        self.kernel = fnnx.Param(
+            kernel_init(rngs.params(), (*kernel_size, in_features, out_features), param_dtype)
+        )
+        self.bias = (
+            fnnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+        )
+        self.activation_clip = (
+            fnnx.Param(jnp.asarray(config.pact_init, param_dtype))
+            if config.activation_scaling == "pact"
+            else None
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n = len(self.kernel_size)
         if x.ndim != n + 2:
-            raise ValueError(f"Conv expects inputs (batch, {n} spatial axes, channels), got {x.shape}")
+            raise ValueError(
+                f"Conv expects inputs (batch, {n} spatial axes, channels), got {x.shape}"
+            )
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
         kernel = self.kernel[...].astype(dtype)
         spatial = "HWD"[:n] if n <= 3 else None
         dn = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
         clip = None if self.activation_clip is None else self.activation_clip[...]
-        y = conv_general_dilated(x, kernel, self.strides, self.padding, dimension_numbers=dn,
-                                 precision=self.precision, config=self.config,
-                                 activation_clip=clip)
+        y = conv_general_dilated(
+            x,
+            kernel,
+            self.strides,
+            self.padding,
+            dimension_numbers=dn,
+            precision=self.precision,
+            config=self.config,
+            activation_clip=clip,
+        )
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y

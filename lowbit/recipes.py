@@ -33,8 +33,20 @@ from lowbit._formats import E2M1, E4M3, E5M2, INT8
 from lowbit._gemm import GemmConfig
 from lowbit._rules import Recipe, Rule
 
-__all__ = ["SUN2020", "SUN2020_ALL_4BIT", "SUN2020_E2M1_GRADIENTS", "SUN2020_4BIT", "SUN2020_8BIT", "NVFP4_2025",
-           "NVFP4_2025_CONFIG", "NVFP4_WEIGHTS_2D", "MXFP4", "MXFP4_CONFIG", "Recipe", "Rule"]
+__all__ = [
+    "SUN2020",
+    "SUN2020_ALL_4BIT",
+    "SUN2020_E2M1_GRADIENTS",
+    "SUN2020_4BIT",
+    "SUN2020_8BIT",
+    "NVFP4_2025",
+    "NVFP4_2025_CONFIG",
+    "NVFP4_WEIGHTS_2D",
+    "MXFP4",
+    "MXFP4_CONFIG",
+    "Recipe",
+    "Rule",
+]
 
 #: Sun et al. (2020) 4-bit layers: INT4 SAWB weights, INT4 activations, radix-4 FP4 gradients
 #: with GradScale and two-phase rounding (lowbit's QuantConfig defaults).
@@ -46,26 +58,33 @@ SUN2020_8BIT = QuantConfig(weights=INT8, activations=INT8, gradients=E5M2, two_p
 
 SUN2020 = Recipe(
     name="SUN2020",
-    rules=(Rule(config=SUN2020_8BIT, select="first"),
-           Rule(config=SUN2020_8BIT, select="last"),
-           Rule(config=SUN2020_8BIT, select="pointwise"),
-           Rule(config=SUN2020_4BIT)),
+    rules=(
+        Rule(config=SUN2020_8BIT, select="first"),
+        Rule(config=SUN2020_8BIT, select="last"),
+        Rule(config=SUN2020_8BIT, select="pointwise"),
+        Rule(config=SUN2020_4BIT),
+    ),
     description="Sun et al. 2020: INT4 W/A, radix-4 FP4 gradients (GradScale, TPR); first, last "
-                "and 1x1-conv layers in 8 bits")
+    "and 1x1-conv layers in 8 bits",
+)
 
 SUN2020_ALL_4BIT = Recipe(
-    name="SUN2020_ALL_4BIT", rules=(Rule(config=SUN2020_4BIT),),
-    description="Sun et al. 2020's 4-bit layers everywhere, without the 8-bit exceptions")
+    name="SUN2020_ALL_4BIT",
+    rules=(Rule(config=SUN2020_4BIT),),
+    description="Sun et al. 2020's 4-bit layers everywhere, without the 8-bit exceptions",
+)
 
 SUN2020_E2M1_GRADIENTS = Recipe(
     name="SUN2020_E2M1_GRADIENTS",
-    rules=SUN2020.rules[:3] + (Rule(config=dataclasses.replace(SUN2020_4BIT, gradients=E2M1,
-                                                               two_phase=False)),),
-    description="SUN2020 with E2M1 instead of radix-4 FP4 gradients (radix-4 vs E2M1 ablation)")
+    rules=SUN2020.rules[:3]
+    + (Rule(config=dataclasses.replace(SUN2020_4BIT, gradients=E2M1, two_phase=False)),),
+    description="SUN2020 with E2M1 instead of radix-4 FP4 gradients (radix-4 vs E2M1 ablation)",
+)
 
 #: NVIDIA (2025) weights: E2M1 with E4M3 scales per 16x16 tile and a float32 tensor scale.
-NVFP4_WEIGHTS_2D = ScaledFormat(name="NVFP4-16x16", element=E2M1, block_size=(16, 16),
-                                scale_format=E4M3, tensor_scale=True)
+NVFP4_WEIGHTS_2D = ScaledFormat(
+    name="NVFP4-16x16", element=E2M1, block_size=(16, 16), scale_format=E4M3, tensor_scale=True
+)
 
 #: NVIDIA (2025) section 4: activations and gradients NVFP4 (1x16 blocks along each GEMM's
 #: contraction axis), weights 16x16 tiles, stochastic rounding on the gradient operand of both
@@ -73,23 +92,29 @@ NVFP4_WEIGHTS_2D = ScaledFormat(name="NVFP4-16x16", element=E2M1, block_size=(16
 NVFP4_2025_CONFIG = QuantConfig(
     forward=GemmConfig(lhs=_NVFP4_FORMAT, rhs=NVFP4_WEIGHTS_2D),
     input_gradient=GemmConfig(lhs=_NVFP4_FORMAT, rhs=NVFP4_WEIGHTS_2D, lhs_rounding="stochastic"),
-    weight_gradient=GemmConfig(lhs=_NVFP4_FORMAT, rhs=_NVFP4_FORMAT, rhs_rounding="stochastic",
-                               hadamard=16))
+    weight_gradient=GemmConfig(
+        lhs=_NVFP4_FORMAT, rhs=_NVFP4_FORMAT, rhs_rounding="stochastic", hadamard=16
+    ),
+)
 
 NVFP4_2025 = Recipe(
     name="NVFP4_2025",
     # NVIDIA kept a small share of the 12B model's linear layers, mostly the final ones, in
     # BF16; here the last 15% of the layers (at least one) stay in float32.
-    rules=(Rule(config=None, select="last", count=0.15),
-           Rule(config=NVFP4_2025_CONFIG)),
+    rules=(Rule(config=None, select="last", count=0.15), Rule(config=NVFP4_2025_CONFIG)),
     description="NVIDIA 2025: NVFP4 in all GEMMs, 16x16 weight tiles, RHT on Wgrad inputs, "
-                "stochastic rounding of gradients, last 15% of layers in float32")
+    "stochastic rounding of gradients, last 15% of layers in float32",
+)
 
 #: OCP MX v1.0 MXFP4 in the forward, input-gradient and weight-gradient GEMMs, nearest rounding.
 MXFP4_CONFIG = QuantConfig(
     forward=GemmConfig(lhs=_MXFP4_FORMAT, rhs=_MXFP4_FORMAT),
     input_gradient=GemmConfig(lhs=_MXFP4_FORMAT, rhs=_MXFP4_FORMAT),
-    weight_gradient=GemmConfig(lhs=_MXFP4_FORMAT, rhs=_MXFP4_FORMAT))
+    weight_gradient=GemmConfig(lhs=_MXFP4_FORMAT, rhs=_MXFP4_FORMAT),
+)
 
-MXFP4 = Recipe(name="MXFP4", rules=(Rule(config=MXFP4_CONFIG),),
-               description="OCP MXFP4 (E2M1, E8M0 per 32) in all three GEMMs of every layer")
+MXFP4 = Recipe(
+    name="MXFP4",
+    rules=(Rule(config=MXFP4_CONFIG),),
+    description="OCP MXFP4 (E2M1, E8M0 per 32) in all three GEMMs of every layer",
+)

@@ -27,8 +27,12 @@ REPO = HERE.parent
 # every collective and its byte count, is unchanged. A run and its reference are
 # compiled in the same process under the same flags, so equality checks compare like
 # with like.
-FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
-                "--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1")
+FAST_COMPILE = (
+    "--xla_backend_optimization_level=0",
+    "--xla_llvm_disable_expensive_passes=true",
+    "--xla_cpu_use_fusion_emitters=false",
+    "--xla_cpu_parallel_codegen_split_count=1",
+)
 
 
 def device_env(num_devices: int) -> dict:
@@ -36,8 +40,9 @@ def device_env(num_devices: int) -> dict:
     env = dict(os.environ)
     ours = {f.split("=")[0] for f in FAST_COMPILE} | {"--xla_force_host_platform_device_count"}
     flags = [f for f in env.get("XLA_FLAGS", "").split() if f.split("=")[0] not in ours]
-    env["XLA_FLAGS"] = " ".join(flags + list(FAST_COMPILE)
-                                + [f"--xla_force_host_platform_device_count={num_devices}"])
+    env["XLA_FLAGS"] = " ".join(
+        flags + list(FAST_COMPILE) + [f"--xla_force_host_platform_device_count={num_devices}"]
+    )
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
@@ -52,12 +57,22 @@ def run_checks(names: tuple = (), num_devices: int = 8, timeout: float = 600) ->
         out = pathlib.Path(tmp) / "results.json"
         cmd = [sys.executable, str(HERE / "multidevice" / "eight_devices.py"), str(out), *names]
         try:
-            r = subprocess.run(cmd, cwd=REPO, env=device_env(num_devices), capture_output=True,
-                               text=True, timeout=timeout)
+            r = subprocess.run(
+                cmd,
+                cwd=REPO,
+                env=device_env(num_devices),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired as e:
-            raise AssertionError(f"eight_devices.py under {num_devices} devices timed out after "
-                                 f"{timeout} s:\n{(e.stdout or '')[-4000:]}") from None
+            raise AssertionError(
+                f"eight_devices.py under {num_devices} devices timed out after "
+                f"{timeout} s:\n{(e.stdout or '')[-4000:]}"
+            ) from None
         if r.returncode != 0 or not out.exists():
-            raise AssertionError(f"eight_devices.py under {num_devices} devices failed (exit "
-                                 f"{r.returncode}):\n{r.stdout[-8000:]}\n{r.stderr[-4000:]}")
+            raise AssertionError(
+                f"eight_devices.py under {num_devices} devices failed (exit "
+                f"{r.returncode}):\n{r.stdout[-8000:]}\n{r.stderr[-4000:]}"
+            )
         return json.loads(out.read_text())

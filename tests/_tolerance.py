@@ -35,8 +35,11 @@ def assert_close_ulps(actual, desired, *, ulps: float, magnitude=None, err_msg: 
         magnitude = np.max(np.abs(d)) if d.size else 0.0
     tol = ulps * EPS32 * np.asarray(magnitude, np.float64)
     # a zero magnitude means every term was zero: both sides must then be exactly zero
-    np.testing.assert_array_less(np.abs(a - d), np.broadcast_to(tol, d.shape) + np.finfo(np.float64).tiny,
-                                 err_msg=err_msg or f"differs by more than {ulps} float32 ulps of the magnitude")
+    np.testing.assert_array_less(
+        np.abs(a - d),
+        np.broadcast_to(tol, d.shape) + np.finfo(np.float64).tiny,
+        err_msg=err_msg or f"differs by more than {ulps} float32 ulps of the magnitude",
+    )
 
 
 def dot_ulps(k: int) -> float:

@@ -17,14 +17,14 @@ import pathlib
 # environment before jax starts a backend, so xdist workers, notebook kernels and the CLI
 # subprocesses of the resume tests inherit the same flags (bit-identity checks compare runs
 # made under the same flags). BEYONDBP_TEST_FULL_OPT=1 runs the suite with XLA's defaults.
-from _multidevice import FAST_COMPILE  # noqa: E402  (one list of flags, explained there)
+from _multidevice import FAST_COMPILE
 
 if os.environ.get("BEYONDBP_TEST_FULL_OPT") != "1":
     _flags = os.environ.get("XLA_FLAGS", "").split()
     os.environ["XLA_FLAGS"] = " ".join(_flags + [f for f in FAST_COMPILE if f not in _flags])
 
-import jax  # noqa: E402  (after XLA_FLAGS)
-import pytest  # noqa: E402
+import jax
+import pytest
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +37,7 @@ def _strict_dtype_promotion(request):
     mode = "standard" if request.node.get_closest_marker("standard_promotion") else "strict"
     with jax.numpy_dtype_promotion(mode):
         yield
+
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -51,8 +52,12 @@ def mnist_dir() -> pathlib.Path:
     exists; nothing is ever downloaded by the test suite.
     """
     candidates = [os.environ.get("BEYONDBP_TEST_MNIST"), str(SHARED_MNIST)]
-    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    names = (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    )
     for c in candidates:
         if c and all((pathlib.Path(c) / n).is_file() for n in names):
             return pathlib.Path(c)

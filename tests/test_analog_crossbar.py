@@ -6,23 +6,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tolerance import assert_close_ulps, dot_ulps
 
 import analog
-from _tolerance import assert_close_ulps, dot_ulps
+from analog import presets
 
 
 def rkey(seed):
     """rbg keys: their kernels compile ~10x faster than threefry's on XLA:CPU."""
     return jax.random.key(seed, impl="rbg")
-from analog import presets
+
 
 IDEAL_IO = analog.IOConfig.ideal()
 
 
-@pytest.mark.parametrize("shape,tile", [((128, 64), (64, 64)),     # divides the tile
-                                        ((100, 70), (64, 64)),     # does not
-                                        ((5, 3), (64, 64)),        # smaller than a tile
-                                        ((37, 91), (8, 16))])      # many uneven tiles
+@pytest.mark.parametrize(
+    "shape,tile",
+    [
+        ((128, 64), (64, 64)),  # divides the tile
+        ((100, 70), (64, 64)),  # does not
+        ((5, 3), (64, 64)),  # smaller than a tile
+        ((37, 91), (8, 16)),
+    ],
+)  # many uneven tiles
 def test_ideal_mvm_equals_matmul(shape, tile):
     w = jax.random.normal(rkey(0), shape, jnp.float32) * 0.3
     t = analog.init_tiles(rkey(1), w, presets.IDEAL, tile)
@@ -38,10 +44,18 @@ def test_ideal_mvm_equals_matmul(shape, tile):
     # atol=1e-5 was 3 ulps of sum |x w| for (128, 64): a vector-width change away from failing.
     x64, w64, d64 = (np.asarray(v, np.float64) for v in (x, w, d))
     wmax = np.abs(w64).max()
-    assert_close_ulps(y, x64 @ w64, ulps=dot_ulps(shape[0]),
-                      magnitude=np.abs(x64) @ np.abs(w64) + np.abs(x64).sum(-1, keepdims=True) * wmax)
-    assert_close_ulps(analog.mvm_transpose(t, d, IDEAL_IO), d64 @ w64.T, ulps=dot_ulps(shape[1]),
-                      magnitude=np.abs(d64) @ np.abs(w64.T) + np.abs(d64).sum(-1, keepdims=True) * wmax)
+    assert_close_ulps(
+        y,
+        x64 @ w64,
+        ulps=dot_ulps(shape[0]),
+        magnitude=np.abs(x64) @ np.abs(w64) + np.abs(x64).sum(-1, keepdims=True) * wmax,
+    )
+    assert_close_ulps(
+        analog.mvm_transpose(t, d, IDEAL_IO),
+        d64 @ w64.T,
+        ulps=dot_ulps(shape[1]),
+        magnitude=np.abs(d64) @ np.abs(w64.T) + np.abs(d64).sum(-1, keepdims=True) * wmax,
+    )
 
 
 def test_read_weights_within_one_step_for_every_preset():
@@ -79,7 +93,7 @@ def test_tile_layout_and_vmap_over_chips():
 
 
 def test_dac_levels_and_saturation_exact():
-    io = analog.IOConfig(inp_bits=4, inp_bound=1.0)          # 7 levels per sign, lsb 1/7
+    io = analog.IOConfig(inp_bits=4, inp_bound=1.0)  # 7 levels per sign, lsb 1/7
     x = jnp.asarray([-2.0, -1.0, -0.55, -1 / 14 + 1e-4, 0.0, 0.0714, 0.08, 3 / 7 + 0.01, 0.99, 5.0])
     want = np.round(np.clip(np.asarray(x, np.float64), -1, 1) * 7) / 7
     np.testing.assert_allclose(io.dac(x), want, atol=1e-7)
@@ -87,7 +101,7 @@ def test_dac_levels_and_saturation_exact():
 
 
 def test_adc_levels_and_saturation_exact():
-    io = analog.IOConfig(out_bits=3, out_bound=6.0)          # 3 levels per sign: lsb 2
+    io = analog.IOConfig(out_bits=3, out_bound=6.0)  # 3 levels per sign: lsb 2
     y = jnp.asarray([-100.0, -6.0, -4.9, -3.1, -1.1, -0.99, 0.0, 0.99, 1.01, 2.9, 3.1, 5.1, 6.5])
     want = np.asarray([-6, -6, -4, -4, -2, 0, 0, 0, 2, 2, 4, 6, 6], np.float64)
     np.testing.assert_allclose(io.adc(y), want)
@@ -112,10 +126,10 @@ def test_read_noise_has_the_configured_variance():
     y = analog.mvm(t, jnp.ones((4000, 130), jnp.float32), io, rkey(1))
     var = float(jnp.var(y))
     # 256,000 samples: the sample variance is within 1% of 3 * 0.05^2 with overwhelming odds.
-    assert var == pytest.approx(3 * 0.05 ** 2, rel=0.02)
+    assert var == pytest.approx(3 * 0.05**2, rel=0.02)
     assert abs(float(jnp.mean(y))) < 5e-4
     yt = analog.mvm_transpose(t, jnp.ones((4000, 64), jnp.float32), io, rkey(2))
-    assert float(jnp.var(yt)) == pytest.approx(0.05 ** 2, rel=0.02)   # 1 column tile
+    assert float(jnp.var(yt)) == pytest.approx(0.05**2, rel=0.02)  # 1 column tile
 
 
 def test_weight_noise_is_multiplicative():
@@ -123,7 +137,8 @@ def test_weight_noise_is_multiplicative():
     t = analog.init_tiles(rkey(0), w, presets.IDEAL, (4, 4))
     io = analog.IOConfig(w_noise=0.1)
     ys = jax.vmap(lambda k: analog.mvm(t, jnp.ones((1, 1), jnp.float32), io, k))(
-        jax.random.split(rkey(3), 20000))
+        jax.random.split(rkey(3), 20000)
+    )
     assert float(jnp.mean(ys)) == pytest.approx(0.5, abs=2e-3)
     assert float(jnp.std(ys)) == pytest.approx(0.05, rel=0.03)
 
@@ -149,12 +164,18 @@ def test_bad_tile_shape_raises(bad):
         analog.init_tiles(rkey(0), jnp.ones((3, 3)), presets.IDEAL, bad)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(inp_bits=1, inp_bound=1.0), "inp_bits"), (dict(inp_bits=40, inp_bound=1.0), "inp_bits"),
-    (dict(out_bits=8.0, out_bound=1.0), "out_bits"), (dict(out_bits=8), "out_bound"),
-    (dict(inp_bits=8), "inp_bound"), (dict(read_noise=-1.0), "read_noise"),
-    (dict(out_bound=0.0), "out_bound"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(inp_bits=1, inp_bound=1.0), "inp_bits"),
+        (dict(inp_bits=40, inp_bound=1.0), "inp_bits"),
+        (dict(out_bits=8.0, out_bound=1.0), "out_bits"),
+        (dict(out_bits=8), "out_bound"),
+        (dict(inp_bits=8), "inp_bound"),
+        (dict(read_noise=-1.0), "read_noise"),
+        (dict(out_bound=0.0), "out_bound"),
+    ],
+)
 def test_bad_io_config_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         analog.IOConfig(**kwargs)
@@ -172,7 +193,7 @@ def test_deterministic_pulse_update_sends_rounded_counts():
     dev = analog.ConstantStep(dw_min=0.01)
     w = jnp.zeros((3, 2), jnp.float32)
     t = analog.init_tiles(rkey(0), w, dev, (2, 2), w_max=1.0)
-    step = float(analog.weight_step(t))                       # 2 * 0.01 * 1.0
+    step = float(analog.weight_step(t))  # 2 * 0.01 * 1.0
     x = jnp.asarray([[1.0, -0.5, 0.2]], jnp.float32)
     d = jnp.asarray([[0.3, -0.04]], jnp.float32)
     t2, pulses = analog.pulse_update(t, x, d, 1.0, None, mode="deterministic")
@@ -188,7 +209,7 @@ def test_stochastic_pulse_update_is_unbiased_below_saturation():
     t = analog.init_tiles(rkey(0), w, dev, (8, 8), w_max=1.0)
     x = jax.random.uniform(rkey(1), (3, 20), jnp.float32, -1, 1)
     d = jax.random.uniform(rkey(2), (3, 10), jnp.float32, -1, 1)
-    lr = 0.01                                                 # max probability ~0.36 < 1
+    lr = 0.01  # max probability ~0.36 < 1
     keys = jax.random.split(rkey(3), 4000)
     ws = jax.vmap(lambda k: analog.read_weights(analog.pulse_update(t, x, d, lr, k)[0]))(keys)
     mean = np.asarray(ws.mean(0))
@@ -201,8 +222,7 @@ def test_stochastic_pulse_update_is_unbiased_below_saturation():
 def test_pulse_update_bad_arguments():
     t = analog.init_tiles(rkey(0), jnp.ones((3, 2)), presets.IDEAL)
     with pytest.raises(ValueError, match="mode"):
-        analog.pulse_update(t, jnp.ones((1, 3)), jnp.ones((1, 2)), 0.1, rkey(0),
-                            mode="magic")
+        analog.pulse_update(t, jnp.ones((1, 3)), jnp.ones((1, 2)), 0.1, rkey(0), mode="magic")
     with pytest.raises(ValueError, match="bl"):
         analog.pulse_update(t, jnp.ones((1, 3)), jnp.ones((1, 2)), 0.1, rkey(0), bl=0)
     with pytest.raises(ValueError, match=r"\(B, in\)"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pathlib
 
 import hypothesis.strategies as st
 import jax
@@ -12,12 +13,13 @@ import pytest
 from hypothesis import given, settings
 
 import analog
+from analog import presets
 
 
 def rkey(seed):
     """rbg keys: their kernels compile ~10x faster than threefry's on XLA:CPU."""
     return jax.random.key(seed, impl="rbg")
-from analog import presets
+
 
 DW = 0.01
 A = DW  # range is 1, so a = dw_min in x units
@@ -42,7 +44,7 @@ def closed_form_up(dev, x0, n):
         y0 = 1 - x0
         if g == 1:
             return 1 - y0 * np.exp(-2 * a * n)
-        return 1 - np.maximum(y0 ** (1 - g) - (1 - g) * a * 2 ** g * n, 0) ** (1 / (1 - g))
+        return 1 - np.maximum(y0 ** (1 - g) - (1 - g) * a * 2**g * n, 0) ** (1 / (1 - g))
     raise AssertionError(dev)
 
 
@@ -63,7 +65,7 @@ def closed_form_down(dev, x0, n):
         return np.clip(1 - y, 0, 1)
     if isinstance(dev, analog.PowStep):
         g = dev.gamma_down
-        return np.maximum(x0 ** (1 - g) - (1 - g) * a * 2 ** g * n, 0) ** (1 / (1 - g))
+        return np.maximum(x0 ** (1 - g) - (1 - g) * a * 2**g * n, 0) ** (1 / (1 - g))
     raise AssertionError(dev)
 
 
@@ -119,8 +121,11 @@ PRESETS = list(presets.DEVICES.items())
 
 
 @settings(max_examples=25, deadline=None)
-@given(seq=st.lists(st.integers(-300, 300), min_size=1, max_size=12),
-       which=st.integers(0, len(PRESETS) - 1), seed=st.integers(0, 2**16))
+@given(
+    seq=st.lists(st.integers(-300, 300), min_size=1, max_size=12),
+    which=st.integers(0, len(PRESETS) - 1),
+    seed=st.integers(0, 2**16),
+)
 def test_conductance_stays_in_bounds_for_any_pulse_sequence(seq, which, seed):
     _, dev = PRESETS[which]
     key = rkey(seed)
@@ -147,8 +152,14 @@ def test_cycle_to_cycle_noise_has_the_configured_spread():
 
 
 def test_device_to_device_variation_and_stuck_fractions():
-    dev = analog.ConstantStep(dw_min=0.01, dw_min_dtod=0.2, up_down_dtod=0.05, bounds_dtod=0.1,
-                              stuck_on=0.02, stuck_off=0.03)
+    dev = analog.ConstantStep(
+        dw_min=0.01,
+        dw_min_dtod=0.2,
+        up_down_dtod=0.05,
+        bounds_dtod=0.1,
+        stuck_on=0.02,
+        stuck_off=0.03,
+    )
     var = dev.sample_variation(rkey(0), (100_000,))
     assert float(jnp.std(var.dw_scale)) == pytest.approx(0.2, rel=0.03)
     assert float(jnp.std(var.up_down)) == pytest.approx(0.05, rel=0.03)
@@ -161,15 +172,18 @@ def test_device_to_device_variation_and_stuck_fractions():
     assert bool(jnp.all(again.dw_scale == var.dw_scale))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(dw_min=0.0), "dw_min"),
-    (dict(dw_min=2.0), "dw_min"),
-    (dict(up_down=1.0), "up_down"),
-    (dict(g_min=1.0, g_max=0.5), "g_max > g_min"),
-    (dict(dw_min_std=-0.1), "dw_min_std"),
-    (dict(stuck_on=0.7, stuck_off=0.5), "stuck_on"),
-    (dict(stuck_off=1.5), "stuck_off"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(dw_min=0.0), "dw_min"),
+        (dict(dw_min=2.0), "dw_min"),
+        (dict(up_down=1.0), "up_down"),
+        (dict(g_min=1.0, g_max=0.5), "g_max > g_min"),
+        (dict(dw_min_std=-0.1), "dw_min_std"),
+        (dict(stuck_on=0.7, stuck_off=0.5), "stuck_on"),
+        (dict(stuck_off=1.5), "stuck_off"),
+    ],
+)
 def test_bad_device_parameters_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         analog.ConstantStep(**kwargs)
@@ -190,7 +204,8 @@ def test_bad_model_parameters_raise():
 
 def test_presets_are_valid_devices_with_sources():
     import analog._presets as src
-    text = open(src.__file__).read()
+
+    text = pathlib.Path(src.__file__).read_text()
     for name, dev in presets.DEVICES.items():
         assert isinstance(dev, analog.Device)
         # every preset's comment block names a publication (a year in parentheses or after a comma)

@@ -19,10 +19,17 @@ FREE, NUDGED = 6, 3
 def _run(sizes, batch, tile_shape, centered, steps=2):
     params = analog.init_energy_network(jax.random.key(0), sizes)
     tx = optax.chain(
-        analog.equilibrium_propagation(beta=0.3, free_steps=FREE, nudged_steps=NUDGED,
-                                       centered=centered, tol=None, tile_shape=tile_shape),
+        analog.equilibrium_propagation(
+            beta=0.3,
+            free_steps=FREE,
+            nudged_steps=NUDGED,
+            centered=centered,
+            tol=None,
+            tile_shape=tile_shape,
+        ),
         optax.sgd(0.05),
-        analog.program(analog.presets.TAOX_RERAM, tile_shape=tile_shape, seed=1))
+        analog.program(analog.presets.TAOX_RERAM, tile_shape=tile_shape, seed=1),
+    )
     state = tx.init(params)
 
     @jax.jit
@@ -38,17 +45,21 @@ def _run(sizes, batch, tile_shape, centered, steps=2):
     return state[0].ledger + state[2].ledger._replace(steps=jnp.zeros((), jnp.float32))
 
 
-@pytest.mark.parametrize("sizes,batch,tile_shape,centered", [
-    ((12, 9, 4), 3, (8, 8), True),        # partial tiles in both directions
-    ((16, 16, 16, 16), 2, (8, 8), True),  # exact tiling, three layers
-    ((33, 20, 7), 5, (16, 4), False),     # non-square tiles, one nudged phase
-])
+@pytest.mark.parametrize(
+    "sizes,batch,tile_shape,centered",
+    [
+        ((12, 9, 4), 3, (8, 8), True),  # partial tiles in both directions
+        ((16, 16, 16, 16), 2, (8, 8), True),  # exact tiling, three layers
+        ((33, 20, 7), 5, (16, 4), False),  # non-square tiles, one nudged phase
+    ],
+)
 def test_closed_form_equals_the_ledger_of_a_real_run(sizes, batch, tile_shape, centered):
     steps = 2
     led = _run(sizes, batch, tile_shape, centered, steps)
     assert float(led.pulses) > 0  # the chain programmed the devices
-    want = analog.crossbar_counts(sizes, batch, free_steps=FREE, nudged_steps=NUDGED,
-                                  centered=centered, tile_shape=tile_shape)
+    want = analog.crossbar_counts(
+        sizes, batch, free_steps=FREE, nudged_steps=NUDGED, centered=centered, tile_shape=tile_shape
+    )
     assert float(led.steps) == steps == steps * float(want.steps)
     for field in ("cell_reads", "dac", "adc", "digital_flops"):
         # integers far below 2^24: float32 holds them exactly
@@ -73,7 +84,7 @@ def test_sram_energy_follows_the_cited_points():
     assert ops.sram_per_access(8 * 1024) == ops.sram_8kb
     assert ops.sram_per_access(1024) == ops.sram_8kb
     assert ops.sram_per_access(32 * 1024) == pytest.approx(ops.sram_32kb, rel=1e-12)
-    assert ops.sram_per_access(2 ** 20) == pytest.approx(ops.sram_1mb, rel=1e-12)
+    assert ops.sram_per_access(2**20) == pytest.approx(ops.sram_1mb, rel=1e-12)
     # log-log interpolation: halfway (in log size) between 8 KB and 32 KB is the geometric mean
     assert ops.sram_per_access(16 * 1024) == pytest.approx(math.sqrt(10e-12 * 20e-12), rel=1e-12)
     m = analog.DigitalEnergyModel(dtype="bf16")
@@ -131,33 +142,47 @@ def test_report_breakdown_adds_up_and_keeps_the_legacy_keys():
 def test_weights_beyond_the_buffer_come_from_dram():
     sizes = (4096, 4096)  # 64 MiB in fp32, four times the default buffer
     inf = analog.digital_counts(sizes, 1, algorithm="inference")
-    resident = (16 * 2 ** 20 / 4 - 2 * 4096) / 4096 ** 2
-    assert inf.dram_words == pytest.approx(4096 ** 2 * (1 - resident), rel=1e-12)
-    int8 = analog.digital_counts(sizes, 1, algorithm="inference",
-                                 model=analog.DigitalEnergyModel(dtype="int8"))
+    resident = (16 * 2**20 / 4 - 2 * 4096) / 4096**2
+    assert inf.dram_words == pytest.approx(4096**2 * (1 - resident), rel=1e-12)
+    int8 = analog.digital_counts(
+        sizes, 1, algorithm="inference", model=analog.DigitalEnergyModel(dtype="int8")
+    )
     # 16 MiB of int8 weights fill the buffer exactly; the live activations (2 x 4096 words)
     # take their room first, so exactly that many weight words stream from DRAM
     assert int8.dram_words == 2 * 4096
 
 
-@pytest.mark.parametrize("make,exc,words", [
-    (lambda: analog.DigitalEnergyModel(buffer_bytes=0), ValueError, ("buffer_bytes", "positive")),
-    (lambda: analog.DigitalEnergyModel(pe_rows=2.5), ValueError, ("pe_rows",)),
-    (lambda: analog.DigitalEnergyModel(dtype="fp16"), ValueError, ("dtype", "bf16")),
-    (lambda: analog.DigitalEnergyModel(ops="45nm"), TypeError, ("OpEnergies",)),
-    (lambda: analog.OpEnergies(**{**_horowitz(), "dram": -1e-9}), ValueError, ("dram", "> 0")),
-    (lambda: analog.OpEnergies(**{**_horowitz(), "sram_1mb": 1e-12}), ValueError, ("SRAM",)),
-    (lambda: analog.EnergyModel(e_pulse=-1.0), ValueError, ("e_pulse",)),
-    (lambda: analog.digital_counts((8, 8), 0), ValueError, ("batch=0", "positive")),
-    (lambda: analog.digital_counts((8,), 1), ValueError, ("layer_sizes",)),
-    (lambda: analog.digital_counts((8, 8), 1, algorithm="eqprop"), ValueError, ("sweeps",)),
-    (lambda: analog.crossbar_counts((8, 8), 0, free_steps=2), ValueError, ("batch",)),
-    (lambda: analog.crossbar_counts((8, 8), 1, free_steps=0), ValueError, ("free_steps",)),
-    (lambda: analog.energy_report(analog.EnergyLedger.zeros(), network=(8, 8)), ValueError,
-     ("batch=",)),
-    (lambda: analog.energy_report(analog.EnergyLedger.zeros(), update="sparse"), ValueError,
-     ("update",)),
-])
+@pytest.mark.parametrize(
+    "make,exc,words",
+    [
+        (
+            lambda: analog.DigitalEnergyModel(buffer_bytes=0),
+            ValueError,
+            ("buffer_bytes", "positive"),
+        ),
+        (lambda: analog.DigitalEnergyModel(pe_rows=2.5), ValueError, ("pe_rows",)),
+        (lambda: analog.DigitalEnergyModel(dtype="fp16"), ValueError, ("dtype", "bf16")),
+        (lambda: analog.DigitalEnergyModel(ops="45nm"), TypeError, ("OpEnergies",)),
+        (lambda: analog.OpEnergies(**{**_horowitz(), "dram": -1e-9}), ValueError, ("dram", "> 0")),
+        (lambda: analog.OpEnergies(**{**_horowitz(), "sram_1mb": 1e-12}), ValueError, ("SRAM",)),
+        (lambda: analog.EnergyModel(e_pulse=-1.0), ValueError, ("e_pulse",)),
+        (lambda: analog.digital_counts((8, 8), 0), ValueError, ("batch=0", "positive")),
+        (lambda: analog.digital_counts((8,), 1), ValueError, ("layer_sizes",)),
+        (lambda: analog.digital_counts((8, 8), 1, algorithm="eqprop"), ValueError, ("sweeps",)),
+        (lambda: analog.crossbar_counts((8, 8), 0, free_steps=2), ValueError, ("batch",)),
+        (lambda: analog.crossbar_counts((8, 8), 1, free_steps=0), ValueError, ("free_steps",)),
+        (
+            lambda: analog.energy_report(analog.EnergyLedger.zeros(), network=(8, 8)),
+            ValueError,
+            ("batch=",),
+        ),
+        (
+            lambda: analog.energy_report(analog.EnergyLedger.zeros(), update="sparse"),
+            ValueError,
+            ("update",),
+        ),
+    ],
+)
 def test_bad_input_is_refused_with_a_clear_error(make, exc, words):
     with pytest.raises(exc) as e:
         make()
@@ -167,4 +192,5 @@ def test_bad_input_is_refused_with_a_clear_error(make, exc, words):
 
 def _horowitz():
     import dataclasses
+
     return dataclasses.asdict(analog.HOROWITZ_45NM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.flatten_util
@@ -17,6 +18,7 @@ import analog
 def rkey(seed):
     """rbg keys: their kernels compile ~10x faster than threefry's on XLA:CPU."""
     return jax.random.key(seed, impl="rbg")
+
 
 SIZES = (6, 5, 4, 3)
 B = 8
@@ -44,6 +46,7 @@ def _implicit_gradient(params, x, y):
     Written from the energy's definition, independently of analog._local: a Gauss-Seidel map
     G with G(s*) = s*, then dL/dtheta = lambda^T dG/dtheta with (I - dG/ds)^T lambda = dC/ds.
     """
+
     def G(s, p):
         s1, s2, s3 = s
         s1 = jnp.clip(x @ p[0]["kernel"] + p[0]["bias"] + s2 @ p[1]["kernel"].T, 0, 1)
@@ -72,8 +75,9 @@ def _implicit_gradient(params, x, y):
 @pytest.mark.parametrize("centered,beta,rtol", [(True, 0.01, 2e-3), (False, 0.001, 1e-2)])
 def test_activity_difference_matches_implicit_gradient(centered, beta, rtol):
     params, x, y, want = _reference()
-    upd = analog.activity_difference(params, x, y, beta=beta, free_steps=150, nudged_steps=150,
-                                     centered=centered, tol=1e-6)
+    upd = analog.activity_difference(
+        params, x, y, beta=beta, free_steps=150, nudged_steps=150, centered=centered, tol=1e-6
+    )
     for k, (u, g) in enumerate(zip(upd, want)):
         for name in ("kernel", "bias"):
             err = float(jnp.linalg.norm(u[name] - g[name]))
@@ -88,13 +92,15 @@ def test_centered_nudge_bias_is_second_order_one_sided_first_order():
     want = jax.flatten_util.ravel_pytree(want)[0]
 
     def err(beta, centered):
-        u = analog.activity_difference(params, x, y, beta=beta, free_steps=150,
-                                       nudged_steps=150, centered=centered, tol=1e-6)
+        u = analog.activity_difference(
+            params, x, y, beta=beta, free_steps=150, nudged_steps=150, centered=centered, tol=1e-6
+        )
         return float(jnp.linalg.norm(jax.flatten_util.ravel_pytree(u)[0] - want))
+
     c1, c2 = err(0.01, True), err(0.02, True)
     o1, o2 = err(0.01, False), err(0.02, False)
-    assert 3.0 < c2 / c1 < 5.5, (c1, c2)      # doubling beta quadruples the centered error
-    assert 1.6 < o2 / o1 < 2.4, (o1, o2)      # and doubles the one-sided one
+    assert 3.0 < c2 / c1 < 5.5, (c1, c2)  # doubling beta quadruples the centered error
+    assert 1.6 < o2 / o1 < 2.4, (o1, o2)  # and doubles the one-sided one
     assert c2 < 0.1 * o2
 
 
@@ -102,9 +108,11 @@ def test_relaxation_decreases_the_energy_and_predict_matches():
     params, x, _ = _problem()
 
     def energy(s):
-        phi = sum(jnp.sum((x if k == 0 else s[k - 1]) @ p["kernel"] * s[k]) + jnp.sum(p["bias"] * s[k])
-                  for k, p in enumerate(params))
-        return 0.5 * sum(jnp.sum(v ** 2) for v in s) - phi
+        phi = sum(
+            jnp.sum((x if k == 0 else s[k - 1]) @ p["kernel"] * s[k]) + jnp.sum(p["bias"] * s[k])
+            for k, p in enumerate(params)
+        )
+        return 0.5 * sum(jnp.sum(v**2) for v in s) - phi
 
     s = tuple(jnp.zeros((B, n), jnp.float32) for n in SIZES[1:])
     z = jnp.zeros((B, SIZES[-1]), jnp.float32)
@@ -112,10 +120,11 @@ def test_relaxation_decreases_the_energy_and_predict_matches():
     for _ in range(8):
         s, _ = analog.relax(params, x, s, z, 0.0, 1)
         energies.append(float(energy(s)))
-    assert all(b <= a + 1e-5 for a, b in zip(energies, energies[1:])), energies
+    assert all(b <= a + 1e-5 for a, b in itertools.pairwise(energies)), energies
     out = analog.predict(params, x, steps=60)
-    s_long, res = analog.relax(params, x, tuple(jnp.zeros((B, n), jnp.float32) for n in SIZES[1:]),
-                               z, 0.0, 60)
+    s_long, res = analog.relax(
+        params, x, tuple(jnp.zeros((B, n), jnp.float32) for n in SIZES[1:]), z, 0.0, 60
+    )
     np.testing.assert_allclose(out, s_long[-1], atol=1e-6)
     assert float(res) < 1e-5
 
@@ -126,10 +135,8 @@ def test_relaxation_uses_the_crossbar_periphery():
     exact = analog.predict(params, x, steps=40)
     coarse = analog.predict(params, x, steps=40, io=io, tile_shape=(4, 4))
     assert float(jnp.max(jnp.abs(exact - coarse))) > 1e-3
-    noisy1 = analog.predict(params, x, steps=40, io=analog.IOConfig(read_noise=0.05),
-                            key=rkey(1))
-    noisy2 = analog.predict(params, x, steps=40, io=analog.IOConfig(read_noise=0.05),
-                            key=rkey(2))
+    noisy1 = analog.predict(params, x, steps=40, io=analog.IOConfig(read_noise=0.05), key=rkey(1))
+    noisy2 = analog.predict(params, x, steps=40, io=analog.IOConfig(read_noise=0.05), key=rkey(2))
     assert float(jnp.max(jnp.abs(noisy1 - noisy2))) > 0
 
 
@@ -138,12 +145,15 @@ def test_nonconverging_relaxation_raises_and_reports_the_residual():
     # A strongly coupled network cannot settle in two sweeps.
     big = [{"kernel": p["kernel"] * 8.0, "bias": p["bias"]} for p in params]
     with pytest.raises(analog.NonConvergenceError, match="free_steps=2"):
-        analog.activity_difference(big, x, y, beta=0.1, free_steps=2, nudged_steps=2, tol=1e-4,
-                                   on_nonconvergence="raise")
+        analog.activity_difference(
+            big, x, y, beta=0.1, free_steps=2, nudged_steps=2, tol=1e-4, on_nonconvergence="raise"
+        )
     with pytest.raises(Exception, match="did not converge"):
-        jax.jit(lambda p: analog.activity_difference(p, x, y, beta=0.1, free_steps=2,
-                                                     nudged_steps=2, tol=1e-4,
-                                                     on_nonconvergence="raise"))(big)
+        jax.jit(
+            lambda p: analog.activity_difference(
+                p, x, y, beta=0.1, free_steps=2, nudged_steps=2, tol=1e-4, on_nonconvergence="raise"
+            )
+        )(big)
     _, res = analog.predict(big, x, steps=2, return_residual=True)
     assert float(res) > 1e-4
 
@@ -178,8 +188,9 @@ def test_equilibrium_propagation_transform_trains_a_tiny_problem():
     params = analog.init_energy_network(jax.random.key(3), (6, 8, 3))
     x = jax.random.uniform(jax.random.key(4), (16, 6), jnp.float32)
     y = jnp.argmax(x[:, :3], axis=1)
-    tx = optax.chain(analog.equilibrium_propagation(beta=0.2, free_steps=30, nudged_steps=40),
-                     optax.sgd(0.2))
+    tx = optax.chain(
+        analog.equilibrium_propagation(beta=0.2, free_steps=30, nudged_steps=40), optax.sgd(0.2)
+    )
     state = tx.init(params)
     t = jax.nn.one_hot(y, 3, dtype=jnp.float32)
 
@@ -210,7 +221,10 @@ def test_relax_rejects_a_held_input_read_of_the_wrong_shape():
     target = jnp.zeros((2, 3), jnp.float32)
     held = analog.read_input(params, x)
     exact, _ = analog.relax(params, x, states, target, 0.0, 5)
-    np.testing.assert_allclose(analog.relax(params, x, states, target, 0.0, 5,
-                                            input_product=held)[0][0], exact[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        analog.relax(params, x, states, target, 0.0, 5, input_product=held)[0][0],
+        exact[0],
+        rtol=1e-6,
+    )
     with pytest.raises(ValueError, match="input_product has shape"):
         analog.relax(params, x, states, target, 0.0, 5, input_product=held[:, :1])

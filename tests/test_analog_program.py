@@ -9,29 +9,38 @@ import optax
 import pytest
 
 import analog
+from analog import presets
 
 
 def rkey(seed):
     """rbg keys: their kernels compile ~10x faster than threefry's on XLA:CPU."""
     return jax.random.key(seed, impl="rbg")
-from analog import presets
 
 
 def mlp_params(dtype=jnp.float32):
     k1, k2, k3 = jax.random.split(rkey(0), 3)
-    return {"layers": [{"kernel": (jax.random.normal(k1, (10, 7)) * 0.3).astype(dtype),
-                        "bias": jnp.zeros((7,), dtype)},
-                       {"kernel": (jax.random.normal(k2, (7, 3)) * 0.3).astype(dtype),
-                        "bias": jnp.zeros((3,), dtype)}],
-            "conv": (jax.random.normal(k3, (3, 3, 2, 4)) * 0.1).astype(dtype),
-            "scale": jnp.ones((), dtype)}
+    return {
+        "layers": [
+            {
+                "kernel": (jax.random.normal(k1, (10, 7)) * 0.3).astype(dtype),
+                "bias": jnp.zeros((7,), dtype),
+            },
+            {
+                "kernel": (jax.random.normal(k2, (7, 3)) * 0.3).astype(dtype),
+                "bias": jnp.zeros((3,), dtype),
+            },
+        ],
+        "conv": (jax.random.normal(k3, (3, 3, 2, 4)) * 0.1).astype(dtype),
+        "scale": jnp.ones((), dtype),
+    }
 
 
 def chip_weights(state, params):
     tiles = jax.tree.leaves(state.tiles, is_leaf=lambda t: isinstance(t, analog.Tiles))
     leaves, treedef = jax.tree.flatten(params)
-    return treedef.unflatten([analog.read_weights(t).reshape(p.shape)
-                              for t, p in zip(tiles, leaves)])
+    return treedef.unflatten(
+        [analog.read_weights(t).reshape(p.shape) for t, p in zip(tiles, leaves)]
+    )
 
 
 def test_matrix_shape_mapping():
@@ -60,8 +69,9 @@ def test_ideal_device_realizes_the_requested_update():
     params = mlp_params()
     tx = analog.program(presets.IDEAL, tile_shape=(4, 4))
     state = tx.init(params)
-    want = jax.tree.map(lambda p: 0.01 * jnp.sin(jnp.arange(p.size, dtype=jnp.float32)
-                                                   ).reshape(p.shape), params)
+    want = jax.tree.map(
+        lambda p: 0.01 * jnp.sin(jnp.arange(p.size, dtype=jnp.float32)).reshape(p.shape), params
+    )
     got, state = tx.update(want, state, params)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, w, atol=1e-5)
@@ -71,7 +81,7 @@ def test_ideal_device_realizes_the_requested_update():
 def test_stochastic_rounding_keeps_sub_step_updates_deterministic_loses_them():
     dev = analog.ConstantStep(dw_min=0.01)
     params = {"w": jnp.zeros((32, 32), jnp.float32)}
-    small = {"w": jnp.full((32, 32), 0.004, jnp.float32)}   # w_max 1 -> step 0.02; 0.2 steps
+    small = {"w": jnp.full((32, 32), 0.004, jnp.float32)}  # w_max 1 -> step 0.02; 0.2 steps
     for pulse, expect in (("stochastic", 0.004), ("deterministic", 0.0)):
         tx = analog.program(dev, pulse=pulse, w_max=1.0)
         state = tx.init(params)
@@ -82,7 +92,7 @@ def test_stochastic_rounding_keeps_sub_step_updates_deterministic_loses_them():
 def test_mixed_precision_accumulates_sub_step_updates_and_conserves_them():
     """Nandakumar et al. 2020: nothing is programmed until the accumulator holds a whole step;
     on a noiseless constant-step device, programmed + pending equals everything requested."""
-    dev = analog.ConstantStep(dw_min=0.01)                  # w_max 1 -> one pair moves 0.02
+    dev = analog.ConstantStep(dw_min=0.01)  # w_max 1 -> one pair moves 0.02
     params = {"w": jnp.zeros((8, 8), jnp.float32), "b": jnp.zeros((8,), jnp.float32)}
     tx = analog.program(dev, w_max=1.0, mixed_precision=True)
     state = tx.init(params)
@@ -90,23 +100,25 @@ def test_mixed_precision_accumulates_sub_step_updates_and_conserves_them():
     asked = jax.tree.map(jnp.zeros_like, params)
     pulses = []
     for i in range(40):
-        u = jax.tree.map(lambda p: jnp.asarray(rng.normal(0.002, 0.004, p.shape), jnp.float32),
-                         params)
+        u = jax.tree.map(
+            lambda p: jnp.asarray(rng.normal(0.002, 0.004, p.shape), jnp.float32), params
+        )
         got, state = tx.update(u, state, params)
         params = optax.apply_updates(params, got)
         asked = jax.tree.map(jnp.add, asked, u)
         pulses.append(float(state.ledger.pulses))
         for c in jax.tree.leaves(state.pending):
-            assert float(jnp.max(jnp.abs(c))) < 0.02 + 1e-6    # always under one step
-        if i == 0:   # |u| < 0.02 everywhere at step 0 (4.5 sigma): nothing was sent yet
-            assert pulses[0] == 0.0 and all(float(jnp.max(jnp.abs(g))) == 0
-                                            for g in jax.tree.leaves(got))
-    for a, w, c in zip(jax.tree.leaves(asked), jax.tree.leaves(params),
-                       jax.tree.leaves(state.pending)):
+            assert float(jnp.max(jnp.abs(c))) < 0.02 + 1e-6  # always under one step
+        if i == 0:  # |u| < 0.02 everywhere at step 0 (4.5 sigma): nothing was sent yet
+            assert pulses[0] == 0.0 and all(
+                float(jnp.max(jnp.abs(g))) == 0 for g in jax.tree.leaves(got)
+            )
+    for a, w, c in zip(
+        jax.tree.leaves(asked), jax.tree.leaves(params), jax.tree.leaves(state.pending)
+    ):
         np.testing.assert_allclose(np.asarray(w) + np.asarray(c), np.asarray(a), atol=1e-5)
         # programmed values are whole steps
-        np.testing.assert_allclose(np.asarray(w) / 0.02, np.round(np.asarray(w) / 0.02),
-                                   atol=1e-3)
+        np.testing.assert_allclose(np.asarray(w) / 0.02, np.round(np.asarray(w) / 0.02), atol=1e-3)
     assert pulses[-1] > 0
     # a chip view check: params are what the devices hold
     for a, b in zip(jax.tree.leaves(chip_weights(state, params)), jax.tree.leaves(params)):
@@ -155,22 +167,33 @@ def test_mixed_precision_survives_a_huge_finite_update():
 def test_mixed_precision_conserves_on_several_tiles_conv_leaves_and_bfloat16():
     dev = analog.ConstantStep(dw_min=0.01)
     for dtype in (jnp.float32, jnp.bfloat16):
-        params = {"conv": jnp.zeros((3, 3, 2, 4), dtype), "b": jnp.zeros((4,), dtype),
-                  "s": jnp.zeros((), dtype)}
+        params = {
+            "conv": jnp.zeros((3, 3, 2, 4), dtype),
+            "b": jnp.zeros((4,), dtype),
+            "s": jnp.zeros((), dtype),
+        }
         tx = analog.program(dev, w_max=1.0, tile_shape=(5, 3), mixed_precision=True)
         state = tx.init(params)
         step = jax.jit(tx.update)
         asked = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         done = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         for i in range(12):
-            u = jax.tree.map(lambda p: 0.007 * jax.random.normal(jax.random.fold_in(rkey(5), i),
-                                                                 p.shape).astype(dtype), params)
+            u = jax.tree.map(
+                lambda p: (
+                    0.007 * jax.random.normal(jax.random.fold_in(rkey(5), i), p.shape).astype(dtype)
+                ),
+                params,
+            )
             got, state = step(u, state, params)
             params = optax.apply_updates(params, got)
             asked = jax.tree.map(lambda a, x: a + x.astype(jnp.float32), asked, u)
             done = jax.tree.map(lambda a, x: a + x.astype(jnp.float32), done, got)
-        for p, c, a, d in zip(jax.tree.leaves(params), jax.tree.leaves(state.pending),
-                              jax.tree.leaves(asked), jax.tree.leaves(done)):
+        for p, c, a, d in zip(
+            jax.tree.leaves(params),
+            jax.tree.leaves(state.pending),
+            jax.tree.leaves(asked),
+            jax.tree.leaves(done),
+        ):
             assert p.dtype == dtype and c.dtype == jnp.float32
             assert float(jnp.max(jnp.abs(c))) < 0.02 + 1e-6
             # in float32 programmed + pending is what was asked; bfloat16 params round the
@@ -209,6 +232,7 @@ def test_program_vmaps_over_chips():
         state = state._replace(key=seed_key)
         u, _ = tx.update(jax.tree.map(lambda p: jnp.full_like(p, 0.02), params), state, params)
         return u["layers"][0]["kernel"]
+
     out = jax.vmap(run)(jax.random.split(rkey(0), 5))
     assert out.shape == (5, 10, 7) and float(jnp.std(out[:, 0, 0])) > 0
 
@@ -233,8 +257,11 @@ def test_composes_with_the_estimator_in_one_chain():
     params = analog.init_energy_network(rkey(0), (6, 5, 3))
     x = jax.random.uniform(rkey(1), (4, 6), jnp.float32)
     y = jnp.asarray([0, 1, 2, 0])
-    tx = optax.chain(analog.equilibrium_propagation(beta=0.3, free_steps=20, nudged_steps=10),
-                     optax.sgd(0.1), analog.program(presets.TAOX_RERAM, tile_shape=(4, 4)))
+    tx = optax.chain(
+        analog.equilibrium_propagation(beta=0.3, free_steps=20, nudged_steps=10),
+        optax.sgd(0.1),
+        analog.program(presets.TAOX_RERAM, tile_shape=(4, 4)),
+    )
     state = tx.init(params)
     updates, state = jax.jit(lambda p, s: tx.update(None, s, p, batch=(x, y)))(params, state)
     new = optax.apply_updates(params, updates)
@@ -247,10 +274,17 @@ def test_composes_with_the_estimator_in_one_chain():
 
 def test_energy_report_arithmetic():
     one = jnp.ones((), jnp.float32)
-    led = analog.EnergyLedger(steps=2 * one, cell_reads=10 * one, dac=4 * one, adc=6 * one,
-                              pulses=8 * one, digital_flops=1000 * one)
-    m = analog.EnergyModel(e_cell_read=1.0, e_dac=10.0, e_adc=100.0, e_pulse=1000.0,
-                           e_digital_flop=1.0)
+    led = analog.EnergyLedger(
+        steps=2 * one,
+        cell_reads=10 * one,
+        dac=4 * one,
+        adc=6 * one,
+        pulses=8 * one,
+        digital_flops=1000 * one,
+    )
+    m = analog.EnergyModel(
+        e_cell_read=1.0, e_dac=10.0, e_adc=100.0, e_pulse=1000.0, e_digital_flop=1.0
+    )
     r = analog.energy_report(led, m)
     assert r["analog_j_per_step"] == pytest.approx(5 + 20 + 300 + 4000)
     assert r["digital_j_per_step"] == pytest.approx(500)

@@ -28,19 +28,22 @@ def test_natural_first_call_trains_warns_once_and_raise_is_opt_in(monkeypatch):
     x, y = _mnist_batch()
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        upd, info = analog.activity_difference(params, x, y, beta=0.5, free_steps=20,
-                                               nudged_steps=8, return_info=True)
+        upd, info = analog.activity_difference(
+            params, x, y, beta=0.5, free_steps=20, nudged_steps=8, return_info=True
+        )
         analog.activity_difference(params, x, y, beta=0.5, free_steps=20, nudged_steps=8)
     late = float(jnp.maximum(info.free_residual, info.nudged_residual))
     assert late > 0.05  # the situation the issue describes: not settled after 20 sweeps
     assert sum(issubclass(v.category, analog.NonConvergenceWarning) for v in w) == 1  # once
     assert all(bool(jnp.all(jnp.isfinite(u["kernel"]))) for u in upd)
     with pytest.raises(analog.NonConvergenceError, match="did not converge"):
-        analog.activity_difference(params, x, y, beta=0.5, free_steps=20, nudged_steps=8,
-                                   on_nonconvergence="raise")
+        analog.activity_difference(
+            params, x, y, beta=0.5, free_steps=20, nudged_steps=8, on_nonconvergence="raise"
+        )
     with pytest.raises(ValueError, match="on_nonconvergence='maybe'"):
-        analog.activity_difference(params, x, y, beta=0.5, free_steps=20, nudged_steps=8,
-                                   on_nonconvergence="maybe")
+        analog.activity_difference(
+            params, x, y, beta=0.5, free_steps=20, nudged_steps=8, on_nonconvergence="maybe"
+        )
 
 
 def test_transform_counts_unconverged_steps(monkeypatch):
@@ -87,13 +90,18 @@ def test_normalize_is_the_update_divided_by_input_power():
     # independent reference: the free phase's activities from relax, powers by hand in numpy
     zeros = (jnp.zeros((32, 16)), jnp.zeros((32, 4)))
     (h, _), _ = analog.relax(params, x, zeros, jnp.zeros((32, 4)), 0.0, 30, linear_output=True)
-    powers = [1 + np.mean(np.sum(np.asarray(x, np.float64) ** 2, 1)),
-              1 + np.mean(np.sum(np.asarray(h, np.float64) ** 2, 1))]
+    powers = [
+        1 + np.mean(np.sum(np.asarray(x, np.float64) ** 2, 1)),
+        1 + np.mean(np.sum(np.asarray(h, np.float64) ** 2, 1)),
+    ]
     for k in range(2):
         for leaf in ("kernel", "bias"):
-            np.testing.assert_allclose(np.asarray(nlms[k][leaf]) * powers[k],
-                                       np.asarray(raw[k][leaf]), rtol=1e-5,
-                                       atol=1e-6 * float(np.abs(raw[k][leaf]).max()))
+            np.testing.assert_allclose(
+                np.asarray(nlms[k][leaf]) * powers[k],
+                np.asarray(raw[k][leaf]),
+                rtol=1e-5,
+                atol=1e-6 * float(np.abs(raw[k][leaf]).max()),
+            )
 
 
 @pytest.mark.parametrize("kw", [{"normalize": "no"}, {"linear_output": 1}])

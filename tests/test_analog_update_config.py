@@ -29,8 +29,14 @@ def _setup(device=None):
 
 def test_default_config_is_the_old_default_behaviour():
     cfg = analog.UpdateConfig()
-    assert (cfg.mode, cfg.bl, cfg.update_management, cfg.bl_management, cfg.prob_bits,
-            cfg.impl) == ("stochastic", 31, True, False, 8, "fast")
+    assert (
+        cfg.mode,
+        cfg.bl,
+        cfg.update_management,
+        cfg.bl_management,
+        cfg.prob_bits,
+        cfg.impl,
+    ) == ("stochastic", 31, True, False, 8, "fast")
     t, x, d = _setup()
     a, na = analog.pulse_update(t, x, d, 0.05, rkey(4))
     b, nb = analog.pulse_update(t, x, d, 0.05, rkey(4), update=cfg)
@@ -39,8 +45,15 @@ def test_default_config_is_the_old_default_behaviour():
     assert float(na) == float(nb)
 
 
-@pytest.mark.parametrize("knobs", [dict(bl=8, bl_management=True), dict(mode="deterministic"),
-                                   dict(impl="reference", bl=4), dict(prob_bits=12)])
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        dict(bl=8, bl_management=True),
+        dict(mode="deterministic"),
+        dict(impl="reference", bl=4),
+        dict(prob_bits=12),
+    ],
+)
 def test_config_and_old_keywords_give_identical_updates(knobs):
     t, x, d = _setup()
     a, na = analog.pulse_update(t, x, d, 0.05, rkey(5), **knobs)
@@ -66,15 +79,18 @@ def test_config_is_frozen_hashable_and_keyword_only():
         analog.UpdateConfig("stochastic")  # kw-only
 
 
-@pytest.mark.parametrize("kwargs,err,words", [
-    (dict(mode="x"), ValueError, ("mode='x'", "stochastic", "deterministic")),
-    (dict(bl=0), ValueError, ("bl=0", "[1, 1024]")),
-    (dict(bl=True), ValueError, ("bl=True",)),
-    (dict(prob_bits=3), ValueError, ("prob_bits=3", "[4, 16]")),
-    (dict(impl="gpu"), ValueError, ("impl='gpu'", "fast", "reference")),
-    (dict(update_management=1), TypeError, ("update_management=1", "True", "False")),
-    (dict(bl_management="yes"), TypeError, ("bl_management='yes'", "True", "False")),
-])
+@pytest.mark.parametrize(
+    "kwargs,err,words",
+    [
+        (dict(mode="x"), ValueError, ("mode='x'", "stochastic", "deterministic")),
+        (dict(bl=0), ValueError, ("bl=0", "[1, 1024]")),
+        (dict(bl=True), ValueError, ("bl=True",)),
+        (dict(prob_bits=3), ValueError, ("prob_bits=3", "[4, 16]")),
+        (dict(impl="gpu"), ValueError, ("impl='gpu'", "fast", "reference")),
+        (dict(update_management=1), TypeError, ("update_management=1", "True", "False")),
+        (dict(bl_management="yes"), TypeError, ("bl_management='yes'", "True", "False")),
+    ],
+)
 def test_bad_config_says_what_to_do(kwargs, err, words):
     with pytest.raises(err) as info:
         analog.UpdateConfig(**kwargs)
@@ -113,12 +129,18 @@ def test_without_update_management_the_update_is_still_unbiased(impl):
     t, x, d = _setup(dev)
     bl = 16
     dw = float(analog.weight_step(t))
-    lr = 0.5 * bl * dw                     # sqrt(lr / (bl dw)) = 0.71: no truncation
+    lr = 0.5 * bl * dw  # sqrt(lr / (bl dw)) = 0.71: no truncation
     cfg = analog.UpdateConfig(bl=bl, update_management=False, impl=impl, prob_bits=16)
     keys = jax.random.split(rkey(7), 400)
     w0 = np.asarray(analog.read_weights(t))
-    got = np.asarray(jax.vmap(lambda k: analog.read_weights(
-        analog.pulse_update(t, x, d, lr, k, update=cfg)[0]))(keys)) - w0
+    got = (
+        np.asarray(
+            jax.vmap(
+                lambda k: analog.read_weights(analog.pulse_update(t, x, d, lr, k, update=cfg)[0])
+            )(keys)
+        )
+        - w0
+    )
     want = lr * np.asarray(x.T @ d)
     se = got.std(0) / np.sqrt(len(keys)) + 1e-9
     assert np.all(np.abs(got.mean(0) - want) < 5 * se + 1e-6 * np.abs(want).max())

@@ -23,8 +23,13 @@ import bbcore
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("bbcore", "fwdgrad", "lowbit", "analog", "beyondbp")
-MAY_IMPORT = {"bbcore": set(), "fwdgrad": {"bbcore"}, "lowbit": {"bbcore"},
-              "analog": {"bbcore"}, "beyondbp": set(PACKAGES)}
+MAY_IMPORT = {
+    "bbcore": set(),
+    "fwdgrad": {"bbcore"},
+    "lowbit": {"bbcore"},
+    "analog": {"bbcore"},
+    "beyondbp": set(PACKAGES),
+}
 
 
 # The rows of beyondbp.methods used to register through bottom-of-file imports, a cycle; the
@@ -56,9 +61,12 @@ def _modules() -> dict[str, set[str]]:
 
 
 def test_packages_import_only_in_the_allowed_direction():
-    bad = [(m, i) for m, deps in _modules().items() for i in deps
-           if i.split(".")[0] != m.split(".")[0]
-           and i.split(".")[0] not in MAY_IMPORT[m.split(".")[0]]]
+    bad = [
+        (m, i)
+        for m, deps in _modules().items()
+        for i in deps
+        if i.split(".")[0] != m.split(".")[0] and i.split(".")[0] not in MAY_IMPORT[m.split(".")[0]]
+    ]
     assert not bad, f"imports against the layering (see docs/architecture.md): {bad}"
 
 
@@ -67,9 +75,15 @@ def test_no_import_cycle_between_modules():
     # an edge to a module, not to a name inside it; a package's __init__ is left out (it
     # re-exports its own modules by design, and a module importing its package's public
     # name reaches the module that defines it)
-    edges = {m: {d for d in deps if d in graph and d not in PACKAGES and d != m
-                 and (m, d) not in KNOWN_CYCLES}
-             for m, deps in graph.items() if m not in PACKAGES}
+    edges = {
+        m: {
+            d
+            for d in deps
+            if d in graph and d not in PACKAGES and d != m and (m, d) not in KNOWN_CYCLES
+        }
+        for m, deps in graph.items()
+        if m not in PACKAGES
+    }
     state: dict[str, int] = {}
 
     def visit(m, trail):
@@ -99,7 +113,7 @@ def _state():
 def test_all_finite_ignores_integers_keys_and_none():
     tree = {"w": jnp.ones(3), "n": jnp.int32(7), "k": jax.random.key(1), "none": None}
     assert bool(bbcore.all_finite(tree))
-    assert bool(bbcore.all_finite())                           # nothing floating: finite
+    assert bool(bbcore.all_finite())  # nothing floating: finite
     assert not bool(bbcore.all_finite(tree, {"b": jnp.array([1.0, jnp.inf])}))
     assert not bool(bbcore.all_finite(jnp.array([jnp.nan], jnp.bfloat16)))
 
@@ -110,7 +124,8 @@ def test_refusal_zeros_updates_keeps_state_and_counts():
     new = state._replace(count=state.count + 1)
 
     got, s = jax.jit(lambda ok: bbcore.refuse_nonfinite(ok, lambda: (ups, new), state, ups))(
-        jnp.bool_(False))
+        jnp.bool_(False)
+    )
     chex.assert_trees_all_equal_shapes_and_dtypes(got, ups)
     chex.assert_trees_all_equal(got, jax.tree.map(jnp.zeros_like, ups))
     assert int(s.count) == 0 and int(s.nonfinite) == 1
@@ -140,7 +155,7 @@ def test_check_mesh_axis():
     assert bbcore.check_mesh_axis(mesh, "data", "f") == 1
     with pytest.raises(ValueError, match="f: batch_axis_name='x' is not an axis"):
         bbcore.check_mesh_axis(mesh, "x", "f", what="batch_axis_name")
-    with pytest.raises(TypeError, match="not a jax.sharding.Mesh"):
+    with pytest.raises(TypeError, match=r"not a jax.sharding.Mesh"):
         bbcore.check_mesh_axis(("data",), "data", "f")
 
 
@@ -152,21 +167,27 @@ def test_require_key():
 
 def test_the_toolkit_key_uses_the_documented_generator():
     k = bbcore.key(3)
-    assert str(jax.random.key_impl(k)) == str(jax.random.key_impl(
-        jax.random.key(0, impl=bbcore.PRNG_IMPL)))
-    np.testing.assert_array_equal(jax.random.key_data(k),
-                                  jax.random.key_data(jax.random.key(3, impl="rbg")))
+    assert str(jax.random.key_impl(k)) == str(
+        jax.random.key_impl(jax.random.key(0, impl=bbcore.PRNG_IMPL))
+    )
+    np.testing.assert_array_equal(
+        jax.random.key_data(k), jax.random.key_data(jax.random.key(3, impl="rbg"))
+    )
 
 
 def test_find_states_and_fields_walk_nested_optax_states():
     import fwdgrad
     import lowbit
-    tx = optax.chain(lowbit.quantize_updates(),
-                     optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
-                     optax.masked(fwdgrad.forward_gradient(), {"a": True}))
+
+    tx = optax.chain(
+        lowbit.quantize_updates(),
+        optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+        optax.masked(fwdgrad.forward_gradient(), {"a": True}),
+    )
     s = tx.init({"a": jnp.ones(3)})
     assert [type(x).__name__ for x in bbcore.find_states(s, fwdgrad.ForwardGradientState)] == [
-        "ForwardGradientState"]
+        "ForwardGradientState"
+    ]
     fields = bbcore.find_fields(s, "nonfinite")
     assert sorted(fields.values()) == [0, 0] and len(fields) == 2
     assert any("QuantizeUpdatesState" in k for k in fields)
@@ -174,5 +195,5 @@ def test_find_states_and_fields_walk_nested_optax_states():
 
 def test_varies_over_is_false_outside_shard_map():
     assert not bbcore.varies_over(jnp.ones(2), "data")
-    lo, hi = bbcore.TESTED_JAX
+    lo, _hi = bbcore.TESTED_JAX
     assert tuple(map(int, lo.split("."))) <= tuple(map(int, jax.__version__.split(".")[:3]))

@@ -40,14 +40,18 @@ def _round_trip(tmp_path, tree, target):
 def test_packed_4bit_codes_round_trip(tmp_path):
     x = jnp.asarray([0.0, -0.0, 0.3, -1.7, 5.0, 1e-4, -60.0, jnp.nan, jnp.inf], jnp.float32)
     w = jax.random.normal(jax.random.key(0), (5, 3), jnp.float32)
-    tree = {"grad": lowbit.encode(x, lowbit.RADIX4_FP4),            # odd length: a padded nibble
-            "weight": lowbit.encode(w, lowbit.INT4),
-            "e2m1": lowbit.encode(w, lowbit.E2M1, 0.5),
-            "bf16": jnp.ones((2,), jnp.bfloat16)}
-    target = {"grad": lowbit.encode(jnp.zeros_like(x), lowbit.RADIX4_FP4),
-              "weight": lowbit.encode(jnp.zeros_like(w), lowbit.INT4),
-              "e2m1": lowbit.encode(jnp.zeros_like(w), lowbit.E2M1, 1.0),
-              "bf16": jnp.zeros((2,), jnp.bfloat16)}
+    tree = {
+        "grad": lowbit.encode(x, lowbit.RADIX4_FP4),  # odd length: a padded nibble
+        "weight": lowbit.encode(w, lowbit.INT4),
+        "e2m1": lowbit.encode(w, lowbit.E2M1, 0.5),
+        "bf16": jnp.ones((2,), jnp.bfloat16),
+    }
+    target = {
+        "grad": lowbit.encode(jnp.zeros_like(x), lowbit.RADIX4_FP4),
+        "weight": lowbit.encode(jnp.zeros_like(w), lowbit.INT4),
+        "e2m1": lowbit.encode(jnp.zeros_like(w), lowbit.E2M1, 1.0),
+        "bf16": jnp.zeros((2,), jnp.bfloat16),
+    }
     restored = _round_trip(tmp_path, tree, target)
     _assert_bit_identical(restored, tree)
     assert restored["grad"].codes.shape == (5,) and restored["grad"].codes.dtype == jnp.uint8
@@ -63,11 +67,12 @@ def _states():
     def loss(p):
         return jnp.sum(jnp.tanh(jnp.ones((5,), jnp.float32) @ p["w"] + p["b"]) ** 2)
 
-    tx = optax.chain(fwdgrad.forward_gradient(num_tangents=2, seed=4),
-                     lowbit.quantize_updates(lowbit.RADIX4_FP4, scaling="delayed",
-                                             history_length=3, seed=5),
-                     optax.sgd(0.1),
-                     analog.program(presets.TAOX_RERAM, tile_shape=(2, 2), seed=6))
+    tx = optax.chain(
+        fwdgrad.forward_gradient(num_tangents=2, seed=4),
+        lowbit.quantize_updates(lowbit.RADIX4_FP4, scaling="delayed", history_length=3, seed=5),
+        optax.sgd(0.1),
+        analog.program(presets.TAOX_RERAM, tile_shape=(2, 2), seed=6),
+    )
     energy = analog.init_energy_network(jax.random.key(2, impl="rbg"), (5, 4, 3))
     x = jax.random.uniform(jax.random.key(3), (4, 5), jnp.float32)
     y = jnp.asarray([0, 1, 2, 0], jnp.int32)
@@ -92,12 +97,14 @@ def test_transform_states_round_trip_and_resume_bit_identically(tmp_path):
     _assert_bit_identical(restored, trained)
     fg, qu, _, prog = restored["opt"]
     assert int(fg.count) == 2 and int(qu.count) == 2 and int(prog.count) == 2
-    assert bool(jnp.any(qu.amax_history["w"] > 0))                   # scaling history
+    assert bool(jnp.any(qu.amax_history["w"] > 0))  # scaling history
     assert float(prog.ledger.pulses) > 0 and float(restored["ep"].ledger.cell_reads) > 0
     assert jax.random.key_impl(prog.key) == jax.random.key_impl(fresh["opt"][3].key)
     # The next step from the restored state is the step the uninterrupted run takes.
-    _assert_bit_identical(step(restored["params"], restored["opt"], restored["ep"]),
-                          step(trained["params"], trained["opt"], trained["ep"]))
+    _assert_bit_identical(
+        step(restored["params"], restored["opt"], restored["ep"]),
+        step(trained["params"], trained["opt"], trained["ep"]),
+    )
 
 
 def test_checkpoint_from_before_program_state_had_pending_still_restores(tmp_path):
@@ -112,7 +119,7 @@ def test_checkpoint_from_before_program_state_had_pending_still_restores(tmp_pat
     tree = {"params": params, "opt": state}
     path = checkpoint.save(tmp_path, 3, tree)
     raw = serialization.msgpack_restore(path.read_bytes())
-    del raw["tree"]["opt"]["pending"]                   # the layout written before the field
+    del raw["tree"]["opt"]["pending"]  # the layout written before the field
     path.write_bytes(serialization.msgpack_serialize(raw))
     step, restored = checkpoint.restore(path, {"params": params, "opt": tx.init(params)})
     assert step == 3 and restored["opt"].pending is None

@@ -13,8 +13,20 @@ from beyondbp import cli
 
 def test_compare_writes_outputs(tmp_path, capsys):
     out = tmp_path / "cmp"
-    rc = cli.main(["compare", "--methods", "backprop", "--steps", "30", "--widths", "32",
-                   "--out", str(out), "--no-progress"])
+    rc = cli.main(
+        [
+            "compare",
+            "--methods",
+            "backprop",
+            "--steps",
+            "30",
+            "--widths",
+            "32",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "| backprop |" in table and "time/backprop" in table
@@ -26,8 +38,9 @@ def test_compare_writes_outputs(tmp_path, capsys):
 
 
 def test_unknown_method_is_one_line_error(tmp_path, capsys):
-    rc = cli.main(["compare", "--methods", "backprop,telepathy", "--steps", "2",
-                   "--out", str(tmp_path)])
+    rc = cli.main(
+        ["compare", "--methods", "backprop,telepathy", "--steps", "2", "--out", str(tmp_path)]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "unknown method 'telepathy'" in err and "known methods" in err
     assert len(err.strip().splitlines()) == 1
@@ -37,22 +50,42 @@ def test_missing_dataset_files_is_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("BEYONDBP_DATA", raising=False)
     import beyondbp.datasets as ds
-    monkeypatch.setattr(ds.urllib.request, "urlopen",
-                        lambda *a, **k: (_ for _ in ()).throw(ds.urllib.error.URLError("offline")))
-    rc = cli.main(["compare", "--methods", "backprop", "--steps", "2", "--dataset", "mnist",
-                   "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)])
+
+    monkeypatch.setattr(
+        ds.urllib.request,
+        "urlopen",
+        lambda *a, **k: (_ for _ in ()).throw(ds.urllib.error.URLError("offline")),
+    )
+    rc = cli.main(
+        [
+            "compare",
+            "--methods",
+            "backprop",
+            "--steps",
+            "2",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "not found in" in err and "--data-dir" in err
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["compare", "--steps", "0"], "must be a positive integer"),
-    (["compare", "--steps", "ten"], "is not an integer"),
-    (["compare", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
-    (["compare", "--widths", "a,b"], "comma-separated integers"),
-    (["compare", "--steps", "5", "--epochs", "1"], "not allowed with argument"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["compare", "--steps", "0"], "must be a positive integer"),
+        (["compare", "--steps", "ten"], "is not an integer"),
+        (["compare", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["compare", "--widths", "a,b"], "comma-separated integers"),
+        (["compare", "--steps", "5", "--epochs", "1"], "not allowed with argument"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_bad_options(argv, match, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
@@ -61,15 +94,31 @@ def test_bad_options(argv, match, capsys):
 
 
 def test_console_script_help():
-    r = subprocess.run([sys.executable, "-m", "beyondbp.cli", "compare", "--help"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "beyondbp.cli", "compare", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0
     for opt in ("--dataset", "--data-dir", "--steps", "--epochs", "--methods", "--seed", "--out"):
         assert opt in r.stdout
 
 
 def test_method_without_cnn_variant_is_skipped_not_fatal(tmp_path, capsys):
-    rc = cli.main(["compare", "--methods", "backprop,fwdgrad-local", "--model", "cnn", "--steps", "3",
-                   "--out", str(tmp_path), "--no-progress"])
+    rc = cli.main(
+        [
+            "compare",
+            "--methods",
+            "backprop,fwdgrad-local",
+            "--model",
+            "cnn",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "| fwdgrad-local | skipped:" in out and "| backprop |" in out

@@ -35,34 +35,69 @@ def _row(row_id, argv, match, **kw):
 
 
 PATH_ROWS = [
-    _row("compare-out-uncreatable", lambda t: ["compare", "--methods", "backprop", "--steps", "5",
-                                               "--out", "/proc/forbidden/x"],
-         "--out /proc/forbidden/x: cannot create the directory"),
-    _row("train-checkpoint-uncreatable", lambda t: ["train", "--checkpoint-dir", "/proc/forbidden"],
-         "--checkpoint-dir /proc/forbidden: cannot create the directory"),
-    _row("train-out-uncreatable", lambda t: ["train", "--out", "/proc/forbidden/run"],
-         "--out /proc/forbidden/run: cannot create the directory"),
-    _row("compare-out-under-a-file", lambda t: ["compare", "--methods", "backprop",
-                                                "--out", _a_file(t) + "/sub"],
-         "cannot create the directory (Not a directory)"),
-    _row("compare-out-is-a-file", lambda t: ["compare", "--methods", "backprop",
-                                             "--out", _a_file(t)],
-         "is a file, not a directory"),
-    _row("train-checkpoint-is-a-file", lambda t: ["train", "--checkpoint-dir", _a_file(t)],
-         "is a file, not a directory"),
-    _row("train-out-is-a-file", lambda t: ["train", "--out", _a_file(t)],
-         "is a file, not a directory"),
+    _row(
+        "compare-out-uncreatable",
+        lambda t: [
+            "compare",
+            "--methods",
+            "backprop",
+            "--steps",
+            "5",
+            "--out",
+            "/proc/forbidden/x",
+        ],
+        "--out /proc/forbidden/x: cannot create the directory",
+    ),
+    _row(
+        "train-checkpoint-uncreatable",
+        lambda t: ["train", "--checkpoint-dir", "/proc/forbidden"],
+        "--checkpoint-dir /proc/forbidden: cannot create the directory",
+    ),
+    _row(
+        "train-out-uncreatable",
+        lambda t: ["train", "--out", "/proc/forbidden/run"],
+        "--out /proc/forbidden/run: cannot create the directory",
+    ),
+    _row(
+        "compare-out-under-a-file",
+        lambda t: ["compare", "--methods", "backprop", "--out", _a_file(t) + "/sub"],
+        "cannot create the directory (Not a directory)",
+    ),
+    _row(
+        "compare-out-is-a-file",
+        lambda t: ["compare", "--methods", "backprop", "--out", _a_file(t)],
+        "is a file, not a directory",
+    ),
+    _row(
+        "train-checkpoint-is-a-file",
+        lambda t: ["train", "--checkpoint-dir", _a_file(t)],
+        "is a file, not a directory",
+    ),
+    _row(
+        "train-out-is-a-file",
+        lambda t: ["train", "--out", _a_file(t)],
+        "is a file, not a directory",
+    ),
     # an existing directory nobody can create files in, root included (procfs)
-    _row("compare-out-unwritable-proc", lambda t: ["compare", "--methods", "backprop",
-                                                   "--out", "/proc/self"],
-         "--out /proc/self: cannot write into the directory"),
-    _row("train-checkpoint-unwritable-proc", lambda t: ["train", "--checkpoint-dir", "/proc/self"],
-         "--checkpoint-dir /proc/self: cannot write into the directory"),
-    _row("train-checkpoint-read-only-mode", lambda t: ["train", "--checkpoint-dir",
-                                                       _read_only_dir(t)],
-         "cannot write into the directory (Permission denied)",
-         marks=pytest.mark.skipif(os.geteuid() == 0, reason="root ignores mode bits (the /proc "
-                                  "rows cover an unwritable directory for root)")),
+    _row(
+        "compare-out-unwritable-proc",
+        lambda t: ["compare", "--methods", "backprop", "--out", "/proc/self"],
+        "--out /proc/self: cannot write into the directory",
+    ),
+    _row(
+        "train-checkpoint-unwritable-proc",
+        lambda t: ["train", "--checkpoint-dir", "/proc/self"],
+        "--checkpoint-dir /proc/self: cannot write into the directory",
+    ),
+    _row(
+        "train-checkpoint-read-only-mode",
+        lambda t: ["train", "--checkpoint-dir", _read_only_dir(t)],
+        "cannot write into the directory (Permission denied)",
+        marks=pytest.mark.skipif(
+            os.geteuid() == 0,
+            reason="root ignores mode bits (the /proc rows cover an unwritable directory for root)",
+        ),
+    ),
 ]
 
 
@@ -75,8 +110,7 @@ def _one_error_line(capsys) -> str:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 @pytest.mark.parametrize("argv,match", PATH_ROWS)
-def test_bad_output_path_refused_before_training(argv, match, tmp_path, capsys,
-                                                 monkeypatch):
+def test_bad_output_path_refused_before_training(argv, match, tmp_path, capsys, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("training started before the output paths were checked")
 
@@ -99,6 +133,7 @@ def test_probe_leaves_no_directory_behind(tmp_path, capsys, monkeypatch):
 
 def test_disk_full_writing_compare_json(tmp_path, capsys, monkeypatch):
     """A full disk after training (the JSON writer raises ENOSPC): one line naming the file."""
+
     def full(hist, path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
@@ -107,8 +142,10 @@ def test_disk_full_writing_compare_json(tmp_path, capsys, monkeypatch):
     rc = cli.main(["compare", "--methods", "backprop", "--out", str(out)] + TINY)
     line = _one_error_line(capsys)
     assert rc == 2
-    assert line == f"beyondbp: error: could not write {out / 'compare.json'}: " \
-                   f"{os.strerror(errno.ENOSPC)}"
+    assert (
+        line == f"beyondbp: error: could not write {out / 'compare.json'}: "
+        f"{os.strerror(errno.ENOSPC)}"
+    )
 
 
 def test_disk_full_writing_a_checkpoint(tmp_path, capsys, monkeypatch):
@@ -147,13 +184,16 @@ def test_disk_full_writing_history(tmp_path, capsys, monkeypatch):
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["compare", "--steps", "0"], "must be a positive integer"),
-    (["train", "--seed", "-1"], "a seed is a non-negative integer"),
-    (["compare", "--seeds", "1,1"], "give distinct comma-separated seeds"),
-    (["train", "--model", "rnn"], "invalid choice: 'rnn'"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["compare", "--steps", "0"], "must be a positive integer"),
+        (["train", "--seed", "-1"], "a seed is a non-negative integer"),
+        (["compare", "--seeds", "1,1"], "give distinct comma-separated seeds"),
+        (["train", "--model", "rnn"], "invalid choice: 'rnn'"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_usage_errors_end_in_the_same_line(argv, match, capsys):
     """argparse's errors end in the same ``beyondbp: error:`` line (after the usage line)."""
     with pytest.raises(SystemExit) as e:

@@ -18,8 +18,8 @@ def _raw_idx(path):
     """Independent reference parser: header fields read by hand, no shared code."""
     data = gzip.decompress(path.read_bytes())
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data[4 + 4 * ndim:], np.uint8).reshape(dims)
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data[4 + 4 * ndim :], np.uint8).reshape(dims)
 
 
 def test_full_mnist_matches_files(mnist_dir):
@@ -34,7 +34,11 @@ def test_full_mnist_matches_files(mnist_dir):
 
 def test_bundled_subset_is_offline_default_and_a_prefix_of_mnist(mnist_dir):
     tr, te = datasets.load(), datasets.load(split="test")
-    assert (tr.name, tr.images.shape, te.images.shape) == ("mnist_small", (10000, 28, 28), (2000, 28, 28))
+    assert (tr.name, tr.images.shape, te.images.shape) == (
+        "mnist_small",
+        (10000, 28, 28),
+        (2000, 28, 28),
+    )
     full = datasets.load("mnist", "train", data_dir=mnist_dir)
     np.testing.assert_array_equal(tr.images, full.images[:10000])
     np.testing.assert_array_equal(tr.labels, full.labels[:10000])
@@ -46,10 +50,13 @@ def test_bundled_subset_has_all_classes():
     assert counts.min() > 800 and counts.sum() == 10000
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"name": "cifar10"}, "unknown data set name='cifar10'"),
-    ({"name": "mnist", "split": "validation"}, "unknown split='validation'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"name": "cifar10"}, "unknown data set name='cifar10'"),
+        ({"name": "mnist", "split": "validation"}, "unknown split='validation'"),
+    ],
+)
 def test_bad_names(kwargs, match):
     with pytest.raises(DatasetError, match=match):
         datasets.load(**kwargs)
@@ -82,6 +89,7 @@ def _fake_urlopen(payload_by_name):
         if name not in payload_by_name:
             raise urllib.error.URLError("offline (test)")
         return io.BytesIO(payload_by_name[name])
+
     return urlopen
 
 
@@ -110,7 +118,7 @@ def test_offline_download_failure_is_clear(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("BEYONDBP_DATA", raising=False)
     monkeypatch.setattr(datasets.urllib.request, "urlopen", _fake_urlopen({}))
-    with pytest.raises(DatasetError, match="not found in .* and not downloaded"):
+    with pytest.raises(DatasetError, match=r"not found in .* and not downloaded"):
         datasets.load("mnist", "train")
 
 
@@ -163,8 +171,8 @@ def test_batches_drop_and_pad():
     ds = datasets.load("mnist_small", "test")  # 2000 examples
     b = list(datasets.batches(ds, 300, seed=1))
     assert len(b) == 6 and all(x.shape == (300, 28, 28, 1) for x, _, _ in b)
-    x, y, m = b[0]
-    assert x.dtype == np.float32 and y.dtype == np.int32 and 0.0 <= x.min() and x.max() <= 1.0
+    x, y, _m = b[0]
+    assert x.dtype == np.float32 and y.dtype == np.int32 and x.min() >= 0.0 and x.max() <= 1.0
     p = list(datasets.batches(ds, 300, seed=1, remainder="pad"))
     assert len(p) == 7 and p[-1][2].sum() == 2000 - 6 * 300 and p[-1][0].shape[0] == 300
 
@@ -190,12 +198,15 @@ def test_batches_deterministic_by_seed_and_epoch():
     assert not all((u == v).all() for u, v in zip(a[:20], a[20:]))  # epochs reshuffle
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"batch_size": 0}, "batch_size=0"),
-    ({"batch_size": 5000}, "larger than the 2000 examples"),
-    ({"batch_size": 10, "remainder": "wrap"}, "remainder='wrap'"),
-    ({"batch_size": 10, "epochs": 0}, "epochs=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"batch_size": 5000}, "larger than the 2000 examples"),
+        ({"batch_size": 10, "remainder": "wrap"}, "remainder='wrap'"),
+        ({"batch_size": 10, "epochs": 0}, "epochs=0"),
+    ],
+)
 def test_batches_bad_args(kwargs, match):
     ds = datasets.load("mnist_small", "test")
     with pytest.raises(ValueError, match=match):

@@ -54,12 +54,13 @@ def test_shard_and_data_parallel_validation():
     mesh = dist.make_mesh()
     with pytest.raises(ValueError, match="not an axis"):
         dist.shard(np.ones((4,)), mesh, "batch")
-    with pytest.raises(TypeError, match="not a jax.sharding.Mesh"):
+    with pytest.raises(TypeError, match=r"not a jax.sharding.Mesh"):
         dist.data_parallel(lambda p, b: 0.0, optax.sgd(0.1), mesh=None)
     with pytest.raises(ValueError, match="communication"):
         dist.data_parallel(lambda p, b: 0.0, optax.sgd(0.1), mesh=mesh, communication="int8")
     with pytest.raises(ValueError, match="rounding"):
-        dist.data_parallel(lambda p, b: 0.0, optax.sgd(0.1), mesh=mesh, communication="4bit",
-                           rounding="up")
+        dist.data_parallel(
+            lambda p, b: 0.0, optax.sgd(0.1), mesh=mesh, communication="4bit", rounding="up"
+        )
     with pytest.raises(TypeError, match="callable"):
         dist.data_parallel(3, optax.sgd(0.1), mesh=mesh)

@@ -6,13 +6,12 @@ import gzip
 import pathlib
 import shutil
 
+import _synthetic
 import numpy as np
 import pytest
 
 from beyondbp import datasets
 from beyondbp.datasets import DatasetError
-
-import _synthetic
 
 SHARED_FASHION = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist"
 
@@ -44,8 +43,12 @@ def test_uncompressed_official_content_verifies(tmp_path):
     for f in datasets.FILES["test"]:
         (d / f.removesuffix(".gz")).write_bytes(gzip.decompress((bundled / f).read_bytes()))
     # the named set's content digest is independent of compression: verify it as "mnist_small"
-    got = datasets._read_verified("mnist_small", datasets.FILES["test"][0],
-                                  d / datasets.FILES["test"][0].removesuffix(".gz"), True)
+    got = datasets._read_verified(
+        "mnist_small",
+        datasets.FILES["test"][0],
+        d / datasets.FILES["test"][0].removesuffix(".gz"),
+        True,
+    )
     assert len(got) == 16 + 2000 * 28 * 28
 
 
@@ -53,12 +56,14 @@ def test_idx_reads_any_shape_and_class_count(tmp_path):
     d = tmp_path / "mine"
     d.mkdir()
     rng = np.random.default_rng(0)
-    tr_y = (np.arange(140) % 7).astype(np.uint8)                   # 7 classes, all present
-    te_y = (np.arange(30) % 5).astype(np.uint8)                    # test lacks two classes: fine
-    datasets.write_idx(d / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (140, 20, 24), np.uint8))
+    tr_y = (np.arange(140) % 7).astype(np.uint8)  # 7 classes, all present
+    te_y = (np.arange(30) % 5).astype(np.uint8)  # test lacks two classes: fine
+    datasets.write_idx(
+        d / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (140, 20, 24), np.uint8)
+    )
     datasets.write_idx(d / "train-labels-idx1-ubyte.gz", tr_y)
     datasets.write_idx(d / "t10k-images-idx3-ubyte", rng.integers(0, 256, (30, 20, 24), np.uint8))
-    datasets.write_idx(d / "t10k-labels-idx1-ubyte", te_y)        # uncompressed works too
+    datasets.write_idx(d / "t10k-labels-idx1-ubyte", te_y)  # uncompressed works too
     tr = datasets.load("idx", "train", data_dir=d)
     te = datasets.load("idx", "test", data_dir=d)
     assert tr.num_classes == te.num_classes == 7
@@ -111,16 +116,19 @@ def _break(d, name, how):
         datasets.write_idx(p, np.zeros((200, 27, 28), np.uint8))
 
 
-@pytest.mark.parametrize("split,name,how,match", [
-    ("train", "train-images-idx3-ubyte.gz", "missing", "not found in"),
-    ("train", "train-images-idx3-ubyte.gz", "truncated-stream", "truncated or corrupt"),
-    ("train", "train-images-idx3-ubyte.gz", "truncated-payload", "truncated"),
-    ("train", "train-labels-idx1-ubyte.gz", "magic", "wrong magic number 0x00000802"),
-    ("train", "train-labels-idx1-ubyte.gz", "count", "600 images but .* 599 labels"),
-    ("train", "train-labels-idx1-ubyte.gz", "skip-class", r"skip class\(es\) \[3\]"),
-    ("train", "t10k-images-idx3-ubyte.gz", "shape", "both splits must have one image shape"),
-    ("test", "train-labels-idx1-ubyte.gz", "skip-class", r"skip class\(es\) \[3\]"),
-])
+@pytest.mark.parametrize(
+    "split,name,how,match",
+    [
+        ("train", "train-images-idx3-ubyte.gz", "missing", "not found in"),
+        ("train", "train-images-idx3-ubyte.gz", "truncated-stream", "truncated or corrupt"),
+        ("train", "train-images-idx3-ubyte.gz", "truncated-payload", "truncated"),
+        ("train", "train-labels-idx1-ubyte.gz", "magic", "wrong magic number 0x00000802"),
+        ("train", "train-labels-idx1-ubyte.gz", "count", "600 images but .* 599 labels"),
+        ("train", "train-labels-idx1-ubyte.gz", "skip-class", r"skip class\(es\) \[3\]"),
+        ("train", "t10k-images-idx3-ubyte.gz", "shape", "both splits must have one image shape"),
+        ("test", "train-labels-idx1-ubyte.gz", "skip-class", r"skip class\(es\) \[3\]"),
+    ],
+)
 def test_idx_bad_files_name_the_file_and_are_never_modified(shapes_dir, split, name, how, match):
     _break(shapes_dir, name, how)
     before = _snapshot(shapes_dir)
@@ -133,7 +141,7 @@ def test_idx_bad_files_name_the_file_and_are_never_modified(shapes_dir, split, n
 
 def test_idx_without_a_directory_says_how(monkeypatch, tmp_path):
     monkeypatch.delenv("BEYONDBP_DATA", raising=False)
-    with pytest.raises(DatasetError, match="pass data_dir=.*BEYONDBP_DATA"):
+    with pytest.raises(DatasetError, match=r"pass data_dir=.*BEYONDBP_DATA"):
         datasets.load("idx", "train")
 
 
@@ -162,7 +170,10 @@ def test_named_set_rejects_altered_content_even_uncompressed(tmp_path):
 
 def test_synthetic_command_writes_a_loadable_set_and_never_overwrites(tmp_path, capsys):
     from beyondbp import synthetic
-    assert synthetic.main([str(tmp_path / "s"), "--train", "50", "--test", "20", "--size", "12"]) == 0
+
+    assert (
+        synthetic.main([str(tmp_path / "s"), "--train", "50", "--test", "20", "--size", "12"]) == 0
+    )
     ds = datasets.load("idx", "test", data_dir=tmp_path / "s")
     assert len(ds) == 20 and ds.input_shape == (12, 12, 1) and ds.num_classes == 10
     before = _snapshot(tmp_path / "s")

@@ -15,10 +15,13 @@ def _x(shape=(3, 28, 28, 1)):
     return jax.random.uniform(jax.random.key(0), shape)
 
 
-@pytest.mark.parametrize("build", [
-    lambda: models.MLP((784, 32, 16, 10), activation="tanh", rngs=nnx.Rngs(0)),
-    lambda: models.CNN(10, rngs=nnx.Rngs(0)),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: models.MLP((784, 32, 16, 10), activation="tanh", rngs=nnx.Rngs(0)),
+        lambda: models.CNN(10, rngs=nnx.Rngs(0)),
+    ],
+)
 def test_functional_matches_module(build):
     m = build()
     apply, params = models.functional(m)
@@ -30,7 +33,10 @@ def test_functional_matches_module(build):
 def test_mlp_layer_sizes_and_flattening():
     apply, params = models.mlp(jax.random.key(1), (784, 1024, 1024, 10))
     shapes = jax.tree.map(jnp.shape, params)
-    assert shapes["layers"][0]["kernel"] == (784, 1024) and shapes["layers"][2]["kernel"] == (1024, 10)
+    assert shapes["layers"][0]["kernel"] == (784, 1024) and shapes["layers"][2]["kernel"] == (
+        1024,
+        10,
+    )
     assert apply(params, _x((2, 28, 28))).shape == (2, 10)
 
 
@@ -58,11 +64,14 @@ def test_bfloat16_params():
     assert apply(params, _x().astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"widths": (784,)}, "at least two positive integers"),
-    ({"widths": (784, 0, 10)}, "at least two positive integers"),
-    ({"widths": (784, 10), "activation": "swish9"}, "activation='swish9' is not known"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"widths": (784,)}, "at least two positive integers"),
+        ({"widths": (784, 0, 10)}, "at least two positive integers"),
+        ({"widths": (784, 10), "activation": "swish9"}, "activation='swish9' is not known"),
+    ],
+)
 def test_mlp_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         models.MLP(rngs=nnx.Rngs(0), **kwargs)

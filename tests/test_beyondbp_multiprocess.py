@@ -7,10 +7,9 @@ import time
 
 import numpy as np
 import pytest
+from _multidevice import HERE, REPO, device_env
 
 from beyondbp import launch
-
-from _multidevice import HERE, REPO, device_env
 
 SCRIPT = HERE / "multidevice" / "mp_sharded_fwdgrad.py"
 
@@ -18,14 +17,35 @@ SCRIPT = HERE / "multidevice" / "mp_sharded_fwdgrad.py"
 def test_two_processes_equal_one_process(tmp_path):
     """2 processes x 1 CPU device (gloo over loopback) == 1 process x 2 simulated devices, bit for bit."""
     mp, sp = tmp_path / "mp.npz", tmp_path / "sp.npz"
-    cmd = [sys.executable, "-m", "beyondbp.launch", "-n", "2", "--devices-per-process", "1",
-           "--timeout", "240", "--", sys.executable, str(SCRIPT), str(mp), "3"]
-    r = subprocess.run(cmd, cwd=REPO, env=device_env(1), capture_output=True, text=True,
-                       timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "beyondbp.launch",
+        "-n",
+        "2",
+        "--devices-per-process",
+        "1",
+        "--timeout",
+        "240",
+        "--",
+        sys.executable,
+        str(SCRIPT),
+        str(mp),
+        "3",
+    ]
+    r = subprocess.run(
+        cmd, cwd=REPO, env=device_env(1), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     assert "[0] process 0 of 2: done" in r.stdout and "[1] process 1 of 2: done" in r.stdout
-    r = subprocess.run([sys.executable, str(SCRIPT), str(sp), "3"], cwd=REPO, env=device_env(2),
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), str(sp), "3"],
+        cwd=REPO,
+        env=device_env(2),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     a, b = np.load(mp), np.load(sp)
     assert sorted(a) == sorted(b)
@@ -38,9 +58,11 @@ def _python(code: str) -> list[str]:
 
 
 def test_a_failing_process_stops_the_others():
-    code = ("import os, sys, time\n"
-            "if os.environ['BEYONDBP_PROCESS_ID'] == '1': sys.exit(3)\n"
-            "time.sleep(60)\n")
+    code = (
+        "import os, sys, time\n"
+        "if os.environ['BEYONDBP_PROCESS_ID'] == '1': sys.exit(3)\n"
+        "time.sleep(60)\n"
+    )
     out = io.StringIO()
     t = time.monotonic()
     assert launch.launch(_python(code), 3, grace=2.0, stdout=out) == 3
@@ -50,15 +72,19 @@ def test_a_failing_process_stops_the_others():
 def test_timeout_stops_everything():
     out = io.StringIO()
     t = time.monotonic()
-    assert launch.launch(_python("import time; time.sleep(60)"), 2, timeout=1.0, grace=1.0,
-                         stdout=out) == launch.TIMEOUT_EXIT
+    assert (
+        launch.launch(_python("import time; time.sleep(60)"), 2, timeout=1.0, grace=1.0, stdout=out)
+        == launch.TIMEOUT_EXIT
+    )
     assert time.monotonic() - t < 30
     assert "timeout" in out.getvalue()
 
 
 def test_environment_and_prefixed_output():
-    code = ("import os; print(os.environ['BEYONDBP_PROCESS_ID'], "
-            "os.environ['BEYONDBP_NUM_PROCESSES'], os.environ['BEYONDBP_COORDINATOR_ADDRESS'])")
+    code = (
+        "import os; print(os.environ['BEYONDBP_PROCESS_ID'], "
+        "os.environ['BEYONDBP_NUM_PROCESSES'], os.environ['BEYONDBP_COORDINATOR_ADDRESS'])"
+    )
     out = io.StringIO()
     assert launch.launch(_python(code), 2, stdout=out) == 0
     lines = sorted(out.getvalue().splitlines())
@@ -75,6 +101,7 @@ def test_cli_rejects_bad_usage(args):
 
 def test_initialize_needs_all_or_none_of_the_addresses(monkeypatch):
     from beyondbp import distributed as dist
+
     for var in (dist.ENV_COORDINATOR, dist.ENV_NUM_PROCESSES, dist.ENV_PROCESS_ID):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ValueError, match="all of"):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from beyondbp import datasets
 
@@ -24,14 +25,19 @@ def _ids(x):
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 700), bs=st.integers(1, 128), seed=st.integers(0, 2**31 - 1))
 def test_pad_epoch_yields_every_example_exactly_once(n, bs, seed):
-    seen = np.concatenate([_ids(x)[m] for x, _, m in
-                           datasets.batches(_ds(n), bs, seed=seed, remainder="pad")])
+    seen = np.concatenate(
+        [_ids(x)[m] for x, _, m in datasets.batches(_ds(n), bs, seed=seed, remainder="pad")]
+    )
     assert sorted(seen.tolist()) == list(range(n))
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 700), bs=st.integers(1, 128), seed=st.integers(0, 2**31 - 1),
-       epochs=st.integers(1, 3))
+@given(
+    n=st.integers(1, 700),
+    bs=st.integers(1, 128),
+    seed=st.integers(0, 2**31 - 1),
+    epochs=st.integers(1, 3),
+)
 def test_drop_epochs_yield_distinct_examples_and_fixed_shapes(n, bs, seed, epochs):
     if bs > n:
         return
@@ -39,14 +45,18 @@ def test_drop_epochs_yield_distinct_examples_and_fixed_shapes(n, bs, seed, epoch
     out = list(datasets.batches(_ds(n), bs, seed=seed, epochs=epochs))
     assert len(out) == per_epoch * epochs
     for e in range(epochs):
-        ids = np.concatenate([_ids(x) for x, _, _ in out[e * per_epoch:(e + 1) * per_epoch]])
+        ids = np.concatenate([_ids(x) for x, _, _ in out[e * per_epoch : (e + 1) * per_epoch]])
         assert len(set(ids.tolist())) == per_epoch * bs  # no example twice within an epoch
     assert all(x.shape == (bs, 28, 28, 1) and m.all() for x, _, m in out)
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 500), bs=st.integers(1, 64), start=st.integers(0, 40),
-       seed=st.integers(0, 1000))
+@given(
+    n=st.integers(2, 500),
+    bs=st.integers(1, 64),
+    start=st.integers(0, 40),
+    seed=st.integers(0, 1000),
+)
 def test_start_resumes_the_same_stream(n, bs, start, seed):
     if bs > n:
         return

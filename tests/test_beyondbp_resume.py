@@ -26,10 +26,30 @@ STEPS = 1000
 
 
 def _cmd(ckdir, out, *extra):
-    return [sys.executable, "-m", "beyondbp.cli", "train", "--method", "backprop-adam",
-            "--steps", str(STEPS), "--widths", "256,256", "--seed", "3", "--checkpoint-dir", str(ckdir),
-            "--checkpoint-every", "25", "--eval-every", str(STEPS), "--out", str(out),
-            "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "beyondbp.cli",
+        "train",
+        "--method",
+        "backprop-adam",
+        "--steps",
+        str(STEPS),
+        "--widths",
+        "256,256",
+        "--seed",
+        "3",
+        "--checkpoint-dir",
+        str(ckdir),
+        "--checkpoint-every",
+        "25",
+        "--eval-every",
+        str(STEPS),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _final_params(out):
@@ -48,8 +68,9 @@ def _env():
 def reference_params(tmp_path_factory):
     """Final params of an uninterrupted run with the same seed."""
     d = tmp_path_factory.mktemp("ref")
-    ref = subprocess.run(_cmd(d / "ck", d / "out"), env=_env(), capture_output=True, text=True,
-                         timeout=300)
+    ref = subprocess.run(
+        _cmd(d / "ck", d / "out"), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert ref.returncode == 0, ref.stderr[-2000:]
     return _final_params(d / "out")
 
@@ -58,8 +79,9 @@ def reference_params(tmp_path_factory):
 def test_killed_run_resumes_bit_identical(tmp_path, sig, reference_params):
 
     ck, out = tmp_path / "ck", tmp_path / "out"
-    proc = subprocess.Popen(_cmd(ck, out), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(ck, out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
@@ -67,7 +89,9 @@ def test_killed_run_resumes_bit_identical(tmp_path, sig, reference_params):
             if c is not None and int(c.stem.split("_")[1]) >= 50:
                 break
             if proc.poll() is not None:
-                pytest.fail(f"run ended before it could be interrupted: {proc.stderr.read()[-2000:]}")
+                pytest.fail(
+                    f"run ended before it could be interrupted: {proc.stderr.read()[-2000:]}"
+                )
             time.sleep(0.005)
         proc.send_signal(sig)
         proc.wait(timeout=60)
@@ -90,8 +114,11 @@ def test_killed_run_resumes_bit_identical(tmp_path, sig, reference_params):
 
 
 def _tree():
-    return {"params": {"w": jnp.arange(6.0).reshape(2, 3)}, "key": jax.random.key(0),
-            "opt": optax.adam(1e-3).init({"w": jnp.zeros((2, 3))})}
+    return {
+        "params": {"w": jnp.arange(6.0).reshape(2, 3)},
+        "key": jax.random.key(0),
+        "opt": optax.adam(1e-3).init({"w": jnp.zeros((2, 3))}),
+    }
 
 
 def test_round_trip_keeps_keys_dtypes_and_values(tmp_path):
@@ -126,27 +153,54 @@ def test_mismatched_checkpoint_names_the_leaf(tmp_path):
 def test_keep_newest_and_no_temp_files(tmp_path):
     for s in (1, 2, 3, 4):
         checkpoint.save(tmp_path, s, _tree(), keep=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000000003.msgpack",
-                                                          "ckpt_000000004.msgpack"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt_000000003.msgpack",
+        "ckpt_000000004.msgpack",
+    ]
 
 
 def test_resume_with_a_different_model_is_refused(tmp_path):
     ck = tmp_path / "ck"
-    base = [sys.executable, "-m", "beyondbp.cli", "train", "--steps", "30", "--checkpoint-dir",
-            str(ck), "--checkpoint-every", "10", "--no-progress", "--out", str(tmp_path / "o")]
-    r1 = subprocess.run(base + ["--widths", "16"], env=_env(), capture_output=True, text=True, timeout=300)
+    base = [
+        sys.executable,
+        "-m",
+        "beyondbp.cli",
+        "train",
+        "--steps",
+        "30",
+        "--checkpoint-dir",
+        str(ck),
+        "--checkpoint-every",
+        "10",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    r1 = subprocess.run(
+        base + ["--widths", "16"], env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert r1.returncode == 0, r1.stderr[-2000:]
     before = checkpoint.latest(ck).read_bytes()
-    r2 = subprocess.run(base + ["--widths", "24", "--steps", "60"], env=_env(), capture_output=True,
-                        text=True, timeout=300)
+    r2 = subprocess.run(
+        base + ["--widths", "24", "--steps", "60"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r2.returncode == 2 and "different model or configuration" in r2.stderr
     assert checkpoint.latest(ck).read_bytes() == before
 
 
 def test_same_seed_same_params_across_processes(tmp_path, reference_params):
     """Determinism: a second, independent process with the same seed gives identical bits."""
-    r = subprocess.run(_cmd(tmp_path / "ck", tmp_path / "out"), env=_env(), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        _cmd(tmp_path / "ck", tmp_path / "out"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     for x, y in zip(reference_params, _final_params(tmp_path / "out")):
         np.testing.assert_array_equal(x, y)
@@ -163,7 +217,8 @@ def _small_run(ckdir, steps, stop_at=None, second_signal=False):
 
     tr = datasets.load("mnist_small", "train")
     setup = methods.get("backprop-adam").build(
-        methods.MethodConfig(key=jax.random.key(1), widths=(32,), steps=steps))
+        methods.MethodConfig(key=jax.random.key(1), widths=(32,), steps=steps)
+    )
     real_batches = datasets.batches
     calls = {"n": 0}
 
@@ -179,8 +234,16 @@ def _small_run(ckdir, steps, stop_at=None, second_signal=False):
     mp = pytest.MonkeyPatch()
     mp.setattr(datasets, "batches", batches)
     try:
-        return train.train(setup, tr, steps=steps, batch_size=32, seed=5, progress=False,
-                           checkpoint_dir=ckdir, checkpoint_every=7)
+        return train.train(
+            setup,
+            tr,
+            steps=steps,
+            batch_size=32,
+            seed=5,
+            progress=False,
+            checkpoint_dir=ckdir,
+            checkpoint_every=7,
+        )
     finally:
         mp.undo()
 

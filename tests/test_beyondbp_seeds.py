@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import json
 
+import _synthetic
 import numpy as np
 import pytest
 
-import _synthetic
 from beyondbp import cli, compare
 
 
 def test_seeds_table_json_and_plots(tmp_path, capsys):
     out = tmp_path / "cmp"
-    rc = cli.main(["compare", "--methods", "backprop,lowbit", "--steps", "20", "--widths", "16",
-                   "--seeds", "0,1,2", "--out", str(out), "--no-progress"])
+    rc = cli.main(
+        [
+            "compare",
+            "--methods",
+            "backprop,lowbit",
+            "--steps",
+            "20",
+            "--widths",
+            "16",
+            "--seeds",
+            "0,1,2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "mean ± std" in table and "seeds [0, 1, 2]" in table
@@ -34,28 +48,48 @@ def test_seeds_table_json_and_plots(tmp_path, capsys):
 
 
 def test_spread_marker_flags_rows_whose_seeds_disagree():
-    runs = [{"method": "backprop", "seed": s, "test_accuracy": a, "step_time_s": 1e-3,
-             "memory_bytes": 1, "temp_bytes": 1, "energy_per_step_j": None,
-             "digital_energy_per_step_j": None, "wall_time_s": 1.0,
-             "history": {"loss_kind": "cross-entropy"}}
-            for s, a in enumerate([0.90, 0.91, 0.84])]
+    runs = [
+        {
+            "method": "backprop",
+            "seed": s,
+            "test_accuracy": a,
+            "step_time_s": 1e-3,
+            "memory_bytes": 1,
+            "temp_bytes": 1,
+            "energy_per_step_j": None,
+            "digital_energy_per_step_j": None,
+            "wall_time_s": 1.0,
+            "history": {"loss_kind": "cross-entropy"},
+        }
+        for s, a in enumerate([0.90, 0.91, 0.84])
+    ]
     row = compare._aggregate("backprop", runs)
     assert row["spread_flag"] and row["test_accuracy_per_seed"] == [0.90, 0.91, 0.84]
     assert not compare._aggregate("backprop", runs[:2])["spread_flag"]
 
 
-@pytest.mark.parametrize("seeds,match", [([], "distinct non-negative"), ([0, 0], "distinct"),
-                                         ([-1], "non-negative"), (["a"], "list of integers")])
+@pytest.mark.parametrize(
+    "seeds,match",
+    [
+        ([], "distinct non-negative"),
+        ([0, 0], "distinct"),
+        ([-1], "non-negative"),
+        (["a"], "list of integers"),
+    ],
+)
 def test_bad_seeds_fail_before_any_training(seeds, match):
     with pytest.raises(ValueError, match=match):
         compare.compare(["backprop"], steps=2, seeds=seeds)
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["compare", "--seeds", "0,0"], "distinct"),
-    (["compare", "--seeds", "x"], "is not an integer"),
-    (["compare", "--seed", "-3"], "non-negative"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["compare", "--seeds", "0,0"], "distinct"),
+        (["compare", "--seeds", "x"], "is not an integer"),
+        (["compare", "--seed", "-3"], "non-negative"),
+    ],
+)
 def test_bad_seed_options(argv, match, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
@@ -64,16 +98,45 @@ def test_bad_seed_options(argv, match, capsys):
 
 def test_idx_dataset_from_the_command_line(tmp_path, capsys):
     d = _synthetic.write_shapes(tmp_path / "kmnist-like", train=300, test=100, size=20)
-    rc = cli.main(["compare", "--methods", "backprop", "--dataset", "idx", "--data-dir", str(d),
-                   "--steps", "10", "--widths", "16", "--out", str(tmp_path / "o"),
-                   "--no-progress"])
+    rc = cli.main(
+        [
+            "compare",
+            "--methods",
+            "backprop",
+            "--dataset",
+            "idx",
+            "--data-dir",
+            str(d),
+            "--steps",
+            "10",
+            "--widths",
+            "16",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "o" / "compare.json").read_text())
     assert data["config"]["input_shape"] == [20, 20, 1] and data["config"]["num_classes"] == 10
     # a broken file: one line naming the file and the problem, exit status 2
     (d / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
-    rc = cli.main(["compare", "--methods", "backprop", "--dataset", "idx", "--data-dir", str(d),
-                   "--steps", "10", "--out", str(tmp_path / "o2"), "--no-progress"])
+    rc = cli.main(
+        [
+            "compare",
+            "--methods",
+            "backprop",
+            "--dataset",
+            "idx",
+            "--data-dir",
+            str(d),
+            "--steps",
+            "10",
+            "--out",
+            str(tmp_path / "o2"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("beyondbp: error: ")
     assert "train-labels-idx1-ubyte.gz" in err[0] and "truncated or corrupt" in err[0]

@@ -1,9 +1,9 @@
 """The three packages in one optax pipeline: the chain of ../shared/DESIGN.md ("Composition").
 
-    tx = optax.chain(fwdgrad.forward_gradient(num_tangents=4),
-                     lowbit.quantize_updates(lowbit.RADIX4_FP4),
-                     optax.sgd(1e-2),
-                     analog.program(analog.presets.TAOX_RERAM))
+tx = optax.chain(fwdgrad.forward_gradient(num_tangents=4),
+                 lowbit.quantize_updates(lowbit.RADIX4_FP4),
+                 optax.sgd(1e-2),
+                 analog.program(analog.presets.TAOX_RERAM))
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from beyondbp import datasets, methods, models
 
 
 def design_chain(device=analog.presets.TAOX_RERAM, lr=1e-2, mixed_precision=False):
-    return optax.chain(fwdgrad.forward_gradient(num_tangents=4),
-                       lowbit.quantize_updates(lowbit.RADIX4_FP4),
-                       optax.sgd(lr),
-                       analog.program(device, mixed_precision=mixed_precision))
+    return optax.chain(
+        fwdgrad.forward_gradient(num_tangents=4),
+        lowbit.quantize_updates(lowbit.RADIX4_FP4),
+        optax.sgd(lr),
+        analog.program(device, mixed_precision=mixed_precision),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +44,15 @@ def _jit_step(apply, tx, traces=None):
     """One jitted chain step. Both estimators' extra args are passed (``loss_fn`` for the
     weight-perturbation one, ``batch`` for the local one): each reads its own and ignores the
     other's. ``traces`` counts compilations."""
+
     @jax.jit
     def step(params, state, x, y):
         if traces is not None:
             traces.append(1)
-        loss = lambda p: methods.cross_entropy(apply(p, x), y)  # noqa: E731
+        loss = lambda p: methods.cross_entropy(apply(p, x), y)
         updates, state = tx.update(None, state, params, loss_fn=loss, batch=(x, y))
         return optax.apply_updates(params, updates), state
+
     return step
 
 
@@ -64,14 +68,20 @@ def test_design_chain_runs_as_written_under_jit(data):
         x, y, _ = next(batches)
         params, state = step(params, state, x, y)
     assert len(traces) == 1, "the chain must not recompile from step to step"
-    assert jax.tree.structure(params) == jax.tree.structure(models.mlp(jax.random.key(0), (784, 64, 10))[1])
+    assert jax.tree.structure(params) == jax.tree.structure(
+        models.mlp(jax.random.key(0), (784, 64, 10))[1]
+    )
     for p in jax.tree.leaves(params):
         assert p.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(p)))
     # analog.program comes last: after apply_updates the params are what the devices hold
     prog = state[-1]
     assert isinstance(prog, analog.ProgramState)
-    on_chip = jax.tree.map(lambda t, p: analog.read_weights(t).reshape(p.shape), prog.tiles, params,
-                           is_leaf=lambda t: isinstance(t, analog.Tiles))
+    on_chip = jax.tree.map(
+        lambda t, p: analog.read_weights(t).reshape(p.shape),
+        prog.tiles,
+        params,
+        is_leaf=lambda t: isinstance(t, analog.Tiles),
+    )
     for a, b in zip(jax.tree.leaves(on_chip), jax.tree.leaves(params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     # 4-bit grid reached the optimiser: the quantizer's state advanced once per step
@@ -86,8 +96,9 @@ def test_design_chain_trains_with_ideal_devices(data):
     noise into drift (see beyondbp/methods/combined_rows.py and BENCHMARKS.md) unless the devices
     are programmed through the accumulator (next test).
     """
-    before, after = _train_chain(data, (784, 128, 10), design_chain(device=analog.presets.IDEAL,
-                                                                     lr=2e-3), 600)
+    before, after = _train_chain(
+        data, (784, 128, 10), design_chain(device=analog.presets.IDEAL, lr=2e-3), 600
+    )
     assert after > 0.45 and after > before + 0.3, (before, after)
 
 
@@ -122,10 +133,12 @@ def test_all_three_chain_with_local_forward_gradients_trains_on_taox(data):
     (784-128-10, mnist_small, 800 steps): 82.5%; the weight-perturbation chain on the same
     devices stays near 15% (previous test)."""
     apply, params = models.functional(fwdgrad.LocalMLP((784, 128, 10), rngs=nnx.Rngs(0)))
-    tx = optax.chain(fwdgrad.activity_forward_gradient(num_tangents=4, seed=0),
-                     lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=1),
-                     optax.sgd(1e-3, momentum=0.9),
-                     analog.program(analog.presets.TAOX_RERAM, seed=2))
+    tx = optax.chain(
+        fwdgrad.activity_forward_gradient(num_tangents=4, seed=0),
+        lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=1),
+        optax.sgd(1e-3, momentum=0.9),
+        analog.program(analog.presets.TAOX_RERAM, seed=2),
+    )
     state = tx.init(params)
     traces = []
     step = _jit_step(apply, tx, traces)  # the same call as the weight-perturbation chain's
@@ -137,4 +150,3 @@ def test_all_three_chain_with_local_forward_gradients_trains_on_taox(data):
     assert len(traces) == 1
     assert int(state[-1].nonfinite) == 0 and int(state[0].nonfinite) == 0
     assert after > 0.75 and after > before + 0.5, (before, after)
-

@@ -20,33 +20,57 @@ from __future__ import annotations
 
 import pathlib
 
+import _synthetic
 import pytest
 
 from beyondbp import compare, datasets, methods
 
-import _synthetic
-
 STEPS = 300
-FLOORS = {"fwdgrad": (1500, 0.14), "fwdgrad+lowbit": (1500, 0.14),
-          "fwdgrad+analog": (STEPS, 0.20), "fwdgrad+lowbit+analog": (STEPS, 0.20)}
+FLOORS = {
+    "fwdgrad": (1500, 0.14),
+    "fwdgrad+lowbit": (1500, 0.14),
+    "fwdgrad+analog": (STEPS, 0.20),
+    "fwdgrad+lowbit+analog": (STEPS, 0.20),
+}
 # rows whose optax pieces mix a Python float with an int32 count (adam, schedules)
-STANDARD = {"backprop-adam", "analog-eqprop-taox", "fwdgrad", "fwdgrad-local", "fwdgrad+analog",
-            "fwdgrad+lowbit+analog", "fwdgrad+lowbit", "fwdgrad-orthogonal"}
+STANDARD = {
+    "backprop-adam",
+    "analog-eqprop-taox",
+    "fwdgrad",
+    "fwdgrad-local",
+    "fwdgrad+analog",
+    "fwdgrad+lowbit+analog",
+    "fwdgrad+lowbit",
+    "fwdgrad-orthogonal",
+}
 
 
 @pytest.fixture(scope="module")
 def shapes14(tmp_path_factory) -> pathlib.Path:
-    return _synthetic.write_shapes(tmp_path_factory.mktemp("shapes14"), train=2000, test=500,
-                                   size=14, seed=7)
+    return _synthetic.write_shapes(
+        tmp_path_factory.mktemp("shapes14"), train=2000, test=500, size=14, seed=7
+    )
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.standard_promotion) if n in STANDARD else n
-    for n in methods.names()])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.standard_promotion) if n in STANDARD else n
+        for n in methods.names()
+    ],
+)
 def test_every_row_learns_unseen_data(name, shapes14):
     assert datasets.load("idx", "train", data_dir=shapes14).input_shape == (14, 14, 1)
     steps, floor = FLOORS.get(name, (STEPS, 0.30))
-    r = compare.compare([name], dataset="idx", data_dir=shapes14, steps=steps, batch_size=32,
-                        widths=(64,), eval_every=steps, progress=False)
+    r = compare.compare(
+        [name],
+        dataset="idx",
+        data_dir=shapes14,
+        steps=steps,
+        batch_size=32,
+        widths=(64,),
+        eval_every=steps,
+        progress=False,
+    )
     acc = r["rows"][0]["test_accuracy"]
     assert acc >= floor, f"{name}: {acc:.3f} after {steps} steps on unseen data (floor {floor})"

@@ -15,7 +15,6 @@ ignored (pytest-dev/pytest-xdist#1386), so both workers would start the subproce
 from __future__ import annotations
 
 import pytest
-
 from _multidevice import run_checks
 
 D = 8
@@ -35,11 +34,13 @@ def assert_close(diffs, rel, abs_=0.0):
 
 def assert_raised(r, type_, match):
     import re
+
     assert r["type"] == type_, r
     assert re.search(match, r["message"]), r
 
 
 # --------------------------------------------------------------------------- fwdgrad
+
 
 def check_fwdgrad_tangent_parallel_equals_single_device(results):
     """K = 8 tangents, one per device, 2 SGD steps == forward_gradient(K=8) on one device.
@@ -90,6 +91,7 @@ def check_fwdgrad_errors_name_the_8_devices(results):
 
 # --------------------------------------------------------------------------- lowbit
 
+
 def check_lowbit_compressed_pmean_same_everywhere_and_unbiased(results):
     """Every device decodes the same bytes (exactly); stochastic rounding makes the mean
     over 256 keys converge to the float32 mean: within 5 standard errors (+1e-7 of the range)."""
@@ -125,8 +127,9 @@ def check_lowbit_4bit_exchange_is_8x_smaller_in_the_compiled_program(results):
     # 4-bit: uint8 codes (two per byte) in the all-to-all and the all-gather; float32
     # only for the per-chunk scales and the loss
     assert q4["by_dtype"]["u8"] == expected["all_to_all_codes"] + expected["all_gather_codes"]
-    assert q4["by_dtype"]["f32"] == (expected["all_to_all_scales"]
-                                     + expected["all_gather_scales"] + 4)
+    assert q4["by_dtype"]["f32"] == (
+        expected["all_to_all_scales"] + expected["all_gather_scales"] + 4
+    )
     assert {c["op"] for c in q4["collectives"]} <= {"all-to-all", "all-gather", "all-reduce"}
     # bytes each device sends (ring algorithms): 8x fewer, up to padding and scales
     ratio = f32["sent_bytes"] / q4["sent_bytes"]
@@ -138,6 +141,7 @@ def check_lowbit_errors(results):
 
 
 # --------------------------------------------------------------------------- analog
+
 
 def check_analog_layer_spread_over_chips_equals_one_device(results):
     """3 x 8 tiles, one tile column per chip, noisy periphery with the same per-tile keys.
@@ -182,15 +186,17 @@ def test_eight_devices():
     for check in CHECKS:
         try:
             check(results)
-        except Exception as e:  # noqa: BLE001 - every failing check is reported
+        except Exception as e:
             failures.append(f"{check.__name__}: {type(e).__name__}: {e}")
     seconds = {name: r["seconds"] for name, r in results.items()}
-    assert not failures, ("\n\n".join(failures)
-                          + f"\n\n{len(failures)} of {len(CHECKS)} checks failed; "
-                          f"seconds per measurement: {seconds}")
+    assert not failures, (
+        "\n\n".join(failures) + f"\n\n{len(failures)} of {len(CHECKS)} checks failed; "
+        f"seconds per measurement: {seconds}"
+    )
 
 
 # --------------------------------------------------------------------------- longer runs
+
 
 @pytest.mark.slow
 def test_slow_orthogonal_aggregate_and_4bit_training():

@@ -23,8 +23,14 @@ def test_example_runs(script):
     # forward gradients learn more per second than per step: give them more (cheap) steps
     steps, floor = ("600", 0.3) if "fwdgrad" in script.name else ("150", 0.5)
     env = dict(os.environ, EXAMPLE_STEPS=steps, JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
-                       env=env, cwd=script.parent.parent)
+    r = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=script.parent.parent,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     acc = re.findall(r"test accuracy ([0-9.]+)", r.stdout)
     assert acc, f"{script.name} printed no test accuracy: {r.stdout[-500:]}"

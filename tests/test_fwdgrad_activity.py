@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _tolerance import assert_close_ulps, dot_ulps
 from flax import nnx
 
 import fwdgrad
-from _tolerance import assert_close_ulps, dot_ulps
 
 B, D_IN, CLASSES = 8, 12, 3
 
@@ -33,8 +33,11 @@ def _exact_local_grads(params):
 
     def total(p):
         model = nnx.merge(graphdef, nnx.State(p), rest)
-        return sum(optax.softmax_cross_entropy_with_integer_labels(l, Y).mean()
-                   for l in model.local_logits(X))
+        return sum(
+            optax.softmax_cross_entropy_with_integer_labels(l, Y).mean()
+            for l in model.local_logits(X)
+        )
+
     return jax.grad(total)(params)
 
 
@@ -78,18 +81,20 @@ def test_activity_fwd_grad_unbiased_and_low_variance():
     exact = np.asarray(jax.grad(lambda z: losses(z).mean())(z), np.float64)
     g = fwdgrad.activity_fwd_grad(losses)
     S = 8000
-    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(9), s))(jnp.arange(S, dtype=jnp.uint32))
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(9), s))(
+        jnp.arange(S, dtype=jnp.uint32)
+    )
     est = np.asarray(jax.jit(jax.vmap(lambda k: g(k, z)[1]))(keys), np.float64)
     se = est.std(0) / np.sqrt(S)
     assert np.all(np.abs(est.mean(0) - exact) < 5 * se + 1e-7)
     # per-example Rademacher variance: sum_b (m - 1)|g_b|^2 with m = 5 entries per example
-    theory = (5 - 1) * np.sum(exact ** 2)
+    theory = (5 - 1) * np.sum(exact**2)
     emp = np.mean(np.sum((est - exact) ** 2, axis=(1, 2)))
     assert abs(emp / theory - 1) < 0.1, (emp, theory)
 
 
 def test_activity_fwd_grad_rejects_batch_mixing_loss():
-    g = fwdgrad.activity_fwd_grad(lambda z: jnp.mean(z ** 2))
+    g = fwdgrad.activity_fwd_grad(lambda z: jnp.mean(z**2))
     with pytest.raises(ValueError, match="per-example losses of shape"):
         g(jax.random.key(0), jnp.ones((4, 3)))
 
@@ -98,9 +103,16 @@ def test_local_mlp_grads_unbiased_against_backprop_of_local_losses():
     params = _params()
     exact = _flat(_exact_local_grads(params))
     S = 6000
-    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(7), s))(jnp.arange(S, dtype=jnp.uint32))
-    est = jax.jit(jax.vmap(lambda k: jnp.concatenate(
-        [x.ravel() for x in jax.tree.leaves(fwdgrad.local_mlp_grads(k, params, X, Y)[1])])))(keys)
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(7), s))(
+        jnp.arange(S, dtype=jnp.uint32)
+    )
+    est = jax.jit(
+        jax.vmap(
+            lambda k: jnp.concatenate(
+                [x.ravel() for x in jax.tree.leaves(fwdgrad.local_mlp_grads(k, params, X, Y)[1])]
+            )
+        )
+    )(keys)
     est = np.asarray(est, np.float64)
     se = est.std(0) / np.sqrt(S)
     assert np.all(np.abs(est.mean(0) - exact) < 5 * se + 1e-7)
@@ -112,8 +124,10 @@ def test_local_losses_match_model():
     params = _params()
     losses, grads = jax.jit(lambda: fwdgrad.local_mlp_grads(jax.random.key(0), params, X, Y))()
     model = _model()
-    ref = [float(optax.softmax_cross_entropy_with_integer_labels(l, Y).mean())
-           for l in model.local_logits(X)]
+    ref = [
+        float(optax.softmax_cross_entropy_with_integer_labels(l, Y).mean())
+        for l in model.local_logits(X)
+    ]
     np.testing.assert_allclose(np.asarray(losses), ref, rtol=1e-5)
     assert jax.tree.structure(grads) == jax.tree.structure(params)
 
@@ -122,10 +136,15 @@ def test_local_losses_match_model():
 def test_apply_matches_nnx_model(normalize):
     model = fwdgrad.LocalMLP((D_IN, 16, 8, CLASSES), rngs=nnx.Rngs(0), normalize=normalize)
     params = nnx.split(model, nnx.Param)[1].to_pure_dict()
-    np.testing.assert_allclose(np.asarray(fwdgrad.local_mlp_apply(params, X, normalize=normalize)),
-                               np.asarray(model(X)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(model(X)), np.asarray(model.local_logits(X)[-1]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(fwdgrad.local_mlp_apply(params, X, normalize=normalize)),
+        np.asarray(model(X)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        np.asarray(model(X)), np.asarray(model.local_logits(X)[-1]), rtol=1e-6
+    )
 
 
 def test_bfloat16_params_keep_dtype():
@@ -145,14 +164,19 @@ def test_activity_perturbation_has_lower_variance_than_weight_perturbation():
 
     def local_total(p):
         model = nnx.merge(graphdef, nnx.State(p), rest)
-        return sum(optax.softmax_cross_entropy_with_integer_labels(l, Y).mean()
-                   for l in model.local_logits(X))
+        return sum(
+            optax.softmax_cross_entropy_with_integer_labels(l, Y).mean()
+            for l in model.local_logits(X)
+        )
 
     wp = fwdgrad.fwd_grad(local_total)
-    ap = lambda k, p: fwdgrad.local_mlp_grads(k, p, X, Y)[1]  # noqa: E731
-    v_w, v_a = jax.jit(lambda k: (fwdgrad.estimator_variance(wp, k, params, num_samples=500, exact=exact),
-                                  fwdgrad.estimator_variance(ap, k, params, num_samples=500, exact=exact)))(
-        jax.random.key(1))
+    ap = lambda k, p: fwdgrad.local_mlp_grads(k, p, X, Y)[1]
+    v_w, v_a = jax.jit(
+        lambda k: (
+            fwdgrad.estimator_variance(wp, k, params, num_samples=500, exact=exact),
+            fwdgrad.estimator_variance(ap, k, params, num_samples=500, exact=exact),
+        )
+    )(jax.random.key(1))
     assert float(v_a) < 0.2 * float(v_w), (float(v_a) / g, float(v_w) / g)
 
 
@@ -178,6 +202,7 @@ def _eq_params():
 def _reference_local_grads(params):
     """Independent reference: jax.grad of the summed local losses, written out by hand
     (stop_gradient between blocks, layer norm on later blocks' inputs), not via LocalMLP."""
+
     def total(p):
         h, out = X, 0.0
         for i in sorted(p["layers"]):
@@ -188,6 +213,7 @@ def _reference_local_grads(params):
             logits = h @ p["heads"][i]["kernel"] + p["heads"][i]["bias"]
             out = out + optax.softmax_cross_entropy_with_integer_labels(logits, Y).mean()
         return out
+
     return jax.grad(total)(params)
 
 
@@ -195,9 +221,20 @@ def _sample_layers(params, num_samples, seed, **kw):
     """Block-weight estimates for num_samples keys, flattened, float64 (heads left out:
     their estimator does not depend on num_groups)."""
     keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(
-        jnp.arange(num_samples, dtype=jnp.uint32))
-    est = jax.jit(jax.vmap(lambda k: jnp.concatenate(
-        [x.ravel() for x in jax.tree.leaves(fwdgrad.local_mlp_grads(k, params, X, Y, **kw)[1]["layers"])])))(keys)
+        jnp.arange(num_samples, dtype=jnp.uint32)
+    )
+    est = jax.jit(
+        jax.vmap(
+            lambda k: jnp.concatenate(
+                [
+                    x.ravel()
+                    for x in jax.tree.leaves(
+                        fwdgrad.local_mlp_grads(k, params, X, Y, **kw)[1]["layers"]
+                    )
+                ]
+            )
+        )
+    )(keys)
     return np.asarray(est, np.float64)
 
 
@@ -205,16 +242,20 @@ def test_group_size_one_is_exact_local_gradient():
     params = _eq_params()
     exact = _reference_local_grads(params)
     for mask in (True, False):
-        _, grads = jax.jit(lambda k: fwdgrad.local_mlp_grads(k, params, X, Y, num_groups=WIDTH,
-                                                             mask_tangents=mask))(jax.random.key(0))
-        np.testing.assert_allclose(_flat(grads["layers"]), _flat(exact["layers"]), rtol=1e-5, atol=1e-6)
+        _, grads = jax.jit(
+            lambda k: fwdgrad.local_mlp_grads(k, params, X, Y, num_groups=WIDTH, mask_tangents=mask)
+        )(jax.random.key(0))
+        np.testing.assert_allclose(
+            _flat(grads["layers"]), _flat(exact["layers"]), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_exact_head_grad_matches_reference():
     params = _eq_params()
     _, grads = fwdgrad.local_mlp_grads(jax.random.key(0), params, X, Y, head_grad="exact")
-    np.testing.assert_allclose(_flat(grads["heads"]), _flat(_reference_local_grads(params)["heads"]),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        _flat(grads["heads"]), _flat(_reference_local_grads(params)["heads"]), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("num_groups", [1, 2, 4])
@@ -235,19 +276,32 @@ def test_variance_falls_with_groups_as_theory_says():
     w = jax.random.normal(jax.random.key(3), (16, CLASSES))
     head = {"kernel": w, "bias": jnp.zeros((CLASSES,))}
     from fwdgrad._activity import _block_losses  # the grouped loss under test
-    exact = np.asarray(jax.grad(lambda z: optax.softmax_cross_entropy_with_integer_labels(
-        jax.nn.relu(z) @ w, Y).mean())(z), np.float64)
+
+    exact = np.asarray(
+        jax.grad(
+            lambda z: optax.softmax_cross_entropy_with_integer_labels(jax.nn.relu(z) @ w, Y).mean()
+        )(z),
+        np.float64,
+    )
     active = np.asarray(z) > 0
     S = 3000
-    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(5), s))(jnp.arange(S, dtype=jnp.uint32))
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(5), s))(
+        jnp.arange(S, dtype=jnp.uint32)
+    )
     emp = {}
     for G in (1, 4, 16):
-        g = fwdgrad.activity_fwd_grad(lambda zz, hd: _block_losses(zz, hd, Y, jax.nn.relu, G), num_groups=G)
-        est = np.asarray(jax.jit(jax.vmap(lambda k: g(k, z, head, tangent_mask=z > 0)[1]))(keys), np.float64)
+        g = fwdgrad.activity_fwd_grad(
+            lambda zz, hd: _block_losses(zz, hd, Y, jax.nn.relu, G), num_groups=G
+        )
+        est = np.asarray(
+            jax.jit(jax.vmap(lambda k: g(k, z, head, tangent_mask=z > 0)[1]))(keys), np.float64
+        )
         emp[G] = np.mean(np.sum((est - exact) ** 2, axis=(1, 2)))
-        theory = sum(max(int(a.sum()) - 1, 0) * np.sum(e ** 2)
-                     for ab, eb in zip(active, exact)
-                     for a, e in zip(np.split(ab, G), np.split(eb, G)))
+        theory = sum(
+            max(int(a.sum()) - 1, 0) * np.sum(e**2)
+            for ab, eb in zip(active, exact)
+            for a, e in zip(np.split(ab, G), np.split(eb, G))
+        )
         if G == 16:
             assert emp[G] < 1e-12  # group size 1: exact
         else:
@@ -258,8 +312,10 @@ def test_variance_falls_with_groups_as_theory_says():
 def test_mask_reduces_variance():
     params = _eq_params()
     exact = _flat(_reference_local_grads(params)["layers"])
-    v = {m: np.mean(np.sum((_sample_layers(params, 500, 2, mask_tangents=m) - exact) ** 2, axis=1))
-         for m in (True, False)}
+    v = {
+        m: np.mean(np.sum((_sample_layers(params, 500, 2, mask_tangents=m) - exact) ** 2, axis=1))
+        for m in (True, False)
+    }
     assert v[True] < v[False], v
 
 

@@ -19,10 +19,12 @@ from fwdgrad import _tangents
 
 def _params(dtype=jnp.float32):
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    return {"w1": (jax.random.normal(k1, (4, 5)) * 0.5).astype(dtype),
-            "b1": jnp.full((5,), 0.1, dtype),
-            "w2": (jax.random.normal(k2, (5, 2)) * 0.5).astype(dtype),
-            "s": jax.random.normal(k3, ()).astype(dtype)}
+    return {
+        "w1": (jax.random.normal(k1, (4, 5)) * 0.5).astype(dtype),
+        "b1": jnp.full((5,), 0.1, dtype),
+        "w2": (jax.random.normal(k2, (5, 2)) * 0.5).astype(dtype),
+        "s": jax.random.normal(k3, ()).astype(dtype),
+    }
 
 
 X = jax.random.normal(jax.random.key(7), (6, 4))
@@ -49,22 +51,27 @@ N_PARAMS = 4 * 5 + 5 + 5 * 2 + 1  # 36
 
 # --------------------------------------------------------------- exactness of the jvp machinery
 
+
 def _reference_k1(fun, key, params, *args):
     """(grad f . v) v with v drawn exactly as documented: leaf i from fold_in(fold_in(key, 0), i)."""
     v = _tangents.sample_tangents(jax.random.fold_in(key, 0), params)
     _, d = jax.jvp(lambda p: fun(p, *args), (params,), (v,))
-    return jax.tree.map(lambda t: (d.astype(jnp.float32) * t.astype(jnp.float32)).astype(t.dtype), v)
+    return jax.tree.map(
+        lambda t: (d.astype(jnp.float32) * t.astype(jnp.float32)).astype(t.dtype), v
+    )
 
 
 def _conv_net(p, x):
-    y = jax.lax.conv_general_dilated(x, p["k"], (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(
+        x, p["k"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return jnp.mean(jax.nn.relu(y) ** 2)
 
 
 def _scan_net(p, x):
     def body(h, w):
         return jnp.tanh(h @ w), None
+
     h, _ = jax.lax.scan(body, x, p["ws"])
     return jnp.sum(h)
 
@@ -87,14 +94,34 @@ def _jitted_and_reshaped(p, x):
 
 CASES = {
     "mlp": (loss, lambda: (_params(),)),
-    "conv": (_conv_net, lambda: ({"k": jax.random.normal(jax.random.key(1), (3, 3, 2, 4))},
-                                 jax.random.normal(jax.random.key(2), (2, 6, 6, 2)))),
-    "scan": (_scan_net, lambda: ({"ws": jax.random.normal(jax.random.key(3), (3, 4, 4)) * 0.5},
-                                 jax.random.normal(jax.random.key(4), (2, 4)))),
-    "batched_dot": (_batched_dot, lambda: ({"a": jax.random.normal(jax.random.key(5), (3, 2))},
-                                           jax.random.normal(jax.random.key(6), (2, 4, 3)))),
-    "jit_reshape": (_jitted_and_reshaped, lambda: ({"w": jax.random.normal(jax.random.key(9), (12,))},
-                                                   jax.random.normal(jax.random.key(10), (5, 3)))),
+    "conv": (
+        _conv_net,
+        lambda: (
+            {"k": jax.random.normal(jax.random.key(1), (3, 3, 2, 4))},
+            jax.random.normal(jax.random.key(2), (2, 6, 6, 2)),
+        ),
+    ),
+    "scan": (
+        _scan_net,
+        lambda: (
+            {"ws": jax.random.normal(jax.random.key(3), (3, 4, 4)) * 0.5},
+            jax.random.normal(jax.random.key(4), (2, 4)),
+        ),
+    ),
+    "batched_dot": (
+        _batched_dot,
+        lambda: (
+            {"a": jax.random.normal(jax.random.key(5), (3, 2))},
+            jax.random.normal(jax.random.key(6), (2, 4, 3)),
+        ),
+    ),
+    "jit_reshape": (
+        _jitted_and_reshaped,
+        lambda: (
+            {"w": jax.random.normal(jax.random.key(9), (12,))},
+            jax.random.normal(jax.random.key(10), (5, 3)),
+        ),
+    ),
 }
 
 
@@ -138,15 +165,22 @@ def test_chunked_tangents_equal_one_vmap():
 
 # --------------------------------------------------------------- statistics
 
+
 @pytest.mark.parametrize("tangent", ["rademacher", "gaussian"])
 def test_unbiased_mean_of_many_estimates(tangent):
     params = _params()
     exact = flat(jax.grad(loss)(params))
     fg = fwdgrad.fwd_grad(loss, tangent=tangent)
     S = 20000
-    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(21), s))(jnp.arange(S, dtype=jnp.uint32))
-    est = np.asarray(jax.jit(jax.vmap(lambda k: jnp.concatenate(
-        [x.ravel() for x in jax.tree.leaves(fg(k, params))])))(keys), np.float64)
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(21), s))(
+        jnp.arange(S, dtype=jnp.uint32)
+    )
+    est = np.asarray(
+        jax.jit(
+            jax.vmap(lambda k: jnp.concatenate([x.ravel() for x in jax.tree.leaves(fg(k, params))]))
+        )(keys),
+        np.float64,
+    )
     mean = est.mean(0)
     # Each coordinate's standard error is sqrt(Var/S); Var_i <= |g|^2 + (n+1) g_i^2 roughly, so
     # we bound the error of every coordinate by 5 standard errors of the total |g| scale.
@@ -161,14 +195,21 @@ def test_variance_matches_theory_within_10_percent(tangent, K):
     params = _params()
     exact = jax.grad(loss)(params)
     fg = fwdgrad.fwd_grad(loss, num_tangents=K, tangent=tangent)
-    emp = float(jax.jit(lambda k: fwdgrad.estimator_variance(fg, k, params, num_samples=6000,
-                                                             exact=exact, batch_size=3000))(
-        jax.random.key(5)))
+    emp = float(
+        jax.jit(
+            lambda k: fwdgrad.estimator_variance(
+                fg, k, params, num_samples=6000, exact=exact, batch_size=3000
+            )
+        )(jax.random.key(5))
+    )
     g2 = float(np.sum(flat(exact) ** 2))
     n = N_PARAMS
     theory = (n + 1 if tangent == "gaussian" else n - 1) * g2 / K
-    np.testing.assert_allclose(float(fwdgrad.theoretical_variance(exact, tangent=tangent,
-                                                                   num_tangents=K)), theory, rtol=1e-5)
+    np.testing.assert_allclose(
+        float(fwdgrad.theoretical_variance(exact, tangent=tangent, num_tangents=K)),
+        theory,
+        rtol=1e-5,
+    )
     assert abs(emp / theory - 1) < 0.10, (emp, theory)
 
 
@@ -176,10 +217,14 @@ def test_estimator_variance_without_exact_is_sample_variance():
     params = _params()
     fg = fwdgrad.fwd_grad(loss)
     exact = jax.grad(loss)(params)
-    about_mean, about_exact = jax.jit(lambda k: (
-        fwdgrad.estimator_variance(fg, k, params, num_samples=4000, batch_size=2000),
-        fwdgrad.estimator_variance(fg, k, params, num_samples=4000, exact=exact, batch_size=2000)))(
-        jax.random.key(3))
+    about_mean, about_exact = jax.jit(
+        lambda k: (
+            fwdgrad.estimator_variance(fg, k, params, num_samples=4000, batch_size=2000),
+            fwdgrad.estimator_variance(
+                fg, k, params, num_samples=4000, exact=exact, batch_size=2000
+            ),
+        )
+    )(jax.random.key(3))
     about_mean, about_exact = float(about_mean), float(about_exact)
     # unbiased estimator: both measure the same trace of the covariance (within sampling noise)
     assert abs(about_mean / about_exact - 1) < 0.05
@@ -187,19 +232,29 @@ def test_estimator_variance_without_exact_is_sample_variance():
 
 # --------------------------------------------------------------- orthogonal aggregation
 
+
 def test_orthogonal_with_n_gaussian_tangents_is_exact():
     params = _params()
     exact = flat(jax.grad(loss)(params))
-    est = flat(jax.jit(fwdgrad.fwd_grad(loss, num_tangents=N_PARAMS, tangent="gaussian",
-                                        aggregate="orthogonal"))(jax.random.key(2), params))
+    est = flat(
+        jax.jit(
+            fwdgrad.fwd_grad(
+                loss, num_tangents=N_PARAMS, tangent="gaussian", aggregate="orthogonal"
+            )
+        )(jax.random.key(2), params)
+    )
     np.testing.assert_allclose(est, exact, rtol=1e-3, atol=1e-4 * np.abs(exact).max())
 
 
 def test_orthogonal_with_n_rademacher_tangents_is_exact_when_they_span():
     params = _params()
     key = jax.random.key(2)
-    V = np.stack([flat(_tangents.sample_tangents(jax.random.fold_in(key, k), params))
-                  for k in range(N_PARAMS)])
+    V = np.stack(
+        [
+            flat(_tangents.sample_tangents(jax.random.fold_in(key, k), params))
+            for k in range(N_PARAMS)
+        ]
+    )
     assert np.linalg.matrix_rank(V) == N_PARAMS  # this seed's signs span R^n (checked, not assumed)
     exact = flat(jax.grad(loss)(params))
     est = flat(jfg(loss, num_tangents=N_PARAMS, aggregate="orthogonal")(key, params))
@@ -210,10 +265,11 @@ def test_orthogonal_is_the_projection_onto_the_tangents_span():
     params = _params()
     key = jax.random.key(9)
     K = 5
-    V = np.stack([flat(_tangents.sample_tangents(jax.random.fold_in(key, k), params))
-                  for k in range(K)])
+    V = np.stack(
+        [flat(_tangents.sample_tangents(jax.random.fold_in(key, k), params)) for k in range(K)]
+    )
     g = flat(jax.grad(loss)(params))
-    Q, _ = np.linalg.qr(V.T)        # orthonormal basis of the span (independent of the Gram route)
+    Q, _ = np.linalg.qr(V.T)  # orthonormal basis of the span (independent of the Gram route)
     ref = Q @ (Q.T @ g)
     est = flat(jfg(loss, num_tangents=K, aggregate="orthogonal")(key, params))
     np.testing.assert_allclose(est, ref, rtol=1e-4, atol=1e-6)
@@ -221,6 +277,7 @@ def test_orthogonal_is_the_projection_onto_the_tangents_span():
 
 
 # --------------------------------------------------------------- API behaviour
+
 
 def test_same_key_same_estimate_different_keys_differ():
     params = _params()
@@ -260,8 +317,9 @@ def test_under_vmap_over_batches():
     one_fn = jax.jit(fg)
     for i in range(3):
         one = one_fn(jax.random.key(0), params, xs[i])
-        np.testing.assert_allclose(flat(jax.tree.map(lambda t: t[i], batched)), flat(one),
-                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            flat(jax.tree.map(lambda t: t[i], batched)), flat(one), rtol=1e-5, atol=1e-7
+        )
 
 
 def test_has_aux_and_argnums_tuple():
@@ -272,8 +330,9 @@ def test_has_aux_and_argnums_tuple():
         return v, {"v": v}
 
     scale = {"c": jnp.float32(2.0)}
-    (value, aux), (gp, gs) = jax.jit(fwdgrad.value_and_fwd_grad(
-        f, argnums=(0, 2), has_aux=True, num_tangents=2))(jax.random.key(0), params, X, scale)
+    (value, aux), (gp, gs) = jax.jit(
+        fwdgrad.value_and_fwd_grad(f, argnums=(0, 2), has_aux=True, num_tangents=2)
+    )(jax.random.key(0), params, X, scale)
     np.testing.assert_allclose(float(value), float(aux["v"]))
     assert jax.tree.structure(gp) == jax.tree.structure(params)
     assert jax.tree.structure(gs) == jax.tree.structure(scale)
@@ -284,13 +343,16 @@ def test_has_aux_and_argnums_tuple():
 @pytest.mark.parametrize("aggregate", ["mean", "orthogonal"])
 def test_bfloat16_params_give_bfloat16_estimates(aggregate):
     params = _params(jnp.bfloat16)
-    est = jax.jit(fwdgrad.fwd_grad(loss, num_tangents=3, aggregate=aggregate))(jax.random.key(0), params)
+    est = jax.jit(fwdgrad.fwd_grad(loss, num_tangents=3, aggregate=aggregate))(
+        jax.random.key(0), params
+    )
     for e, p in zip(jax.tree.leaves(est), jax.tree.leaves(params)):
         assert e.dtype == jnp.bfloat16 and e.shape == p.shape
         assert bool(jnp.all(jnp.isfinite(e.astype(jnp.float32))))
     # close to the float32 estimate along the same tangents (bfloat16 has ~3 significant digits)
     est32 = jfg(loss, num_tangents=3, aggregate=aggregate)(
-        jax.random.key(0), jax.tree.map(lambda t: t.astype(jnp.float32), params))
+        jax.random.key(0), jax.tree.map(lambda t: t.astype(jnp.float32), params)
+    )
     assert float(fwdgrad.cosine_similarity(est, est32)) > 0.98
 
 
@@ -313,24 +375,28 @@ def test_cosine_similarity():
 
 # --------------------------------------------------------------- errors
 
-@pytest.mark.parametrize("kwargs,exc,match", [
-    ({"num_tangents": 0}, ValueError, "num_tangents=0"),
-    ({"num_tangents": -3}, ValueError, "num_tangents=-3"),
-    ({"num_tangents": 2.0}, TypeError, "num_tangents=2.0"),
-    ({"num_tangents": True}, TypeError, "num_tangents=True"),
-    ({"tangent": "uniform"}, ValueError, "tangent='uniform'.*rademacher.*gaussian"),
-    ({"aggregate": "median"}, ValueError, "aggregate='median'.*mean.*orthogonal"),
-    ({"argnums": "0"}, TypeError, "argnums='0'"),
-    ({"chunk_size": 0}, ValueError, "chunk_size=0"),
-    ({"has_aux": 1}, TypeError, "has_aux=1"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({"num_tangents": 0}, ValueError, "num_tangents=0"),
+        ({"num_tangents": -3}, ValueError, "num_tangents=-3"),
+        ({"num_tangents": 2.0}, TypeError, "num_tangents=2.0"),
+        ({"num_tangents": True}, TypeError, "num_tangents=True"),
+        ({"tangent": "uniform"}, ValueError, "tangent='uniform'.*rademacher.*gaussian"),
+        ({"aggregate": "median"}, ValueError, "aggregate='median'.*mean.*orthogonal"),
+        ({"argnums": "0"}, TypeError, "argnums='0'"),
+        ({"chunk_size": 0}, ValueError, "chunk_size=0"),
+        ({"has_aux": 1}, TypeError, "has_aux=1"),
+    ],
+)
 def test_bad_configuration_fails_at_construction(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         fwdgrad.fwd_grad(loss, **kwargs)
 
 
 def test_non_scalar_loss_rejected():
-    with pytest.raises(ValueError, match="float scalar.*jnp.mean"):
+    with pytest.raises(ValueError, match=r"float scalar.*jnp.mean"):
         fwdgrad.fwd_grad(lambda p: p["w1"] * 2)(jax.random.key(0), _params())
 
 
@@ -338,12 +404,15 @@ def test_non_float_params_rejected():
     params = dict(_params(), steps=jnp.arange(3))
     with pytest.raises(TypeError, match=r"\['steps'\].*int32.*floating"):
         fwdgrad.fwd_grad(lambda p: loss({k: v for k, v in p.items() if k != "steps"}))(
-            jax.random.key(0), params)
+            jax.random.key(0), params
+        )
 
 
 def test_orthogonal_more_tangents_than_parameters_rejected():
     with pytest.raises(ValueError, match="num_tangents=40 exceeds the 36 parameters"):
-        fwdgrad.fwd_grad(loss, num_tangents=40, aggregate="orthogonal")(jax.random.key(0), _params())
+        fwdgrad.fwd_grad(loss, num_tangents=40, aggregate="orthogonal")(
+            jax.random.key(0), _params()
+        )
 
 
 def test_bad_key_rejected():
@@ -353,37 +422,48 @@ def test_bad_key_rejected():
 
 # --------------------------------------------------------------- memory (compiled, not timed)
 
+
 def _temp_bytes(fn, *args):
     return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
 def _deep_mlp(depth, width=256, batch=2048):
-    params = [{"w": jax.ShapeDtypeStruct((width, width), jnp.float32),
-               "b": jax.ShapeDtypeStruct((width,), jnp.float32)} for _ in range(depth)]
+    params = [
+        {
+            "w": jax.ShapeDtypeStruct((width, width), jnp.float32),
+            "b": jax.ShapeDtypeStruct((width,), jnp.float32),
+        }
+        for _ in range(depth)
+    ]
     x = jax.ShapeDtypeStruct((batch, width), jnp.float32)
 
     def f(ps, x):
         for p in ps:
             x = jax.nn.relu(x @ p["w"] + p["b"])
-        return jnp.mean(x ** 2)
+        return jnp.mean(x**2)
+
     return f, params, x
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu",
-                    reason="the byte figures are XLA:CPU's buffer assignment; XLA:GPU schedules and "
-                           "reuses buffers differently (on an H200 backprop grew 1.3x from depth 2 "
-                           "to 8, not > 3x), so the bounds below are stated for CPU only")
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu",
+    reason="the byte figures are XLA:CPU's buffer assignment; XLA:GPU schedules and "
+    "reuses buffers differently (on an H200 backprop grew 1.3x from depth 2 "
+    "to 8, not > 3x), so the bounds below are stated for CPU only",
+)
 def test_working_memory_flat_in_depth_and_below_backprop():
     """Tangents drawn per layer and primal/tangent passes interleaved (see _estimators)."""
     temps = {}
     for depth in (2, 8):
         f, params, x = _deep_mlp(depth)
         fg = fwdgrad.fwd_grad(f)
-        temps[depth] = (_temp_bytes(lambda p, x, k: fg(k, p, x), params, x, jax.random.key(0)),
-                        _temp_bytes(jax.grad(f), params, x))
+        temps[depth] = (
+            _temp_bytes(lambda p, x, k: fg(k, p, x), params, x, jax.random.key(0)),
+            _temp_bytes(jax.grad(f), params, x),
+        )
     fwd2, bp2 = temps[2]
     fwd8, bp8 = temps[8]
-    assert bp8 > 3.0 * bp2                       # backprop keeps every activation
+    assert bp8 > 3.0 * bp2  # backprop keeps every activation
     # the forward gradient grows far more slowly with depth (measured: 0.17 of backprop's growth)
     assert (fwd8 - fwd2) < 0.25 * (bp8 - bp2), temps
     assert fwd8 < 0.6 * bp8, temps

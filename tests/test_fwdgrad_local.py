@@ -27,6 +27,7 @@ Y = jnp.arange(B, dtype=jnp.int32) % CLASSES
 
 # --------------------------------------------------------------------------- references
 
+
 def _ln(v, groups=1, on=True):
     if not on:
         return v
@@ -56,12 +57,15 @@ def _ref_mixer_total(params, cfg):
         if i == 0:
             a = _ln(h, on=on)
         else:
-            tok = jnp.swapaxes(jnp.swapaxes(_ln(h, on=on), 1, 2) @ p["token"]["kernel"]
-                               + p["token"]["bias"], 1, 2)
+            tok = jnp.swapaxes(
+                jnp.swapaxes(_ln(h, on=on), 1, 2) @ p["token"]["kernel"] + p["token"]["bias"], 1, 2
+            )
             a = _ln(jax.nn.relu(_ln(tok, on=on)), on=on)
         a = _ln(jax.nn.relu(_ln(a @ p["channel"]["kernel"] + p["channel"]["bias"], on=on)), G, on)
-        parts = [a[..., g * a.shape[-1] // G:(g + 1) * a.shape[-1] // G] @ p["group"]["kernel"][g]
-                 for g in range(G)]
+        parts = [
+            a[..., g * a.shape[-1] // G : (g + 1) * a.shape[-1] // G] @ p["group"]["kernel"][g]
+            for g in range(G)
+        ]
         z = _ln(jnp.concatenate(parts, -1) + p["group"]["bias"], G, on)
         h = jax.nn.relu(z if i == 0 else z + h)
         total = total + _ce(_head(h, p["head"], G, on))
@@ -86,8 +90,14 @@ def _ref_conv_total(params, cfg):
 
 
 def _mixer(**kw):
-    base = dict(image_shape=(SIDE, SIDE, 1), patch_size=4, num_blocks=2, channels=8, hidden=8,
-                num_classes=CLASSES)
+    base = dict(
+        image_shape=(SIDE, SIDE, 1),
+        patch_size=4,
+        num_blocks=2,
+        channels=8,
+        hidden=8,
+        num_classes=CLASSES,
+    )
     return fwdgrad.MixerConfig(**{**base, **kw})
 
 
@@ -96,13 +106,18 @@ def _conv(**kw):
     return fwdgrad.ConvNetConfig(**{**base, **kw})
 
 
-NETS = {"mixer": (_mixer, fwdgrad.mixer_init, fwdgrad.mixer_grads, _ref_mixer_total),
-        "conv": (_conv, fwdgrad.convnet_init, fwdgrad.convnet_grads, _ref_conv_total)}
+NETS = {
+    "mixer": (_mixer, fwdgrad.mixer_init, fwdgrad.mixer_grads, _ref_mixer_total),
+    "conv": (_conv, fwdgrad.convnet_init, fwdgrad.convnet_grads, _ref_conv_total),
+}
 
 
 def _flat(tree, skip=()):
-    leaves = [x for path, x in jax.tree_util.tree_leaves_with_path(tree)
-              if not any(s in jax.tree_util.keystr(path) for s in skip)]
+    leaves = [
+        x
+        for path, x in jax.tree_util.tree_leaves_with_path(tree)
+        if not any(s in jax.tree_util.keystr(path) for s in skip)
+    ]
     return np.concatenate([np.asarray(x, np.float64).ravel() for x in leaves])
 
 
@@ -111,8 +126,9 @@ def _samples(net, cfg, params, num, seed, **kw):
     keys = jax.random.split(jax.random.key(seed), num)
 
     def one(k):
-        return jnp.concatenate([x.ravel() for x in jax.tree.leaves(grads_fn(k, params, X, Y, cfg,
-                                                                           **kw)[1])])
+        return jnp.concatenate(
+            [x.ravel() for x in jax.tree.leaves(grads_fn(k, params, X, Y, cfg, **kw)[1])]
+        )
 
     # lax.map in batches of 50, not one vmap over every key: with jax/jaxlib 0.10.2 on XLA:CPU a
     # jit(vmap) over >= 200 keys of grad-through-a-group-layer-norm returns wrong values for
@@ -123,17 +139,21 @@ def _samples(net, cfg, params, num, seed, **kw):
 
 # --------------------------------------------------------------------------- exactness
 
+
 @pytest.mark.parametrize("mask", [True, False])
 def test_conv_group_size_one_is_exact_local_gradient(mask):
     cfg = _conv(num_groups=4, normalize=False)
     params = fwdgrad.convnet_init(jax.random.key(0), cfg)
     exact = jax.grad(_ref_conv_total)(params, cfg)
-    losses, est = jax.jit(lambda k: fwdgrad.convnet_grads(k, params, X, Y, cfg,
-                                                          mask_tangents=mask))(jax.random.key(3))
+    losses, est = jax.jit(
+        lambda k: fwdgrad.convnet_grads(k, params, X, Y, cfg, mask_tangents=mask)
+    )(jax.random.key(3))
     ref = _flat(exact)
     assert np.count_nonzero(ref) > 0.5 * ref.size
     np.testing.assert_allclose(_flat(est), ref, rtol=0, atol=1e-5 * np.max(np.abs(ref)))
-    np.testing.assert_allclose(float(jnp.sum(losses)), float(_ref_conv_total(params, cfg)), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(jnp.sum(losses)), float(_ref_conv_total(params, cfg)), rtol=1e-5
+    )
 
 
 def test_mixer_group_size_one_is_exact_except_token_mixing():
@@ -144,18 +164,23 @@ def test_mixer_group_size_one_is_exact_except_token_mixing():
     _, est = jax.jit(lambda k: fwdgrad.mixer_grads(k, params, X, Y, cfg))(jax.random.key(3))
     ref = _flat(exact, skip=("token",))
     assert np.count_nonzero(ref) > 0.5 * ref.size
-    np.testing.assert_allclose(_flat(est, skip=("token",)), ref, rtol=0,
-                               atol=1e-5 * np.max(np.abs(ref)))
+    np.testing.assert_allclose(
+        _flat(est, skip=("token",)), ref, rtol=0, atol=1e-5 * np.max(np.abs(ref))
+    )
 
 
 # --------------------------------------------------------------------------- unbiasedness
 
-@pytest.mark.parametrize("net, kw", [
-    ("mixer", dict(num_groups=2)),
-    ("mixer", dict(num_groups=4, patch_loss=False)),
-    ("conv", dict(num_groups=2)),
-    ("conv", dict(num_groups=2, group_loss=False)),
-])
+
+@pytest.mark.parametrize(
+    "net, kw",
+    [
+        ("mixer", dict(num_groups=2)),
+        ("mixer", dict(num_groups=4, patch_loss=False)),
+        ("conv", dict(num_groups=2)),
+        ("conv", dict(num_groups=2, group_loss=False)),
+    ],
+)
 def test_estimate_unbiased_for_groups_larger_than_one(net, kw):
     make, init, _, ref_total = NETS[net]
     cfg = make(**kw)
@@ -201,12 +226,15 @@ def test_global_loss_fg_a_unbiased_against_end_to_end_backprop():
 
 # --------------------------------------------------------------------------- variance
 
+
 def test_site_variance_matches_rademacher_theory():
     """A block whose parameter is added to the site, so its estimate is the site's estimate."""
     T, F, G = 4, 8, 2
     z0 = jax.random.normal(jax.random.key(5), (B, T, F))
-    head = {"kernel": jax.random.normal(jax.random.key(6), (F, CLASSES)),
-            "bias": jnp.zeros((CLASSES,))}
+    head = {
+        "kernel": jax.random.normal(jax.random.key(6), (F, CLASSES)),
+        "bias": jnp.zeros((CLASSES,)),
+    }
 
     def block(p, h, site):
         out = site(h + p["shift"], jax.nn.relu)
@@ -220,21 +248,29 @@ def test_site_variance_matches_rademacher_theory():
     exact = np.asarray(jax.grad(mean_ce)(shift["shift"]), np.float64)
     g = fwdgrad.local_fwd_grad([block])
     keys = jax.random.split(jax.random.key(7), 4000)
-    est = np.asarray(jax.jit(lambda ks: lax.map(lambda k: g(k, [shift], z0)[1][0]["shift"], ks,
-                                                batch_size=50))(keys), np.float64)
+    est = np.asarray(
+        jax.jit(lambda ks: lax.map(lambda k: g(k, [shift], z0)[1][0]["shift"], ks, batch_size=50))(
+            keys
+        ),
+        np.float64,
+    )
     emp = np.mean(np.sum((est - exact) ** 2, axis=(1, 2, 3)))
     active = np.asarray(z0) > 0
-    parts = lambda a: a.reshape(B, T, G, F // G)  # noqa: E731
+    parts = lambda a: a.reshape(B, T, G, F // G)
     theory = np.sum((parts(active).sum(-1) - 1).clip(0) * (parts(exact) ** 2).sum(-1))
     assert abs(emp / theory - 1) < 0.1, (emp, theory)
 
 
 # --------------------------------------------------------------------------- modules, transform, errors
 
-@pytest.mark.parametrize("cls, make, apply, grads", [
-    (fwdgrad.LocalMixer, _mixer, fwdgrad.mixer_apply, fwdgrad.mixer_grads),
-    (fwdgrad.LocalConvNet, _conv, fwdgrad.convnet_apply, fwdgrad.convnet_grads),
-])
+
+@pytest.mark.parametrize(
+    "cls, make, apply, grads",
+    [
+        (fwdgrad.LocalMixer, _mixer, fwdgrad.mixer_apply, fwdgrad.mixer_grads),
+        (fwdgrad.LocalConvNet, _conv, fwdgrad.convnet_apply, fwdgrad.convnet_grads),
+    ],
+)
 def test_nnx_module_matches_function_api(cls, make, apply, grads):
     cfg = make(num_groups=2)
     model = cls(cfg, rngs=nnx.Rngs(0))
@@ -254,7 +290,8 @@ def test_transform_update_is_the_estimate_and_training_lowers_the_loss():
     tx = optax.chain(fwdgrad.local_forward_gradient(cfg, seed=3), optax.sgd(0.5))
     state = tx.init(params)
     est_tx, _ = fwdgrad.local_forward_gradient(cfg, seed=3).update(
-        None, tx.init(params)[0], params, batch=(X, Y))
+        None, tx.init(params)[0], params, batch=(X, Y)
+    )
     _, est = fwdgrad.convnet_grads(jax.random.fold_in(jax.random.key(3), 0), params, X, Y, cfg)
     np.testing.assert_array_equal(_flat(est_tx), _flat(est))
 
@@ -271,14 +308,17 @@ def test_transform_update_is_the_estimate_and_training_lowers_the_loss():
     assert after < 0.8 * before, (before, after)
 
 
-@pytest.mark.parametrize("make, kw, match", [
-    (_mixer, dict(num_groups=3), "num_groups=3 does not divide"),
-    (_mixer, dict(patch_size=3), "patch_size=3 does not divide"),
-    (_mixer, dict(hidden=12, num_groups=8), "does not divide hidden=12"),
-    (_conv, dict(num_groups=3), "num_groups=3 does not divide"),
-    (_conv, dict(channels=(4, 4, 4, 4, 4)), "pools"),
-    (_conv, dict(kernel_size=2), "odd"),
-])
+@pytest.mark.parametrize(
+    "make, kw, match",
+    [
+        (_mixer, dict(num_groups=3), "num_groups=3 does not divide"),
+        (_mixer, dict(patch_size=3), "patch_size=3 does not divide"),
+        (_mixer, dict(hidden=12, num_groups=8), "does not divide hidden=12"),
+        (_conv, dict(num_groups=3), "num_groups=3 does not divide"),
+        (_conv, dict(channels=(4, 4, 4, 4, 4)), "pools"),
+        (_conv, dict(kernel_size=2), "odd"),
+    ],
+)
 def test_bad_configuration_refused_at_construction(make, kw, match):
     with pytest.raises(ValueError, match=match):
         make(**kw)
@@ -314,6 +354,7 @@ def test_working_memory_flat_in_depth():
     """Each block's estimate finishes before the next block starts, so XLA's compiled working
     memory does not grow with depth the way backprop's does (it stores every activation)."""
     import dataclasses
+
     x = jax.random.normal(jax.random.key(1), (32, 256))
     y = jnp.zeros((32,), jnp.int32)
 
@@ -322,13 +363,15 @@ def test_working_memory_flat_in_depth():
 
     fg, bp = {}, {}
     for depth in (2, 5):
-        cfg = fwdgrad.ConvNetConfig(image_shape=(16, 16, 1), channels=(16,) * depth, pool=False,
-                                    num_groups=4)
+        cfg = fwdgrad.ConvNetConfig(
+            image_shape=(16, 16, 1), channels=(16,) * depth, pool=False, num_groups=4
+        )
         glob = dataclasses.replace(cfg, block_loss=False, patch_loss=False, group_loss=False)
         p = fwdgrad.convnet_init(jax.random.key(0), cfg)
         fg[depth] = temp(lambda p: fwdgrad.convnet_grads(jax.random.key(0), p, x, y, cfg)[1], p)
-        bp[depth] = temp(lambda p: jax.grad(
-            lambda q: fwdgrad.convnet_local_losses(q, x, y, glob)[0])(p), p)
+        bp[depth] = temp(
+            lambda p: jax.grad(lambda q: fwdgrad.convnet_local_losses(q, x, y, glob)[0])(p), p
+        )
     # measured (test XLA flags): forward gradient 6.1 -> 6.7 MiB, backprop 4.6 -> 9.3 MiB
     assert fg[5] - fg[2] < 0.2 * (bp[5] - bp[2]), (fg, bp)
     assert fg[5] < 0.8 * bp[5], (fg, bp)

@@ -22,9 +22,11 @@ Y = jax.random.normal(jax.random.key(8), (6, 2))
 
 def _params(dtype=jnp.float32):
     k1, k2 = jax.random.split(jax.random.key(0))
-    return {"w1": (jax.random.normal(k1, (4, 5)) * 0.5).astype(dtype),
-            "b1": jnp.full((5,), 0.1, dtype),
-            "w2": (jax.random.normal(k2, (5, 2)) * 0.5).astype(dtype)}
+    return {
+        "w1": (jax.random.normal(k1, (4, 5)) * 0.5).astype(dtype),
+        "b1": jnp.full((5,), 0.1, dtype),
+        "w2": (jax.random.normal(k2, (5, 2)) * 0.5).astype(dtype),
+    }
 
 
 def loss(p, x=X):
@@ -33,13 +35,16 @@ def loss(p, x=X):
 
 
 def conv_loss(p, x):
-    y = jax.lax.conv_general_dilated(x, p["k"], (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(
+        x, p["k"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return jnp.mean(jax.nn.relu(y) @ p["w"])
 
 
-CONV_P = {"k": jax.random.normal(jax.random.key(1), (3, 3, 2, 4)) * 0.3,
-          "w": jax.random.normal(jax.random.key(2), (4,))}
+CONV_P = {
+    "k": jax.random.normal(jax.random.key(1), (3, 3, 2, 4)) * 0.3,
+    "w": jax.random.normal(jax.random.key(2), (4,)),
+}
 CONV_X = jax.random.normal(jax.random.key(3), (2, 5, 5, 2))
 
 
@@ -52,12 +57,16 @@ def _close(a, b, ulps=64):
 def _both(fun, args, **kw):
     out = {}
     for s in ("loop", "vmap"):
-        out[s] = jax.jit(fwdgrad.value_and_fwd_grad(fun, strategy=s, **kw))(jax.random.key(5), *args)
+        out[s] = jax.jit(fwdgrad.value_and_fwd_grad(fun, strategy=s, **kw))(
+            jax.random.key(5), *args
+        )
     return out
 
 
-@pytest.mark.parametrize("K, aggregate, chunk", [(1, "mean", None), (3, "mean", None),
-                                                 (3, "orthogonal", None), (4, "mean", 3)])
+@pytest.mark.parametrize(
+    "K, aggregate, chunk",
+    [(1, "mean", None), (3, "mean", None), (3, "orthogonal", None), (4, "mean", 3)],
+)
 def test_loop_and_vmap_give_the_same_estimate(K, aggregate, chunk):
     out = _both(loss, (_params(),), num_tangents=K, aggregate=aggregate, chunk_size=chunk)
     _close(out["vmap"][0], out["loop"][0], ulps=4)
@@ -85,8 +94,9 @@ def test_vmap_strategy_is_unbiased_against_jax_grad():
     exact = np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.grad(loss)(p))])
     g = fwdgrad.fwd_grad(loss, strategy="vmap")
     keys = jax.random.split(jax.random.key(11), 4000)
-    est = jax.jit(jax.vmap(lambda k: jnp.concatenate([jnp.ravel(x) for x in
-                                                      jax.tree.leaves(g(k, p))])))(keys)
+    est = jax.jit(
+        jax.vmap(lambda k: jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(g(k, p))]))
+    )(keys)
     est = np.asarray(est, np.float64)
     se = est.std(0) / np.sqrt(est.shape[0])
     assert np.all(np.abs(est.mean(0) - exact) < 5 * se + 1e-7)
@@ -94,7 +104,8 @@ def test_vmap_strategy_is_unbiased_against_jax_grad():
 
 def test_bfloat16_leaves_keep_dtype_under_vmap():
     g = jax.jit(fwdgrad.fwd_grad(loss, strategy="vmap", num_tangents=2))(
-        jax.random.key(0), _params(jnp.bfloat16))
+        jax.random.key(0), _params(jnp.bfloat16)
+    )
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(g))
 
 
@@ -123,12 +134,15 @@ def test_auto_chooses_by_backend_and_size():
     assert fwdgrad.resolve_strategy("auto", 4, backend="tpu") == "vmap"
 
 
-@pytest.mark.parametrize("make", [
-    lambda s: fwdgrad.fwd_grad(loss, strategy=s),
-    lambda s: fwdgrad.value_and_fwd_grad(loss, strategy=s),
-    lambda s: fwdgrad.forward_gradient(strategy=s),
-    lambda s: fwdgrad.resolve_strategy(s, 1),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: fwdgrad.fwd_grad(loss, strategy=s),
+        lambda s: fwdgrad.value_and_fwd_grad(loss, strategy=s),
+        lambda s: fwdgrad.forward_gradient(strategy=s),
+        lambda s: fwdgrad.resolve_strategy(s, 1),
+    ],
+)
 def test_unknown_strategy_refused_at_construction(make):
-    with pytest.raises(ValueError, match="strategy='scan'.*'loop'"):
+    with pytest.raises(ValueError, match=r"strategy='scan'.*'loop'"):
         make("scan")

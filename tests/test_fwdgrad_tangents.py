@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tolerance import assert_close_ulps, dot_ulps
 
 from fwdgrad import _tangents, sample_tangents
-from _tolerance import assert_close_ulps, dot_ulps
 
 
 @pytest.mark.parametrize("size", [1, 31, 32, 33, 1000])
@@ -60,7 +60,9 @@ def test_same_key_same_tangent_different_key_different():
 @pytest.mark.parametrize("tangent", ["rademacher", "gaussian"])
 @pytest.mark.parametrize("shape", [(37,), (5, 3, 7)])
 def test_gram_matches_explicit_inner_products(tangent, shape):
-    keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.key(3), k))(jnp.arange(6, dtype=jnp.uint32))
+    keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.key(3), k))(
+        jnp.arange(6, dtype=jnp.uint32)
+    )
     gram = _tangents.gram_leaf(keys, shape, jnp.float32, tangent)
     v = jax.jit(jax.vmap(lambda k: _tangents.sample_leaf(k, shape, jnp.float32, tangent)))(keys)
     v = np.asarray(v).reshape(6, -1).astype(np.float64)
@@ -70,5 +72,5 @@ def test_gram_matches_explicit_inner_products(tangent, shape):
 
 
 def test_unknown_tangent_is_rejected():
-    with pytest.raises(ValueError, match="tangent='uniform'.*rademacher"):
+    with pytest.raises(ValueError, match=r"tangent='uniform'.*rademacher"):
         _tangents.check_tangent("uniform")

@@ -15,8 +15,8 @@ import pytest
 import lowbit
 from lowbit._blocks import BlockPacked
 
-E2M1_VALUES = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6])
-TINY = 2.0 ** -126  # XLA:CPU flushes float32 subnormals: the reference does the same
+E2M1_VALUES = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
+TINY = 2.0**-126  # XLA:CPU flushes float32 subnormals: the reference does the same
 
 
 def _ftz(v):
@@ -44,9 +44,15 @@ def test_presets_match_published_descriptions():
 def test_mx_decode_every_element_code_times_every_scale_code():
     # Row s holds every element code twice, with scale code s.
     codes = np.tile(np.arange(16), (256, 2))
-    packed = BlockPacked(codes=_pack_nibbles(codes), scales=jnp.arange(256, dtype=jnp.uint8)
-                         .reshape(1, 256, 1, 1), tensor_scale=jnp.float32(1.0), shape=(256, 32),
-                         fmt=lowbit.MXFP4, axis=-1, channel_axis=None)
+    packed = BlockPacked(
+        codes=_pack_nibbles(codes),
+        scales=jnp.arange(256, dtype=jnp.uint8).reshape(1, 256, 1, 1),
+        tensor_scale=jnp.float32(1.0),
+        shape=(256, 32),
+        fmt=lowbit.MXFP4,
+        axis=-1,
+        channel_axis=None,
+    )
     got = np.asarray(lowbit.decode_blocks(packed))
     s = np.arange(256, dtype=np.float64)[:, None]
     with np.errstate(over="ignore"):
@@ -59,9 +65,15 @@ def test_mx_decode_every_element_code_times_every_scale_code():
 @pytest.mark.parametrize("t_dec", [1.0, 3.0 / 1024])
 def test_nvfp4_decode_every_element_code_times_every_scale_code(t_dec):
     codes = np.tile(np.arange(16), (256, 1))
-    packed = BlockPacked(codes=_pack_nibbles(codes), scales=jnp.arange(256, dtype=jnp.uint8)
-                         .reshape(1, 256, 1, 1), tensor_scale=jnp.float32(t_dec), shape=(256, 16),
-                         fmt=lowbit.NVFP4, axis=-1, channel_axis=None)
+    packed = BlockPacked(
+        codes=_pack_nibbles(codes),
+        scales=jnp.arange(256, dtype=jnp.uint8).reshape(1, 256, 1, 1),
+        tensor_scale=jnp.float32(t_dec),
+        shape=(256, 16),
+        fmt=lowbit.NVFP4,
+        axis=-1,
+        channel_axis=None,
+    )
     got = np.asarray(lowbit.decode_blocks(packed))
     b = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float64)[:, None]
     ref = _ftz(E2M1_VALUES[codes] * b * np.float64(np.float32(t_dec))).astype(np.float32)
@@ -87,15 +99,15 @@ def _mx_reference(x, n=32):
     out = np.empty_like(x)
     for r in range(x.shape[0]):
         for k0 in range(0, x.shape[1], n):
-            blk = x[r, k0:k0 + n]
+            blk = x[r, k0 : k0 + n]
             amax = np.max(np.abs(blk))
             e = max(np.frexp(amax)[1] - 1 - 2, -127) if amax > 0 else -127
             if not np.isfinite(amax):
-                out[r, k0:k0 + n] = np.nan
+                out[r, k0 : k0 + n] = np.nan
                 continue
-            y = (blk.astype(np.float64) / 2.0 ** e).astype(np.float32)
+            y = (blk.astype(np.float64) / 2.0**e).astype(np.float32)
             q = y.astype(ml_dtypes.float4_e2m1fn).astype(np.float64)
-            out[r, k0:k0 + n] = _ftz(q * 2.0 ** e)
+            out[r, k0 : k0 + n] = _ftz(q * 2.0**e)
     return out
 
 
@@ -109,11 +121,11 @@ def _nvfp4_reference(x, tile=(16, 1)):
     n, b = tile
     for r0 in range(0, x.shape[0], b):
         for k0 in range(0, x.shape[1], n):
-            blk = x[r0:r0 + b, k0:k0 + n]
+            blk = x[r0 : r0 + b, k0 : k0 + n]
             sb = (f(np.max(np.abs(blk)) / f(6)) * enc_t).astype(ml_dtypes.float8_e4m3fn).astype(f)
             enc = f(1) / (sb * dec_t) if sb > 0 else f(0)
             q = (blk * enc).astype(ml_dtypes.float4_e2m1fn).astype(f)
-            out[r0:r0 + b, k0:k0 + n] = (q * sb) * dec_t
+            out[r0 : r0 + b, k0 : k0 + n] = (q * sb) * dec_t
     return out
 
 
@@ -133,14 +145,24 @@ def test_mxfp4_matches_reference_with_partial_and_zero_blocks(cols):
     np.testing.assert_array_equal(np.asarray(lowbit.decode_blocks(p)), got)
 
 
-@pytest.mark.parametrize("shape,tile", [((8, 48), (16, 1)), ((5, 37), (16, 1)), ((32, 48), (16, 16)),
-                                        ((20, 40), (16, 16))])
+@pytest.mark.parametrize(
+    "shape,tile",
+    [((8, 48), (16, 1)), ((5, 37), (16, 1)), ((32, 48), (16, 16)), ((20, 40), (16, 16))],
+)
 def test_nvfp4_matches_reference(shape, tile):
     x = np.array(jax.random.laplace(jax.random.key(1), shape), np.float32)
     x[1] = 0.0
-    fmt = lowbit.NVFP4 if tile == (16, 1) else lowbit.ScaledFormat(
-        name="NVFP4-2D", element=lowbit.E2M1, block_size=tile, scale_format=lowbit.E4M3,
-        tensor_scale=True)
+    fmt = (
+        lowbit.NVFP4
+        if tile == (16, 1)
+        else lowbit.ScaledFormat(
+            name="NVFP4-2D",
+            element=lowbit.E2M1,
+            block_size=tile,
+            scale_format=lowbit.E4M3,
+            tensor_scale=True,
+        )
+    )
     got = np.asarray(lowbit.quantize_blocks(jnp.asarray(x), fmt))
     np.testing.assert_array_equal(got, _nvfp4_reference(x, tile))
     p = lowbit.encode_blocks(jnp.asarray(x), fmt)
@@ -149,11 +171,16 @@ def test_nvfp4_matches_reference(shape, tile):
 
 
 def test_two_d_tiles_are_shared_by_a_matrix_and_its_transpose():
-    fmt = lowbit.ScaledFormat(name="NVFP4-16x16", element=lowbit.E2M1, block_size=(16, 16),
-                              scale_format=lowbit.E4M3, tensor_scale=True)
+    fmt = lowbit.ScaledFormat(
+        name="NVFP4-16x16",
+        element=lowbit.E2M1,
+        block_size=(16, 16),
+        scale_format=lowbit.E4M3,
+        tensor_scale=True,
+    )
     w = jax.random.normal(jax.random.key(2), (48, 40))
-    a = lowbit.quantize_blocks(w, fmt, axis=0)           # forward: contract over rows
-    b = lowbit.quantize_blocks(w, fmt, axis=1)           # input gradient: contract over columns
+    a = lowbit.quantize_blocks(w, fmt, axis=0)  # forward: contract over rows
+    b = lowbit.quantize_blocks(w, fmt, axis=1)  # input gradient: contract over columns
     c = lowbit.quantize_blocks(w.T, fmt, axis=0).T
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c)
@@ -171,7 +198,7 @@ def test_nan_and_inf_make_their_block_nan_and_leave_others_alone():
     for fmt, nan_code in ((lowbit.MXFP4, 0xFF), (lowbit.NVFP4, 0x7F)):
         got = np.asarray(lowbit.quantize_blocks(jnp.asarray(x), fmt))
         n = fmt.block_size
-        assert np.isnan(got[0, :n]).all() and np.isnan(got[1, 32:32 + n]).all()
+        assert np.isnan(got[0, :n]).all() and np.isnan(got[1, 32 : 32 + n]).all()
         assert np.isnan(got).sum() == 2 * n
         assert np.all(got[~np.isnan(got)] == 1.0)
         p = lowbit.encode_blocks(jnp.asarray(x), fmt)
@@ -183,14 +210,16 @@ def test_nan_and_inf_make_their_block_nan_and_leave_others_alone():
 
 def test_per_channel_and_per_tensor_float32_scales():
     w = np.asarray(jax.random.normal(jax.random.key(4), (24, 10)), np.float32)
-    ch = lowbit.ScaledFormat(name="INT4/channel", element=lowbit.INT4, granularity="channel",
-                             scale_format=lowbit.FLOAT32)
+    ch = lowbit.ScaledFormat(
+        name="INT4/channel", element=lowbit.INT4, granularity="channel", scale_format=lowbit.FLOAT32
+    )
     got = np.asarray(lowbit.quantize_blocks(jnp.asarray(w), ch, axis=0))  # one scale per column
     s = np.abs(w).max(axis=0, keepdims=True) / np.float32(7)
     ref = np.clip(np.round(w / s), -7, 7) * s  # np.round is half-to-even, like the format
     np.testing.assert_array_equal(got, ref.astype(np.float32))
-    tn = lowbit.ScaledFormat(name="E2M1/tensor", element=lowbit.E2M1, granularity="tensor",
-                             scale_format=lowbit.E8M0)
+    tn = lowbit.ScaledFormat(
+        name="E2M1/tensor", element=lowbit.E2M1, granularity="tensor", scale_format=lowbit.E8M0
+    )
     got = np.asarray(lowbit.quantize_blocks(jnp.asarray(w), tn))
     np.testing.assert_array_equal(got, _mx_reference(w.reshape(1, -1), n=w.size).reshape(w.shape))
 
@@ -198,8 +227,9 @@ def test_per_channel_and_per_tensor_float32_scales():
 def test_stochastic_rounding_is_unbiased_within_a_block():
     x = jnp.asarray(np.linspace(-5.5, 5.9, 32, dtype=np.float32))
     keys = jax.random.split(jax.random.key(5), 4000)
-    qs = jax.vmap(lambda k: lowbit.quantize_blocks(x, lowbit.MXFP4, rounding="stochastic",
-                                                   key=k))(keys)
+    qs = jax.vmap(lambda k: lowbit.quantize_blocks(x, lowbit.MXFP4, rounding="stochastic", key=k))(
+        keys
+    )
     grid = {0.0, 0.5, 1, 1.5, 2, 3, 4, 6}
     assert set(np.abs(np.asarray(qs)).ravel().tolist()) <= grid  # scale 1 for amax 5.9
     # Standard error of the mean per element is at most (grid step / 2) / sqrt(4000) = 0.016.
@@ -212,8 +242,9 @@ def test_bad_inputs_fail_at_construction_or_call():
     with pytest.raises(ValueError, match="cannot hold the range"):
         lowbit.ScaledFormat(name="x", element=lowbit.E2M1, scale_format=lowbit.INT8)
     with pytest.raises(ValueError, match="tensor_scale"):
-        lowbit.ScaledFormat(name="x", element=lowbit.E2M1, scale_format=lowbit.E8M0,
-                            tensor_scale=True)
+        lowbit.ScaledFormat(
+            name="x", element=lowbit.E2M1, scale_format=lowbit.E8M0, tensor_scale=True
+        )
     with pytest.raises(ValueError, match="block_size"):
         lowbit.ScaledFormat(name="x", element=lowbit.E2M1, block_size=0)
     with pytest.raises(TypeError, match="quantized"):
@@ -227,9 +258,20 @@ def test_bad_inputs_fail_at_construction_or_call():
         lowbit.quantize_blocks(jnp.ones(4), lowbit.MXFP4, rounding="stochastic")
 
 
-@pytest.mark.parametrize("fmt", [lowbit.MXFP4, lowbit.NVFP4, lowbit.ScaledFormat(
-    name="INT4/channel", element=lowbit.INT4, granularity="channel", scale_format=lowbit.FLOAT32)],
-    ids=lambda f: f.name)
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        lowbit.MXFP4,
+        lowbit.NVFP4,
+        lowbit.ScaledFormat(
+            name="INT4/channel",
+            element=lowbit.INT4,
+            granularity="channel",
+            scale_format=lowbit.FLOAT32,
+        ),
+    ],
+    ids=lambda f: f.name,
+)
 def test_blocks_along_leading_axes_equal_blocks_along_the_last(fmt):
     # Leading (consecutive) axes are blocked in place, the last axis after a reshape: the
     # same blocks either way, flattened in axis order.

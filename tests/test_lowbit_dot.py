@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tolerance import assert_close_ulps, dot_ulps
 from flax import nnx
 from jax import lax
 
 import lowbit
 from lowbit import INT4, RADIX4_FP4, UINT4
-from _tolerance import assert_close_ulps, dot_ulps
 
 DN = (((1,), (0,)), ((), ()))
 
@@ -30,10 +30,14 @@ def qdot(cfg, **kw):
 
 # ---- slow explicit reference (numpy float64 GEMMs on explicitly quantized operands)
 
+
 def ref_quant_operands(a, w, cfg):
     sa = lowbit.compute_scale(a, cfg.activations)
-    sw = (lowbit.sawb_scale(w, cfg.weights) if cfg.weight_scaling == "sawb"
-          else lowbit.compute_scale(w, cfg.weights))
+    sw = (
+        lowbit.sawb_scale(w, cfg.weights)
+        if cfg.weight_scaling == "sawb"
+        else lowbit.compute_scale(w, cfg.weights)
+    )
     A = np.asarray(lowbit.quantize(a, cfg.activations, scale=sa), np.float64)
     W = np.asarray(lowbit.quantize(w, cfg.weights, scale=sw), np.float64)
     return A, W
@@ -47,10 +51,10 @@ def ref_quant_grad(g, cfg, phase):
 def test_float32_config_equals_lax_forward_grad_jvp():
     a, w, g = _data()
     f = qdot(lowbit.QuantConfig.float32())
-    ref = lambda a, w: lax.dot_general(a, w, DN)  # noqa: E731
+    ref = lambda a, w: lax.dot_general(a, w, DN)
     np.testing.assert_array_equal(f(a, w), ref(a, w))
-    y, vjp = jax.vjp(f, a, w)
-    y_r, vjp_r = jax.vjp(ref, a, w)
+    _y, vjp = jax.vjp(f, a, w)
+    _y_r, vjp_r = jax.vjp(ref, a, w)
     for u, v in zip(vjp(g), vjp_r(g)):
         np.testing.assert_array_equal(u, v)
     t = jax.jvp(f, (a, w), (a * 0.3, w * 0.7))[1]
@@ -93,8 +97,12 @@ def test_forward_mode_is_the_straight_through_derivative():
     TA, TW = np.asarray(ta, np.float64), np.asarray(tw, np.float64)
     # two float32 products of k terms and their sum: Higham's bound over both, in ulps of the
     # summed magnitudes (the tangent's own products are not exact: ta is not on a 4-bit grid)
-    assert_close_ulps(t, TA @ W + A @ TW, ulps=dot_ulps(A.shape[1]) + 4,
-                      magnitude=np.abs(TA) @ np.abs(W) + np.abs(A) @ np.abs(TW))
+    assert_close_ulps(
+        t,
+        TA @ W + A @ TW,
+        ulps=dot_ulps(A.shape[1]) + 4,
+        magnitude=np.abs(TA) @ np.abs(W) + np.abs(A) @ np.abs(TW),
+    )
 
 
 def test_two_layer_network_gradient_matches_manual_backprop():
@@ -115,7 +123,7 @@ def test_two_layer_network_gradient_matches_manual_backprop():
     # By hand. The GEMMs feeding a later quantization run in float32 like the
     # library's, so no element lands on the other side of a rounding boundary
     # because of float64 vs float32 summation.
-    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    f32 = lambda v: jnp.asarray(v, jnp.float32)
     A1, W1 = map(f32, ref_quant_operands(x, w1, cfg))
     y1 = A1 @ W1
     h = jax.nn.relu(y1)
@@ -136,9 +144,9 @@ def test_pact_clip_gets_pact_gradient():
     cfg = lowbit.QuantConfig(activations=UINT4, activation_scaling="pact")
     a, w, g = _data(4)
     alpha = jnp.float32(0.8)
-    f = lambda a, w, al: lowbit.dot_general(a, w, DN, config=cfg, activation_clip=al)  # noqa: E731
+    f = lambda a, w, al: lowbit.dot_general(a, w, DN, config=cfg, activation_clip=al)
     y, vjp = jax.vjp(f, a, w, alpha)
-    da, dw, dalpha = vjp(g)
+    da, _dw, dalpha = vjp(g)
     A = np.asarray(lowbit.quantize(jnp.clip(a, 0, alpha), UINT4, scale=alpha / 15), np.float64)
     _, W = ref_quant_operands(a, w, cfg)
     assert_close_ulps(y, A @ W, ulps=dot_ulps(A.shape[1]) + 2, magnitude=np.abs(A) @ np.abs(W))
@@ -151,8 +159,12 @@ def test_pact_clip_gets_pact_gradient():
     # PACT: d/d alpha = sum of the incoming gradient where the input was clipped at alpha;
     # a second reduction over the clipped entries adds their count to the summation length
     clipped = an >= al
-    assert_close_ulps(dalpha, np.sum(dA * clipped), ulps=dot_ulps(W.shape[1] + int(clipped.sum())),
-                      magnitude=np.sum(mag * clipped))
+    assert_close_ulps(
+        dalpha,
+        np.sum(dA * clipped),
+        ulps=dot_ulps(W.shape[1] + int(clipped.sum())),
+        magnitude=np.sum(mag * clipped),
+    )
     assert abs(float(dalpha)) > 0
     with pytest.raises(ValueError, match="activation_clip"):
         lowbit.dot_general(a, w, DN, config=cfg)
@@ -167,17 +179,20 @@ def test_stochastic_gradient_rounding_is_on_grid_and_reproducible():
     # jit may fuse and reorder the float32 sums: ulps of the result's magnitude, not bits
     assert_close_ulps(da1, da2, ulps=dot_ulps(w.shape[1]))
     assert_close_ulps(dw1, dw2, ulps=dot_ulps(a.shape[0]))
-    A, W = ref_quant_operands(a, w, cfg)
+    _A, _W = ref_quant_operands(a, w, cfg)
     # dw = A^T G_odd with G_odd on the odd grid: solve for nothing, check grid via a 1-row case
     g1 = g[:1]
     a1 = jnp.zeros_like(a[:1]).at[0, 0].set(1.0)
     _, vjp = jax.vjp(qdot(cfg), a1, w)
     _, dw = vjp(g1)
     s = lowbit.compute_scale(g1, RADIX4_FP4)
-    row = np.asarray(dw[0]) / np.asarray(lowbit.quantize(a1, INT4,
-                                                         scale=lowbit.compute_scale(a1, INT4)))[0, 0]
-    on_grid = np.asarray(lowbit.quantize(jnp.asarray(row, jnp.float32), RADIX4_FP4, scale=s,
-                                         phase="odd"))
+    row = (
+        np.asarray(dw[0])
+        / np.asarray(lowbit.quantize(a1, INT4, scale=lowbit.compute_scale(a1, INT4)))[0, 0]
+    )
+    on_grid = np.asarray(
+        lowbit.quantize(jnp.asarray(row, jnp.float32), RADIX4_FP4, scale=s, phase="odd")
+    )
     np.testing.assert_array_equal(row, on_grid)
 
 
@@ -206,12 +221,13 @@ def test_jit_no_retrace_and_bfloat16_kept():
     @jax.jit
     def step(a, w):
         traces.append(1)
-        return jax.value_and_grad(lambda w: jnp.sum(
-            lowbit.dot_general(a, w, DN, config=cfg).astype(jnp.float32)))(w)
+        return jax.value_and_grad(
+            lambda w: jnp.sum(lowbit.dot_general(a, w, DN, config=cfg).astype(jnp.float32))
+        )(w)
 
     for s in range(3):
         a, w, _ = _data(s)
-        v, gw = step(a.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+        _v, gw = step(a.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
         assert gw.dtype == jnp.bfloat16
     assert len(traces) == 1
     y = lowbit.dot_general(a.astype(jnp.bfloat16), w.astype(jnp.bfloat16), DN, config=cfg)
@@ -227,10 +243,11 @@ def test_conv_float32_equals_lax_and_quantized_matches_reference():
     dn = ("NHWC", "HWIO", "NHWC")
 
     def conv(cfg):
-        return lambda x, w: lowbit.conv_general_dilated(x, w, (1, 1), "SAME",
-                                                        dimension_numbers=dn, config=cfg)
+        return lambda x, w: lowbit.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=dn, config=cfg
+        )
 
-    ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)  # noqa: E731
+    ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
     np.testing.assert_array_equal(conv(lowbit.QuantConfig.float32())(x, w), ref(x, w))
     cfg = lowbit.QuantConfig()
     y, vjp = jax.vjp(conv(cfg), x, w)
@@ -250,8 +267,12 @@ def test_conv_float32_equals_lax_and_quantized_matches_reference():
     assert_close_ulps(dx, ref_vjp_e(Ge)[0], ulps=dot_ulps(36), magnitude=ref_vjp_abs(ab(Ge))[0])
     assert_close_ulps(dw, ref_vjp_e(Go)[1], ulps=dot_ulps(162), magnitude=ref_vjp_abs(ab(Go))[1])
     t = jax.jvp(conv(cfg), (x, w), (x * 0.1, w))[1]
-    assert_close_ulps(t, ref(x * 0.1, W) + ref(A, w), ulps=dot_ulps(27) + 2,
-                      magnitude=ref(ab(x * 0.1), ab(W)) + ref(ab(A), ab(w)))
+    assert_close_ulps(
+        t,
+        ref(x * 0.1, W) + ref(A, w),
+        ulps=dot_ulps(27) + 2,
+        magnitude=ref(ab(x * 0.1), ab(W)) + ref(ab(A), ab(w)),
+    )
 
 
 def test_nnx_layers_grad_and_jvp_and_dtype():
@@ -278,20 +299,27 @@ def test_nnx_layers_grad_and_jvp_and_dtype():
         lowbit.nnx.Conv(1, 2, (0, 3), rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("kwargs,err,match", [
-    (dict(weights="INT4"), TypeError, "weights='INT4'"),
-    (dict(weight_scaling="mean"), ValueError, "weight_scaling='mean'"),
-    (dict(weights=lowbit.E2M1), ValueError, "sawb"),
-    (dict(activation_scaling="minmax"), ValueError, "activation_scaling='minmax'"),
-    (dict(activations=lowbit.E2M1, activation_scaling="pact"), ValueError, "integer activation"),
-    (dict(gradient_scaling="sqrt"), ValueError, "gradient_scaling='sqrt'"),
-    (dict(gradient_rounding="up"), ValueError, "gradient_rounding='up'"),
-    (dict(gradients=lowbit.E2M1), ValueError, "two_phase=False"),
-    (dict(two_phase=1), TypeError, "two_phase=1"),
-    (dict(seed=1.5), TypeError, "seed=1.5"),
-    (dict(accumulation=jnp.int32), ValueError, "floating"),
-    (dict(pact_init=-1.0), ValueError, "pact_init"),
-])
+@pytest.mark.parametrize(
+    "kwargs,err,match",
+    [
+        (dict(weights="INT4"), TypeError, "weights='INT4'"),
+        (dict(weight_scaling="mean"), ValueError, "weight_scaling='mean'"),
+        (dict(weights=lowbit.E2M1), ValueError, "sawb"),
+        (dict(activation_scaling="minmax"), ValueError, "activation_scaling='minmax'"),
+        (
+            dict(activations=lowbit.E2M1, activation_scaling="pact"),
+            ValueError,
+            "integer activation",
+        ),
+        (dict(gradient_scaling="sqrt"), ValueError, "gradient_scaling='sqrt'"),
+        (dict(gradient_rounding="up"), ValueError, "gradient_rounding='up'"),
+        (dict(gradients=lowbit.E2M1), ValueError, "two_phase=False"),
+        (dict(two_phase=1), TypeError, "two_phase=1"),
+        (dict(seed=1.5), TypeError, "seed=1.5"),
+        (dict(accumulation=jnp.int32), ValueError, "floating"),
+        (dict(pact_init=-1.0), ValueError, "pact_init"),
+    ],
+)
 def test_quant_config_validation(kwargs, err, match):
     with pytest.raises(err, match=match):
         lowbit.QuantConfig(**kwargs)

@@ -16,20 +16,21 @@ from lowbit import E2M1, E4M3, E5M2, FLOAT32, INT4, INT8, RADIX4_FP4, UINT4
 def test_radix4_fp4_codes_exhaustive():
     v = RADIX4_FP4.values()
     assert v.shape == (16,) and v.dtype == np.float32
-    expected = [0.0] + [4.0 ** k for k in range(-3, 4)]
+    expected = [0.0] + [4.0**k for k in range(-3, 4)]
     np.testing.assert_array_equal(v[:8], np.array(expected, np.float32))
     assert np.isnan(v[8])  # the sign-only code: zero has exactly one code
     np.testing.assert_array_equal(v[9:], -np.array(expected[1:], np.float32))
     finite = v[np.isfinite(v)]
     assert len(np.unique(finite)) == 15
     assert np.sum(finite == 0) == 1
-    assert RADIX4_FP4.max_value == 64.0 and RADIX4_FP4.min_value == 4.0 ** -3
-    assert RADIX4_FP4 == lowbit.log_format(4, 3, 4, name="RADIX4_FP4")
+    assert RADIX4_FP4.max_value == 64.0 and RADIX4_FP4.min_value == 4.0**-3
+    assert lowbit.log_format(4, 3, 4, name="RADIX4_FP4") == RADIX4_FP4
 
 
 def test_int4_uint4_codes_exhaustive():
-    np.testing.assert_array_equal(INT4.values(), np.array(list(range(8)) + list(range(-8, 0)),
-                                                          np.float32))
+    np.testing.assert_array_equal(
+        INT4.values(), np.array(list(range(8)) + list(range(-8, 0)), np.float32)
+    )
     np.testing.assert_array_equal(UINT4.values(), np.arange(16, dtype=np.float32))
     assert INT4.max_value == 7.0 and UINT4.max_value == 15.0 and INT8.max_value == 127.0
 
@@ -43,12 +44,17 @@ def test_e2m1_codes_exhaustive():
     assert E2M1.max_value == 6.0 and E2M1.min_value == 0.5
 
 
-@pytest.mark.parametrize("fmt,dtype", [(E2M1, ml_dtypes.float4_e2m1fn),
-                                       (E4M3, ml_dtypes.float8_e4m3fn),
-                                       (E5M2, ml_dtypes.float8_e5m2)])
+@pytest.mark.parametrize(
+    "fmt,dtype",
+    [
+        (E2M1, ml_dtypes.float4_e2m1fn),
+        (E4M3, ml_dtypes.float8_e4m3fn),
+        (E5M2, ml_dtypes.float8_e5m2),
+    ],
+)
 def test_float_code_tables_match_ml_dtypes(fmt, dtype):
     """Every code decodes as the OCP reference (ml_dtypes) decodes the same bits."""
-    n = 2 ** fmt.bits
+    n = 2**fmt.bits
     if fmt.bits == 8:
         ref = np.arange(n, dtype=np.uint8).view(dtype).astype(np.float32)
     else:
@@ -79,19 +85,35 @@ def test_formats_are_frozen_kw_only_and_hashable():
     assert FLOAT32.is_float32 and not RADIX4_FP4.is_float32
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(name="x", kind="fixed", bits=4), "kind='fixed'"),
-    (dict(name="x", kind="int", bits=1), "bits=1"),
-    (dict(name="x", kind="int", bits=9), "bits=9"),
-    (dict(name="x", kind="int", bits=4, exponent_bits=2), "no exponent_bits"),
-    (dict(name="x", kind="float", bits=4, exponent_bits=3, mantissa_bits=0, radix=3), "radix=3"),
-    (dict(name="x", kind="float", bits=4, exponent_bits=2, mantissa_bits=1, radix=4), "mantissa_bits=0"),
-    (dict(name="x", kind="float", bits=5, exponent_bits=2, mantissa_bits=1), "bits = 1 \\+"),
-    (dict(name="x", kind="float", bits=4, exponent_bits=3, mantissa_bits=0, bias=200), "float32's"),
-    (dict(name="x", kind="float", bits=4, exponent_bits=2, mantissa_bits=1, nonfinite="maybe"),
-     "nonfinite='maybe'"),
-    (dict(name="x", kind="float", bits=4, exponent_bits=0, mantissa_bits=3), "exponent_bits=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(name="x", kind="fixed", bits=4), "kind='fixed'"),
+        (dict(name="x", kind="int", bits=1), "bits=1"),
+        (dict(name="x", kind="int", bits=9), "bits=9"),
+        (dict(name="x", kind="int", bits=4, exponent_bits=2), "no exponent_bits"),
+        (
+            dict(name="x", kind="float", bits=4, exponent_bits=3, mantissa_bits=0, radix=3),
+            "radix=3",
+        ),
+        (
+            dict(name="x", kind="float", bits=4, exponent_bits=2, mantissa_bits=1, radix=4),
+            "mantissa_bits=0",
+        ),
+        (dict(name="x", kind="float", bits=5, exponent_bits=2, mantissa_bits=1), "bits = 1 \\+"),
+        (
+            dict(name="x", kind="float", bits=4, exponent_bits=3, mantissa_bits=0, bias=200),
+            "float32's",
+        ),
+        (
+            dict(
+                name="x", kind="float", bits=4, exponent_bits=2, mantissa_bits=1, nonfinite="maybe"
+            ),
+            "nonfinite='maybe'",
+        ),
+        (dict(name="x", kind="float", bits=4, exponent_bits=0, mantissa_bits=3), "exponent_bits=0"),
+    ],
+)
 def test_bad_formats_raise_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         lowbit.Format(**kwargs)

@@ -18,8 +18,10 @@ def test_mlp4bit_same_init_as_float32_and_differentiable_both_ways():
         np.testing.assert_array_equal(a, b)
     x = jax.random.uniform(jax.random.key(1), (4, 28, 28))
     y = jnp.array([1, 2, 3, 4])
-    loss = lambda p: methods.cross_entropy(apply(p, x), y)  # noqa: E731
-    g, t = jax.jit(lambda p: (jax.grad(loss)(p), jax.jvp(loss, (p,), (jax.grad(loss)(p),))[1]))(params)
+    loss = lambda p: methods.cross_entropy(apply(p, x), y)
+    _g, t = jax.jit(lambda p: (jax.grad(loss)(p), jax.jvp(loss, (p,), (jax.grad(loss)(p),))[1]))(
+        params
+    )
     # the jvp along the gradient is the exact STE directional derivative: positive
     assert float(t) > 0
     assert not np.allclose(jax.jit(apply)(params, x), jax.jit(apply32)(params32, x))

@@ -28,7 +28,9 @@ W2D = recipes.NVFP4_WEIGHTS_2D
 def _assert_gemm_close(got, a, b, k):
     """``got`` equals ``a @ b`` up to float32 reordering: ``K eps (|a| @ |b|)``."""
     bound = k * EPS * (np.abs(np.asarray(a, np.float64)) @ np.abs(np.asarray(b, np.float64)))
-    err = np.abs(np.asarray(got, np.float64) - np.asarray(a, np.float64) @ np.asarray(b, np.float64))
+    err = np.abs(
+        np.asarray(got, np.float64) - np.asarray(a, np.float64) @ np.asarray(b, np.float64)
+    )
     assert np.all(err <= bound + 1e-300), float(np.max(err - bound))
 
 
@@ -42,12 +44,16 @@ def _operands(m=20, k=48, n=32):
 NEAREST_NVFP4 = lowbit.QuantConfig(
     forward=lowbit.GemmConfig(lhs=lowbit.NVFP4, rhs=W2D),
     input_gradient=lowbit.GemmConfig(lhs=lowbit.NVFP4, rhs=W2D),
-    weight_gradient=lowbit.GemmConfig(lhs=lowbit.NVFP4, rhs=lowbit.MXFP4))
+    weight_gradient=lowbit.GemmConfig(lhs=lowbit.NVFP4, rhs=lowbit.MXFP4),
+)
 
 
 def test_float32_roles_are_lax_dot_general():
-    cfg = lowbit.QuantConfig(forward=lowbit.GemmConfig(), input_gradient=lowbit.GemmConfig(),
-                             weight_gradient=lowbit.GemmConfig())
+    cfg = lowbit.QuantConfig(
+        forward=lowbit.GemmConfig(),
+        input_gradient=lowbit.GemmConfig(),
+        weight_gradient=lowbit.GemmConfig(),
+    )
     a, w, g = _operands()
     y, vjp = jax.vjp(lambda a, w: lowbit.dot_general(a, w, DN, config=cfg), a, w)
     y0, vjp0 = jax.vjp(lambda a, w: lax.dot_general(a, w, DN), a, w)
@@ -60,14 +66,14 @@ def test_each_gemm_quantizes_along_its_own_contraction_axis():
     a, w, g = _operands()
     y, vjp = jax.vjp(lambda a, w: lowbit.dot_general(a, w, DN, config=NEAREST_NVFP4), a, w)
     da, dw = vjp(g)
-    qa = lowbit.quantize_blocks(a, lowbit.NVFP4, axis=1)          # features
-    qw = lowbit.quantize_blocks(w, W2D, axis=0)                    # 16x16 tiles
+    qa = lowbit.quantize_blocks(a, lowbit.NVFP4, axis=1)  # features
+    qw = lowbit.quantize_blocks(w, W2D, axis=0)  # 16x16 tiles
     _assert_gemm_close(y, qa, qw, 48)
-    qg_d = lowbit.quantize_blocks(g, lowbit.NVFP4, axis=1)        # output features
+    qg_d = lowbit.quantize_blocks(g, lowbit.NVFP4, axis=1)  # output features
     qw_d = lowbit.quantize_blocks(w, W2D, axis=1)
     np.testing.assert_array_equal(qw_d, qw)  # 2-D tiles: one quantized W forward and backward
     _assert_gemm_close(da, qg_d, np.asarray(qw_d).T, 32)
-    qa_w = lowbit.quantize_blocks(a, lowbit.NVFP4, axis=0)        # batch (tokens)
+    qa_w = lowbit.quantize_blocks(a, lowbit.NVFP4, axis=0)  # batch (tokens)
     qg_w = lowbit.quantize_blocks(g, lowbit.MXFP4, axis=0)
     _assert_gemm_close(dw, np.asarray(qa_w).T, qg_w, 20)
     # ... and each really is a different quantization of the same operand.
@@ -84,17 +90,27 @@ def test_jvp_is_the_straight_through_derivative_of_the_forward_pass():
         qa = lowbit.quantize_blocks(a, f.lhs, axis=1)
         qw = lowbit.quantize_blocks(w, f.rhs, axis=0)
         ref = np.asarray(da, np.float64) @ np.asarray(qw, np.float64) + (
-            np.asarray(qa, np.float64) @ np.asarray(dw, np.float64))
-        bound = 48 * EPS * (np.abs(np.asarray(da)) @ np.abs(np.asarray(qw))
-                            + np.abs(np.asarray(qa)) @ np.abs(np.asarray(dw)))
+            np.asarray(qa, np.float64) @ np.asarray(dw, np.float64)
+        )
+        bound = (
+            48
+            * EPS
+            * (
+                np.abs(np.asarray(da)) @ np.abs(np.asarray(qw))
+                + np.abs(np.asarray(qa)) @ np.abs(np.asarray(dw))
+            )
+        )
         assert np.all(np.abs(np.asarray(t, np.float64) - ref) <= 2 * bound)
 
 
 def test_hadamard_on_the_weight_gradient_is_orthogonal():
     # Float32 operands: the rotation (16-term sums, batch 20 zero-padded to 32) must leave
     # A^T G unchanged up to rounding: 16 + 32 terms of float32 error, bounded by 64 eps.
-    cfg = lowbit.QuantConfig(forward=lowbit.GemmConfig(), input_gradient=lowbit.GemmConfig(),
-                             weight_gradient=lowbit.GemmConfig(hadamard=16))
+    cfg = lowbit.QuantConfig(
+        forward=lowbit.GemmConfig(),
+        input_gradient=lowbit.GemmConfig(),
+        weight_gradient=lowbit.GemmConfig(hadamard=16),
+    )
     a, w, g = _operands()
     g = g * 1e3
     _, vjp = jax.vjp(lambda w: lowbit.dot_general(a, w, DN, config=cfg), w)
@@ -104,22 +120,36 @@ def test_hadamard_on_the_weight_gradient_is_orthogonal():
     assert np.all(np.abs(np.asarray(dw) - ref) <= 64 * EPS * scale)
     # With NVFP4 operands the rotation changes what is quantized, so the result differs.
     q = dataclasses.replace(recipes.NVFP4_2025_CONFIG.weight_gradient, rhs_rounding="nearest")
-    with_h = jax.vjp(lambda w: lowbit.dot_general(a, w, DN, config=dataclasses.replace(
-        NEAREST_NVFP4, weight_gradient=q)), w)[1](g)[0]
-    without = jax.vjp(lambda w: lowbit.dot_general(a, w, DN, config=dataclasses.replace(
-        NEAREST_NVFP4, weight_gradient=dataclasses.replace(q, hadamard=0))), w)[1](g)[0]
+    with_h = jax.vjp(
+        lambda w: lowbit.dot_general(
+            a, w, DN, config=dataclasses.replace(NEAREST_NVFP4, weight_gradient=q)
+        ),
+        w,
+    )[1](g)[0]
+    without = jax.vjp(
+        lambda w: lowbit.dot_general(
+            a,
+            w,
+            DN,
+            config=dataclasses.replace(
+                NEAREST_NVFP4, weight_gradient=dataclasses.replace(q, hadamard=0)
+            ),
+        ),
+        w,
+    )[1](g)[0]
     assert not np.array_equal(with_h, without)
-    rel = lambda d: float(jnp.linalg.norm(d - ref) / np.linalg.norm(ref))  # noqa: E731
+    rel = lambda d: float(jnp.linalg.norm(d - ref) / np.linalg.norm(ref))
     assert rel(with_h) < 0.25 and rel(without) < 0.25  # both are 4-bit estimates of A^T G
 
 
 def test_stochastic_gradients_are_reproducible_and_differ_from_nearest():
     a, w, g = _operands()
-    f = lambda cfg: jax.vjp(lambda a: lowbit.dot_general(a, w, DN, config=cfg), a)[1](g)[0]  # noqa
+    f = lambda cfg: jax.vjp(lambda a: lowbit.dot_general(a, w, DN, config=cfg), a)[1](g)[0]
     sr = recipes.NVFP4_2025_CONFIG
     np.testing.assert_array_equal(f(sr), f(sr))
-    near = dataclasses.replace(sr, input_gradient=dataclasses.replace(sr.input_gradient,
-                                                                      lhs_rounding="nearest"))
+    near = dataclasses.replace(
+        sr, input_gradient=dataclasses.replace(sr.input_gradient, lhs_rounding="nearest")
+    )
     assert not np.array_equal(f(sr), f(near))
     other_seed = dataclasses.replace(sr, seed=1)
     assert not np.array_equal(f(sr), f(other_seed))
@@ -127,17 +157,35 @@ def test_stochastic_gradients_are_reproducible_and_differ_from_nearest():
 
 def test_roles_work_under_jit_vmap_and_in_convolutions():
     a, w, _ = _operands()
-    loss = lambda a, w: jnp.sum(lowbit.dot_general(a, w, DN, config=recipes.NVFP4_2025_CONFIG) ** 2)  # noqa
+    loss = lambda a, w: jnp.sum(lowbit.dot_general(a, w, DN, config=recipes.NVFP4_2025_CONFIG) ** 2)
     gs = jax.jit(jax.vmap(jax.grad(loss, 1), (0, None)))(a.reshape(2, 10, 48), w)
     assert gs.shape == (2, 48, 32) and bool(jnp.all(jnp.isfinite(gs)))
     x = jax.random.normal(jax.random.key(5), (4, 6, 6, 16))
     k = jax.random.normal(jax.random.key(6), (3, 3, 16, 32)) * 0.1
-    f32 = lowbit.QuantConfig(forward=lowbit.GemmConfig(), input_gradient=lowbit.GemmConfig(),
-                             weight_gradient=lowbit.GemmConfig(hadamard=16))
-    conv = lambda cfg: lambda x, k: jnp.sum(jnp.sin(lowbit.conv_general_dilated(  # noqa: E731
-        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), config=cfg)))
-    ref = jax.grad(lambda x, k: jnp.sum(jnp.sin(lax.conv_general_dilated(
-        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))), (0, 1))(x, k)
+    f32 = lowbit.QuantConfig(
+        forward=lowbit.GemmConfig(),
+        input_gradient=lowbit.GemmConfig(),
+        weight_gradient=lowbit.GemmConfig(hadamard=16),
+    )
+    conv = lambda cfg: (
+        lambda x, k: jnp.sum(
+            jnp.sin(
+                lowbit.conv_general_dilated(
+                    x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), config=cfg
+                )
+            )
+        )
+    )
+    ref = jax.grad(
+        lambda x, k: jnp.sum(
+            jnp.sin(
+                lax.conv_general_dilated(
+                    x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+                )
+            )
+        ),
+        (0, 1),
+    )(x, k)
     got = jax.grad(conv(f32), (0, 1))(x, k)
     for g_, r_ in zip(got, ref):  # rotation along the batch axis: 16-term sums, see above
         np.testing.assert_allclose(g_, r_, rtol=0, atol=64 * EPS * float(jnp.max(jnp.abs(r_))) * 4)
@@ -151,12 +199,19 @@ def test_bad_role_configs_fail_at_construction():
     with pytest.raises(TypeError, match="all three"):
         lowbit.QuantConfig(forward=lowbit.GemmConfig())
     with pytest.raises(ValueError, match="weight_gradient only"):
-        lowbit.QuantConfig(forward=lowbit.GemmConfig(hadamard=16),
-                           input_gradient=lowbit.GemmConfig(), weight_gradient=lowbit.GemmConfig())
+        lowbit.QuantConfig(
+            forward=lowbit.GemmConfig(hadamard=16),
+            input_gradient=lowbit.GemmConfig(),
+            weight_gradient=lowbit.GemmConfig(),
+        )
     with pytest.raises(ValueError, match="pact"):
-        lowbit.QuantConfig(activations=lowbit.UINT4, activation_scaling="pact",
-                           forward=lowbit.GemmConfig(), input_gradient=lowbit.GemmConfig(),
-                           weight_gradient=lowbit.GemmConfig())
+        lowbit.QuantConfig(
+            activations=lowbit.UINT4,
+            activation_scaling="pact",
+            forward=lowbit.GemmConfig(),
+            input_gradient=lowbit.GemmConfig(),
+            weight_gradient=lowbit.GemmConfig(),
+        )
     with pytest.raises(ValueError, match="hadamard"):
         lowbit.GemmConfig(hadamard=12)
     with pytest.raises(ValueError, match="rounding"):
@@ -166,8 +221,13 @@ def test_bad_role_configs_fail_at_construction():
     with pytest.raises(TypeError, match="GemmConfig"):
         lowbit.QuantConfig(weights=lowbit.NVFP4)
     with pytest.raises(ValueError, match="activation_clip"):
-        lowbit.dot_general(jnp.ones((2, 3)), jnp.ones((3, 4)), DN, config=recipes.MXFP4_CONFIG,
-                           activation_clip=jnp.float32(4.0))
+        lowbit.dot_general(
+            jnp.ones((2, 3)),
+            jnp.ones((3, 4)),
+            DN,
+            config=recipes.MXFP4_CONFIG,
+            activation_clip=jnp.float32(4.0),
+        )
 
 
 class _Net(nnx.Module):
@@ -175,8 +235,9 @@ class _Net(nnx.Module):
 
     def __init__(self, rngs):
         self.stem = nnx.Conv(1, 16, (3, 3), rngs=rngs)
-        self.blocks = nnx.List([nnx.Conv(16, 16, (3, 3), rngs=rngs),
-                                nnx.Conv(16, 16, (1, 1), rngs=rngs)])
+        self.blocks = nnx.List(
+            [nnx.Conv(16, 16, (3, 3), rngs=rngs), nnx.Conv(16, 16, (1, 1), rngs=rngs)]
+        )
         self.fc = lowbit.nnx.Linear(16, 16, rngs=rngs)
         self.head = nnx.Linear(16, 10, rngs=rngs)
 
@@ -210,8 +271,13 @@ def test_sun2020_rules_first_match_and_report():
     r2 = lowbit.apply_rules(m2, recipes.SUN2020_ALL_4BIT)
     assert all(a.config == four for a in r2.assignments)
     r3 = lowbit.plan_rules(m2, recipes.SUN2020_E2M1_GRADIENTS)
-    assert [a.config.gradients.name for a in r3.assignments] == ["E5M2", "E2M1", "E5M2", "E2M1",
-                                                                 "E5M2"]
+    assert [a.config.gradients.name for a in r3.assignments] == [
+        "E5M2",
+        "E2M1",
+        "E5M2",
+        "E2M1",
+        "E5M2",
+    ]
 
 
 def test_nvfp4_recipe_keeps_last_layers_in_float32_and_none_restores_lax():
@@ -227,16 +293,17 @@ def test_nvfp4_recipe_keeps_last_layers_in_float32_and_none_restores_lax():
     assert m.stem.conv_general_dilated is lax.conv_general_dilated
 
 
-@pytest.mark.parametrize("recipe", [recipes.SUN2020, recipes.NVFP4_2025, recipes.MXFP4],
-                         ids=lambda r: r.name)
+@pytest.mark.parametrize(
+    "recipe", [recipes.SUN2020, recipes.NVFP4_2025, recipes.MXFP4], ids=lambda r: r.name
+)
 def test_recipes_train_and_push_forward_under_jvp(recipe):
     m = _Net(nnx.Rngs(0))
     lowbit.apply_rules(m, recipe)
     graphdef, params = nnx.split(m)
-    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(X) ** 2)  # noqa: E731
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(X) ** 2)
     grads = jax.jit(jax.grad(loss))(params)
     v = jax.tree.map(lambda p: jax.random.normal(jax.random.key(9), p.shape, p.dtype), params)
-    value, tangent = jax.jit(lambda p, v: jax.jvp(loss, (p,), (v,)))(params, v)
+    _value, tangent = jax.jit(lambda p, v: jax.jvp(loss, (p,), (v,)))(params, v)
     leaves = jax.tree.leaves(grads)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves) and np.isfinite(float(tangent))
     # The pushed-forward tangent and the 4-bit gradient's directional derivative agree in sign

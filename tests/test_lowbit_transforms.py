@@ -14,9 +14,11 @@ from lowbit import E2M1, RADIX4_FP4
 
 def _updates(scale=1e-3):
     k1, k2 = jax.random.split(jax.random.key(0))
-    return {"w": jax.random.normal(k1, (64, 32)) * scale,
-            "b": jax.random.normal(k2, (32,)).astype(jnp.bfloat16) * scale,
-            "step": jnp.int32(3)}
+    return {
+        "w": jax.random.normal(k1, (64, 32)) * scale,
+        "b": jax.random.normal(k2, (32,)).astype(jnp.bfloat16) * scale,
+        "step": jnp.int32(3),
+    }
 
 
 def test_every_leaf_on_its_scaled_grid_and_dtype_kept():
@@ -40,6 +42,7 @@ def test_stochastic_is_unbiased_over_steps_and_reproducible():
         def body(state, _):
             q, state = tx.update(u, state)
             return state, q["w"]
+
         return jax.lax.scan(body, state, None, length=4000)[1]
 
     qs = run(tx.init(u))
@@ -50,13 +53,16 @@ def test_stochastic_is_unbiased_over_steps_and_reproducible():
     s = float(lowbit.compute_scale(u["w"], RADIX4_FP4))
     gap = np.maximum(np.abs(np.asarray(qs)).max(0), 1e-12)
     se = 0.5 * gap / np.sqrt(qs.shape[0])
-    np.testing.assert_array_less(np.abs(np.asarray(qs).mean(0) - np.asarray(u["w"])), 5 * se + s * 1e-9)
+    np.testing.assert_array_less(
+        np.abs(np.asarray(qs).mean(0) - np.asarray(u["w"])), 5 * se + s * 1e-9
+    )
 
 
 def test_delayed_scaling_uses_history():
     u = {"w": jnp.full((4,), 1.0)}
-    tx = lowbit.quantize_updates(RADIX4_FP4, scaling="delayed", rounding="nearest",
-                                 history_length=3)
+    tx = lowbit.quantize_updates(
+        RADIX4_FP4, scaling="delayed", rounding="nearest", history_length=3
+    )
     state = tx.init(u)
     q1, state = tx.update(u, state)  # empty history: current amax
     np.testing.assert_array_equal(q1["w"], u["w"])
@@ -78,13 +84,16 @@ def test_chain_with_sgd_and_jit():
     np.testing.assert_allclose(upd["w"], -0.1 * lowbit.quantize(u["w"], E2M1, scale=s), rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,err,match", [
-    (dict(fmt="fp4"), TypeError, "lowbit.Format"),
-    (dict(scaling="min"), ValueError, "scaling='min'"),
-    (dict(rounding="floor"), ValueError, "rounding='floor'"),
-    (dict(seed=0.5), TypeError, "seed=0.5"),
-    (dict(history_length=0), ValueError, "history_length=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,err,match",
+    [
+        (dict(fmt="fp4"), TypeError, "lowbit.Format"),
+        (dict(scaling="min"), ValueError, "scaling='min'"),
+        (dict(rounding="floor"), ValueError, "rounding='floor'"),
+        (dict(seed=0.5), TypeError, "seed=0.5"),
+        (dict(history_length=0), ValueError, "history_length=0"),
+    ],
+)
 def test_bad_construction(kwargs, err, match):
     with pytest.raises(err, match=match):
         lowbit.quantize_updates(**kwargs)

@@ -37,14 +37,17 @@ def _loss(p):
 
 def _same(a, b) -> bool:
     """Bitwise equality of two pytrees (typed PRNG keys compared by their key data)."""
+
     def raw(x):
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             x = jax.random.key_data(x)
         return np.asarray(x)
+
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     return jax.tree.structure(a) == jax.tree.structure(b) and all(
         raw(x).dtype == raw(y).dtype and np.array_equal(raw(x), raw(y), equal_nan=True)
-        for x, y in zip(la, lb))
+        for x, y in zip(la, lb)
+    )
 
 
 def _all_zero(tree) -> bool:
@@ -59,20 +62,27 @@ BAD_LOSSES = {
     "nan_constant_in_loss": lambda p: _loss(p) + jax.lax.stop_gradient(NAN),
     # sqrt at 0: a zero tangent gives 0 * inf = NaN, a non-zero one an infinite slope
     "nan_directional_derivative": lambda p: jnp.sum(jnp.sqrt(jnp.abs(p["w"] * 0.0))),
-    "inf_directional_derivative": lambda p: _loss(p) + jnp.sqrt(
-        p["w"][0, 0] - jax.lax.stop_gradient(p["w"][0, 0])),
+    "inf_directional_derivative": lambda p: (
+        _loss(p) + jnp.sqrt(p["w"][0, 0] - jax.lax.stop_gradient(p["w"][0, 0]))
+    ),
 }
 
 
-@pytest.mark.parametrize("bad, aggregate", [(b, "mean") for b in sorted(BAD_LOSSES)]
-                         + [("inf_directional_derivative", "orthogonal")])
+@pytest.mark.parametrize(
+    "bad, aggregate",
+    [(b, "mean") for b in sorted(BAD_LOSSES)] + [("inf_directional_derivative", "orthogonal")],
+)
 def test_forward_gradient_refuses_nonfinite_loss_or_estimate(bad, aggregate):
     params = _params()
     tx = fwdgrad.forward_gradient(num_tangents=3, aggregate=aggregate, seed=1)
-    step = jax.jit(lambda s, p, bad_step: tx.update(
-        None, s, p, loss_fn=BAD_LOSSES[bad] if bad_step else _loss), static_argnums=2)
+    step = jax.jit(
+        lambda s, p, bad_step: tx.update(
+            None, s, p, loss_fn=BAD_LOSSES[bad] if bad_step else _loss
+        ),
+        static_argnums=2,
+    )
     state = tx.init(params)
-    g, state1 = step(state, params, False)
+    _g, state1 = step(state, params, False)
     assert int(state1.count) == 1 and int(state1.nonfinite) == 0
 
     g_bad, state2 = step(state1, params, True)
@@ -141,7 +151,7 @@ def test_quantize_updates_passes_integer_leaves_through_a_refused_step():
     assert _all_zero(q["w"]) and np.array_equal(q["n"], upd["n"]) and int(new.nonfinite) == 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _program():
     """One transform and one compiled update for all the cases (compiling dominates)."""
     tx = analog.program(presets.TAOX_RERAM, tile_shape=(2, 2), seed=3)
@@ -192,8 +202,9 @@ def test_equilibrium_propagation_refuses_nonfinite_update():
 
 def test_equilibrium_propagation_with_tol_treats_nan_as_nonconvergence():
     params, x, y = _energy_problem()
-    tx = analog.equilibrium_propagation(beta=0.3, free_steps=10, nudged_steps=4, tol=0.5,
-                                        on_nonconvergence="raise")
+    tx = analog.equilibrium_propagation(
+        beta=0.3, free_steps=10, nudged_steps=4, tol=0.5, on_nonconvergence="raise"
+    )
     with pytest.raises(analog.NonConvergenceError, match="did not converge"):
         tx.update(None, tx.init(params), params, batch=(x.at[0, 0].set(jnp.nan), y))
 
@@ -205,10 +216,12 @@ def test_chain_with_nan_loss_moves_no_param_and_no_device():
     a zero gradient gives (params snap onto the chip's read-back, as after every step).
     """
     params = _params()
-    tx = optax.chain(fwdgrad.forward_gradient(num_tangents=2),
-                     lowbit.quantize_updates(lowbit.RADIX4_FP4),
-                     optax.sgd(1e-2),
-                     analog.program(presets.IDEAL, tile_shape=(2, 2)))
+    tx = optax.chain(
+        fwdgrad.forward_gradient(num_tangents=2),
+        lowbit.quantize_updates(lowbit.RADIX4_FP4),
+        optax.sgd(1e-2),
+        analog.program(presets.IDEAL, tile_shape=(2, 2)),
+    )
     state = tx.init(params)
 
     @functools.partial(jax.jit, static_argnums=2)

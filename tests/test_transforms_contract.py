@@ -14,7 +14,8 @@ args (the analog local rule needs an energy network and ``batch=(x, y)``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +27,10 @@ import pytest
 def default_params(dtype) -> dict:
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     return {
-        "dense": {"kernel": jax.random.normal(k1, (3, 4)).astype(dtype),
-                  "bias": jnp.zeros((4,), dtype)},
+        "dense": {
+            "kernel": jax.random.normal(k1, (3, 4)).astype(dtype),
+            "bias": jnp.zeros((4,), dtype),
+        },
         "out": {"kernel": jax.random.normal(k2, (4, 2)).astype(dtype) * 0.5},
         "scale": jax.random.normal(k3, ()).astype(dtype),
     }
@@ -86,6 +89,7 @@ import fwdgrad  # noqa: E402
 
 def _fwdgrad_local_params(dtype):
     from flax import nnx
+
     model = fwdgrad.LocalMLP((3, 4, 2), rngs=nnx.Rngs(0), param_dtype=dtype)
     return nnx.split(model, nnx.Param)[1].to_pure_dict()
 
@@ -99,38 +103,59 @@ def _fwdgrad_local_extra(params, dtype):
 def _fwdgrad_static(num_tangents, aggregate="mean"):
     """forward_gradient with its tangent count fixed: K sets the traced shapes, so it cannot
     be an injected (traced) hyper-parameter (plain users pass static_args=("num_tangents",))."""
+
     def factory(*, tangent="rademacher", seed=0):
-        return fwdgrad.forward_gradient(num_tangents=num_tangents, tangent=tangent,
-                                        aggregate=aggregate, seed=seed)
+        return fwdgrad.forward_gradient(
+            num_tangents=num_tangents, tangent=tangent, aggregate=aggregate, seed=seed
+        )
+
     return factory
 
 
 ROWS += [
-    Row("fwdgrad.forward_gradient", _fwdgrad_static(1), {"tangent": "rademacher", "seed": 3},
-        estimator=True),
-    Row("fwdgrad.forward_gradient-orthogonal-K4", _fwdgrad_static(4, "orthogonal"),
-        {"tangent": "gaussian"}, estimator=True),
-    Row("fwdgrad.activity_forward_gradient",
+    Row(
+        "fwdgrad.forward_gradient",
+        _fwdgrad_static(1),
+        {"tangent": "rademacher", "seed": 3},
+        estimator=True,
+    ),
+    Row(
+        "fwdgrad.forward_gradient-orthogonal-K4",
+        _fwdgrad_static(4, "orthogonal"),
+        {"tangent": "gaussian"},
+        estimator=True,
+    ),
+    Row(
+        "fwdgrad.activity_forward_gradient",
         lambda *, activation="relu", seed=0: fwdgrad.activity_forward_gradient(
-            activation=activation, num_tangents=2, seed=seed),
-        {"activation": "tanh", "seed": 1}, estimator=True, params=_fwdgrad_local_params,
-        extra=_fwdgrad_local_extra),
+            activation=activation, num_tangents=2, seed=seed
+        ),
+        {"activation": "tanh", "seed": 1},
+        estimator=True,
+        params=_fwdgrad_local_params,
+        extra=_fwdgrad_local_extra,
+    ),
 ]
 # --- lowbit rows ---
 import lowbit  # noqa: E402
 
 ROWS += [
     Row("lowbit.quantize_updates", lowbit.quantize_updates, {"fmt": lowbit.RADIX4_FP4, "seed": 3}),
-    Row("lowbit.quantize_updates-e2m1-nearest-delayed", lowbit.quantize_updates,
-        {"fmt": lowbit.E2M1, "rounding": "nearest", "scaling": "delayed", "seed": 0}),
+    Row(
+        "lowbit.quantize_updates-e2m1-nearest-delayed",
+        lowbit.quantize_updates,
+        {"fmt": lowbit.E2M1, "rounding": "nearest", "scaling": "delayed", "seed": 0},
+    ),
 ]
 # --- analog rows ---
 import analog  # noqa: E402
 
 
 def _energy_params(dtype):
-    return [{"kernel": p["kernel"].astype(dtype), "bias": p["bias"].astype(dtype)}
-            for p in analog.init_energy_network(jax.random.key(0), (3, 5, 2))]
+    return [
+        {"kernel": p["kernel"].astype(dtype), "bias": p["bias"].astype(dtype)}
+        for p in analog.init_energy_network(jax.random.key(0), (3, 5, 2))
+    ]
 
 
 def _energy_extra(params, dtype):
@@ -147,8 +172,9 @@ def _program_ideal(w_max):
 
 
 def _program_mixed(seed=0):
-    return analog.program(analog.presets.TAOX_RERAM, tile_shape=(2, 2), seed=seed,
-                          mixed_precision=True)
+    return analog.program(
+        analog.presets.TAOX_RERAM, tile_shape=(2, 2), seed=seed, mixed_precision=True
+    )
 
 
 def _eqprop(beta):
@@ -161,8 +187,14 @@ ROWS += [
     Row("analog.program-taox", _program_taox, {"seed": 3}),
     Row("analog.program-ideal-deterministic", _program_ideal, {"w_max": 2.0}),
     Row("analog.program-taox-mixed-precision", _program_mixed, {"seed": 3}),
-    Row("analog.equilibrium_propagation", _eqprop, {"beta": 0.3}, estimator=True,
-        params=_energy_params, extra=_energy_extra),
+    Row(
+        "analog.equilibrium_propagation",
+        _eqprop,
+        {"beta": 0.3},
+        estimator=True,
+        params=_energy_params,
+        extra=_energy_extra,
+    ),
 ]
 
 
@@ -170,8 +202,11 @@ def _incoming_updates(row: Row, params, extra):
     if row.estimator:
         return None
     # A real gradient so that transforms which look at magnitudes see realistic input.
-    return jax.grad(extra["loss_fn"])(params) if "loss_fn" in extra else jax.tree.map(
-        lambda p: jnp.full_like(p, 0.01), params)
+    return (
+        jax.grad(extra["loss_fn"])(params)
+        if "loss_fn" in extra
+        else jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
+    )
 
 
 def _run_steps(tx, row, params, extra, n=3):
@@ -201,8 +236,11 @@ def _rows():
 
 
 def _cases():
-    return [pytest.param(r, d, id=f"{r.name}-{jnp.dtype(d).name}", marks=_marks(r))
-            for r in ROWS for d in r.dtypes]
+    return [
+        pytest.param(r, d, id=f"{r.name}-{jnp.dtype(d).name}", marks=_marks(r))
+        for r in ROWS
+        for d in r.dtypes
+    ]
 
 
 @pytest.mark.parametrize("row,dtype", _cases())
@@ -214,7 +252,9 @@ def test_jit_no_recompile_keeps_structure_and_dtype(row, dtype):
     assert traces == 1, f"{row.name} retraced {traces} times in 3 jitted steps"
     assert jax.tree.structure(updates) == jax.tree.structure(params)
     assert jax.tree.structure(new_params) == jax.tree.structure(params)
-    for p, u, q in zip(jax.tree.leaves(params), jax.tree.leaves(updates), jax.tree.leaves(new_params)):
+    for p, u, q in zip(
+        jax.tree.leaves(params), jax.tree.leaves(updates), jax.tree.leaves(new_params)
+    ):
         assert u.dtype == p.dtype, f"{row.name}: update dtype {u.dtype} != param dtype {p.dtype}"
         assert q.dtype == p.dtype
         assert u.shape == p.shape

@@ -15,17 +15,33 @@ recipe builders (``analog_rows.build_eqprop``, ``lowbit_rows.build_model``, ...)
 
 from __future__ import annotations
 
-from beyondbp.methods._registry import (REGISTRY, Method, MethodConfig, NotApplicable, Setup,
-                                        get, names, register)
+# The rows, in the order the table lists them (registration order).
+from beyondbp.methods import analog_rows, backprop_rows, combined_rows, fwdgrad_rows, lowbit_rows
+from beyondbp.methods._registry import (
+    REGISTRY,
+    Method,
+    MethodConfig,
+    NotApplicable,
+    Setup,
+    get,
+    names,
+    register,
+)
 from beyondbp.models import cross_entropy  # kept here too: notebooks call methods.cross_entropy
 
-# The rows, in the order the table lists them (registration order).
-from beyondbp.methods import backprop_rows  # noqa: E402,F401  (registers on import)
-from beyondbp.methods import lowbit_rows  # noqa: E402,F401
-from beyondbp.methods import analog_rows  # noqa: E402,F401
-from beyondbp.methods import fwdgrad_rows  # noqa: E402,F401
-from beyondbp.methods import combined_rows  # noqa: E402,F401
-
-__all__ = ["Method", "MethodConfig", "Setup", "register", "get", "names", "cross_entropy",
-           "REGISTRY", "NotApplicable", "backprop_rows", "lowbit_rows", "analog_rows",
-           "fwdgrad_rows", "combined_rows"]
+__all__ = [
+    "Method",
+    "MethodConfig",
+    "Setup",
+    "register",
+    "get",
+    "names",
+    "cross_entropy",
+    "REGISTRY",
+    "NotApplicable",
+    "backprop_rows",
+    "lowbit_rows",
+    "analog_rows",
+    "fwdgrad_rows",
+    "combined_rows",
+]

@@ -8,7 +8,8 @@ row, so there is no import cycle.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
@@ -16,8 +17,17 @@ import optax
 from beyondbp import models
 from beyondbp.models import cross_entropy
 
-__all__ = ["Method", "MethodConfig", "Setup", "register", "get", "names", "cross_entropy",
-           "REGISTRY", "NotApplicable"]
+__all__ = [
+    "Method",
+    "MethodConfig",
+    "Setup",
+    "register",
+    "get",
+    "names",
+    "cross_entropy",
+    "REGISTRY",
+    "NotApplicable",
+]
 
 
 class NotApplicable(ValueError):
@@ -111,8 +121,10 @@ def register(method: Method, *, replace: bool = False) -> Method:
     if not isinstance(method, Method):
         raise TypeError(f"register expects a beyondbp.methods.Method, got {type(method).__name__}")
     if method.name in REGISTRY and not replace:
-        raise ValueError(f"a method named {method.name!r} is already registered; "
-                         "pass replace=True to override it")
+        raise ValueError(
+            f"a method named {method.name!r} is already registered; "
+            "pass replace=True to override it"
+        )
     REGISTRY[method.name] = method
     return method
 

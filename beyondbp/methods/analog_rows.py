@@ -83,72 +83,123 @@ def energy_of(opt_state, steps: int) -> dict:
     return rep
 
 
-def per_layer_sgd(num_layers: int, rates=LAYER_LR,
-                   decay_steps: int | None = None) -> optax.GradientTransformation:
+def per_layer_sgd(
+    num_layers: int, rates=LAYER_LR, decay_steps: int | None = None
+) -> optax.GradientTransformation:
     """Per-layer SGD; with ``decay_steps`` each rate follows a cosine to 10% of itself."""
     labels = [{"kernel": f"l{i}", "bias": f"l{i}"} for i in range(num_layers)]
 
     def rate(r):
         return r if decay_steps is None else optax.cosine_decay_schedule(r, decay_steps, alpha=0.1)
-    return optax.multi_transform({f"l{i}": optax.sgd(rate(rates[i])) for i in range(num_layers)},
-                                 labels)
+
+    return optax.multi_transform(
+        {f"l{i}": optax.sgd(rate(rates[i])) for i in range(num_layers)}, labels
+    )
 
 
-def build_eqprop(cfg: MethodConfig, *, device=analog.presets.IDEAL, io=None, tol=TOL,
-                 hidden: int = HIDDEN, free_steps: int = FREE_STEPS,
-                 nudged_steps: int = NUDGED_STEPS, w_max: float | None = 1.0,
-                 lr_decay_steps: int | None = None, mixed_precision: bool = False,
-                 beta: float = BETA, normalize: bool = True, rates=NLMS_RATES,
-                 linear_output: bool = True) -> Setup:
+def build_eqprop(
+    cfg: MethodConfig,
+    *,
+    device=analog.presets.IDEAL,
+    io=None,
+    tol=TOL,
+    hidden: int = HIDDEN,
+    free_steps: int = FREE_STEPS,
+    nudged_steps: int = NUDGED_STEPS,
+    w_max: float | None = 1.0,
+    lr_decay_steps: int | None = None,
+    mixed_precision: bool = False,
+    beta: float = BETA,
+    normalize: bool = True,
+    rates=NLMS_RATES,
+    linear_output: bool = True,
+) -> Setup:
     params = analog.init_energy_network(cfg.key, (cfg.num_inputs, hidden, cfg.num_classes))
     seed = cfg.seed
     eval_key = bbcore.key(seed)
 
     def apply(p, x):
-        return analog.predict(p, x.reshape(x.shape[0], -1), steps=free_steps, io=io,
-                              key=eval_key if io is not None and io.needs_key else None,
-                              linear_output=linear_output)
+        return analog.predict(
+            p,
+            x.reshape(x.shape[0], -1),
+            steps=free_steps,
+            io=io,
+            key=eval_key if io is not None and io.needs_key else None,
+            linear_output=linear_output,
+        )
 
     tx = optax.chain(
-        analog.equilibrium_propagation(beta=beta, free_steps=free_steps,
-                                       nudged_steps=nudged_steps, seed=seed, io=io, tol=tol,
-                                       normalize=normalize, linear_output=linear_output),
+        analog.equilibrium_propagation(
+            beta=beta,
+            free_steps=free_steps,
+            nudged_steps=nudged_steps,
+            seed=seed,
+            io=io,
+            tol=tol,
+            normalize=normalize,
+            linear_output=linear_output,
+        ),
         per_layer_sgd(len(params), rates, decay_steps=lr_decay_steps),
         # IDEAL's step is 1e-6 of the range: nearest rounding loses nothing measurable and
         # needs no random numbers (the dominant cost of a step on CPU).
         # An ideal device should not bound the weights either: w_max 1 (well above what the
         # rule reaches) instead of twice the initial max|w| (0.15 for the 784x500 kernel).
-        analog.program(device, seed=seed + 1, w_max=w_max,
-                       pulse="deterministic" if device == analog.presets.IDEAL else "stochastic",
-                       mixed_precision=mixed_precision))
-    return Setup(params=params, apply=apply, tx=tx, needs_grad=False, loss=eqprop_loss,
-                 energy=energy_of)
+        analog.program(
+            device,
+            seed=seed + 1,
+            w_max=w_max,
+            pulse="deterministic" if device == analog.presets.IDEAL else "stochastic",
+            mixed_precision=mixed_precision,
+        ),
+    )
+    return Setup(
+        params=params, apply=apply, tx=tx, needs_grad=False, loss=eqprop_loss, energy=energy_of
+    )
 
 
-def build_sgd_on_devices(cfg: MethodConfig, *, device=analog.presets.TAOX_RERAM,
-                         lr: float = 0.05) -> Setup:
+def build_sgd_on_devices(
+    cfg: MethodConfig, *, device=analog.presets.TAOX_RERAM, lr: float = 0.05
+) -> Setup:
     apply, params = cfg.build_model()
     tx = optax.chain(optax.sgd(lr, momentum=0.9), analog.program(device, seed=cfg.seed))
     return Setup(params=params, apply=apply, tx=tx, needs_grad=True, energy=energy_of)
 
 
-register(Method(
-    "analog-eqprop",
-    f"Equilibrium Propagation (centered, beta {BETA}, {FREE_STEPS}+2x{NUDGED_STEPS} sweeps) on "
-    f"an inputs-{HIDDEN}-classes energy network with linear output units, normalised (NLMS) "
-    f"per-layer steps {NLMS_RATES}, ideal devices",
-    build_eqprop, family="analog"))
-register(Method(
-    "analog-eqprop-taox",
-    f"analog-eqprop with TaOx crossbar periphery (8-bit DAC/ADC, read noise) and updates "
-    f"programmed onto TAOX_RERAM devices (Yi et al. 2023 setting); beta {TAOX_BETA}, rates on "
-    f"a cosine to 10%",
-    lambda cfg: build_eqprop(cfg, device=analog.presets.TAOX_RERAM,
-                             io=analog.presets.TAOX_IO, tol=None,
-                             free_steps=TAOX_FREE_STEPS, nudged_steps=TAOX_NUDGED_STEPS,
-                             w_max=None, beta=TAOX_BETA, lr_decay_steps=cfg.steps),
-    family="analog"))
-register(Method(
-    "analog-sgd",
-    "backprop gradients, SGD lr 0.05 momentum 0.9, programmed onto TAOX_RERAM devices",
-    build_sgd_on_devices, family="analog"))
+register(
+    Method(
+        "analog-eqprop",
+        f"Equilibrium Propagation (centered, beta {BETA}, {FREE_STEPS}+2x{NUDGED_STEPS} sweeps) on "
+        f"an inputs-{HIDDEN}-classes energy network with linear output units, normalised (NLMS) "
+        f"per-layer steps {NLMS_RATES}, ideal devices",
+        build_eqprop,
+        family="analog",
+    )
+)
+register(
+    Method(
+        "analog-eqprop-taox",
+        f"analog-eqprop with TaOx crossbar periphery (8-bit DAC/ADC, read noise) and updates "
+        f"programmed onto TAOX_RERAM devices (Yi et al. 2023 setting); beta {TAOX_BETA}, rates on "
+        f"a cosine to 10%",
+        lambda cfg: build_eqprop(
+            cfg,
+            device=analog.presets.TAOX_RERAM,
+            io=analog.presets.TAOX_IO,
+            tol=None,
+            free_steps=TAOX_FREE_STEPS,
+            nudged_steps=TAOX_NUDGED_STEPS,
+            w_max=None,
+            beta=TAOX_BETA,
+            lr_decay_steps=cfg.steps,
+        ),
+        family="analog",
+    )
+)
+register(
+    Method(
+        "analog-sgd",
+        "backprop gradients, SGD lr 0.05 momentum 0.9, programmed onto TAOX_RERAM devices",
+        build_sgd_on_devices,
+        family="analog",
+    )
+)

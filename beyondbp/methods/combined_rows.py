@@ -39,13 +39,12 @@ import optax
 from flax import nnx
 
 import analog
-import fwdgrad
-import lowbit
-
-from beyondbp import models
 import beyondbp.methods.analog_rows as analog_rows  # the modules, not the package's __init__
 import beyondbp.methods.fwdgrad_rows as fwdgrad_rows
 import beyondbp.methods.lowbit_rows as lowbit_rows
+import fwdgrad
+import lowbit
+from beyondbp import models
 from beyondbp.methods._registry import Method, MethodConfig, NotApplicable, Setup, register
 
 #: Forward-gradient settings shared by the combined rows.
@@ -58,18 +57,28 @@ DEVICE = analog.presets.TAOX_RERAM
 def _build_local(cfg: MethodConfig, *, four_bit: bool) -> Setup:
     """Activity-perturbed local forward gradients (-> 4-bit updates) -> SGD -> devices."""
     if cfg.model != "mlp":
-        raise NotApplicable(f"the forward-gradient device rows train an MLP with local heads; "
-                         f"model={cfg.model!r} is not supported (use model='mlp')")
-    model = fwdgrad.LocalMLP((cfg.num_inputs, *cfg.widths, cfg.num_classes),
-                             rngs=nnx.Rngs(cfg.seed))
+        raise NotApplicable(
+            f"the forward-gradient device rows train an MLP with local heads; "
+            f"model={cfg.model!r} is not supported (use model='mlp')"
+        )
+    model = fwdgrad.LocalMLP(
+        (cfg.num_inputs, *cfg.widths, cfg.num_classes), rngs=nnx.Rngs(cfg.seed)
+    )
     apply, params = models.functional(model)
     chain = [fwdgrad.activity_forward_gradient(num_tangents=NUM_TANGENTS, seed=cfg.seed)]
     if four_bit:
         chain.append(lowbit.quantize_updates(lowbit.RADIX4_FP4, seed=cfg.seed + 1))
-    chain += [optax.sgd(fwdgrad_rows.LR_LOCAL, momentum=0.9),
-              analog.program(DEVICE, seed=cfg.seed + 2)]
-    return Setup(params=params, apply=apply, tx=optax.chain(*chain), needs_grad=False,
-                 energy=analog_rows.energy_of)
+    chain += [
+        optax.sgd(fwdgrad_rows.LR_LOCAL, momentum=0.9),
+        analog.program(DEVICE, seed=cfg.seed + 2),
+    ]
+    return Setup(
+        params=params,
+        apply=apply,
+        tx=optax.chain(*chain),
+        needs_grad=False,
+        energy=analog_rows.energy_of,
+    )
 
 
 def _build(cfg: MethodConfig, *, forward: bool, four_bit: bool, devices: bool) -> Setup:
@@ -86,26 +95,51 @@ def _build(cfg: MethodConfig, *, forward: bool, four_bit: bool, devices: bool) -
     chain.append(optax.sgd(LR_FWD) if forward else optax.sgd(backprop_rate, momentum=0.9))
     if devices:
         chain.append(analog.program(DEVICE, seed=cfg.seed + 2))
-    return Setup(params=params, apply=apply, tx=optax.chain(*chain), needs_grad=not forward,
-                 energy=analog_rows.energy_of if devices else None)
+    return Setup(
+        params=params,
+        apply=apply,
+        tx=optax.chain(*chain),
+        needs_grad=not forward,
+        energy=analog_rows.energy_of if devices else None,
+    )
 
 
 def _row(name, description, **parts):
     register(Method(name, description, lambda cfg: _build(cfg, **parts), family="combined"))
 
 
-_row("fwdgrad+lowbit", f"forward gradient (K={NUM_TANGENTS}, mean) through the 4-bit "
-     f"model, updates on the radix-4 FP4 grid, SGD lr {LR_FWD}",
-     forward=True, four_bit=True, devices=False)
-_row("lowbit+analog", f"4-bit model, backprop FP4 gradients on the radix-4 grid, SGD lr "
-     f"{LR_BACKPROP} on a cosine to 0 over the run, momentum 0.9, programmed onto TAOX_RERAM "
-     "devices",
-     forward=False, four_bit=True, devices=True)
-_row("fwdgrad+analog", f"forward gradient (K={NUM_TANGENTS}), activity perturbation with local "
-     f"losses (Ren et al. 2023), SGD lr {fwdgrad_rows.LR_LOCAL} momentum 0.9, programmed "
-     "onto TAOX_RERAM devices",
-     forward=True, four_bit=False, devices=True)
-_row("fwdgrad+lowbit+analog", f"all three: activity-perturbed local forward gradient "
-     f"(K={NUM_TANGENTS}) -> radix-4 FP4 updates -> SGD lr {fwdgrad_rows.LR_LOCAL} "
-     "momentum 0.9 -> TAOX_RERAM devices",
-     forward=True, four_bit=True, devices=True)
+_row(
+    "fwdgrad+lowbit",
+    f"forward gradient (K={NUM_TANGENTS}, mean) through the 4-bit "
+    f"model, updates on the radix-4 FP4 grid, SGD lr {LR_FWD}",
+    forward=True,
+    four_bit=True,
+    devices=False,
+)
+_row(
+    "lowbit+analog",
+    f"4-bit model, backprop FP4 gradients on the radix-4 grid, SGD lr "
+    f"{LR_BACKPROP} on a cosine to 0 over the run, momentum 0.9, programmed onto TAOX_RERAM "
+    "devices",
+    forward=False,
+    four_bit=True,
+    devices=True,
+)
+_row(
+    "fwdgrad+analog",
+    f"forward gradient (K={NUM_TANGENTS}), activity perturbation with local "
+    f"losses (Ren et al. 2023), SGD lr {fwdgrad_rows.LR_LOCAL} momentum 0.9, programmed "
+    "onto TAOX_RERAM devices",
+    forward=True,
+    four_bit=False,
+    devices=True,
+)
+_row(
+    "fwdgrad+lowbit+analog",
+    f"all three: activity-perturbed local forward gradient "
+    f"(K={NUM_TANGENTS}) -> radix-4 FP4 updates -> SGD lr {fwdgrad_rows.LR_LOCAL} "
+    "momentum 0.9 -> TAOX_RERAM devices",
+    forward=True,
+    four_bit=True,
+    devices=True,
+)

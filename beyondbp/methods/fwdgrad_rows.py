@@ -58,6 +58,7 @@ def local_num_groups(widths) -> int:
 def _inverse_time_decay(lr: float, steps: int):
     def schedule(count):
         return jnp.float32(lr) / (1.0 + jnp.asarray(count, jnp.float32) / jnp.float32(steps))
+
     return schedule
 
 
@@ -72,36 +73,56 @@ def _weight_perturbation(num_tangents: int, aggregate: str, lr: float, decay: bo
         # run was as stable (77.6% after 6 epochs) but cost a 1-epoch run half its accuracy.
         rate = _inverse_time_decay(lr, DECAY_STEPS) if decay else lr
         tx = optax.chain(
-            fwdgrad.forward_gradient(num_tangents=num_tangents, aggregate=aggregate,
-                                     seed=cfg.seed),
-            optax.sgd(rate, momentum=0.9))
+            fwdgrad.forward_gradient(num_tangents=num_tangents, aggregate=aggregate, seed=cfg.seed),
+            optax.sgd(rate, momentum=0.9),
+        )
         return Setup(params=params, apply=apply, tx=tx, needs_grad=False)
+
     return build
 
 
 def _local(cfg: MethodConfig) -> Setup:
     if cfg.model != "mlp":
-        raise NotApplicable(f"fwdgrad-local trains an MLP with local heads; model={cfg.model!r} is "
-                         "not supported (use model='mlp', or the 'fwdgrad' weight-perturbation row)")
-    model = fwdgrad.LocalMLP((cfg.num_inputs, *cfg.widths, cfg.num_classes),
-                             rngs=nnx.Rngs(cfg.seed))
+        raise NotApplicable(
+            f"fwdgrad-local trains an MLP with local heads; model={cfg.model!r} is "
+            "not supported (use model='mlp', or the 'fwdgrad' weight-perturbation row)"
+        )
+    model = fwdgrad.LocalMLP(
+        (cfg.num_inputs, *cfg.widths, cfg.num_classes), rngs=nnx.Rngs(cfg.seed)
+    )
     apply, params = models.functional(model)
     tx = optax.chain(
         fwdgrad.activity_forward_gradient(seed=cfg.seed, num_groups=local_num_groups(cfg.widths)),
-        optax.adam(optax.cosine_decay_schedule(LR_LOCAL_ADAM, cfg.steps)))
+        optax.adam(optax.cosine_decay_schedule(LR_LOCAL_ADAM, cfg.steps)),
+    )
     return Setup(params=params, apply=apply, tx=tx, needs_grad=False)
 
 
-register(Method("fwdgrad",
-                "forward gradient, weight perturbation (Baydin et al. 2022): K=1 Rademacher "
-                f"tangent per step, no backward pass; SGD lr {LR_WEIGHT}/(1 + t/{DECAY_STEPS}) momentum 0.9",
-                _weight_perturbation(1, "mean", LR_WEIGHT, decay=True), family="fwdgrad"))
-register(Method("fwdgrad-orthogonal",
-                "forward gradient, K=16 tangents sharing the primal, gradient projected onto their "
-                f"span; SGD lr {LR_ORTHOGONAL} momentum 0.9",
-                _weight_perturbation(16, "orthogonal", LR_ORTHOGONAL), family="fwdgrad"))
-register(Method("fwdgrad-local",
-                "forward gradient, activity perturbation with local losses (Ren et al. 2023): MLP "
-                f"with a linear head per hidden layer, ReLU-masked tangents, group-wise local losses "
-                f"({LOCAL_GROUP_SIZE} units a group); Adam lr {LR_LOCAL_ADAM} cosine-decayed",
-                _local, family="fwdgrad"))
+register(
+    Method(
+        "fwdgrad",
+        "forward gradient, weight perturbation (Baydin et al. 2022): K=1 Rademacher "
+        f"tangent per step, no backward pass; SGD lr {LR_WEIGHT}/(1 + t/{DECAY_STEPS}) momentum 0.9",
+        _weight_perturbation(1, "mean", LR_WEIGHT, decay=True),
+        family="fwdgrad",
+    )
+)
+register(
+    Method(
+        "fwdgrad-orthogonal",
+        "forward gradient, K=16 tangents sharing the primal, gradient projected onto their "
+        f"span; SGD lr {LR_ORTHOGONAL} momentum 0.9",
+        _weight_perturbation(16, "orthogonal", LR_ORTHOGONAL),
+        family="fwdgrad",
+    )
+)
+register(
+    Method(
+        "fwdgrad-local",
+        "forward gradient, activity perturbation with local losses (Ren et al. 2023): MLP "
+        f"with a linear head per hidden layer, ReLU-masked tangents, group-wise local losses "
+        f"({LOCAL_GROUP_SIZE} units a group); Adam lr {LR_LOCAL_ADAM} cosine-decayed",
+        _local,
+        family="fwdgrad",
+    )
+)

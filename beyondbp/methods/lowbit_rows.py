@@ -24,8 +24,9 @@ RECIPE = lowbit.QuantConfig(activations=lowbit.UINT4)
 def build_model(cfg: MethodConfig, config: lowbit.QuantConfig = RECIPE):
     """``(apply, params)`` of the configured model with 4-bit layers."""
     if cfg.model == "mlp":
-        return models.mlp4bit(cfg.key, (cfg.num_inputs, *cfg.widths, cfg.num_classes),
-                              config=config)
+        return models.mlp4bit(
+            cfg.key, (cfg.num_inputs, *cfg.widths, cfg.num_classes), config=config
+        )
     return models.cnn4bit(cfg.key, cfg.num_classes, config=config)
 
 
@@ -49,17 +50,24 @@ def rate(steps: int) -> optax.Schedule:
         # dtype promotion refuses: the same cosine, cast explicitly
         t = jnp.minimum(jnp.asarray(count).astype(jnp.float32), total) / jnp.float32(total)
         return jnp.float32(LR) * 0.5 * (1.0 + jnp.cos(jnp.float32(jnp.pi) * t))
+
     return schedule
 
 
 def _build(cfg: MethodConfig) -> Setup:
     apply, params = build_model(cfg)
-    return Setup(params=params, apply=apply, tx=optax.sgd(rate(cfg.steps), momentum=0.9),
-                 needs_grad=True)
+    return Setup(
+        params=params, apply=apply, tx=optax.sgd(rate(cfg.steps), momentum=0.9), needs_grad=True
+    )
 
 
-register(Method("lowbit",
-                "4-bit training (Sun et al. 2020): INT4 weights (SAWB) and activations, radix-4 "
-                "FP4 gradients with GradScale and two-phase rounding; SGD lr 0.05 on a cosine to 0 "
-                "over the run, momentum 0.9",
-                _build, family="lowbit"))
+register(
+    Method(
+        "lowbit",
+        "4-bit training (Sun et al. 2020): INT4 weights (SAWB) and activations, radix-4 "
+        "FP4 gradients with GradScale and two-phase rounding; SGD lr 0.05 on a cosine to 0 "
+        "over the run, momentum 0.9",
+        _build,
+        family="lowbit",
+    )
+)

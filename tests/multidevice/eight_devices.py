@@ -50,6 +50,7 @@ def check(fn=None, *, slow=False):
         if slow:
             SLOW.add(f.__name__)
         return f
+
     return reg(fn) if fn is not None else reg
 
 
@@ -57,7 +58,7 @@ def _raised(fn) -> dict:
     """The exception ``fn()`` raises, as {"type", "message"} (None if it returns)."""
     try:
         fn()
-    except Exception as e:  # noqa: BLE001 - reported, asserted by the caller
+    except Exception as e:
         return {"type": type(e).__name__, "message": str(e)}
     return {"type": None, "message": ""}
 
@@ -144,12 +145,16 @@ def _fg_report(step, *args):
 def _fg_tangent_parallel(aggregate):
     loss, params, batch = _mlp(FG_SMALL, FG_BATCH)
     mesh = Mesh(np.array(jax.devices()), ("tangent",))
-    tx = sharded_forward_gradient(mesh=mesh, axis_name="tangent", num_tangents=FG_K,
-                                  seed=FG_SEED, aggregate=aggregate)
+    tx = sharded_forward_gradient(
+        mesh=mesh, axis_name="tangent", num_tangents=FG_K, seed=FG_SEED, aggregate=aggregate
+    )
     out, step, first = _fg_run(tx, loss, params, batch)
     # the program that just ran, read back from the compilation cache (no recompilation)
-    return {"diffs": _diffs(out, _fg_reference(aggregate)), "steps": FG_STEPS,
-            "hlo": _fg_report(step, *first)}
+    return {
+        "diffs": _diffs(out, _fg_reference(aggregate)),
+        "steps": FG_STEPS,
+        "hlo": _fg_report(step, *first),
+    }
 
 
 @check
@@ -168,8 +173,9 @@ def fwdgrad_data_and_tangent_parallel():
     """A 2 (data) x 4 (tangent) mesh, batch split in 2, vs the same forward_gradient run."""
     loss, params, batch = _mlp(FG_SMALL, FG_BATCH)
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "tangent"))
-    tx = sharded_forward_gradient(mesh=mesh, axis_name="tangent", num_tangents=FG_K,
-                                  seed=FG_SEED, batch_axis_name="data")
+    tx = sharded_forward_gradient(
+        mesh=mesh, axis_name="tangent", num_tangents=FG_K, seed=FG_SEED, batch_axis_name="data"
+    )
     out, _, _ = _fg_run(tx, loss, params, batch, split_batch=True)
     return {"diffs": _diffs(out, _fg_reference()), "steps": FG_STEPS}
 
@@ -179,7 +185,8 @@ def fwdgrad_hlo_1e7():
     """The same training step for a 1e7-parameter MLP: lowered from shapes, compiled, never run."""
     # nnx.eval_shape builds the module from shapes: no 1e7 parameters are ever drawn
     apply, params = models.functional(
-        nnx.eval_shape(lambda: models.MLP(FG_LARGE, rngs=nnx.Rngs(0))))
+        nnx.eval_shape(lambda: models.MLP(FG_LARGE, rngs=nnx.Rngs(0)))
+    )
     x = np.zeros((FG_BATCH, FG_LARGE[0]), np.float32)
     batch = (x, (np.arange(FG_BATCH) % FG_LARGE[-1]).astype(np.int32))
 
@@ -187,8 +194,7 @@ def fwdgrad_hlo_1e7():
         return cross_entropy(apply(p, b[0]), b[1])
 
     mesh = Mesh(np.array(jax.devices()), ("tangent",))
-    tx = sharded_forward_gradient(mesh=mesh, axis_name="tangent", num_tangents=FG_K,
-                                  seed=FG_SEED)
+    tx = sharded_forward_gradient(mesh=mesh, axis_name="tangent", num_tangents=FG_K, seed=FG_SEED)
     step, opt = _fg_step(tx, loss, batch)
     return _fg_report(step, params, tx.init(params), jax.eval_shape(opt.init, params), batch)
 
@@ -198,28 +204,35 @@ def fwdgrad_errors():
     mesh = Mesh(np.array(jax.devices()), ("tangent",))
     loss, params, batch = _mlp((20, 16, 10), 12)
     mesh81 = Mesh(np.array(jax.devices()).reshape(8, 1), ("data", "tangent"))
-    tx = sharded_forward_gradient(mesh=mesh81, axis_name="tangent", num_tangents=2,
-                                  batch_axis_name="data")
+    tx = sharded_forward_gradient(
+        mesh=mesh81, axis_name="tangent", num_tangents=2, batch_axis_name="data"
+    )
     return {
-        "K_12": _raised(lambda: sharded_forward_gradient(mesh=mesh, axis_name="tangent",
-                                                         num_tangents=12)),
-        "batch_12": _raised(lambda: tx.update(None, tx.init(params), params, loss_fn=loss,
-                                              batch=batch)),
+        "K_12": _raised(
+            lambda: sharded_forward_gradient(mesh=mesh, axis_name="tangent", num_tangents=12)
+        ),
+        "batch_12": _raised(
+            lambda: tx.update(None, tx.init(params), params, loss_fn=loss, batch=batch)
+        ),
     }
 
 
 # --------------------------------------------------------------------------- lowbit
+
 
 @check
 def lowbit_compressed_pmean():
     """compressed_pmean in one program: 256 stochastic keys (unbiased, same on every device)
     and on-grid inputs that all devices agree on (nearest and stochastic: exact)."""
     mesh = dist.make_mesh()
-    tree = {"w": jax.random.normal(jax.random.key(4), (D, 40)) * jnp.float32(1e-3),
-            "b": jax.random.normal(jax.random.key(6), (D, 3))}
+    tree = {
+        "w": jax.random.normal(jax.random.key(4), (D, 40)) * jnp.float32(1e-3),
+        "b": jax.random.normal(jax.random.key(6), (D, 3)),
+    }
     keys = jax.random.split(jax.random.key(5), 256)
-    grid = lowbit.quantize(jax.random.normal(jax.random.key(2), (64,)), lowbit.RADIX4_FP4,
-                           scale=jnp.float32(1 / 16))
+    grid = lowbit.quantize(
+        jax.random.normal(jax.random.key(2), (64,)), lowbit.RADIX4_FP4, scale=jnp.float32(1 / 16)
+    )
 
     def local(t, g, k):
         t, g = jax.tree.map(lambda a: a[0], (t, g))
@@ -228,13 +241,15 @@ def lowbit_compressed_pmean():
         stoch = compressed_pmean(g, "data", rounding="stochastic", key=k)
         return jax.tree.map(lambda a: a[None], (many, near, stoch))
 
-    fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data"), P()),
-                               out_specs=P("data")))
+    fn = jax.jit(
+        jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data"), P()), out_specs=P("data"))
+    )
     many, near, stoch = jax.block_until_ready(
-        fn(tree, {"x": jnp.broadcast_to(grid, (D, 64))}, jax.random.key(3)))
+        fn(tree, {"x": jnp.broadcast_to(grid, (D, 64))}, jax.random.key(3))
+    )
     out = {"keys": len(keys)}
     for name, leaf in many.items():
-        leaf = np.asarray(leaf)                                   # (devices, keys, ...)
+        leaf = np.asarray(leaf)  # (devices, keys, ...)
         exact = np.asarray(tree[name]).mean(0)
         err = np.abs(leaf[0].mean(0) - exact)
         se = leaf[0].std(0) / np.sqrt(len(keys))
@@ -244,10 +259,10 @@ def lowbit_compressed_pmean():
             "max_err_over_bound": float(np.max(err / (5 * se + 1e-7 * np.abs(exact).max()))),
         }
     grid = np.asarray(grid)
-    out["grid_nearest_exact"] = bool(all(np.array_equal(np.asarray(r), grid)
-                                         for r in near["x"]))
-    out["grid_stochastic_exact"] = bool(all(np.array_equal(np.asarray(r), grid)
-                                            for r in stoch["x"]))
+    out["grid_nearest_exact"] = bool(all(np.array_equal(np.asarray(r), grid) for r in near["x"]))
+    out["grid_stochastic_exact"] = bool(
+        all(np.array_equal(np.asarray(r), grid) for r in stoch["x"])
+    )
     return out
 
 
@@ -271,7 +286,7 @@ def lowbit_data_parallel():
     state = first[0]
     for _ in range(LB_STEPS):
         state, _ = jax.block_until_ready(dp.step(state, first[1]))
-    reports["float32"] = dist.communication_bytes(dp.step, *first)   # cached: no recompile
+    reports["float32"] = dist.communication_bytes(dp.step, *first)  # cached: no recompile
 
     @jax.jit
     def ref_step(p, s):
@@ -283,10 +298,16 @@ def lowbit_data_parallel():
         ref_p, ref_s = ref_step(ref_p, ref_s)
 
     dp4 = dist.data_parallel(loss, _lb_tx(), mesh=mesh, communication="4bit")
-    reports["4bit"] = dist.communication_bytes(   # compiled, never run
-        dp4.step, dist.replicate(dp4.init(params), mesh), dist.shard(batch, mesh))
-    return {"diffs": _diffs(state.params, ref_p), "steps": LB_STEPS, "reports": reports,
-            "num_params": _nparams(params), "expected_4bit": compressed_bytes(params, D)}
+    reports["4bit"] = dist.communication_bytes(  # compiled, never run
+        dp4.step, dist.replicate(dp4.init(params), mesh), dist.shard(batch, mesh)
+    )
+    return {
+        "diffs": _diffs(state.params, ref_p),
+        "steps": LB_STEPS,
+        "reports": reports,
+        "num_params": _nparams(params),
+        "expected_4bit": compressed_bytes(params, D),
+    }
 
 
 @check(slow=True)
@@ -306,15 +327,24 @@ def lowbit_4bit_trains():
 @check
 def lowbit_errors():
     mesh = dist.make_mesh()
-    return {"wide_format": _raised(lambda: dist.data_parallel(
-        lambda p, b: jnp.float32(0), optax.sgd(0.1), mesh=mesh, communication="4bit",
-        fmt=lowbit.E4M3))}
+    return {
+        "wide_format": _raised(
+            lambda: dist.data_parallel(
+                lambda p, b: jnp.float32(0),
+                optax.sgd(0.1),
+                mesh=mesh,
+                communication="4bit",
+                fmt=lowbit.E4M3,
+            )
+        )
+    }
 
 
 # --------------------------------------------------------------------------- analog
 
-NOISY = analog.IOConfig(inp_bits=6, inp_bound=3.0, out_bits=8, out_bound=10.0, read_noise=0.05,
-                        w_noise=0.02)
+NOISY = analog.IOConfig(
+    inp_bits=6, inp_bound=3.0, out_bits=8, out_bound=10.0, read_noise=0.05, w_noise=0.02
+)
 
 
 def _rbg(i):
@@ -342,23 +372,28 @@ def analog_tiles_over_chips():
 
     @jax.jit
     def sharded(t, x, d, k):
-        return (sharded_mvm(t, x, NOISY, k, mesh=mesh, axis_name="chip"),
-                sharded_mvm_transpose(t, d, NOISY, k, mesh=mesh, axis_name="chip"))
+        return (
+            sharded_mvm(t, x, NOISY, k, mesh=mesh, axis_name="chip"),
+            sharded_mvm_transpose(t, d, NOISY, k, mesh=mesh, axis_name="chip"),
+        )
 
     @jax.jit
     def single(t, x, d, k):
         return analog.mvm(t, x, NOISY, k), analog.mvm_transpose(t, d, NOISY, k)
 
     a, b = sharded(st, x, d, k), single(tiles, x, d, k)
-    return {"grid": list(tiles.grid), "mvm": _diffs(a[0], b[0])[0],
-            "mvm_transpose": _diffs(a[1], b[1])[0]}
+    return {
+        "grid": list(tiles.grid),
+        "mvm": _diffs(a[0], b[0])[0],
+        "mvm_transpose": _diffs(a[1], b[1])[0],
+    }
 
 
 @check
 def analog_chip_ensemble():
     """16 chips (independent device variation) split over 8 devices vs jax.vmap on one."""
     mesh, w, _ = _analog_setup()
-    keys = jax.random.split(jax.random.key(5), 16)   # threefry: see above
+    keys = jax.random.split(jax.random.key(5), 16)  # threefry: see above
     chips = jax.vmap(lambda k: analog.init_tiles(k, w, analog.presets.TAOX_RERAM, (16, 8)))(keys)
     x = jax.random.normal(_rbg(6), (4, 40))
 
@@ -376,23 +411,30 @@ def analog_errors():
     odd = analog.init_tiles(_rbg(1), w, analog.presets.IDEAL, (16, 20))  # 3 tile columns
     return {
         "odd_columns": _raised(lambda: shard_tiles(odd, mesh, "chip")),
-        "bad_axis": _raised(lambda: sharded_mvm(tiles, jnp.ones((1, 40)), mesh=mesh,
-                                                axis_name="data")),
-        "bad_width": _raised(lambda: sharded_mvm(tiles, jnp.ones((1, 41)), mesh=mesh,
-                                                 axis_name="chip")),
-        "no_key": _raised(lambda: sharded_mvm(tiles, jnp.ones((1, 40)), NOISY, mesh=mesh,
-                                              axis_name="chip")),
-        "chips_12": _raised(lambda: shard_chips(lambda t: t, mesh=mesh, axis_name="chip")(
-            jnp.ones((12, 3)))),
+        "bad_axis": _raised(
+            lambda: sharded_mvm(tiles, jnp.ones((1, 40)), mesh=mesh, axis_name="data")
+        ),
+        "bad_width": _raised(
+            lambda: sharded_mvm(tiles, jnp.ones((1, 41)), mesh=mesh, axis_name="chip")
+        ),
+        "no_key": _raised(
+            lambda: sharded_mvm(tiles, jnp.ones((1, 40)), NOISY, mesh=mesh, axis_name="chip")
+        ),
+        "chips_12": _raised(
+            lambda: shard_chips(lambda t: t, mesh=mesh, axis_name="chip")(jnp.ones((12, 3)))
+        ),
     }
 
 
 # --------------------------------------------------------------------------- runner
 
+
 def main(out: str, names: list[str]) -> None:
     if jax.device_count() != D:
-        raise SystemExit(f"{jax.device_count()} devices: run with "
-                         "XLA_FLAGS=--xla_force_host_platform_device_count=8")
+        raise SystemExit(
+            f"{jax.device_count()} devices: run with "
+            "XLA_FLAGS=--xla_force_host_platform_device_count=8"
+        )
     names = names or [n for n in CHECKS if n not in SLOW]
     results = {}
     for name in names:
@@ -400,11 +442,11 @@ def main(out: str, names: list[str]) -> None:
         try:
             with jax.numpy_dtype_promotion("strict"):
                 results[name] = {"ok": True, "value": CHECKS[name]()}
-        except Exception:  # noqa: BLE001 - reported to the test that asserts on this check
+        except Exception:
             results[name] = {"ok": False, "error": traceback.format_exc()}
         results[name]["seconds"] = round(time.perf_counter() - t, 2)
         print(f"{name}: {results[name]['seconds']} s", flush=True)
-        with open(out, "w") as f:   # rewritten after each check: a timeout keeps the finished
+        with open(out, "w") as f:  # rewritten after each check: a timeout keeps the finished
             json.dump(results, f, indent=1)
 
 
