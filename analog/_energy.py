@@ -105,6 +105,7 @@ class EnergyModel:
                 raise ValueError(f"EnergyModel: {f.name}={v!r} must be a number >= 0 (joules)")
 
 
+#: :class:`EnergyModel` with its cited defaults (NeuroSim-class periphery, TaOx-like cells).
 DEFAULT_ENERGY_MODEL = EnergyModel()
 
 

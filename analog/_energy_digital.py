@@ -114,6 +114,7 @@ class OpEnergies:
 # 32 KB 20 pJ, 1 MB 100 pJ; DRAM 1.3-2.6 nJ per 64 bits (the low end is taken: kind to digital).
 # The figure has no bfloat16; FP16's numbers stand in (bf16's 8-bit significand multiplier is
 # smaller than FP16's 11-bit one, so this overstates bf16 slightly).
+#: Per-operation energies at 45 nm: Horowitz, "Computing's energy problem", ISSCC 2014, Fig. 1.1.9.
 HOROWITZ_45NM = OpEnergies(
     name="horowitz-45nm",
     source="Horowitz, ISSCC 2014, Fig. 1.1.9 (45 nm); bf16 = FP16 figures; DRAM low end 1.3 nJ",
@@ -134,6 +135,7 @@ HOROWITZ_45NM = OpEnergies(
 # (the same operations at 7 nm): add int8 0.007 pJ, int32 0.03, bf16 0.11, fp32 0.38; multiply
 # int8 0.07, bf16 0.21, fp32 1.31; SRAM 64-bit read 8 KB 7.5 pJ, 32 KB 8.5 pJ, 1 MB 14 pJ;
 # HBM2 250-450 pJ per 64 bits (the midpoint 350 pJ is taken; DDR3/4 stays 1.3 nJ).
+#: Per-operation energies at 7 nm: Jouppi et al., ISCA 2021, Table 2 (DRAM: HBM2 midpoint).
 JOUPPI_7NM = OpEnergies(
     name="jouppi-7nm",
     source="Jouppi et al., ISCA 2021, Table 2 (7 nm); DRAM = HBM2 midpoint 350 pJ/64 b",
@@ -218,6 +220,7 @@ class DigitalEnergyModel:
         return self.ops.dram * self.bits / 64
 
 
+#: :class:`DigitalEnergyModel` with its defaults: the digital baseline of the energy tables.
 DEFAULT_DIGITAL_MODEL = DigitalEnergyModel()
 
 

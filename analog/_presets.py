@@ -112,6 +112,7 @@ CAPACITOR = LinearStep(
 #: tile output (assumed, about 1% of a typical column current).
 TAOX_IO = IOConfig(inp_bits=8, inp_bound=1.0, out_bits=8, out_bound=4.0, read_noise=0.01)
 
+#: Every device preset above by its name (what ``beyondbp`` rows and benchmarks look up).
 DEVICES = {
     "IDEAL": IDEAL,
     "TAOX_RERAM": TAOX_RERAM,

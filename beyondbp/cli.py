@@ -152,6 +152,7 @@ def _add_run_options(c: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``beyondbp`` argument parser: the ``methods``, ``compare`` and ``train`` commands."""
     p = _Parser(
         prog="beyondbp",
         description=(
@@ -259,6 +260,7 @@ def _train(args) -> int:
 
 
 def main(argv=None) -> int:
+    """Run the ``beyondbp`` command on ``argv``; 0 on success, 2 with one error line otherwise."""
     args = build_parser().parse_args(argv)
     from beyondbp import compare as _compare
     from beyondbp import methods

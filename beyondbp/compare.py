@@ -41,6 +41,7 @@ def resolve_methods(spec: str | Sequence[str]) -> list[str]:
 
 
 def machine() -> dict:
+    """Where a comparison ran: OS, processor, JAX version, backend and device kind."""
     dev = jax.devices()[0]
     return {
         "platform": platform.platform(),

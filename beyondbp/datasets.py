@@ -61,13 +61,15 @@ __all__ = [
     "write_idx",
 ]
 
+#: The data sets :func:`load` knows.
 NAMES = ("mnist", "fashion_mnist", "mnist_small", "idx")
 SPLITS = ("train", "test")
+#: The official IDX file names of each split: (images, labels).
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-# SHA-256 of the compressed files as the official mirrors serve them: checked on download.
+#: SHA-256 of the compressed files as the official mirrors serve them: checked on download.
 SHA256 = {
     "mnist": {
         "train-images-idx3-ubyte.gz": "71524e2cd1ad2968737f7f2f2ff69cbfc32df8ccddff51593f7cb2d4e0eb5b64",
@@ -83,8 +85,8 @@ SHA256 = {
         "t10k-labels-idx1-ubyte.gz": "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
     },
 }
-# SHA-256 of the decompressed IDX content (``zcat FILE | sha256sum``): checked on every load, so a
-# re-compressed or uncompressed copy of the official data passes and altered data does not.
+#: SHA-256 of the decompressed IDX content (``zcat FILE | sha256sum``): checked on every load, so a
+#: re-compressed or uncompressed copy of the official data passes and altered data does not.
 CONTENT_SHA256 = {
     "mnist": {
         "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",

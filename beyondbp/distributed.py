@@ -64,11 +64,16 @@ __all__ = [
     "ENV_PROCESS_ID",
 ]
 
+#: What data-parallel replicas exchange: ``"float32"`` gradients or ``"4bit"`` ones
+#: (``lowbit.compressed_pmean``).
 COMMUNICATIONS = ("float32", "4bit")
 
 # The launcher (beyondbp.launch) sets these; on a cluster a job script may set them too.
+#: Environment variable: the coordinator's ``host:port``.
 ENV_COORDINATOR = "BEYONDBP_COORDINATOR_ADDRESS"
+#: Environment variable: how many processes take part.
 ENV_NUM_PROCESSES = "BEYONDBP_NUM_PROCESSES"
+#: Environment variable: this process's index, 0 to N - 1.
 ENV_PROCESS_ID = "BEYONDBP_PROCESS_ID"
 
 

@@ -165,6 +165,7 @@ def launch(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m beyondbp.launch -n N -- CMD``: run CMD as N cooperating processes."""
     parser = argparse.ArgumentParser(
         prog="python -m beyondbp.launch",
         description="Start N cooperating JAX processes on this machine (loopback, CPU "

@@ -44,6 +44,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     ).mean()
 
 
+#: The activations the reference models accept, by name.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,

@@ -22,6 +22,7 @@ from beyondbp import datasets
 
 __all__ = ["NUM_CLASSES", "shapes", "write_shapes", "main"]
 
+#: The shape classes :func:`shapes` renders, one label each.
 NUM_CLASSES = 10
 
 
@@ -84,6 +85,7 @@ def write_shapes(
 
 
 def main(argv=None) -> int:
+    """``python -m beyondbp.synthetic DIR``: write the rendered-shapes IDX data set into DIR."""
     p = argparse.ArgumentParser(
         prog="python -m beyondbp.synthetic", description="write a rendered-shapes IDX data set"
     )

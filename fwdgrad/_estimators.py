@@ -40,7 +40,12 @@ from fwdgrad import _jaxpr_forward, _tangents
 
 __all__ = ["AGGREGATES", "STRATEGIES", "fwd_grad", "value_and_fwd_grad", "resolve_strategy"]
 
+#: How :func:`fwd_grad` combines its K estimates: ``"mean"`` of the (grad f . v_k) v_k (Baydin et
+#: al. 2022, eq. 4) or ``"orthogonal"`` (the projection of the gradient onto the span of the K
+#: orthonormalised tangents).
 AGGREGATES = ("mean", "orthogonal")
+#: How the K tangents are evaluated: ``"loop"`` (one jvp per tangent, memory flat in K),
+#: ``"vmap"`` (one batched program) or ``"auto"`` (the choice of :func:`resolve_strategy`).
 STRATEGIES = ("auto", "loop", "vmap")
 # Up to this many tangents the final combination is unrolled into one fused loop;
 # beyond, a sequential loop bounds the program size.

@@ -35,6 +35,8 @@ __all__ = [
     "gram_leaf",
 ]
 
+#: The tangent distributions, both with E[v v^T] = I (Baydin et al. 2022, eq. 4): ``"rademacher"``
+#: (+-1 entries, the lower variance) and ``"gaussian"`` (standard normal entries).
 TANGENTS = ("rademacher", "gaussian")
 
 _WORD_BITS = 32

@@ -120,7 +120,8 @@ def forward_gradient(
     zero directional derivative and would otherwise pass unnoticed.
 
     Raises:
-      ValueError / TypeError at construction for a bad configuration.
+      ValueError: at construction, for a bad configuration value.
+      TypeError: at construction, for an argument of the wrong type.
 
     With ``optax.inject_hyperparams`` pass ``static_args=("num_tangents",)``:
     K fixes the shapes of the traced program, so it cannot be a traced array.

@@ -56,6 +56,9 @@ SUN2020_4BIT = QuantConfig()
 #: with GradScale. The 2020 paper says "8-bit"; E5M2 gradients are our reading.
 SUN2020_8BIT = QuantConfig(weights=INT8, activations=INT8, gradients=E5M2, two_phase=False)
 
+#: Sun et al., "Ultra-Low Precision 4-bit Training of Deep Neural Networks" (NeurIPS 2020):
+#: :data:`SUN2020_4BIT` layers, with the first and last layer and 1x1 convolutions in
+#: :data:`SUN2020_8BIT`, as the paper did.
 SUN2020 = Recipe(
     name="SUN2020",
     rules=(
@@ -68,12 +71,15 @@ SUN2020 = Recipe(
     "and 1x1-conv layers in 8 bits",
 )
 
+#: Ablation of :data:`SUN2020`: its 4-bit layers everywhere, without the 8-bit exceptions.
 SUN2020_ALL_4BIT = Recipe(
     name="SUN2020_ALL_4BIT",
     rules=(Rule(config=SUN2020_4BIT),),
     description="Sun et al. 2020's 4-bit layers everywhere, without the 8-bit exceptions",
 )
 
+#: Ablation of :data:`SUN2020`: OCP E2M1 gradients instead of radix-4 FP4 (per-tensor
+#: GradScale on one grid, so no two-phase rounding).
 SUN2020_E2M1_GRADIENTS = Recipe(
     name="SUN2020_E2M1_GRADIENTS",
     rules=SUN2020.rules[:3]
@@ -97,6 +103,8 @@ NVFP4_2025_CONFIG = QuantConfig(
     ),
 )
 
+#: NVIDIA, "Pretraining Large Language Models with NVFP4" (arXiv 2509.25149, 2025):
+#: :data:`NVFP4_2025_CONFIG` in every layer but the final ones, which stay in float32.
 NVFP4_2025 = Recipe(
     name="NVFP4_2025",
     # NVIDIA kept a small share of the 12B model's linear layers, mostly the final ones, in
@@ -113,6 +121,7 @@ MXFP4_CONFIG = QuantConfig(
     weight_gradient=GemmConfig(lhs=_MXFP4_FORMAT, rhs=_MXFP4_FORMAT),
 )
 
+#: OCP MX v1.0 MXFP4 (:data:`MXFP4_CONFIG`) in every layer: the format alone, no recipe around it.
 MXFP4 = Recipe(
     name="MXFP4",
     rules=(Rule(config=MXFP4_CONFIG),),

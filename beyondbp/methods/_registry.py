@@ -113,6 +113,7 @@ class Method:
     family: str = "backprop"
 
 
+#: Every registered :class:`Method` by name, in registration (table) order.
 REGISTRY: dict[str, Method] = {}
 
 

@@ -114,6 +114,13 @@ def build_eqprop(
     rates=NLMS_RATES,
     linear_output: bool = True,
 ) -> Setup:
+    """The ``analog-eqprop`` rows: a layered energy network trained by the activity-difference rule.
+
+    Centered equilibrium propagation (Scellier & Bengio 2017; Laborieux et al. 2021) with NLMS
+    per-layer rates, its updates programmed onto ``device`` through ``analog.program``; ``io``
+    (e.g. ``analog.presets.TAOX_IO``) reads every relaxation product through crossbar periphery.
+    The keywords default to the ideal row's values (module constants, reasons beside them).
+    """
     params = analog.init_energy_network(cfg.key, (cfg.num_inputs, hidden, cfg.num_classes))
     seed = cfg.seed
     eval_key = bbcore.key(seed)
@@ -160,6 +167,7 @@ def build_eqprop(
 def build_sgd_on_devices(
     cfg: MethodConfig, *, device=analog.presets.TAOX_RERAM, lr: float = 0.05
 ) -> Setup:
+    """The ``analog-sgd`` row: backprop gradients, SGD with momentum, programmed onto ``device``."""
     apply, params = cfg.build_model()
     tx = optax.chain(optax.sgd(lr, momentum=0.9), analog.program(device, seed=cfg.seed))
     return Setup(params=params, apply=apply, tx=tx, needs_grad=True, energy=energy_of)
