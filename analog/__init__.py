@@ -13,6 +13,7 @@ Public API (see ../shared/DESIGN.md): device models (``ConstantStep``, ``LinearS
 """
 
 from analog import _presets as presets
+from analog._convergence import NonConvergenceError, NonConvergenceWarning
 from analog._devices import (
     ConstantStep,
     Device,
@@ -41,20 +42,11 @@ from analog._energy_digital import (
     digital_counts,
     digital_joules,
 )
-from analog._local import (
-    NonConvergenceError,
-    NonConvergenceWarning,
-    RelaxInfo,
-    activity_difference,
-    init_energy_network,
-    predict,
-    read_input,
-    relax,
-    relaxation_counts,
-)
+from analog._local import RelaxInfo, activity_difference
 from analog._mvm import mvm, mvm_transpose
 from analog._periphery import IOConfig
 from analog._programming import apply_pulses, program_weights
+from analog._relaxation import init_energy_network, predict, read_input, relax, relaxation_counts
 from analog._tiles import Tiles, init_tiles, read_weights, weight_step
 from analog._transforms import (
     EquilibriumPropagationState,

@@ -17,21 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 import bbcore
+from analog._convergence import check_nonconvergence_mode
 from analog._devices import Device
 from analog._energy import EnergyLedger
-from analog._local import (
-    _check_params,
-    _check_steps,
-    activity_difference,
-    check_beta,
-    check_flags,
-    check_nonconvergence_mode,
-    relaxation_counts,
-)
+from analog._local import activity_difference, check_beta
 from analog._periphery import IOConfig
 from analog._programming import program_many
+from analog._relaxation import _check_params, _check_steps, check_flags, relaxation_counts
 from analog._tiles import Tiles, check_tile_shape, init_tiles, read_weights, weight_step
 
 __all__ = [
@@ -53,11 +48,11 @@ class ProgramState(NamedTuple):
     ``mixed_precision=True`` the float32 accumulator of requested but not yet programmed change,
     shaped like the params (None otherwise)."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
     key: jax.Array
     tiles: Any
     ledger: EnergyLedger
-    nonfinite: jax.Array = np.int32(0)
+    nonfinite: ArrayLike = np.int32(0)
     pending: Any = None
 
 
@@ -191,57 +186,7 @@ def program(
         )
     )
 
-    def update_fn(updates, state, params=None, **extra):
-        del extra
-        if params is None:
-            raise ValueError(
-                "analog.program needs params: it returns realized - params, so "
-                "call tx.update(updates, state, params)"
-            )
-        if updates is None:
-            raise ValueError(
-                "analog.program got updates=None; put it after a transform that "
-                "produces updates (an estimator or optax.sgd)"
-            )
-        u_leaves, treedef = jax.tree.flatten(updates)
-        p_leaves = treedef.flatten_up_to(params)
-        t_leaves = jax.tree.leaves(state.tiles, is_leaf=_is_tiles)
-        deltas = [jnp.asarray(u).astype(_F32).reshape(t.shape) for u, t in zip(u_leaves, t_leaves)]
-
-        def take():
-            key, sub = jax.random.split(state.key)
-            pending = state.pending
-            if mixed_precision:
-                sent, chi = mixed_precision_transfer(
-                    [c.reshape(t.shape) for c, t in zip(treedef.flatten_up_to(pending), t_leaves)],
-                    deltas,
-                    t_leaves,
-                )
-                pending = treedef.unflatten(
-                    [c.reshape(jnp.shape(p)) for c, p in zip(chi, p_leaves)]
-                )
-                new_tiles, pulses = program_many(t_leaves, sent, sub, rounding="deterministic")
-            else:
-                new_tiles, pulses = program_many(t_leaves, deltas, sub, rounding=pulse)
-            z = jnp.zeros((), _F32)
-            ledger = state.ledger + EnergyLedger(
-                steps=jnp.ones((), _F32), cell_reads=z, dac=z, adc=z, pulses=pulses, digital_flops=z
-            )
-            tiles = jax.tree.unflatten(
-                jax.tree.structure(state.tiles, is_leaf=_is_tiles), new_tiles
-            )
-            return _realized_minus_params(new_tiles, p_leaves, treedef), ProgramState(
-                count=state.count + 1,
-                key=key,
-                tiles=tiles,
-                ledger=ledger,
-                nonfinite=jnp.asarray(state.nonfinite, jnp.int32),
-                pending=pending,
-            )
-
-        # A cond, not a select: a refused update never reaches the device model at all.
-        return bbcore.refuse_nonfinite(bbcore.all_finite(u_leaves), take, state, params)
-
+    update_fn = functools.partial(_program_update, pulse=pulse, mixed_precision=mixed_precision)
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
@@ -273,6 +218,60 @@ def _program_init(params, *, device, seed, tile_shape, w_max, mixed_precision) -
     )
 
 
+def _program_update(updates, state, params=None, *, pulse, mixed_precision, **extra):
+    """:func:`program`'s ``update``: pulse the devices, or refuse a non-finite update whole."""
+    del extra
+    if params is None:
+        raise ValueError(
+            "analog.program needs params: it returns realized - params, so "
+            "call tx.update(updates, state, params)"
+        )
+    if updates is None:
+        raise ValueError(
+            "analog.program got updates=None; put it after a transform that "
+            "produces updates (an estimator or optax.sgd)"
+        )
+    u_leaves, treedef = jax.tree.flatten(updates)
+    p_leaves = treedef.flatten_up_to(params)
+    t_leaves = jax.tree.leaves(state.tiles, is_leaf=_is_tiles)
+    deltas = [jnp.asarray(u).astype(_F32).reshape(t.shape) for u, t in zip(u_leaves, t_leaves)]
+
+    def take():
+        return _program_step(state, deltas, p_leaves, t_leaves, treedef, pulse, mixed_precision)
+
+    # A cond, not a select: a refused update never reaches the device model at all.
+    return bbcore.refuse_nonfinite(bbcore.all_finite(u_leaves), take, state, params)
+
+
+def _program_step(state, deltas, p_leaves, t_leaves, treedef, pulse, mixed_precision):
+    """One accepted update: the changes (through the accumulator) to pulses, the new state."""
+    key, sub = jax.random.split(state.key)
+    pending = state.pending
+    if mixed_precision:
+        sent, chi = mixed_precision_transfer(
+            [c.reshape(t.shape) for c, t in zip(treedef.flatten_up_to(pending), t_leaves)],
+            deltas,
+            t_leaves,
+        )
+        pending = treedef.unflatten([c.reshape(jnp.shape(p)) for c, p in zip(chi, p_leaves)])
+        new_tiles, pulses = program_many(t_leaves, sent, sub, rounding="deterministic")
+    else:
+        new_tiles, pulses = program_many(t_leaves, deltas, sub, rounding=pulse)
+    z = jnp.zeros((), _F32)
+    ledger = state.ledger + EnergyLedger(
+        steps=jnp.ones((), _F32), cell_reads=z, dac=z, adc=z, pulses=pulses, digital_flops=z
+    )
+    tiles = jax.tree.unflatten(jax.tree.structure(state.tiles, is_leaf=_is_tiles), new_tiles)
+    return _realized_minus_params(new_tiles, p_leaves, treedef), ProgramState(
+        count=state.count + 1,
+        key=key,
+        tiles=tiles,
+        ledger=ledger,
+        nonfinite=jnp.asarray(state.nonfinite, jnp.int32),
+        pending=pending,
+    )
+
+
 def _realized_minus_params(tiles: list[Tiles], p_leaves: list, treedef) -> Any:
     """``read_weights(tiles) - params`` per leaf, in the params' shapes and dtypes."""
     out = []
@@ -288,12 +287,12 @@ class EquilibriumPropagationState(NamedTuple):
     ``nonfinite``, the int32 number of steps refused for a NaN/inf update (default 0), and
     ``unconverged``, the int32 number of steps whose relaxation residual exceeded ``tol``."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
     key: jax.Array
     residual: jax.Array
     ledger: EnergyLedger
-    nonfinite: jax.Array = np.int32(0)
-    unconverged: jax.Array = np.int32(0)
+    nonfinite: ArrayLike = np.int32(0)
+    unconverged: ArrayLike = np.int32(0)
 
 
 def equilibrium_propagation(
@@ -336,6 +335,75 @@ def equilibrium_propagation(
     returned, the count, key, residual and ledger stay as they were and ``state.nonfinite`` is
     incremented.
     """
+    free_steps, nudged_steps, tile_shape = _check_equilibrium_propagation(
+        beta, free_steps, nudged_steps, seed, centered, io, tile_shape, normalize, linear_output
+    )
+    check_nonconvergence_mode(on_nonconvergence)
+    estimate = functools.partial(
+        activity_difference,
+        beta=beta,
+        free_steps=free_steps,
+        nudged_steps=nudged_steps,
+        centered=centered,
+        io=io,
+        tile_shape=tile_shape,
+        tol=tol,
+        normalize=normalize,
+        linear_output=linear_output,
+        on_nonconvergence=on_nonconvergence,
+        return_info=True,
+    )
+    sweeps = free_steps + (2 if centered else 1) * nudged_steps
+    init_fn = functools.partial(_ep_init, seed=seed)
+    update_fn = functools.partial(
+        _ep_update, estimate=estimate, tol=tol, sweeps=sweeps, tile_shape=tile_shape
+    )
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _ep_init(params, *, seed) -> EquilibriumPropagationState:
+    """:func:`equilibrium_propagation`'s ``init``: counters at zero, the key from ``seed``."""
+    _check_params(params)
+    return EquilibriumPropagationState(
+        jnp.zeros((), jnp.int32),
+        bbcore.key(seed),
+        jnp.zeros((), _F32),
+        EnergyLedger.zeros(),
+        jnp.zeros((), jnp.int32),
+        jnp.zeros((), jnp.int32),
+    )
+
+
+def _ep_update(
+    updates, state, params=None, *, batch=None, estimate, tol, sweeps, tile_shape, **extra
+):
+    """:func:`equilibrium_propagation`'s ``update``: ``estimate`` on the batch, counted; a
+    non-finite update is refused whole."""
+    del updates, extra
+    x, y = _check_batch(params, batch)
+    key, sub = jax.random.split(state.key)
+    upd, info = estimate(params, x, y, key=sub)
+    residual = jnp.maximum(info.free_residual, info.nudged_residual)
+    late = (
+        jnp.zeros((), jnp.int32)
+        if tol is None
+        else jnp.logical_not(residual <= tol).astype(jnp.int32)
+    )
+    new = EquilibriumPropagationState(
+        state.count + 1,
+        key,
+        residual,
+        state.ledger + _step_counts(params, jnp.shape(x)[0], sweeps, tile_shape),
+        jnp.asarray(state.nonfinite, jnp.int32),
+        jnp.asarray(state.unconverged, jnp.int32) + late,
+    )
+    return bbcore.refuse_nonfinite(bbcore.all_finite(upd), lambda: (upd, new), state, upd)
+
+
+def _check_equilibrium_propagation(
+    beta, free_steps, nudged_steps, seed, centered, io, tile_shape, normalize, linear_output
+) -> tuple[int, int, tuple[int, int]]:
+    """Validate :func:`equilibrium_propagation`'s arguments; return the checked sweeps and tiling."""
     check_beta(beta, centered)
     free_steps = _check_steps("free_steps", free_steps)
     nudged_steps = _check_steps("nudged_steps", nudged_steps)
@@ -343,74 +411,30 @@ def equilibrium_propagation(
     if io is not None and not isinstance(io, IOConfig):
         raise TypeError(f"equilibrium_propagation: io={io!r}; pass an analog.IOConfig or None")
     bbcore.check_seed(seed, "equilibrium_propagation")
-    check_nonconvergence_mode(on_nonconvergence)
     check_flags(normalize=normalize, linear_output=linear_output)
-    sweeps = free_steps + (2 if centered else 1) * nudged_steps
+    return free_steps, nudged_steps, tile_shape
 
-    def init_fn(params):
-        _check_params(params)
-        return EquilibriumPropagationState(
-            jnp.zeros((), jnp.int32),
-            bbcore.key(seed),
-            jnp.zeros((), _F32),
-            EnergyLedger.zeros(),
-            jnp.zeros((), jnp.int32),
-            jnp.zeros((), jnp.int32),
-        )
 
-    def update_fn(updates, state, params=None, *, batch=None, **extra):
-        del updates, extra
-        if params is None:
-            raise ValueError(
-                "equilibrium_propagation needs params: tx.update(None, state, params, batch=(x, y))"
-            )
-        if batch is None:
-            raise ValueError(
-                "equilibrium_propagation reads the keyword extra arg batch=(x, y); "
-                "pass it to tx.update (optax.chain forwards it)"
-            )
-        x, y = batch
-        ws, _ = _check_params(params)
-        key, sub = jax.random.split(state.key)
-        upd, info = activity_difference(
-            params,
-            x,
-            y,
-            beta=beta,
-            free_steps=free_steps,
-            nudged_steps=nudged_steps,
-            centered=centered,
-            io=io,
-            key=sub,
-            tile_shape=tile_shape,
-            tol=tol,
-            normalize=normalize,
-            linear_output=linear_output,
-            on_nonconvergence=on_nonconvergence,
-            return_info=True,
+def _check_batch(params, batch) -> tuple[Any, Any]:
+    """The ``(x, y)`` an :func:`equilibrium_propagation` update reads (errors say how to pass)."""
+    if params is None:
+        raise ValueError(
+            "equilibrium_propagation needs params: tx.update(None, state, params, batch=(x, y))"
         )
-        b = jnp.shape(x)[0]
-        sizes = [ws[0].shape[0]] + [w.shape[1] for w in ws]
-        counts = relaxation_counts(sizes, b, sweeps, tile_shape)
-        # The update itself: two outer products per layer on a digital processor.
-        upd_flops = sum(4.0 * b * w.shape[0] * w.shape[1] for w in ws)
-        counts = counts._replace(
-            steps=jnp.ones((), _F32), digital_flops=counts.digital_flops + upd_flops
+    if batch is None:
+        raise ValueError(
+            "equilibrium_propagation reads the keyword extra arg batch=(x, y); "
+            "pass it to tx.update (optax.chain forwards it)"
         )
-        residual = jnp.maximum(info.free_residual, info.nudged_residual)
-        late = (
-            jnp.zeros((), jnp.int32)
-            if tol is None
-            else jnp.logical_not(residual <= tol).astype(jnp.int32)
-        )
-        new = EquilibriumPropagationState(
-            state.count + 1,
-            key,
-            residual,
-            state.ledger + counts,
-            jnp.asarray(state.nonfinite, jnp.int32),
-            jnp.asarray(state.unconverged, jnp.int32) + late,
-        )
-        return bbcore.refuse_nonfinite(bbcore.all_finite(upd), lambda: (upd, new), state, upd)
+    x, y = batch
+    return x, y
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+def _step_counts(params, batch: int, sweeps: int, tile_shape: tuple[int, int]) -> EnergyLedger:
+    """The ledger of one step: the relaxation's crossbar reads and the digital update's FLOPs."""
+    ws, _ = _check_params(params)
+    sizes = [ws[0].shape[0]] + [w.shape[1] for w in ws]
+    counts = relaxation_counts(sizes, batch, sweeps, tile_shape)
+    # The update itself: two outer products per layer on a digital processor.
+    upd_flops = sum(4.0 * batch * w.shape[0] * w.shape[1] for w in ws)
+    return counts._replace(steps=jnp.ones((), _F32), digital_flops=counts.digital_flops + upd_flops)

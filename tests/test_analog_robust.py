@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import analog
-from analog import _local
+from analog import _convergence
 from beyondbp import datasets
 
 
@@ -23,7 +23,7 @@ def _mnist_batch(n=64):
 
 def test_natural_first_call_trains_warns_once_and_raise_is_opt_in(monkeypatch):
     # The call: fresh 784-100-10 network, raw pixels, 20 free sweeps, default tol=0.05.
-    monkeypatch.setattr(_local, "_WARNED", [False])
+    monkeypatch.setattr(_convergence, "_WARNED", [False])
     params = analog.init_energy_network(jax.random.key(0), [784, 100, 10])
     x, y = _mnist_batch()
     with warnings.catch_warnings(record=True) as w:
@@ -47,7 +47,7 @@ def test_natural_first_call_trains_warns_once_and_raise_is_opt_in(monkeypatch):
 
 
 def test_transform_counts_unconverged_steps(monkeypatch):
-    monkeypatch.setattr(_local, "_WARNED", [True])  # already warned: stays quiet
+    monkeypatch.setattr(_convergence, "_WARNED", [True])  # already warned: stays quiet
     params = analog.init_energy_network(jax.random.key(0), [784, 100, 10])
     x, y = _mnist_batch()
     strict = analog.equilibrium_propagation(beta=0.5, free_steps=20, nudged_steps=8, tol=0.05)
