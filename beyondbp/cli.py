@@ -1,4 +1,6 @@
-"""The ``beyondbp`` command line::
+"""The ``beyondbp`` command line.
+
+Usage::
 
     beyondbp compare [--methods all] [--dataset mnist_small] [--steps N | --epochs E] ...
     beyondbp train --method NAME [--checkpoint-dir D --checkpoint-every K] ...
