@@ -35,7 +35,7 @@ __all__ = [
     "int_list",
     "median_time",
     "out_name",
-    "add_step_timing",
+    "parse_step_timing",
 ]
 
 #: Where every benchmark writes its JSON and PNG files.
@@ -140,14 +140,25 @@ def add_data_dir(ap: argparse.ArgumentParser) -> None:
     )
 
 
-def add_step_timing(
-    ap: argparse.ArgumentParser, *, repeats: int = 7, iters: int = 5, batch: int = 256
-) -> None:
-    """``--repeats`` (interleaved rounds), ``--iters`` (steps per round) and ``--batch``: the
-    options of the scripts that time training steps side by side."""
+def parse_step_timing(
+    argv: Sequence[str] | None,
+    doc: str,
+    switch: str,
+    switch_help: str,
+    *,
+    repeats: int = 7,
+    iters: int = 5,
+    batch: int = 256,
+) -> argparse.Namespace:
+    """The command line of the scripts that time training steps side by side: ``--repeats``
+    (interleaved rounds), ``--iters`` (steps per round), ``--batch``, and one on/off ``switch``.
+    ``doc``: the script's docstring, whose first line describes it."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--iters", type=int, default=iters)
     ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument(switch, action="store_true", help=switch_help)
+    return ap.parse_args(argv)
 
 
 def positive_int(text: str) -> int:

@@ -81,6 +81,30 @@ def _setup(cfg, factor, value, beta=analog_rows.BETA, lr_decay=False):
 
 
 def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.merge:
+        _merge(args, argv)
+        return
+    seeds = [int(x) for x in args.seeds.split(",")]
+    tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
+    te = datasets.load(args.dataset, "test", data_dir=args.data_dir)
+    only = set(args.only.split(",")) if args.only else None
+    results = {}
+    for title, (factor, values) in SWEEPS.items():
+        if only is not None and factor not in only:
+            continue
+        rows = [_run_value(factor, v, seeds, tr, te, args) for v in values]
+        results[title] = {"factor": factor, "runs": rows}
+    out = {
+        "config": vars(args),
+        "baseline_device": repr(TAOX),
+        "baseline_io": repr(analog.presets.TAOX_IO),
+        "results": results,
+    }
+    _common.save(args.out, out, plot(out), argv=argv, dpi=120)
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -111,75 +135,61 @@ def main(argv=None):
         help="comma-separated result names to combine into --out (runs nothing): "
         "for sweeps split over processes with --only",
     )
-    args = ap.parse_args(argv)
-    if args.merge:
-        parts = [
-            json.loads((_common.RESULTS / f"{n}.json").read_text()) for n in args.merge.split(",")
-        ]
-        merged = dict(parts[0], results={}, command=[p["command"] for p in parts])
-        for p in parts:
-            merged["results"].update(p["results"])
-        _common.save(args.out, merged, plot(merged), argv=argv, dpi=120)
-        return
-    seeds = [int(x) for x in args.seeds.split(",")]
-    tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
-    te = datasets.load(args.dataset, "test", data_dir=args.data_dir)
-    only = set(args.only.split(",")) if args.only else None
-    results = {}
-    for title, (factor, values) in SWEEPS.items():
-        if only is not None and factor not in only:
-            continue
-        rows = []
-        for v in values:
-            row = {
-                "value": v,
-                "seeds": seeds,
-                "test_accuracy_per_seed": [],
-                "step_time_s": [],
-                "wall_s": [],
-            }
-            for seed in seeds:
-                cfg = methods.MethodConfig(
-                    key=jax.random.key(seed),
-                    input_shape=tr.input_shape,
-                    num_classes=tr.num_classes,
-                    steps=args.steps,
-                )
-                t0 = time.perf_counter()
-                h = train.train(
-                    _setup(cfg, factor, v, args.beta, args.lr_decay),
-                    tr,
-                    te,
-                    steps=args.steps,
-                    batch_size=args.batch_size,
-                    seed=seed,
-                    eval_every=args.steps,
-                    progress=False,
-                    desc=f"{factor}={v}",
-                )
-                row["test_accuracy_per_seed"].append(h["final_test_accuracy"])
-                row["step_time_s"].append(h["step_time_s"])
-                row["wall_s"].append(time.perf_counter() - t0)
-                print(
-                    f"{factor:12s} {v:<6} seed {seed} acc {h['final_test_accuracy']:.4f} "
-                    f"({row['wall_s'][-1]:.0f} s)",
-                    flush=True,
-                )
-            accs = np.asarray(row["test_accuracy_per_seed"])
-            row.update(
-                test_accuracy=float(accs.mean()),
-                test_accuracy_min=float(accs.min()),
-                test_accuracy_max=float(accs.max()),
-            )
-            rows.append(row)
-        results[title] = {"factor": factor, "runs": rows}
-    out = {
-        "config": vars(args),
-        "baseline_device": repr(TAOX),
-        "baseline_io": repr(analog.presets.TAOX_IO),
-        "results": results,
+    return ap
+
+
+def _merge(args, argv) -> None:
+    """Combine the named results into ``--out`` (a sweep split over processes with ``--only``)."""
+    parts = [json.loads((_common.RESULTS / f"{n}.json").read_text()) for n in args.merge.split(",")]
+    merged = dict(parts[0], results={}, command=[p["command"] for p in parts])
+    for p in parts:
+        merged["results"].update(p["results"])
+    _common.save(args.out, merged, plot(merged), argv=argv, dpi=120)
+
+
+def _run_value(factor, v, seeds, tr, te, args) -> dict:
+    """One point of a sweep: ``factor`` at ``v``, trained once per seed; accuracies and times."""
+    row = {
+        "value": v,
+        "seeds": seeds,
+        "test_accuracy_per_seed": [],
+        "step_time_s": [],
+        "wall_s": [],
     }
-    _common.save(args.out, out, plot(out), argv=argv, dpi=120)
+    for seed in seeds:
+        cfg = methods.MethodConfig(
+            key=jax.random.key(seed),
+            input_shape=tr.input_shape,
+            num_classes=tr.num_classes,
+            steps=args.steps,
+        )
+        t0 = time.perf_counter()
+        h = train.train(
+            _setup(cfg, factor, v, args.beta, args.lr_decay),
+            tr,
+            te,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=seed,
+            eval_every=args.steps,
+            progress=False,
+            desc=f"{factor}={v}",
+        )
+        row["test_accuracy_per_seed"].append(h["final_test_accuracy"])
+        row["step_time_s"].append(h["step_time_s"])
+        row["wall_s"].append(time.perf_counter() - t0)
+        print(
+            f"{factor:12s} {v:<6} seed {seed} acc {h['final_test_accuracy']:.4f} "
+            f"({row['wall_s'][-1]:.0f} s)",
+            flush=True,
+        )
+    accs = np.asarray(row["test_accuracy_per_seed"])
+    row.update(
+        test_accuracy=float(accs.mean()),
+        test_accuracy_min=float(accs.min()),
+        test_accuracy_max=float(accs.max()),
+    )
+    return row
 
 
 def plot(out: dict):

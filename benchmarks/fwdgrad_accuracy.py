@@ -77,19 +77,7 @@ def main(argv=None):
             eval_every=eval_every,
         )
         wall = time.perf_counter() - t0
-        out["results"][name] = {
-            "description": m.description,
-            "final_test_accuracy": h["final_test_accuracy"],
-            "test_error_pct": 100 * (1 - h["final_test_accuracy"]),
-            "eval_steps": h["eval_steps"],
-            "test_accuracy": h["test_accuracy"],
-            "test_error_pct_per_eval": [100 * (1 - a) for a in h["test_accuracy"]],
-            "step_time_ms": 1e3 * h["step_time_s"],
-            "wall_s": wall,
-            "wall_s_per_epoch": wall / args.epochs,
-            "transform_refused_steps": h.get("transform_refused_steps"),
-            "skipped_nonfinite_steps": h.get("skipped_nonfinite_steps"),
-        }
+        out["results"][name] = _row(m, h, wall, args.epochs)
         print(
             name,
             h["final_test_accuracy"],
@@ -100,6 +88,28 @@ def main(argv=None):
             flush=True,
         )
         _common.save(args.out, out, argv=argv)  # after every method: partial runs keep it
+    _common.save(args.out, out, plot(out, arch, args.epochs), argv=argv)
+
+
+def _row(m, h: dict, wall: float, epochs: int) -> dict:
+    """One method's result: accuracy and error per evaluation, step time, wall time."""
+    return {
+        "description": m.description,
+        "final_test_accuracy": h["final_test_accuracy"],
+        "test_error_pct": 100 * (1 - h["final_test_accuracy"]),
+        "eval_steps": h["eval_steps"],
+        "test_accuracy": h["test_accuracy"],
+        "test_error_pct_per_eval": [100 * (1 - a) for a in h["test_accuracy"]],
+        "step_time_ms": 1e3 * h["step_time_s"],
+        "wall_s": wall,
+        "wall_s_per_epoch": wall / epochs,
+        "transform_refused_steps": h.get("transform_refused_steps"),
+        "skipped_nonfinite_steps": h.get("skipped_nonfinite_steps"),
+    }
+
+
+def plot(out: dict, arch: str, epochs: int):
+    """Test error against step, one line per method (log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,10 +123,10 @@ def main(argv=None):
     ax.set_yscale("log")
     ax.set_xlabel("step (batch 64)")
     ax.set_ylabel("test error (%)")
-    ax.set_title(f"Full MNIST, {arch}, {args.epochs} epochs, same model and budget")
+    ax.set_title(f"Full MNIST, {arch}, {epochs} epochs, same model and budget")
     ax.legend()
     fig.tight_layout()
-    _common.save(args.out, out, fig, argv=argv)
+    return fig
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ GradScale) against a plain float32 copy. Writes
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -154,10 +153,7 @@ def quantize_throughput(n: int, repeats: int) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _common.add_step_timing(p)
-    p.add_argument("--quick", action="store_true", help="3 repeats, 2 iters (smoke run)")
-    args = p.parse_args(argv)
+    args = _common.parse_step_timing(argv, __doc__, "--quick", "3 repeats, 2 iters (smoke run)")
     if args.quick:
         args.repeats, args.iters = 3, 2
     # the machine is shared: its load when the run starts says how far to trust the timings

@@ -17,7 +17,6 @@ Writes ``benchmarks/results/lowbit_vs_aqt.{json,png}``.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
@@ -126,10 +125,7 @@ def plot(result: dict):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _common.add_step_timing(p)
-    p.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON")
-    args = p.parse_args(argv)
+    args = _common.parse_step_timing(argv, __doc__, "--plot-only", "redraw the PNG from the JSON")
     if args.plot_only:
         fig = plot(json.loads((_common.RESULTS / "lowbit_vs_aqt.json").read_text()))
         fig.savefig(_common.RESULTS / "lowbit_vs_aqt.png", dpi=110)

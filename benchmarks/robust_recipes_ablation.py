@@ -104,7 +104,13 @@ def main(argv=None) -> int:
         "output_lms_step_raw_rates": output_lms_step(tr, analog_rows.LAYER_LR),
         "nlms_output_step": analog_rows.NLMS_RATES[1],
     }
+    fig = plot(rows, args.dataset, args.seed)
+    _common.save(f"robust_recipes_ablation_{args.dataset}", result, fig)
+    return 0
 
+
+def plot(rows: list[dict], dataset: str, seed: int):
+    """Test accuracy of every row, one bar each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,13 +129,12 @@ def main(argv=None) -> int:
     ax.set(
         xlabel="test accuracy after one epoch",
         xlim=(0, 1),
-        title=f"{args.dataset}, seed {args.seed}: what each fixed rule changes",
+        title=f"{dataset}, seed {seed}: what each fixed rule changes",
     )
     for i, r in enumerate(rows):
         ax.text(r["test_accuracy"] + 0.01, i, f"{r['test_accuracy']:.3f}", va="center", fontsize=8)
     fig.tight_layout()
-    _common.save(f"robust_recipes_ablation_{args.dataset}", result, fig)
-    return 0
+    return fig
 
 
 if __name__ == "__main__":
