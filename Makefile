@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench,docs]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -21,6 +21,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup --nbmake --timeout 900 --junitxml=.test-results.xml
+
+# The documentation site (mkdocs.yml), strict: a warning or broken reference fails it.
+.PHONY: docs
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	@echo "run the scripts in benchmarks/ (see BENCHMARKS.md), e.g. $(PY) benchmarks/foundation_backprop_mnist.py"

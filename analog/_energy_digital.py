@@ -114,42 +114,37 @@ class OpEnergies:
 # 32 KB 20 pJ, 1 MB 100 pJ; DRAM 1.3-2.6 nJ per 64 bits (the low end is taken: kind to digital).
 # The figure has no bfloat16; FP16's numbers stand in (bf16's 8-bit significand multiplier is
 # smaller than FP16's 11-bit one, so this overstates bf16 slightly).
-#: Per-operation energies at 45 nm: Horowitz, "Computing's energy problem", ISSCC 2014, Fig. 1.1.9.
-HOROWITZ_45NM = OpEnergies(
-    name="horowitz-45nm",
-    source="Horowitz, ISSCC 2014, Fig. 1.1.9 (45 nm); bf16 = FP16 figures; DRAM low end 1.3 nJ",
-    mult_fp32=3.7e-12,
-    add_fp32=0.9e-12,
-    mult_bf16=1.1e-12,
-    add_bf16=0.4e-12,
-    mult_int8=0.2e-12,
-    add_int8=0.03e-12,
-    add_int32=0.1e-12,
-    sram_8kb=10e-12,
-    sram_32kb=20e-12,
-    sram_1mb=100e-12,
-    dram=1.3e-9,
-)
-
 # Jouppi et al., "Ten Lessons From Three Generations Shaped Google's TPUv4i", ISCA 2021, Table 2
 # (the same operations at 7 nm): add int8 0.007 pJ, int32 0.03, bf16 0.11, fp32 0.38; multiply
 # int8 0.07, bf16 0.21, fp32 1.31; SRAM 64-bit read 8 KB 7.5 pJ, 32 KB 8.5 pJ, 1 MB 14 pJ;
 # HBM2 250-450 pJ per 64 bits (the midpoint 350 pJ is taken; DDR3/4 stays 1.3 nJ).
+# Joules per operation, the two sources side by side: (Horowitz 45 nm, Jouppi 7 nm).
+_TABLE = {
+    "mult_fp32": (3.7e-12, 1.31e-12),
+    "add_fp32": (0.9e-12, 0.38e-12),
+    "mult_bf16": (1.1e-12, 0.21e-12),
+    "add_bf16": (0.4e-12, 0.11e-12),
+    "mult_int8": (0.2e-12, 0.07e-12),
+    "add_int8": (0.03e-12, 0.007e-12),
+    "add_int32": (0.1e-12, 0.03e-12),
+    "sram_8kb": (10e-12, 7.5e-12),
+    "sram_32kb": (20e-12, 8.5e-12),
+    "sram_1mb": (100e-12, 14e-12),
+    "dram": (1.3e-9, 350e-12),
+}
+
+#: Per-operation energies at 45 nm: Horowitz, "Computing's energy problem", ISSCC 2014, Fig. 1.1.9.
+HOROWITZ_45NM = OpEnergies(
+    name="horowitz-45nm",
+    source="Horowitz, ISSCC 2014, Fig. 1.1.9 (45 nm); bf16 = FP16 figures; DRAM low end 1.3 nJ",
+    **{op: joules[0] for op, joules in _TABLE.items()},
+)
+
 #: Per-operation energies at 7 nm: Jouppi et al., ISCA 2021, Table 2 (DRAM: HBM2 midpoint).
 JOUPPI_7NM = OpEnergies(
     name="jouppi-7nm",
     source="Jouppi et al., ISCA 2021, Table 2 (7 nm); DRAM = HBM2 midpoint 350 pJ/64 b",
-    mult_fp32=1.31e-12,
-    add_fp32=0.38e-12,
-    mult_bf16=0.21e-12,
-    add_bf16=0.11e-12,
-    mult_int8=0.07e-12,
-    add_int8=0.007e-12,
-    add_int32=0.03e-12,
-    sram_8kb=7.5e-12,
-    sram_32kb=8.5e-12,
-    sram_1mb=14e-12,
-    dram=350e-12,
+    **{op: joules[1] for op, joules in _TABLE.items()},
 )
 
 

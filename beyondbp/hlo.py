@@ -1,8 +1,10 @@
-"""Reading a compiled program's collectives: which ones XLA runs and how many bytes they move.
+"""Reading a compiled program: its collectives (which ones XLA runs, how many bytes they move)
+and its working memory.
 
 Measurement code, not training glue: claims about communication (``lowbit.compressed_pmean``
 moves 8x fewer bytes than a float32 all-reduce, a sharded forward gradient moves O(K) bytes)
-are checked against the HLO that XLA will actually run, not against a model of it. Byte counts
+and about memory (a forward gradient's working memory stays flat in depth) are checked against
+the program that XLA will actually run, not against a model of it. Byte counts
 per device follow the bandwidth-optimal (ring) algorithms (Patarasuk & Yuan, "Bandwidth optimal
 all-reduce algorithms for clusters of workstations", JPDC 2009).
 """
@@ -13,8 +15,9 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["Collective", "hlo_collectives", "communication_bytes"]
+__all__ = ["Collective", "hlo_collectives", "communication_bytes", "temp_bytes", "relu_mlp_probe"]
 
 _COLLECTIVES = (
     "all-reduce",
@@ -146,3 +149,47 @@ def communication_bytes(jitted: Callable, *args, **kwargs) -> dict:
         "sent_bytes": sum(c.sent_bytes for c in cs),
         "by_dtype": by_dtype,
     }
+
+
+def temp_bytes(fn: Callable, *args) -> int:
+    """Working memory of ``fn(*args)`` as XLA compiles it, in bytes.
+
+    ``memory_analysis().temp_size_in_bytes`` of ``jax.jit(fn)``: the scratch buffers beyond
+    the inputs and outputs, from XLA's buffer assignment. Nothing runs, so ``args`` may be
+    ``jax.ShapeDtypeStruct``s; the figure is exact for one XLA version and backend.
+    """
+    import jax
+
+    stats = jax.jit(fn).lower(*args).compile().memory_analysis()
+    if stats is None:
+        raise RuntimeError(
+            f"temp_bytes: the {jax.default_backend()} backend gives no memory analysis"
+        )
+    return int(stats.temp_size_in_bytes)
+
+
+def relu_mlp_probe(depth: int, width: int, batch: int) -> tuple[Callable, list, Any]:
+    """A deep ReLU MLP to measure working memory against depth: ``(loss, params, x)``.
+
+    ``loss(params, x)`` is the mean square of the last layer's ReLU output; ``params`` (``depth``
+    layers of ``{"w": (width, width), "b": (width,)}``) and ``x`` ``(batch, width)`` are float32
+    ``jax.ShapeDtypeStruct``s, for :func:`temp_bytes` (compiled, never run).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    params = [
+        {
+            "w": jax.ShapeDtypeStruct((width, width), jnp.float32),
+            "b": jax.ShapeDtypeStruct((width,), jnp.float32),
+        }
+        for _ in range(depth)
+    ]
+    x = jax.ShapeDtypeStruct((batch, width), jnp.float32)
+
+    def loss(ps, x):
+        for p in ps:
+            x = jax.nn.relu(x @ p["w"] + p["b"])
+        return jnp.mean(x**2)
+
+    return loss, params, x

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from bbcore.activations import ACTIVATIONS, activation_fn
+
 __all__ = [
     "MLP",
     "CNN",
@@ -42,29 +44,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), labels
     ).mean()
-
-
-#: The activations the reference models accept, by name.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "gelu": jax.nn.gelu,
-    "silu": jax.nn.silu,
-    "hard_sigmoid": jax.nn.hard_sigmoid,
-    "identity": lambda x: x,
-}
-
-
-def _activation(activation: str | Callable) -> Callable:
-    if callable(activation):
-        return activation
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"activation={activation!r} is not known; use one of {sorted(ACTIVATIONS)} "
-            "or pass a callable"
-        )
-    return ACTIVATIONS[activation]
 
 
 class MLP(nnx.Module):
@@ -99,7 +78,7 @@ class MLP(nnx.Module):
                 "e.g. (784, 1024, 1024, 10)"
             )
         self.widths = widths
-        self.activation = _activation(activation)
+        self.activation = activation_fn(activation)
         linear = linear or nnx.Linear
         ctors = list(linear) if isinstance(linear, (list, tuple)) else [linear] * (len(widths) - 1)
         if len(ctors) != len(widths) - 1:
@@ -146,7 +125,7 @@ class CNN(nnx.Module):
             raise ValueError(f"num_classes={num_classes!r}: need an integer >= 2")
         linear = linear or nnx.Linear
         conv = conv or nnx.Conv
-        self.activation = _activation(activation)
+        self.activation = activation_fn(activation)
         self.in_channels = in_channels
         self.conv1 = conv(in_channels, 6, kernel_size=(5, 5), padding="SAME", rngs=rngs)
         self.conv2 = conv(6, 16, kernel_size=(5, 5), padding="VALID", rngs=rngs)
