@@ -5,7 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test bench venv clean
+.PHONY: run test lint bench venv clean
+
+# What ruff checks and formats; mypy's file list is in pyproject.toml ([tool.mypy] files).
+LINT_PATHS := bbcore fwdgrad lowbit analog beyondbp benchmarks tests examples
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +22,13 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/beyondbp compare --methods all --dataset mnist_small --steps 200 --out runs/compare
 
-test: $(STAMP)
+# Lint, format check and types first: a finding fails the test command (and so CI) in seconds.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -n 2 --dist loadgroup --nbmake --timeout 900 --junitxml=.test-results.xml
 
 # The documentation site (mkdocs.yml), strict: a warning or broken reference fails it.

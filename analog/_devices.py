@@ -289,6 +289,7 @@ class Device:
             x1 = jnp.clip(1.0 - self._down(1.0 - x0, n_first, a_down), 0.0, 1.0)
             x2 = self._up(x1, n_second, a_up)
         if self.dw_min_std > 0:
+            assert noise is not None, "Device.step_two: dw_min_std > 0 needs noise"
             d1, d2 = x1 - x0, x2 - x1
             v = d1 * d1 / jnp.maximum(n_first, 1.0) + d2 * d2 / jnp.maximum(n_second, 1.0)
             x2 = x2 + self.dw_min_std * jnp.sqrt(v) * noise

@@ -378,6 +378,7 @@ def digital_counts(
             if i > 0:
                 per_sweep += _stream_gemm(b, n, k, model) + _weight_traffic(k * n, resident)
             per_sweep += DigitalCounts(adds=3 * b * n)
+            assert sweeps is not None  # checked above: eqprop always has sweeps
             total += per_sweep.scale(sweeps)
             total += _outer_gemm(b, k, n, model).scale(2.0)
             total += DigitalCounts(mults=k * n, adds=k * n) + _weight_traffic(2 * k * n, resident)

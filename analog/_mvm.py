@@ -39,7 +39,11 @@ def tile_inputs(
 def tile_keys(key: jax.Array | None, grid: tuple[int, int], io: IOConfig) -> jax.Array:
     """One noise key per tile, ``split(key, (R, C))``: tile ``(r, c)`` uses entry ``[r, c]``
     wherever it runs (zeros when ``io`` draws no noise)."""
-    return jax.random.split(key, grid) if io.needs_key else jnp.zeros(grid, _F32)
+    if not io.needs_key:
+        return jnp.zeros(grid, _F32)
+    if key is None:
+        raise ValueError("this IOConfig draws noise: pass key= (a jax.random.key)")
+    return jax.random.split(key, grid)
 
 
 def tile_outputs(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -228,7 +229,7 @@ def _count_and_apply(
         return run
 
     shorter = [s for s in _MATMUL_SLOTS if s < bl]
-    counts = [functools.partial(_matmul_counts, slots=s) for s in shorter]
+    counts: list[Callable] = [functools.partial(_matmul_counts, slots=s) for s in shorter]
     counts.append(
         functools.partial(_matmul_counts, slots=bl) if bl <= _MATMUL_SLOTS[-1] else _popcount_counts
     )
@@ -246,11 +247,12 @@ def _apply_counts(
     depressing pulses, G- ``up`` depressing then ``down`` potentiating (weight-raising pulses
     first, as :func:`apply_pulses`), with one noise value per device."""
     dev = tiles.device
+    zp: jax.Array | None = None
+    zm: jax.Array | None = None
     if dev.dw_min_std > 0:
+        assert seeds is not None, "cycle-to-cycle noise needs the per-device seeds"
         z = _normal_ih4(_hash_bits(seeds, stream, (2, *tiles.g_plus.shape)))
         zp, zm = z[0], z[1]
-    else:
-        zp = zm = None
     gp = dev.step_two(tiles.g_plus, up, down, zp, tiles.var_plus, pot_first=True)
     gm = dev.step_two(tiles.g_minus, up, down, zm, tiles.var_minus, pot_first=False)
     return dataclasses.replace(tiles, g_plus=gp, g_minus=gm)

@@ -66,11 +66,11 @@ class Tiles:
 
     @property
     def tile_shape(self) -> tuple[int, int]:
-        return tuple(self.g_plus.shape[-2:])
+        return (self.g_plus.shape[-2], self.g_plus.shape[-1])
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(self.g_plus.shape[-4:-2])
+        return (self.g_plus.shape[-4], self.g_plus.shape[-3])
 
 
 def _to_tiles(w: jax.Array, tile_shape: tuple[int, int]) -> jax.Array:

@@ -257,6 +257,8 @@ def _pulse_update_fast(tiles, x, d, lr, key, cfg: UpdateConfig):
         up, down = jnp.maximum(n, 0.0), jnp.maximum(-n, 0.0)
         sent = 2.0 * jnp.sum(up + down)
     else:
+        if seeds is None:
+            raise ValueError("pulse trains are random: pass key= (a jax.random.key)")
         lengths = _train_lengths(x, d, lr, dw, bl) if cfg.bl_management else None
         px, pd = _probabilities(
             x,

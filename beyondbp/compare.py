@@ -189,7 +189,11 @@ def compare(
         raise ValueError("give steps= or epochs=")
     train_ds = datasets.load(dataset, "train", data_dir=data_dir, verify=verify)
     test_ds = datasets.load(dataset, "test", data_dir=data_dir, verify=verify)
-    total = steps if steps is not None else epochs * datasets.num_batches(len(train_ds), batch_size)
+    if steps is not None:
+        total = steps
+    else:
+        assert epochs is not None  # refused above when both are None
+        total = epochs * datasets.num_batches(len(train_ds), batch_size)
     t0 = time.perf_counter()
     runs: list[dict] = []
     skipped: dict[str, str] = {}
@@ -201,6 +205,7 @@ def compare(
             steps=total,
             model=model,
             widths=tuple(widths),
+            batch_size=batch_size,
         )
         for name in names:
             if name in skipped:
@@ -349,7 +354,8 @@ def plot(result: dict, out) -> list[pathlib.Path]:
     ]
     rows = result["rows"]
     # 13+ methods outrun the 10-colour default cycle: 20 colours, and a line style per family
-    colors = plt.get_cmap("tab20").colors
+    tab20 = plt.get_cmap("tab20")
+    colors = [tab20(i) for i in range(20)]
     color = {r["method"]: colors[(2 * i) % 20 + (2 * i) // 20 % 2] for i, r in enumerate(rows)}
     styles = {
         f: ls

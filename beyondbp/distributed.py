@@ -110,7 +110,7 @@ def initialize(
             f"JAX detect the cluster; got coordinator_address={coordinator_address!r}, "
             f"num_processes={num_processes!r}, process_id={process_id!r}"
         )
-    if num_processes is not None and not 0 <= process_id < num_processes:
+    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"initialize: process_id={process_id} not in [0, {num_processes})")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator_address is None:
@@ -206,7 +206,7 @@ class DataParallelState(NamedTuple):
 
     params: Any
     opt_state: Any
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
 
 
 @dataclasses.dataclass(frozen=True)

@@ -135,6 +135,8 @@ def communication_bytes(jitted: Callable, *args, **kwargs) -> dict:
     Returns ``{"collectives": [...], "operand_bytes": total, "sent_bytes": total,
     "by_dtype": {dtype: operand bytes}}``.
     """
+    if not hasattr(jitted, "lower"):
+        raise TypeError(f"communication_bytes needs a jax.jit-ed function, got {jitted!r}")
     text = jitted.lower(*args, **kwargs).compile().as_text()
     cs = hlo_collectives(text)
     by_dtype: dict[str, float] = {}

@@ -29,10 +29,10 @@ NUM_CLASSES = 10
 def _render(cls: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     n = cls.shape[0]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    cy = size / 2 + rng.uniform(-size / 7, size / 7, n)[:, None, None]
-    cx = size / 2 + rng.uniform(-size / 7, size / 7, n)[:, None, None]
-    r = rng.uniform(size / 5, size / 3, n)[:, None, None]
-    t = rng.uniform(1.2, 2.5, n)[:, None, None]  # stroke half-width
+    cy = size / 2 + np.asarray(rng.uniform(-size / 7, size / 7, n))[:, None, None]
+    cx = size / 2 + np.asarray(rng.uniform(-size / 7, size / 7, n))[:, None, None]
+    r = np.asarray(rng.uniform(size / 5, size / 3, n))[:, None, None]
+    t = np.asarray(rng.uniform(1.2, 2.5, n))[:, None, None]  # stroke half-width
     dy, dx = yy[None] - cy, xx[None] - cx
     d = np.sqrt(dy**2 + dx**2)
     box = np.maximum(np.abs(dy), np.abs(dx))
@@ -50,7 +50,7 @@ def _render(cls: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
         ((np.abs(dy) <= t) | (np.abs(dx) <= t)) & inside,  # 9 plus
     ]
     img = np.select([cls[:, None, None] == k for k in range(NUM_CLASSES)], shapes, False)
-    bright = rng.uniform(140, 255, n)[:, None, None]
+    bright = np.asarray(rng.uniform(140, 255, n))[:, None, None]
     noise = rng.normal(0, 25, img.shape)
     return np.clip(img * bright + noise + 20, 0, 255).astype(np.uint8)
 

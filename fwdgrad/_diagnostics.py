@@ -33,7 +33,7 @@ def cosine_similarity(estimate: Any, exact: Any) -> jax.Array:
 
     Returns 0 when either is all zeros. Raises ``ValueError`` if the structures differ.
     """
-    if jax.tree.structure(estimate) != jax.tree.structure(exact):
+    if jax.tree.structure(estimate) != jax.tree.structure(exact):  # type: ignore[operator]  # jaxlib stub
         raise ValueError(
             "estimate and exact have different pytree structures: "
             f"{jax.tree.structure(estimate)} vs {jax.tree.structure(exact)}"

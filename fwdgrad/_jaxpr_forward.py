@@ -53,7 +53,7 @@ _INLINE = frozenset({"jit", "pjit", "closed_call", "core_call"})
 class Lazy(NamedTuple):
     """A tangent not drawn yet: ``post(sample(fold_in(key_k, index)))`` for each tangent k."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index
     shape: tuple[int, ...]
     dtype: Any
     post: tuple = ()  # (primitive, bind_params) applied in order after sampling

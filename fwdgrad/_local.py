@@ -49,22 +49,7 @@ from jax import lax
 
 from fwdgrad import _estimators, _tangents, _transforms
 
-__all__ = [
-    "local_fwd_grad",
-    "local_head_losses",
-    "local_forward_gradient",
-    "head_logits",
-    "chain_blocks",
-    "config_blocks",
-    "network_grads",
-    "net_logits",
-    "net_grads",
-    "NetworkConfig",
-    "block_list",
-    "identity_site",
-    "chain_logits",
-    "mean_losses",
-]
+__all__ = ["local_fwd_grad", "local_forward_gradient"]
 
 Block = Callable[..., tuple[jax.Array, jax.Array]]
 
@@ -275,17 +260,7 @@ def local_fwd_grad(
       sequence, one entry per block), and the last block's output. Block i draws
       its tangents from ``fold_in(key, i)``.
     """
-    blocks = tuple(blocks)
-    if not blocks or not all(callable(b) for b in blocks):
-        raise TypeError(
-            "blocks must be a non-empty sequence of callables "
-            "block(params, h, site) -> (out, losses)"
-        )
-    K = _estimators.check_num_tangents(num_tangents)
-    _tangents.check_tangent(tangent)
-    for name, flag in (("mask_tangents", mask_tangents), ("separate_sites", separate_sites)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name}={flag!r} must be a bool")
+    blocks, K = _check_local_fwd_grad(blocks, num_tangents, tangent, mask_tangents, separate_sites)
 
     def grad_fn(key, params, x):
         key = _estimators.as_key(key)
@@ -314,245 +289,22 @@ def local_fwd_grad(
     return grad_fn
 
 
-def chain_blocks(
-    body: Callable, num_blocks: int, head_losses: Callable, *, block_loss: bool
-) -> list:
-    """Blocks for :func:`local_fwd_grad` from a network's block body and head.
-
-    ``body(i, p, h, site) -> out`` runs block i; ``head_losses(p, out) ->
-    (B, P, G)``. With ``block_loss`` one estimator block per network block;
-    without, one block running the whole network (its parameters the list of
-    every block's), the earlier blocks' sites feeding every patch and group of
-    the last head, since the later blocks mix them.
-    """
-
-    def block(i):
-        def run(p, h, site):
-            out = body(i, p, h, site)
-            return out, head_losses(p, out)
-
-        return run
-
-    if block_loss:
-        return [block(i) for i in range(num_blocks)]
-
-    def whole(ps, h, site):
-        def mixed(z, activation=None, **_):
-            return site(z, activation, per_patch=False, per_group=False)
-
-        for i, p in enumerate(ps):
-            h = body(i, p, h, site if i == len(ps) - 1 else mixed)
-        return h, head_losses(ps[-1], h)
-
-    return [whole]
-
-
-def config_blocks(config: Any, labels: jax.Array) -> list:
-    """:func:`chain_blocks` of a network config (``MixerConfig``, ``ConvNetConfig``).
-
-    ``config`` supplies ``body(i, p, h, site)``, ``num_blocks``, ``num_groups``,
-    ``normalize`` and the three loss switches; every head gives :func:`local_head_losses`.
-    """
-
-    def head_losses(p, out):
-        return local_head_losses(
-            out,
-            p["head"],
-            labels,
-            num_groups=config.num_groups,
-            patch_loss=config.patch_loss,
-            group_loss=config.group_loss,
-            normalize=config.normalize,
+def _check_local_fwd_grad(
+    blocks, num_tangents, tangent, mask_tangents, separate_sites
+) -> tuple[tuple[Block, ...], int]:
+    """Validate :func:`local_fwd_grad`'s arguments; return the blocks as a tuple and K."""
+    blocks = tuple(blocks)
+    if not blocks or not all(callable(b) for b in blocks):
+        raise TypeError(
+            "blocks must be a non-empty sequence of callables "
+            "block(params, h, site) -> (out, losses)"
         )
-
-    return chain_blocks(config.body, config.num_blocks, head_losses, block_loss=config.block_loss)
-
-
-def network_grads(
-    key: jax.Array,
-    params: Any,
-    seq: list,
-    x: jax.Array,
-    blocks: list,
-    *,
-    block_loss: bool,
-    **kwargs,
-) -> tuple[jax.Array, Any]:
-    """:func:`local_fwd_grad` of :func:`chain_blocks` with the gradients in ``params``'s layout.
-
-    ``params = {"blocks": {i: ...} or [...], ...}``; ``seq`` its blocks in order.
-    """
-    losses, grads, _ = local_fwd_grad(blocks, **kwargs)(key, seq if block_loss else [seq], x)
-    grads = grads if block_loss else grads[0]
-    original = params["blocks"]
-    rebuilt = (
-        {k: g for k, g in zip(sorted(original), grads)}
-        if isinstance(original, dict)
-        else type(original)(grads)
-    )
-    return losses, {**params, "blocks": rebuilt}
-
-
-def _group_norm(x: jax.Array, num_groups: int) -> jax.Array:
-    """Parameter-free layer norm within each channel group, float32 ``(B, T, G, C/G)``."""
-    x = x.astype(jnp.float32).reshape(x.shape[0], -1, num_groups, x.shape[-1] // num_groups)
-    mu = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.var(x, axis=-1, keepdims=True)
-    return (x - mu) * lax.rsqrt(var + jnp.float32(1e-5))
-
-
-def _head_input(x: jax.Array, num_groups: int, normalize: bool) -> jax.Array:
-    if normalize:
-        return _group_norm(x, num_groups)
-    return x.astype(jnp.float32).reshape(x.shape[0], -1, num_groups, x.shape[-1] // num_groups)
-
-
-def head_logits(x: jax.Array, head: Any, num_groups: int, normalize: bool = True) -> jax.Array:
-    """A local head: layer norm per channel group, mean over positions, linear (float32 logits).
-
-    Ren et al. (2023), sec. 4 and their code: the head reads the block output
-    normalised within each group (so a group's tangent stays in its group),
-    average-pooled over patches. ``x``: ``(B, ..., C)``; kernel ``(C, classes)``.
-    ``normalize=False`` leaves the norm out (a norm over one unit is zero).
-    """
-    feats = jnp.mean(_head_input(x, num_groups, normalize), axis=1).reshape(x.shape[0], -1)
-    return feats @ head["kernel"].astype(jnp.float32) + head["bias"].astype(jnp.float32)
-
-
-def local_head_losses(
-    x: jax.Array,
-    head: Any,
-    labels: jax.Array,
-    *,
-    num_groups: int = 1,
-    patch_loss: bool = True,
-    group_loss: bool = True,
-    normalize: bool = True,
-) -> jax.Array:
-    """Per-example, per-patch, per-group cross-entropy losses of a local head, ``(B, P, G)``.
-
-    Entry ``[b, p, g]`` has the value of example b's loss ``CE(head(x_b), y_b)``
-    (:func:`head_logits`) and, as a function of ``x``, depends on patch p's
-    group-g features only (Ren et al., 2023, sec. 4, their fused operator): its
-    tangent is ``(softmax - onehot) . W_g^T dx_{p,g} / T`` after the group norm,
-    with the error ``softmax - onehot`` and the head held constant. P is the
-    number of positions T of ``x`` with ``patch_loss`` (else 1), G is
-    ``num_groups`` with ``group_loss`` (else 1). Use with :func:`local_fwd_grad`;
-    ``jax.grad`` of their mean is *not* the block loss's gradient (use the plain
-    cross entropy of :func:`head_logits` for that).
-    """
-    labels = jnp.asarray(labels)
-    xn = _head_input(x, num_groups, normalize)  # (B, T, G, C/G)
-    const = lax.stop_gradient(xn)
-    logits = jnp.mean(const, axis=1).reshape(x.shape[0], -1) @ head["kernel"].astype(
-        jnp.float32
-    ) + head["bias"].astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    err = jax.nn.softmax(logits) - jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
-    # the error at the head's input, per group: (B, G, C/G), a constant
-    back = lax.stop_gradient(err @ head["kernel"].astype(jnp.float32).T).reshape(
-        x.shape[0], num_groups, -1
-    )
-    live = xn - const  # zero, with x's tangent
-    if not patch_loss:
-        live = jnp.mean(live, axis=1, keepdims=True)
-    else:
-        live = live / jnp.float32(xn.shape[1])
-    own = jnp.einsum("btgc,bgc->btg", live, back)
-    if not group_loss:
-        own = jnp.sum(own, axis=2, keepdims=True)
-    return ce[:, None, None] + own
-
-
-def block_list(params: Any, num_blocks: int, model: str) -> list:
-    """``params["blocks"]`` (a dict keyed by block index, or a sequence) as a list in order."""
-    try:
-        blocks = params["blocks"]
-    except (TypeError, KeyError):
-        raise ValueError(
-            f"{model} params must be {{'blocks': {{i: ...}}}} as given by its init "
-            f"function or nnx.split(fwdgrad.{model}(...), nnx.Param)"
-        ) from None
-    seq = [blocks[k] for k in sorted(blocks)] if isinstance(blocks, dict) else list(blocks)
-    if len(seq) != num_blocks:
-        raise ValueError(f"{model} params have {len(seq)} blocks, the config {num_blocks}")
-    return seq
-
-
-def identity_site(z, activation=None, **_):
-    """A ``site`` that perturbs nothing: the plain forward pass of a block."""
-    return activation(z) if activation is not None else z
-
-
-def chain_logits(
-    body: Callable, seq: list, h: jax.Array, *, num_groups: int, normalize: bool, block_loss: bool
-) -> list[jax.Array]:
-    """Every block's head logits, a stop-gradient before every block under ``block_loss``."""
-    out = []
-    for i, p in enumerate(seq):
-        if block_loss:
-            h = lax.stop_gradient(h)
-        h = body(i, p, h, identity_site)
-        out.append(head_logits(h, p["head"], num_groups, normalize))
-    return out
-
-
-def mean_losses(logits: list[jax.Array], labels: jax.Array, block_loss: bool) -> jax.Array:
-    """Mean cross entropy of every head, or of the last only without ``block_loss``."""
-    logits = logits if block_loss else logits[-1:]
-    return jnp.stack(
-        [jnp.mean(optax.softmax_cross_entropy_with_integer_labels(l, labels)) for l in logits]
-    )
-
-
-def net_logits(config: Any, params: Any, x: jax.Array) -> list[jax.Array]:
-    """Every head's logits of a network config (``config.inputs``, ``config.body``)."""
-    seq = block_list(params, config.num_blocks, config.model_name)
-    return chain_logits(
-        config.body,
-        seq,
-        config.inputs(x, seq),
-        num_groups=config.num_groups,
-        normalize=config.normalize,
-        block_loss=config.block_loss,
-    )
-
-
-def net_grads(
-    config: Any, key: jax.Array, params: Any, x: jax.Array, labels: jax.Array, **kwargs
-) -> tuple[jax.Array, Any]:
-    """:func:`network_grads` of a network config's :func:`config_blocks`."""
-    seq = block_list(params, config.num_blocks, config.model_name)
-    return network_grads(
-        key,
-        params,
-        seq,
-        config.inputs(x, seq),
-        config_blocks(config, labels),
-        block_loss=config.block_loss,
-        **kwargs,
-    )
-
-
-class NetworkConfig:
-    """What :func:`net_logits` and :func:`net_grads` need of a network config (a mixin).
-
-    Subclasses set ``model_name``, ``first_layer`` (the first block's layer whose
-    kernel dtype the input takes), ``images(x)`` (the first block's input from
-    raw images) and ``body(i, p, h, site)`` (block i's output), and have the
-    fields ``num_blocks``, ``num_groups``, ``normalize`` and the loss switches.
-    """
-
-    model_name: str
-    first_layer: str
-
-    def inputs(self, x: jax.Array, seq: list) -> jax.Array:
-        """The first block's input from images ``x``, in the parameters' dtype."""
-        return self.images(x).astype(seq[0][self.first_layer]["kernel"].dtype)
-
-    def local_grads(self, key, params, x, labels, **kwargs):
-        """:func:`net_grads` of this configuration (for :func:`local_forward_gradient`)."""
-        return net_grads(self, key, params, x, labels, **kwargs)
+    K = _estimators.check_num_tangents(num_tangents)
+    _tangents.check_tangent(tangent)
+    for name, flag in (("mask_tangents", mask_tangents), ("separate_sites", separate_sites)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}={flag!r} must be a bool")
+    return blocks, K
 
 
 def local_forward_gradient(

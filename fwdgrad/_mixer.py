@@ -7,7 +7,7 @@ hidden units feeds only output group g), with parameter-free layer norms where
 Ren et al. put them (on the block input, after every linear layer before its
 ReLU, between the channel-mixing layers within each group, and per group before
 the head), a residual connection into the last ReLU, and a local head per block
-(:func:`fwdgrad._local.head_logits`). Block 0 has no token mixing: its first
+(:func:`fwdgrad._heads.head_logits`). Block 0 has no token mixing: its first
 layer embeds the patches.
 
 Pre-activations after each post-linear layer norm are the perturbation sites
@@ -34,7 +34,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fwdgrad import _local
+from fwdgrad import _networks
+from fwdgrad._networks import network_apply as mixer_apply
+from fwdgrad._networks import network_blocks as mixer_blocks
+from fwdgrad._networks import network_local_grads as mixer_grads
+from fwdgrad._networks import network_local_logits as mixer_local_logits
+from fwdgrad._networks import network_local_losses as mixer_local_losses
 
 __all__ = [
     "MixerConfig",
@@ -95,6 +100,7 @@ def mixer_init(key: jax.Array, config: MixerConfig, dtype: Any = jnp.float32) ->
     """Initial parameters of a LocalMixer: He-normal kernels, zero biases."""
     c = _check_config(config)
     G, P = c.num_groups, c.num_patches
+    assert c.hidden is not None  # MixerConfig.__post_init__ fills it in
     blocks = {}
     for i in range(c.num_blocks):
         kt, kc, kg, kh = jax.random.split(jax.random.fold_in(key, i), 4)
@@ -170,7 +176,7 @@ def _body(config: MixerConfig, i: int, p: Any, h: jax.Array, site) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MixerConfig(_local.NetworkConfig):
+class MixerConfig(_networks.NetworkConfig):
     """Shape and local losses of a LocalMixer (Ren et al., 2023). Validated at construction.
 
     Ren et al.'s names read ``size/patches/groups``: ``S/1/1`` is one patch per
@@ -236,65 +242,3 @@ def _check_config(config: Any) -> MixerConfig:
     if not isinstance(config, MixerConfig):
         raise TypeError(f"config={config!r} is not a fwdgrad.MixerConfig")
     return config
-
-
-def mixer_local_logits(params: Any, x: jax.Array, config: MixerConfig) -> list[jax.Array]:
-    """Every block's head logits (float32), with a stop-gradient between blocks when ``block_loss``."""
-    return _local.net_logits(_check_config(config), params, x)
-
-
-def mixer_apply(params: Any, x: jax.Array, config: MixerConfig) -> jax.Array:
-    """Prediction of a LocalMixer: the last block's head logits, ``(B, classes)`` float32."""
-    return mixer_local_logits(params, x, config)[-1]
-
-
-def mixer_local_losses(
-    params: Any, x: jax.Array, labels: jax.Array, config: MixerConfig
-) -> jax.Array:
-    """Mean cross entropy of every head ``(num_blocks,)``; their sum is the local objective.
-
-    With ``block_loss`` each block's loss sees only its own block (stop-gradient
-    between blocks), so ``jax.grad`` of the sum is local backprop ("LG-BP") and
-    :func:`fwdgrad.fwd_grad` of it is Ren et al.'s LG-FG-W. Without, only the
-    last head's loss is returned (shape ``(1,)``): the global objective.
-    """
-    return _local.mean_losses(mixer_local_logits(params, x, config), labels, config.block_loss)
-
-
-def mixer_blocks(config, labels: jax.Array) -> list:
-    """The blocks of :func:`fwdgrad.local_fwd_grad` for this network and these labels.
-
-    With ``block_loss`` one per network block; without, one that runs the whole
-    network (:func:`fwdgrad._local.config_blocks`).
-    """
-    return _local.config_blocks(_check_config(config), labels)
-
-
-def mixer_grads(
-    key: jax.Array,
-    params: Any,
-    x: jax.Array,
-    labels: jax.Array,
-    config: MixerConfig,
-    *,
-    num_tangents: int = 1,
-    tangent: str = "rademacher",
-    mask_tangents: bool = True,
-    separate_sites: bool = True,
-) -> tuple[jax.Array, Any]:
-    """Local losses and activity-perturbed gradient estimates of a LocalMixer (LG-FG-A / FG-A).
-
-    :func:`fwdgrad.local_fwd_grad` over :func:`mixer_blocks`. Returns the
-    float32 local losses and estimates with ``params``'s structure and dtypes.
-    """
-    return _local.net_grads(
-        _check_config(config),
-        key,
-        params,
-        x,
-        labels,
-        num_tangents=num_tangents,
-        tangent=tangent,
-        mask_tangents=mask_tangents,
-        separate_sites=separate_sites,
-    )

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from bbcore import all_finite as _all_finite
 from bbcore import check_seed, refuse_nonfinite
@@ -37,9 +38,9 @@ class ForwardGradientState(NamedTuple):
       ``ForwardGradientState(count, key)`` still builds a valid state.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
     key: jax.Array
-    nonfinite: jax.Array = np.int32(0)
+    nonfinite: ArrayLike = np.int32(0)
 
 
 def _init_state(seed: int) -> Callable[[Any], ForwardGradientState]:

@@ -77,7 +77,7 @@ def _layout(shape, fmt: ScaledFormat, axis, channel_axis) -> _Layout:
     rest = tuple(a for a in range(ndim) if a not in k_axes)
     tiles = fmt.block is not None and fmt.block[1] > 1
     if channel_axis is None or not tiles:
-        c_axes, o_axes = rest, ()
+        c_axes, o_axes = rest, tuple[int, ...]()
     else:
         c_axes = _norm_axes(channel_axis, ndim, "channel_axis")
         if set(c_axes) & set(k_axes):
@@ -95,6 +95,7 @@ def _layout(shape, fmt: ScaledFormat, axis, channel_axis) -> _Layout:
     elif fmt.granularity == "channel":
         dims = (P, R, 1, 1, K, T)
     else:
+        assert fmt.block is not None  # granularity 'block' always carries its block shape
         n, b = fmt.block
         if fmt.partial_blocks == "error" and (K % n or R % b):
             raise ValueError(
@@ -121,7 +122,7 @@ def _from_blocks(xb, lay: _Layout):
         return xb.reshape(lay.R, kb * bk, lay.T)[:, : lay.K, :].reshape(lay.shape)
     x3 = xb.reshape(p, rb * br, kb * bk)[:, : lay.R, : lay.K]
     x = x3.reshape([lay.shape[a] for a in lay.perm])
-    return jnp.transpose(x, np.argsort(lay.perm))
+    return jnp.transpose(x, tuple(int(a) for a in np.argsort(lay.perm)))
 
 
 # ---------------------------------------------------------------------------

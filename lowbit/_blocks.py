@@ -217,12 +217,9 @@ def encode_blocks(x: jax.Array, fmt: ScaledFormat, *, axis=-1, channel_axis=None
     q, rep, t, bad = _quantize_core(
         _to_blocks(x, lay), None, fmt=fmt, rounding="nearest", red=lay.reduce_axes
     )
+    codes, scales, t_dec = _pack(q, rep, t, bad, fmt=fmt)
     return BlockPacked(
-        *_pack(q, rep, t, bad, fmt=fmt),
-        shape=tuple(x.shape),
-        fmt=fmt,
-        axis=axis,
-        channel_axis=channel_axis,
+        codes, scales, t_dec, shape=tuple(x.shape), fmt=fmt, axis=axis, channel_axis=channel_axis
     )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from bbcore import all_finite, check_seed, refuse_nonfinite
 from lowbit._formats import RADIX4_FP4, Format
@@ -29,10 +31,10 @@ class QuantizeUpdatesState(NamedTuple):
       amax_history)`` still builds a valid state.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
     key: jax.Array
     amax_history: object
-    nonfinite: jax.Array = np.int32(0)
+    nonfinite: ArrayLike = np.int32(0)
 
 
 def _is_float(x) -> bool:
@@ -95,40 +97,8 @@ def quantize_updates(
     """
     _check_args(fmt, scaling, rounding, seed, history_length)
 
-    def init(params):
-        hist = None
-        if scaling == "delayed":
-            hist = jax.tree.map(lambda p: jnp.zeros((int(history_length),), jnp.float32), params)
-        return QuantizeUpdatesState(
-            count=jnp.zeros((), jnp.int32),
-            key=jax.random.key(jnp.asarray(seed, jnp.uint32)),
-            amax_history=hist,
-            nonfinite=jnp.zeros((), jnp.int32),
-        )
-
-    def quantized(updates, state):
-        """Every float leaf on the grid, and the next amax history (None for "max")."""
-        leaves, treedef = jax.tree.flatten(updates)
-        hists = (
-            jax.tree.leaves(state.amax_history) if scaling == "delayed" else [None] * len(leaves)
-        )
-        step_key = jax.random.fold_in(state.key, state.count)
-        out, new_hists = [], []
-        for i, (u, h) in enumerate(zip(leaves, hists)):
-            if not _is_float(u):
-                out.append(u)
-                new_hists.append(h)
-                continue
-            s = compute_scale(u, fmt, scaling, amax_history=h)
-            key = jax.random.fold_in(step_key, i) if rounding == "stochastic" else None
-            out.append(quantize(u, fmt, scale=s, rounding=rounding, key=key))
-            new_hists.append(amax_history_update(h, u) if h is not None else None)
-        hist = (
-            jax.tree.unflatten(jax.tree.structure(state.amax_history), new_hists)
-            if scaling == "delayed"
-            else None
-        )
-        return jax.tree.unflatten(treedef, out), hist
+    init = functools.partial(_init, scaling=scaling, seed=seed, history_length=history_length)
+    quantized = functools.partial(_quantized, fmt=fmt, scaling=scaling, rounding=rounding)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -145,3 +115,39 @@ def quantize_updates(
         return jax.tree.map(lambda u, q: q if _is_float(u) else u, updates, out), state
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _init(params, *, scaling, seed, history_length) -> QuantizeUpdatesState:
+    """:func:`quantize_updates`' ``init``: count 0, the key from ``seed``, a zero amax history."""
+    hist = None
+    if scaling == "delayed":
+        hist = jax.tree.map(lambda p: jnp.zeros((int(history_length),), jnp.float32), params)
+    return QuantizeUpdatesState(
+        count=jnp.zeros((), jnp.int32),
+        key=jax.random.key(jnp.asarray(seed, jnp.uint32)),
+        amax_history=hist,
+        nonfinite=jnp.zeros((), jnp.int32),
+    )
+
+
+def _quantized(updates, state, *, fmt, scaling, rounding):
+    """Every float leaf on the grid, and the next amax history (None for "max")."""
+    leaves, treedef = jax.tree.flatten(updates)
+    hists = jax.tree.leaves(state.amax_history) if scaling == "delayed" else [None] * len(leaves)
+    step_key = jax.random.fold_in(state.key, state.count)
+    out, new_hists = [], []
+    for i, (u, h) in enumerate(zip(leaves, hists)):
+        if not _is_float(u):
+            out.append(u)
+            new_hists.append(h)
+            continue
+        s = compute_scale(u, fmt, scaling, amax_history=h)
+        key = jax.random.fold_in(step_key, i) if rounding == "stochastic" else None
+        out.append(quantize(u, fmt, scale=s, rounding=rounding, key=key))
+        new_hists.append(amax_history_update(h, u) if h is not None else None)
+    hist = (
+        jax.tree.unflatten(jax.tree.structure(state.amax_history), new_hists)
+        if scaling == "delayed"
+        else None
+    )
+    return jax.tree.unflatten(treedef, out), hist
