@@ -143,18 +143,10 @@ def activity_difference(
     Returns:
       updates shaped and typed like ``params`` (a descent direction), or ``(updates, info)``.
     """
-    phases = _check_phases(
-        beta,
-        free_steps,
-        nudged_steps,
-        centered,
-        io,
-        key,
-        tile_shape,
-        normalize,
-        linear_output,
-        on_nonconvergence,
-    )
+    check_beta(beta, centered)
+    check_nonconvergence_mode(on_nonconvergence)
+    phases = _phases(free_steps, nudged_steps, centered, io, tile_shape, normalize, linear_output)
+    require_io_key(phases.io, key, "activity_difference")
     ws, _ = _check_params(params)
     xf = _flatten_x(x, ws[0].shape[0])
     target = _targets(y, ws[-1].shape[1], xf.shape[0])
@@ -186,24 +178,12 @@ class _Phases(NamedTuple):
     linear_output: bool
 
 
-def _check_phases(
-    beta,
-    free_steps,
-    nudged_steps,
-    centered,
-    io,
-    key,
-    tile_shape,
-    normalize,
-    linear_output,
-    on_nonconvergence,
+def _phases(
+    free_steps, nudged_steps, centered, io, tile_shape, normalize, linear_output
 ) -> _Phases:
-    """Validate :func:`activity_difference`'s settings (errors say what to pass)."""
-    check_beta(beta, centered)
-    check_nonconvergence_mode(on_nonconvergence)
+    """:func:`activity_difference`'s static settings, checked (errors say what to pass)."""
     check_flags(normalize=normalize, linear_output=linear_output)
     io = IOConfig() if io is None else io
-    require_io_key(io, key, "activity_difference")
     return _Phases(
         free_steps=_check_steps("free_steps", free_steps),
         nudged_steps=_check_steps("nudged_steps", nudged_steps),

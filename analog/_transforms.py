@@ -339,20 +339,20 @@ def equilibrium_propagation(
         beta, free_steps, nudged_steps, seed, centered, io, tile_shape, normalize, linear_output
     )
     check_nonconvergence_mode(on_nonconvergence)
-    estimate = functools.partial(
-        activity_difference,
-        beta=beta,
-        free_steps=free_steps,
-        nudged_steps=nudged_steps,
-        centered=centered,
-        io=io,
-        tile_shape=tile_shape,
-        tol=tol,
-        normalize=normalize,
-        linear_output=linear_output,
-        on_nonconvergence=on_nonconvergence,
-        return_info=True,
-    )
+    settings: dict[str, Any] = {
+        "beta": beta,
+        "free_steps": free_steps,
+        "nudged_steps": nudged_steps,
+        "centered": centered,
+        "io": io,
+        "tile_shape": tile_shape,
+        "tol": tol,
+        "normalize": normalize,
+        "linear_output": linear_output,
+        "on_nonconvergence": on_nonconvergence,
+        "return_info": True,
+    }
+    estimate = functools.partial(activity_difference, **settings)
     sweeps = free_steps + (2 if centered else 1) * nudged_steps
     init_fn = functools.partial(_ep_init, seed=seed)
     update_fn = functools.partial(

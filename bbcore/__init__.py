@@ -13,10 +13,12 @@ package, slightly differently; now a change of policy is one edit.
   toolkit makes itself for simulation noise.
 * JAX-version shims (:mod:`bbcore.jax_compat`): :func:`varies_over`, :func:`varying`,
   :func:`register_linear_call_batching`, and the JAX versions they are tested on.
+* Activations by name (:mod:`bbcore.activations`): :data:`ACTIVATIONS`, :func:`activation_fn`.
 * Pytree search (:mod:`bbcore.trees`): :func:`find_states`, :func:`find_fields` over nested
   optax states, through ``optax.tree_utils.tree_get_all_with_path``.
 """
 
+from bbcore.activations import ACTIVATIONS, activation_fn
 from bbcore.checks import check_mesh_axis, check_seed, require_key
 from bbcore.finite import all_finite, count_refusal, refuse_nonfinite
 from bbcore.jax_compat import TESTED_JAX, register_linear_call_batching, varies_over, varying
@@ -38,4 +40,6 @@ __all__ = [
     "TESTED_JAX",
     "find_states",
     "find_fields",
+    "ACTIVATIONS",
+    "activation_fn",
 ]

@@ -18,33 +18,19 @@ from __future__ import annotations
 
 import _common
 import jax
-import jax.numpy as jnp
 
 import fwdgrad
+from beyondbp import hlo
 
 WIDTH, BATCH = 1024, 2048
 
 
 def problem(depth):
-    params = [
-        {
-            "w": jax.ShapeDtypeStruct((WIDTH, WIDTH), jnp.float32),
-            "b": jax.ShapeDtypeStruct((WIDTH,), jnp.float32),
-        }
-        for _ in range(depth)
-    ]
-    x = jax.ShapeDtypeStruct((BATCH, WIDTH), jnp.float32)
-
-    def f(ps, x):
-        for p in ps:
-            x = jax.nn.relu(x @ p["w"] + p["b"])
-        return jnp.mean(x**2)
-
-    return f, params, x
+    return hlo.relu_mlp_probe(depth, WIDTH, BATCH)
 
 
 def temp_mib(fn, *args):
-    return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
+    return hlo.temp_bytes(fn, *args) / 2**20
 
 
 def naive_jvp(f):

@@ -36,7 +36,8 @@ from fwdgrad._estimators import (
     resolve_strategy,
     value_and_fwd_grad,
 )
-from fwdgrad._local import local_forward_gradient, local_fwd_grad, local_head_losses
+from fwdgrad._heads import local_head_losses
+from fwdgrad._local import local_forward_gradient, local_fwd_grad
 from fwdgrad._mixer import MixerConfig, mixer_apply, mixer_grads, mixer_init, mixer_local_losses
 from fwdgrad._tangents import TANGENTS, sample_tangents
 from fwdgrad._transforms import ForwardGradientState, forward_gradient

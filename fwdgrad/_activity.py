@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bbcore.activations import ACTIVATIONS, activation_fn
 from fwdgrad import _estimators, _tangents, _transforms
 
 __all__ = [
@@ -54,26 +55,6 @@ __all__ = [
     "local_mlp_apply",
     "activity_forward_gradient",
 ]
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "gelu": jax.nn.gelu,
-    "sigmoid": jax.nn.sigmoid,
-    "silu": jax.nn.silu,
-    "identity": lambda x: x,
-}
-
-
-def _activation(activation: str | Callable) -> Callable:
-    if callable(activation):
-        return activation
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(
-            f"activation={activation!r} is not known; use one of "
-            f"{sorted(ACTIVATIONS)} or pass a callable"
-        )
-    return ACTIVATIONS[activation]
 
 
 def _check_num_groups(num_groups: Any, width: int | None = None) -> int:
@@ -241,7 +222,7 @@ def local_mlp_apply(
     params: Any, x: jax.Array, *, activation: str | Callable = "relu", normalize: bool = True
 ) -> jax.Array:
     """Prediction of a local-loss MLP: the last block's head logits, ``(B, classes)``."""
-    act = _activation(activation)
+    act = activation_fn(activation)
     layers, heads = _check_local_params(params)
     h = x.reshape(x.shape[0], -1).astype(layers[0]["kernel"].dtype)
     for i, layer in enumerate(layers):
@@ -296,12 +277,7 @@ def local_mlp_grads(
       estimates of the local losses' gradients (each block's input a constant),
       with the structure and dtypes of ``params``.
     """
-    act = _activation(activation)
-    layers, heads = _check_local_params(params)
-    G = _check_num_groups(num_groups)
-    for layer in layers:
-        _check_num_groups(G, layer["kernel"].shape[-1])
-    _check_head_grad(head_grad)
+    act, layers, heads, G = _check_local_mlp(params, activation, num_groups, head_grad)
     block_grad = activity_fwd_grad(
         lambda z, head, y: _block_losses(z, head, y, act, G),
         num_tangents=num_tangents,
@@ -327,6 +303,22 @@ def local_mlp_grads(
         g_heads.append(_dense_grads(head, a, gl))
         losses.append(loss)
         h = jax.lax.stop_gradient(a)
+    return jnp.stack(losses), _rebuild(params, g_layers, g_heads)
+
+
+def _check_local_mlp(params, activation, num_groups, head_grad) -> tuple[Callable, list, list, int]:
+    """Validate :func:`local_mlp_grads`'s arguments; the activation, layers, heads and G."""
+    act = activation_fn(activation)
+    layers, heads = _check_local_params(params)
+    G = _check_num_groups(num_groups)
+    for layer in layers:
+        _check_num_groups(G, layer["kernel"].shape[-1])
+    _check_head_grad(head_grad)
+    return act, layers, heads, G
+
+
+def _rebuild(params: Any, g_layers: list, g_heads: list) -> Any:
+    """The per-block gradients in ``params``'s layout (dicts keyed by block, or sequences)."""
 
     def rebuild(original, grads):
         if isinstance(original, dict):
@@ -336,7 +328,7 @@ def local_mlp_grads(
     grads = dict(params)
     grads["layers"] = rebuild(params["layers"], g_layers)
     grads["heads"] = rebuild(params["heads"], g_heads)
-    return jnp.stack(losses), grads
+    return grads
 
 
 def _check_head_grad(head_grad: Any) -> str:
@@ -385,7 +377,7 @@ def activity_forward_gradient(
     :func:`fwdgrad.forward_gradient`: a NaN/inf local loss or estimate gives
     a zero update, leaves ``count`` as it was and increments ``nonfinite``.
     """
-    _activation(activation)
+    activation_fn(activation)
     K = _estimators.check_num_tangents(num_tangents)
     _tangents.check_tangent(tangent)
     _transforms.check_seed(seed)

@@ -3,7 +3,7 @@
 Block i: ``z = LN(conv(h) + b)`` (a ``kernel_size`` SAME convolution, then a
 parameter-free layer norm over channels at every pixel), ``out = relu(z)``, and
 a local head reading ``out`` (layer norm per channel group, mean over pixels,
-linear: :func:`fwdgrad._local.head_logits`). The next block reads a 2x2 average
+linear: :func:`fwdgrad._heads.head_logits`). The next block reads a 2x2 average
 pool of ``out`` (when ``pool``), a constant for it under local losses. The
 pre-activation ``z`` is the block's perturbation site for
 :func:`fwdgrad.local_fwd_grad` (Ren, Kornblith, Liao, Hinton, ICLR 2023, sec. 3,
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fwdgrad import _local
+from fwdgrad import _networks
 from fwdgrad._mixer import (
     _check_flags,
     _check_groups,
@@ -36,6 +36,11 @@ from fwdgrad._mixer import (
     _positive_int,
     _relu,
 )
+from fwdgrad._networks import network_apply as convnet_apply
+from fwdgrad._networks import network_blocks as convnet_blocks
+from fwdgrad._networks import network_local_grads as convnet_grads
+from fwdgrad._networks import network_local_logits as convnet_local_logits
+from fwdgrad._networks import network_local_losses as convnet_local_losses
 
 __all__ = [
     "ConvNetConfig",
@@ -94,7 +99,7 @@ def _body(config: ConvNetConfig, i: int, p: Any, h: jax.Array, site) -> jax.Arra
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ConvNetConfig(_local.NetworkConfig):
+class ConvNetConfig(_networks.NetworkConfig):
     """Shape and local losses of a LocalConvNet. Validated at construction.
 
     Attributes:
@@ -160,58 +165,3 @@ def _check_config(config: Any) -> ConvNetConfig:
     if not isinstance(config, ConvNetConfig):
         raise TypeError(f"config={config!r} is not a fwdgrad.ConvNetConfig")
     return config
-
-
-def convnet_local_logits(params: Any, x: jax.Array, config: ConvNetConfig) -> list[jax.Array]:
-    """Every block's head logits (float32), with a stop-gradient between blocks when ``block_loss``."""
-    return _local.net_logits(_check_config(config), params, x)
-
-
-def convnet_apply(params: Any, x: jax.Array, config: ConvNetConfig) -> jax.Array:
-    """Prediction of a LocalConvNet: the last block's head logits, ``(B, classes)`` float32."""
-    return convnet_local_logits(params, x, config)[-1]
-
-
-def convnet_local_losses(
-    params: Any, x: jax.Array, labels: jax.Array, config: ConvNetConfig
-) -> jax.Array:
-    """Mean cross entropy of every head (only the last without ``block_loss``); see ``mixer_local_losses``."""
-    return _local.mean_losses(convnet_local_logits(params, x, config), labels, config.block_loss)
-
-
-def convnet_blocks(config, labels: jax.Array) -> list:
-    """The blocks of :func:`fwdgrad.local_fwd_grad` for this network and these labels.
-
-    With ``block_loss`` one per network block; without, one that runs the whole
-    network (:func:`fwdgrad._local.config_blocks`).
-    """
-    return _local.config_blocks(_check_config(config), labels)
-
-
-def convnet_grads(
-    key: jax.Array,
-    params: Any,
-    x: jax.Array,
-    labels: jax.Array,
-    config: ConvNetConfig,
-    *,
-    num_tangents: int = 1,
-    tangent: str = "rademacher",
-    mask_tangents: bool = True,
-    separate_sites: bool = True,
-) -> tuple[jax.Array, Any]:
-    """Local losses and activity-perturbed gradient estimates of a LocalConvNet.
-
-    :func:`fwdgrad.local_fwd_grad` over :func:`convnet_blocks`; as :func:`fwdgrad.mixer_grads`.
-    """
-    return _local.net_grads(
-        _check_config(config),
-        key,
-        params,
-        x,
-        labels,
-        num_tangents=num_tangents,
-        tangent=tangent,
-        mask_tangents=mask_tangents,
-        separate_sites=separate_sites,
-    )

@@ -36,7 +36,8 @@ one batch, which can change the summation order inside the matmuls).
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -178,41 +179,56 @@ def sharded_forward_gradient(
     K, n_dev, n_batch = _check_config(
         mesh, axis_name, num_tangents, tangent, aggregate, batch_axis_name, seed
     )
-    k_local = K // n_dev
-    axes = (axis_name,) if batch_axis_name is None else (batch_axis_name, axis_name)
-
+    plan = _Plan(mesh, axis_name, batch_axis_name, n_batch, K // n_dev, tangent, aggregate)
     # The state is forward_gradient's (count, key), identical on every device: the
     # key and the count are all a device needs to regenerate every tangent of a step.
     init = _transforms._init_state(seed)
+    return optax.GradientTransformationExtraArgs(init, functools.partial(_update, plan=plan))
 
-    def update(updates, state, params=None, *, loss_fn=None, batch=None, **extra_args):
-        del updates, extra_args
-        if params is None or loss_fn is None:
-            raise ValueError(
-                "sharded_forward_gradient.update needs params and loss_fn=; call "
-                "tx.update(None, state, params, loss_fn=loss_fn)"
-            )
-        _check_batch(batch, batch_axis_name, n_batch)
-        key = _transforms._step_key(state)
 
-        def local(params, batch):
-            me = lax.axis_index(axis_name)
-            ids = (me * k_local + jnp.arange(k_local)).astype(jnp.uint32)
-            p = _varying(params, axes)
-            f = loss_fn if batch_axis_name is None else (lambda q: loss_fn(q, batch))
-            d = directional_derivatives(f, p, key, ids, tangent)
-            if batch_axis_name is not None:
-                d = lax.pmean(d, batch_axis_name)
-            d = _gather_invariant(d, axis_name)  # (K,): the only exchange
-            leaves, treedef = jax.tree.flatten(params)
-            return jax.tree.unflatten(
-                treedef, _estimators._combine(key, d, leaves, tangent, aggregate)
-            )
+class _Plan(NamedTuple):
+    """How :func:`sharded_forward_gradient` splits the work: its checked settings."""
 
-        batch_spec = P() if batch_axis_name is None else P(batch_axis_name)
-        est = jax.shard_map(local, mesh=mesh, in_specs=(P(), batch_spec), out_specs=P())(
-            params, batch
+    mesh: Mesh
+    axis_name: Any
+    batch_axis_name: Any
+    n_batch: int
+    k_local: int
+    tangent: str
+    aggregate: str
+
+
+def _update(updates, state, params=None, *, loss_fn=None, batch=None, plan: _Plan, **extra_args):
+    """:func:`sharded_forward_gradient`'s ``update``: every device's share, then one estimate."""
+    del updates, extra_args
+    if params is None or loss_fn is None:
+        raise ValueError(
+            "sharded_forward_gradient.update needs params and loss_fn=; call "
+            "tx.update(None, state, params, loss_fn=loss_fn)"
         )
-        return _transforms._advance(state, est)
+    _check_batch(batch, plan.batch_axis_name, plan.n_batch)
+    key = _transforms._step_key(state)
+    local = functools.partial(_device_estimate, loss_fn=loss_fn, key=key, plan=plan)
+    batch_spec = P() if plan.batch_axis_name is None else P(plan.batch_axis_name)
+    est = jax.shard_map(local, mesh=plan.mesh, in_specs=(P(), batch_spec), out_specs=P())(
+        params, batch
+    )
+    return _transforms._advance(state, est)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+
+def _device_estimate(params, batch, *, loss_fn, key, plan: _Plan):
+    """On one device: its K / D directional derivatives, gathered; the whole estimate."""
+    axis_name, batch_axis_name = plan.axis_name, plan.batch_axis_name
+    axes = (axis_name,) if batch_axis_name is None else (batch_axis_name, axis_name)
+    me = lax.axis_index(axis_name)
+    ids = (me * plan.k_local + jnp.arange(plan.k_local)).astype(jnp.uint32)
+    p = _varying(params, axes)
+    f = loss_fn if batch_axis_name is None else (lambda q: loss_fn(q, batch))
+    d = directional_derivatives(f, p, key, ids, plan.tangent)
+    if batch_axis_name is not None:
+        d = lax.pmean(d, batch_axis_name)
+    d = _gather_invariant(d, axis_name)  # (K,): the only exchange
+    leaves, treedef = jax.tree.flatten(params)
+    return jax.tree.unflatten(
+        treedef, _estimators._combine(key, d, leaves, plan.tangent, plan.aggregate)
+    )

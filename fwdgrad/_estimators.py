@@ -311,16 +311,9 @@ def value_and_fwd_grad(
       (a tuple of them for a tuple ``argnums``). The same key gives the same
       estimate; different keys give independent tangents.
     """
-    argnums_t = _check_argnums(argnums)
-    K = check_num_tangents(num_tangents)
-    tangent = _tangents.check_tangent(tangent)
-    aggregate = check_aggregate(aggregate)
-    chunk_size = check_chunk_size(chunk_size, K)
-    check_strategy(strategy)
-    if not isinstance(has_aux, bool):
-        raise TypeError(f"has_aux={has_aux!r} must be a bool")
-    if not callable(fun):
-        raise TypeError(f"fun={fun!r} is not callable")
+    argnums_t, K, tangent, aggregate, chunk_size = _check_estimator(
+        fun, argnums, num_tangents, tangent, aggregate, has_aux, chunk_size, strategy
+    )
     single = isinstance(argnums, int)
 
     def value_and_grad_fn(key, *args):
@@ -329,12 +322,7 @@ def value_and_fwd_grad(
             raise ValueError(f"argnums={argnums!r} but only {len(args)} positional arguments given")
         diff = tuple(args[i] for i in argnums_t)
         leaves, treedef = _float_leaves(diff[0] if single else diff)
-        n = sum(math.prod(jnp.shape(x)) for x in leaves)
-        if aggregate == "orthogonal" and n < K:
-            raise ValueError(
-                f"num_tangents={K} exceeds the {n} parameters: the span of the "
-                f"tangents has at most {n} dimensions; use num_tangents <= {n}"
-            )
+        _check_span(aggregate, K, leaves)
 
         def flat_fun(*flat):
             d = jax.tree.unflatten(treedef, list(flat))
@@ -353,6 +341,32 @@ def value_and_fwd_grad(
         return value_and_aux, jax.tree.unflatten(treedef, grads)
 
     return value_and_grad_fn
+
+
+def _check_estimator(fun, argnums, num_tangents, tangent, aggregate, has_aux, chunk_size, strategy):
+    """Validate :func:`value_and_fwd_grad`'s arguments; return the checked
+    ``(argnums tuple, K, tangent, aggregate, chunk_size)``."""
+    argnums_t = _check_argnums(argnums)
+    K = check_num_tangents(num_tangents)
+    tangent = _tangents.check_tangent(tangent)
+    aggregate = check_aggregate(aggregate)
+    chunk_size = check_chunk_size(chunk_size, K)
+    check_strategy(strategy)
+    if not isinstance(has_aux, bool):
+        raise TypeError(f"has_aux={has_aux!r} must be a bool")
+    if not callable(fun):
+        raise TypeError(f"fun={fun!r} is not callable")
+    return argnums_t, K, tangent, aggregate, chunk_size
+
+
+def _check_span(aggregate: str, K: int, leaves) -> None:
+    """``"orthogonal"`` needs K <= n: K tangents span at most n dimensions."""
+    n = sum(math.prod(jnp.shape(x)) for x in leaves)
+    if aggregate == "orthogonal" and n < K:
+        raise ValueError(
+            f"num_tangents={K} exceeds the {n} parameters: the span of the "
+            f"tangents has at most {n} dimensions; use num_tangents <= {n}"
+        )
 
 
 def combine(key, d, leaves, tangent, aggregate):

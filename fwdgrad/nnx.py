@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bbcore.activations import activation_fn
 from fwdgrad import _convnet, _mixer
-from fwdgrad._activity import _activation, _block_input
+from fwdgrad._activity import _block_input
 
 __all__ = ["LocalMLP", "LocalMixer", "LocalConvNet"]
 
@@ -56,7 +57,7 @@ class LocalMLP(nnx.Module):
             )
         self.widths = widths
         self.normalize = bool(normalize)
-        self.activation_fn = _activation(activation)
+        self.activation_fn = activation_fn(activation)
         hidden, classes = widths[1:-1], widths[-1]
         self.layers = nnx.List(
             [

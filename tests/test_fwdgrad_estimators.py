@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import fwdgrad
+from beyondbp import hlo
 from fwdgrad import _tangents
 
 
@@ -423,28 +424,6 @@ def test_bad_key_rejected():
 # --------------------------------------------------------------- memory (compiled, not timed)
 
 
-def _temp_bytes(fn, *args):
-    return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
-
-
-def _deep_mlp(depth, width=256, batch=2048):
-    params = [
-        {
-            "w": jax.ShapeDtypeStruct((width, width), jnp.float32),
-            "b": jax.ShapeDtypeStruct((width,), jnp.float32),
-        }
-        for _ in range(depth)
-    ]
-    x = jax.ShapeDtypeStruct((batch, width), jnp.float32)
-
-    def f(ps, x):
-        for p in ps:
-            x = jax.nn.relu(x @ p["w"] + p["b"])
-        return jnp.mean(x**2)
-
-    return f, params, x
-
-
 @pytest.mark.skipif(
     jax.default_backend() != "cpu",
     reason="the byte figures are XLA:CPU's buffer assignment; XLA:GPU schedules and "
@@ -455,11 +434,11 @@ def test_working_memory_flat_in_depth_and_below_backprop():
     """Tangents drawn per layer and primal/tangent passes interleaved (see _estimators)."""
     temps = {}
     for depth in (2, 8):
-        f, params, x = _deep_mlp(depth)
+        f, params, x = hlo.relu_mlp_probe(depth, width=256, batch=2048)
         fg = fwdgrad.fwd_grad(f)
         temps[depth] = (
-            _temp_bytes(lambda p, x, k: fg(k, p, x), params, x, jax.random.key(0)),
-            _temp_bytes(jax.grad(f), params, x),
+            hlo.temp_bytes(lambda p, x, k: fg(k, p, x), params, x, jax.random.key(0)),
+            hlo.temp_bytes(jax.grad(f), params, x),
         )
     fwd2, bp2 = temps[2]
     fwd8, bp8 = temps[8]

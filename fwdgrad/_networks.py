@@ -1,0 +1,293 @@
+"""Networks of blocks with a local head each, from a config: what LocalMixer and LocalConvNet share.
+
+A config (``MixerConfig``, ``ConvNetConfig``: a :class:`NetworkConfig`) supplies its blocks'
+body ``body(i, p, h, site)`` and the loss switches; this module chains the blocks for
+:func:`fwdgrad.local_fwd_grad` (:func:`chain_blocks`), runs them forward for every head's
+logits (:func:`chain_logits`), and holds the function API both networks export
+(``mixer_apply`` / ``convnet_apply`` and their kin are the functions here). Ren, Kornblith,
+Liao, Hinton (ICLR 2023), secs. 3-4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from fwdgrad._heads import head_logits, local_head_losses
+from fwdgrad._local import local_fwd_grad
+
+__all__ = [
+    "chain_blocks",
+    "config_blocks",
+    "network_grads",
+    "net_logits",
+    "net_grads",
+    "NetworkConfig",
+    "block_list",
+    "identity_site",
+    "chain_logits",
+    "mean_losses",
+    "check_network_config",
+    "network_local_logits",
+    "network_apply",
+    "network_local_losses",
+    "network_blocks",
+    "network_local_grads",
+]
+
+
+def chain_blocks(
+    body: Callable, num_blocks: int, head_losses: Callable, *, block_loss: bool
+) -> list:
+    """Blocks for :func:`local_fwd_grad` from a network's block body and head.
+
+    ``body(i, p, h, site) -> out`` runs block i; ``head_losses(p, out) ->
+    (B, P, G)``. With ``block_loss`` one estimator block per network block;
+    without, one block running the whole network (its parameters the list of
+    every block's), the earlier blocks' sites feeding every patch and group of
+    the last head, since the later blocks mix them.
+    """
+
+    def block(i):
+        def run(p, h, site):
+            out = body(i, p, h, site)
+            return out, head_losses(p, out)
+
+        return run
+
+    if block_loss:
+        return [block(i) for i in range(num_blocks)]
+
+    def whole(ps, h, site):
+        def mixed(z, activation=None, **_):
+            return site(z, activation, per_patch=False, per_group=False)
+
+        for i, p in enumerate(ps):
+            h = body(i, p, h, site if i == len(ps) - 1 else mixed)
+        return h, head_losses(ps[-1], h)
+
+    return [whole]
+
+
+def config_blocks(config: Any, labels: jax.Array) -> list:
+    """:func:`chain_blocks` of a network config (``MixerConfig``, ``ConvNetConfig``).
+
+    ``config`` supplies ``body(i, p, h, site)``, ``num_blocks``, ``num_groups``,
+    ``normalize`` and the three loss switches; every head gives :func:`local_head_losses`.
+    """
+
+    def head_losses(p, out):
+        return local_head_losses(
+            out,
+            p["head"],
+            labels,
+            num_groups=config.num_groups,
+            patch_loss=config.patch_loss,
+            group_loss=config.group_loss,
+            normalize=config.normalize,
+        )
+
+    return chain_blocks(config.body, config.num_blocks, head_losses, block_loss=config.block_loss)
+
+
+def network_grads(
+    key: jax.Array,
+    params: Any,
+    seq: list,
+    x: jax.Array,
+    blocks: list,
+    *,
+    block_loss: bool,
+    **kwargs,
+) -> tuple[jax.Array, Any]:
+    """:func:`local_fwd_grad` of :func:`chain_blocks` with the gradients in ``params``'s layout.
+
+    ``params = {"blocks": {i: ...} or [...], ...}``; ``seq`` its blocks in order.
+    """
+    losses, grads, _ = local_fwd_grad(blocks, **kwargs)(key, seq if block_loss else [seq], x)
+    grads = grads if block_loss else grads[0]
+    original = params["blocks"]
+    rebuilt = (
+        {k: g for k, g in zip(sorted(original), grads)}
+        if isinstance(original, dict)
+        else type(original)(grads)
+    )
+    return losses, {**params, "blocks": rebuilt}
+
+
+def block_list(params: Any, num_blocks: int, model: str) -> list:
+    """``params["blocks"]`` (a dict keyed by block index, or a sequence) as a list in order."""
+    try:
+        blocks = params["blocks"]
+    except (TypeError, KeyError):
+        raise ValueError(
+            f"{model} params must be {{'blocks': {{i: ...}}}} as given by its init "
+            f"function or nnx.split(fwdgrad.{model}(...), nnx.Param)"
+        ) from None
+    seq = [blocks[k] for k in sorted(blocks)] if isinstance(blocks, dict) else list(blocks)
+    if len(seq) != num_blocks:
+        raise ValueError(f"{model} params have {len(seq)} blocks, the config {num_blocks}")
+    return seq
+
+
+def identity_site(z, activation=None, **_):
+    """A ``site`` that perturbs nothing: the plain forward pass of a block."""
+    return activation(z) if activation is not None else z
+
+
+def chain_logits(
+    body: Callable, seq: list, h: jax.Array, *, num_groups: int, normalize: bool, block_loss: bool
+) -> list[jax.Array]:
+    """Every block's head logits, a stop-gradient before every block under ``block_loss``."""
+    out = []
+    for i, p in enumerate(seq):
+        if block_loss:
+            h = lax.stop_gradient(h)
+        h = body(i, p, h, identity_site)
+        out.append(head_logits(h, p["head"], num_groups, normalize))
+    return out
+
+
+def mean_losses(logits: list[jax.Array], labels: jax.Array, block_loss: bool) -> jax.Array:
+    """Mean cross entropy of every head, or of the last only without ``block_loss``."""
+    logits = logits if block_loss else logits[-1:]
+    return jnp.stack(
+        [jnp.mean(optax.softmax_cross_entropy_with_integer_labels(l, labels)) for l in logits]
+    )
+
+
+def net_logits(config: Any, params: Any, x: jax.Array) -> list[jax.Array]:
+    """Every head's logits of a network config (``config.inputs``, ``config.body``)."""
+    seq = block_list(params, config.num_blocks, config.model_name)
+    return chain_logits(
+        config.body,
+        seq,
+        config.inputs(x, seq),
+        num_groups=config.num_groups,
+        normalize=config.normalize,
+        block_loss=config.block_loss,
+    )
+
+
+def net_grads(
+    config: Any, key: jax.Array, params: Any, x: jax.Array, labels: jax.Array, **kwargs
+) -> tuple[jax.Array, Any]:
+    """:func:`network_grads` of a network config's :func:`config_blocks`."""
+    seq = block_list(params, config.num_blocks, config.model_name)
+    return network_grads(
+        key,
+        params,
+        seq,
+        config.inputs(x, seq),
+        config_blocks(config, labels),
+        block_loss=config.block_loss,
+        **kwargs,
+    )
+
+
+class NetworkConfig:
+    """What :func:`net_logits` and :func:`net_grads` need of a network config (a mixin).
+
+    Subclasses set ``model_name``, ``first_layer`` (the first block's layer whose
+    kernel dtype the input takes), ``images(x)`` (the first block's input from
+    raw images) and ``body(i, p, h, site)`` (block i's output), and have the
+    fields ``num_blocks``, ``num_groups``, ``normalize`` and the loss switches.
+    """
+
+    model_name: str
+    first_layer: str
+    block_loss: bool
+
+    def images(self, x: jax.Array) -> jax.Array:
+        """The first block's input from raw images ``x``; each network defines its own."""
+        raise NotImplementedError(f"{type(self).__name__} must define images(x)")
+
+    def inputs(self, x: jax.Array, seq: list) -> jax.Array:
+        """The first block's input from images ``x``, in the parameters' dtype."""
+        return self.images(x).astype(seq[0][self.first_layer]["kernel"].dtype)
+
+    def local_grads(self, key, params, x, labels, **kwargs):
+        """:func:`net_grads` of this configuration (for :func:`local_forward_gradient`)."""
+        return net_grads(self, key, params, x, labels, **kwargs)
+
+
+# The function API of every local-loss network: ``fwdgrad.mixer_apply`` and
+# ``fwdgrad.convnet_apply`` (and their kin) are these functions under the network's name.
+
+
+def check_network_config(config: Any) -> NetworkConfig:
+    """Accept a local-loss network config (``fwdgrad.MixerConfig``, ``fwdgrad.ConvNetConfig``)."""
+    if not isinstance(config, NetworkConfig):
+        raise TypeError(
+            f"config={config!r} is not a local-loss network config; pass a "
+            "fwdgrad.MixerConfig or a fwdgrad.ConvNetConfig"
+        )
+    return config
+
+
+def network_local_logits(params: Any, x: jax.Array, config: NetworkConfig) -> list[jax.Array]:
+    """Every block's head logits (float32), with a stop-gradient between blocks when ``block_loss``."""
+    return net_logits(check_network_config(config), params, x)
+
+
+def network_apply(params: Any, x: jax.Array, config: NetworkConfig) -> jax.Array:
+    """Prediction of a local-loss network: the last block's head logits, ``(B, classes)`` float32."""
+    return network_local_logits(params, x, config)[-1]
+
+
+def network_local_losses(
+    params: Any, x: jax.Array, labels: jax.Array, config: NetworkConfig
+) -> jax.Array:
+    """Mean cross entropy of every head ``(num_blocks,)``; their sum is the local objective.
+
+    With ``block_loss`` each block's loss sees only its own block (stop-gradient
+    between blocks), so ``jax.grad`` of the sum is local backprop ("LG-BP") and
+    :func:`fwdgrad.fwd_grad` of it is Ren et al.'s LG-FG-W. Without, only the
+    last head's loss is returned (shape ``(1,)``): the global objective.
+    """
+    logits = network_local_logits(params, x, config)
+    return mean_losses(logits, labels, config.block_loss)
+
+
+def network_blocks(config: NetworkConfig, labels: jax.Array) -> list:
+    """The blocks of :func:`fwdgrad.local_fwd_grad` for this network and these labels.
+
+    With ``block_loss`` one per network block; without, one that runs the whole
+    network (:func:`config_blocks`).
+    """
+    return config_blocks(check_network_config(config), labels)
+
+
+def network_local_grads(
+    key: jax.Array,
+    params: Any,
+    x: jax.Array,
+    labels: jax.Array,
+    config: NetworkConfig,
+    *,
+    num_tangents: int = 1,
+    tangent: str = "rademacher",
+    mask_tangents: bool = True,
+    separate_sites: bool = True,
+) -> tuple[jax.Array, Any]:
+    """Local losses and activity-perturbed gradient estimates of a local-loss network (LG-FG-A / FG-A).
+
+    :func:`fwdgrad.local_fwd_grad` over :func:`network_blocks`. Returns the
+    float32 local losses and estimates with ``params``'s structure and dtypes.
+    """
+    return net_grads(
+        check_network_config(config),
+        key,
+        params,
+        x,
+        labels,
+        num_tangents=num_tangents,
+        tangent=tangent,
+        mask_tangents=mask_tangents,
+        separate_sites=separate_sites,
+    )
