@@ -135,7 +135,10 @@ def public_names(module: griffe.Module, prefix: str, depth: int = 0) -> list[tup
     for name in names:
         if name not in module.members:
             raise ValueError(f"{prefix}.__all__ lists {name!r}, which it does not define")
-        target = _target_of(module.members[name])
+        try:
+            target = _target_of(module.members[name])
+        except griffe.AliasResolutionError as e:
+            raise ValueError(f"{prefix}.{name} cannot be documented: {e}") from None
         out.append((f"{prefix}.{name}", depth, target.kind.value))
         if target.is_module:
             out += public_names(target, f"{prefix}.{name}", depth + 1)  # type: ignore[arg-type]
