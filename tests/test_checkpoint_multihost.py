@@ -1,0 +1,119 @@
+"""Checkpoints of state sharded across two processes: killed mid-run, resumed bit-identical.
+
+``python -m beyondbp.launch -n 2 --devices-per-process 2`` runs
+``tests/multidevice/mp_checkpoint.py``: ``jax.distributed`` on 127.0.0.1 (CPU collectives over
+gloo), a mesh of 4 devices over the 2 processes, state sharded over it (no process holds the
+first layer's weights, their momentum or the batch of ``rbg`` keys whole), a 4-bit packed copy
+of the weights and a step counter. Each process writes its own shards of every checkpoint
+(orbax, through ``beyondbp.checkpoint``). One run is killed with SIGKILL, both processes at
+once, after its second checkpoint and before its last; started again, it resumes from the
+newest checkpoint and must end with every array of params and state bit-identical to an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from _multidevice import HERE, REPO, device_env
+
+from beyondbp import checkpoint
+
+SCRIPT = HERE / "multidevice" / "mp_checkpoint.py"
+STEPS, EVERY = 40, 5
+
+
+def _cmd(ck, out, *extra) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "beyondbp.launch",
+        "-n",
+        "2",
+        "--devices-per-process",
+        "2",
+        "--timeout",
+        "240",
+        "--",
+        sys.executable,
+        str(SCRIPT),
+        str(ck),
+        str(out),
+        str(STEPS),
+        str(EVERY),
+        *map(str, extra),
+    ]
+
+
+def _run(ck, out) -> str:
+    r = subprocess.run(
+        _cmd(ck, out), cwd=REPO, env=device_env(2), capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert "[0] process 0: done" in r.stdout and "[1] process 1: done" in r.stdout
+    return r.stdout
+
+
+def _step(path) -> int:
+    return int(path.name.split("_")[1].split(".")[0])
+
+
+def _kill_after_second_checkpoint(tmp_path, ck, out) -> int:
+    """Start the run, SIGKILL both processes once two checkpoints exist; the step resumed from."""
+    pids, log = tmp_path / "pids", tmp_path / "killed.log"
+    pids.mkdir()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            _cmd(ck, out, pids), cwd=REPO, env=device_env(2), stdout=f, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                c = checkpoint.latest(ck)
+                if c is not None and _step(c) >= 2 * EVERY and len(list(pids.iterdir())) == 2:
+                    break
+                if proc.poll() is not None:
+                    pytest.fail(f"the run ended before it was killed:\n{log.read_text()[-6000:]}")
+                time.sleep(0.005)
+            for p in pids.iterdir():  # both at once, wherever they are: a step, a save, a barrier
+                os.kill(int(p.read_text()), signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode != 0, "the run finished before the kill: nothing was tested"
+    assert not out.exists(), "a killed run must not have written its final state"
+    stopped = _step(checkpoint.latest(ck))
+    assert 2 * EVERY <= stopped < STEPS
+    return stopped
+
+
+def test_two_processes_killed_mid_run_resume_bit_identical(tmp_path):
+    t0 = time.monotonic()
+    _run(tmp_path / "ref_ck", tmp_path / "ref.npz")
+    t1 = time.monotonic()
+    ck, out = tmp_path / "ck", tmp_path / "out.npz"
+    stopped = _kill_after_second_checkpoint(tmp_path, ck, out)
+    shards = sorted(p.name for p in checkpoint.latest(ck).iterdir() if p.name.startswith("ocdbt"))
+    assert shards == ["ocdbt.process_0", "ocdbt.process_1"], "each process writes its shards"
+    t2 = time.monotonic()
+    log = _run(ck, out)
+    assert f"[0] process 0: starting at step {stopped}" in log
+    assert f"[1] process 1: starting at step {stopped}" in log
+    t3 = time.monotonic()
+    a, b = np.load(tmp_path / "ref.npz"), np.load(out)
+    assert sorted(a) == sorted(b) and len(a) >= 8
+    for k in a:  # every array of params and state, bit for bit (key data, 4-bit codes too)
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert a[k].tobytes() == b[k].tobytes(), k
+    print(
+        f"uninterrupted {t1 - t0:.1f} s, killed at step >= {stopped} after {t2 - t1:.1f} s, "
+        f"resumed {t3 - t2:.1f} s"
+    )
