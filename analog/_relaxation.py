@@ -250,11 +250,7 @@ def read_input(
 
 
 def _flatten_x(x: jax.Array, n_in: int) -> jax.Array:
-    x = jnp.asarray(x)
-    x = x.reshape(x.shape[0], -1)
-    if x.shape[1] != n_in:
-        raise ValueError(f"x has {x.shape[1]} features per example; the network expects {n_in}")
-    return x.astype(_F32)
+    return bbcore.flat_inputs(jnp.asarray(x), n_in, "the energy network").astype(_F32)
 
 
 def predict(

@@ -8,7 +8,8 @@ package, slightly differently; now a change of policy is one edit.
   (zero updates, state kept, a ``nonfinite`` counter bumped; the rule of optax's
   ``apply_if_finite``, applied inside each transform), :func:`count_refusal`.
 * Argument checks (:mod:`bbcore.checks`): :func:`check_seed`, :func:`check_mesh_axis`,
-  :func:`require_key` (the "... draws noise; pass key=" error).
+  :func:`require_key` (the "... draws noise; pass key=" error), :func:`flat_inputs` (a model's
+  input flattened and its feature count checked).
 * PRNG (:mod:`bbcore.prng`): :data:`PRNG_IMPL` and :func:`key`, the generator of keys the
   toolkit makes itself for simulation noise.
 * JAX-version shims (:mod:`bbcore.jax_compat`): :func:`varies_over`, :func:`varying`,
@@ -19,7 +20,7 @@ package, slightly differently; now a change of policy is one edit.
 """
 
 from bbcore.activations import ACTIVATIONS, activation_fn
-from bbcore.checks import check_mesh_axis, check_seed, require_key
+from bbcore.checks import check_mesh_axis, check_seed, flat_inputs, require_key
 from bbcore.finite import all_finite, count_refusal, refuse_nonfinite
 from bbcore.jax_compat import TESTED_JAX, register_linear_call_batching, varies_over, varying
 from bbcore.prng import PRNG_IMPL, key
@@ -32,6 +33,7 @@ __all__ = [
     "check_seed",
     "check_mesh_axis",
     "require_key",
+    "flat_inputs",
     "PRNG_IMPL",
     "key",
     "varies_over",

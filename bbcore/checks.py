@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_seed", "check_mesh_axis", "require_key"]
+__all__ = ["check_seed", "check_mesh_axis", "require_key", "flat_inputs"]
 
 
 def check_seed(seed: Any, who: str | None = None) -> Any:
@@ -75,3 +75,18 @@ def require_key(key: Any, who: str, because: str) -> None:
     """
     if key is None:
         raise ValueError(f"{who}: {because}; pass key=jax.random.key(...)")
+
+
+def flat_inputs(x: Any, n_features: int, who: str) -> jax.Array:
+    """``x`` flattened to ``(batch, features)``; refused unless it has ``n_features`` per example.
+
+    Raises:
+      ValueError: another number of features per example (the message names ``who``).
+    """
+    flat = jnp.reshape(x, (jnp.shape(x)[0], -1))
+    if flat.shape[-1] != n_features:
+        raise ValueError(
+            f"{who} expects {n_features} input features per example, got input of shape "
+            f"{jnp.shape(x)} ({flat.shape[-1]} features after flattening)"
+        )
+    return flat

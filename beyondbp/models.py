@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 
 from bbcore.activations import ACTIVATIONS, activation_fn
+from bbcore.checks import flat_inputs
 
 __all__ = [
     "MLP",
@@ -92,12 +93,7 @@ class MLP(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.reshape(x.shape[0], -1)
-        if x.shape[-1] != self.widths[0]:
-            raise ValueError(
-                f"MLP expects {self.widths[0]} input features per example, got input of "
-                f"shape {x.shape} after flattening"
-            )
+        x = flat_inputs(x, self.widths[0], "MLP")
         for layer in self.layers[:-1]:
             x = self.activation(layer(x))
         return self.layers[-1](x)

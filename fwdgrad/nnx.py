@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bbcore.activations import activation_fn
+from bbcore.checks import flat_inputs
 from fwdgrad import _convnet, _mixer
 from fwdgrad._activity import _block_input
 
@@ -80,12 +81,7 @@ class LocalMLP(nnx.Module):
         return out
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = x.reshape(x.shape[0], -1)
-        if h.shape[-1] != self.widths[0]:
-            raise ValueError(
-                f"LocalMLP expects {self.widths[0]} input features per example, got "
-                f"input of shape {x.shape}"
-            )
+        h = flat_inputs(x, self.widths[0], "LocalMLP")
         for i, layer in enumerate(self.layers):
             h = self.activation_fn(layer(_block_input(h, i, self.normalize)))
         return self.heads[-1](h)
