@@ -9,7 +9,10 @@ Public API (see ../shared/DESIGN.md): device models (``ConstantStep``, ``LinearS
 (``init_tiles``, ``mvm``, ``mvm_transpose``, ``read_weights``, ``pulse_update`` with its
 ``UpdateConfig``); the local rule
 (``init_energy_network``, ``predict``, ``activity_difference``, ``equilibrium_propagation``);
-``program``; ``EnergyLedger`` and ``energy_report``.
+``program``; ``EnergyLedger`` and ``energy_report``; the PCM inference model (aihwkit's
+``PCMLikeNoiseModel``, Nandakumar et al. 2019: ``PCMNoiseModel``, ``program_conductances``,
+``drift``, ``read_noise``, ``global_drift_compensation``, ``inference_weights``) and
+hardware-aware training (``noisy_params``).
 """
 
 from analog import _presets as presets
@@ -42,6 +45,18 @@ from analog._energy_digital import (
     digital_counts,
     digital_joules,
 )
+from analog._inference import (
+    PCMNoiseModel,
+    ProgrammedWeights,
+    drift,
+    drift_exponents,
+    global_drift_compensation,
+    inference_weights,
+    program_conductances,
+    read_noise,
+    weights_at,
+)
+from analog._inference_params import noisy_params, params_at, program_params
 from analog._local import RelaxInfo, activity_difference
 from analog._mvm import mvm, mvm_transpose
 from analog._periphery import IOConfig
@@ -109,4 +124,16 @@ __all__ = [
     "sharded_mvm",
     "sharded_mvm_transpose",
     "shard_chips",
+    "PCMNoiseModel",
+    "ProgrammedWeights",
+    "program_conductances",
+    "drift_exponents",
+    "drift",
+    "read_noise",
+    "weights_at",
+    "global_drift_compensation",
+    "inference_weights",
+    "program_params",
+    "params_at",
+    "noisy_params",
 ]

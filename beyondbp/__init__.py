@@ -3,10 +3,11 @@
 The glue around the three library packages (``fwdgrad``, ``lowbit``, ``analog``):
 ``datasets.load``, ``models.MLP`` / ``models.CNN`` / ``models.functional``,
 ``train.train`` (any optax transform), ``methods`` (the registry that
-``beyondbp compare`` runs) and ``compare``.
+``beyondbp compare`` runs), ``compare`` and ``drift.accuracy_vs_time`` (accuracy of a
+network programmed on a PCM chip against time since programming).
 """
 
-from beyondbp import datasets, methods, models, train
+from beyondbp import datasets, drift, methods, models, train
 
-__all__ = ["datasets", "methods", "models", "train"]
+__all__ = ["datasets", "drift", "methods", "models", "train"]
 __version__ = "0.1.0"
