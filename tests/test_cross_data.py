@@ -38,6 +38,8 @@ STANDARD = {
     "analog-eqprop-taox",
     "fwdgrad",
     "fwdgrad-local",
+    "fwdgrad-mixer",
+    "fwdgrad-conv",
     "fwdgrad+analog",
     "fwdgrad+lowbit+analog",
     "fwdgrad+lowbit",

@@ -17,6 +17,17 @@ With Ren et al.'s two variance reductions: ReLU-masked tangents (sec. 3) and
 group-wise local losses (sec. 4) with groups of ``LOCAL_GROUP_SIZE`` units, then
 Adam with a cosine decay to zero over ``cfg.steps``.
 
+``fwdgrad-mixer`` and ``fwdgrad-conv``: the same estimator (LG-FG-A: block-,
+patch- and group-wise local losses, ReLU-masked tangents) on Ren et al.'s
+LocalMixer (``fwdgrad.LocalMixer``) and on a conv net with a local head per
+block (``fwdgrad.LocalConvNet``), through ``fwdgrad.local_forward_gradient``.
+Each row builds its own network from the data's image shape and the configured
+widths by the fixed rules of :func:`mixer_config` and :func:`conv_config` (the
+same for ``model="mlp"`` and ``"cnn"``: the row's network is its own), and
+trains it with the recipe of ``fwdgrad-local``: Adam at ``LR_LOCAL_ADAM``
+cosine-decayed to zero over the run, so the schedule is a fraction of the
+budget on any data set, never a step count.
+
 Learning rates were picked by short sweeps on full MNIST (784-256-256-10,
 batch 64); see benchmarks/fwdgrad_accuracy.py and BENCHMARKS.md.
 """
@@ -53,6 +64,86 @@ def local_num_groups(widths) -> int:
     g = math.gcd(*widths)
     size = next(s for s in range(min(LOCAL_GROUP_SIZE, g), g + 1) if g % s == 0)
     return g // size
+
+
+def _image_shape(cfg: MethodConfig) -> tuple[int, int, int]:
+    shape = tuple(cfg.input_shape)
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3:
+        raise NotApplicable(
+            f"the local-loss image networks need (height, width[, channels]) inputs; "
+            f"input_shape={cfg.input_shape!r}"
+        )
+    return shape
+
+
+def mixer_config(cfg: MethodConfig) -> fwdgrad.MixerConfig:
+    """The ``fwdgrad-mixer`` network for a configuration, by fixed rules.
+
+    * patches: the smallest divisor ``s`` of the image side with ``s >= side / 4``
+      (7x7 patches on 28x28 and on 14x14 images: 16 and 4 patches);
+    * one mixer block per configured hidden width, at least two (block 0 embeds
+      the patches and has no token mixing);
+    * channels and hidden units: the largest configured width;
+    * channel groups of at least ``LOCAL_GROUP_SIZE`` units (:func:`local_num_groups`);
+    * all three local losses on (LG-FG-A, Ren et al. 2023, Table 3).
+    """
+    h, w, c = _image_shape(cfg)
+    side = math.gcd(h, w)
+    patch = next(s for s in range(1, side + 1) if side % s == 0 and 4 * s >= side)
+    channels = max(cfg.widths)
+    return fwdgrad.MixerConfig(
+        image_shape=(h, w, c),
+        patch_size=patch,
+        num_blocks=max(2, len(cfg.widths)),
+        channels=channels,
+        num_classes=cfg.num_classes,
+        num_groups=local_num_groups((channels,)),
+    )
+
+
+#: fwdgrad-conv: output channels of the conv blocks (a 2x2 average pool before blocks 1, 2).
+CONV_CHANNELS = (32, 64, 64)
+
+
+def conv_config(cfg: MethodConfig) -> fwdgrad.ConvNetConfig:
+    """The ``fwdgrad-conv`` network for a configuration, by fixed rules.
+
+    ``CONV_CHANNELS`` 3x3 blocks, cut to as many as the image can be halved for
+    (three on 28x28, two on 14x14, whose 7x7 map does not halve), channel groups
+    of at least ``LOCAL_GROUP_SIZE`` units, all three local losses on.
+    """
+    shape = _image_shape(cfg)
+    h, w, blocks = shape[0], shape[1], 1
+    while blocks < len(CONV_CHANNELS) and h % 2 == 0 and w % 2 == 0:
+        blocks, h, w = blocks + 1, h // 2, w // 2
+    channels = CONV_CHANNELS[:blocks]
+    return fwdgrad.ConvNetConfig(
+        image_shape=shape,
+        channels=channels,
+        num_classes=cfg.num_classes,
+        num_groups=local_num_groups(channels),
+    )
+
+
+def _local_net(name: str, make_config, init, apply):
+    def build(cfg: MethodConfig) -> Setup:
+        config = make_config(cfg)
+        params = init(cfg.key, config)
+        tx = optax.chain(
+            fwdgrad.local_forward_gradient(config, seed=cfg.seed),
+            optax.adam(optax.cosine_decay_schedule(LR_LOCAL_ADAM, cfg.steps)),
+        )
+        return Setup(
+            params=params,
+            apply=lambda p, x: apply(p, x, config),
+            tx=tx,
+            needs_grad=False,
+        )
+
+    build.__name__ = f"build_{name}"
+    return build
 
 
 def _inverse_time_decay(lr: float, steps: int):
@@ -123,6 +214,26 @@ register(
         f"with a linear head per hidden layer, ReLU-masked tangents, group-wise local losses "
         f"({LOCAL_GROUP_SIZE} units a group); Adam lr {LR_LOCAL_ADAM} cosine-decayed",
         _local,
+        family="fwdgrad",
+    )
+)
+register(
+    Method(
+        "fwdgrad-mixer",
+        "forward gradient, LG-FG-A on Ren et al.'s LocalMixer (2023): patches a quarter of "
+        "the image side (7x7 on MNIST), a local head per block, block-, patch- and group-wise "
+        f"local losses, ReLU-masked tangents; Adam lr {LR_LOCAL_ADAM} cosine-decayed",
+        _local_net("mixer", mixer_config, fwdgrad.mixer_init, fwdgrad.mixer_apply),
+        family="fwdgrad",
+    )
+)
+register(
+    Method(
+        "fwdgrad-conv",
+        "forward gradient, LG-FG-A on a conv net with a local head per block "
+        f"(channels {CONV_CHANNELS}, 2x2 average pools), block-, patch- and group-wise local "
+        f"losses, ReLU-masked tangents; Adam lr {LR_LOCAL_ADAM} cosine-decayed",
+        _local_net("conv", conv_config, fwdgrad.convnet_init, fwdgrad.convnet_apply),
         family="fwdgrad",
     )
 )
