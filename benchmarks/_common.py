@@ -36,6 +36,7 @@ __all__ = [
     "median_time",
     "out_name",
     "parse_step_timing",
+    "add_switch",
 ]
 
 #: Where every benchmark writes its JSON and PNG files.
@@ -140,6 +141,11 @@ def add_data_dir(ap: argparse.ArgumentParser) -> None:
     )
 
 
+def add_switch(ap: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """An on/off option ``flag`` (``store_true``), described by ``help``."""
+    ap.add_argument(flag, action="store_true", help=help)
+
+
 def parse_step_timing(
     argv: Sequence[str] | None,
     doc: str,
@@ -157,7 +163,7 @@ def parse_step_timing(
     ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--iters", type=int, default=iters)
     ap.add_argument("--batch", type=int, default=batch)
-    ap.add_argument(switch, action="store_true", help=switch_help)
+    add_switch(ap, switch, switch_help)
     return ap.parse_args(argv)
 
 

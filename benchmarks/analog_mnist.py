@@ -42,16 +42,16 @@ def _parser() -> argparse.ArgumentParser:
         help="analog-eqprop-taox only: override TAOX_IO.read_noise (0 = none; read "
         "noise costs ~6M Gaussian draws per step on CPU)",
     )
-    ap.add_argument(
+    _common.add_switch(
+        ap,
         "--lr-decay",
-        action="store_true",
-        help="analog-eqprop-taox only: per-layer rates follow a cosine to 10%% of "
+        "analog-eqprop-taox only: per-layer rates follow a cosine to 10%% of "
         "themselves over the run",
     )
-    ap.add_argument(
+    _common.add_switch(
+        ap,
         "--mixed-precision",
-        action="store_true",
-        help="analog-eqprop-taox only: program through a digital accumulator "
+        "analog-eqprop-taox only: program through a digital accumulator "
         "(analog.program(mixed_precision=True), Nandakumar et al. 2020)",
     )
     ap.add_argument(

@@ -118,10 +118,8 @@ def _parser() -> argparse.ArgumentParser:
         help=f"nudge strength (default {analog_rows.BETA}, the ideal row's; the "
         f"registered TaOx row uses {analog_rows.TAOX_BETA})",
     )
-    ap.add_argument(
-        "--lr-decay",
-        action="store_true",
-        help="per-layer rates on a cosine to 10%% of themselves over the run",
+    _common.add_switch(
+        ap, "--lr-decay", "per-layer rates on a cosine to 10%% of themselves over the run"
     )
     ap.add_argument("--out", default="analog_nonideality", help="result file name")
     ap.add_argument(

@@ -34,11 +34,7 @@ def main(argv=None):
     p.add_argument("--num-tangents", type=int, default=8)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--devices", default="1,2,4,8")
-    p.add_argument(
-        "--plot-only",
-        action="store_true",
-        help="redraw the PNG from the existing JSON without measuring",
-    )
+    _common.add_switch(p, "--plot-only", "redraw the PNG from the existing JSON without measuring")
     args = p.parse_args(argv)
     counts = [int(d) for d in args.devices.split(",")]
     if args.plot_only:

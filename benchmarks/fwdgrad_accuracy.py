@@ -35,10 +35,8 @@ def main(argv=None):
     _common.add_data_dir(ap)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--widths", default="256,256", help="hidden widths, e.g. 1024,1024")
-    ap.add_argument(
-        "--eval-every-epoch",
-        action="store_true",
-        help="test accuracy after every epoch (default: 10 points per run)",
+    _common.add_switch(
+        ap, "--eval-every-epoch", "test accuracy after every epoch (default: 10 points per run)"
     )
     ap.add_argument(
         "--out",

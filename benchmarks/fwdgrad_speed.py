@@ -125,7 +125,7 @@ def run(batch, rounds, iters, vmap_baseline=True):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="batch 64 only")
+    _common.add_switch(ap, "--quick", "batch 64 only")
     ap.add_argument("--batches", default="64,256,1024")
     ap.add_argument(
         "--vmap-baseline-max-batch",

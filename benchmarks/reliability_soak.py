@@ -78,15 +78,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--every", type=int, default=1000)
     p.add_argument("--methods", default="all")
-    p.add_argument(
-        "--merge",
-        action="store_true",
-        help="keep the results of methods already in reliability_soak.json",
-    )
-    p.add_argument(
-        "--table",
-        action="store_true",
-        help="only print the Markdown table of reliability_soak.json (BENCHMARKS.md)",
+    _common.add_switch(p, "--merge", "keep the results of methods already in reliability_soak.json")
+    _common.add_switch(
+        p, "--table", "only print the Markdown table of reliability_soak.json (BENCHMARKS.md)"
     )
     args = p.parse_args(argv)
     if args.table:
