@@ -105,17 +105,21 @@ def real_ledger(width: int, depth: int, batch: int, steps: int, seed: int = 0):
     return ledger, float(ledger.pulses) / steps / weights
 
 
-def check_against_formula(ledger, width: int, depth: int, batch: int, steps: int) -> dict:
-    """The real run's counts against ``steps`` x the closed form; raises if any differs."""
-    sizes = (width,) * (depth + 1)
-    one = analog.crossbar_counts(
-        sizes,
+def training_counts(width: int, depth: int, batch: int, pulses: float):
+    """Closed-form counts of one training step (FREE + 2 x NUDGED sweeps, ``pulses`` pulses)."""
+    return analog.crossbar_counts(
+        (width,) * (depth + 1),
         batch,
         free_steps=FREE,
         nudged_steps=NUDGED,
         tile_shape=TILE,
-        pulses=float(ledger.pulses) / steps,
+        pulses=pulses,
     )
+
+
+def check_against_formula(ledger, width: int, depth: int, batch: int, steps: int) -> dict:
+    """The real run's counts against ``steps`` x the closed form; raises if any differs."""
+    one = training_counts(width, depth, batch, float(ledger.pulses) / steps)
     got = {k: float(v) for k, v in ledger._asdict().items()}
     want = {k: float(v) * steps for k, v in one._asdict().items()}
     for k in got:
@@ -155,14 +159,7 @@ DIGITAL_TERMS = ("compute", "sram", "dram")
 
 def one_config(width, depth, batch, pulse_rate, digital) -> dict:
     sizes = (width,) * (depth + 1)
-    train = analog.crossbar_counts(
-        sizes,
-        batch,
-        free_steps=FREE,
-        nudged_steps=NUDGED,
-        tile_shape=TILE,
-        pulses=pulse_rate * depth * width * width,
-    )
+    train = training_counts(width, depth, batch, pulse_rate * depth * width * width)
     relax = analog.crossbar_counts(sizes, batch, free_steps=FREE, tile_shape=TILE)
     once = feedforward_counts(sizes, batch)
     cases = {
