@@ -96,63 +96,17 @@ def launch(
     ``--xla_force_host_platform_device_count`` so each process simulates that
     many CPU devices.
     """
-    if not command:
-        raise ValueError("launch: no command given; e.g. launch(['python', 'train.py'], 2)")
-    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"launch: num_processes={num_processes!r}; need an int >= 1")
-    if devices_per_process is not None and (
-        not isinstance(devices_per_process, int) or devices_per_process < 1
-    ):
-        raise ValueError(f"launch: devices_per_process={devices_per_process!r}; need an int >= 1")
+    _check_launch(command, num_processes, devices_per_process)
     out = stdout or sys.stdout
     address = f"{host}:{port or free_port(host)}"
-    base = dict(os.environ if env is None else env)
-    if devices_per_process is not None:
-        flags = [
-            f
-            for f in base.get("XLA_FLAGS", "").split()
-            if not f.startswith("--xla_force_host_platform_device_count")
-        ]
-        flags.append(f"--xla_force_host_platform_device_count={devices_per_process}")
-        base["XLA_FLAGS"] = " ".join(flags)
+    base = _base_env(env, devices_per_process)
     procs, pumps = [], []
     try:
         for rank in range(num_processes):
-            penv = dict(base)
-            penv.update(
-                {
-                    ENV_COORDINATOR: address,
-                    ENV_NUM_PROCESSES: str(num_processes),
-                    ENV_PROCESS_ID: str(rank),
-                }
-            )
-            # Own process group: stopping a rank also stops whatever it spawned.
-            p = subprocess.Popen(
-                list(command),
-                env=penv,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            p, t = _start(command, rank, num_processes, address, base, out)
             procs.append(p)
-            t = threading.Thread(target=_pump, args=(p.stdout, f"[{rank}] ", out), daemon=True)
-            t.start()
             pumps.append(t)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        code = 0
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed:
-                code = failed[0]
-                break
-            if all(c == 0 for c in codes):
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                out.write(f"beyondbp.launch: timeout after {timeout:g} s; stopping all processes\n")
-                code = TIMEOUT_EXIT
-                break
-            time.sleep(0.05)
+        code = _wait(procs, timeout, out)
         if code:
             _stop(procs, grace)
         return code
@@ -162,6 +116,71 @@ def launch(
     finally:
         for t in pumps:
             t.join(timeout=grace)
+
+
+def _check_launch(command, num_processes, devices_per_process) -> None:
+    """Validate :func:`launch`'s arguments (errors say what to pass)."""
+    if not command:
+        raise ValueError("launch: no command given; e.g. launch(['python', 'train.py'], 2)")
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"launch: num_processes={num_processes!r}; need an int >= 1")
+    if devices_per_process is not None and (
+        not isinstance(devices_per_process, int) or devices_per_process < 1
+    ):
+        raise ValueError(f"launch: devices_per_process={devices_per_process!r}; need an int >= 1")
+
+
+def _base_env(env: dict | None, devices_per_process: int | None) -> dict:
+    """Every rank's environment: ``env`` (default ours), with the simulated CPU device count."""
+    base = dict(os.environ if env is None else env)
+    if devices_per_process is not None:
+        flags = [
+            f
+            for f in base.get("XLA_FLAGS", "").split()
+            if not f.startswith("--xla_force_host_platform_device_count")
+        ]
+        flags.append(f"--xla_force_host_platform_device_count={devices_per_process}")
+        base["XLA_FLAGS"] = " ".join(flags)
+    return base
+
+
+def _start(command, rank: int, num_processes: int, address: str, base: dict, out):
+    """Start rank ``rank`` and a thread that copies its output to ``out``, prefixed."""
+    penv = dict(base)
+    penv.update(
+        {
+            ENV_COORDINATOR: address,
+            ENV_NUM_PROCESSES: str(num_processes),
+            ENV_PROCESS_ID: str(rank),
+        }
+    )
+    # Own process group: stopping a rank also stops whatever it spawned.
+    p = subprocess.Popen(
+        list(command),
+        env=penv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    t = threading.Thread(target=_pump, args=(p.stdout, f"[{rank}] ", out), daemon=True)
+    t.start()
+    return p, t
+
+
+def _wait(procs: Sequence[subprocess.Popen], timeout: float | None, out) -> int:
+    """Poll until all ranks succeed (0), one fails (its code) or ``timeout`` passes (124)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [c for c in codes if c not in (None, 0)]
+        if failed:
+            return failed[0]
+        if all(c == 0 for c in codes):
+            return 0
+        if deadline is not None and time.monotonic() > deadline:
+            out.write(f"beyondbp.launch: timeout after {timeout:g} s; stopping all processes\n")
+            return TIMEOUT_EXIT
+        time.sleep(0.05)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
