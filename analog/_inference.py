@@ -8,8 +8,10 @@ ICECS 2019 (doi:10.1109/ICECS46596.2019.8964852); the same model is described in
 "Accurate deep neural network inference using computational phase-change memory", Nature
 Communications 11, 2473 (2020), Methods. Its constants are copied from aihwkit, not refitted.
 
-A weight matrix ``W`` maps to a pair of conductances per cross-point (aihwkit's
-``SinglePairConductanceConverter``): with ``s = g_max / max|W|``,
+A weight matrix ``W`` is cut into crossbar tiles of at most 512 x 512 (aihwkit's
+``MappingParameter``; ``analog._inference_mapping``) and each tile ``W_k`` maps to a pair of
+conductances per cross-point (aihwkit's ``SinglePairConductanceConverter``): with
+``s = g_max / max|W_k|``,
 ``G+ = clip(s W, 0, g_max)`` and ``G- = clip(-s W, 0, g_max)``, ``W = (G+ - G-) / s``.
 Each conductance (in microsiemens) then sees, with ``t`` the time since programming ended and
 ``t_total = t + t0``:
@@ -23,7 +25,7 @@ Each conductance (in microsiemens) then sees, with ``t`` the time since programm
   ``sigma_r = read_noise_scale * Q_s sqrt(ln((t_total + t_read) / (2 t_read)))`` and
   ``Q_s = min(r0 / max((G_p / g_max)^r1, 1e-3), q_max)``;
 * global drift compensation (aihwkit's ``GlobalDriftCompensation``): a reference read right
-  after programming and another at time ``t``; outputs are multiplied by
+  after programming and another at time ``t``; each tile's outputs are multiplied by
   ``alpha = mean|y_ref| / mean|y_t|`` (each clipped below at 1e-4).
 
 Time convention (aihwkit's): ``t = 0`` is the end of programming, and the power law runs in
@@ -45,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from analog._inference_mapping import grid, per_tile, tile_compensation, to_grid
+
 __all__ = [
     "PCMNoiseModel",
     "ProgrammedWeights",
@@ -58,10 +62,8 @@ __all__ = [
 ]
 
 _F32 = jnp.float32
-# aihwkit's floors: relative conductance before the log of the drift fit, and the readout of
-# the drift compensation (pcm.py _ZERO_CLIP; drift.py clamp(min=0.0001)).
+# aihwkit's floor of the relative conductance before the log of the drift fit (pcm.py _ZERO_CLIP)
 _G_REL_MIN = 1e-7
-_READOUT_MIN = 1e-4
 
 
 def _finite(name: str, value: Any) -> float:
@@ -101,6 +103,9 @@ class PCMNoiseModel:
         (eq. R): 0.0088, 0.65, 0.2.
       t0: first read after programming, the drift reference (20 s).
       t_read: read duration of the 1/f fit (250 ns).
+      max_input_size, max_output_size: the largest crossbar (aihwkit's ``MappingParameter``,
+        512 x 512): a bigger matrix is cut into a grid of tiles, each mapping its own
+        ``max|W|`` to ``g_max`` and compensated on its own; None: one crossbar per matrix.
 
     A constant exponent ``nu`` for every device: ``nu_mean_coeff=(nu, 0.0),
     nu_mean_range=(0.0, 1.0), nu_std_range=(0.0, 0.0)``.
@@ -121,6 +126,8 @@ class PCMNoiseModel:
     read_noise_scale: float = 1.0
     t0: float = 20.0
     t_read: float = 250e-9
+    max_input_size: int | None = 512
+    max_output_size: int | None = 512
 
     def __post_init__(self):
         for name in ("g_max", "prog_coeff_g_max_reference", "t0", "t_read"):
@@ -148,6 +155,13 @@ class PCMNoiseModel:
                 f"PCMNoiseModel: prog_coeff={self.prog_coeff!r} gives a negative programming "
                 "noise std somewhere on G/g_max in [0, 1]; use coefficients that stay >= 0"
             )
+        for name in ("max_input_size", "max_output_size"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(
+                    f"PCMNoiseModel: {name}={v!r} must be an integer >= 1 (rows or columns of "
+                    "one crossbar), or None for one crossbar per matrix"
+                )
         _pair("nu_mean_coeff", self.nu_mean_coeff)
         _pair("nu_std_coeff", self.nu_std_coeff)
         for name in ("nu_mean_range", "nu_std_range"):
@@ -162,8 +176,9 @@ class PCMNoiseModel:
 class ProgrammedWeights(NamedTuple):
     """One programmed matrix: conductances right after programming and each device's exponent.
 
-    All float32; ``g_plus``, ``g_minus``, ``nu_plus``, ``nu_minus`` have the weight's shape,
-    ``scale`` (uS per weight unit, ``g_max / max|W|``) is a scalar. A pytree, so a batch of
+    All float32 of the weight's shape; ``scale`` is uS per weight unit, ``g_max / max|W_k|``
+    of the crossbar tile ``k`` each weight lies on (``PCMNoiseModel.max_input_size``). A
+    pytree, so a batch of
     chips is ``jax.vmap(program_conductances, (0, None, None))(keys, w, model)``.
     """
 
@@ -205,6 +220,10 @@ def _check_weights(w: Any, who: str) -> jax.Array:
     return w.astype(_F32)
 
 
+def _tile(model: PCMNoiseModel) -> tuple[int | None, int | None]:
+    return (model.max_input_size, model.max_output_size)
+
+
 def _time(t: Any) -> jax.Array:
     t = jnp.asarray(t, _F32)
     return jnp.where(t >= 0, t, jnp.nan)
@@ -240,9 +259,10 @@ def _prog_sigma(g: jax.Array, model: PCMNoiseModel) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=2)
 def _program(key, w, model):
-    amax = jnp.max(jnp.abs(w))
-    # an all-zero matrix maps to zero conductances rather than dividing by zero
-    scale = model.g_max / jnp.maximum(amax, _G_REL_MIN)
+    g = grid(w.shape, _tile(model))
+    amax = jnp.max(jnp.abs(to_grid(w, g)), axis=(2, 3))
+    # an all-zero tile maps to zero conductances rather than dividing by zero
+    scale = per_tile(model.g_max / jnp.maximum(amax, _G_REL_MIN), g, w.shape)
     targets = (jnp.clip(w * scale, 0.0, model.g_max), jnp.clip(-w * scale, 0.0, model.g_max))
     kp, kn = jax.random.split(key)
     out = []
@@ -372,11 +392,16 @@ def _weights_at(key, p, t, model):
 
 
 def global_drift_compensation(
-    w_reference: jax.Array, w_now: jax.Array, *, x_ref: jax.Array | None = None
+    w_reference: jax.Array,
+    w_now: jax.Array,
+    *,
+    x_ref: jax.Array | None = None,
+    model: PCMNoiseModel | None = None,
 ) -> jax.Array:
     """The output scale ``alpha`` that undoes the average drift (aihwkit
     ``GlobalDriftCompensation``): ``alpha = max(mean|x_ref W_ref|, 1e-4) / max(mean|x_ref W_t|,
-    1e-4)``; multiply the layer's outputs (before any digital bias) by it.
+    1e-4)``; multiply the layer's outputs (before any digital bias) by it. With ``model``,
+    one ``alpha`` per crossbar tile of ``model``'s size, each from its own read.
 
     Args:
       w_reference: ``(in, out)`` weights as read right after programming (the reference read).
@@ -385,7 +410,8 @@ def global_drift_compensation(
         which ``x_ref W = W``. ``jnp.ones((1, in))`` is the all-ones read.
 
     Returns:
-      float32 scalar ``alpha``.
+      float32 ``alpha``: a scalar for a matrix on one crossbar; else each weight's tile factor
+      (the weight's shape), so ``alpha * W_t`` is the compensated matrix either way.
     """
     w_reference = jnp.asarray(w_reference, _F32)
     w_now = jnp.asarray(w_now, _F32)
@@ -394,15 +420,24 @@ def global_drift_compensation(
             f"global_drift_compensation: w_reference {w_reference.shape} and w_now "
             f"{w_now.shape} must be the same matrix"
         )
-    return _compensation(w_reference, w_now, None if x_ref is None else jnp.asarray(x_ref, _F32))
+    x_ref = None if x_ref is None else _check_x_ref(x_ref, w_now, "global_drift_compensation")
+    tile = (None, None) if model is None else _tile(model)
+    return _compensation(w_reference, w_now, x_ref, tile)
 
 
-@jax.jit
-def _compensation(w_reference, w_now, x_ref):
-    if x_ref is not None:
-        w_reference, w_now = x_ref @ w_reference, x_ref @ w_now
-    ref = jnp.maximum(jnp.mean(jnp.abs(w_reference)), _READOUT_MIN)
-    return ref / jnp.maximum(jnp.mean(jnp.abs(w_now)), _READOUT_MIN)
+def _check_x_ref(x_ref: Any, w: jax.Array, who: str) -> jax.Array:
+    x_ref = jnp.asarray(x_ref, _F32)
+    rows = math.prod(w.shape[:-1]) if w.ndim > 1 else w.shape[0]
+    if x_ref.ndim != 2 or x_ref.shape[1] != rows:
+        raise ValueError(f"{who}: x_ref has shape {x_ref.shape}; need (n, {rows})")
+    return x_ref
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _compensation(w_reference, w_now, x_ref, tile):
+    g = grid(w_now.shape, tile)
+    alpha = tile_compensation(w_reference, w_now, g, x_ref)
+    return alpha.reshape(-1)[0] if g[0] * g[2] == 1 else alpha
 
 
 def inference_weights(
@@ -427,12 +462,7 @@ def inference_weights(
         raise ValueError(f"inference_weights: compensate={compensate!r} must be a bool")
     _check_time(t, "inference_weights")
     w = _check_weights(w, "inference_weights")
-    if x_ref is not None:
-        x_ref = jnp.asarray(x_ref, _F32)
-        if x_ref.ndim != 2 or x_ref.shape[1] != w.shape[0]:
-            raise ValueError(
-                f"inference_weights: x_ref has shape {x_ref.shape}; need (n, {w.shape[0]})"
-            )
+    x_ref = None if x_ref is None else _check_x_ref(x_ref, w, "inference_weights")
     return _inference(key, w, t, model, compensate, x_ref)
 
 
@@ -442,5 +472,5 @@ def _inference(key, w, t, model, compensate, x_ref):
     p = _program(k_prog, w, model)
     w_t = _weights_at(k_read, p, t, model)
     if compensate:
-        w_t = w_t * _compensation(p.weights(), w_t, x_ref)
+        w_t = w_t * _compensation(p.weights(), w_t, x_ref, _tile(model))
     return w_t

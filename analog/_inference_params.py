@@ -1,9 +1,10 @@
 """The PCM inference model of ``analog._inference`` over a network's parameters, and
 hardware-aware training.
 
-Every matrix leaf (``ndim >= 2``: dense weights, conv kernels) of a params pytree is one
-crossbar with its own conductance scale and its own global drift compensation; other leaves
-(biases) stay digital, as in aihwkit's default mapping (``digital_bias=True``).
+Every matrix leaf (``ndim >= 2``: dense weights, conv kernels) of a params pytree is programmed
+on its own crossbar tiles (``PCMNoiseModel.max_input_size`` x ``max_output_size``), each with its
+own conductance scale and its own global drift compensation; other leaves (biases) stay
+digital, as in aihwkit's default mapping (``digital_bias=True``).
 
 Hardware-aware training: Joshi et al., "Accurate deep neural network inference using
 computational phase-change memory", Nature Communications 11, 2473 (2020) (noise injection
@@ -65,7 +66,11 @@ def params_at(
     for k, x in zip(_keys(key, leaves), leaves):
         if is_p(x):
             w_t = weights_at(k, x, t, model)
-            x = w_t * global_drift_compensation(x.weights(), w_t) if compensate else w_t
+            x = (
+                w_t * global_drift_compensation(x.weights(), w_t, model=model)
+                if compensate
+                else w_t
+            )
         out.append(x)
     return jax.tree.unflatten(treedef, out)
 

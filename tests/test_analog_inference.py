@@ -198,6 +198,56 @@ def test_compensation_reduces_error_with_full_model():
     assert errs[True] < 0.5 * errs[False]
 
 
+# ------------------------------------------------------------------- crossbar tiles (mapping)
+
+
+def _blocks(rows, cols, r, c):
+    return [
+        (slice(i, min(i + r, rows)), slice(j, min(j + c, cols)))
+        for i in range(0, rows, r)
+        for j in range(0, cols, c)
+    ]
+
+
+def test_each_tile_maps_its_own_max_to_g_max():
+    # a 600 x 700 matrix on 512 x 512 crossbars: a 2 x 2 grid, each tile with its own max|W|
+    w = np.array(_w((600, 700), seed=4))
+    w[:512, :512] *= 3.0  # make the four maxima differ
+    m = dataclasses.replace(M, prog_noise_scale=0.0)
+    p = analog.program_conductances(jax.random.key(0), jnp.asarray(w), m)
+    scale = np.asarray(p.scale)
+    for rs, cs in _blocks(600, 700, 512, 512):
+        want = G_MAX / np.abs(w[rs, cs]).max()
+        assert_close_ulps(scale[rs, cs], np.full(scale[rs, cs].shape, want), ulps=2)
+        g_top = max(np.asarray(p.g_plus)[rs, cs].max(), np.asarray(p.g_minus)[rs, cs].max())
+        assert_close_ulps(g_top, G_MAX, ulps=2)
+    one = dataclasses.replace(m, max_input_size=None, max_output_size=None)
+    s1 = np.asarray(analog.program_conductances(jax.random.key(0), jnp.asarray(w), one).scale)
+    assert np.unique(s1).size == 1
+
+
+@pytest.mark.parametrize("x_ref", [None, "batch"])
+def test_compensation_per_tile_undoes_each_tiles_own_factor(x_ref):
+    rows, cols, r, c = 70, 50, 32, 20
+    m = dataclasses.replace(M, max_input_size=r, max_output_size=c)
+    w = np.array(_w((rows, cols), seed=5))
+    factors = np.linspace(0.3, 0.9, len(_blocks(rows, cols, r, c)))
+    w_now = w.copy()
+    for f, (rs, cs) in zip(factors, _blocks(rows, cols, r, c)):
+        w_now[rs, cs] *= f
+    xr = None if x_ref is None else jax.random.normal(jax.random.key(6), (4, rows), jnp.float32)
+    alpha = np.asarray(
+        analog.global_drift_compensation(jnp.asarray(w), jnp.asarray(w_now), x_ref=xr, model=m)
+    )
+    assert alpha.shape == (rows, cols)
+    for f, (rs, cs) in zip(factors, _blocks(rows, cols, r, c)):
+        # a few roundings in each tile's mean of |x W| (at most 70 terms)
+        assert_close_ulps(alpha[rs, cs], np.full(alpha[rs, cs].shape, 1 / f), ulps=64)
+    # one crossbar: one scalar
+    one = analog.global_drift_compensation(jnp.asarray(w), jnp.asarray(w_now), x_ref=xr)
+    assert np.shape(one) == ()
+
+
 # --------------------------------------------------------------- transforms: vmap, jit, dtype
 
 
@@ -233,7 +283,7 @@ def test_float32_kept_and_programmed_is_a_pytree():
     ps = jax.vmap(analog.program_conductances, (0, None, None))(
         jax.random.split(jax.random.key(0), 2), _w(), M
     )
-    assert ps.g_plus.shape == (2, 16, 8) and ps.scale.shape == (2,)
+    assert ps.g_plus.shape == ps.scale.shape == (2, 16, 8)
 
 
 # ------------------------------------------------------------------- params and HWA training
@@ -304,6 +354,8 @@ def test_accuracy_vs_time_noiseless_equals_digital():
         ({"prog_coeff": ()}, "prog_coeff"),
         ({"prog_coeff": [0.1, 0.2]}, "prog_coeff"),
         ({"prog_coeff": (0.1, -1.0)}, "negative programming noise"),
+        ({"max_input_size": 0}, "max_input_size"),
+        ({"max_output_size": 2.5}, "max_output_size"),
     ],
 )
 def test_bad_model_refused_at_construction(kwargs, match):
@@ -337,6 +389,8 @@ def test_other_bad_inputs_refused():
         analog.drift(jax.random.PRNGKey(0), g, 1.0, M)  # a legacy uint32 key
     with pytest.raises(ValueError, match="float array"):
         analog.program_conductances(jax.random.key(0), jnp.ones((3, 3), jnp.int32), M)
+    with pytest.raises(ValueError, match="x_ref"):
+        analog.inference_weights(jax.random.key(0), _w(), 1.0, M, x_ref=jnp.ones((2, 5)))
     with pytest.raises(ValueError, match="same matrix"):
         analog.global_drift_compensation(jnp.ones((3, 2)), jnp.ones((2, 3)))
     with pytest.raises(ValueError, match="compensate"):
