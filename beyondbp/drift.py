@@ -10,6 +10,7 @@ protocol of aihwkit's inference examples (``program_analog_weights`` once, then
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +48,40 @@ def _correct(apply: Callable, params: Any, x: jax.Array, y: jax.Array, batch: in
     return total + rest
 
 
+def _check(model, compensate, times, seeds, batch_size) -> tuple[list[float], list[int]]:
+    times, seeds = list(times), list(seeds)
+    if not isinstance(model, analog.PCMNoiseModel):
+        raise ValueError(f"accuracy_vs_time: model={model!r} must be an analog.PCMNoiseModel")
+    if not isinstance(compensate, bool):
+        raise ValueError(f"accuracy_vs_time: compensate={compensate!r} must be a bool")
+    for t in times:
+        if (
+            isinstance(t, bool)
+            or not isinstance(t, (int, float, np.integer, np.floating))
+            or not np.isfinite(t)
+            or t < 0
+        ):
+            raise ValueError(
+                f"accuracy_vs_time: t={t!r} must be a finite number of seconds >= 0 "
+                "since programming"
+            )
+    if not times or not seeds:
+        raise ValueError("accuracy_vs_time: need at least one time and one seed")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"accuracy_vs_time: batch_size={batch_size!r} must be an integer >= 1")
+    return [float(t) for t in times], [int(s) for s in seeds]
+
+
+# x and y are arguments, not closed-over constants: XLA would constant-fold through them
+@functools.partial(jax.jit, static_argnames=("apply", "model", "compensate", "batch"))
+def _chips_correct(keys, programmed, t, step, x, y, *, apply, model, compensate, batch):
+    def one(k, prog):
+        read = analog.params_at(jax.random.fold_in(k, step), prog, t, model, compensate=compensate)
+        return _correct(apply, read, x, y, batch)
+
+    return jax.vmap(one)(keys, programmed)
+
+
 def accuracy_vs_time(
     apply: Callable[[Any, jax.Array], jax.Array],
     params: Any,
@@ -82,27 +117,7 @@ def accuracy_vs_time(
       network's accuracy) and ``compensate``.
     """
     model = analog.PCMNoiseModel() if model is None else model
-    if not isinstance(model, analog.PCMNoiseModel):
-        raise ValueError(f"accuracy_vs_time: model={model!r} must be an analog.PCMNoiseModel")
-    if not isinstance(compensate, bool):
-        raise ValueError(f"accuracy_vs_time: compensate={compensate!r} must be a bool")
-    for t in times:
-        if (
-            isinstance(t, bool)
-            or not isinstance(t, (int, float, np.integer, np.floating))
-            or not np.isfinite(t)
-            or t < 0
-        ):
-            raise ValueError(
-                f"accuracy_vs_time: t={t!r} must be a finite number of seconds >= 0 "
-                "since programming"
-            )
-    times = [float(t) for t in times]
-    seeds = [int(s) for s in seeds]
-    if not times or not seeds:
-        raise ValueError("accuracy_vs_time: need at least one time and one seed")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"accuracy_vs_time: batch_size={batch_size!r} must be an integer >= 1")
+    times, seeds = _check(model, compensate, times, seeds, batch_size)
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.int32)
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
@@ -112,17 +127,9 @@ def accuracy_vs_time(
     k_prog = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     programmed = jax.vmap(lambda k: analog.program_params(k, params, model))(k_prog)
 
-    # x and y are arguments, not closed-over constants: XLA would constant-fold through them
-    @jax.jit
-    def chips_correct(keys, programmed, t, step, x, y):
-        def one(k, prog):
-            read = analog.params_at(
-                jax.random.fold_in(k, step), prog, t, model, compensate=compensate
-            )
-            return _correct(apply, read, x, y, batch)
-
-        return jax.vmap(one)(keys, programmed)
-
+    chips_correct = functools.partial(
+        _chips_correct, apply=apply, model=model, compensate=compensate, batch=batch
+    )
     acc = np.stack(
         [
             np.asarray(chips_correct(keys, programmed, jnp.float32(t), i + 1, x, y)) / x.shape[0]
