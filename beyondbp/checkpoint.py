@@ -29,10 +29,12 @@ arguments, in the same order, on a directory they all see.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
 import shutil
+import zlib
 from typing import Any
 from urllib.parse import quote
 
@@ -58,13 +60,25 @@ class CheckpointError(ValueError):
 
 
 class _DurableHandler(ocp.PyTreeCheckpointHandler):
-    """orbax's PyTree handler, plus an fsync of every file and directory it wrote.
+    """orbax's PyTree handler, plus checksums and an fsync of every file and directory.
 
-    ``finalize`` runs on the primary process after all processes have written and before the
+    ``save`` runs on every process: after orbax has written this process's shards, it writes
+    their CRC-32s beside them (orbax's zstd chunks carry none: a flipped bit in one would
+    restore as a wrong value). ``finalize`` runs on the primary process after all processes have written and before the
     temporary directory is renamed into place: data first, then the rename (POSIX's recipe
     for a write that survives a power cut), and a failure such as a full disk reported by
     fsync (delayed allocation) stops the save before anything is renamed.
     """
+
+    def __init__(self, checksums: dict | None = None):
+        super().__init__()
+        self._checksums = checksums
+
+    def save(self, directory, *args, **kwargs) -> None:
+        super().save(directory, *args, **kwargs)
+        if self._checksums is not None:
+            name = f"checksums.process_{jax.process_index()}.json"
+            (pathlib.Path(directory) / name).write_text(json.dumps(self._checksums))
 
     def finalize(self, directory) -> None:
         super().finalize(directory)
@@ -100,8 +114,8 @@ def _fsync_dir(path: pathlib.Path) -> None:
         os.close(fd)
 
 
-def _checkpointer() -> ocp.Checkpointer:
-    return ocp.Checkpointer(_DurableHandler())
+def _checkpointer(checksums: dict | None = None) -> ocp.Checkpointer:
+    return ocp.Checkpointer(_DurableHandler(checksums))
 
 
 def _primary() -> bool:
@@ -174,6 +188,69 @@ def _record(path, leaf) -> dict:
     }
 
 
+def _region(index, shape) -> list[list[int]]:
+    """A shard's place in its global array, ``[[start, stop], ...]`` per axis."""
+    return [list(sl.indices(n)[:2]) for sl, n in zip(index, shape)]
+
+
+def _crc(x) -> int:
+    return zlib.crc32(np.ascontiguousarray(x).tobytes())
+
+
+def _checksums(named) -> dict[str, list]:
+    """``{array: [[region, crc32], ...]}`` for the shards this process writes (replica 0 of
+    each of its shards; numpy leaves on the primary process, which writes them)."""
+    out = {}
+    for p, leaf in named:
+        x = _stored(leaf)
+        if isinstance(x, jax.Array):
+            rows = [
+                [_region(s.index, x.shape), _crc(np.asarray(s.data))]
+                for s in x.addressable_shards
+                if s.replica_id == 0
+            ]
+        else:
+            rows = [[[[0, n] for n in x.shape], _crc(x)]] if _primary() else []
+        out["/".join(_key(p))] = rows
+    return out
+
+
+def _local(b, region):
+    """The part ``region`` of restored array ``b`` if this process holds it whole, else None."""
+    if not isinstance(b, jax.Array):
+        return np.asarray(b)[tuple(slice(a, z) for a, z in region)]
+    for s in b.addressable_shards:
+        own = _region(s.index, b.shape)
+        if all(a0 <= a and z <= z0 for (a, z), (a0, z0) in zip(region, own)):
+            rel = tuple(slice(a - a0, z - a0) for (a, z), (a0, _) in zip(region, own))
+            return np.asarray(s.data)[rel]
+    return None
+
+
+def _verify(path: pathlib.Path, named, leaves) -> None:
+    """Compare the restored data this process holds with the CRC-32s written with them."""
+    sums: dict[str, list] = {}
+    try:
+        files = sorted(path.glob("checksums.process_*.json"))
+        if not files:
+            raise FileNotFoundError("no checksums.process_*.json")
+        for f in files:
+            for k, rows in json.loads(f.read_text()).items():
+                sums.setdefault(k, []).extend(rows)
+    except Exception as e:  # missing, cut short or garbled
+        raise _unreadable(path, e) from None
+    for (p, _), b in zip(named, leaves):
+        rows = sums.get("/".join(_key(p)))
+        bad = rows is None or any(
+            (x := _local(b, region)) is not None and _crc(x) != crc for region, crc in rows
+        )
+        if bad:
+            raise CheckpointError(
+                f"{path}: leaf {_describe(p)}: its data do not match the checksum written with "
+                "them (damaged checkpoint); delete it or use another"
+            )
+
+
 def _tidy(d: pathlib.Path) -> None:
     """Remove staging and orbax temporary directories left by a save that was killed."""
     for p in d.iterdir():
@@ -218,7 +295,8 @@ def save(directory, step: int, tree: Any, *, keep: int = 2) -> pathlib.Path:
     manifest = {"format": _FORMAT, "step": step, "arrays": [_record(p, x) for p, x in named]}
     item = _nested([(p, _stored(x)) for p, x in named])
     try:
-        _checkpointer().save(target, args=_Save(item), custom_metadata=manifest)
+        with _checkpointer(_checksums(named)) as c:
+            c.save(target, args=_Save(item), custom_metadata=manifest)
     except BaseException:
         if _primary():  # orbax's temporary directory, or the staged copy (never `final`)
             for p in d.glob(f"{target.name}*"):
@@ -262,7 +340,8 @@ def _manifest(path: pathlib.Path) -> tuple[int, list[dict]]:
     """``(step, array records)`` from the checkpoint's metadata, checked against orbax's own
     metadata of the array store (a damaged store is named array by array)."""
     try:
-        meta = _checkpointer().metadata(path)
+        with _checkpointer() as c:
+            meta = c.metadata(path)
         m = meta.custom_metadata
         if m.get("format") != _FORMAT:
             raise ValueError(f"format {m.get('format')!r}, this version reads {_FORMAT}")
@@ -321,11 +400,14 @@ def _read(path: pathlib.Path, named) -> list:
     item = _nested([(p, _stored(x)) for p, x in named])
     args = _nested([(p, _restore_args(x)) for p, x in named])
     try:
-        out = _checkpointer().restore(path, args=_Restore(item, restore_args=args))
+        with _checkpointer() as c:
+            out = c.restore(path, args=_Restore(item, restore_args=args))
     except Exception as e:  # tensorstore and orbax raise several types on damaged data
         raise _unreadable(path, e) from None
     got = dict(_named_leaves(out))  # nested dicts flatten in sorted key order: look up by path
-    return [got[_key(p)] for p, _ in named]
+    leaves = [got[_key(p)] for p, _ in named]
+    _verify(path, named, leaves)
+    return leaves
 
 
 def _back(t, b):
