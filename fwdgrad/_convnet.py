@@ -27,15 +27,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from fwdgrad import _networks
-from fwdgrad._mixer import (
-    _check_flags,
-    _check_groups,
-    _check_image_shape,
-    _dense_init,
-    _norm,
-    _positive_int,
-    _relu,
-)
+from fwdgrad._mixer import _check_groups, _dense_init, _norm, _relu
+from fwdgrad._networks import _check_flags, _positive_int
 from fwdgrad._networks import network_apply as convnet_apply
 from fwdgrad._networks import network_blocks as convnet_blocks
 from fwdgrad._networks import network_local_grads as convnet_grads
@@ -55,7 +48,7 @@ __all__ = [
 
 def convnet_init(key: jax.Array, config: ConvNetConfig, dtype: Any = jnp.float32) -> dict:
     """Initial parameters of a LocalConvNet: He-normal kernels, zero biases."""
-    c = _check_config(config)
+    c = ConvNetConfig.check(config)
     k, blocks, cin = c.kernel_size, {}, c.image_shape[2]
     for i, cout in enumerate(c.channels):
         kc, kh = jax.random.split(jax.random.fold_in(key, i))
@@ -115,30 +108,22 @@ class ConvNetConfig(_networks.NetworkConfig):
       block_loss, patch_loss, group_loss: the local losses (as ``MixerConfig``).
     """
 
-    image_shape: tuple[int, int, int] = (28, 28, 1)
     channels: tuple[int, ...] = (32, 64, 64)
     kernel_size: int = 3
     pool: bool = True
-    num_classes: int = 10
-    num_groups: int = 1
-    block_loss: bool = True
-    patch_loss: bool = True
-    group_loss: bool = True
-    normalize: bool = True
 
     def __post_init__(self):
-        height, width, _ = _check_image_shape(self.image_shape)
-        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        super().__post_init__()
+        height, width, _ = self.image_shape
         if not isinstance(self.channels, (tuple, list)) or not self.channels:
             raise ValueError(f"channels={self.channels!r} must be a non-empty tuple of ints")
         object.__setattr__(self, "channels", tuple(self.channels))
         for c in self.channels:
             _positive_int("channels", c)
-        for name in ("kernel_size", "num_classes", "num_groups"):
-            _positive_int(name, getattr(self, name))
+        _positive_int("kernel_size", self.kernel_size)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={self.kernel_size} must be odd (SAME padding, centred)")
-        _check_flags(self, "pool", "normalize", "block_loss", "patch_loss", "group_loss")
+        _check_flags(self, "pool")
         for i, c in enumerate(self.channels):
             _check_groups(self.num_groups, **{f"channels[{i}]": c})
         if self.pool:
@@ -159,9 +144,3 @@ class ConvNetConfig(_networks.NetworkConfig):
     first_layer = "conv"
     images = _images
     body = _body
-
-
-def _check_config(config: Any) -> ConvNetConfig:
-    if not isinstance(config, ConvNetConfig):
-        raise TypeError(f"config={config!r} is not a fwdgrad.ConvNetConfig")
-    return config

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fwdgrad import _networks
+from fwdgrad._networks import _positive_int
 from fwdgrad._networks import network_apply as mixer_apply
 from fwdgrad._networks import network_blocks as mixer_blocks
 from fwdgrad._networks import network_local_grads as mixer_grads
@@ -52,23 +53,6 @@ __all__ = [
 ]
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive int")
-    return value
-
-
-def _check_image_shape(image_shape: Any) -> tuple[int, int, int]:
-    shape = tuple(image_shape) if isinstance(image_shape, (tuple, list)) else ()
-    if len(shape) != 3 or any(
-        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape
-    ):
-        raise ValueError(
-            f"image_shape={image_shape!r} must be (height, width, channels), e.g. (28, 28, 1)"
-        )
-    return shape
-
-
 def _check_groups(num_groups: int, **widths: int) -> None:
     for name, width in widths.items():
         if width % num_groups:
@@ -76,12 +60,6 @@ def _check_groups(num_groups: int, **widths: int) -> None:
                 f"num_groups={num_groups} does not divide {name}={width}; channel "
                 f"groups are equal contiguous slices, so use a divisor of {width}"
             )
-
-
-def _check_flags(obj: Any, *names: str) -> None:
-    for name in names:
-        if not isinstance(getattr(obj, name), bool):
-            raise TypeError(f"{name}={getattr(obj, name)!r} must be a bool")
 
 
 def _dense_init(key, fan_in, shape):
@@ -98,7 +76,7 @@ def _layer(key, fan_in, kernel_shape, bias_shape, dtype):
 
 def mixer_init(key: jax.Array, config: MixerConfig, dtype: Any = jnp.float32) -> dict:
     """Initial parameters of a LocalMixer: He-normal kernels, zero biases."""
-    c = _check_config(config)
+    c = MixerConfig.check(config)
     G, P = c.num_groups, c.num_patches
     assert c.hidden is not None  # MixerConfig.__post_init__ fills it in
     blocks = {}
@@ -195,22 +173,15 @@ class MixerConfig(_networks.NetworkConfig):
       block_loss, patch_loss, group_loss: the local losses (module docstring).
     """
 
-    image_shape: tuple[int, int, int] = (28, 28, 1)
     patch_size: int = 7
     num_blocks: int = 2
     channels: int = 64
     hidden: int | None = None
-    num_classes: int = 10
-    num_groups: int = 1
-    block_loss: bool = True
-    patch_loss: bool = True
-    group_loss: bool = True
-    normalize: bool = True
 
     def __post_init__(self):
-        height, width, _ = _check_image_shape(self.image_shape)
-        object.__setattr__(self, "image_shape", tuple(self.image_shape))
-        for name in ("patch_size", "num_blocks", "channels", "num_classes", "num_groups"):
+        super().__post_init__()
+        height, width, _ = self.image_shape
+        for name in ("patch_size", "num_blocks", "channels"):
             _positive_int(name, getattr(self, name))
         if self.hidden is None:
             object.__setattr__(self, "hidden", self.channels)
@@ -221,7 +192,6 @@ class MixerConfig(_networks.NetworkConfig):
                 "image; use a common divisor of height and width (28: 1, 2, 4, 7, 14, 28)"
             )
         _check_groups(self.num_groups, channels=self.channels, hidden=self.hidden)
-        _check_flags(self, "normalize", "block_loss", "patch_loss", "group_loss")
 
     @property
     def num_patches(self) -> int:
@@ -236,9 +206,3 @@ class MixerConfig(_networks.NetworkConfig):
     first_layer = "channel"
     images = _patches
     body = _body
-
-
-def _check_config(config: Any) -> MixerConfig:
-    if not isinstance(config, MixerConfig):
-        raise TypeError(f"config={config!r} is not a fwdgrad.MixerConfig")
-    return config

@@ -10,8 +10,9 @@ Liao, Hinton (ICLR 2023), secs. 3-4.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -190,18 +191,74 @@ def net_grads(
     )
 
 
+_C = TypeVar("_C", bound="NetworkConfig")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive int")
+    return value
+
+
+def _check_image_shape(image_shape: Any) -> tuple[int, int, int]:
+    shape = tuple(image_shape) if isinstance(image_shape, (tuple, list)) else ()
+    if len(shape) != 3 or any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape
+    ):
+        raise ValueError(
+            f"image_shape={image_shape!r} must be (height, width, channels), e.g. (28, 28, 1)"
+        )
+    return shape
+
+
+def _check_flags(obj: Any, *names: str) -> None:
+    for name in names:
+        if not isinstance(getattr(obj, name), bool):
+            raise TypeError(f"{name}={getattr(obj, name)!r} must be a bool")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class NetworkConfig:
-    """What :func:`net_logits` and :func:`net_grads` need of a network config (a mixin).
+    """The fields every local-loss network config has, and what :func:`net_logits` and
+    :func:`net_grads` need of one (``MixerConfig`` and ``ConvNetConfig`` extend it).
 
     Subclasses set ``model_name``, ``first_layer`` (the first block's layer whose
     kernel dtype the input takes), ``images(x)`` (the first block's input from
-    raw images) and ``body(i, p, h, site)`` (block i's output), and have the
-    fields ``num_blocks``, ``num_groups``, ``normalize`` and the loss switches.
+    raw images) and ``body(i, p, h, site)`` (block i's output), have ``num_blocks``,
+    and check their own fields after this class's ``__post_init__``.
+
+    Attributes:
+      image_shape: ``(height, width, channels)`` of an input image.
+      num_classes: outputs of every head.
+      num_groups: channel groups (each network says what they must divide).
+      block_loss, patch_loss, group_loss: the local losses (``MixerConfig``'s module docstring).
+      normalize: the parameter-free layer norms (off only for checks with one
+        unit per group, where a norm over one unit is zero).
     """
 
-    model_name: str
-    first_layer: str
-    block_loss: bool
+    model_name: ClassVar[str]
+    first_layer: ClassVar[str]
+
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+    num_classes: int = 10
+    num_groups: int = 1
+    block_loss: bool = True
+    patch_loss: bool = True
+    group_loss: bool = True
+    normalize: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_shape", _check_image_shape(self.image_shape))
+        for name in ("num_classes", "num_groups"):
+            _positive_int(name, getattr(self, name))
+        _check_flags(self, "normalize", "block_loss", "patch_loss", "group_loss")
+
+    @classmethod
+    def check(cls: type[_C], config: Any) -> _C:
+        """``config`` itself if it is a ``cls``; a TypeError naming ``cls`` otherwise."""
+        if not isinstance(config, cls):
+            raise TypeError(f"config={config!r} is not a fwdgrad.{cls.__name__}")
+        return config
 
     def images(self, x: jax.Array) -> jax.Array:
         """The first block's input from raw images ``x``; each network defines its own."""

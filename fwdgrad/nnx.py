@@ -20,7 +20,7 @@ from flax import nnx
 
 from bbcore.activations import activation_fn
 from bbcore.checks import flat_inputs
-from fwdgrad import _convnet, _mixer
+from fwdgrad import _convnet, _mixer, _networks
 from fwdgrad._activity import _block_input
 
 __all__ = ["LocalMLP", "LocalMixer", "LocalConvNet"]
@@ -106,11 +106,11 @@ class _Params(nnx.Module):
 class _LocalNet(nnx.Module):
     """Blocks of parameters plus the function API of one architecture."""
 
+    _config_type: type[_networks.NetworkConfig]
     _init: Callable
-    _logits: Callable
 
     def __init__(self, config: Any, *, rngs: nnx.Rngs, param_dtype: Any = jnp.float32):
-        self.config = config
+        self.config = type(self)._config_type.check(config)
         params = type(self)._init(rngs.params(), config, param_dtype)
         self.blocks = nnx.List([_Params(params["blocks"][i]) for i in sorted(params["blocks"])])
 
@@ -120,7 +120,7 @@ class _LocalNet(nnx.Module):
 
     def local_logits(self, x: jax.Array) -> list[jax.Array]:
         """Every block's head logits, with a stop-gradient between blocks under ``block_loss``."""
-        return type(self)._logits(self.params(), x, self.config)
+        return _networks.network_local_logits(self.params(), x, self.config)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.local_logits(x)[-1]
@@ -133,13 +133,8 @@ class LocalMixer(_LocalNet):
     ``fwdgrad.local_forward_gradient(config)`` or :func:`fwdgrad.mixer_grads`.
     """
 
+    _config_type = _mixer.MixerConfig
     _init = staticmethod(_mixer.mixer_init)
-    _logits = staticmethod(_mixer.mixer_local_logits)
-
-    def __init__(
-        self, config: _mixer.MixerConfig, *, rngs: nnx.Rngs, param_dtype: Any = jnp.float32
-    ):
-        super().__init__(_mixer._check_config(config), rngs=rngs, param_dtype=param_dtype)
 
 
 class LocalConvNet(_LocalNet):
@@ -149,10 +144,5 @@ class LocalConvNet(_LocalNet):
     ``fwdgrad.local_forward_gradient(config)`` or :func:`fwdgrad.convnet_grads`.
     """
 
+    _config_type = _convnet.ConvNetConfig
     _init = staticmethod(_convnet.convnet_init)
-    _logits = staticmethod(_convnet.convnet_local_logits)
-
-    def __init__(
-        self, config: _convnet.ConvNetConfig, *, rngs: nnx.Rngs, param_dtype: Any = jnp.float32
-    ):
-        super().__init__(_convnet._check_config(config), rngs=rngs, param_dtype=param_dtype)
