@@ -16,6 +16,7 @@ hardware-aware training (``noisy_params``).
 """
 
 from analog import _presets as presets
+from analog import nnx
 from analog._convergence import NonConvergenceError, NonConvergenceWarning
 from analog._devices import (
     ConstantStep,
@@ -61,7 +62,9 @@ from analog._local import RelaxInfo, activity_difference
 from analog._mvm import mvm, mvm_transpose
 from analog._periphery import IOConfig
 from analog._programming import apply_pulses, program_weights
+from analog._pulsed_sgd import PulsedSGDState, pulsed_sgd
 from analog._relaxation import init_energy_network, predict, read_input, relax, relaxation_counts
+from analog._tiki_taka import TikiTakaState, tiki_taka
 from analog._tiles import Tiles, init_tiles, read_weights, weight_step
 from analog._transforms import (
     EquilibriumPropagationState,
@@ -89,6 +92,11 @@ __all__ = [
     "mvm_transpose",
     "pulse_update",
     "UpdateConfig",
+    "nnx",
+    "pulsed_sgd",
+    "PulsedSGDState",
+    "tiki_taka",
+    "TikiTakaState",
     "apply_pulses",
     "program_weights",
     "weight_step",

@@ -238,6 +238,7 @@ def _train(args) -> int:
         steps=total,
         model=args.model,
         widths=args.widths,
+        batch_size=args.batch_size,
     )
     h = train.train(
         method.build(cfg),

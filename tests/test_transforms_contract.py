@@ -198,6 +198,121 @@ ROWS += [
 ]
 
 
+def _insitu_graph():
+    from flax import nnx
+
+    layer = analog.nnx.Linear(
+        3,
+        2,
+        batch_size=5,
+        rngs=nnx.Rngs(0),
+        device=analog.presets.TAOX_RERAM,
+        io=analog.presets.TAOX_IO,
+        tile_shape=(2, 2),
+    )
+    return nnx.split(layer)
+
+
+def _insitu_params(dtype):
+    from flax import nnx
+
+    state = nnx.to_pure_dict(_insitu_graph()[1])
+    # the crossbar's conductances stay float32 whatever the model's dtype; the digital bias
+    # and the scale follow it
+    state["bias"] = state["bias"].astype(dtype)
+    return {"layer": state, "scale": jnp.asarray(0.7, dtype)}
+
+
+def _insitu_extra(params, dtype):
+    from flax import nnx
+
+    graphdef = _insitu_graph()[0]
+    x, y = default_batch(dtype)
+
+    def loss_fn(p):
+        out = nnx.merge(graphdef, p["layer"])(x) * p["scale"]
+        return jnp.mean(((out - y) ** 2).astype(jnp.float32))
+
+    return {"loss_fn": loss_fn, "batch": (x, y)}
+
+
+def _pulsed_sgd(learning_rate, seed=0):
+    return analog.pulsed_sgd(learning_rate, update=analog.UpdateConfig(bl=8), seed=seed)
+
+
+def _tiki_taka_params(dtype):
+    from flax import nnx
+
+    layer = analog.nnx.Linear(
+        3,
+        2,
+        batch_size=5,
+        rngs=nnx.Rngs(0),
+        device=analog.presets.TAOX_RERAM,
+        fast_device=analog.presets.TAOX_RERAM,
+        tile_shape=(2, 2),
+    )
+    state = nnx.to_pure_dict(nnx.split(layer)[1])
+    state["bias"] = state["bias"].astype(dtype)
+    return {"layer": state, "scale": jnp.asarray(0.7, dtype)}
+
+
+def _tiki_taka_extra(params, dtype):
+    from flax import nnx
+
+    graphdef = _tiki_taka_graph()
+    x, y = default_batch(dtype)
+
+    def loss_fn(p):
+        out = nnx.merge(graphdef, p["layer"])(x) * p["scale"]
+        return jnp.mean(((out - y) ** 2).astype(jnp.float32))
+
+    return {"loss_fn": loss_fn, "batch": (x, y)}
+
+
+def _tiki_taka_graph():
+    from flax import nnx
+
+    layer = analog.nnx.Linear(
+        3,
+        2,
+        batch_size=5,
+        rngs=nnx.Rngs(0),
+        fast_device=analog.presets.TAOX_RERAM,
+        device=analog.presets.TAOX_RERAM,
+        tile_shape=(2, 2),
+    )
+    return nnx.split(layer)[0]
+
+
+def _tiki_taka(learning_rate, transfer_lr=1.0, seed=0):
+    return analog.tiki_taka(
+        learning_rate,
+        transfer_every=5,
+        transfer_lr=transfer_lr,
+        update=analog.UpdateConfig(bl=8),
+        seed=seed,
+    )
+
+
+ROWS += [
+    Row(
+        "analog.tiki_taka",
+        _tiki_taka,
+        {"learning_rate": 0.05, "transfer_lr": 0.5, "seed": 3},
+        params=_tiki_taka_params,
+        extra=_tiki_taka_extra,
+    ),
+    Row(
+        "analog.pulsed_sgd",
+        _pulsed_sgd,
+        {"learning_rate": 0.05, "seed": 3},
+        params=_insitu_params,
+        extra=_insitu_extra,
+    ),
+]
+
+
 def _incoming_updates(row: Row, params, extra):
     if row.estimator:
         return None

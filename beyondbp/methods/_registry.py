@@ -47,6 +47,8 @@ class MethodConfig:
     steps: total optimisation steps (for schedules).
     model: ``"mlp"`` or ``"cnn"``.
     widths: hidden widths of the MLP (input and output are added).
+    batch_size: the training batch (layers that record per-sample signals, such as
+      ``analog.nnx.Linear``'s tap, are sized by it).
     """
 
     key: jax.Array
@@ -55,6 +57,7 @@ class MethodConfig:
     steps: int = 1000
     model: str = "mlp"
     widths: tuple[int, ...] = (256, 256)
+    batch_size: int = 64
 
     def __post_init__(self):
         if self.model not in ("mlp", "cnn"):
@@ -115,6 +118,18 @@ class Method:
 
 #: Every registered :class:`Method` by name, in registration (table) order.
 REGISTRY: dict[str, Method] = {}
+#: Former names that still resolve in :func:`get` (old -> current); not listed by :func:`names`,
+#: so a comparison of every row runs each recipe once.
+ALIASES: dict[str, str] = {}
+
+
+def register_alias(old: str, new: str) -> None:
+    """Make :func:`get` resolve the former name ``old`` to the registered row ``new``."""
+    if new not in REGISTRY:
+        raise ValueError(f"register_alias: {new!r} is not a registered method")
+    if old in REGISTRY:
+        raise ValueError(f"register_alias: {old!r} is a registered method, not a free name")
+    ALIASES[old] = new
 
 
 def register(method: Method, *, replace: bool = False) -> Method:
@@ -138,6 +153,6 @@ def names() -> list[str]:
 def get(name: str) -> Method:
     """The registered method called ``name`` (clear error listing the known ones)."""
     try:
-        return REGISTRY[name]
+        return REGISTRY[ALIASES.get(name, name)]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(REGISTRY)}") from None

@@ -12,11 +12,22 @@ nudges harder (beta 0.5) and lets the per-layer rates fall on a cosine to 10% ov
 measured on full MNIST, one epoch at batch 64, that gives 93.1% against 84.6% with the ideal
 row's beta 0.2 and constant rates (BENCHMARKS.md, analog section, "The registered
 `analog-eqprop-taox` row").
-``analog-sgd``: the reference MLP trained by backprop gradients that are then programmed onto
-``TAOX_RERAM`` devices (the chip holds the weights; the gradient is digital).
+``analog-program`` (also registered under its old name ``analog-sgd``): the reference MLP
+trained by backprop gradients that are then programmed onto ``TAOX_RERAM`` devices (the chip
+holds the weights; the forward, backward and gradient are digital).
+``analog-insitu``: the same MLP with every layer an ``analog.nnx.Linear`` on ``TAOX_RERAM``
+tiles, trained in situ as on a chip (Gokmen & Vlasov 2016; aihwkit's ``AnalogSGD``): forward
+and backward reads through ``TAOX_IO`` periphery with noise and bound management, and
+``analog.pulsed_sgd`` pulsing each layer's tiles with the coincidences of each sample's input
+and error (BL 31, update management). Only the biases are digital.
+``analog-tikitaka``: the same with Tiki-Taka v2 (Gokmen 2021; ``analog.tiki_taka``): the pulsed
+updates go to a fast array ``A``, whose rows are read into a digital buffer ``H`` and moved
+into the weight's array ``C`` in whole device steps.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +35,15 @@ import optax
 
 import analog
 import bbcore
-from beyondbp.methods._registry import Method, MethodConfig, Setup, register
+from beyondbp import models
+from beyondbp.methods._registry import (
+    Method,
+    MethodConfig,
+    NotApplicable,
+    Setup,
+    register,
+    register_alias,
+)
 
 HIDDEN = 500
 BETA = 0.2
@@ -167,7 +186,7 @@ def build_eqprop(
 def build_sgd_on_devices(
     cfg: MethodConfig, *, device=analog.presets.TAOX_RERAM, lr: float = 0.05
 ) -> Setup:
-    """The ``analog-sgd`` row: backprop gradients, SGD with momentum, programmed onto ``device``."""
+    """The ``analog-program`` row (alias ``analog-sgd``): backprop gradients, SGD with momentum, programmed onto ``device``."""
     apply, params = cfg.build_model()
     tx = optax.chain(optax.sgd(lr, momentum=0.9), analog.program(device, seed=cfg.seed))
     return Setup(params=params, apply=apply, tx=tx, needs_grad=True, energy=energy_of)
@@ -203,11 +222,94 @@ register(
         family="analog",
     )
 )
+_PROGRAM_DESCRIPTION = (
+    "backprop gradients, SGD lr 0.05 momentum 0.9, programmed onto TAOX_RERAM devices"
+)
+register(Method("analog-program", _PROGRAM_DESCRIPTION, build_sgd_on_devices, family="analog"))
+# The row's name before analog-insitu existed: it still resolves (same recipe), so saved
+# comparisons, scripts and tests that name it keep working.
+register_alias("analog-sgd", "analog-program")
+
+#: analog-insitu's learning rate and update (aihwkit's AnalogSGD defaults: BL 31, update
+#: management on).
+INSITU_LR = 0.1
+INSITU_UPDATE = analog.UpdateConfig(bl=31, update_management=True)
+
+
+def build_insitu(
+    cfg: MethodConfig,
+    *,
+    device=analog.presets.TAOX_RERAM,
+    io=analog.presets.TAOX_IO,
+    lr: float = INSITU_LR,
+    update: analog.UpdateConfig = INSITU_UPDATE,
+) -> Setup:
+    """The ``analog-insitu`` row: the reference MLP of ``analog.nnx.Linear`` layers on
+    ``device`` tiles, trained in situ by ``analog.pulsed_sgd`` (module docstring)."""
+    if cfg.model != "mlp":
+        raise NotApplicable("analog-insitu trains the MLP (an analog CNN is analog.nnx.Conv)")
+    layer = functools.partial(analog.nnx.Linear, batch_size=cfg.batch_size, device=device, io=io)
+    apply, params = models.mlp(
+        cfg.key, (cfg.num_inputs, *cfg.widths, cfg.num_classes), linear=layer
+    )
+    tx = analog.pulsed_sgd(lr, update=update, seed=cfg.seed)
+    return Setup(params=params, apply=apply, tx=tx, needs_grad=True)
+
+
+#: analog-tikitaka's settings: TTv2 (Gokmen 2021) with A read into H one row per sample.
+TIKITAKA_LR = 0.1
+TIKITAKA_TRANSFER_EVERY = 1
+TIKITAKA_TRANSFER_LR = 0.1
+
+
+def build_tikitaka(
+    cfg: MethodConfig,
+    *,
+    device=analog.presets.TAOX_RERAM,
+    io=analog.presets.TAOX_IO,
+    lr: float = TIKITAKA_LR,
+    transfer_every: int = TIKITAKA_TRANSFER_EVERY,
+    transfer_lr: float = TIKITAKA_TRANSFER_LR,
+    update: analog.UpdateConfig = INSITU_UPDATE,
+) -> Setup:
+    """The ``analog-tikitaka`` row: ``analog-insitu``'s MLP with a fast array ``A`` of
+    ``device`` cells beside every layer's ``C``, trained by ``analog.tiki_taka`` (TTv2)."""
+    if cfg.model != "mlp":
+        raise NotApplicable("analog-tikitaka trains the MLP (an analog CNN is analog.nnx.Conv)")
+    layer = functools.partial(
+        analog.nnx.Linear, batch_size=cfg.batch_size, device=device, io=io, fast_device=device
+    )
+    apply, params = models.mlp(
+        cfg.key, (cfg.num_inputs, *cfg.widths, cfg.num_classes), linear=layer
+    )
+    tx = analog.tiki_taka(
+        lr,
+        transfer_every=transfer_every,
+        transfer_lr=transfer_lr,
+        update=update,
+        transfer_io=io,
+        seed=cfg.seed,
+    )
+    return Setup(params=params, apply=apply, tx=tx, needs_grad=True)
+
+
 register(
     Method(
-        "analog-sgd",
-        "backprop gradients, SGD lr 0.05 momentum 0.9, programmed onto TAOX_RERAM devices",
-        build_sgd_on_devices,
+        "analog-insitu",
+        f"in-situ analog SGD on TAOX_RERAM tiles through analog.nnx.Linear (TAOX_IO forward and "
+        f"backward reads, noise and bound management), pulsed rank-1 updates BL "
+        f"{INSITU_UPDATE.bl}, lr {INSITU_LR}",
+        build_insitu,
+        family="analog",
+    )
+)
+register(
+    Method(
+        "analog-tikitaka",
+        f"Tiki-Taka v2 in situ on TAOX_RERAM tiles (fast array A, slow C, digital buffer H; one "
+        f"row of A read every {TIKITAKA_TRANSFER_EVERY} sample(s), transfer lr "
+        f"{TIKITAKA_TRANSFER_LR}), TAOX_IO reads, BL {INSITU_UPDATE.bl}, lr {TIKITAKA_LR}",
+        build_tikitaka,
         family="analog",
     )
 )

@@ -1,0 +1,193 @@
+"""``analog.tiki_taka``: Tiki-Taka v2 in situ, for asymmetric devices.
+
+Gokmen & Haensch, "Algorithm for Training Neural Networks on Resistive Device Arrays", Front.
+Neurosci. 14:103 (2020) (Tiki-Taka), and Gokmen, "Enabling Training of Neural Networks on Noisy
+Hardware", Front. Artif. Intell. 4:699148 (2021) (TTv2, its Algorithm 1; aihwkit's
+``TransferCompound`` with a ``BufferedTransferCompound`` buffer). Each analog layer built with
+``fast_device=`` holds two arrays: the pulsed rank-1 updates of SGD go to the fast array ``A``;
+every ``transfer_every`` samples one row of ``A`` (a column in aihwkit's ``(out, in)`` layout) is
+read through the periphery with a one-hot input, and ``transfer_lr`` times the read is added to
+that row of a digital buffer ``H``; wherever ``|H| >= dw_C`` (one step of the slow array ``C``)
+the whole steps ``n = trunc(H / dw_C)`` are pulsed into ``C`` and ``H -= n dw_C``. The layer
+reads ``gamma A + C`` (``gamma = 0`` in TTv2: only ``C``). ``A``'s asymmetry pulls it back to
+its symmetry point, which acts as a decay of ``A`` instead of a drift of the weight: why
+asymmetric devices such as TaOx train with it and not with plain SGD.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.typing import ArrayLike
+
+import bbcore
+from analog._insitu import Crossbar
+from analog._mvm import mvm
+from analog._periphery import IOConfig
+from analog._programming import apply_pulses
+from analog._pulsed_sgd import (
+    _require,
+    check_update_config,
+    is_crossbar,
+    tap_signals,
+    tiles_delta,
+)
+from analog._tiles import weight_step
+from analog._update import UpdateConfig, pulse_update
+
+__all__ = ["tiki_taka", "TikiTakaState"]
+
+_F32 = jnp.float32
+
+
+class TikiTakaState(NamedTuple):
+    """State of :func:`tiki_taka`: step count, PRNG key, the float32 pulses sent to the fast
+    arrays and to the slow arrays so far, and ``nonfinite``, the int32 refused steps."""
+
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
+    key: jax.Array
+    pulses: jax.Array
+    transfer_pulses: jax.Array
+    nonfinite: ArrayLike = np.int32(0)
+
+
+def _check_args(transfer_every, transfer_lr, transfer_io, seed) -> IOConfig:
+    if (
+        not isinstance(transfer_every, int)
+        or isinstance(transfer_every, bool)
+        or transfer_every < 1
+    ):
+        raise ValueError(
+            f"tiki_taka: transfer_every={transfer_every!r} must be a positive integer "
+            "(samples between two row transfers)"
+        )
+    if not isinstance(transfer_lr, (int, float, jax.Array)) or isinstance(transfer_lr, bool):
+        raise TypeError(f"tiki_taka: transfer_lr={transfer_lr!r} must be a number")
+    if transfer_io is not None and not isinstance(transfer_io, IOConfig):
+        raise TypeError(f"tiki_taka: transfer_io={transfer_io!r}; pass an analog.IOConfig")
+    bbcore.check_seed(seed, "tiki_taka")
+    return IOConfig() if transfer_io is None else transfer_io
+
+
+def transfer_rows(count: jax.Array, batch: int, every: int, n_rows: int):
+    """Rows of ``A`` read in step ``count`` of ``batch`` samples, one every ``every`` samples
+    (cyclically): returns ``(rows, live)``, both ``(m,)`` with ``m = max(1, batch // every)``
+    static and ``live`` masking the reads that do not happen in this step."""
+    if batch % every and every % batch:
+        raise ValueError(
+            f"tiki_taka: transfer_every={every} and the batch of {batch} samples: one must "
+            "divide the other, so that every step makes the same number of transfers"
+        )
+    m = max(1, batch // every)
+    done = (count * batch) // every
+    now = ((count + 1) * batch) // every - done
+    i = jnp.arange(m)
+    return (done + i) % n_rows, i < now
+
+
+def _transfer(cb: Crossbar, fast, count, transfer_lr, io, key, every):
+    """TTv2's transfer (module docstring); returns ``(new C, new H, pulses sent to C)``."""
+    n_in = cb.tiles.shape[0]
+    rows, live = transfer_rows(count, cb.tap.shape[0], every, n_in)
+    k_read, k_pulse = jax.random.split(key)
+    e = jax.nn.one_hot(rows, n_in, dtype=_F32) * live[:, None].astype(_F32)
+    v = mvm(fast, e, io, k_read if io.needs_key else None)  # (m, out): rows of A, read
+    assert cb.buffer is not None  # tiki_taka refuses layers without a fast array
+    h = cb.buffer.at[rows].add(transfer_lr * v * live[:, None].astype(_F32))
+    dw = weight_step(cb.tiles)
+    n = jnp.trunc(h / dw)
+    slow = apply_pulses(cb.tiles, jnp.maximum(n, 0.0), jnp.maximum(-n, 0.0), k_pulse)
+    return slow, h - n * dw, 2.0 * jnp.sum(jnp.abs(n))
+
+
+def _layer_step(p: Crossbar, g: Crossbar, lr, lr_t, count, key, cfg, io, every):
+    """One layer's TTv2 step: pulse ``A``, transfer; returns ``(update, pulses to A, to C)``."""
+    k_upd, k_tr = jax.random.split(key)
+    x, d = tap_signals(p, g)
+    assert p.fast is not None and p.buffer is not None  # tiki_taka checked the layers
+    fast, n = pulse_update(p.fast, x, -d, lr, k_upd, update=cfg)
+    slow, h, m = _transfer(p, fast, count, lr_t, io, k_tr, every)
+    zeros = jax.tree.map(jnp.zeros_like, p)
+    delta = dataclasses.replace(
+        zeros,
+        tiles=tiles_delta(p.tiles, slow),
+        fast=tiles_delta(p.fast, fast),
+        buffer=h - p.buffer,
+        step=jnp.ones_like(p.step),
+    )
+    return delta, n, m
+
+
+def tiki_taka(
+    learning_rate: float | jax.Array,
+    *,
+    transfer_every: int = 1,
+    transfer_lr: float | jax.Array = 1.0,
+    update: UpdateConfig | None = None,
+    transfer_io: IOConfig | None = None,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """Tiki-Taka v2 for analog layers built with ``fast_device=`` (module docstring).
+
+    Args:
+      learning_rate: the SGD step of the pulsed updates of ``A``.
+      transfer_every: samples between two row transfers from ``A`` to ``H`` (divides the
+        batch, or is a multiple of it).
+      transfer_lr: scale of a row read into ``H`` (TTv2's transfer learning rate).
+      update: how the updates of ``A`` become pulses (:class:`analog.UpdateConfig`).
+      transfer_io: periphery of the transfer reads (aihwkit's ``transfer_forward``); None = exact.
+      seed: integer seed of the pulse trains and of the transfer reads and pulses.
+
+    Digital leaves take plain SGD ``-lr g``. Non-finite policy: as :func:`analog.pulsed_sgd`
+    (a NaN/inf gradient is refused whole: nothing pulsed, state kept, ``nonfinite`` + 1).
+    """
+    cfg = check_update_config(update, "tiki_taka")
+    io = _check_args(transfer_every, transfer_lr, transfer_io, seed)
+
+    def init_fn(params):
+        del params
+        z, zf = jnp.zeros((), jnp.int32), jnp.zeros((), _F32)
+        return TikiTakaState(z, bbcore.key(seed), zf, zf, z)
+
+    def update_fn(updates, state, params=None, **extra):
+        del extra
+        _require(updates, params, "tiki_taka")
+        lr = jnp.asarray(learning_rate, _F32)
+        p_leaves, treedef = jax.tree.flatten(params, is_leaf=is_crossbar)
+        g_leaves = treedef.flatten_up_to(updates)
+        if any(is_crossbar(p) and p.fast is None for p in p_leaves):
+            raise ValueError(
+                "tiki_taka: an analog layer has no fast array; build it with fast_device=... "
+                "(or train it with analog.pulsed_sgd)"
+            )
+
+        def take():
+            key, sub = jax.random.split(state.key)
+            out, sent, moved = [], jnp.zeros((), _F32), jnp.zeros((), _F32)
+            for i, (p, g) in enumerate(zip(p_leaves, g_leaves)):
+                if not is_crossbar(p):
+                    out.append((-lr * jnp.asarray(g).astype(_F32)).astype(jnp.result_type(p)))
+                    continue
+                lr_t = jnp.asarray(transfer_lr, _F32)
+                delta, n, m = _layer_step(
+                    p, g, lr, lr_t, state.count, jax.random.fold_in(sub, i), cfg, io, transfer_every
+                )
+                out.append(delta)
+                sent, moved = sent + n, moved + m
+            new_state = TikiTakaState(
+                state.count + 1,
+                key,
+                state.pulses + sent,
+                state.transfer_pulses + moved,
+                jnp.asarray(state.nonfinite, jnp.int32),
+            )
+            return treedef.unflatten(out), new_state
+
+        return bbcore.refuse_nonfinite(bbcore.all_finite(updates), take, state, params)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,268 @@
+"""analog.nnx.Linear / Conv and analog.pulsed_sgd: in-situ training through the crossbar.
+
+Independent references: ``x @ W`` and ``lax.conv_general_dilated`` in float64 for the reads,
+``jax.grad`` of the digital product for the backward read, and ``-lr x^T d`` for the
+expectation of the pulsed update (Gokmen & Vlasov 2016, Eq. 2-3).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from _tolerance import assert_close_ulps, dot_ulps
+from flax import nnx
+
+import analog
+from analog import presets
+
+IDEAL_IO = analog.IOConfig.ideal()
+#: A symmetric constant-step device without variation or noise: every coincidence moves a
+#: weight by exactly one step, so the update's expectation is the model's.
+CLEAN = analog.ConstantStep(dw_min=0.001)
+
+
+def _linear(n_in=10, n_out=6, batch=4, **kw):
+    kw = {"device": presets.IDEAL, "tile_shape": (4, 4), "w_max": 1.0, **kw}
+    return analog.nnx.Linear(n_in, n_out, batch_size=batch, rngs=nnx.Rngs(0), **kw)
+
+
+def _weights(layer) -> np.ndarray:
+    return np.asarray(analog.read_weights(layer.crossbar.get_value().tiles), np.float64)
+
+
+def test_mvm_with_ideal_io_is_x_at_w():
+    w = jax.random.normal(jax.random.key(0), (37, 19), jnp.float32) * 0.3
+    t = analog.init_tiles(jax.random.key(1), w, presets.IDEAL, (8, 8))
+    x = jax.random.normal(jax.random.key(2), (5, 37), jnp.float32)
+    x64, w64 = np.asarray(x, np.float64), np.asarray(analog.read_weights(t), np.float64)
+    # the tiles' partial sums are one reordering of the float32 dot product
+    assert_close_ulps(
+        analog.mvm(t, x, IDEAL_IO), x64 @ w64, ulps=dot_ulps(37), magnitude=abs(x64) @ abs(w64)
+    )
+
+
+@pytest.mark.parametrize("nm", [True, False])
+def test_linear_with_ideal_io_reads_x_at_w_plus_bias(nm):
+    layer = _linear(noise_management=nm)
+    x = jax.random.normal(jax.random.key(3), (7, 10), jnp.float32)  # not the tap's batch
+    w, x64 = _weights(layer), np.asarray(x, np.float64)
+    # abs-max scaling divides and multiplies by max|x_b|: two more roundings than the dot
+    assert_close_ulps(layer(x), x64 @ w, ulps=dot_ulps(10) + 4, magnitude=abs(x64) @ abs(w))
+
+
+def test_input_gradient_is_the_transposed_read_and_the_tap_records_x_and_d():
+    layer = _linear()
+    graphdef, params = nnx.split(layer)
+    x = jax.random.normal(jax.random.key(4), (4, 10), jnp.float32)
+    c = jax.random.normal(jax.random.key(5), (4, 6), jnp.float32)
+
+    def loss(p, x):
+        return jnp.sum(jnp.tanh(nnx.merge(graphdef, p)(x)) * c)
+
+    gp, gx = jax.grad(loss, argnums=(0, 1))(params, x)
+    w = jnp.asarray(_weights(layer), jnp.float32)
+    ref_x = jax.grad(lambda x: jnp.sum(jnp.tanh(x @ w) * c))(x)  # the digital product
+    d = np.asarray(c * (1 - jnp.tanh(x @ w) ** 2), np.float64)
+    assert_close_ulps(gx, ref_x, ulps=dot_ulps(10) + 16, magnitude=abs(d) @ abs(w.T) + 1e-6)
+    tap = np.asarray(gp["crossbar"].get_value().tap)
+    np.testing.assert_array_equal(tap[:, :10], np.asarray(x))
+    assert_close_ulps(tap[:, 10:], d, ulps=dot_ulps(10) + 16, magnitude=abs(c))
+    # no dense weight gradient: the tiles' cotangent is zero
+    for leaf in jax.tree.leaves(gp["crossbar"].get_value().tiles):
+        assert not np.any(np.asarray(leaf))
+
+
+def test_pulsed_update_expectation_is_minus_lr_x_d():
+    n_in, n_out, b, lr, trials = 6, 5, 3, 0.01, 256
+    layer = _linear(n_in, n_out, b, device=CLEAN)
+    graphdef, params = nnx.split(layer)
+    x = jax.random.uniform(jax.random.key(6), (b, n_in), jnp.float32, -1, 1)
+    c = jax.random.uniform(jax.random.key(7), (b, n_out), jnp.float32, -1, 1)
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x) * c))(params)  # d = c
+    # 16-bit probabilities: the 8-bit default rounds them by up to 2^-9, a bias of its own
+    cfg = analog.UpdateConfig(bl=31, prob_bits=16)
+
+    @jax.jit
+    @jax.vmap
+    def delta_w(seed):
+        tx = analog.pulsed_sgd(lr, update=cfg, seed=seed)
+        new = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+        cb, cb0 = new["crossbar"].get_value(), params["crossbar"].get_value()
+        return analog.read_weights(cb.tiles) - analog.read_weights(cb0.tiles)
+
+    dws = np.asarray(delta_w(jnp.arange(trials)), np.float64)
+    expected = -lr * np.asarray(x, np.float64).T @ np.asarray(c, np.float64)
+    step = float(analog.weight_step(params["crossbar"].get_value().tiles))
+    assert lr * 1.0 / (31 * step) < 1  # no probability truncated: the expectation is exact
+    # Each coincidence is one step of +-dw: the count per device is a sum of Bernoulli slots,
+    # variance <= step * sum_b |lr x_b d_b|; 5 standard errors of the mean of `trials` draws.
+    se = np.sqrt(step * lr * np.abs(np.asarray(x)).T @ np.abs(np.asarray(c)) / trials)
+    assert np.all(np.abs(dws.mean(0) - expected) <= 5 * se + 1e-7)
+    # and the draws are not all alike: it is a stochastic update, not the dense product
+    assert np.std(dws, axis=0).max() > 0.5 * step
+
+
+def test_training_an_analog_layer_in_situ_lowers_the_loss():
+    layer = _linear(8, 3, 16, device=CLEAN, io=presets.TAOX_IO)
+    graphdef, params = nnx.split(layer)
+    k1, k2 = jax.random.split(jax.random.key(8))
+    x = jax.random.uniform(k1, (16, 8), jnp.float32, -1, 1)
+    y = x @ jax.random.uniform(k2, (8, 3), jnp.float32, -0.5, 0.5)
+    tx = analog.pulsed_sgd(0.5, update=analog.UpdateConfig(bl=15))
+
+    def loss(p):
+        return jnp.mean((nnx.merge(graphdef, p)(x) - y) ** 2)
+
+    @jax.jit
+    def step(p, s):
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    state, first = tx.init(params), float(loss(params))
+    for _ in range(40):
+        params, state = step(params, state)
+    assert float(loss(params)) < 0.3 * first
+    assert int(state.count) == 40 and float(state.pulses) > 0
+    assert float(params["crossbar"].get_value().step) == 40.0
+
+
+def test_conv_with_ideal_io_is_the_convolution_and_its_input_gradient():
+    conv = analog.nnx.Conv(
+        3, 5, 3, batch_size=2, input_size=(6, 6), rngs=nnx.Rngs(1), tile_shape=(8, 4), w_max=1.0
+    )
+    graphdef, params = nnx.split(conv)
+    x = jax.random.normal(jax.random.key(9), (2, 6, 6, 3), jnp.float32)
+    k = jnp.asarray(_weights(conv), jnp.float32).reshape(3, 3, 3, 5).transpose(1, 2, 0, 3)
+
+    def ref(x):
+        dn = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn)
+
+    mag = np.asarray(
+        jax.lax.conv_general_dilated(
+            jnp.abs(x), jnp.abs(k), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    )
+    assert_close_ulps(conv(x), ref(x), ulps=dot_ulps(27) + 4, magnitude=mag)
+    c = jax.random.normal(jax.random.key(10), (2, 6, 6, 5), jnp.float32)
+    gp, gx = jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) * c), argnums=(0, 1))(
+        params, x
+    )
+    ref_gx = jax.grad(lambda x: jnp.sum(ref(x) * c))(x)
+    assert_close_ulps(gx, ref_gx, ulps=dot_ulps(45) + 4, magnitude=np.max(np.abs(ref_gx)))
+    tap = gp["crossbar"].get_value().tap
+    assert tap.shape == (2 * 36, 27 + 5)  # one recorded row per patch and sample
+
+
+def test_bad_input_is_refused_with_a_clear_error():
+    with pytest.raises(ValueError, match="tile_shape"):
+        _linear(tile_shape=(0, 4))
+    with pytest.raises(ValueError, match="tile_shape"):
+        _linear(tile_shape=(4,))
+    with pytest.raises(ValueError, match="bl"):
+        analog.UpdateConfig(bl=0)
+    with pytest.raises(TypeError, match="UpdateConfig"):
+        analog.pulsed_sgd(0.1, update={"bl": 8})
+    with pytest.raises(TypeError, match="io_backward"):
+        _linear(io_backward="ideal")
+    with pytest.raises(ValueError, match="out_bound"):  # one bounded ADC, one not
+        _linear(io=presets.TAOX_IO, io_backward=IDEAL_IO)
+    with pytest.raises(ValueError, match="inp_bound"):
+        _linear(io=analog.IOConfig(inp_bits=8, inp_bound=0.5))
+    with pytest.raises(ValueError, match="batch_size"):
+        _linear(batch=0)
+    with pytest.raises(ValueError, match="in_features=10"):
+        _linear()(jnp.ones((4, 9), jnp.float32))
+    with pytest.raises(ValueError, match="padding"):
+        analog.nnx.Conv(1, 1, 3, batch_size=1, input_size=(4, 4), rngs=nnx.Rngs(0), padding="X")
+    params = nnx.split(_linear())[1]
+    tx = analog.pulsed_sgd(0.1)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(params, tx.init(params))
+
+
+def test_pulsed_sgd_refuses_a_nonfinite_gradient():
+    layer = _linear(device=CLEAN)
+    graphdef, params = nnx.split(layer)
+    x = jnp.ones((4, 10), jnp.float32).at[0, 0].set(jnp.nan)
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
+    tx = analog.pulsed_sgd(0.1)
+    updates, state = tx.update(grads, tx.init(params), params)
+    assert int(state.nonfinite) == 1 and int(state.count) == 0
+    assert all(not np.any(np.asarray(u)) for u in jax.tree.leaves(updates))
+
+
+ASYM = analog.ConstantStep(dw_min=0.01, up_down=0.3)
+
+
+def test_transfer_rows_cycle_through_the_rows_one_every_n_samples():
+    from analog._tiki_taka import transfer_rows
+
+    seen = []
+    for count in range(6):
+        rows, live = transfer_rows(jnp.int32(count), 4, 2, 5)  # 2 reads per step of 4
+        seen += [int(r) for r, ok in zip(rows, live) if ok]
+    assert seen == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
+    seen = [int(transfer_rows(jnp.int32(c), 2, 6, 5)[1][0]) for c in range(6)]
+    assert seen == [0, 0, 1, 0, 0, 1]  # one read every third step of 2
+    with pytest.raises(ValueError, match="divide"):
+        transfer_rows(jnp.int32(0), 4, 3, 5)
+
+
+def test_tiki_taka_transfers_a_read_of_a_into_the_buffer_and_whole_steps_into_c():
+    layer = _linear(4, 3, 2, device=CLEAN, fast_device=CLEAN)
+    graphdef, params = nnx.split(layer)
+    x = jax.random.uniform(jax.random.key(11), (2, 4), jnp.float32, -1, 1)
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
+    tx = analog.tiki_taka(0.05, transfer_every=1, transfer_lr=3.0, update=analog.UpdateConfig())
+    new = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+    old_cb, cb = params["crossbar"].get_value(), new["crossbar"].get_value()
+    a = np.asarray(analog.read_weights(cb.fast), np.float64)
+    assert np.any(a != 0)  # A took the pulsed update
+    dc = np.asarray(analog.read_weights(cb.tiles) - analog.read_weights(old_cb.tiles), np.float64)
+    step = float(analog.weight_step(cb.tiles))
+    h = np.asarray(cb.buffer, np.float64)
+    # rows 0 and 1 were read (2 samples, one transfer each); H + C holds 3 A there exactly
+    # (up to the conductances' rounding), |H| < one step of C, and rows 2, 3 did not move
+    np.testing.assert_allclose((h + dc)[:2], 3.0 * a[:2], atol=1e-5 * step + 1e-6)
+    assert np.all(np.abs(h) < step * (1 + 1e-5))
+    assert not np.any(dc[2:]) and not np.any(h[2:])
+
+
+def test_tiki_taka_trains_an_asymmetric_device_layer():
+    layer = _linear(8, 3, 16, device=ASYM, fast_device=ASYM)
+    graphdef, params = nnx.split(layer)
+    k1, k2 = jax.random.split(jax.random.key(8))
+    x = jax.random.uniform(k1, (16, 8), jnp.float32, -1, 1)
+    y = x @ jax.random.uniform(k2, (8, 3), jnp.float32, -0.5, 0.5)
+    tx = analog.tiki_taka(0.5, transfer_every=4, transfer_lr=0.5)
+
+    def loss(p):
+        return jnp.mean((nnx.merge(graphdef, p)(x) - y) ** 2)
+
+    @jax.jit
+    def step(p, s):
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    state, first = tx.init(params), float(loss(params))
+    for _ in range(100):
+        params, state = step(params, state)
+    assert float(loss(params)) < 0.2 * first  # measured: 0.07
+    assert float(state.transfer_pulses) > 0
+
+
+def test_tiki_taka_and_pulsed_sgd_refuse_the_other_kind_of_layer():
+    plain = nnx.split(_linear())[1]
+    tt = nnx.split(_linear(fast_device=CLEAN))[1]
+    with pytest.raises(ValueError, match="fast array"):
+        analog.tiki_taka(0.1).update(plain, analog.tiki_taka(0.1).init(plain), plain)
+    with pytest.raises(ValueError, match="tiki_taka"):
+        analog.pulsed_sgd(0.1).update(tt, analog.pulsed_sgd(0.1).init(tt), tt)
+    with pytest.raises(ValueError, match="transfer_every"):
+        analog.tiki_taka(0.1, transfer_every=0)
+    with pytest.raises(ValueError, match="fast_device"):
+        _linear(gamma=0.5)
