@@ -8,7 +8,8 @@ of the weights and a step counter. Each process writes its own shards of every c
 (orbax, through ``beyondbp.checkpoint``). One run is killed with SIGKILL, both processes at
 once, in the middle of writing its third checkpoint; started again, it resumes from the
 second (the partial third is ignored, then removed) and must end with every array of params
-and state bit-identical to an uninterrupted run.
+and state bit-identical to an uninterrupted run. Its last checkpoint, restored by the test's own process onto one device,
+is that final state too.
 """
 
 from __future__ import annotations
@@ -102,6 +103,37 @@ def _kill_mid_save(tmp_path, ck, out) -> tuple[int, bool]:
     return stopped, unfinished
 
 
+def _restore_in_one_process(ck, final):
+    """The last checkpoint of the 2-process run, read by this one process (1 CPU device, the
+    same code's restore target on a 1-device mesh), is the run's final state, bit for bit;
+    every shard's checksum is checked, process 1's too."""
+    import json
+
+    import jax
+
+    sys.path.insert(0, str(HERE / "multidevice"))
+    try:
+        import mp_checkpoint
+    finally:
+        sys.path.remove(str(HERE / "multidevice"))
+    last = checkpoint.latest(ck)
+    assert _step(last) == STEPS
+    target = mp_checkpoint._init(jax.make_mesh((1,), ("x",)))
+    with jax.numpy_dtype_promotion("strict"):
+        _, restored = checkpoint.restore(last, target)
+        got = mp_checkpoint._flat(restored)
+    assert sorted(got) == sorted(final)
+    for k in got:
+        assert got[k].dtype == final[k].dtype and got[k].tobytes() == final[k].tobytes(), k
+    sums = last / "checksums.process_1.json"
+    rows = json.loads(sums.read_text())
+    name = next(k for k, v in rows.items() if v)  # an array process 1 wrote a shard of
+    rows[name][0][1] ^= 1
+    sums.write_text(json.dumps(rows))
+    with pytest.raises(checkpoint.CheckpointError, match="do not match the checksum"):
+        checkpoint.restore(last, target)
+
+
 def test_two_processes_killed_mid_run_resume_bit_identical(tmp_path):
     t0 = time.monotonic()
     _run(tmp_path / "ref_ck", tmp_path / "ref.npz")
@@ -110,6 +142,8 @@ def test_two_processes_killed_mid_run_resume_bit_identical(tmp_path):
     stopped, unfinished = _kill_mid_save(tmp_path, ck, out)
     shards = sorted(p.name for p in checkpoint.latest(ck).iterdir() if p.name.startswith("ocdbt"))
     assert shards == ["ocdbt.process_0", "ocdbt.process_1"], "each process writes its shards"
+    sums = sorted(p.name for p in checkpoint.latest(ck).glob("checksums.process_*.json"))
+    assert sums == ["checksums.process_0.json", "checksums.process_1.json"]
     t2 = time.monotonic()
     log = _run(ck, out)
     assert f"[0] process 0: starting at step {stopped}" in log
@@ -121,6 +155,7 @@ def test_two_processes_killed_mid_run_resume_bit_identical(tmp_path):
     for k in a:  # every array of params and state, bit for bit (key data, 4-bit codes too)
         assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
         assert a[k].tobytes() == b[k].tobytes(), k
+    _restore_in_one_process(ck, b)
     print(
         f"uninterrupted {t1 - t0:.1f} s; killed after {t2 - t1:.1f} s "
         f"({'during' if unfinished else 'just after'} the save of step {3 * EVERY}); "
