@@ -30,7 +30,31 @@ def _check_config(config) -> QuantConfig:
     return config
 
 
-class Linear(fnnx.Module):
+class _QuantLayer(fnnx.Module):
+    """What :class:`Linear` and :class:`Conv` share: their parameters."""
+
+    kernel: fnnx.Param
+    bias: fnnx.Param | None
+    activation_clip: fnnx.Param | None
+
+    def _init_params(
+        self, rngs, kernel_shape, config, use_bias, param_dtype, kernel_init, bias_init
+    ):
+        """The kernel, the bias (``use_bias``) and, with PACT activation scaling, the learned
+        activation clip (Choi et al. 2018), initialised at ``config.pact_init``."""
+        self.kernel = fnnx.Param(kernel_init(rngs.params(), kernel_shape, param_dtype))
+        out_features = kernel_shape[-1]
+        self.bias = (
+            fnnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+        )
+        self.activation_clip = (
+            fnnx.Param(jnp.asarray(config.pact_init, param_dtype))
+            if config.activation_scaling == "pact"
+            else None
+        )
+
+
+class Linear(_QuantLayer):
     """Quantized dense layer ``y = dot_general(x, kernel) + bias`` (Sun et al. 2020).
 
     Args:
@@ -66,17 +90,8 @@ class Linear(fnnx.Module):
         self.config = _check_config(config)
         self.in_features, self.out_features = in_features, out_features
         self.dtype, self.precision = dtype, precision
-        self.kernel = fnnx.Param(
-            kernel_init(rngs.params(), (in_features, out_features), param_dtype)
-        )
-        self.bias = (
-            fnnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
-        )
-        self.activation_clip = (
-            fnnx.Param(jnp.asarray(config.pact_init, param_dtype))
-            if config.activation_scaling == "pact"
-            else None
-        )
+        shape = (in_features, out_features)
+        self._init_params(rngs, shape, config, use_bias, param_dtype, kernel_init, bias_init)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
@@ -96,7 +111,7 @@ class Linear(fnnx.Module):
         return y
 
 
-class Conv(fnnx.Module):
+class Conv(_QuantLayer):
     """Quantized convolution, ``NHWC`` inputs and ``HWIO`` kernels, like ``nnx.Conv``.
 
     Args:
@@ -143,17 +158,8 @@ class Conv(fnnx.Module):
         self.kernel_size, self.strides, self.padding = kernel_size, strides, padding
         self.in_features, self.out_features = in_features, out_features
         self.dtype, self.precision = dtype, precision
-        self.kernel = fnnx.Param(
-            kernel_init(rngs.params(), (*kernel_size, in_features, out_features), param_dtype)
-        )
-        self.bias = (
-            fnnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
-        )
-        self.activation_clip = (
-            fnnx.Param(jnp.asarray(config.pact_init, param_dtype))
-            if config.activation_scaling == "pact"
-            else None
-        )
+        shape = (*kernel_size, in_features, out_features)
+        self._init_params(rngs, shape, config, use_bias, param_dtype, kernel_init, bias_init)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n = len(self.kernel_size)
