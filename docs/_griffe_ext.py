@@ -99,12 +99,12 @@ class SphinxComments(griffe.Extension):
 PACKAGES = ("bbcore", "fwdgrad", "lowbit", "analog", "beyondbp")
 
 
-def load(root: str) -> dict[str, griffe.Module]:
-    """The five packages as griffe reads them (statically, with this extension)."""
+def load(root: str, packages: tuple[str, ...] = PACKAGES) -> dict[str, griffe.Module]:
+    """The packages under ``root`` as griffe reads them (statically, with this extension)."""
     loader = griffe.GriffeLoader(
         search_paths=[root], extensions=griffe.load_extensions(SphinxComments)
     )
-    pkgs = {name: loader.load(name) for name in PACKAGES}
+    pkgs = {name: loader.load(name) for name in packages}
     loader.resolve_aliases(implicit=False, external=None)
     return pkgs  # type: ignore[return-value]
 

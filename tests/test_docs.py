@@ -55,9 +55,34 @@ def test_comment_docstrings_and_roles():
     assert "`Missing`" in text and text.endswith("Example:")
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    out = tmp_path_factory.mktemp("site")
+def test_undocumented_names_are_found(tmp_path):
+    pkg = tmp_path / "toy"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        '''"""A toy package."""
+
+__all__ = ["f", "g", "X", "Y"]
+
+
+def f():
+    pass
+
+
+def g():
+    """Does g."""
+
+
+#: The X constant.
+X = 1
+Y = 2
+'''
+    )
+    public = _public()
+    missing = public.undocumented(public.load(str(tmp_path), ("toy",)))
+    assert [m.split()[0] for m in missing] == ["toy.f", "toy.Y"]
+
+
+def _build(out: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT,
@@ -69,19 +94,21 @@ def site(tmp_path_factory):
     assert proc.returncode == 0, "mkdocs build --strict failed:\n" + (
         "\n".join(warnings) or proc.stderr[-4000:]
     )
-    return out
 
 
-def test_site_builds_strict_with_every_page(site):
+# One test for everything the built site must hold: the build is the expensive part (about
+# 15 s of CPU), and xdist would run a shared fixture once per worker.
+def test_site_builds_strict_and_holds_every_page_and_name(tmp_path):
+    site = tmp_path / "site"
+    _build(site)
+
+    packages = ("bbcore", "fwdgrad", "lowbit", "analog", "beyondbp")
     for page in (
         "index.html",
         "getting-started/index.html",
         "benchmarks/index.html",
         "architecture/index.html",
-        *(
-            f"packages/{p}/index.html"
-            for p in ("bbcore", "fwdgrad", "lowbit", "analog", "beyondbp")
-        ),
+        *(f"packages/{p}/index.html" for p in packages),
         *(f"notebooks/{n}/index.html" for n in ("fwdgrad", "lowbit", "analog", "compare")),
     ):
         assert (site / page).is_file(), page
@@ -90,17 +117,15 @@ def test_site_builds_strict_with_every_page(site):
     bench = (site / "benchmarks/index.html").read_text(encoding="utf-8")
     assert "<img" in bench  # the figures were copied and linked
 
-
-def test_api_pages_list_every_public_name(site):
+    # every public name has its entry (its anchor) on its package's API page
     public = _public()
     for package, entries in public.all_public(public.load(str(ROOT))).items():
         html = (site / "api" / package / "index.html").read_text(encoding="utf-8")
         absent = [path for path, _, _ in entries if f'id="{path}"' not in html]
         assert not absent, f"api/{package}: no entry for {absent}"
 
-
-def test_equations_are_mathml(site):
+    # equations were converted to MathML at build time
     for package in ("fwdgrad", "lowbit", "analog"):
         html = (site / "packages" / package / "index.html").read_text(encoding="utf-8")
         assert "<math" in html, package
-        assert 'class="arithmatex"' not in html  # every marked equation was converted
+        assert 'class="arithmatex"' not in html
