@@ -78,7 +78,8 @@ class _DurableHandler(ocp.PyTreeCheckpointHandler):
         super().save(directory, *args, **kwargs)
         if self._checksums is not None:
             name = f"checksums.process_{jax.process_index()}.json"
-            (pathlib.Path(directory) / name).write_text(json.dumps(self._checksums))
+            with open(pathlib.Path(directory) / name, "w") as f:
+                json.dump(self._checksums, f)
 
     def finalize(self, directory) -> None:
         super().finalize(directory)
