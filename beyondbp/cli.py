@@ -136,7 +136,13 @@ def _add_run_options(c: argparse.ArgumentParser) -> None:
         "--epochs", type=_positive_int, default=None, help="epochs per method instead of --steps"
     )
     c.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (default 64)")
-    c.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="reference model")
+    c.add_argument(
+        "--model",
+        choices=("mlp", "cnn", "resnet", "vit"),  # beyondbp.models.NAMES, without importing jax
+        default="mlp",
+        help="reference model: mlp, cnn (LeNet-5), resnet (ResNet-20) or vit (patch 4, 4 "
+        "blocks, width 128) (default mlp)",
+    )
     c.add_argument(
         "--widths",
         type=_widths,

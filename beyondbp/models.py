@@ -16,6 +16,7 @@ of the same architecture.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ from flax import nnx
 
 from bbcore.activations import ACTIVATIONS, activation_fn
 from bbcore.checks import flat_inputs
+from beyondbp._resnet import ResNet
+from beyondbp._vit import ViT
 
 __all__ = [
     "MLP",
@@ -37,7 +40,18 @@ __all__ = [
     "mlp4bit",
     "cnn4bit",
     "cross_entropy",
+    "ResNet",
+    "ViT",
+    "resnet",
+    "vit",
+    "resnet4bit",
+    "vit4bit",
+    "NAMES",
+    "build",
 ]
+
+#: The reference models by name (``beyondbp compare --model``).
+NAMES = ("mlp", "cnn", "resnet", "vit")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -179,17 +193,19 @@ def mlp(
     widths: Sequence[int] = (784, 1024, 1024, 10),
     *,
     activation: str | Callable = "relu",
+    recipe=None,
     **kwargs,
 ):
-    """``functional(MLP(...))`` seeded from a JAX key: returns ``(apply, params)``."""
-    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
-    return functional(MLP(widths, activation=activation, rngs=nnx.Rngs(seed), **kwargs))
+    """``functional(MLP(...))`` seeded from a JAX key: returns ``(apply, params)``.
+
+    ``recipe``: optional ``lowbit.Recipe`` applied with ``lowbit.apply_rules`` (see :func:`resnet`).
+    """
+    return _quantized(MLP(widths, activation=activation, rngs=_seeded(key), **kwargs), recipe)
 
 
-def cnn(key: jax.Array, num_classes: int = 10, **kwargs):
-    """``functional(CNN(...))`` seeded from a JAX key: returns ``(apply, params)``."""
-    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
-    return functional(CNN(num_classes, rngs=nnx.Rngs(seed), **kwargs))
+def cnn(key: jax.Array, num_classes: int = 10, *, recipe=None, **kwargs):
+    """``functional(CNN(...))`` seeded from a JAX key: returns ``(apply, params)``; ``recipe`` as :func:`mlp`."""
+    return _quantized(CNN(num_classes, rngs=_seeded(key), **kwargs), recipe)
 
 
 def mlp4bit(
@@ -234,4 +250,99 @@ def cnn4bit(key: jax.Array, num_classes: int = 10, *, config=None, **kwargs):
         linear=functools.partial(lowbit.nnx.Linear, config=config),
         conv=functools.partial(lowbit.nnx.Conv, config=config),
         **kwargs,
+    )
+
+
+def _seeded(key: jax.Array) -> nnx.Rngs:
+    return nnx.Rngs(int(jax.random.randint(key, (), 0, 2**31 - 1)))
+
+
+def _quantized(model: nnx.Module, recipe) -> tuple[Callable[[Any, jax.Array], jax.Array], dict]:
+    """``functional(model)`` after ``lowbit.apply_rules(model, recipe)`` (``None``: float32)."""
+    if recipe is not None:
+        import lowbit
+
+        lowbit.apply_rules(model, recipe)
+    return functional(model)
+
+
+def resnet(key: jax.Array, depth: int = 20, num_classes: int = 10, *, recipe=None, **kwargs):
+    """``functional(ResNet(depth, num_classes, ...))`` seeded from a JAX key: ``(apply, params)``.
+
+    ``recipe``: a ``lowbit.Recipe`` (or rules) applied with ``lowbit.apply_rules`` before the
+    split; ``None`` keeps float32. Same key, same initial weights whatever the recipe. Keyword
+    arguments go to :class:`ResNet` (``in_channels``, ``widths``, ``groups``, ``shortcut``).
+    """
+    return _quantized(ResNet(depth, num_classes, rngs=_seeded(key), **kwargs), recipe)
+
+
+def vit(
+    key: jax.Array,
+    num_classes: int = 10,
+    *,
+    patch: int = 4,
+    depth: int = 4,
+    width: int = 128,
+    heads: int = 4,
+    recipe=None,
+    **kwargs,
+):
+    """``functional(ViT(...))`` seeded from a JAX key: ``(apply, params)``; ``recipe`` as :func:`resnet`."""
+    model = ViT(
+        num_classes, patch=patch, depth=depth, width=width, heads=heads, rngs=_seeded(key), **kwargs
+    )
+    return _quantized(model, recipe)
+
+
+def resnet4bit(key: jax.Array, depth: int = 20, num_classes: int = 10, *, recipe=None, **kwargs):
+    """:func:`resnet` through ``lowbit.recipes.SUN2020`` by default (Sun et al. 2020).
+
+    4-bit INT4/radix-4 FP4 convolutions, with the stem, the classifier and the 1x1 projection
+    shortcuts in 8 bits, as the paper kept them. Pass another ``lowbit.Recipe`` as ``recipe``.
+    """
+    import lowbit
+
+    recipe = lowbit.recipes.SUN2020 if recipe is None else recipe
+    return resnet(key, depth, num_classes, recipe=recipe, **kwargs)
+
+
+def vit4bit(key: jax.Array, num_classes: int = 10, *, recipe=None, **kwargs):
+    """:func:`vit` through ``lowbit.recipes.SUN2020`` by default (embedding and head in 8 bits)."""
+    import lowbit
+
+    recipe = lowbit.recipes.SUN2020 if recipe is None else recipe
+    return vit(key, num_classes, recipe=recipe, **kwargs)
+
+
+def build(
+    name: str,
+    key: jax.Array,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    widths: Sequence[int] = (256, 256),
+    recipe=None,
+    **kwargs,
+):
+    """``(apply, params)`` of the reference model ``name`` for examples of ``input_shape``.
+
+    ``mlp``: ``inputs-widths-classes``; ``cnn``: the LeNet-sized :class:`CNN` (28x28x1);
+    ``resnet``: ResNet-20 with ``in_channels`` from the shape; ``vit``: the patch-4, 4-block,
+    width-128 :class:`ViT` for images of that size. ``recipe`` as :func:`resnet`; ``kwargs``
+    go to the model.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    if name == "mlp":
+        n = math.prod(shape)
+        return mlp(key, (n, *widths, num_classes), recipe=recipe, **kwargs)
+    if name == "cnn":
+        return cnn(key, num_classes, recipe=recipe, **kwargs)
+    if name not in NAMES:
+        raise ValueError(f"model={name!r}: use one of {NAMES}")
+    if len(shape) != 3:
+        raise ValueError(f"model={name!r} needs images (H, W, C), got examples of shape {shape}")
+    if name == "resnet":
+        return resnet(key, 20, num_classes, in_channels=shape[2], recipe=recipe, **kwargs)
+    return vit(
+        key, num_classes, image_size=shape[:2], in_channels=shape[2], recipe=recipe, **kwargs
     )

@@ -7,6 +7,8 @@ expectation of the pulsed update (Gokmen & Vlasov 2016, Eq. 2-3).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,7 @@ from flax import nnx
 
 import analog
 from analog import presets
+from analog._insitu import crossbar_tiles
 
 IDEAL_IO = analog.IOConfig.ideal()
 #: A symmetric constant-step device without variation or noise: every coincidence moves a
@@ -266,3 +269,40 @@ def test_tiki_taka_and_pulsed_sgd_refuse_the_other_kind_of_layer():
         analog.tiki_taka(0.1, transfer_every=0)
     with pytest.raises(ValueError, match="fast_device"):
         _linear(gamma=0.5)
+
+
+def _on_tiles(layer, tiles):
+    """``layer`` holding ``tiles`` (same shape) instead of its own."""
+    cb = layer.crossbar.get_value()
+    layer.crossbar.set_value(dataclasses.replace(cb, tiles=crossbar_tiles(tiles)))
+    return layer
+
+
+def test_bound_management_reads_again_until_the_adc_does_not_saturate():
+    # an ADC bound below the tiles' outputs and no other non-ideality: the first read of the
+    # first sample saturates, re-reads at 1/2 and 1/4 of its input do not, and the result is
+    # x @ W again; the second sample never saturates
+    io = analog.IOConfig(out_bound=1.0)
+    x = jnp.stack([jnp.full((10,), 1.0), jnp.full((10,), 0.01)]).astype(jnp.float32)
+    w = jnp.full((10, 6), 0.3, jnp.float32)  # a full 4-row tile reads 1.2 per unit input
+    tiles = analog.init_tiles(jax.random.key(0), w, presets.IDEAL, (4, 4), w_max=1.0)
+    exact = np.asarray(x, np.float64) @ np.asarray(analog.read_weights(tiles), np.float64)
+    kw = {"io": io, "noise_management": False}
+    managed = _on_tiles(_linear(bound_management=True, **kw), tiles)(x)
+    assert_close_ulps(managed, exact, ulps=16)
+    clipped = np.asarray(_on_tiles(_linear(bound_management=False, **kw), tiles)(x))
+    # without it, the first sample's tiles (4 + 4 + 2 rows) report 1 + 1 + 0.6
+    np.testing.assert_allclose(clipped[0], 2.6, rtol=1e-5)
+    np.testing.assert_allclose(clipped[1], exact[1], rtol=1e-5)
+
+
+def test_noise_management_uses_the_dac_range_for_small_inputs():
+    io = analog.IOConfig(inp_bits=6, inp_bound=1.0)  # 31 levels per sign
+    x = jax.random.uniform(jax.random.key(12), (4, 10), jnp.float32, -0.05, 0.05)
+    errs = []
+    for nm in (True, False):
+        layer = _linear(io=io, noise_management=nm, bound_management=False)
+        exact = np.asarray(x, np.float64) @ _weights(layer)
+        errs.append(np.abs(np.asarray(layer(x)) - exact).max() / np.abs(exact).max())
+    # scaled to max|x| = 1 the inputs use every level: error ~ 1/62 of the range, not 1/3
+    assert errs[0] < 0.05 and errs[1] > 5 * errs[0]

@@ -45,7 +45,8 @@ class MethodConfig:
     input_shape: shape of one example, e.g. ``(28, 28, 1)``.
     num_classes: number of labels.
     steps: total optimisation steps (for schedules).
-    model: ``"mlp"`` or ``"cnn"``.
+    model: a name in ``beyondbp.models.NAMES``: ``"mlp"``, ``"cnn"``, ``"resnet"`` (ResNet-20)
+      or ``"vit"`` (patch 4, 4 blocks, width 128).
     widths: hidden widths of the MLP (input and output are added).
     batch_size: the training batch (layers that record per-sample signals, such as
       ``analog.nnx.Linear``'s tap, are sized by it).
@@ -60,8 +61,8 @@ class MethodConfig:
     batch_size: int = 64
 
     def __post_init__(self):
-        if self.model not in ("mlp", "cnn"):
-            raise ValueError(f"model={self.model!r}: use 'mlp' or 'cnn'")
+        if self.model not in models.NAMES:
+            raise ValueError(f"model={self.model!r}: use one of {models.NAMES}")
         if self.steps < 1:
             raise ValueError(f"steps={self.steps!r}: need at least 1")
 
@@ -78,10 +79,16 @@ class MethodConfig:
         return int(jax.random.randint(jax.random.fold_in(self.key, 1), (), 0, 2**31 - 1))
 
     def build_model(self, **kwargs):
-        """``(apply, params)`` of the configured reference model (kwargs go to the layers)."""
-        if self.model == "mlp":
-            return models.mlp(self.key, (self.num_inputs, *self.widths, self.num_classes), **kwargs)
-        return models.cnn(self.key, self.num_classes, **kwargs)
+        """``(apply, params)`` of the configured reference model (``models.build``; kwargs such
+        as ``recipe=`` or layer constructors go to the model)."""
+        return models.build(
+            self.model,
+            self.key,
+            self.input_shape,
+            self.num_classes,
+            widths=self.widths,
+            **kwargs,
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -4,7 +4,15 @@
 layer (INT4 weights with SAWB, UINT4 activations with a power-of-two max scale,
 radix-4 FP4 gradients with GradScale and two-phase rounding, float32
 accumulation and float32 master weights), trained by backprop through the
-quantized GEMMs with SGD momentum, the same optimizer as the ``backprop`` row.
+quantized GEMMs with SGD momentum, the same optimizer as the ``backprop`` row. On the
+``resnet`` and ``vit`` models it runs :data:`lowbit.recipes.SUN2020` through
+``lowbit.apply_rules``: the paper's per-layer exceptions (first and last layer, 1x1
+convolutions in 8 bits) need a model with such layers.
+
+``lowbit-nvfp4`` and ``lowbit-mxfp4``: the block-scaled 4-bit formats of 2025 on the same model
+and optimizer, :data:`lowbit.recipes.NVFP4_2025` (NVIDIA's recipe: NVFP4 in all three GEMMs,
+16x16 weight tiles, Hadamard transforms and stochastic rounding on the gradients, the last 15%
+of the layers in float32) and :data:`lowbit.recipes.MXFP4` (OCP MXFP4 everywhere).
 """
 
 from __future__ import annotations
@@ -14,20 +22,40 @@ import optax
 
 import lowbit
 from beyondbp import models
-from beyondbp.methods._registry import Method, MethodConfig, Setup, register
+from beyondbp.methods._registry import Method, MethodConfig, NotApplicable, Setup, register
 
 #: The recipe ``beyondbp compare`` runs as ``lowbit``. UINT4 activations: every
 #: quantized layer's input is either pixels in [0, 1] or a ReLU output.
 RECIPE = lowbit.QuantConfig(activations=lowbit.UINT4)
 
 
-def build_model(cfg: MethodConfig, config: lowbit.QuantConfig = RECIPE):
-    """``(apply, params)`` of the configured model with 4-bit layers."""
+#: Models whose 4-bit version follows a per-layer recipe instead of one config for every layer.
+RECIPE_MODELS = ("resnet", "vit")
+
+
+def build_model(cfg: MethodConfig, config: lowbit.QuantConfig = RECIPE, *, recipe=None):
+    """``(apply, params)`` of the configured model with 4-bit layers.
+
+    ``recipe``: a :class:`lowbit.Recipe` applied by ``lowbit.apply_rules`` to any model; when
+    ``None``, ``mlp`` and ``cnn`` get ``config`` in every layer and ``resnet`` / ``vit`` get
+    :data:`lowbit.recipes.SUN2020` (or ``config`` everywhere, when one other than
+    :data:`RECIPE` is given).
+    """
+    if recipe is None and cfg.model in RECIPE_MODELS:
+        recipe = (
+            lowbit.recipes.SUN2020
+            if config == RECIPE
+            else lowbit.Recipe(name="custom", rules=(lowbit.Rule(config=config),))
+        )
+    if recipe is not None:
+        return cfg.build_model(recipe=recipe)
     if cfg.model == "mlp":
         return models.mlp4bit(
             cfg.key, (cfg.num_inputs, *cfg.widths, cfg.num_classes), config=config
         )
-    return models.cnn4bit(cfg.key, cfg.num_classes, config=config)
+    if cfg.model == "cnn":
+        return models.cnn4bit(cfg.key, cfg.num_classes, config=config)
+    raise NotApplicable(f"lowbit has no 4-bit variant of model={cfg.model!r}")
 
 
 LR = 0.05
@@ -54,8 +82,8 @@ def rate(steps: int) -> optax.Schedule:
     return schedule
 
 
-def _build(cfg: MethodConfig) -> Setup:
-    apply, params = build_model(cfg)
+def _build(cfg: MethodConfig, recipe=None) -> Setup:
+    apply, params = build_model(cfg, recipe=recipe)
     return Setup(
         params=params, apply=apply, tx=optax.sgd(rate(cfg.steps), momentum=0.9), needs_grad=True
     )
@@ -65,9 +93,29 @@ register(
     Method(
         "lowbit",
         "4-bit training (Sun et al. 2020): INT4 weights (SAWB) and activations, radix-4 "
-        "FP4 gradients with GradScale and two-phase rounding; SGD lr 0.05 on a cosine to 0 "
-        "over the run, momentum 0.9",
+        "FP4 gradients with GradScale and two-phase rounding (resnet/vit: recipes.SUN2020, first "
+        "and last layer and 1x1 convs in 8 bits); SGD lr 0.05 on a cosine to 0 over the run, "
+        "momentum 0.9",
         _build,
+        family="lowbit",
+    )
+)
+register(
+    Method(
+        "lowbit-nvfp4",
+        "NVIDIA 2025 NVFP4 recipe (E2M1 with an E4M3 scale per 16 and an FP32 tensor scale; 16x16 "
+        "weight tiles, Hadamard transforms and stochastic rounding on the gradients, the last "
+        f"15% of the layers in float32); SGD lr {LR} on a cosine to 0, momentum 0.9",
+        lambda cfg: _build(cfg, lowbit.recipes.NVFP4_2025),
+        family="lowbit",
+    )
+)
+register(
+    Method(
+        "lowbit-mxfp4",
+        "OCP MXFP4 (E2M1 with an E8M0 scale per 32) in all three GEMMs of every layer; SGD lr "
+        f"{LR} on a cosine to 0, momentum 0.9",
+        lambda cfg: _build(cfg, lowbit.recipes.MXFP4),
         family="lowbit",
     )
 )
