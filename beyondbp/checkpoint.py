@@ -15,10 +15,11 @@ format and shape, a device model) are not stored: they come from the restore tar
 Atomic: orbax writes into a temporary directory, each file is flushed to disk
 (``os.fsync``), and the primary process renames the directory into place only after every
 process has written its shards; a crash or error before that rename leaves the previous
-checkpoints as they were, and the partial directory is removed. Restoring checks the manifest
-against the structure, shapes, dtypes and key implementations of a freshly initialised
-target and names the first differing array; a corrupt or mismatched checkpoint is refused
-and left intact on disk. Files of the earlier single-file format (``ckpt_<step>.msgpack``)
+checkpoints as they were, and the partial directory is removed (by the next save, when the
+process was killed). Restoring checks the manifest against the structure, shapes, dtypes and
+key implementations of a freshly initialised target, and the restored data against the
+CRC-32 of each shard that its writer stored beside it, and names the first differing array;
+a corrupt or mismatched checkpoint is refused and left intact on disk. Files of the earlier single-file format (``ckpt_<step>.msgpack``)
 are still found by :func:`~beyondbp.checkpoint.latest` and read by
 :func:`~beyondbp.checkpoint.restore`.
 
