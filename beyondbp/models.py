@@ -178,7 +178,8 @@ def functional(model: nnx.Module) -> tuple[Callable[[Any, jax.Array], jax.Array]
     no side effects, so it works under ``jax.jit``, ``jax.grad``, ``jax.jvp`` and
     ``jax.vmap``.
     """
-    graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)
+    # nnx.split returns one state per filter: two filters here, so three values
+    graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
 
     def apply(params, x):
