@@ -10,6 +10,7 @@ a description for it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -86,6 +87,7 @@ def _build(out: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},  # the theme's banner; mkdocs<2 is pinned
         capture_output=True,
         text=True,
         timeout=600,
