@@ -50,8 +50,10 @@ __all__ = ["save", "restore", "latest", "CheckpointError"]
 
 _NAME = re.compile(r"^ckpt_(\d{9})$")
 _LEGACY_NAME = re.compile(r"^ckpt_(\d{9})\.msgpack$")
+_STAGED = re.compile(r"^\.ckpt_(\d{9})\.new$")
 # Staging names (a step saved again, a checkpoint being deleted) start with ".ckpt_", orbax's
-# temporary directories contain _TMP: neither matches _NAME, so latest() never sees them.
+# temporary directories contain _TMP: neither matches _NAME. latest() sees only finished
+# checkpoints (and a finished staged copy whose swap was interrupted, see _steps).
 _TMP = ".orbax-checkpoint-tmp"
 _FORMAT = 2
 
@@ -254,9 +256,13 @@ def _verify(path: pathlib.Path, named, leaves) -> None:
 
 
 def _tidy(d: pathlib.Path) -> None:
-    """Remove staging and orbax temporary directories left by a save that was killed."""
-    for p in d.iterdir():
-        if p.is_dir() and (p.name.startswith(".ckpt_") or (_TMP in p.name and "ckpt_" in p.name)):
+    """Clean up after a save that was killed: finish a swap it left half done (the staged copy
+    is complete: orbax renamed it there), remove staging and orbax temporary directories."""
+    for p in sorted(d.iterdir()):
+        m = _STAGED.match(p.name)
+        if m and p.is_dir() and not (d / f"ckpt_{m.group(1)}").exists():
+            os.replace(p, d / f"ckpt_{m.group(1)}")
+        elif p.is_dir() and "ckpt_" in p.name and (p.name.startswith(".") or _TMP in p.name):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -268,11 +274,15 @@ def _delete(d: pathlib.Path, p: pathlib.Path) -> None:
 
 
 def _steps(d: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
-    return sorted(
-        (int(m.group(1)), p)
-        for p in d.iterdir()
-        if (m := _NAME.match(p.name) or _LEGACY_NAME.match(p.name))
-    )
+    """``[(step, path)]``, oldest first: one per step, a ``ckpt_<step>`` directory before a
+    file of the earlier format before a staged re-save of the step (complete, but left beside
+    an absent ``ckpt_<step>`` by a process killed between the two renames of a swap)."""
+    best: dict[int, tuple[int, pathlib.Path]] = {}
+    for p in d.iterdir():
+        for rank, pattern in enumerate((_STAGED, _LEGACY_NAME, _NAME)):
+            if (m := pattern.match(p.name)) and best.get(int(m.group(1)), (-1,))[0] < rank:
+                best[int(m.group(1))] = (rank, p)
+    return sorted((step, p) for step, (_, p) in best.items())
 
 
 def save(directory, step: int, tree: Any, *, keep: int = 2) -> pathlib.Path:

@@ -308,3 +308,24 @@ def test_saving_a_step_again_replaces_it_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt_000000005"]
     _, r = checkpoint.restore(checkpoint.latest(tmp_path), {"w": jnp.zeros(3)})
     np.testing.assert_array_equal(r["w"], np.ones(3, np.float32))
+
+
+def test_a_re_save_killed_between_its_two_renames_loses_nothing(tmp_path):
+    """Saving a step again swaps a complete staged copy in with two renames; a process killed
+    between them leaves the old copy renamed away and the new one staged. ``latest`` finds
+    the staged copy, and the next save completes the swap."""
+    import shutil
+
+    checkpoint.save(tmp_path, 4, {"w": jnp.zeros(3)})
+    new = checkpoint.save(tmp_path / "elsewhere", 5, {"w": jnp.ones(3)})
+    old = checkpoint.save(tmp_path, 5, {"w": jnp.zeros(3)})
+    os.replace(old, tmp_path / ".ckpt_000000005.deleting")  # the first rename of the swap
+    shutil.copytree(new, tmp_path / ".ckpt_000000005.new")  # the staged copy, complete
+    shutil.rmtree(tmp_path / "elsewhere")
+    assert checkpoint.latest(tmp_path).name == ".ckpt_000000005.new"
+    step, r = checkpoint.restore(checkpoint.latest(tmp_path), {"w": jnp.zeros(3)})
+    assert step == 5 and np.asarray(r["w"]).tolist() == [1, 1, 1]
+    checkpoint.save(tmp_path, 6, {"w": jnp.full(3, 2.0)}, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000000005", "ckpt_000000006"]
+    _, r = checkpoint.restore(tmp_path / "ckpt_000000005", {"w": jnp.zeros(3)})
+    assert np.asarray(r["w"]).tolist() == [1, 1, 1]
