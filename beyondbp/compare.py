@@ -152,49 +152,23 @@ def _aggregate(name: str, runs: list[dict]) -> dict:
     return row
 
 
-def compare(
-    method_names: Sequence[str],
+def _run_all(
+    names,
+    seed_list,
+    train_ds,
+    test_ds,
     *,
-    dataset: str = "mnist_small",
-    data_dir=None,
-    steps: int | None = None,
-    epochs: int | None = None,
-    batch_size: int = 64,
-    seed: int = 0,
-    seeds: Sequence[int] | None = None,
-    model: str = "mlp",
-    widths: tuple[int, ...] = (256, 256),
-    eval_every: int | None = None,
-    progress: bool = True,
-    out=None,
-    verify: bool = True,
-) -> dict:
-    """Train every method in ``method_names`` under identical conditions, once per seed.
-
-    Args:
-      seeds: run every row once per seed (parameter init, data order and the transforms' own
-        randomness all follow the seed); ``None`` runs the single ``seed``.
-      verify: check a named data set's content digest (``datasets.load(verify=...)``).
-
-    Returns a dict with ``rows`` (one per method: mean and standard deviation over seeds of
-    test accuracy and step time, every per-seed value, a ``spread_flag`` when seeds disagree by
-    more than 5 points, memory and energy, and ratios to backprop when backprop is among the
-    methods, else to the first method), ``runs`` (every seed's history), ``histories`` (the first
-    seed's, per method) and ``config``. With ``out`` it writes ``compare.json``,
-    ``learning_curves.png`` and ``accuracy_vs_cost.png`` there.
-    """
-    names = resolve_methods(method_names)
-    seed_list = _check_seeds([seed] if seeds is None else seeds)
-    if steps is None and epochs is None:
-        raise ValueError("give steps= or epochs=")
-    train_ds = datasets.load(dataset, "train", data_dir=data_dir, verify=verify)
-    test_ds = datasets.load(dataset, "test", data_dir=data_dir, verify=verify)
-    if steps is not None:
-        total = steps
-    else:
-        assert epochs is not None  # refused above when both are None
-        total = epochs * datasets.num_batches(len(train_ds), batch_size)
-    t0 = time.perf_counter()
+    total,
+    model,
+    widths,
+    steps,
+    epochs,
+    batch_size,
+    eval_every,
+    progress,
+) -> tuple[list[dict], dict[str, str]]:
+    """Every method once per seed; ``(runs, skipped)``, skipped: the methods that do not apply
+    to this configuration, with the reason."""
     runs: list[dict] = []
     skipped: dict[str, str] = {}
     for s in seed_list:
@@ -229,9 +203,12 @@ def compare(
                 skipped[name] = str(e)
                 if progress:
                     print(f"{name}: skipped ({e})")
-    rows = [_aggregate(n, [r for r in runs if r["method"] == n]) for n in names if n not in skipped]
-    if not rows:
-        raise ValueError(f"no method could be built for this configuration: {skipped}")
+    return runs, skipped
+
+
+def _relative_to_reference(rows: list[dict]) -> None:
+    """Step time, memory and scratch memory of every row relative to backprop's row (the
+    first row when backprop is not among them), written into the rows."""
     ref = next((r for r in rows if r["method"] == "backprop"), rows[0])
     for r in rows:
         r["reference"] = ref["method"]
@@ -244,6 +221,81 @@ def compare(
         r["temp_rel"] = (
             r["temp_bytes"] / ref["temp_bytes"] if r["temp_bytes"] and ref["temp_bytes"] else None
         )
+
+
+def _load(dataset, data_dir, verify, steps, epochs, batch_size):
+    """The train and test sets, and the number of steps (``steps``, or ``epochs`` of batches)."""
+    if steps is None and epochs is None:
+        raise ValueError("give steps= or epochs=")
+    train_ds = datasets.load(dataset, "train", data_dir=data_dir, verify=verify)
+    test_ds = datasets.load(dataset, "test", data_dir=data_dir, verify=verify)
+    if steps is not None:
+        total = steps
+    else:
+        assert epochs is not None  # refused above when both are None
+        total = epochs * datasets.num_batches(len(train_ds), batch_size)
+    return train_ds, test_ds, total
+
+
+def _rows(names: list[str], runs: list[dict], skipped: dict[str, str]) -> list[dict]:
+    """One row per method that ran: its seeds aggregated, with ratios to the reference row."""
+    rows = [_aggregate(n, [r for r in runs if r["method"] == n]) for n in names if n not in skipped]
+    if not rows:
+        raise ValueError(f"no method could be built for this configuration: {skipped}")
+    _relative_to_reference(rows)
+    return rows
+
+
+def compare(
+    method_names: Sequence[str],
+    *,
+    dataset: str = "mnist_small",
+    data_dir=None,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    seeds: Sequence[int] | None = None,
+    model: str = "mlp",
+    widths: tuple[int, ...] = (256, 256),
+    eval_every: int | None = None,
+    progress: bool = True,
+    out=None,
+    verify: bool = True,
+) -> dict:
+    """Train every method in ``method_names`` under identical conditions, once per seed.
+
+    Args:
+      seeds: run every row once per seed (parameter init, data order and the transforms' own
+        randomness all follow the seed); ``None`` runs the single ``seed``.
+      verify: check a named data set's content digest (``datasets.load(verify=...)``).
+
+    Returns a dict with ``rows`` (one per method: mean and standard deviation over seeds of
+    test accuracy and step time, every per-seed value, a ``spread_flag`` when seeds disagree by
+    more than 5 points, memory and energy, and ratios to backprop when backprop is among the
+    methods, else to the first method), ``runs`` (every seed's history), ``histories`` (the first
+    seed's, per method) and ``config``. With ``out`` it writes ``compare.json``,
+    ``learning_curves.png`` and ``accuracy_vs_cost.png`` there.
+    """
+    names = resolve_methods(method_names)
+    seed_list = _check_seeds([seed] if seeds is None else seeds)
+    train_ds, test_ds, total = _load(dataset, data_dir, verify, steps, epochs, batch_size)
+    t0 = time.perf_counter()
+    runs, skipped = _run_all(
+        names,
+        seed_list,
+        train_ds,
+        test_ds,
+        total=total,
+        model=model,
+        widths=widths,
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        eval_every=eval_every,
+        progress=progress,
+    )
+    rows = _rows(names, runs, skipped)
     result = {
         "rows": rows,
         "skipped": skipped,
@@ -363,6 +415,21 @@ def plot(result: dict, out) -> list[pathlib.Path]:
             dict.fromkeys(r.get("family", "") for r in rows), ["-", "--", "-.", ":"] * 4
         )
     }
+    fig = _learning_curves(plt, result, runs, color, styles)
+    p1 = out / "learning_curves.png"
+    fig.savefig(p1, dpi=120)
+    plt.close(fig)
+
+    fig = _accuracy_vs_cost(plt, result, color)
+    p2 = out / "accuracy_vs_cost.png"
+    fig.savefig(p2, dpi=120)
+    plt.close(fig)
+    return [p1, p2]
+
+
+def _learning_curves(plt, result: dict, runs: list[dict], color: dict, styles: dict):
+    """Training loss (one panel per loss kind) and test accuracy against step."""
+    rows = result["rows"]
     kinds = list(dict.fromkeys(r.get("loss_kind", "cross-entropy") for r in rows))
     fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(6 * (len(kinds) + 1), 4.8), squeeze=False)
     for r in rows:
@@ -388,10 +455,12 @@ def plot(result: dict, out) -> list[pathlib.Path]:
         + (" (mean, min-max band)" if len(cfg.get("seeds", [0])) > 1 else "")
     )
     fig.tight_layout()
-    p1 = out / "learning_curves.png"
-    fig.savefig(p1, dpi=120)
-    plt.close(fig)
+    return fig
 
+
+def _accuracy_vs_cost(plt, result: dict, color: dict):
+    """Test accuracy against step time relative to the reference row."""
+    rows, cfg = result["rows"], result["config"]
     fig, ax = plt.subplots(figsize=(9, 4.8))
     markers = "osD^v<>pP*hX"
     for i, r in enumerate(rows):
@@ -415,7 +484,4 @@ def plot(result: dict, out) -> list[pathlib.Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    p2 = out / "accuracy_vs_cost.png"
-    fig.savefig(p2, dpi=120)
-    plt.close(fig)
-    return [p1, p2]
+    return fig

@@ -20,7 +20,6 @@ pass, so the timed step is exactly the method's own work.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from tqdm.auto import tqdm
 import bbcore
 from beyondbp import checkpoint as _checkpoint
 from beyondbp import datasets as _datasets
+from beyondbp._schedule import Schedule, make_schedule
 from beyondbp.methods import Setup
 
 __all__ = ["train", "make_step", "evaluate", "compiled_memory", "refused_steps", "write_json"]
@@ -165,77 +165,6 @@ def _graceful_stop():
             signal.signal(s, h)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Schedule:
-    """What the step loop does when: the budget, evaluation, logging and checkpoints."""
-
-    steps: int
-    batch_size: int
-    seed: int
-    eval_every: int
-    log_every: int
-    time_steps: bool
-    checkpoint_dir: Any
-    checkpoint_every: int | None
-    json_path: Any
-
-
-def _schedule(
-    train_ds,
-    *,
-    steps,
-    epochs,
-    batch_size,
-    seed,
-    eval_every,
-    log_every,
-    time_steps,
-    checkpoint_dir,
-    checkpoint_every,
-    json_path,
-) -> _Schedule:
-    """Check the budget and the intervals; fill in the defaults (see :func:`train`)."""
-    if (steps is None) == (epochs is None):
-        raise ValueError(
-            f"give exactly one of steps= or epochs= (got steps={steps!r}, epochs={epochs!r})"
-        )
-    per_epoch = _datasets.num_batches(len(train_ds), batch_size)
-    if per_epoch < 1:
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the {len(train_ds)} training "
-            "examples; use a smaller batch"
-        )
-    if epochs is not None:
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs={epochs!r}: need a positive integer")
-        steps = epochs * per_epoch
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r}: need a positive integer")
-    if eval_every is None:
-        eval_every = max(1, steps // 10)
-    if log_every is None:
-        log_every = max(1, min(50, steps // 50))
-    if eval_every < 1 or log_every < 1:
-        raise ValueError(f"eval_every={eval_every!r} and log_every={log_every!r} must be >= 1")
-    if checkpoint_every is not None and (
-        not isinstance(checkpoint_every, int) or checkpoint_every < 1
-    ):
-        raise ValueError(f"checkpoint_every={checkpoint_every!r}: need a positive integer")
-    if checkpoint_every is not None and checkpoint_dir is None:
-        raise ValueError("checkpoint_every= needs checkpoint_dir=")
-    return _Schedule(
-        steps,
-        batch_size,
-        seed,
-        eval_every,
-        log_every,
-        time_steps,
-        checkpoint_dir,
-        checkpoint_every,
-        json_path,
-    )
-
-
 def _resume(checkpoint_dir, steps: int, params, opt_state, hist: dict):
     """``(start, params, opt_state)`` from the newest checkpoint in ``checkpoint_dir`` (step 0
     and the given ones when there is none); ``hist`` gets the curves logged before it."""
@@ -261,7 +190,7 @@ def _resume(checkpoint_dir, steps: int, params, opt_state, hist: dict):
     return start, params, opt_state
 
 
-def _save_checkpoint(sched: _Schedule, step: int, params, opt_state, hist: dict) -> None:
+def _save_checkpoint(sched: Schedule, step: int, params, opt_state, hist: dict) -> None:
     _checkpoint.save(sched.checkpoint_dir, step, (params, opt_state))
     write_json(hist, pathlib.Path(sched.checkpoint_dir) / "history.json")
 
@@ -269,7 +198,7 @@ def _save_checkpoint(sched: _Schedule, step: int, params, opt_state, hist: dict)
 def _step_loop(
     setup: Setup,
     step_fn: Callable,
-    sched: _Schedule,
+    sched: Schedule,
     train_ds,
     test_ds,
     params,
@@ -347,7 +276,7 @@ def _step_loop(
 
 
 def _summarise(
-    hist: dict, setup: Setup, sched: _Schedule, params, opt_state, times, oks, wall_s: float
+    hist: dict, setup: Setup, sched: Schedule, params, opt_state, times, oks, wall_s: float
 ) -> None:
     """Fill in the history's totals, medians and final values (see :func:`train`)."""
     hist["skipped_nonfinite_steps"] = int(len(oks) - np.sum(np.asarray(oks))) if oks else 0
@@ -362,6 +291,41 @@ def _summarise(
     hist["opt_state"] = opt_state
     if setup.energy is not None:
         hist["energy"] = setup.energy(opt_state, sched.steps)
+
+
+def _initial_state(setup: Setup, sched: Schedule, train_ds):
+    """``(params, opt_state, history, first step, step function)``: fresh or resumed from the
+    newest checkpoint, with the step's compiled memory in the history."""
+    params, opt_state = setup.params, setup.tx.init(setup.params)
+    hist: dict[str, Any] = {
+        "steps": [],
+        "train_loss": [],
+        "eval_steps": [],
+        "test_accuracy": [],
+        "nonfinite_loss_steps": 0,
+    }
+    start = 0
+    if sched.checkpoint_dir is not None:
+        start, params, opt_state = _resume(
+            sched.checkpoint_dir, sched.steps, params, opt_state, hist
+        )
+    x0, y0, _ = next(_datasets.batches(train_ds, sched.batch_size, seed=sched.seed, epochs=1))
+    # the same function object as the loop's jit: traced once for both
+    step_fn = make_step(setup)
+    hist["memory"] = compiled_memory(step_fn, params, opt_state, x0, y0)
+    return params, opt_state, hist, start, step_fn
+
+
+def _progress_bar(total: int, initial: int, desc: str, progress: bool):
+    """The run's tqdm bar (disabled without ``progress``)."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        disable=not progress,
+        dynamic_ncols=True,
+        leave=True,
+    )
 
 
 def train(
@@ -414,7 +378,7 @@ def train(
       transforms' own ``nonfinite`` counters, see :func:`refused_steps`).
     """
     _check_setup(setup)
-    sched = _schedule(
+    sched = make_schedule(
         train_ds,
         steps=steps,
         epochs=epochs,
@@ -427,30 +391,9 @@ def train(
         checkpoint_every=checkpoint_every,
         json_path=json_path,
     )
-    params, opt_state = setup.params, setup.tx.init(setup.params)
-    hist: dict[str, Any] = {
-        "steps": [],
-        "train_loss": [],
-        "eval_steps": [],
-        "test_accuracy": [],
-        "nonfinite_loss_steps": 0,
-    }
-    start = 0
-    if checkpoint_dir is not None:
-        start, params, opt_state = _resume(checkpoint_dir, sched.steps, params, opt_state, hist)
-    x0, y0, _ = next(_datasets.batches(train_ds, batch_size, seed=seed, epochs=1))
-    # the same function object as the loop's jit: traced once for both
-    step_fn = make_step(setup)
-    hist["memory"] = compiled_memory(step_fn, params, opt_state, x0, y0)
+    params, opt_state, hist, start, step_fn = _initial_state(setup, sched, train_ds)
     t_start = time.perf_counter()
-    bar = tqdm(
-        total=sched.steps,
-        initial=start,
-        desc=desc,
-        disable=not progress,
-        dynamic_ncols=True,
-        leave=True,
-    )
+    bar = _progress_bar(sched.steps, start, desc, progress)
     try:
         params, opt_state, times, oks = _step_loop(
             setup, step_fn, sched, train_ds, test_ds, params, opt_state, hist, start, bar
