@@ -43,7 +43,7 @@ from jax import lax
 from bbcore import varies_over
 from lowbit._formats import RADIX4_FP4, Format
 from lowbit._packing import Packed, decode, encode
-from lowbit._rounding import ROUNDINGS, _check_format, quantize
+from lowbit._rounding import _check_format, _check_rounding, quantize
 from lowbit._scaling import compute_scale
 
 __all__ = ["compressed_pmean", "compressed_bytes"]
@@ -126,13 +126,7 @@ def compressed_pmean(
       ValueError: a format wider than 4 bits, unknown rounding, stochastic without key.
     """
     _check_fmt4(fmt)
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"compressed_pmean(rounding={rounding!r}): use one of {ROUNDINGS}")
-    if rounding == "stochastic" and key is None:
-        raise ValueError(
-            "compressed_pmean(rounding='stochastic') needs key=...; fold the step "
-            "count into a PRNG key, or use rounding='nearest'"
-        )
+    _check_rounding(rounding, key, "compressed_pmean")
     leaves, treedef = jax.tree.flatten(tree)
     for x in leaves:
         if not jnp.issubdtype(jnp.result_type(x), jnp.floating):

@@ -124,13 +124,15 @@ def _check_format(fmt) -> Format:
     return fmt
 
 
-def _check_rounding(rounding: str, key) -> None:
+def _check_rounding(rounding: str, key, who: str | None = None) -> None:
+    """A known rounding, and a key with stochastic rounding; ``who`` opens the message."""
+    where = f"{who}: " if who else ""
     if rounding not in ROUNDINGS:
-        raise ValueError(f"rounding={rounding!r}: use one of {ROUNDINGS}")
+        raise ValueError(f"{where}rounding={rounding!r}: use one of {ROUNDINGS}")
     if rounding == "stochastic" and key is None:
         raise ValueError(
-            "rounding='stochastic' needs key=jax.random.key(...); "
-            "pass a PRNG key or use rounding='nearest'"
+            f"{where}rounding='stochastic' needs key=jax.random.key(...); "
+            "pass a PRNG key (fold in the step count) or use rounding='nearest'"
         )
 
 
