@@ -242,3 +242,26 @@ def test_jvp_through_nvfp4_vit_agrees_with_its_4bit_gradient():
     g = jax.jit(jax.grad(loss))(params)
     gv = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
     assert np.isfinite(float(tangent)) and abs(float(tangent) - float(gv)) <= 0.3 * abs(float(gv))
+
+
+def test_registry_rows_and_cli_know_the_models():
+    from beyondbp import cli, methods
+
+    parser = cli.build_parser()
+    for command in ("compare", "train"):
+        for m in models.NAMES:
+            assert parser.parse_args([command, "--model", m]).model == m
+    with pytest.raises(ValueError, match="resnet"):
+        methods.MethodConfig(key=jax.random.key(0), model="transformer")
+    x = jnp.zeros((2, 28, 28, 1))
+    for m in ("resnet", "vit"):
+        cfg = methods.MethodConfig(key=jax.random.key(0), model=m)
+        ref = methods.get("backprop").build(cfg)
+        for name in ("lowbit", "lowbit-nvfp4", "lowbit-mxfp4"):
+            s = methods.get(name).build(cfg)
+            jax.tree.map(np.testing.assert_array_equal, s.params, ref.params)  # same init
+            assert jax.eval_shape(s.apply, s.params, x).shape == (2, 10)
+    with pytest.raises(methods.NotApplicable, match="model='resnet'"):
+        methods.get("fwdgrad-local").build(
+            methods.MethodConfig(key=jax.random.key(0), model="resnet")
+        )
