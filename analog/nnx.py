@@ -181,7 +181,8 @@ class Conv(nnx.Module):
       kernel_size, strides: ints or pairs; padding: ``"SAME"`` or ``"VALID"``.
       batch_size, input_size: the training batch and its ``(H, W)``: the tap records every
         patch of such a batch (``batch_size * H' * W'`` rows).
-      The other arguments are :class:`Linear`'s.
+
+    The other arguments are :class:`Linear`'s.
     """
 
     def __init__(
