@@ -3,9 +3,9 @@
 * ``on_files`` writes one API page per package (``api/<package>.md``): every public name
   (``__all__``, walked by ``docs/_griffe_ext.py``) as a mkdocstrings entry, in ``__all__`` order,
   so a name added to a package is on its page at the next build, and ``tests/test_docs.py`` fails
-  if it has no docstring. It also adds ``notebooks/*.ipynb`` (rendered by mkdocs-jupyter from their stored outputs,
-  never executed) and the PNGs of ``benchmarks/results/`` that BENCHMARKS.md shows, from the
-  repository root, so neither is copied into ``docs/``.
+  if it has no docstring. It also adds ``notebooks/*.ipynb`` (rendered by mkdocs-jupyter from
+  their stored outputs, never executed) and the files BENCHMARKS.md links to (its figures),
+  from the repository root, so neither is copied into ``docs/``.
 * ``on_page_markdown`` replaces ``<!-- readme: SECTION -->`` with that ``## SECTION`` of
   README.md (``top`` is the part above the first ``##``): the getting-started page shows the
   README's commands and quickstart verbatim, and ``tests/test_readme.py`` runs those.
@@ -93,9 +93,11 @@ def on_files(files: Files, config: Any) -> Files:
     for name in NOTEBOOKS:
         files.append(_repo_file(f"notebooks/{name}.ipynb", config))
     bench = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
-    for png in sorted(set(re.findall(r"\((benchmarks/results/[^)\s]+\.png)\)", bench))):
-        if (ROOT / png).is_file():  # a missing figure stays a broken link: strict mode fails
-            files.append(_repo_file(png, config))
+    for target in sorted(set(re.findall(r"\]\(\s*([^)\s#]+)", bench))):
+        # figures and other files BENCHMARKS.md links to, relative to the repository root; a
+        # missing one stays a broken link, which fails the strict build
+        if "://" not in target and not target.endswith(".md") and (ROOT / target).is_file():
+            files.append(_repo_file(target, config))
     return files
 
 
