@@ -16,7 +16,12 @@ recipe builders (``analog_rows.build_eqprop``, ``lowbit_rows.build_model``, ...)
 from __future__ import annotations
 
 # The rows, in the order the table lists them (registration order).
-from beyondbp.methods import analog_rows, backprop_rows, combined_rows, fwdgrad_rows, lowbit_rows
+# The rows register on import, and the table lists them in registration order: backprop (the
+# reference) first, then each package's rows, then the combinations. isort would sort them.
+# isort: off
+from beyondbp.methods import backprop_rows, lowbit_rows, analog_rows, fwdgrad_rows, combined_rows
+
+# isort: on
 from beyondbp.methods._registry import (
     REGISTRY,
     Method,
