@@ -9,8 +9,9 @@
 * ``on_page_markdown`` replaces ``<!-- readme: SECTION -->`` with that ``## SECTION`` of
   README.md (``top`` is the part above the first ``##``): the getting-started page shows the
   README's commands and quickstart verbatim, and ``tests/test_readme.py`` runs those.
-* ``on_page_content`` converts the TeX that ``pymdownx.arithmatex`` marks into MathML with
-  ``latex2mathml``: browsers render MathML natively, so no MathJax script is loaded.
+* ``on_page_content`` converts the TeX that ``pymdownx.arithmatex`` marks, and the ``$...$`` of
+  the notebooks' markdown cells, into MathML with ``latex2mathml``: browsers render MathML
+  natively, so no MathJax script is loaded.
 """
 
 from __future__ import annotations
@@ -111,5 +112,33 @@ def _mathml(m: re.Match[str]) -> str:
     return tex_to_mathml(html.unescape(tex).strip(), display=display)
 
 
-def on_page_content(html_text: str, **kwargs: Any) -> str:
+# In a rendered notebook: code, outputs, scripts and styles are left alone; the TeX of the
+# markdown cells stands between dollar signs, as Jupyter writes it.
+_NB_VERBATIM = re.compile(r"(<(pre|code|script|style)\b.*?</\2>)", re.DOTALL)
+_NB_MATH = re.compile(r"\$\$(.+?)\$\$|(?<![\\$])\$([^$\n]+?)\$", re.DOTALL)
+
+
+def _notebook_math(m: re.Match[str]) -> str:
+    block, inline = m.groups()
+    tex = block if block is not None else inline
+    return tex_to_mathml(html.unescape(tex).strip(), display="block" if block else "inline")
+
+
+def notebook_mathml(html_text: str) -> str:
+    """A rendered notebook with its markdown cells' TeX as MathML and no MathJax loader."""
+    # nbconvert's template loads MathJax from an empty URL when none is configured
+    html_text = html_text.replace('<script src=""> </script>', "")
+    parts = _NB_VERBATIM.split(html_text)
+    # split() returns text, then the two groups of each verbatim match: (text, whole, tag)*
+    out = []
+    for i in range(0, len(parts), 3):
+        out.append(_NB_MATH.sub(_notebook_math, parts[i]))
+        if i + 1 < len(parts):
+            out.append(parts[i + 1])
+    return "".join(out)
+
+
+def on_page_content(html_text: str, page: Any, **kwargs: Any) -> str:
+    if page.file.src_uri.endswith(".ipynb"):
+        return notebook_mathml(html_text)
     return _MATH.sub(_mathml, html_text)
