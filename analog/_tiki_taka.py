@@ -47,13 +47,16 @@ _F32 = jnp.float32
 
 class TikiTakaState(NamedTuple):
     """State of :func:`tiki_taka`: step count, PRNG key, the float32 pulses sent to the fast
-    arrays and to the slow arrays so far, and ``nonfinite``, the int32 refused steps."""
+    arrays and to the slow arrays so far, ``nonfinite``, the int32 refused steps, and
+    ``choppers``: per analog layer (in tree order) its float32 ``(in,)`` chopper signs (all
+    +1 without chopping)."""
 
     count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
     key: jax.Array
     pulses: jax.Array
     transfer_pulses: jax.Array
     nonfinite: ArrayLike = np.int32(0)
+    choppers: tuple = ()
 
 
 def _check_args(transfer_every, transfer_lr, transfer_io, seed) -> IOConfig:
@@ -90,28 +93,44 @@ def transfer_rows(count: jax.Array, batch: int, every: int, n_rows: int):
     return (done + i) % n_rows, i < now
 
 
-def _transfer(cb: Crossbar, fast, count, transfer_lr, io, key, every):
-    """TTv2's transfer (module docstring); returns ``(new C, new H, pulses sent to C)``."""
+class _Settings(NamedTuple):
+    """The static settings of one :func:`tiki_taka` and its (possibly injected) rates."""
+
+    update: UpdateConfig
+    io: IOConfig
+    every: int
+    lr: jax.Array
+    transfer_lr: jax.Array
+    chop_probability: jax.Array
+
+
+def _transfer(cb: Crossbar, fast, chop, count, key, st: _Settings):
+    """TTv2's transfer (module docstring), each read row times its chopper sign, which then
+    flips with probability ``chop_probability``; returns ``(C, H, pulses to C, choppers)``."""
     n_in = cb.tiles.shape[0]
-    rows, live = transfer_rows(count, cb.tap.shape[0], every, n_in)
-    k_read, k_pulse = jax.random.split(key)
+    rows, live = transfer_rows(count, cb.tap.shape[0], st.every, n_in)
+    k_read, k_pulse, k_chop = jax.random.split(key, 3)
     e = jax.nn.one_hot(rows, n_in, dtype=_F32) * live[:, None].astype(_F32)
-    v = mvm(fast, e, io, k_read if io.needs_key else None)  # (m, out): rows of A, read
+    v = mvm(fast, e, st.io, k_read if st.io.needs_key else None)  # (m, out): rows of A, read
+    v = v * (chop[rows] * live.astype(_F32))[:, None]
     assert cb.buffer is not None  # tiki_taka refuses layers without a fast array
-    h = cb.buffer.at[rows].add(transfer_lr * v * live[:, None].astype(_F32))
+    h = cb.buffer.at[rows].add(st.transfer_lr * v)
     dw = weight_step(cb.tiles)
     n = jnp.trunc(h / dw)
     slow = apply_pulses(cb.tiles, jnp.maximum(n, 0.0), jnp.maximum(-n, 0.0), k_pulse)
-    return slow, h - n * dw, 2.0 * jnp.sum(jnp.abs(n))
+    flip = live & (jax.random.uniform(k_chop, rows.shape, _F32) < st.chop_probability)
+    chop = chop.at[rows].multiply(jnp.where(flip, -1.0, 1.0).astype(_F32))
+    return slow, h - n * dw, 2.0 * jnp.sum(jnp.abs(n)), chop
 
 
-def _layer_step(p: Crossbar, g: Crossbar, lr, lr_t, count, key, cfg, io, every):
-    """One layer's TTv2 step: pulse ``A``, transfer; returns ``(update, pulses to A, to C)``."""
+def _layer_step(p: Crossbar, g: Crossbar, chop, count, key, st: _Settings):
+    """One layer's (c-)TTv2 step: pulse ``A`` with the chopped inputs ``x c``, transfer;
+    returns ``(update, pulses to A, pulses to C, new choppers)``."""
     k_upd, k_tr = jax.random.split(key)
     x, d = tap_signals(p, g)
     assert p.fast is not None and p.buffer is not None  # tiki_taka checked the layers
-    fast, n = pulse_update(p.fast, x, -d, lr, k_upd, update=cfg)
-    slow, h, m = _transfer(p, fast, count, lr_t, io, k_tr, every)
+    fast, n = pulse_update(p.fast, x * chop[None, :], -d, st.lr, k_upd, update=st.update)
+    slow, h, m, chop = _transfer(p, fast, chop, count, k_tr, st)
     zeros = jax.tree.map(jnp.zeros_like, p)
     delta = dataclasses.replace(
         zeros,
@@ -120,7 +139,34 @@ def _layer_step(p: Crossbar, g: Crossbar, lr, lr_t, count, key, cfg, io, every):
         buffer=h - p.buffer,
         step=jnp.ones_like(p.step),
     )
-    return delta, n, m
+    return delta, n, m, chop
+
+
+def _step_all(state: TikiTakaState, p_leaves, g_leaves, treedef, st: _Settings):
+    """Every leaf's step: (c-)TTv2 for analog layers, ``-lr g`` for digital leaves; returns
+    ``(updates, new state)``."""
+    key, sub = jax.random.split(state.key)
+    out: list = []
+    chops: list[jax.Array] = []
+    sent, moved = jnp.zeros((), _F32), jnp.zeros((), _F32)
+    for i, (p, g) in enumerate(zip(p_leaves, g_leaves)):
+        if not is_crossbar(p):
+            out.append((-st.lr * jnp.asarray(g).astype(_F32)).astype(jnp.result_type(p)))
+            continue
+        k = jax.random.fold_in(sub, i)
+        delta, n, m, c = _layer_step(p, g, state.choppers[len(chops)], state.count, k, st)
+        out.append(delta)
+        chops.append(c)
+        sent, moved = sent + n, moved + m
+    new_state = TikiTakaState(
+        state.count + 1,
+        key,
+        state.pulses + sent,
+        state.transfer_pulses + moved,
+        jnp.asarray(state.nonfinite, jnp.int32),
+        tuple(chops),
+    )
+    return treedef.unflatten(out), new_state
 
 
 def tiki_taka(
@@ -128,6 +174,7 @@ def tiki_taka(
     *,
     transfer_every: int = 1,
     transfer_lr: float | jax.Array = 1.0,
+    chop_probability: float | jax.Array = 0.0,
     update: UpdateConfig | None = None,
     transfer_io: IOConfig | None = None,
     seed: int = 0,
@@ -139,6 +186,13 @@ def tiki_taka(
       transfer_every: samples between two row transfers from ``A`` to ``H`` (divides the
         batch, or is a multiple of it).
       transfer_lr: scale of a row read into ``H`` (TTv2's transfer learning rate).
+      chop_probability: c-TTv2 (Rasch et al., "Fast and robust analog in-memory deep neural
+        network training", Nat. Commun. 15:7133, 2024, Algorithm 1; aihwkit's
+        ``ChoppedTransferCompound`` ``in_chop_prob``): each input row ``i`` has a chopper sign
+        ``c_i``; ``A`` is updated with ``x_i c_i`` and its row is read times ``c_i``, so the
+        signal reaches ``H`` unchanged while ``A``'s offsets (its symmetry point) alternate in
+        sign and average out; after each read of a row its sign flips with this probability.
+        0 (default): TTv2 without choppers.
       update: how the updates of ``A`` become pulses (:class:`analog.UpdateConfig`).
       transfer_io: periphery of the transfer reads (aihwkit's ``transfer_forward``); None = exact.
       seed: integer seed of the pulse trains and of the transfer reads and pulses.
@@ -148,16 +202,22 @@ def tiki_taka(
     """
     cfg = check_update_config(update, "tiki_taka")
     io = _check_args(transfer_every, transfer_lr, transfer_io, seed)
+    if isinstance(chop_probability, (int, float)) and not 0 <= chop_probability <= 1:
+        raise ValueError(f"tiki_taka: chop_probability={chop_probability!r} must be in [0, 1]")
 
     def init_fn(params):
-        del params
+        leaves = jax.tree.leaves(params, is_leaf=is_crossbar)
+        chops = tuple(jnp.ones((p.tiles.shape[0],), _F32) for p in leaves if is_crossbar(p))
         z, zf = jnp.zeros((), jnp.int32), jnp.zeros((), _F32)
-        return TikiTakaState(z, bbcore.key(seed), zf, zf, z)
+        return TikiTakaState(z, bbcore.key(seed), zf, zf, z, chops)
 
     def update_fn(updates, state, params=None, **extra):
         del extra
         _require(updates, params, "tiki_taka")
-        lr = jnp.asarray(learning_rate, _F32)
+        f32 = lambda v: jnp.asarray(v, _F32)
+        st = _Settings(
+            cfg, io, transfer_every, f32(learning_rate), f32(transfer_lr), f32(chop_probability)
+        )
         p_leaves, treedef = jax.tree.flatten(params, is_leaf=is_crossbar)
         g_leaves = treedef.flatten_up_to(updates)
         if any(is_crossbar(p) and p.fast is None for p in p_leaves):
@@ -167,26 +227,7 @@ def tiki_taka(
             )
 
         def take():
-            key, sub = jax.random.split(state.key)
-            out, sent, moved = [], jnp.zeros((), _F32), jnp.zeros((), _F32)
-            for i, (p, g) in enumerate(zip(p_leaves, g_leaves)):
-                if not is_crossbar(p):
-                    out.append((-lr * jnp.asarray(g).astype(_F32)).astype(jnp.result_type(p)))
-                    continue
-                lr_t = jnp.asarray(transfer_lr, _F32)
-                delta, n, m = _layer_step(
-                    p, g, lr, lr_t, state.count, jax.random.fold_in(sub, i), cfg, io, transfer_every
-                )
-                out.append(delta)
-                sent, moved = sent + n, moved + m
-            new_state = TikiTakaState(
-                state.count + 1,
-                key,
-                state.pulses + sent,
-                state.transfer_pulses + moved,
-                jnp.asarray(state.nonfinite, jnp.int32),
-            )
-            return treedef.unflatten(out), new_state
+            return _step_all(state, p_leaves, g_leaves, treedef, st)
 
         return bbcore.refuse_nonfinite(bbcore.all_finite(updates), take, state, params)
 

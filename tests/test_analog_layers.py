@@ -306,3 +306,35 @@ def test_noise_management_uses_the_dac_range_for_small_inputs():
         errs.append(np.abs(np.asarray(layer(x)) - exact).max() / np.abs(exact).max())
     # scaled to max|x| = 1 the inputs use every level: error ~ 1/62 of the range, not 1/3
     assert errs[0] < 0.05 and errs[1] > 5 * errs[0]
+
+
+def test_chopped_tiki_taka_flips_the_read_rows_and_updates_a_with_x_times_c():
+    layer = _linear(4, 3, 2, device=CLEAN, fast_device=CLEAN)
+    graphdef, params = nnx.split(layer)
+    x = jax.random.uniform(jax.random.key(13), (2, 4), jnp.float32, -1, 1)
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
+    # deterministic pulse counts: the same gradient gives the same change of A, up to sign
+    tx = analog.tiki_taka(
+        0.05,
+        transfer_lr=0.0,
+        chop_probability=1.0,
+        update=analog.UpdateConfig(mode="deterministic"),
+    )
+    state = tx.init(params)
+    np.testing.assert_array_equal(state.choppers[0], np.ones(4))
+
+    def fast(p):
+        return np.asarray(analog.read_weights(p["crossbar"].get_value().fast), np.float64)
+
+    a0 = fast(params)
+    updates, state = tx.update(grads, state, params)
+    p1 = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(state.choppers[0], [-1, -1, 1, 1])  # rows 0, 1 were read
+    updates, state = tx.update(grads, state, p1)
+    p2 = optax.apply_updates(p1, updates)
+    np.testing.assert_array_equal(state.choppers[0], [-1, -1, -1, -1])
+    step1 = fast(p1) - a0
+    assert np.all(np.abs(step1) > 0)
+    # rows 0, 1 were pulsed with -x in the second step: back where they started
+    np.testing.assert_allclose(fast(p2)[:2], a0[:2], atol=1e-6)
+    np.testing.assert_allclose(fast(p2)[2:] - a0[2:], 2 * step1[2:], rtol=1e-4, atol=1e-6)

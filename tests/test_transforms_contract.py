@@ -285,11 +285,12 @@ def _tiki_taka_graph():
     return nnx.split(layer)[0]
 
 
-def _tiki_taka(learning_rate, transfer_lr=1.0, seed=0):
+def _tiki_taka(learning_rate, transfer_lr=1.0, chop_probability=0.0, seed=0):
     return analog.tiki_taka(
         learning_rate,
         transfer_every=5,
         transfer_lr=transfer_lr,
+        chop_probability=chop_probability,
         update=analog.UpdateConfig(bl=8),
         seed=seed,
     )
@@ -299,7 +300,7 @@ ROWS += [
     Row(
         "analog.tiki_taka",
         _tiki_taka,
-        {"learning_rate": 0.05, "transfer_lr": 0.5, "seed": 3},
+        {"learning_rate": 0.05, "transfer_lr": 0.5, "chop_probability": 0.5, "seed": 3},
         params=_tiki_taka_params,
         extra=_tiki_taka_extra,
     ),
