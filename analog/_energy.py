@@ -34,15 +34,6 @@ from analog._energy_digital import (
     digital_joules,
 )
 
-__all__ = [
-    "EnergyLedger",
-    "EnergyModel",
-    "energy_report",
-    "DEFAULT_ENERGY_MODEL",
-    "crossbar_counts",
-    "periphery_update_counts",
-]
-
 _F32 = jnp.float32
 
 

@@ -49,18 +49,6 @@ import numpy as np
 
 from analog._inference_mapping import grid, per_tile, tile_compensation, to_grid
 
-__all__ = [
-    "PCMNoiseModel",
-    "ProgrammedWeights",
-    "program_conductances",
-    "drift_exponents",
-    "drift",
-    "read_noise",
-    "weights_at",
-    "global_drift_compensation",
-    "inference_weights",
-]
-
 _F32 = jnp.float32
 # aihwkit's floor of the relative conductance before the log of the drift fit (pcm.py _ZERO_CLIP)
 _G_REL_MIN = 1e-7

@@ -9,17 +9,7 @@ Formats are data (:class:`Format` and presets), quantizers are pure functions
 """
 
 from lowbit import nnx, recipes
-from lowbit._blocks import (
-    E8M0,
-    MXFP4,
-    NVFP4,
-    BlockPacked,
-    ExponentFormat,
-    ScaledFormat,
-    decode_blocks,
-    encode_blocks,
-    quantize_blocks,
-)
+from lowbit._blocks import BlockPacked, decode_blocks, encode_blocks, quantize_blocks
 from lowbit._distributed import compressed_bytes, compressed_pmean
 from lowbit._dot import QuantConfig, conv_general_dilated, dot_general, quantize_gradient
 from lowbit._formats import (
@@ -40,6 +30,7 @@ from lowbit._gemm import GemmConfig
 from lowbit._packing import Packed, decode, encode
 from lowbit._rounding import quantize
 from lowbit._rules import Recipe, Rule, RulesReport, apply_rules, describe, plan_rules
+from lowbit._scaled_formats import E8M0, MXFP4, NVFP4, ExponentFormat, ScaledFormat
 from lowbit._scaling import amax_history_update, compute_scale, pact_clip, sawb_scale
 from lowbit._transforms import QuantizeUpdatesState, quantize_updates
 

@@ -56,20 +56,7 @@ from lowbit._block_scales import (
     _to_blocks,
 )
 from lowbit._formats import Format, _code_table
-from lowbit._scaled_formats import E8M0, GRANULARITIES, MXFP4, NVFP4, ExponentFormat, ScaledFormat
-
-__all__ = [
-    "ExponentFormat",
-    "E8M0",
-    "ScaledFormat",
-    "MXFP4",
-    "NVFP4",
-    "BlockPacked",
-    "quantize_blocks",
-    "encode_blocks",
-    "decode_blocks",
-    "GRANULARITIES",
-]
+from lowbit._scaled_formats import ExponentFormat, ScaledFormat
 
 
 def quantize_blocks(

@@ -31,21 +31,6 @@ import math
 
 import numpy as np
 
-__all__ = [
-    "Format",
-    "int_format",
-    "float_format",
-    "log_format",
-    "RADIX4_FP4",
-    "INT4",
-    "UINT4",
-    "INT8",
-    "E2M1",
-    "E4M3",
-    "E5M2",
-    "FLOAT32",
-]
-
 _KINDS = ("int", "float")
 _NONFINITE = ("none", "negzero", "fn", "ieee")
 

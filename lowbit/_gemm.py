@@ -42,9 +42,10 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero, linear_call
 
 from bbcore import register_linear_call_batching
-from lowbit._blocks import ScaledFormat, quantize_blocks_split
+from lowbit._blocks import quantize_blocks_split
 from lowbit._formats import FLOAT32, Format
 from lowbit._rounding import ROUNDINGS, quantize
+from lowbit._scaled_formats import ScaledFormat
 from lowbit._scaling import compute_scale
 
 __all__ = ["GemmConfig", "ROLES"]

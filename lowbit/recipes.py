@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from lowbit._blocks import MXFP4 as _MXFP4_FORMAT
-from lowbit._blocks import NVFP4 as _NVFP4_FORMAT
-from lowbit._blocks import ScaledFormat
 from lowbit._dot import QuantConfig
 from lowbit._formats import E2M1, E4M3, E5M2, INT8
 from lowbit._gemm import GemmConfig
 from lowbit._rules import Recipe, Rule
+from lowbit._scaled_formats import MXFP4 as _MXFP4_FORMAT
+from lowbit._scaled_formats import NVFP4 as _NVFP4_FORMAT
+from lowbit._scaled_formats import ScaledFormat
 
 __all__ = [
     "SUN2020",

@@ -17,18 +17,6 @@ import optax
 from beyondbp import models
 from beyondbp.models import cross_entropy
 
-__all__ = [
-    "Method",
-    "MethodConfig",
-    "Setup",
-    "register",
-    "get",
-    "names",
-    "cross_entropy",
-    "REGISTRY",
-    "NotApplicable",
-]
-
 
 class NotApplicable(ValueError):
     """A method has no variant for this configuration (e.g. a CNN for an MLP-only rule).
