@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 .PHONY: run test lint bench venv clean
 
 # What ruff checks and formats; mypy's file list is in pyproject.toml ([tool.mypy] files).
-LINT_PATHS := bbcore fwdgrad lowbit analog beyondbp benchmarks tests examples
+LINT_PATHS := bbcore fwdgrad lowbit analog beyondbp benchmarks tests examples docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
