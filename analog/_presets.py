@@ -11,6 +11,8 @@ Where a publication does not give a parameter, the value is marked "assumed" in 
 
 from __future__ import annotations
 
+import dataclasses
+
 from analog._devices import ConstantStep, ExpStep, LinearStep, PowStep, SoftBounds
 from analog._periphery import IOConfig
 
@@ -79,30 +81,32 @@ PCM = PowStep(
     dw_min_std=1.0,
 )
 
+#: The spreads aihwkit's two linear-step presets below share (``EcRamPresetDevice`` and
+#: ``CapacitorPresetDevice``): dw_min_dtod 0.1 and dw_min_std 0.3; each preset replaces the rest.
+_AIHWKIT_LINEAR = LinearStep(dw_min_dtod=0.1, dw_min_std=0.3)
+
 #: Lithium ECRAM, aihwkit ``EcRamPresetDevice`` (fit to Tang et al., IEDM 2018): dw_min 0.002 on
 #: a range of width 2 -> 0.001, gamma_up 0.1153, gamma_down 0.5085, dw_min_dtod 0.1,
 #: up_down_dtod 0.01, bound spread 0.05, dw_min_std 0.3.
-ECRAM = LinearStep(
+ECRAM = dataclasses.replace(
+    _AIHWKIT_LINEAR,
     dw_min=0.001,
     gamma_up=0.1153,
     gamma_down=0.5085,
-    dw_min_dtod=0.1,
     up_down_dtod=0.01,
     bounds_dtod=0.05,
-    dw_min_std=0.3,
 )
 
 #: CMOS capacitor cell, aihwkit ``CapacitorPresetDevice`` (fit to Li et al., VLSI 2018):
 #: dw_min 0.005 on width 2 -> 0.0025, gamma 0.05 both ways, dw_min_dtod 0.1, up_down_dtod 0.06,
 #: bound spread 0.07, dw_min_std 0.3. (Leakage is not modelled.)
-CAPACITOR = LinearStep(
+CAPACITOR = dataclasses.replace(
+    _AIHWKIT_LINEAR,
     dw_min=0.0025,
     gamma_up=0.05,
     gamma_down=0.05,
-    dw_min_dtod=0.1,
     up_down_dtod=0.06,
     bounds_dtod=0.07,
-    dw_min_std=0.3,
 )
 
 #: Periphery for the TaOx experiments: 8-bit DAC on inputs in [-1, 1] and 8-bit ADC (Yi et al.
