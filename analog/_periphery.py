@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 import bbcore
+from analog._devices import _check_nonneg
 
 __all__ = ["IOConfig"]
 
@@ -85,14 +86,7 @@ class IOConfig:
                 "full scale), e.g. out_bound=10.0"
             )
         for name in ("read_noise", "w_noise"):
-            v = getattr(self, name)
-            if (
-                not isinstance(v, (int, float))
-                or isinstance(v, bool)
-                or not math.isfinite(v)
-                or v < 0
-            ):
-                raise ValueError(f"IOConfig: {name}={v!r} must be a finite number >= 0")
+            _check_nonneg(name, getattr(self, name), "IOConfig")
 
     @classmethod
     def ideal(cls) -> IOConfig:
