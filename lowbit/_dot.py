@@ -241,19 +241,9 @@ class _ConvOp:
     precision: Any
 
     def __call__(self, lhs, rhs, pet):
-        return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            self.window_strides,
-            self.padding,
-            lhs_dilation=self.lhs_dilation,
-            rhs_dilation=self.rhs_dilation,
-            dimension_numbers=self.dimension_numbers,
-            feature_group_count=self.feature_group_count,
-            batch_group_count=self.batch_group_count,
-            precision=self.precision,
-            preferred_element_type=pet,
-        )
+        # The fields are lax.conv_general_dilated's own parameter names, passed on as they are.
+        params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return lax.conv_general_dilated(lhs, rhs, **params, preferred_element_type=pet)
 
 
 # ---------------------------------------------------------------------------
