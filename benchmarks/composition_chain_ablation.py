@@ -26,14 +26,7 @@ DEVICES = {
     "TAOX_SYM": dataclasses.replace(T, up_down=0.0, up_down_dtod=0.0),
     # the exponential step replaced by a constant one, every other parameter kept
     "TAOX_CONSTANT_STEP": analog.ConstantStep(
-        dw_min=T.dw_min,
-        up_down=T.up_down,
-        dw_min_dtod=T.dw_min_dtod,
-        up_down_dtod=T.up_down_dtod,
-        bounds_dtod=T.bounds_dtod,
-        dw_min_std=T.dw_min_std,
-        stuck_on=T.stuck_on,
-        stuck_off=T.stuck_off,
+        **{f.name: getattr(T, f.name) for f in dataclasses.fields(analog.Device)}
     ),
     "TAOX_FINE": dataclasses.replace(T, dw_min=T.dw_min / 10),
 }
