@@ -1,0 +1,395 @@
+"""aihwkit side by side on accuracy (issue 17, item 5), this package's half: the digitally
+trained network both inference models program, our drift curve, and the merged table.
+
+Three steps; the middle one runs in aihwkit's own virtual environment
+(``benchmarks/aihwkit_parity.py``)::
+
+    .venv/bin/python benchmarks/aihwkit_parity_ours.py train      # -> aihwkit_parity_mlp.npz
+    /work/aihwkit-venv/bin/python benchmarks/aihwkit_parity.py drift
+    .venv/bin/python benchmarks/aihwkit_parity_ours.py drift      # ours + merge + table + PNG
+
+``train``: one 784-256-128-10 ReLU MLP (biases on every layer) trained digitally with Adam on
+MNIST (pixels / 255), saved as ``benchmarks/results/aihwkit_parity_mlp.npz`` (``w1..w3`` as
+``(in, out)``, ``b1..b3``). Both simulators program exactly these weights.
+
+``drift``: the network programmed on ``--seeds`` chips of ``analog.PCMNoiseModel`` and read at
+1 s, 1 h, 1 day, 1 month and 1 year after programming, global drift compensation on and off
+(``beyondbp.drift.accuracy_vs_time``), with the settings aihwkit's side uses (see
+``aihwkit_parity.py``): g_max 25 uS, aihwkit's PCM constants, ideal forward pass (aihwkit
+``forward.is_perfect``), digital biases, compensation read with the one-hot rows, and crossbar
+tiles cut as aihwkit's ``TileModuleArray`` cuts these layers (784 inputs -> two tiles of 392
+rows: ``max_input_size=392`` here; aihwkit splits a dimension into equal pieces of at most 512,
+this package into 512-row tiles plus a remainder). A second curve with this package's default
+512 + 272 split shows what that difference is worth. The merged result (both simulators, the
+difference per time point, a markdown table) is ``benchmarks/results/aihwkit_parity_drift``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import itertools
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import optax
+
+matplotlib.use("Agg")
+import _common
+import matplotlib.pyplot as plt
+
+import analog
+from beyondbp import datasets, drift
+
+WEIGHTS = _common.RESULTS / "aihwkit_parity_mlp.npz"
+AIHWKIT_DRIFT = _common.RESULTS / "aihwkit_parity_aihwkit_drift.json"
+WIDTHS = (784, 256, 128, 10)
+
+
+def init(key: jax.Array) -> list[dict]:
+    """PyTorch ``nn.Linear``'s default init (uniform +-1/sqrt(fan_in)) for weights and biases."""
+    params = []
+    for k, (n_in, n_out) in zip(jax.random.split(key, 3), itertools.pairwise(WIDTHS)):
+        kw, kb = jax.random.split(k)
+        lim = 1.0 / np.sqrt(n_in)
+        params.append(
+            {
+                "w": jax.random.uniform(kw, (n_in, n_out), jnp.float32, -lim, lim),
+                "b": jax.random.uniform(kb, (n_out,), jnp.float32, -lim, lim),
+            }
+        )
+    return params
+
+
+def apply(params: list[dict], x: jax.Array) -> jax.Array:
+    """ReLU MLP; the last layer's outputs are the logits."""
+    for i, p in enumerate(params):
+        x = x @ p["w"] + p["b"]
+        if i < len(params) - 1:
+            x = jax.nn.relu(x)
+    return x
+
+
+def _mnist(split: str, data_dir):
+    ds = datasets.load("mnist", split, data_dir=data_dir)
+    x = ds.images.reshape(len(ds.labels), -1).astype(np.float32) / 255.0
+    return ds, x, ds.labels.astype(np.int32)
+
+
+def train(args) -> None:
+    """Adam on cross-entropy, ``--epochs`` epochs, batch ``--batch``; saves the npz."""
+    train_ds, _, _ = _mnist("train", args.data_dir)
+    _, x_test, y_test = _mnist("test", args.data_dir)
+    params = init(jax.random.key(args.seed))
+    tx = optax.adam(args.lr)
+    state = tx.init(params)
+
+    def loss(p, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
+
+    @jax.jit
+    def step(p, s, x, y):
+        g = jax.grad(loss)(p, x.reshape(x.shape[0], -1), y)  # batches are in [0, 1]
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    t0 = time.perf_counter()
+    for x, y, _ in datasets.batches(train_ds, args.batch, seed=args.seed, epochs=args.epochs):
+        params, state = step(params, state, x, y)
+    acc = float(jnp.mean(jnp.argmax(apply(params, x_test), -1) == y_test))
+    arrays = {f"{k}{i + 1}": np.asarray(p[k]) for i, p in enumerate(params) for k in ("w", "b")}
+    np.savez(WEIGHTS, **arrays, test_accuracy=np.float32(acc))
+    print(f"trained in {time.perf_counter() - t0:.1f} s, digital test accuracy {acc:.4f}")
+    print(f"saved {WEIGHTS}")
+
+
+def load_params() -> tuple[list[dict], float]:
+    """The saved network as ``apply``'s params, and its digital test accuracy."""
+    z = np.load(WEIGHTS)
+    params = [{"w": jnp.asarray(z[f"w{i}"]), "b": jnp.asarray(z[f"b{i}"])} for i in (1, 2, 3)]
+    return params, float(z["test_accuracy"])
+
+
+def weight_error(programmed, params, t: float, model, seed: int) -> list[list[float]]:
+    """Per layer: ``||W_t - W|| / ||W||`` and ``sum|W_t| / sum|W|`` of one chip read at ``t``
+    (uncompensated), as ``aihwkit_parity.py``'s ``weight_error``."""
+    read = analog.params_at(jax.random.key(seed), programmed, t, model, compensate=False)
+    out = []
+    for r, p in zip(read, params):
+        w_t, w = np.asarray(r["w"]), np.asarray(p["w"])
+        out.append(
+            [
+                float(np.linalg.norm(w_t - w) / np.linalg.norm(w)),
+                float(np.abs(w_t).sum() / np.abs(w).sum()),
+            ]
+        )
+    return out
+
+
+def _ours(params, x, y, model, seeds) -> dict:
+    out = {}
+    for comp in (True, False):
+        t0 = time.perf_counter()
+        r = drift.accuracy_vs_time(
+            apply, params, x, y, model=model, times=list(drift.TIMES.values()),
+            seeds=seeds, compensate=comp,
+        )  # fmt: skip
+        r["eval_s"] = time.perf_counter() - t0
+        out["compensated" if comp else "uncompensated"] = r
+        print(f"ours tiles {model.max_input_size} comp={comp}: "
+              + " ".join(f"{m:.4f}" for m in r["mean"]), flush=True)  # fmt: skip
+    out["weight_error"] = [
+        [
+            weight_error(
+                analog.program_params(jax.random.key(s), params, model), params, t, model, s
+            )
+            for t in drift.TIMES.values()
+        ]
+        for s in seeds
+    ]
+    return out
+
+
+def table(ours: dict, theirs: dict) -> str:
+    """Markdown: per time point, mean ± std (%) of each side and ours - aihwkit (points)."""
+    lines = [
+        "| compensation | time | ours (%) | aihwkit (%) | ours - aihwkit (points) |",
+        "|---|---|---|---|---|",
+    ]
+    for comp in ("compensated", "uncompensated"):
+        o, a = ours[comp], theirs[comp]
+        for i, name in enumerate(drift.TIMES):
+            d = 100 * (o["mean"][i] - a["mean"][i])
+            lines.append(
+                f"| {'on' if comp == 'compensated' else 'off'} | {name} "
+                f"| {100 * o['mean'][i]:.2f} ± {100 * o['std'][i]:.2f} "
+                f"| {100 * a['mean'][i]:.2f} ± {100 * a['std'][i]:.2f} | {d:+.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def _plot(curves: dict, digital: float):
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    times = list(drift.TIMES.values())
+    for (name, comp), c in curves.items():
+        ax.errorbar(
+            times, np.asarray(c["mean"]) * 100, yerr=np.asarray(c["std"]) * 100,
+            ls="-" if comp == "compensated" else "--", marker="o", capsize=3,
+            label=f"{name}, {comp}",
+        )  # fmt: skip
+    ax.axhline(digital * 100, color="gray", lw=0.6, label="digital")
+    ax.set_xscale("log")
+    ax.set_xticks(times, list(drift.TIMES))
+    ax.set_xlabel("time since programming")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("PCM drift, same programmed MLP: this package vs aihwkit 1.1 (mean ± std, chips)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def drift_cmd(args) -> None:
+    """Ours at aihwkit's tile split and at our default split -> ``aihwkit_parity_ours_drift``."""
+    params, digital = load_params()
+    _, x, y = _mnist("test", args.data_dir)
+    matched = analog.PCMNoiseModel(g_max=25.0, max_input_size=392, max_output_size=512)
+    default = analog.PCMNoiseModel(g_max=25.0)
+    out: dict = {
+        "weights": str(WEIGHTS.relative_to(_common.RESULTS.parent.parent)),
+        "digital_test_accuracy": digital,
+        "times": drift.TIMES,
+        "seeds": args.seeds,
+        "ours_model": dataclasses.asdict(matched),
+        "ours": _ours(params, x, y, matched, args.seeds),
+        "ours_default_tiles_512": _ours(params, x, y, default, args.seeds),
+    }
+    _common.save("aihwkit_parity_ours_drift", out)
+
+
+def _mean_error(err) -> list[list[float]]:
+    """``[seed][time][layer][stat]`` -> mean over seeds of ``||W_t - W|| / ||W||``,
+    ``[time][layer]``."""
+    return np.asarray(err)[..., 0].mean(0).tolist()
+
+
+def merge_cmd(args) -> None:
+    """Both sides' drift JSONs -> ``aihwkit_parity_drift`` (JSON, PNG, markdown table)."""
+    ours = json.loads((_common.RESULTS / "aihwkit_parity_ours_drift.json").read_text())
+    theirs = json.loads(AIHWKIT_DRIFT.read_text())
+    perfect = theirs["runs"]["perfect_io"]
+    comps = ("compensated", "uncompensated")
+    out = {
+        "digital_test_accuracy": ours["digital_test_accuracy"],
+        "aihwkit_digital_test_accuracy": theirs["digital"],
+        "times": ours["times"],
+        "seeds": ours["seeds"],
+        "difference_points": {
+            c: [100 * (o - a) for o, a in zip(ours["ours"][c]["mean"], perfect[c]["mean"])]
+            for c in comps
+        },
+        "weight_rel_error": {
+            "ours": _mean_error(ours["ours"]["weight_error"]),
+            "aihwkit": _mean_error(perfect["uncompensated"]["weight_error"]),
+        },
+        "table": table(ours["ours"], perfect),
+        "ours": ours,
+        "aihwkit": theirs,
+    }
+    print(out["table"])
+    curves = {("ours", c): ours["ours"][c] for c in comps}
+    curves.update({("aihwkit", c): perfect[c] for c in comps})
+    dio = _common.RESULTS / "aihwkit_parity_aihwkit_drift_default_io.json"
+    if dio.is_file():  # context: aihwkit's default forward IO instead of an exact forward
+        out["aihwkit_default_io"] = json.loads(dio.read_text())
+        runs = out["aihwkit_default_io"]["runs"]["default_io"]
+        curves.update({("aihwkit default IO", c): runs[c] for c in comps if c in runs})
+    _common.save("aihwkit_parity_drift", out, _plot(curves, ours["digital_test_accuracy"]))
+
+
+# --- in-situ training: this package's side of aihwkit_parity.py insitu ----------------------
+#: aihwkit's default IOParameters as an IOConfig: inp_res 1/126 over [-1, 1] (63 levels a
+#: sign: 7 signed bits), out_res 1/510 over [-12, 12] (255 a sign: 9 bits), out_noise 0.06;
+#: noise (abs-max) and iterative bound management are the layer's defaults.
+AIHWKIT_IO = analog.IOConfig(inp_bits=7, inp_bound=1.0, out_bits=9, out_bound=12.0, read_noise=0.06)
+#: aihwkit's default UpdateParameters: desired_bl 31, stochastic compressed trains, update
+#: management and update BL management on.
+AIHWKIT_UPDATE = analog.UpdateConfig(bl=31, update_management=True, bl_management=True)
+#: aihwkit's device weight range [-0.6, 0.6] (w_max = -w_min = 0.6): a differential pair with
+#: w_max 0.6 spans it; one aihwkit step dw_min (in weight units, width 1.2) is a pulse on the
+#: pair, so each device's step is dw_min / 1.2 of its range (analog._presets' rule).
+AIHWKIT_W_MAX = 0.6
+_SPREADS = {"dw_min_dtod": 0.3, "dw_min_std": 0.3, "up_down_dtod": 0.01, "bounds_dtod": 0.3}
+
+
+def ours_device(name: str):
+    """The device of an aihwkit configuration name; None where no model of ours matches."""
+    if name.endswith("constant_step"):
+        return analog.ConstantStep(dw_min=0.001 / (2 * AIHWKIT_W_MAX), **_SPREADS)
+    if name.endswith("soft_bounds"):
+        return analog.SoftBounds(dw_min=0.001 / (2 * AIHWKIT_W_MAX), **_SPREADS)
+    # aihwkit's ExpStepDevice (dw = dw_min max(1 - A exp(gamma z), 0) with A_up != A_down) has
+    # no counterpart here: analog.ExpStep is a different pulse-response curve
+    return None
+
+
+def insitu_ours(name: str, seed: int, data, *, lr: float, batch: int, samples: int) -> dict:
+    """Train aihwkit_parity.py's configuration ``name`` with this package; test accuracy.
+
+    784-256-128-10, sigmoid, log-softmax + NLL (cross-entropy of the logits), digital biases,
+    weights initialised as torch's ``nn.Linear`` (uniform +-1/sqrt(fan_in)), one crossbar tile
+    per layer as aihwkit (tiles of 512 x 512 hold every layer), aihwkit's default IO forward and
+    backward, ``analog.pulsed_sgd`` or ``analog.tiki_taka`` (transfer every mini-batch, one
+    row a transfer, transfer_lr 1, gamma 0: aihwkit's TransferCompound defaults) with
+    :data:`AIHWKIT_UPDATE`. The same ``samples`` first images of a permutation seeded by
+    ``seed`` as aihwkit's side (numpy's ``default_rng(seed)``).
+    """
+    from flax import nnx
+
+    from beyondbp import models
+
+    device = ours_device(name)
+    if device is None:
+        raise ValueError(f"{name}: no device model of this package matches aihwkit's")
+    tt = name.startswith("tiki_taka")
+    uniform = lambda k, shape, dtype: jax.random.uniform(
+        k, shape, dtype, -1 / np.sqrt(shape[0]), 1 / np.sqrt(shape[0])
+    )
+    layer = functools.partial(
+        analog.nnx.Linear, batch_size=batch, device=device, io=AIHWKIT_IO,
+        tile_shape=(512, 512), w_max=AIHWKIT_W_MAX, kernel_init=uniform,
+        fast_device=device if tt else None,
+    )  # fmt: skip
+    model = models.MLP(WIDTHS, activation="sigmoid", linear=layer, rngs=nnx.Rngs(seed))
+    graphdef, params = nnx.split(model)
+    if tt:
+        tx = analog.tiki_taka(
+            lr, transfer_every=batch, transfer_lr=1.0, update=AIHWKIT_UPDATE, seed=seed
+        )
+    else:
+        tx = analog.pulsed_sgd(lr, update=AIHWKIT_UPDATE, seed=seed)
+    state = tx.init(params)
+
+    def loss(p, x, y):
+        logits = nnx.merge(graphdef, p)(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def step(p, s, x, y):
+        u, s = tx.update(jax.grad(loss)(p, x, y), s, p)
+        return optax.apply_updates(p, u), s
+
+    (xtr, ytr), (xte, yte) = data
+    order = np.random.default_rng(seed).permutation(xtr.shape[0])[:samples]
+    t0 = time.perf_counter()
+    for i in range(0, order.shape[0] - batch + 1, batch):
+        idx = order[i : i + batch]
+        params, state = step(params, state, xtr[idx], ytr[idx])
+    jax.block_until_ready(params)
+    train_s = time.perf_counter() - t0
+    predict = jax.jit(lambda p, x: jnp.argmax(nnx.merge(graphdef, p)(x), -1))
+    n = xte.shape[0] // batch * batch
+    correct = sum(
+        int(jnp.sum(predict(params, xte[i : i + batch]) == yte[i : i + batch]))
+        for i in range(0, n, batch)
+    )
+    return {"accuracy": correct / n, "train_s": train_s}
+
+
+def insitu_cmd(args) -> None:
+    """Our side of every configuration aihwkit's insitu JSON holds (same budget and seeds)."""
+    theirs = json.loads((_common.RESULTS / "aihwkit_parity_insitu.json").read_text())
+    _, xtr, ytr = _mnist("train", args.data_dir)
+    _, xte, yte = _mnist("test", args.data_dir)
+    data = ((xtr, ytr), (xte, yte))
+    out: dict = {"aihwkit": theirs, "configs": {}, "io": str(AIHWKIT_IO),
+                 "update": str(AIHWKIT_UPDATE)}  # fmt: skip
+    for name, a in theirs["configs"].items():
+        if ours_device(name) is None:
+            out["configs"][name] = {"ours": None, "reason": "no matching device model"}
+            continue
+        runs = []
+        for seed in theirs["seeds"][: len(a["runs"])]:
+            runs.append(
+                insitu_ours(
+                    name,
+                    seed,
+                    data,
+                    lr=theirs["lr"],
+                    batch=theirs["batch"],
+                    samples=theirs["train_samples"],
+                )
+            )
+            print(name, seed, runs[-1], flush=True)
+        accs = [r["accuracy"] for r in runs]
+        out["configs"][name] = {
+            "ours_runs": runs,
+            "ours_mean": float(np.mean(accs)),
+            "ours_std": float(np.std(accs)),
+            "aihwkit_mean": a["mean"],
+            "aihwkit_std": a["std"],
+            "difference_points": 100 * (float(np.mean(accs)) - a["mean"]),
+        }
+        _common.save("aihwkit_parity_insitu_compare", out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("step", choices=("train", "drift", "merge", "insitu"))
+    _common.add_data_dir(ap)
+    ap.add_argument("--epochs", type=_common.positive_int, default=3)
+    ap.add_argument("--batch", type=_common.positive_int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0, help="initialisation and data order")
+    ap.add_argument("--seeds", type=_common.int_list, default=(0, 1, 2), help="chips")
+    args = ap.parse_args(argv)
+    args.seeds = list(args.seeds)
+    {"train": train, "drift": drift_cmd, "merge": merge_cmd, "insitu": insitu_cmd}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
