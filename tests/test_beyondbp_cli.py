@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
+from _cli import run_compare
 
 from beyondbp import cli
 
 
 def test_compare_writes_outputs(tmp_path, capsys):
     out = tmp_path / "cmp"
-    rc = cli.main(
-        [
-            "compare",
-            "--methods",
-            "backprop",
-            "--steps",
-            "30",
-            "--widths",
-            "32",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
+    table, data = run_compare(
+        capsys, out, "--methods", "backprop", "--steps", "30", "--widths", "32"
     )
-    assert rc == 0
-    table = capsys.readouterr().out
     assert "| backprop |" in table and "time/backprop" in table
-    data = json.loads((out / "compare.json").read_text())
     assert data["rows"][0]["method"] == "backprop" and data["rows"][0]["step_time_rel"] == 1.0
     assert data["config"]["steps"] == 30
     for png in ("learning_curves.png", "accuracy_vs_cost.png"):

@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
 import _synthetic
 import numpy as np
 import pytest
+from _cli import run_compare
 
 from beyondbp import cli, compare
 
 
 def test_seeds_table_json_and_plots(tmp_path, capsys):
     out = tmp_path / "cmp"
-    rc = cli.main(
-        [
-            "compare",
-            "--methods",
-            "backprop,lowbit",
-            "--steps",
-            "20",
-            "--widths",
-            "16",
-            "--seeds",
-            "0,1,2",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
-    assert rc == 0
-    table = capsys.readouterr().out
+    runs = ("--methods", "backprop,lowbit", "--seeds", "0,1,2")
+    table, data = run_compare(capsys, out, *runs, "--steps", "20", "--widths", "16")
     assert "mean ± std" in table and "seeds [0, 1, 2]" in table
-    data = json.loads((out / "compare.json").read_text())
     assert data["config"]["seeds"] == [0, 1, 2]
     assert len(data["runs"]) == 6 and {r["seed"] for r in data["runs"]} == {0, 1, 2}
     for row in data["rows"]:
@@ -98,45 +80,12 @@ def test_bad_seed_options(argv, match, capsys):
 
 def test_idx_dataset_from_the_command_line(tmp_path, capsys):
     d = _synthetic.write_shapes(tmp_path / "kmnist-like", train=300, test=100, size=20)
-    rc = cli.main(
-        [
-            "compare",
-            "--methods",
-            "backprop",
-            "--dataset",
-            "idx",
-            "--data-dir",
-            str(d),
-            "--steps",
-            "10",
-            "--widths",
-            "16",
-            "--out",
-            str(tmp_path / "o"),
-            "--no-progress",
-        ]
-    )
-    assert rc == 0
-    data = json.loads((tmp_path / "o" / "compare.json").read_text())
+    idx = ("--methods", "backprop", "--dataset", "idx", "--data-dir", str(d), "--steps", "10")
+    _, data = run_compare(capsys, tmp_path / "o", *idx, "--widths", "16")
     assert data["config"]["input_shape"] == [20, 20, 1] and data["config"]["num_classes"] == 10
     # a broken file: one line naming the file and the problem, exit status 2
     (d / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
-    rc = cli.main(
-        [
-            "compare",
-            "--methods",
-            "backprop",
-            "--dataset",
-            "idx",
-            "--data-dir",
-            str(d),
-            "--steps",
-            "10",
-            "--out",
-            str(tmp_path / "o2"),
-            "--no-progress",
-        ]
-    )
+    rc = cli.main(["compare", *idx, "--out", str(tmp_path / "o2"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("beyondbp: error: ")
     assert "train-labels-idx1-ubyte.gz" in err[0] and "truncated or corrupt" in err[0]
