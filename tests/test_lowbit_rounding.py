@@ -6,9 +6,9 @@ import zlib
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
+from _ocp import OCP_DTYPES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -151,14 +151,7 @@ def test_matches_slow_reference_on_random_values(fmt):
     np.testing.assert_array_equal(q(x, fmt), reference_quantize(x, fmt))
 
 
-@pytest.mark.parametrize(
-    "fmt,dtype",
-    [
-        (E2M1, ml_dtypes.float4_e2m1fn),
-        (E4M3, ml_dtypes.float8_e4m3fn),
-        (E5M2, ml_dtypes.float8_e5m2),
-    ],
-)
+@pytest.mark.parametrize("fmt,dtype", OCP_DTYPES)
 def test_ocp_formats_match_ml_dtypes_casts(fmt, dtype):
     x = _log_uniform(20000, -20, 20, seed=3)
     ref = np.clip(x, -fmt.max_value, fmt.max_value).astype(dtype).astype(np.float32)
