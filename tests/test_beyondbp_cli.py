@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from _cli import run_compare
 
 from beyondbp import cli
@@ -59,24 +58,6 @@ def test_missing_dataset_files_is_one_line_error(tmp_path, capsys, monkeypatch):
     )
     err = capsys.readouterr().err
     assert rc == 2 and "not found in" in err and "--data-dir" in err
-
-
-@pytest.mark.parametrize(
-    "argv,match",
-    [
-        (["compare", "--steps", "0"], "must be a positive integer"),
-        (["compare", "--steps", "ten"], "is not an integer"),
-        (["compare", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
-        (["compare", "--widths", "a,b"], "comma-separated integers"),
-        (["compare", "--steps", "5", "--epochs", "1"], "not allowed with argument"),
-        (["frobnicate"], "invalid choice"),
-    ],
-)
-def test_bad_options(argv, match, capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert e.value.code == 2
-    assert match in capsys.readouterr().err
 
 
 def test_console_script_help():

@@ -188,6 +188,10 @@ def test_disk_full_writing_history(tmp_path, capsys, monkeypatch):
     "argv,match",
     [
         (["compare", "--steps", "0"], "must be a positive integer"),
+        (["compare", "--steps", "ten"], "is not an integer"),
+        (["compare", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["compare", "--widths", "a,b"], "comma-separated integers"),
+        (["compare", "--steps", "5", "--epochs", "1"], "not allowed with argument"),
         (["train", "--seed", "-1"], "a seed is a non-negative integer"),
         (["compare", "--seeds", "1,1"], "give distinct comma-separated seeds"),
         (["train", "--model", "rnn"], "invalid choice: 'rnn'"),
