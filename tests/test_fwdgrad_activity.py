@@ -25,20 +25,20 @@ def _params(dtype=jnp.float32):
 
 X = jax.random.normal(jax.random.key(1), (B, D_IN))
 Y = jnp.arange(B, dtype=jnp.int32) % CLASSES
+_GRAPHDEF, _, _REST = nnx.split(_model(), nnx.Param, ...)
+
+
+def _local_total(p):
+    """The sum of the blocks' local losses (stop-gradient between blocks) at parameters ``p``."""
+    model = nnx.merge(_GRAPHDEF, nnx.State(p), _REST)
+    return sum(
+        optax.softmax_cross_entropy_with_integer_labels(l, Y).mean() for l in model.local_logits(X)
+    )
 
 
 def _exact_local_grads(params):
     """Gradient of the sum of local losses with stop-gradient between blocks, by backprop."""
-    graphdef, _, rest = nnx.split(_model(), nnx.Param, ...)
-
-    def total(p):
-        model = nnx.merge(graphdef, nnx.State(p), rest)
-        return sum(
-            optax.softmax_cross_entropy_with_integer_labels(l, Y).mean()
-            for l in model.local_logits(X)
-        )
-
-    return jax.grad(total)(params)
+    return jax.grad(_local_total)(params)
 
 
 def _flat(tree):
@@ -160,16 +160,7 @@ def test_activity_perturbation_has_lower_variance_than_weight_perturbation():
     exact = _exact_local_grads(params)
     g = np.sum(_flat(exact) ** 2)
 
-    graphdef, _, rest = nnx.split(_model(), nnx.Param, ...)
-
-    def local_total(p):
-        model = nnx.merge(graphdef, nnx.State(p), rest)
-        return sum(
-            optax.softmax_cross_entropy_with_integer_labels(l, Y).mean()
-            for l in model.local_logits(X)
-        )
-
-    wp = fwdgrad.fwd_grad(local_total)
+    wp = fwdgrad.fwd_grad(_local_total)
     ap = lambda k, p: fwdgrad.local_mlp_grads(k, p, X, Y)[1]
     v_w, v_a = jax.jit(
         lambda k: (
