@@ -11,9 +11,6 @@
 #    benchmarks/composition_chain.py.
 # Each run writes its JSON after every evaluation, so one stopped by its time limit keeps what it
 # measured. No timing is taken here (the runs share the GPU).
-set -u
-OUT=${OUT:-/tmp/gpu_out}
-DATA=${DATA:-.devdata/mnist}
 LONG_S=${LONG_S:-420}
 EPOCHS=${EPOCHS:-6}
 CHAIN_STEPS=${CHAIN_STEPS:-30000}

@@ -1,5 +1,9 @@
 # Sourced by the GPU session scripts: output folder, environment and a record of the machine.
-# Expects OUT (where results go) and sets R (the results folder) and PY (the Python to use).
+# OUT (where results go) and DATA (the MNIST folder) default here; sets R (the results folder)
+# and PY (the Python to use).
+set -u
+OUT=${OUT:-/tmp/gpu_out}
+DATA=${DATA:-.devdata/mnist}
 R=$OUT/gpu_results
 mkdir -p "$R"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false

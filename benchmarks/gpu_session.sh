@@ -11,9 +11,6 @@
 #    every epoch, so a run stopped by its time limit keeps what it measured), the cosine
 #    benchmark at full float32 matmul precision, and the default test suite.
 # Everything lands in $OUT/gpu_results.tgz plus the logs' tails on stdout.
-set -u
-OUT=${OUT:-/tmp/gpu_out}
-DATA=${DATA:-.devdata/mnist}
 SPEED_S=${SPEED_S:-100}
 THROUGHPUT_S=${THROUGHPUT_S:-60}
 LONG_S=${LONG_S:-240}
