@@ -192,7 +192,7 @@ ROWS: list[Bad] = [
         "models.MLP wrong input size",
         lambda: models.MLP((100, 10), rngs=nnx.Rngs(0))(jnp.ones((2, 28, 28))),
         ValueError,
-        ("expects 100 input features", "(2, 784)"),
+        ("expects 100 input features", "(2, 28, 28)", "784 features after flattening"),
     ),
     Bad(
         "models.CNN num_classes 1",
@@ -217,7 +217,7 @@ ROWS: list[Bad] = [
         "methods.MethodConfig model",
         lambda: methods.MethodConfig(key=jax.random.key(0), model="rnn"),
         ValueError,
-        ("model='rnn'", "'mlp' or 'cnn'"),
+        ("model='rnn'", "'mlp'", "'cnn'", "'resnet'", "'vit'"),
     ),
     Bad(
         "methods.MethodConfig steps",
