@@ -338,3 +338,13 @@ def test_chopped_tiki_taka_flips_the_read_rows_and_updates_a_with_x_times_c():
     # rows 0, 1 were pulsed with -x in the second step: back where they started
     np.testing.assert_allclose(fast(p2)[:2], a0[:2], atol=1e-6)
     np.testing.assert_allclose(fast(p2)[2:] - a0[2:], 2 * step1[2:], rtol=1e-4, atol=1e-6)
+
+
+def test_the_digital_then_program_row_is_analog_program_and_its_old_name_resolves():
+    from beyondbp import methods
+
+    assert methods.get("analog-sgd") is methods.get("analog-program")
+    assert "analog-sgd" not in methods.names()  # listed once, run once by --methods all
+    assert {"analog-insitu", "analog-tikitaka"} <= set(methods.names())
+    with pytest.raises(ValueError, match="unknown method"):
+        methods.get("analog-sgd-typo")
