@@ -10,6 +10,7 @@ default-suite tests in ``tests/test_eight_devices.py`` assert on its JSON.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -45,6 +46,25 @@ def device_env(num_devices: int) -> dict:
     )
     env["JAX_PLATFORMS"] = "cpu"
     return env
+
+
+def launch_cmd(devices_per_process: int, *command) -> list[str]:
+    """``python -m beyondbp.launch`` running ``command`` in 2 processes (240 s limit) as argv."""
+    launch = [sys.executable, "-m", "beyondbp.launch", "-n", "2", "--timeout", "240"]
+    per_process = ["--devices-per-process", str(devices_per_process)]
+    return [*launch, *per_process, "--", *map(str, command)]
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen):
+    """``proc``, killed and waited for on the way out if it still runs (a failing test leaves
+    no process behind)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def run_checks(names: tuple = (), num_devices: int = 8, timeout: float = 600) -> dict:

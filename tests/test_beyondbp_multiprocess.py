@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from _multidevice import HERE, REPO, device_env
+from _multidevice import HERE, REPO, device_env, launch_cmd
 
 from beyondbp import launch
 
@@ -17,22 +17,7 @@ SCRIPT = HERE / "multidevice" / "mp_sharded_fwdgrad.py"
 def test_two_processes_equal_one_process(tmp_path):
     """2 processes x 1 CPU device (gloo over loopback) == 1 process x 2 simulated devices, bit for bit."""
     mp, sp = tmp_path / "mp.npz", tmp_path / "sp.npz"
-    cmd = [
-        sys.executable,
-        "-m",
-        "beyondbp.launch",
-        "-n",
-        "2",
-        "--devices-per-process",
-        "1",
-        "--timeout",
-        "240",
-        "--",
-        sys.executable,
-        str(SCRIPT),
-        str(mp),
-        "3",
-    ]
+    cmd = launch_cmd(1, sys.executable, SCRIPT, mp, 3)
     r = subprocess.run(
         cmd, cwd=REPO, env=device_env(1), capture_output=True, text=True, timeout=300
     )

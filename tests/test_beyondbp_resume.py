@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _multidevice import reaped
 
 from beyondbp import checkpoint
 
@@ -88,7 +89,7 @@ def test_killed_run_resumes_bit_identical(tmp_path, sig, reference_params):
     proc = subprocess.Popen(
         _cmd(ck, out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    try:
+    with reaped(proc):
         deadline = time.time() + 240
         while time.time() < deadline:
             c = checkpoint.latest(ck)
@@ -101,10 +102,6 @@ def test_killed_run_resumes_bit_identical(tmp_path, sig, reference_params):
             time.sleep(0.005)
         proc.send_signal(sig)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode != 0, "the run finished before the signal: nothing was tested"
     assert not out.exists(), "interrupted run must not have written final params"
     stopped_at = int(checkpoint.latest(ck).stem.split("_")[1])

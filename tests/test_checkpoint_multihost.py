@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import pytest
-from _multidevice import HERE, REPO, device_env
+from _multidevice import HERE, REPO, device_env, launch_cmd, reaped
 
 from beyondbp import checkpoint
 
@@ -32,25 +32,7 @@ STEPS, EVERY = 40, 5
 
 
 def _cmd(ck, out, *extra) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "beyondbp.launch",
-        "-n",
-        "2",
-        "--devices-per-process",
-        "2",
-        "--timeout",
-        "240",
-        "--",
-        sys.executable,
-        str(SCRIPT),
-        str(ck),
-        str(out),
-        str(STEPS),
-        str(EVERY),
-        *map(str, extra),
-    ]
+    return launch_cmd(2, sys.executable, SCRIPT, ck, out, STEPS, EVERY, *extra)
 
 
 def _run(ck, out) -> str:
@@ -78,7 +60,7 @@ def _kill_mid_save(tmp_path, ck, out) -> tuple[int, bool]:
         proc = subprocess.Popen(
             _cmd(ck, out, pids), cwd=REPO, env=device_env(2), stdout=f, stderr=subprocess.STDOUT
         )
-        try:
+        with reaped(proc):
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline:
                 if len(list(pids.iterdir())) == 2 and any(ck.glob(f"{third}*")):
@@ -89,10 +71,6 @@ def _kill_mid_save(tmp_path, ck, out) -> tuple[int, bool]:
             for p in pids.iterdir():  # both at once, in the middle of writing their shards
                 os.kill(int(p.read_text()), signal.SIGKILL)
             proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
     assert proc.returncode != 0, "the run finished before the kill: nothing was tested"
     assert not out.exists(), "a killed run must not have written its final state"
     unfinished = not (ck / third).exists()
