@@ -37,6 +37,7 @@ __all__ = [
     "out_name",
     "parse_step_timing",
     "add_switch",
+    "train_history",
 ]
 
 #: Where every benchmark writes its JSON and PNG files.
@@ -165,6 +166,16 @@ def parse_step_timing(
     ap.add_argument("--batch", type=int, default=batch)
     add_switch(ap, switch, switch_help)
     return ap.parse_args(argv)
+
+
+def train_history(setup, train_ds, test_ds, args: argparse.Namespace, **options) -> dict:
+    """``beyondbp.train.train`` with the script's ``--batch-size`` and ``--seed``; ``options``
+    are train's other keywords. Returns the history without the final params and optimizer
+    state, which a results JSON does not keep."""
+    from beyondbp import train
+
+    h = train.train(setup, train_ds, test_ds, batch_size=args.batch_size, seed=args.seed, **options)
+    return {k: v for k, v in h.items() if k not in ("params", "opt_state")}
 
 
 def positive_int(text: str) -> int:

@@ -22,7 +22,7 @@ import _common
 import matplotlib.pyplot as plt
 
 import analog
-from beyondbp import datasets, methods, train
+from beyondbp import datasets, methods
 from beyondbp.methods import analog_rows
 
 
@@ -131,13 +131,12 @@ def main(argv=None):
     name = args.out or "analog_mnist_" + tag
     t0 = time.time()
     # json_path: an interrupted run keeps every evaluation it made
-    hist = train.train(
+    hist = _common.train_history(
         setup,
         tr,
         te,
+        args,
         steps=steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
         eval_every=per_epoch,
         log_every=500,
         progress=True,
@@ -145,7 +144,6 @@ def main(argv=None):
         time_steps=False,
         json_path=_common.RESULTS / f"{name}.json",
     )
-    hist = {k: v for k, v in hist.items() if k not in ("params", "opt_state")}
     hist.update(epochs=args.epochs, train_examples=len(tr), wall_s=time.time() - t0)
     fig = plt.figure(figsize=(5, 3.5))
     ep = [s / per_epoch for s in hist["eval_steps"]]

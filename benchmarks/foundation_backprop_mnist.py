@@ -13,7 +13,7 @@ import _common
 import jax
 import optax
 
-from beyondbp import datasets, methods, train
+from beyondbp import datasets, methods
 
 
 def main(argv=None):
@@ -30,17 +30,15 @@ def main(argv=None):
     apply, params = cfg.build_model()
     sched = optax.cosine_decay_schedule(0.05, steps)
     setup = methods.Setup(params=params, apply=apply, tx=optax.sgd(sched, momentum=0.9))
-    h = train.train(
+    h = _common.train_history(
         setup,
         tr,
         te,
+        args,
         steps=steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
         eval_every=steps // args.epochs,
         desc="backprop 784-1024-1024-10",
     )
-    h = {k: v for k, v in h.items() if k not in ("params", "opt_state")}
     h.update(
         {
             "model": "MLP 784-1024-1024-10 ReLU",
