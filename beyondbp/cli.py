@@ -221,9 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     # One SIGINT/SIGTERM policy, train.train's: a stop request honoured between steps, with a
     # checkpoint; before the first step there is nothing to save and the default action stands.
-    import jax
-
-    from beyondbp import checkpoint, datasets, methods, train
+    from beyondbp import checkpoint, compare, datasets, methods, train
 
     method = methods.get(args.method)
     _check_writable_dir(args.out, "--out")
@@ -237,14 +235,8 @@ def _train(args) -> int:
         if args.epochs is None
         else args.epochs * datasets.num_batches(len(tr), args.batch_size)
     )
-    cfg = methods.MethodConfig(
-        key=jax.random.key(args.seed),
-        input_shape=tr.input_shape,
-        num_classes=tr.num_classes,
-        steps=total,
-        model=args.model,
-        widths=args.widths,
-        batch_size=args.batch_size,
+    cfg = compare._method_config(
+        tr, args.seed, steps=total, model=args.model, widths=args.widths, batch_size=args.batch_size
     )
     h = train.train(
         method.build(cfg),

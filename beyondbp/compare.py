@@ -152,6 +152,22 @@ def _aggregate(name: str, runs: list[dict]) -> dict:
     return row
 
 
+def _method_config(
+    train_ds: datasets.Dataset, seed: int, *, steps: int, model: str, widths, batch_size: int
+) -> methods.MethodConfig:
+    """What every method is built from for one seed: the data's input shape and classes, the
+    model, the budget (also what ``beyondbp train`` builds its one method from)."""
+    return methods.MethodConfig(
+        key=jax.random.key(seed),
+        input_shape=train_ds.input_shape,
+        num_classes=train_ds.num_classes,
+        steps=steps,
+        model=model,
+        widths=tuple(widths),
+        batch_size=batch_size,
+    )
+
+
 def _run_all(
     names,
     seed_list,
@@ -172,14 +188,8 @@ def _run_all(
     runs: list[dict] = []
     skipped: dict[str, str] = {}
     for s in seed_list:
-        cfg = methods.MethodConfig(
-            key=jax.random.key(s),
-            input_shape=train_ds.input_shape,
-            num_classes=train_ds.num_classes,
-            steps=total,
-            model=model,
-            widths=tuple(widths),
-            batch_size=batch_size,
+        cfg = _method_config(
+            train_ds, s, steps=total, model=model, widths=widths, batch_size=batch_size
         )
         for name in names:
             if name in skipped:
