@@ -187,12 +187,13 @@ def test_bad_input_is_refused_with_a_clear_error():
         tx.update(params, tx.init(params))
 
 
-def test_pulsed_sgd_refuses_a_nonfinite_gradient():
-    layer = _linear(device=CLEAN)
+@pytest.mark.parametrize("tiki", [False, True])
+def test_pulsed_sgd_and_tiki_taka_refuse_a_nonfinite_gradient(tiki):
+    layer = _linear(device=CLEAN, fast_device=CLEAN if tiki else None)
     graphdef, params = nnx.split(layer)
     x = jnp.ones((4, 10), jnp.float32).at[0, 0].set(jnp.nan)
     grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
-    tx = analog.pulsed_sgd(0.1)
+    tx = analog.tiki_taka(0.1) if tiki else analog.pulsed_sgd(0.1)
     updates, state = tx.update(grads, tx.init(params), params)
     assert int(state.nonfinite) == 1 and int(state.count) == 0
     assert all(not np.any(np.asarray(u)) for u in jax.tree.leaves(updates))
