@@ -277,13 +277,16 @@ def ours_device(name: str):
     return None
 
 
-def insitu_ours(name: str, seed: int, data, *, lr: float, batch: int, samples: int) -> dict:
+def insitu_ours(
+    name: str, seed: int, data, *, lr: float, batch: int, samples: int, activation: str = "sigmoid"
+) -> dict:
     """Train aihwkit_parity.py's configuration ``name`` with this package; test accuracy.
 
-    784-256-128-10, sigmoid, log-softmax + NLL (cross-entropy of the logits), digital biases,
-    weights initialised as torch's ``nn.Linear`` (uniform +-1/sqrt(fan_in)), one crossbar tile
-    per layer as aihwkit (tiles of 512 x 512 hold every layer), aihwkit's default IO forward and
-    backward, ``analog.pulsed_sgd`` or ``analog.tiki_taka`` (transfer every mini-batch, one
+    784-256-128-10, ``activation`` (sigmoid or relu), log-softmax + NLL (cross-entropy of the
+    logits), digital biases, weights initialised as torch's ``nn.Linear`` (uniform
+    +-1/sqrt(fan_in)), tiles of at most 392 x 512 (aihwkit's ``TileModuleArray`` cuts the 784
+    inputs into two 392-row tiles; the other layers fit one tile), aihwkit's default IO forward
+    and backward, ``analog.pulsed_sgd`` or ``analog.tiki_taka`` (transfer every mini-batch, one
     row a transfer, transfer_lr 1, gamma 0: aihwkit's TransferCompound defaults) with
     :data:`AIHWKIT_UPDATE`. The same ``samples`` first images of a permutation seeded by
     ``seed`` as aihwkit's side (numpy's ``default_rng(seed)``).
@@ -301,10 +304,10 @@ def insitu_ours(name: str, seed: int, data, *, lr: float, batch: int, samples: i
     )
     layer = functools.partial(
         analog.nnx.Linear, batch_size=batch, device=device, io=AIHWKIT_IO,
-        tile_shape=(512, 512), w_max=AIHWKIT_W_MAX, kernel_init=uniform,
+        tile_shape=(392, 512), w_max=AIHWKIT_W_MAX, kernel_init=uniform,
         fast_device=device if tt else None,
     )  # fmt: skip
-    model = models.MLP(WIDTHS, activation="sigmoid", linear=layer, rngs=nnx.Rngs(seed))
+    model = models.MLP(WIDTHS, activation=activation, linear=layer, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
     if tt:
         tx = analog.tiki_taka(
@@ -349,6 +352,8 @@ def insitu_cmd(args) -> None:
     out: dict = {"aihwkit": theirs, "configs": {}, "io": str(AIHWKIT_IO),
                  "update": str(AIHWKIT_UPDATE)}  # fmt: skip
     for name, a in theirs["configs"].items():
+        if args.configs and name not in args.configs.split(","):
+            continue
         if ours_device(name) is None:
             out["configs"][name] = {"ours": None, "reason": "no matching device model"}
             continue
@@ -362,6 +367,7 @@ def insitu_cmd(args) -> None:
                     lr=theirs["lr"],
                     batch=theirs["batch"],
                     samples=theirs["train_samples"],
+                    activation=theirs.get("activation", "sigmoid"),
                 )
             )
             print(name, seed, runs[-1], flush=True)
@@ -386,6 +392,7 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0, help="initialisation and data order")
     ap.add_argument("--seeds", type=_common.int_list, default=(0, 1, 2), help="chips")
+    ap.add_argument("--configs", default="", help="insitu: only these (default: all of aihwkit's)")
     args = ap.parse_args(argv)
     args.seeds = list(args.seeds)
     {"train": train, "drift": drift_cmd, "merge": merge_cmd, "insitu": insitu_cmd}[args.step](args)
