@@ -302,7 +302,10 @@ def run_functions(seed: int) -> dict:
             "iterations": iters,
             "final": {m: p[-1] for m, p in paths.items()},
             "final_value": {m: float(f(jnp.asarray(p[-1]))) for m, p in paths.items()},
-            "path": paths,
+            # about 1,000 iterates and the last: enough for the plot, a small JSON
+            "path": {
+                m: np.concatenate([p[:: max(1, iters // 1000)], p[-1:]]) for m, p in paths.items()
+            },
         }
         print(name, {m: np.round(p[-1], 3).tolist() for m, p in paths.items()}, flush=True)
     return out
