@@ -82,7 +82,13 @@ def reference_params(tmp_path_factory):
     return _final_params(d / "out")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+# SIGKILL mid-run is also proven, across two processes with sharded state, by
+# tests/test_checkpoint_multihost.py in the default suite; this single-process variant is slow.
+@pytest.mark.parametrize(
+    "sig",
+    [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGTERM],
+    ids=["SIGKILL", "SIGTERM"],
+)
 def test_killed_run_resumes_bit_identical(tmp_path, sig, reference_params):
 
     ck, out = tmp_path / "ck", tmp_path / "out"
@@ -197,6 +203,9 @@ def test_resume_with_a_different_model_is_refused(tmp_path):
     assert _files(checkpoint.latest(ck)) == before
 
 
+# Slow (a minute on 2 cores): test_beyondbp_multiprocess.test_two_processes_equal_one_process
+# covers process-count independence in the default suite.
+@pytest.mark.slow
 def test_same_seed_same_params_across_processes(tmp_path, reference_params):
     """Determinism: a second, independent process with the same seed gives identical bits."""
     r = subprocess.run(

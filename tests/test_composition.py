@@ -113,6 +113,10 @@ def _train_chain(data, sizes, tx, steps):
     return before, _accuracy(apply, params, data[1])
 
 
+# The two TaOx chains train for over a minute each on 2 cores: slow. The default suite keeps
+# the ideal-device chain above, the accumulator's own tests (test_analog_program) and every
+# combined row on unseen data (test_cross_data).
+@pytest.mark.slow
 def test_design_chain_on_taox_trains_with_the_mixed_precision_accumulator(data):
     """On TAOX_RERAM the plain chain's zero-mean pulse noise drifts the devices (measured here,
     784-64-10, rate 2e-3, 800 steps: 15.2%); programming through the digital accumulator
@@ -123,6 +127,7 @@ def test_design_chain_on_taox_trains_with_the_mixed_precision_accumulator(data):
     assert mixed > 0.45 and mixed > plain + 0.1, (plain, mixed)
 
 
+@pytest.mark.slow
 def test_all_three_chain_with_local_forward_gradients_trains_on_taox(data):
     """The DESIGN chain with its estimator swapped for Ren et al.'s activity-perturbed local
     forward gradient (``fwdgrad.activity_forward_gradient`` on a ``fwdgrad.LocalMLP``), still
