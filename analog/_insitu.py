@@ -228,8 +228,8 @@ def analog_dense(wiring: Wiring, x: jax.Array, cb: Crossbar) -> jax.Array:
 
     Returns:
       ``(B, out)`` float32. Its VJP gives ``x`` the transposed read of the output error through
-      ``wiring.io_backward``, ``cb.tap`` the cotangent ``[x, d]`` when ``B`` is the tap's batch
-      (zeros otherwise: no update is recorded), and zeros to ``cb.tiles`` and ``cb.step``.
+      ``wiring.io_backward``, ``cb.tap`` the cotangent ``[x, d]`` (a ``B`` other than the tap's batch is a
+      ``ValueError`` when the gradient is traced: it could record no update), and zeros to ``cb.tiles`` and ``cb.step``.
     """
     return _forward(wiring, x, cb)
 
@@ -245,10 +245,16 @@ def _bwd(wiring, res, d):
     d = d.astype(_F32)
     dx = managed_read(effective_weights(cb), d, wiring.io_backward, k_bwd, True, wiring)
     dx = dx[:, : tiles.shape[0]].astype(x.dtype)
-    if _tapped(x, cb):
-        tap = jnp.concatenate([x.astype(_F32), d], axis=1)
-    else:
-        tap = jnp.zeros_like(cb.tap)
+    if not _tapped(x, cb):
+        # A zero tap would make the optimizer pulse nothing: the step would look taken while
+        # the weights never move. Shapes are static, so this fails when the step is traced.
+        raise ValueError(
+            f"analog layer: a gradient was taken through a batch of {x.shape[0]} rows, but the "
+            f"layer's update tap was built for {cb.tap.shape[0]} (batch_size, times the output "
+            "positions for Conv). Build the layer with the training batch size, or drop the "
+            "last partial batch; reads at other sizes (evaluation) need no gradient."
+        )
+    tap = jnp.concatenate([x.astype(_F32), d], axis=1)
     zeros = jax.tree.map(jnp.zeros_like, cb)
     return dx, dataclasses.replace(zeros, tap=tap)
 

@@ -17,13 +17,16 @@ error (``analog._insitu`` says how they reach it). The bias is digital (aihwkit'
     params = optax.apply_updates(params, updates)
 
 A call whose batch is not ``batch_size`` (evaluation at another size) reads the tiles the same
-way and records no update.
+way; a gradient through such a call is a ``ValueError`` when traced, since it could record no
+update.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypedDict, Unpack
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +38,7 @@ from analog._insitu import Crossbar, Wiring, analog_dense, crossbar_tiles
 from analog._periphery import IOConfig
 from analog._tiles import check_tile_shape, init_tiles
 
-__all__ = ["Linear", "Conv"]
+__all__ = ["Linear", "Conv", "LayerOptions"]
 
 _F32 = jnp.float32
 #: nnx.Linear's default kernel initializer.
@@ -48,58 +51,130 @@ def _check_count(name: str, v, who: str) -> int:
     return v
 
 
-def _wiring(io, io_backward, noise_management, bound_management, max_bm_reads) -> Wiring:
-    io = IOConfig() if io is None else io
-    return Wiring(
-        io_forward=io,
-        io_backward=io if io_backward is None else io_backward,
-        noise_management=noise_management,
-        bound_management=bound_management,
-        max_bm_reads=max_bm_reads,
-    )
+class LayerOptions(TypedDict, total=False):
+    """The tile, periphery and Tiki-Taka arguments that :class:`Linear` and :class:`Conv` share
+    (their defaults and meaning: :class:`Linear`)."""
+
+    device: Device
+    io: IOConfig | None
+    io_backward: IOConfig | None
+    tile_shape: Sequence[int]
+    noise_management: bool
+    bound_management: bool
+    max_bm_reads: int
+    w_max: float | None
+    use_bias: bool
+    kernel_init: Callable[..., jax.Array]
+    fast_device: Device | None
+    gamma: float
 
 
-def _crossbar(key, w, device, tile_shape, w_max, rows: int, fast_device, gamma) -> Crossbar:
-    """The layer's state: ``w`` programmed onto tiles of ``device``, a zero tap of ``rows``
-    rows, and with ``fast_device`` Tiki-Taka's zero fast array (same range) and buffer."""
-    for name, dev in (("device", device), ("fast_device", fast_device)):
-        if not isinstance(dev, Device) and not (name == "fast_device" and dev is None):
-            raise TypeError(f"{name}={dev!r}: pass a device model such as analog.presets.IDEAL")
-    if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not math.isfinite(gamma):
-        raise TypeError(f"gamma={gamma!r} must be a finite number (the weight of A in gamma A + C)")
-    if gamma != 0 and fast_device is None:
-        raise ValueError(f"gamma={gamma} weighs a fast array: give fast_device=... too")
-    tile_shape = check_tile_shape(tile_shape)
-    k_slow, k_fast, k_seed = jax.random.split(key, 3)
-    tiles = crossbar_tiles(init_tiles(k_slow, w, device, tile_shape, w_max=w_max))
-    tap = jnp.zeros((rows, w.shape[0] + w.shape[1]), _F32)
-    seed = jax.random.randint(k_seed, (), 0, 2**24).astype(_F32)  # exact in float32
-    step = jnp.zeros((), _F32)
-    if fast_device is None:
-        return Crossbar(tiles, tap, step, seed)
-    a_max = tiles.w_scale * device.range  # A spans the weight range of C
-    fast = crossbar_tiles(
-        init_tiles(k_fast, jnp.zeros_like(w), fast_device, tile_shape, w_max=a_max)
-    )
-    return Crossbar(tiles, tap, step, seed, fast, jnp.zeros(w.shape, _F32), float(gamma))
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """:class:`LayerOptions` with their defaults, checked when a layer is built (an unknown
+    name is a ``TypeError`` naming it, as for any keyword)."""
+
+    device: Device = _presets.IDEAL
+    io: IOConfig | None = None
+    io_backward: IOConfig | None = None
+    tile_shape: Sequence[int] = (64, 64)
+    noise_management: bool = True
+    bound_management: bool = True
+    max_bm_reads: int = 3
+    w_max: float | None = None
+    use_bias: bool = True
+    kernel_init: Callable[..., jax.Array] = LECUN_NORMAL
+    fast_device: Device | None = None
+    gamma: float = 0.0
+
+    def __post_init__(self):
+        for name in ("device", "fast_device"):
+            dev = getattr(self, name)
+            if not isinstance(dev, Device) and not (name == "fast_device" and dev is None):
+                raise TypeError(f"{name}={dev!r}: pass a device model such as analog.presets.IDEAL")
+        g = self.gamma
+        if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g):
+            raise TypeError(f"gamma={g!r} must be a finite number (the weight of A in gamma A + C)")
+        if g != 0 and self.fast_device is None:
+            raise ValueError(f"gamma={g} weighs a fast array: give fast_device=... too")
+        object.__setattr__(self, "tile_shape", check_tile_shape(self.tile_shape))
+
+    def wiring(self) -> Wiring:
+        io = IOConfig() if self.io is None else self.io
+        return Wiring(
+            io_forward=io,
+            io_backward=io if self.io_backward is None else self.io_backward,
+            noise_management=self.noise_management,
+            bound_management=self.bound_management,
+            max_bm_reads=self.max_bm_reads,
+        )
+
+    def crossbar(self, key, w, rows: int) -> Crossbar:
+        """The layer's state: ``w`` programmed onto tiles of ``device``, a zero tap of ``rows``
+        rows, and with ``fast_device`` Tiki-Taka's zero fast array (same range) and buffer."""
+        k_slow, k_fast, k_seed = jax.random.split(key, 3)
+        dev, shape = self.device, self.tile_shape
+        tiles = crossbar_tiles(init_tiles(k_slow, w, dev, shape, w_max=self.w_max))
+        tap = jnp.zeros((rows, w.shape[0] + w.shape[1]), _F32)
+        seed = jax.random.randint(k_seed, (), 0, 2**24).astype(_F32)  # exact in float32
+        step = jnp.zeros((), _F32)
+        if self.fast_device is None:
+            return Crossbar(tiles, tap, step, seed)
+        a_max = tiles.w_scale * dev.range  # A spans the weight range of C
+        fast = crossbar_tiles(
+            init_tiles(k_fast, jnp.zeros_like(w), self.fast_device, shape, w_max=a_max)
+        )
+        return Crossbar(tiles, tap, step, seed, fast, jnp.zeros(w.shape, _F32), float(self.gamma))
 
 
-class Linear(nnx.Module):
+class _TiledLayer(nnx.Module):
+    """What both layers do with their options: draw the kernel, place it as a
+    ``(fan_in, out_features)`` matrix on tiles beside a tap of ``rows`` rows, and read it."""
+
+    out_features: int
+
+    def _setup(self, rngs: nnx.Rngs, kernel_shape, rows: int, options, to_matrix=None) -> None:
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(_Options)})
+        if unknown:
+            raise TypeError(
+                f"analog.nnx.{type(self).__name__}: unknown option(s) {unknown}; the options "
+                f"are {sorted(LayerOptions.__annotations__)}"
+            )
+        opts = _Options(**options)
+        k_w, k_dev = jax.random.split(rngs.params())
+        self.wiring = opts.wiring()
+        kernel = opts.kernel_init(k_w, kernel_shape, _F32)
+        mat = kernel if to_matrix is None else to_matrix(kernel)
+        self.crossbar = nnx.Param(opts.crossbar(k_dev, mat, rows))
+        self.bias = nnx.Param(jnp.zeros((self.out_features,), _F32)) if opts.use_bias else None
+
+    def _read(self, mat: jax.Array) -> jax.Array:
+        y = analog_dense(self.wiring, mat, self.crossbar.get_value())
+        if self.bias is not None:
+            y = y + self.bias[...].astype(_F32)
+        return y
+
+
+class Linear(_TiledLayer):
     """A dense layer on crossbar tiles, trained in situ (aihwkit's ``AnalogLinear``).
 
     Args:
       in_features, out_features: the weight is ``(in_features, out_features)``.
       batch_size: the training batch; the tap that records ``[x, d]`` has this many rows.
+      rngs: ``nnx.Rngs``; ``params`` draws the weight, the device variation and the noise seed.
+
+    Every argument after ``rngs`` is a keyword of :class:`LayerOptions` (one definition of
+    them and their defaults serves both layers):
+
       device: the device model of every cell (default :data:`analog.presets.IDEAL`).
       io: the forward read's periphery (None = exact); io_backward: the transposed read's
         (None = the same as ``io``).
-      tile_shape: ``(rows, cols)`` of a tile.
+      tile_shape: ``(rows, cols)`` of a tile (default ``(64, 64)``).
       noise_management, bound_management, max_bm_reads: periphery management
-        (``analog._insitu``); both on by default, as in aihwkit.
+        (``analog._insitu``); both on by default, as in aihwkit, with at most 3 reads.
       w_max: largest representable ``|weight|`` (None = twice the initial ``max|w|``).
       use_bias: a digital bias, trained by plain SGD.
       kernel_init: initializer of the weight before it is programmed (lecun normal).
-      rngs: ``nnx.Rngs``; ``params`` draws the weight, the device variation and the noise seed.
       fast_device, gamma: Tiki-Taka (:func:`analog.tiki_taka`): a fast array ``A`` of
         ``fast_device`` cells, zero at first, beside the weight's array ``C``, and a digital
         buffer; the layer reads ``gamma A + C``. None (default): one array, for
@@ -113,29 +188,12 @@ class Linear(nnx.Module):
         *,
         batch_size: int,
         rngs: nnx.Rngs,
-        device: Device = _presets.IDEAL,
-        io: IOConfig | None = None,
-        io_backward: IOConfig | None = None,
-        tile_shape: Sequence[int] = (64, 64),
-        noise_management: bool = True,
-        bound_management: bool = True,
-        max_bm_reads: int = 3,
-        w_max: float | None = None,
-        use_bias: bool = True,
-        kernel_init=LECUN_NORMAL,
-        fast_device: Device | None = None,
-        gamma: float = 0.0,
+        **options: Unpack[LayerOptions],
     ):
         self.in_features = _check_count("in_features", in_features, "Linear")
         self.out_features = _check_count("out_features", out_features, "Linear")
         rows = _check_count("batch_size", batch_size, "Linear")
-        k_w, k_dev = jax.random.split(rngs.params())
-        self.wiring = _wiring(io, io_backward, noise_management, bound_management, max_bm_reads)
-        w = kernel_init(k_w, (in_features, out_features), _F32)
-        self.crossbar = nnx.Param(
-            _crossbar(k_dev, w, device, tile_shape, w_max, rows, fast_device, gamma)
-        )
-        self.bias = nnx.Param(jnp.zeros((out_features,), _F32)) if use_bias else None
+        self._setup(rngs, (in_features, out_features), rows, options)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(..., in_features) -> (..., out_features)`` in ``x``'s dtype."""
@@ -146,11 +204,7 @@ class Linear(nnx.Module):
                 f"in_features={self.in_features}"
             )
         lead = x.shape[:-1]
-        y = analog_dense(
-            self.wiring, x.reshape(-1, self.in_features).astype(_F32), self.crossbar.get_value()
-        )
-        if self.bias is not None:
-            y = y + self.bias[...].astype(_F32)
+        y = self._read(x.reshape(-1, self.in_features).astype(_F32))
         return y.reshape(*lead, self.out_features).astype(x.dtype)
 
 
@@ -166,7 +220,7 @@ def _pair(v, name: str) -> tuple[int, int]:
     return (int(v[0]), int(v[1]))
 
 
-class Conv(nnx.Module):
+class Conv(_TiledLayer):
     """A 2-D convolution on crossbar tiles by unfolding patches (aihwkit's ``AnalogConv2d``).
 
     Every ``kh x kw x in_features`` patch of the NHWC input is one input vector of a
@@ -196,18 +250,7 @@ class Conv(nnx.Module):
         rngs: nnx.Rngs,
         strides: int | Sequence[int] = 1,
         padding: str = "SAME",
-        device: Device = _presets.IDEAL,
-        io: IOConfig | None = None,
-        io_backward: IOConfig | None = None,
-        tile_shape: Sequence[int] = (64, 64),
-        noise_management: bool = True,
-        bound_management: bool = True,
-        max_bm_reads: int = 3,
-        w_max: float | None = None,
-        use_bias: bool = True,
-        kernel_init=LECUN_NORMAL,
-        fast_device: Device | None = None,
-        gamma: float = 0.0,
+        **options: Unpack[LayerOptions],
     ):
         self.in_features = _check_count("in_features", in_features, "Conv")
         self.out_features = _check_count("out_features", out_features, "Conv")
@@ -218,16 +261,14 @@ class Conv(nnx.Module):
         self.padding = padding
         h, w = _pair(tuple(input_size), "input_size")
         rows = _check_count("batch_size", batch_size, "Conv") * math.prod(self._out_hw(h, w))
-        k_w, k_dev = jax.random.split(rngs.params())
-        self.wiring = _wiring(io, io_backward, noise_management, bound_management, max_bm_reads)
-        # (kh, kw, cin, cout) as nnx.Conv draws it, then as the patches are ordered: (cin, kh, kw).
         kh, kw = self.kernel_size
-        kern = kernel_init(k_w, (kh, kw, in_features, out_features), _F32)
-        mat = kern.transpose(2, 0, 1, 3).reshape(in_features * kh * kw, out_features)
-        self.crossbar = nnx.Param(
-            _crossbar(k_dev, mat, device, tile_shape, w_max, rows, fast_device, gamma)
-        )
-        self.bias = nnx.Param(jnp.zeros((out_features,), _F32)) if use_bias else None
+
+        def to_matrix(
+            kern,
+        ):  # (kh, kw, cin, cout) as nnx.Conv draws it -> patch order (cin, kh, kw)
+            return kern.transpose(2, 0, 1, 3).reshape(in_features * kh * kw, out_features)
+
+        self._setup(rngs, (kh, kw, in_features, out_features), rows, options, to_matrix)
 
     def _out_hw(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw) = self.kernel_size, self.strides
@@ -256,7 +297,5 @@ class Conv(nnx.Module):
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
         n, ho, wo, k = patches.shape
-        y = analog_dense(self.wiring, patches.reshape(n * ho * wo, k), self.crossbar.get_value())
-        if self.bias is not None:
-            y = y + self.bias[...].astype(_F32)
+        y = self._read(patches.reshape(n * ho * wo, k))
         return y.reshape(n, ho, wo, self.out_features).astype(x.dtype)

@@ -185,6 +185,23 @@ def test_bad_input_is_refused_with_a_clear_error():
     tx = analog.pulsed_sgd(0.1)
     with pytest.raises(ValueError, match="params"):
         tx.update(params, tx.init(params))
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['devise'\]"):
+        _linear(devise=presets.IDEAL)
+    with pytest.raises(TypeError, match="device model"):
+        _linear(device="taox")
+    with pytest.raises(ValueError, match="fast_device"):
+        _linear(gamma=0.5)
+
+
+def test_a_gradient_at_a_batch_other_than_the_taps_is_refused_not_silently_untrained():
+    layer = _linear(batch=4)
+    graphdef, params = nnx.split(layer)
+    x = jnp.ones((3, 10), jnp.float32)
+    # a read at another size is fine (evaluation) ...
+    assert nnx.merge(graphdef, params)(x).shape == (3, 6)
+    # ... but its gradient could record no update: refused when traced, naming both sizes
+    with pytest.raises(ValueError, match=r"batch of 3 rows.*built for 4"):
+        jax.grad(lambda p: nnx.merge(graphdef, p)(x).sum())(params)
 
 
 @pytest.mark.parametrize("tiki", [False, True])
