@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import jax
 import jax.numpy as jnp
@@ -411,33 +411,29 @@ def combine(key, d, leaves, tangent, aggregate):
     return out
 
 
+class EstimatorOptions(TypedDict, total=False):
+    """The keyword options of :func:`value_and_fwd_grad`, which :func:`fwd_grad` takes too
+    (their meaning and defaults: :func:`value_and_fwd_grad`)."""
+
+    num_tangents: int
+    tangent: str
+    aggregate: str
+    has_aux: bool
+    chunk_size: int | None
+    strategy: str
+
+
 def fwd_grad(
-    fun: Callable,
-    argnums: int | Sequence[int] = 0,
-    *,
-    num_tangents: int = 1,
-    tangent: str = "rademacher",
-    aggregate: str = "mean",
-    has_aux: bool = False,
-    chunk_size: int | None = None,
-    strategy: str = "auto",
+    fun: Callable, argnums: int | Sequence[int] = 0, **options: Unpack[EstimatorOptions]
 ) -> Callable:
     """Forward-gradient estimate of ``grad fun``, like ``jax.grad`` with a key first.
 
-    See :func:`value_and_fwd_grad` for the arguments and the estimator (Baydin
-    et al., 2022, eq. 4). Returns ``g(key, *args) -> grad`` (``(grad, aux)`` with
-    ``has_aux``).
+    See :func:`value_and_fwd_grad` for the keyword options (:class:`EstimatorOptions`) and the
+    estimator (Baydin et al., 2022, eq. 4). Returns ``g(key, *args) -> grad`` (``(grad, aux)``
+    with ``has_aux``).
     """
-    vg = value_and_fwd_grad(
-        fun,
-        argnums,
-        num_tangents=num_tangents,
-        tangent=tangent,
-        aggregate=aggregate,
-        has_aux=has_aux,
-        chunk_size=chunk_size,
-        strategy=strategy,
-    )
+    vg = value_and_fwd_grad(fun, argnums, **options)
+    has_aux = options.get("has_aux", False)
 
     def grad_fn(key, *args):
         value, grad = vg(key, *args)
