@@ -11,7 +11,7 @@ bfloat16 in, bfloat16 out.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +19,7 @@ from flax import nnx as fnnx
 
 from lowbit._dot import QuantConfig, conv_general_dilated, dot_general
 
-__all__ = ["Linear", "Conv"]
-
-_default_kernel_init = fnnx.initializers.lecun_normal()
+__all__ = ["Linear", "Conv", "LayerOptions"]
 
 
 def _check_config(config) -> QuantConfig:
@@ -30,22 +28,57 @@ def _check_config(config) -> QuantConfig:
     return config
 
 
+class LayerOptions(TypedDict, total=False):
+    """The keyword options :class:`Linear` and :class:`Conv` share, as ``nnx.Linear`` /
+    ``nnx.Conv`` name them, plus ``config``; defaults in ``_DEFAULTS``."""
+
+    config: QuantConfig
+    use_bias: bool
+    dtype: Any
+    param_dtype: Any
+    kernel_init: Any
+    bias_init: Any
+    precision: Any
+
+
+#: :class:`LayerOptions`' defaults: ``nnx.Linear``'s, and the default :class:`QuantConfig`.
+_DEFAULTS: dict[str, Any] = {
+    "config": QuantConfig(),
+    "use_bias": True,
+    "dtype": None,
+    "param_dtype": jnp.float32,
+    "kernel_init": fnnx.initializers.lecun_normal(),
+    "bias_init": fnnx.initializers.zeros_init(),
+    "precision": None,
+}
+
+
 class _QuantLayer(fnnx.Module):
-    """What :class:`Linear` and :class:`Conv` share: their parameters."""
+    """What :class:`Linear` and :class:`Conv` share: their options and parameters."""
 
     kernel: fnnx.Param
     bias: fnnx.Param | None
     activation_clip: fnnx.Param | None
 
-    def _init_params(
-        self, rngs, kernel_shape, config, use_bias, param_dtype, kernel_init, bias_init
-    ):
+    def _init_params(self, rngs, kernel_shape, options) -> None:
         """The kernel, the bias (``use_bias``) and, with PACT activation scaling, the learned
         activation clip (Choi et al. 2018), initialised at ``config.pact_init``."""
-        self.kernel = fnnx.Param(kernel_init(rngs.params(), kernel_shape, param_dtype))
+        unknown = sorted(set(options) - set(_DEFAULTS))
+        if unknown:
+            raise TypeError(
+                f"lowbit.nnx.{type(self).__name__}: unknown option(s) {unknown}; the options "
+                f"are {sorted(_DEFAULTS)}"
+            )
+        o = {**_DEFAULTS, **options}
+        config = self.config = _check_config(o["config"])
+        self.dtype, self.precision = o["dtype"], o["precision"]
+        param_dtype = o["param_dtype"]
+        self.kernel = fnnx.Param(o["kernel_init"](rngs.params(), kernel_shape, param_dtype))
         out_features = kernel_shape[-1]
         self.bias = (
-            fnnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+            fnnx.Param(o["bias_init"](rngs.params(), (out_features,), param_dtype))
+            if o["use_bias"]
+            else None
         )
         self.activation_clip = (
             fnnx.Param(jnp.asarray(config.pact_init, param_dtype))
@@ -72,13 +105,7 @@ class Linear(_QuantLayer):
         out_features: int,
         *,
         rngs: fnnx.Rngs,
-        config: QuantConfig = QuantConfig(),
-        use_bias: bool = True,
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
-        kernel_init=_default_kernel_init,
-        bias_init=fnnx.initializers.zeros_init(),
-        precision=None,
+        **options: Unpack[LayerOptions],
     ):
         if not (
             isinstance(in_features, int)
@@ -87,11 +114,8 @@ class Linear(_QuantLayer):
             and out_features > 0
         ):
             raise ValueError(f"Linear({in_features!r}, {out_features!r}): need positive ints")
-        self.config = _check_config(config)
         self.in_features, self.out_features = in_features, out_features
-        self.dtype, self.precision = dtype, precision
-        shape = (in_features, out_features)
-        self._init_params(rngs, shape, config, use_bias, param_dtype, kernel_init, bias_init)
+        self._init_params(rngs, (in_features, out_features), options)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
@@ -133,13 +157,7 @@ class Conv(_QuantLayer):
         *,
         padding: Any = "SAME",
         rngs: fnnx.Rngs,
-        config: QuantConfig = QuantConfig(),
-        use_bias: bool = True,
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
-        kernel_init=_default_kernel_init,
-        bias_init=fnnx.initializers.zeros_init(),
-        precision=None,
+        **options: Unpack[LayerOptions],
     ):
         kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
         if not kernel_size or any((not isinstance(k, int)) or k < 1 for k in kernel_size):
@@ -154,12 +172,9 @@ class Conv(_QuantLayer):
                 raise ValueError(f"Conv(padding={padding!r}): use 'SAME', 'VALID' or pairs")
         else:
             padding = tuple(tuple(p) for p in padding)
-        self.config = _check_config(config)
         self.kernel_size, self.strides, self.padding = kernel_size, strides, padding
         self.in_features, self.out_features = in_features, out_features
-        self.dtype, self.precision = dtype, precision
-        shape = (*kernel_size, in_features, out_features)
-        self._init_params(rngs, shape, config, use_bias, param_dtype, kernel_init, bias_init)
+        self._init_params(rngs, (*kernel_size, in_features, out_features), options)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n = len(self.kernel_size)

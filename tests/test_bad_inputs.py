@@ -430,6 +430,12 @@ ROWS: list[Bad] = [
         ("Linear(0, 3)", "positive"),
     ),
     Bad(
+        "lowbit.nnx.Conv misspelt option",
+        lambda: lowbit.nnx.Conv(1, 2, 3, rngs=nnx.Rngs(0), use_bais=False),
+        TypeError,
+        ("lowbit.nnx.Conv", "use_bais", "use_bias"),
+    ),
+    Bad(
         "lowbit.decode not packed",
         lambda: lowbit.decode("abc"),
         TypeError,
