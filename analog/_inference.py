@@ -99,21 +99,25 @@ class PCMNoiseModel:
     nu_mean_range=(0.0, 1.0), nu_std_range=(0.0, 0.0)``.
     """
 
+    # programming: the conductance range and the programming-noise polynomial
     g_max: float = 25.0
     prog_coeff: tuple[float, ...] = (0.26348, 1.9650, -1.1731)
     prog_coeff_g_max_reference: float = 25.0
     prog_noise_scale: float = 1.0
+    # drift: the power law's exponent statistics, its scale and reference time
     nu_mean_coeff: tuple[float, float] = (0.0244, -0.0155)
     nu_mean_range: tuple[float, float] = (0.049, 0.1)
     nu_std_coeff: tuple[float, float] = (-0.0059, -0.0125)
     nu_std_range: tuple[float, float] = (0.008, 0.045)
     drift_scale: float = 1.0
+    t0: float = 20.0
+    # read noise (1/f): its coefficient, growth with time and cap, and the read's duration
     read_coeff: float = 0.0088
     read_exponent: float = 0.65
     read_q_max: float = 0.2
     read_noise_scale: float = 1.0
-    t0: float = 20.0
     t_read: float = 250e-9
+    # the physical crossbar size a matrix is cut into
     max_input_size: int | None = 512
     max_output_size: int | None = 512
 

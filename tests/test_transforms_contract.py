@@ -14,6 +14,7 @@ args (the analog local rule needs an energy network and ``batch=(x, y)``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -198,35 +199,38 @@ ROWS += [
 ]
 
 
-def _insitu_graph():
+def _analog_layer(tiki: bool):
+    """A 3 -> 2 analog layer on TaOx tiles: read through TaOx periphery for pulsed SGD, or
+    with Tiki-Taka's fast array (exact reads)."""
     from flax import nnx
 
+    opts = {"fast_device": analog.presets.TAOX_RERAM} if tiki else {"io": analog.presets.TAOX_IO}
     layer = analog.nnx.Linear(
         3,
         2,
         batch_size=5,
         rngs=nnx.Rngs(0),
         device=analog.presets.TAOX_RERAM,
-        io=analog.presets.TAOX_IO,
         tile_shape=(2, 2),
+        **opts,
     )
     return nnx.split(layer)
 
 
-def _insitu_params(dtype):
+def _analog_params(dtype, tiki=False):
     from flax import nnx
 
-    state = nnx.to_pure_dict(_insitu_graph()[1])
+    state = nnx.to_pure_dict(_analog_layer(tiki)[1])
     # the crossbar's conductances stay float32 whatever the model's dtype; the digital bias
     # and the scale follow it
     state["bias"] = state["bias"].astype(dtype)
     return {"layer": state, "scale": jnp.asarray(0.7, dtype)}
 
 
-def _insitu_extra(params, dtype):
+def _analog_extra(params, dtype, tiki=False):
     from flax import nnx
 
-    graphdef = _insitu_graph()[0]
+    graphdef = _analog_layer(tiki)[0]
     x, y = default_batch(dtype)
 
     def loss_fn(p):
@@ -238,51 +242,6 @@ def _insitu_extra(params, dtype):
 
 def _pulsed_sgd(learning_rate, seed=0):
     return analog.pulsed_sgd(learning_rate, update=analog.UpdateConfig(bl=8), seed=seed)
-
-
-def _tiki_taka_params(dtype):
-    from flax import nnx
-
-    layer = analog.nnx.Linear(
-        3,
-        2,
-        batch_size=5,
-        rngs=nnx.Rngs(0),
-        device=analog.presets.TAOX_RERAM,
-        fast_device=analog.presets.TAOX_RERAM,
-        tile_shape=(2, 2),
-    )
-    state = nnx.to_pure_dict(nnx.split(layer)[1])
-    state["bias"] = state["bias"].astype(dtype)
-    return {"layer": state, "scale": jnp.asarray(0.7, dtype)}
-
-
-def _tiki_taka_extra(params, dtype):
-    from flax import nnx
-
-    graphdef = _tiki_taka_graph()
-    x, y = default_batch(dtype)
-
-    def loss_fn(p):
-        out = nnx.merge(graphdef, p["layer"])(x) * p["scale"]
-        return jnp.mean(((out - y) ** 2).astype(jnp.float32))
-
-    return {"loss_fn": loss_fn, "batch": (x, y)}
-
-
-def _tiki_taka_graph():
-    from flax import nnx
-
-    layer = analog.nnx.Linear(
-        3,
-        2,
-        batch_size=5,
-        rngs=nnx.Rngs(0),
-        fast_device=analog.presets.TAOX_RERAM,
-        device=analog.presets.TAOX_RERAM,
-        tile_shape=(2, 2),
-    )
-    return nnx.split(layer)[0]
 
 
 def _tiki_taka(learning_rate, transfer_lr=1.0, chop_probability=0.0, seed=0):
@@ -301,15 +260,15 @@ ROWS += [
         "analog.tiki_taka",
         _tiki_taka,
         {"learning_rate": 0.05, "transfer_lr": 0.5, "chop_probability": 0.5, "seed": 3},
-        params=_tiki_taka_params,
-        extra=_tiki_taka_extra,
+        params=functools.partial(_analog_params, tiki=True),
+        extra=functools.partial(_analog_extra, tiki=True),
     ),
     Row(
         "analog.pulsed_sgd",
         _pulsed_sgd,
         {"learning_rate": 0.05, "seed": 3},
-        params=_insitu_params,
-        extra=_insitu_extra,
+        params=_analog_params,
+        extra=_analog_extra,
     ),
 ]
 
