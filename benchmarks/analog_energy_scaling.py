@@ -51,6 +51,8 @@ DEPTHS = (1, 2, 4, 8)
 BATCHES = (1, 64)
 FREE, NUDGED, BETA, LR = 20, 8, 0.5, 0.05  # the analog-eqprop-taox recipe's sweeps and beta
 TILE = (64, 64)
+#: The training rule's settings (with the read noise off: the counts do not depend on it).
+EQPROP = {"beta": BETA, "free_steps": FREE, "nudged_steps": NUDGED, "tol": None, "tile_shape": TILE}
 COMPARISONS = ("train-dense", "train-rank1", "infer-relax", "infer-1read")
 TECHNOLOGIES = {
     "45nm-fp32": analog.DigitalEnergyModel(ops=analog.HOROWITZ_45NM, dtype="fp32"),
@@ -75,15 +77,7 @@ def real_ledger(width: int, depth: int, batch: int, steps: int, seed: int = 0):
     params = analog.init_energy_network(jax.random.key(seed), sizes)
     io = dataclasses.replace(analog.presets.TAOX_IO, read_noise=0.0)  # counts do not depend on it
     tx = optax.chain(
-        analog.equilibrium_propagation(
-            beta=BETA,
-            free_steps=FREE,
-            nudged_steps=NUDGED,
-            io=io,
-            tol=None,
-            tile_shape=TILE,
-            seed=seed,
-        ),
+        analog.equilibrium_propagation(io=io, seed=seed, **EQPROP),
         optax.sgd(LR),
         analog.program(analog.presets.TAOX_RERAM, tile_shape=TILE, seed=seed + 1),
     )

@@ -133,6 +133,10 @@ def forward_gradient(
     _estimators.check_chunk_size(chunk_size, K)
     _estimators.check_strategy(strategy)
     check_seed(seed)
+    # validated once here; every step's estimator is built from them
+    options = _estimators.EstimatorOptions(
+        num_tangents=K, tangent=tangent, aggregate=aggregate, chunk_size=chunk_size
+    )
 
     def update_fn(updates, state, params=None, *, loss_fn=None, **extra_args):
         del updates, extra_args
@@ -145,14 +149,7 @@ def forward_gradient(
                 "forward_gradient needs the keyword extra arg loss_fn=lambda params: "
                 "scalar loss; got " + repr(loss_fn)
             )
-        grad_fn = _estimators.value_and_fwd_grad(
-            loss_fn,
-            num_tangents=K,
-            tangent=tangent,
-            aggregate=aggregate,
-            chunk_size=chunk_size,
-            strategy=strategy,
-        )
+        grad_fn = _estimators.value_and_fwd_grad(loss_fn, strategy=strategy, **options)
         value, estimate = grad_fn(_step_key(state), params)
         return _advance(state, estimate, value)
 
