@@ -178,6 +178,30 @@ def train_history(setup, train_ds, test_ds, args: argparse.Namespace, **options)
     return {k: v for k, v in h.items() if k not in ("params", "opt_state")}
 
 
+def train_summary(
+    setup, train_ds, test_ds, *, steps: int, batch_size: int, seed: int, evals: int, desc: str
+) -> dict:
+    """``steps`` steps of ``beyondbp.train.train`` without a progress bar, the test accuracy
+    measured ``evals`` times along the way; returns what a results JSON keeps of it: the final
+    and per-evaluation accuracies, their steps, the step time and the wall time."""
+    from beyondbp import train
+
+    t0 = time.time()
+    h = train.train(
+        setup,
+        train_ds,
+        test_ds,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        eval_every=max(1, steps // evals),
+        progress=False,
+        desc=desc,
+    )
+    keep = ("final_test_accuracy", "test_accuracy", "eval_steps", "step_time_s")
+    return {**{k: h[k] for k in keep}, "steps": steps, "wall_s": time.time() - t0}
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     v = int(text)

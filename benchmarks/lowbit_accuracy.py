@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import _common
 import jax
 import optax
 
 import lowbit
-from beyondbp import datasets, methods, train
+from beyondbp import datasets, methods
 from beyondbp.methods import lowbit_rows as ml
 
 RECIPE = ml.RECIPE
@@ -50,27 +49,17 @@ def run(model: str, name: str, tr, te, epochs: int, batch: int, seed: int) -> di
     apply, params = cfg.build_model() if config is None else ml.build_model(cfg, config)
     tx = optax.sgd(optax.cosine_decay_schedule(0.05, steps), momentum=0.9)
     setup = methods.Setup(params=params, apply=apply, tx=tx)
-    t0 = time.time()
-    h = train.train(
+    summary = _common.train_summary(
         setup,
         tr,
         te,
         steps=steps,
         batch_size=batch,
         seed=seed,
-        eval_every=steps // epochs,
-        progress=False,
+        evals=epochs,
         desc=f"{model} {name}",
     )
-    return {
-        "final_test_accuracy": h["final_test_accuracy"],
-        "test_accuracy": h["test_accuracy"],
-        "eval_steps": h["eval_steps"],
-        "step_time_s": h["step_time_s"],
-        "wall_s": time.time() - t0,
-        "steps": steps,
-        "config": repr(config),
-    }
+    return {**summary, "config": repr(config)}
 
 
 def main(argv=None):

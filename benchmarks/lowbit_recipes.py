@@ -71,25 +71,16 @@ def _setup(model: str, recipe: str, seed: int, steps: int, shape, classes: int) 
 def run(model, recipe, seed, tr, te, args) -> dict:
     steps = args.steps or args.epochs * datasets.num_batches(len(tr), args.batch_size)
     setup = _setup(model, recipe, seed, steps, tr.input_shape, tr.num_classes)
-    t0 = time.time()
-    h = train.train(
+    return _common.train_summary(
         setup,
         tr,
         te,
         steps=steps,
         batch_size=args.batch_size,
         seed=seed,
-        eval_every=max(1, steps // args.evals),
-        progress=False,
+        evals=args.evals,
         desc=f"{model} {recipe} s{seed}",
     )
-    return {
-        "final_test_accuracy": h["final_test_accuracy"],
-        "test_accuracy": h["test_accuracy"],
-        "eval_steps": h["eval_steps"],
-        "steps": steps,
-        "wall_s": time.time() - t0,
-    }
 
 
 def time_side_by_side(model: str, names, tr, args) -> dict:
