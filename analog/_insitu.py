@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 import bbcore
-from analog._mvm import tile_inputs, tile_keys, tile_outputs
+from analog._mvm import sum_tiles, tile_read
 from analog._periphery import IOConfig
 from analog._tiles import Tiles, _tile_weights
 
@@ -139,22 +139,12 @@ def crossbar_tiles(tiles: Tiles) -> Tiles:
 def _read(wt, v, io: IOConfig, key, transpose: bool):
     """One read of ``v (B, n)`` through every tile; returns the padded output and, per
     sample, whether any tile's output reached the ADC bound."""
-    r, c, th, tw = wt.shape
-    b = v.shape[0]
-    y = tile_outputs(
-        wt,
-        tile_inputs(v, (r, c), (th, tw), io, transpose),
-        tile_keys(key, (r, c), io),
-        io,
-        transpose,
-    )
+    y = tile_read(wt, v, io, key, transpose)
     if io.out_bound is None:
-        sat = jnp.zeros((b,), bool)
+        sat = jnp.zeros((v.shape[0],), bool)
     else:
         sat = jnp.any(jnp.abs(y) >= io.out_bound, axis=(0, 1, 3))
-    if transpose:
-        return y.sum(axis=1).transpose(1, 0, 2).reshape(b, r * th), sat
-    return y.sum(axis=0).transpose(1, 0, 2).reshape(b, c * tw), sat
+    return sum_tiles(y, transpose), sat
 
 
 def managed_read(wt, v, io: IOConfig, key, transpose: bool, wiring: Wiring) -> jax.Array:

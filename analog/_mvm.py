@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from analog._periphery import IOConfig, require_io_key, tile_periphery
+from analog._periphery import IOConfig, require_io_key, tile_periphery, tile_read
 from analog._tiles import Tiles, _tile_weights
 
 __all__ = ["mvm", "mvm_transpose"]
@@ -46,6 +46,21 @@ def tile_keys(key: jax.Array | None, grid: tuple[int, int], io: IOConfig) -> jax
     return jax.random.split(key, grid)
 
 
+def _over_tiles(fn, wt: jax.Array, xs: jax.Array, per_tile: tuple, transpose: bool) -> jax.Array:
+    """``fn(w_rc, x_in, *per_tile_rc)`` for every tile at once (``jax.vmap`` over R and C).
+
+    Tile ``(r, c)`` reads row block ``r`` of ``xs`` (column block ``c`` with ``transpose``);
+    each entry of ``per_tile`` has leading axes ``(R, C)``. Returns ``(R, C, ...)``.
+    """
+    tiles_in = (0,) * len(per_tile)
+    if transpose:
+        # tile (r, c) reads the column block c of d and drives row block r.
+        per_c = jax.vmap(fn, in_axes=(0, 1, *tiles_in))  # over c
+        return jax.vmap(per_c, in_axes=(0, None, *tiles_in))(wt, xs, *per_tile)  # over r
+    per_c = jax.vmap(fn, in_axes=(0, None, *tiles_in))  # over c
+    return jax.vmap(per_c, in_axes=(0, 1, *tiles_in))(wt, xs, *per_tile)  # over r
+
+
 def tile_outputs(
     wt: jax.Array, xs: jax.Array, keys: jax.Array, io: IOConfig, transpose: bool
 ) -> jax.Array:
@@ -65,12 +80,52 @@ def tile_outputs(
     def one_tile(w_rc, x_in, k):
         return tile_periphery(w_rc, x_in, k, io, transpose)
 
+    return _over_tiles(one_tile, wt, xs, (keys,), transpose)
+
+
+def read_noise_shapes(
+    wt_shape: tuple[int, ...], batch: int, io: IOConfig, transpose: bool
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """Shapes of the unit Gaussians one read of tiles ``wt_shape`` takes (:func:`noisy_mvm`):
+    ``(z_w, z_read)``, each None when ``io`` draws no such noise."""
+    r, c, th, tw = wt_shape
+    z_w = (r, c, th, tw) if io.w_noise > 0 else None
+    z_read = (r, c, batch, th if transpose else tw) if io.read_noise > 0 else None
+    return z_w, z_read
+
+
+def noisy_mvm(
+    wt: jax.Array,
+    x: jax.Array,
+    io: IOConfig,
+    z_w: jax.Array | None,
+    z_read: jax.Array | None,
+    transpose: bool,
+) -> jax.Array:
+    """:func:`_periphery_mvm` with the noise given: unit Gaussians shaped by
+    :func:`read_noise_shapes`, tile ``(r, c)`` taking entry ``[r, c]``. The relaxation draws
+    a whole sweep's noise in one call (``analog._relaxation``); returns the padded output."""
+    r, c, th, tw = wt.shape
+    per_tile = tuple(z for z in (z_w, z_read) if z is not None)
+
+    def one_tile(w_rc, x_in, *zs):
+        it = iter(zs)
+        zw = next(it) if z_w is not None else None
+        zr = next(it) if z_read is not None else None
+        return tile_read(w_rc, x_in, zw, zr, io, transpose)
+
+    xs = tile_inputs(x, (r, c), (th, tw), io, transpose)
+    return _sum_tiles(_over_tiles(one_tile, wt, xs, per_tile, transpose), x.shape[0], transpose)
+
+
+def _sum_tiles(y: jax.Array, b: int, transpose: bool) -> jax.Array:
+    """The digital periphery: tile outputs ``(R, C, B, n)`` summed into ``(B, padded width)``."""
+    r, c, _, n = y.shape
     if transpose:
-        # tile (r, c) reads the column block c of d and drives row block r.
-        per_c = jax.vmap(one_tile, in_axes=(0, 1, 0))  # over c
-        return jax.vmap(per_c, in_axes=(0, None, 0))(wt, xs, keys)  # over r
-    per_c = jax.vmap(one_tile, in_axes=(0, None, 0))  # over c
-    return jax.vmap(per_c, in_axes=(0, 1, 0))(wt, xs, keys)  # over r
+        y = y.sum(axis=1)  # partial sums over C
+        return y.transpose(1, 0, 2).reshape(b, r * n)
+    y = y.sum(axis=0)  # partial sums over R
+    return y.transpose(1, 0, 2).reshape(b, c * n)
 
 
 def _periphery_mvm(
@@ -78,7 +133,6 @@ def _periphery_mvm(
 ) -> jax.Array:
     """``x (B, n)`` through tiled weights ``wt (R, C, th, tw)``; returns the padded output."""
     r, c, th, tw = wt.shape
-    b = x.shape[0]
     require_io_key(io, key, "mvm")
     y = tile_outputs(
         wt,
@@ -87,11 +141,7 @@ def _periphery_mvm(
         io,
         transpose,
     )
-    if transpose:
-        y = y.sum(axis=1)  # partial sums over C
-        return y.transpose(1, 0, 2).reshape(b, r * th)
-    y = y.sum(axis=0)  # partial sums over R
-    return y.transpose(1, 0, 2).reshape(b, c * tw)
+    return _sum_tiles(y, x.shape[0], transpose)
 
 
 def _flat(x: jax.Array, n: int, name: str) -> tuple[jax.Array, tuple[int, ...]]:
