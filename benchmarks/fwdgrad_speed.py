@@ -34,6 +34,7 @@ Writes benchmarks/results/fwdgrad_speed.json and .png (or PATH.json / PATH.png).
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import _common
@@ -119,16 +120,8 @@ def run(batch, rounds, iters, vmap_baseline=True):
     variants, sgd = make_variants(x, y, vmap_baseline)
     state = sgd.init(params)
     key = jax.random.key(3)
-    for f in variants.values():  # compile
-        jax.block_until_ready(f(params, state, key))
-    times = {n: [] for n in variants}
-    for _ in range(rounds):
-        for n, f in variants.items():
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                out = f(params, state, key)
-            jax.block_until_ready(out)
-            times[n].append((time.perf_counter() - t0) / iters)
+    calls = {n: (lambda f=f: f(params, state, key)) for n, f in variants.items()}
+    times = _interleaved(calls, rounds, iters)
     bp = np.array(times["backprop"])
     return {
         n: {
@@ -137,6 +130,23 @@ def run(batch, rounds, iters, vmap_baseline=True):
         }
         for n, t in times.items()
     }
+
+
+def _interleaved(calls: dict, rounds: int, iters: int) -> dict[str, list[float]]:
+    """Seconds per call of every ``calls[name]()``, after one compiling call each: ``rounds``
+    rounds, each timing ``iters`` calls of every variant in turn, so that all of them see the
+    same machine load (side by side, never one after the other)."""
+    for f in calls.values():
+        jax.block_until_ready(f())
+    times: dict[str, list[float]] = {n: [] for n in calls}
+    for _ in range(rounds):
+        for n, f in calls.items():
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                out = f()
+            jax.block_until_ready(out)
+            times[n].append((time.perf_counter() - t0) / iters)
+    return times
 
 
 def _user_steps(x, y):
@@ -186,16 +196,14 @@ def run_user_path(batch, rounds, iters):
     p0 = init(jax.random.key(0))
     variants = _user_steps(x, y)
     carry = {n: (p0, tx.init(p0)) for n, (_, tx) in variants.items()}
-    for n, (f, _) in variants.items():  # compile
-        carry[n] = jax.block_until_ready(f(*carry[n]))
-    times = {n: [] for n in variants}
-    for _ in range(rounds):
-        for n, (f, _) in variants.items():
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                carry[n] = f(*carry[n])
-            jax.block_until_ready(carry[n])
-            times[n].append((time.perf_counter() - t0) / iters)
+
+    def step(n, f):  # carries params and state from call to call, as a training loop does
+        carry[n] = f(*carry[n])
+        return carry[n]
+
+    times = _interleaved(
+        {n: functools.partial(step, n, f) for n, (f, _) in variants.items()}, rounds, iters
+    )
     bp = np.array(times["backprop: jax.grad + optax.sgd"])
     return {
         n: {
