@@ -224,7 +224,7 @@ class Device:
             )
         return _step(self, jnp.asarray(g), jnp.asarray(n_pulses), key, variation)
 
-    def _step_impl(self, g, n_pulses, key, variation):
+    def _step_impl(self, g, n_pulses, key, variation, noise=None):
         g = g.astype(_F32)
         n = jnp.broadcast_to(n_pulses.astype(_F32), g.shape)
         var = self.nominal_variation(g.shape) if variation is None else variation
@@ -240,7 +240,8 @@ class Device:
         x = jnp.where(n > 0, x_up, jnp.where(n < 0, x_down, x0))
         if self.dw_min_std > 0:
             delta = jnp.abs(x - x0)
-            noise = jax.random.normal(key, g.shape, _F32)
+            if noise is None:  # analog.program passes unit Gaussians of its own generator
+                noise = jax.random.normal(key, g.shape, _F32)
             x = x + self.dw_min_std * delta / jnp.sqrt(jnp.maximum(m, 1.0)) * noise
         x = jnp.clip(x, 0.0, 1.0)
         return self.clip(var.g_min + rng * x, var)

@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from analog._periphery import IOConfig, require_io_key, tile_periphery, tile_read
+from analog._periphery import IOConfig, require_io_key, tile_periphery, tile_product
 from analog._tiles import Tiles, _tile_weights
 
 __all__ = ["mvm", "mvm_transpose"]
@@ -112,15 +112,16 @@ def noisy_mvm(
         it = iter(zs)
         zw = next(it) if z_w is not None else None
         zr = next(it) if z_read is not None else None
-        return tile_read(w_rc, x_in, zw, zr, io, transpose)
+        return tile_product(w_rc, x_in, zw, zr, io, transpose)
 
     xs = tile_inputs(x, (r, c), (th, tw), io, transpose)
-    return _sum_tiles(_over_tiles(one_tile, wt, xs, per_tile, transpose), x.shape[0], transpose)
+    return sum_tiles(_over_tiles(one_tile, wt, xs, per_tile, transpose), transpose)
 
 
-def _sum_tiles(y: jax.Array, b: int, transpose: bool) -> jax.Array:
-    """The digital periphery: tile outputs ``(R, C, B, n)`` summed into ``(B, padded width)``."""
-    r, c, _, n = y.shape
+def sum_tiles(y: jax.Array, transpose: bool) -> jax.Array:
+    """The digital periphery: tile outputs ``(R, C, B, n)`` summed into ``(B, padded width)``
+    (over ``C`` with ``transpose``, else over ``R``)."""
+    r, c, b, n = y.shape
     if transpose:
         y = y.sum(axis=1)  # partial sums over C
         return y.transpose(1, 0, 2).reshape(b, r * n)
@@ -128,20 +129,26 @@ def _sum_tiles(y: jax.Array, b: int, transpose: bool) -> jax.Array:
     return y.transpose(1, 0, 2).reshape(b, c * n)
 
 
+def tile_read(
+    wt: jax.Array, x: jax.Array, io: IOConfig, key: jax.Array | None, transpose: bool
+) -> jax.Array:
+    """``x (B, n)`` through every tile of ``wt (R, C, th, tw)``, before the sums over tiles:
+    the DACs (:func:`tile_inputs`), each tile's keyed periphery (:func:`tile_outputs`).
+
+    Returns ``(R, C, B, tw)``, or ``(R, C, B, th)`` with ``transpose``; :func:`sum_tiles`
+    adds them up.
+    """
+    r, c, th, tw = wt.shape
+    xs = tile_inputs(x, (r, c), (th, tw), io, transpose)
+    return tile_outputs(wt, xs, tile_keys(key, (r, c), io), io, transpose)
+
+
 def _periphery_mvm(
     wt: jax.Array, x: jax.Array, io: IOConfig, key: jax.Array | None, transpose: bool
 ) -> jax.Array:
     """``x (B, n)`` through tiled weights ``wt (R, C, th, tw)``; returns the padded output."""
-    r, c, th, tw = wt.shape
     require_io_key(io, key, "mvm")
-    y = tile_outputs(
-        wt,
-        tile_inputs(x, (r, c), (th, tw), io, transpose),
-        tile_keys(key, (r, c), io),
-        io,
-        transpose,
-    )
-    return _sum_tiles(y, x.shape[0], transpose)
+    return sum_tiles(tile_read(wt, x, io, key, transpose), transpose)
 
 
 def _flat(x: jax.Array, n: int, name: str) -> tuple[jax.Array, tuple[int, ...]]:

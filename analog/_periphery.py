@@ -16,11 +16,10 @@ import jax
 import jax.numpy as jnp
 
 import bbcore
+from analog._counter_rng import _hash_bits, _key_seeds, _normal
 from analog._devices import _check_nonneg
 
 __all__ = ["IOConfig"]
-
-_F32 = jnp.float32
 
 
 def _check_bits(name: str, bits: Any) -> None:
@@ -128,14 +127,54 @@ def _convert(v: jax.Array, bound: float | None, bits: int | None) -> jax.Array:
     return v
 
 
+# Streams of the counter-hash generator (one per kind of noise drawn from a tile's key).
+_W_NOISE_STREAM = 0
+_READ_NOISE_STREAM = 1
+
+
 def tile_periphery(w_rc: jax.Array, x_in: jax.Array, k, io: IOConfig, transpose: bool) -> jax.Array:
-    """One tile through its periphery: weight noise, the product, read noise, the ADC."""
-    if io.w_noise > 0:
-        kw, k = jax.random.split(k)
-        w_rc = w_rc * (1.0 + io.w_noise * jax.random.normal(kw, w_rc.shape, _F32))
+    """One tile through its periphery (:func:`tile_product`), its noise drawn from its key ``k``.
+
+    The Gaussian noise comes from the counter hash of ``analog._counter_rng`` (the distribution
+    of ``jax.random.normal``): threefry's normals were most of an ``analog-eqprop-taox`` step
+    on CPU (BENCHMARKS.md, "Speed of the registered `analog-eqprop-taox` row").
+    """
+    z_w = z_read = None
+    if io.needs_key:
+        seeds = _key_seeds(k)
+        if io.w_noise > 0:
+            z_w = _normal(_hash_bits(seeds, _W_NOISE_STREAM, w_rc.shape))
+        if io.read_noise > 0:
+            y_shape = (x_in.shape[0], w_rc.shape[0] if transpose else w_rc.shape[1])
+            z_read = _normal(_hash_bits(seeds, _READ_NOISE_STREAM, y_shape))
+    return tile_product(w_rc, x_in, z_w, z_read, io, transpose)
+
+
+def tile_product(
+    w_rc: jax.Array,
+    x_in: jax.Array,
+    z_w: jax.Array | None,
+    z_read: jax.Array | None,
+    io: IOConfig,
+    transpose: bool,
+) -> jax.Array:
+    """One tile through its periphery: weight noise, the product, read noise, the ADC.
+
+    Args:
+      w_rc: ``(rows, cols)`` tile weights; x_in: ``(B, rows)`` DAC outputs (``(B, cols)`` with
+        ``transpose``).
+      z_w: unit Gaussians of ``w_rc``'s shape (None when ``io.w_noise`` is 0).
+      z_read: unit Gaussians of the output's shape, ``(B, cols)`` (``(B, rows)`` with
+        ``transpose``); None when ``io.read_noise`` is 0.
+      io: the periphery; transpose: ``x_in @ w_rc.T`` instead of ``x_in @ w_rc``.
+    """
+    if (io.w_noise > 0 and z_w is None) or (io.read_noise > 0 and z_read is None):
+        raise ValueError(f"tile_product: io={io} draws noise; pass its unit Gaussians z_w / z_read")
+    if z_w is not None and io.w_noise > 0:
+        w_rc = w_rc * (1.0 + io.w_noise * z_w)
     y = x_in @ (w_rc.T if transpose else w_rc)
-    if io.read_noise > 0:
-        y = y + io.read_noise * jax.random.normal(k, y.shape, _F32)
+    if z_read is not None and io.read_noise > 0:
+        y = y + io.read_noise * z_read
     return io.adc(y)
 
 

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 
 import bbcore
+from analog import _counter_rng as R
+from analog._devices import Device
 from analog._tiles import Tiles, _to_tiles, weight_step
 
 __all__ = ["apply_pulses", "program_weights"]
@@ -109,14 +111,35 @@ def program_many(
     for i, (t, delta) in enumerate(zip(tiles, deltas)):
         r = _to_tiles(jnp.asarray(delta).astype(_F32), t.tile_shape) / weight_step(t)
         if rounding == "stochastic":
-            n = jnp.floor(r + jax.random.uniform(jax.random.fold_in(k_round, i), r.shape, _F32))
+            n = jnp.floor(r + R.uniform(jax.random.fold_in(k_round, i), 0, r.shape))
         else:
             n = jnp.round(r)
         # Raising a weight potentiates G+ and depresses G-. A rounded count has one sign, so
         # each cell moves in one direction: one device step per array.
-        kp, km = jax.random.split(jax.random.fold_in(k_step, i))
-        gp = dev.step(t.g_plus, n, kp, variation=t.var_plus)
-        gm = dev.step(t.g_minus, -n, km, variation=t.var_minus)
+        z_plus, z_minus = _cycle_noise(dev, jax.random.fold_in(k_step, i), r.shape)
+        gp = _device_step(dev, t.g_plus, n, z_plus, t.var_plus)
+        gm = _device_step(dev, t.g_minus, -n, z_minus, t.var_minus)
         out.append(dataclasses.replace(t, g_plus=gp, g_minus=gm))
         pulses = pulses + 2.0 * jnp.sum(jnp.abs(n))
     return out, pulses
+
+
+def _cycle_noise(dev: Device, key: jax.Array, shape: tuple[int, ...]):
+    """Unit Gaussians for the cycle-to-cycle noise of the ``G+`` and ``G-`` arrays (or Nones).
+
+    Drawn by the counter hash of ``analog._counter_rng`` (the distribution of
+    ``jax.random.normal``): threefry's draws for the rounding and these two arrays were most of
+    :func:`analog.program`'s time on CPU (BENCHMARKS.md, "Speed of the registered
+    `analog-eqprop-taox` row").
+    """
+    if dev.dw_min_std == 0:
+        return None, None
+    z = R.normal(key, 1, (2, *shape))
+    return z[0], z[1]
+
+
+# Compiled once per device model and shape, as Device.step is (op-by-op dispatch is slow on CPU).
+@functools.partial(jax.jit, static_argnums=0)
+def _device_step(dev: Device, g, n, noise, variation):
+    """:meth:`Device.step` of ``g`` by signed counts ``n``, with the given unit ``noise``."""
+    return dev._step_impl(g, n, None, variation, noise=noise)

@@ -35,9 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import bbcore
+from analog import _counter_rng as R
 from analog._convergence import raise_if_not_converged
 from analog._energy import EnergyLedger
-from analog._mvm import _periphery_mvm
+from analog._mvm import noisy_mvm, read_noise_shapes
 from analog._periphery import IOConfig, require_io_key
 from analog._tiles import _to_tiles, check_tile_shape
 
@@ -110,42 +111,90 @@ def check_flags(**flags: Any) -> None:
             raise TypeError(f"{name}={value!r}: pass True or False")
 
 
+def _used_tile_shape(shape: tuple[int, ...], tile_shape: tuple[int, int]) -> tuple[int, int]:
+    """The part of a tile a matrix smaller than it uses: ``min`` of the two, per axis.
+
+    A ``500 x 10`` output layer on ``64 x 64`` tiles drives 10 of each tile's 64 columns. The
+    unused rows are driven with zeros and the unused columns' outputs are never kept, so
+    leaving them out gives the same products, noise and ADC on every used line while drawing
+    read noise for 10 columns instead of 64 (BENCHMARKS.md, "Speed of the registered
+    `analog-eqprop-taox` row"). The energy ledger still counts whole tiles.
+    """
+    return (min(tile_shape[0], shape[0]), min(tile_shape[1], shape[1]))
+
+
 class _Ops(NamedTuple):
+    """Forward ``s @ W_k`` and transposed ``s @ W_k.T`` products, ``fwd(k, s, z)`` and
+    ``bwd(k, s, z)``, with ``z`` the read's unit noise ``(z_w, z_read)``; and ``shapes(k,
+    transpose, batch)``, the shapes of that noise (Nones when the read draws none)."""
+
     fwd: Any
     bwd: Any
+    shapes: Any
 
 
 def _ops(ws: list[jax.Array], io: IOConfig, tile_shape: tuple[int, int]) -> _Ops:
     """Forward ``s @ W_k`` and transposed ``s @ W_k.T`` products, exact or through crossbars."""
     if io.is_ideal:
-        return _Ops(lambda k, s, key: s @ ws[k], lambda k, s, key: s @ ws[k].T)
+        return _Ops(
+            lambda k, s, z: s @ ws[k], lambda k, s, z: s @ ws[k].T, lambda k, t, b: (None, None)
+        )
     # Tile once per call, not per sweep; the periphery (DAC, noise, ADC) acts on every read.
-    wts = [_to_tiles(w, tile_shape) for w in ws]
+    wts = [_to_tiles(w, _used_tile_shape(w.shape, tile_shape)) for w in ws]
 
-    def fwd(k, s, key):
-        return _periphery_mvm(wts[k], s, io, key, transpose=False)[:, : ws[k].shape[1]]
+    def fwd(k, s, z):
+        return noisy_mvm(wts[k], s, io, *z, transpose=False)[:, : ws[k].shape[1]]
 
-    def bwd(k, s, key):
-        return _periphery_mvm(wts[k], s, io, key, transpose=True)[:, : ws[k].shape[0]]
+    def bwd(k, s, z):
+        return noisy_mvm(wts[k], s, io, *z, transpose=True)[:, : ws[k].shape[0]]
 
-    return _Ops(fwd, bwd)
+    return _Ops(fwd, bwd, lambda k, t, b: read_noise_shapes(wts[k].shape, b, io, t))
 
 
-def _sweep(ops: _Ops, bs, x, states, target, beta, key, linear_output: bool = False):
+def _read_noise(
+    seeds: jax.Array | None, stream, shapes: list[tuple[Any, Any]]
+) -> list[tuple[Any, Any]]:
+    """Unit Gaussians for several reads, ``[(z_w, z_read), ...]`` shaped like ``shapes``.
+
+    One counter-hash call (``analog._counter_rng``, stream ``stream`` of ``seeds``) draws them
+    all: a sweep's reads are small (a 500 x 10 layer's), so drawing them per tile, with a
+    threefry key split per read, cost far more in per-operation overhead than in arithmetic
+    (BENCHMARKS.md, "Speed of the registered `analog-eqprop-taox` row").
+    """
+    sizes = [math.prod(s) for pair in shapes for s in pair if s is not None]
+    if seeds is None or not sizes:
+        return [(None, None) for _ in shapes]
+    z = R._normal(R._hash_bits(seeds, stream, (sum(sizes),)))
+    out, at = [], 0
+    for pair in shapes:
+        got: list[jax.Array | None] = []
+        for shape in pair:
+            if shape is not None:
+                size = math.prod(shape)
+                got.append(z[at : at + size].reshape(shape))
+                at += size
+            else:
+                got.append(None)
+        out.append((got[0], got[1]))
+    return out
+
+
+def _sweep(ops: _Ops, bs, x, states, target, beta, noise: dict, linear_output: bool = False):
     """One block-coordinate sweep: odd layers (1-based) then even layers.
 
-    With ``linear_output`` the output layer's exact minimiser is left unclipped: its energy
-    ``1/2 |s_L|^2 - s_L^T u + beta/2 |s_L - y|^2`` is a strictly convex quadratic without the box.
+    ``noise[(k, transpose)]`` is the unit noise of the read of ``W_k`` (``transpose``: the
+    top-down read ``s_(k+1) W_k^T``). With ``linear_output`` the output layer's exact
+    minimiser is left unclipped: its energy ``1/2 |s_L|^2 - s_L^T u + beta/2 |s_L - y|^2`` is a
+    strictly convex quadratic without the box.
     """
     states = list(states)
     n = len(states)
-    keys = jax.random.split(key, 2 * n)
     for parity in (0, 1):
         for i in range(parity, n, 2):
             below = x if i == 0 else states[i - 1]
-            u = ops.fwd(i, below, keys[2 * i]) + bs[i]
+            u = ops.fwd(i, below, noise.get((i, False))) + bs[i]
             if i < n - 1:
-                u = u + ops.bwd(i + 1, states[i + 1], keys[2 * i + 1])
+                u = u + ops.bwd(i + 1, states[i + 1], noise[(i + 1, True)])
             else:
                 u = (u + beta * target) / (1.0 + beta)
                 if linear_output:
@@ -193,12 +242,16 @@ def relax(
     ws = [w.astype(_F32) for w in ws]
     bs = [b.astype(_F32) for b in bs]
     require_io_key(io, key, "relax")
-    key = bbcore.key(0) if key is None else key
     ops = _ops(ws, io, tile_shape)
     ops_fwd = ops.fwd
     beta = jnp.asarray(beta, _F32)
     x = x.astype(_F32)
     target = target.astype(_F32)
+    # Sweep t draws its noise from stream t of the key, the held input read from stream steps.
+    seeds = R._key_seeds(key) if io.needs_key and key is not None else None
+    b = x.shape[0]
+    reads = [(k, t) for t in (False, True) for k in range(1, len(ws))]
+    shapes = [ops.shapes(k, t, b) for k, t in reads]
 
     # The clamped input's product is the same every sweep, so it is read once and held
     # (sample-and-hold on the first crossbar's column outputs): with a noisy periphery its
@@ -209,7 +262,7 @@ def relax(
     # affordable: 90% of the product cost, formerly re-read 20-40 times per phase. The energy
     # ledger still counts a read per sweep (a chip relaxing continuously keeps driving rows).
     if input_product is None:
-        h0 = ops.fwd(0, x, jax.random.fold_in(key, steps))
+        h0 = ops.fwd(0, x, _read_noise(seeds, steps, [ops.shapes(0, False, b)])[0])
     else:
         h0 = jnp.asarray(input_product)
         if h0.shape != (x.shape[0], ws[0].shape[1]) or not jnp.issubdtype(h0.dtype, jnp.floating):
@@ -219,10 +272,11 @@ def relax(
                 "read of x @ W_1, e.g. from analog.read_input(params, x, ...)"
             )
         h0 = h0.astype(_F32)
-    ops = _Ops(lambda k, s, kk: h0 if k == 0 else ops_fwd(k, s, kk), ops.bwd)
+    ops = _Ops(lambda k, s, z: h0 if k == 0 else ops_fwd(k, s, z), ops.bwd, ops.shapes)
 
     def body(t, s):
-        return _sweep(ops, bs, x, s, target, beta, jax.random.fold_in(key, t), linear_output)
+        noise = dict(zip(reads, _read_noise(seeds, t, shapes)))
+        return _sweep(ops, bs, x, s, target, beta, noise, linear_output)
 
     states = tuple(s.astype(_F32) for s in states)
     states = jax.lax.fori_loop(0, steps - 1, body, states)
@@ -244,9 +298,10 @@ def read_input(
     io = IOConfig() if io is None else io
     ws, _ = _check_params(params)
     require_io_key(io, key, "read_input")
-    key = bbcore.key(0) if key is None else key
-    w = ws[0].astype(_F32)
-    return _ops([w], io, check_tile_shape(tile_shape)).fwd(0, x.astype(_F32), key)
+    ops = _ops([ws[0].astype(_F32)], io, check_tile_shape(tile_shape))
+    seeds = R._key_seeds(key) if io.needs_key and key is not None else None
+    z = _read_noise(seeds, 0, [ops.shapes(0, False, x.shape[0])])[0]
+    return ops.fwd(0, x.astype(_F32), z)
 
 
 def _flatten_x(x: jax.Array, n_in: int) -> jax.Array:
