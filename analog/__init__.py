@@ -17,6 +17,7 @@ hardware-aware training (``noisy_params``).
 
 from analog import _presets as presets
 from analog import nnx
+from analog._compact import CompactVariation
 from analog._convergence import NonConvergenceError, NonConvergenceWarning
 from analog._devices import (
     ConstantStep,
@@ -65,7 +66,15 @@ from analog._programming import apply_pulses, program_weights
 from analog._pulsed_sgd import PulsedSGDState, pulsed_sgd
 from analog._relaxation import init_energy_network, predict, read_input, relax, relaxation_counts
 from analog._tiki_taka import TikiTakaState, tiki_taka
-from analog._tiles import Tiles, init_tiles, read_weights, weight_step
+from analog._tiles import (
+    CompactTiles,
+    Tiles,
+    compact_tiles,
+    expand_tiles,
+    init_tiles,
+    read_weights,
+    weight_step,
+)
 from analog._transforms import (
     EquilibriumPropagationState,
     ProgramState,
@@ -86,6 +95,10 @@ __all__ = [
     "PowStep",
     "IOConfig",
     "Tiles",
+    "CompactTiles",
+    "CompactVariation",
+    "compact_tiles",
+    "expand_tiles",
     "init_tiles",
     "read_weights",
     "mvm",

@@ -16,8 +16,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from analog._counter_rng import _U32, _hash_bits, _normal_ih4
-from analog._tiles import Tiles, _to_tiles
+from analog import _compact as CS
+from analog._counter_rng import _U32, _hash_bits, _mix32, _normal_ih4
+from analog._tiles import CompactTiles, Tiles, _to_tiles, conductance_state, with_conductance_state
 
 __all__ = []
 
@@ -197,7 +198,7 @@ def _popcount_counts(wx, nx, wd, nd, tile_shape):
 
 
 def _count_and_apply(
-    tiles: Tiles,
+    tiles: Tiles | CompactTiles,
     wx: jax.Array,
     nx: jax.Array,
     wd: jax.Array,
@@ -217,14 +218,14 @@ def _count_and_apply(
     ``lax.switch`` among compiled branches, so no step recompiles, and every branch counts the
     same bits exactly. The device pass is inside each branch, so the counts reach it in the
     layout their kernel wrote (XLA fuses the change of layout into the pass) instead of
-    through an extra copy. Returns ``(g_plus, g_minus, coincidences)``.
+    through an extra copy. Returns ``(G+, G-, coincidences)`` (compact tiles: the codes).
     """
 
     def branch(count):
         def run(tiles, wx, nx, wd, nd, seeds):
             up, down, total = count(wx, nx, wd, nd, tiles.tile_shape)
             new = _apply_counts(tiles, up, down, seeds, 3)
-            return new.g_plus, new.g_minus, total
+            return (*conductance_state(new), total)
 
         return run
 
@@ -240,19 +241,36 @@ def _count_and_apply(
     return jax.lax.switch(index, [branch(c) for c in counts], *operands)
 
 
-def _apply_counts(
-    tiles: Tiles, up: jax.Array, down: jax.Array, seeds: jax.Array | None, stream: int
-) -> Tiles:
+def _apply_counts(tiles, up: jax.Array, down: jax.Array, seeds: jax.Array | None, stream: int):
     """One device pass per conductance array: G+ sees ``up`` potentiating then ``down``
     depressing pulses, G- ``up`` depressing then ``down`` potentiating (weight-raising pulses
-    first, as :func:`apply_pulses`), with one noise value per device."""
+    first, as :func:`apply_pulses`), with one noise value per device. :class:`Tiles` or
+    :class:`CompactTiles` in, the same kind out; compact devices also draw one 32-bit word per
+    device for its stochastic rounding (see below)."""
     dev = tiles.device
+    shape = conductance_state(tiles)[0].shape
     zp: jax.Array | None = None
     zm: jax.Array | None = None
+    words = None
     if dev.dw_min_std > 0:
         assert seeds is not None, "cycle-to-cycle noise needs the per-device seeds"
-        z = _normal_ih4(_hash_bits(seeds, stream, (2, *tiles.g_plus.shape)))
+        words = _hash_bits(seeds, stream, (2, *shape))
+        z = _normal_ih4(words)
         zp, zm = z[0], z[1]
-    gp = dev.step_two(tiles.g_plus, up, down, zp, tiles.var_plus, pot_first=True)
-    gm = dev.step_two(tiles.g_minus, up, down, zm, tiles.var_minus, pot_first=False)
-    return dataclasses.replace(tiles, g_plus=gp, g_minus=gm)
+    if not isinstance(tiles, CompactTiles):
+        gp = dev.step_two(tiles.g_plus, up, down, zp, tiles.var_plus, pot_first=True)
+        gm = dev.step_two(tiles.g_minus, up, down, zm, tiles.var_minus, pot_first=False)
+        return dataclasses.replace(tiles, g_plus=gp, g_minus=gm)
+    assert seeds is not None, "compact devices round stochastically: they need the seeds"
+    if words is None:
+        bits = _hash_bits(seeds, stream + 1, shape)
+        up_p, up_m = CS.dither(bits), CS.dither(bits >> 16)
+    else:
+        # A noisy device's rounding reuses its noise word through one more bijective mixing
+        # round (an independent-looking word at a third of a hash's cost: the hash dominates
+        # this pass on CPUs; tests/test_analog_compact.py checks the rounding stays unbiased).
+        up_p, up_m = CS.dither(_mix32(words[0])), CS.dither(_mix32(words[1]))
+    step = functools.partial(CS.step_two_compact, dev, n_first=up, n_second=down)
+    cp = step(tiles.code_plus, noise=zp, cv=tiles.par_plus, u=up_p, pot_first=True)
+    cm = step(tiles.code_minus, noise=zm, cv=tiles.par_minus, u=up_m, pot_first=False)
+    return with_conductance_state(tiles, cp, cm)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +21,19 @@ import bbcore
 from analog._counter_rng import _U32, _key_seeds
 from analog._programming import apply_pulses
 from analog._pulse_kernels import _apply_counts, _count_and_apply, _pack_bits, _train_words
-from analog._tiles import Tiles, _to_tiles, weight_step
+from analog._tiles import (
+    CompactTiles,
+    Tiles,
+    _to_tiles,
+    conductance_state,
+    weight_step,
+    with_conductance_state,
+)
 
 __all__ = ["UpdateConfig", "pulse_update"]
 
 _F32 = jnp.float32
+_T = TypeVar("_T", Tiles, CompactTiles)
 
 
 _MODES = ("stochastic", "deterministic")
@@ -156,7 +164,7 @@ def _resolve(update: UpdateConfig | None, **knobs) -> UpdateConfig:
 
 
 def pulse_update(
-    tiles: Tiles,
+    tiles: _T,
     x: jax.Array,
     d: jax.Array,
     lr: float | jax.Array,
@@ -169,7 +177,7 @@ def pulse_update(
     prob_bits: int = _UNSET,
     bl_management: bool = _UNSET,
     update_management: bool = _UNSET,
-) -> tuple[Tiles, jax.Array]:
+) -> tuple[_T, jax.Array]:
     """Outer-product update ``W += lr * sum_b x_b^T d_b`` as programming pulses.
 
     How the update becomes pulses is ``update`` (an :class:`UpdateConfig`: pulse mode, bit
@@ -178,13 +186,15 @@ def pulse_update(
     fields, kept so existing calls work; given ones replace the config's.
 
     Args:
-      tiles: weights ``(in, out)``; x: ``(B, in)``; d: ``(B, out)``; lr: learning rate (scalar).
-      key: PRNG key (pulse trains and cycle-to-cycle noise); None only for a deterministic
-        update of a noise-free device.
+      tiles: weights ``(in, out)``, :class:`analog.Tiles` or :class:`analog.CompactTiles`
+        (fast path only; its stochastic rounding draws from ``key``); x: ``(B, in)``;
+        d: ``(B, out)``; lr: learning rate (scalar).
+      key: PRNG key (pulse trains, cycle-to-cycle noise, compact rounding); None only for a
+        deterministic update of a noise-free device in the float32 state.
       update: the update configuration; None = ``UpdateConfig()``.
 
     Returns:
-      ``(new_tiles, pulses)`` with the float32 number of pulses sent.
+      ``(new_tiles, pulses)``: tiles of the kind given, and the float32 number of pulses sent.
     """
     cfg = _resolve(
         update,
@@ -211,14 +221,21 @@ def pulse_update(
         bbcore.require_key(key, "pulse_update", "mode='stochastic' draws pulse trains")
     if tiles.device.dw_min_std > 0:
         bbcore.require_key(key, "pulse_update", "the device has cycle-to-cycle noise")
+    if isinstance(tiles, CompactTiles):
+        bbcore.require_key(key, "pulse_update", "compact tiles round each change stochastically")
+        if cfg.impl != "fast":
+            raise ValueError(
+                f"pulse_update: impl={cfg.impl!r} on CompactTiles; the compact state runs the "
+                "fast path only (analog.expand_tiles gives float32 Tiles for the reference)"
+            )
     if not cfg.trains:  # one compiled variant for every deterministic config
         cfg = UpdateConfig(mode="deterministic", impl=cfg.impl)
     lr = jnp.asarray(lr, _F32)
     if cfg.impl == "fast":
         # Only the conductances come back from the compiled update: the device parameters
         # are reused as they are (returning them from the jit would copy every array).
-        g_plus, g_minus, sent = _pulse_update_fast(tiles, x, d, lr, key, cfg)
-        return dataclasses.replace(tiles, g_plus=g_plus, g_minus=g_minus), sent
+        plus, minus, sent = _pulse_update_fast(tiles, x, d, lr, key, cfg)
+        return with_conductance_state(tiles, plus, minus), sent
     return _pulse_update_reference(tiles, x, d, lr, key, cfg)
 
 
@@ -276,12 +293,11 @@ def _pulse_update_fast(tiles, x, d, lr, key, cfg: UpdateConfig):
         wx = _train_words(seeds, 1, pad_in(px), bl, prob_bits, lengths)
         wd = _train_words(seeds, 2, pad_out(pd), bl, prob_bits, lengths)
         neg = lambda a: jnp.where(a < 0, _U32(0xFFFFFFFF), _U32(0))
-        g_plus, g_minus, total = _count_and_apply(
+        plus, minus, total = _count_and_apply(
             tiles, wx, neg(pad_in(x)), wd, neg(pad_out(d)), seeds, bl, lengths
         )
-        return g_plus, g_minus, 2.0 * total.astype(_F32)
-    new = _apply_counts(tiles, up, down, seeds, 3)
-    return new.g_plus, new.g_minus, sent
+        return plus, minus, 2.0 * total.astype(_F32)
+    return (*conductance_state(_apply_counts(tiles, up, down, seeds, 3)), sent)
 
 
 @functools.partial(jax.jit, static_argnums=5)

@@ -111,14 +111,16 @@ def make_mlp_sgd(
     impl: str = "fast",
     n_batches: int = 100,
     bl_management: bool = False,
+    compact: bool = False,
 ):
     """Analog SGD as aihwkit runs it: forward mvm, backward mvm_transpose, pulsed update per layer.
 
     784-500-10 without biases, sigmoid hidden layer, softmax cross-entropy error, lr 0.01,
     BL 31, batch 20, ideal IO, 64x64 tiles; the tiles are donated to each jitted step (updated
     in place, as aihwkit does), the batch and key chosen inside the step. ``bl_management``:
-    per-sample train lengths, as aihwkit's default ``update_bl_management=True``. Returns
-    ``run(steps) -> seconds``.
+    per-sample train lengths, as aihwkit's default ``update_bl_management=True``. ``compact``:
+    the compact device state (``init_tiles(..., compact=True)``: 16-bit conductances, 8-bit
+    device codes). Returns ``run(steps) -> seconds``.
     """
     x_all, y_all, data = load_mnist(batch * n_batches)
     xs = jnp.asarray(x_all.reshape(n_batches, batch, 784))
@@ -126,8 +128,8 @@ def make_mlp_sgd(
     w1 = jax.random.uniform(KEY(0), (784, 500), jnp.float32, -1, 1) / np.sqrt(784)
     w2 = jax.random.uniform(KEY(1), (500, 10), jnp.float32, -1, 1) / np.sqrt(500)
     state = [
-        analog.init_tiles(KEY(2), w1, device, w_max=0.6),
-        analog.init_tiles(KEY(3), w2, device, w_max=0.6),
+        analog.init_tiles(KEY(2), w1, device, w_max=0.6, compact=compact),
+        analog.init_tiles(KEY(3), w2, device, w_max=0.6, compact=compact),
     ]
 
     # The batch and the key are picked inside the jitted step from a step counter kept on the
