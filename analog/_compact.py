@@ -233,13 +233,53 @@ def step_two_compact(
     """
     var = _code_variation(device, cv, code.shape)
     c = code.astype(_F32)
+    if type(device) is ConstantStep:
+        stuck = None if cv.dw is None else cv.dw <= _STUCK_ON  # the two lowest codes
+        return _constant_step_codes(device, c, n_first, n_second, noise, var, u, pot_first, stuck)
     c2 = _code_device(device).step_two(c, n_first, n_second, noise, var, pot_first=pot_first)
-    dc = jnp.floor(c2 - c + u)
-    if not isinstance(device, ConstantStep):
-        # a curve's closed form at n = 0 (exp then log, powers) returns x to a few float32
-        # ulps only; rounded stochastically that would become a random walk of whole codes
-        dc = jnp.where(n_first + n_second > 0, dc, 0.0)
+    # a curve's closed form at n = 0 (exp then log, powers) returns x to a few float32 ulps
+    # only; rounded stochastically that would become a random walk of whole codes
+    dc = jnp.where(n_first + n_second > 0, jnp.floor(c2 - c + u), 0.0)
     return jnp.clip(c + dc, 0.0, var.g_max).astype(jnp.uint16)
+
+
+# Minimum and maximum as one compare and select: jnp.minimum and jnp.maximum propagate NaN,
+# which costs XLA:CPU several instructions per element on x86; codes, counts and noise here
+# are finite.
+def _lower(a, b):
+    return jnp.where(b < a, b, a)
+
+
+def _higher(a, b):
+    return jnp.where(b > a, b, a)
+
+
+def _constant_step_codes(device, c, n_first, n_second, noise, var, u, pot_first, stuck):
+    """:meth:`analog.ConstantStep.step_two` on codes, each clip only where it can bind.
+
+    The codes are inside their bounds, steps are >= 0 (the encoder truncates the draws), so a
+    raising train can only reach the top and a lowering one only code 0; stuck devices sit at
+    their bound codes, and keep them. Same result as the float32 model on the decoded state.
+    """
+    s = _F32(device.dw_min / conductance_lsb(device)) * var.dw_scale
+    s_up, s_down = s + s * var.up_down, s - s * var.up_down
+    top = var.g_max
+    if pot_first:
+        c1 = _lower(c + n_first * s_up, top)
+        c2 = c1 - n_second * s_down
+    else:
+        c1 = _higher(c - n_first * s_down, _F32(0.0))
+        c2 = c1 + n_second * s_up
+    if device.dw_min_std > 0:
+        assert noise is not None, "ConstantStep.step_two: dw_min_std > 0 needs noise"
+        d1, d2 = c1 - c, c2 - c1
+        m1, m2 = _higher(n_first, _F32(1.0)), _higher(n_second, _F32(1.0))
+        v = (d1 * d1 * m2 + d2 * d2 * m1) / (m1 * m2)  # d1^2 / m1 + d2^2 / m2, one division
+        c2 = c2 + _F32(device.dw_min_std) * jnp.sqrt(v) * noise
+    new = _higher(_lower(c + jnp.floor(c2 - c + u), top), _F32(0.0))
+    if stuck is not None:
+        new = jnp.where(stuck, c, new)
+    return new.astype(jnp.uint16)
 
 
 def bytes_per_device(device: Device) -> int:

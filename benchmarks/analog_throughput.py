@@ -7,6 +7,9 @@ jitted calls after compilation, on whatever CPU runs this (see "machine" in the 
     .venv/bin/python benchmarks/analog_throughput.py --repeats 5 \
         --aihwkit-python /tmp/aihwkit-venv/bin/python --rounds 5
 
+The ``*_compact`` rows run the compact device state (16-bit conductances, 8-bit device codes);
+the JSON also holds the memory bandwidth of a large copy and the traffic floor of both states.
+
 With --aihwkit-python (a Python with aihwkit 1.1.0 installed, see benchmarks/aihwkit_baseline.py)
 the MLP workload of this package and aihwkit's are timed in alternating rounds in the same
 session (same load), torch limited to 2 threads; the ratio of medians is recorded.
@@ -199,12 +202,17 @@ def side_by_side(
 ):
     # constant_step_bl_managed shortens each sample's trains as aihwkit's default does
     # (update_bl_management=True); constant_step keeps BL 31 slots for every sample.
+    # *_compact: the same with the compact device state (init_tiles(..., compact=True)).
     ours = {
         "constant_step": make_mlp_sgd(AIHWKIT_CONSTANT_STEP, batch, bl),
         "constant_step_bl_managed": make_mlp_sgd(
             AIHWKIT_CONSTANT_STEP, batch, bl, bl_management=True
         ),
+        "constant_step_bl_managed_compact": make_mlp_sgd(
+            AIHWKIT_CONSTANT_STEP, batch, bl, bl_management=True, compact=True
+        ),
         "taox_reram_expstep": make_mlp_sgd(presets.TAOX_RERAM, batch, bl),
+        "taox_reram_expstep_compact": make_mlp_sgd(presets.TAOX_RERAM, batch, bl, compact=True),
     }
     data = ours["constant_step"][1]
     ref_run, _ = make_mlp_sgd(AIHWKIT_CONSTANT_STEP, batch, bl, impl="reference")
@@ -247,12 +255,64 @@ def side_by_side(
             ("", "perfect_io_fixed_bl31"),
             ("_bl_managed", "default"),
             ("_bl_managed", "perfect_io"),
+            ("_bl_managed_compact", "default"),
+            ("_bl_managed_compact", "perfect_io"),
         )
         for ours_, theirs in pairs:
             aih = "aihwkit_constant_step" + ("" if theirs == "default" else f"_{theirs}")
             out[f"ratio_constant_step{ours_}_vs_aihwkit_{theirs}"] = (
                 med[f"ours_constant_step{ours_}"] / med[aih]
             )
+    out["ratio_compact_vs_float32"] = {
+        "constant_step_bl_managed": med["ours_constant_step_bl_managed_compact"]
+        / med["ours_constant_step_bl_managed"],
+        "taox_reram_expstep": med["ours_taox_reram_expstep_compact"]
+        / med["ours_taox_reram_expstep"],
+    }
+    return out
+
+
+def copy_bandwidth(mbytes: int = 256, repeats: int = 7) -> dict:
+    """Memory bandwidth of a large array copy (numpy and a jitted jax copy), bytes read plus
+    written per second, best of ``repeats``: the figure a memory-bound update is held to."""
+    a = np.ones(mbytes * 2**20 // 4, np.float32)
+    b = np.empty_like(a)
+    best_np = min(_timed(lambda: np.copyto(b, a)) for _ in range(repeats))
+    x = jnp.asarray(a)
+    f = jax.jit(lambda x: x + 1.0)  # a fused elementwise pass: one read, one write
+    jax.block_until_ready(f(x))
+    best_jax = min(_timed(lambda: jax.block_until_ready(f(x))) for _ in range(repeats))
+    return {
+        "array_mbytes": mbytes,
+        "numpy_copy_gb_per_s": 2 * a.nbytes / best_np / 1e9,
+        "jax_elementwise_gb_per_s": 2 * a.nbytes / best_jax / 1e9,
+    }
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def traffic_floor(sgd: dict, bandwidth_gb_s: float, batch: int = 20) -> dict:
+    """Bytes of device state per weight a training step reads and writes, and the samples/s
+    that traffic alone would allow at ``bandwidth_gb_s`` (BENCHMARKS.md's floor).
+
+    Per padded weight (a pair of devices): the update reads and writes both conductances and
+    reads every per-device parameter once; the forward and backward reads each read both
+    conductances. float32 state: 2 x (4 + 4 + 4 x 4 + 2) update + 2 x 8 reads = 68 bytes;
+    compact: 2 x (2 + 2 + 3) + 2 x 4 = 22 bytes (three 1-byte codes per device)."""
+    weights = 832 * 512 + 512 * 64  # 784x500 and 500x10 on 64x64 tiles, padded
+    per_weight = {"float32": 2 * (4 + 4 + 16 + 2) + 2 * 8, "compact": 2 * (2 + 2 + 3) + 2 * 4}
+    out = {"padded_weights": weights, "bytes_per_weight_per_step": per_weight}
+    for k, b in per_weight.items():
+        seconds = weights * b / (bandwidth_gb_s * 1e9)
+        out[f"{k}_floor_ms_per_step"] = 1e3 * seconds
+        out[f"{k}_ceiling_samples_per_s"] = batch / seconds
+    aih = sgd["samples_per_s_median"].get("aihwkit_constant_step")
+    if aih:
+        out["target_5x_aihwkit_samples_per_s"] = 5 * aih
     return out
 
 
@@ -268,10 +328,19 @@ def main(argv=None):
         default=None,
         help="python of a venv with aihwkit 1.1.0 (else only this package is timed)",
     )
+    ap.add_argument(
+        "--name",
+        default="analog_throughput",
+        help="result name under benchmarks/results/ (JSON and PNG)",
+    )
     args = ap.parse_args(argv)
     rows = tile_sweep(args.repeats)
     sgd = side_by_side(args.rounds, args.batches, args.aihwkit_python)
     print(sgd, flush=True)
+    bandwidth = copy_bandwidth()
+    sgd["memory_bandwidth"] = bandwidth
+    sgd["traffic_floor"] = traffic_floor(sgd, bandwidth["numpy_copy_gb_per_s"])
+    print(bandwidth, sgd["traffic_floor"], flush=True)
     # shared with other jobs, load not controlled: the load average says how busy it was
     out = {
         "tile_sweep": rows,
@@ -279,7 +348,7 @@ def main(argv=None):
         "machine": {**_common.machine(), "load_average_at_end": os.getloadavg()[0]},
         "statistic": "median over repeats / rounds",
     }
-    _common.save("analog_throughput", out, plot(out), argv=argv, dpi=100)
+    _common.save(args.name, out, plot(out), argv=argv, dpi=100)
 
 
 def plot(out: dict):
