@@ -184,6 +184,21 @@ def _quantize_core(xb, key, *, fmt: ScaledFormat, rounding: str, red: tuple):
     The scale repr is the int32 shared exponent for E8M0 and the float32 block
     scale otherwise; ``q`` has the block shape, unscaled.
     """
+    unit = tuple(i for i, d in enumerate(xb.shape) if d == 1 and i != 4)
+    if unit:
+        # The same arithmetic without the unit axes. XLA:CPU reduces over an axis followed
+        # by a unit axis as a generic loop nest, about 50x slower than without it (a 1-D
+        # block's T = 1); BENCHMARKS.md, "Block-scaled 4-bit step time".
+        kept = tuple(i for i in range(6) if i not in unit)
+        q, rep, t_dec, bad = _quantize_core(
+            xb.reshape([xb.shape[i] for i in kept]),
+            key,
+            fmt=fmt,
+            rounding=rounding,
+            red=tuple(kept.index(i) for i in red if i in kept),
+        )
+        keep = tuple(1 if i in red else d for i, d in enumerate(xb.shape))
+        return q.reshape(xb.shape), rep.reshape(keep), t_dec, bad.reshape(keep)
     xf = xb.astype(jnp.float32)
     amax = jnp.max(jnp.abs(xf), axis=red, keepdims=True)
     bad = ~jnp.isfinite(amax)

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bbcore import counter_rng
 from lowbit._formats import Format
 
 __all__ = ["quantize"]
@@ -59,9 +60,16 @@ def _exponent(a: jax.Array) -> jax.Array:
 
 
 def _uniform24(key: jax.Array, shape) -> jax.Array:
-    """Uniform float32 on the grid ``k 2^-24``, k in [0, 2^24): exact, 24 random bits."""
-    bits = jax.random.bits(key, shape, jnp.uint32) >> jnp.uint32(8)
-    return bits.astype(jnp.float32) * jnp.float32(2.0**-24)
+    """Uniform float32 on the grid ``k 2^-24``, k in [0, 2^24): exact, 24 random bits.
+
+    The bits come from :mod:`bbcore.counter_rng`, not ``jax.random.bits``: threefry's 20
+    rounds cost about 20x a copy of the array on XLA:CPU, which made stochastic rounding the
+    largest part of a block-scaled training step (BENCHMARKS.md, "Block-scaled 4-bit step
+    time"). The words are a function of the key and the element's index only, so they do not
+    change with a ``vmap`` batch size or a sharding.
+    """
+    words = counter_rng.bits(key, 0, tuple(shape)) >> jnp.uint32(8)
+    return words.astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
 def _bracket(a: jax.Array, fmt: Format):
