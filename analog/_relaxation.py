@@ -152,19 +152,18 @@ def _ops(ws: list[jax.Array], io: IOConfig, tile_shape: tuple[int, int]) -> _Ops
 
 
 def _read_noise(
-    seeds: jax.Array | None, stream, shapes: list[tuple[Any, Any]]
+    seeds: jax.Array | None, stream, shapes: list[tuple[Any, Any]], z: jax.Array | None = None
 ) -> list[tuple[Any, Any]]:
     """Unit Gaussians for several reads, ``[(z_w, z_read), ...]`` shaped like ``shapes``.
 
     One counter-hash call (``analog._counter_rng``, stream ``stream`` of ``seeds``) draws them
-    all: a sweep's reads are small (a 500 x 10 layer's), so drawing them per tile, with a
-    threefry key split per read, cost far more in per-operation overhead than in arithmetic
-    (BENCHMARKS.md, "Speed of the registered `analog-eqprop-taox` row").
+    all, or ``z``, those same values drawn beforehand (:func:`_sweep_normals`), is cut up.
     """
     sizes = [math.prod(s) for pair in shapes for s in pair if s is not None]
     if seeds is None or not sizes:
         return [(None, None) for _ in shapes]
-    z = R._normal(R._hash_bits(seeds, stream, (sum(sizes),)))
+    if z is None:
+        z = R._normal(R._hash_bits(seeds, stream, (sum(sizes),)))
     out, at = [], 0
     for pair in shapes:
         got: list[jax.Array | None] = []
@@ -177,6 +176,28 @@ def _read_noise(
                 got.append(None)
         out.append((got[0], got[1]))
     return out
+
+
+# The largest noise, in bytes, drawn for all sweeps of a relaxation before its loop starts.
+_PREDRAW_BYTES = 64 * 2**20
+
+
+def _sweep_normals(
+    seeds: jax.Array | None, steps: int, shapes: list[tuple[Any, Any]]
+) -> jax.Array | None:
+    """Every sweep's noise at once, ``(steps, size)``: row ``t`` is stream ``t``'s values.
+
+    A sweep's reads are small (a 500 x 10 layer's), and drawn inside the loop their hash and
+    Gaussian transform ran as small operations per sweep, several times slower per value than
+    one large vectorised draw (BENCHMARKS.md, "Speed of the registered `analog-eqprop-taox`
+    row"). The values are the same either way; above ``_PREDRAW_BYTES`` they are drawn per
+    sweep instead (None).
+    """
+    size = sum(math.prod(s) for pair in shapes for s in pair if s is not None)
+    if seeds is None or not size or 4 * steps * size > _PREDRAW_BYTES:
+        return None
+    streams = jnp.arange(steps, dtype=jnp.uint32)
+    return jax.vmap(lambda t: R._normal(R._hash_bits(seeds, t, (size,))))(streams)
 
 
 def _sweep(ops: _Ops, bs, x, states, target, beta, noise: dict, linear_output: bool = False):
@@ -274,8 +295,11 @@ def relax(
         h0 = h0.astype(_F32)
     ops = _Ops(lambda k, s, z: h0 if k == 0 else ops_fwd(k, s, z), ops.bwd, ops.shapes)
 
+    z_all = _sweep_normals(seeds, steps, shapes)
+
     def body(t, s):
-        noise = dict(zip(reads, _read_noise(seeds, t, shapes)))
+        z = None if z_all is None else z_all[t]
+        noise = dict(zip(reads, _read_noise(seeds, t, shapes, z)))
         return _sweep(ops, bs, x, s, target, beta, noise, linear_output)
 
     states = tuple(s.astype(_F32) for s in states)

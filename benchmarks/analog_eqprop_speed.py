@@ -89,8 +89,9 @@ def _worker_parts(batch: int) -> tuple[dict, dict]:
             normalize=True,
             linear_output=True,
         )
-        f = jax.jit(lambda st: tx.update(None, st, params, batch=(x, y))[1])
-        return f, tx.init(params)
+        # params and the batch are arguments, not constants XLA would fold at compile time
+        f = jax.jit(lambda st, p, xb, yb: tx.update(None, st, p, batch=(xb, yb))[1])
+        return (lambda st: f(st, params, x, y)), tx.init(params)
 
     io = analog.presets.TAOX_IO
     est, est_state = estimator(io)
@@ -101,12 +102,12 @@ def _worker_parts(batch: int) -> tuple[dict, dict]:
         tol=None, normalize=True, linear_output=True, return_info=True,
     )  # fmt: skip
     upd = [{k: r * v for k, v in u.items()} for u, r in zip(upd, rows.NLMS_RATES)]
-    prog_update = jax.jit(lambda st: prog.update(upd, st, params)[1])
+    prog_jit = jax.jit(lambda st, u, p: prog.update(u, st, p)[1])
     calls = {
         "step": lambda c: step(c[0], c[1], x, y)[:2],
         "estimate": est,
         "estimate_noiseless": quiet,
-        "program": prog_update,
+        "program": lambda st: prog_jit(st, upd, params),
     }
     carried = {
         "step": (params, setup.tx.init(params)),
@@ -235,7 +236,9 @@ def figure(res: dict):
         ax.bar(xs + 0.4 * i - 0.2, [res["median_ms"][k][p] for p in PARTS], 0.4, label=label)
     for j, p in enumerate(PARTS):
         top = max(res["median_ms"][k][p] for k in ("baseline", "this_tree"))
-        ax.text(j, top, f"{res['speedup_median_of_round_ratios'][p]:.1f}x", ha="center", va="bottom")
+        ax.text(
+            j, top, f"{res['speedup_median_of_round_ratios'][p]:.1f}x", ha="center", va="bottom"
+        )
     ax.set_xticks(xs, PARTS)
     ax.set_ylabel("ms per call (median of rounds)")
     ax.set_title(f"{ROW}, batch {res['batch']}: baseline {res['baseline_commit'][:7]} vs this tree")
