@@ -196,19 +196,32 @@ def drift_cmd(args) -> None:
             _common.save(args.out or "aihwkit_parity_aihwkit_drift", out)
 
 
-def insitu_config(name: str):
-    """``sgd_<device>`` or ``tiki_taka_<device>`` (module docstring)."""
+#: ``--spreads none``: every device at its nominal parameters (no device-to-device spread, no
+#: cycle-to-cycle noise), to tell the device models' variation apart from the rest.
+NO_SPREADS = {
+    "dw_min_dtod": 0.0,
+    "dw_min_std": 0.0,
+    "up_down_dtod": 0.0,
+    "w_max_dtod": 0.0,
+    "w_min_dtod": 0.0,
+}
+
+
+def insitu_config(name: str, spreads: str = "default"):
+    """``sgd_<device>`` or ``tiki_taka_<device>`` (module docstring); ``spreads="none"``
+    builds every device with :data:`NO_SPREADS`."""
     algo, dev = ("sgd", name[4:]) if name.startswith("sgd_") else ("tt", name[10:])
     if dev not in DEVICES or not (name.startswith("sgd_") or name.startswith("tiki_taka_")):
         raise ValueError(f"unknown configuration {name!r}")
+    kw = NO_SPREADS if spreads == "none" else {}
     if algo == "sgd":
-        return SingleRPUConfig(device=DEVICES[dev]())
+        return SingleRPUConfig(device=DEVICES[dev](**kw))
     transfer_io = IOParameters(
         noise_management=NoiseManagementType.NONE, bound_management=BoundManagementType.NONE
     )
     return UnitCellRPUConfig(
         device=TransferCompound(
-            unit_cell_devices=[DEVICES[dev](), DEVICES[dev]()],
+            unit_cell_devices=[DEVICES[dev](**kw), DEVICES[dev](**kw)],
             transfer_forward=transfer_io,
             transfer_every=1.0,
             units_in_mbatch=True,
@@ -232,7 +245,7 @@ def insitu_run(name, seed, data, args) -> dict:
     """Train one configuration from one seed; returns test accuracy and timings."""
     (xtr, ytr), (xte, yte) = data
     torch.manual_seed(seed)
-    model = insitu_model(insitu_config(name), args.activation)
+    model = insitu_model(insitu_config(name, args.spreads), args.activation)
     opt = AnalogSGD(model.parameters(), lr=args.lr)
     opt.regroup_param_groups(model)
     loss_fn = nn.NLLLoss()
@@ -268,6 +281,7 @@ def insitu_cmd(args) -> None:
         "train_samples": args.train_samples,
         "epochs": args.epochs,
         "seeds": args.seeds,
+        "spreads": args.spreads,
         "configs": {},
     }
     for name in args.configs.split(","):
@@ -305,6 +319,12 @@ def main() -> None:
         choices=("sigmoid", "relu"),
         help="insitu: hidden activation (aihwkit's example: sigmoid; relu leaves the initial "
         "plateau within a few hundred batches)",
+    )
+    ap.add_argument(
+        "--spreads",
+        default="default",
+        choices=("default", "none"),
+        help="insitu: devices at aihwkit's default spreads, or none (NO_SPREADS)",
     )
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=1)

@@ -1,0 +1,140 @@
+"""Single-layer probes of the in-situ parity (issue 17, item 5), aihwkit's half.
+
+Runs ONLY in aihwkit's own virtual environment (aihwkit 1.1.0, torch 2.10.0; no JAX)::
+
+    /work/aihwkit-venv/bin/python benchmarks/aihwkit_parity_probe.py   # -> aihwkit_parity_probe_aihwkit
+    .venv/bin/python benchmarks/aihwkit_parity_probe_ours.py          # ours + both -> aihwkit_parity_probe
+
+Where ``aihwkit_parity.py insitu`` compares accuracies, these compare the pieces one tile at a
+time, on the same inputs (:func:`probe_inputs`, numpy only, shared with our half):
+
+* ``update``: one mini-batch update ``W -= lr sum_b d_b x_b^T`` (64 x 32 tile, batch 64,
+  lr 0.1, aihwkit's default ``UpdateParameters``) repeated from the same ``W0``: the slope of the
+  mean change against the closed form ``-lr d^T x`` and the mean over cross-points of the
+  change's standard deviation, per device (ConstantStep, SoftBounds) with aihwkit's default
+  spreads and with none.
+* ``read``: the forward ``x W^T`` and backward ``d W`` reads of a 392 x 256 tile through the
+  default ``IOParameters``: the error's mean and standard deviation against the exact product.
+* ``program``: ``set_weights`` of a torch-initialised 392 x 256 matrix on the default
+  ConstantStep: how many weights the devices' bounds change, and by how much at most.
+* ``drift``: a zero-mean update (fresh random ``x`` and ``d`` of either sign, 300 times) from
+  ``W0 = 0`` on SoftBounds with the default spreads: where the weights settle (their mean and
+  standard deviation), that is the devices' symmetry points.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+LR = 0.1
+REPS = 200
+DRIFT_STEPS = 300
+NO_SPREADS = {
+    "dw_min_dtod": 0.0,
+    "dw_min_std": 0.0,
+    "up_down_dtod": 0.0,
+    "w_max_dtod": 0.0,
+    "w_min_dtod": 0.0,
+}
+
+
+def probe_inputs() -> dict:
+    """The probes' inputs (weights stored ``(out, in)``, as aihwkit holds them)."""
+    rng = np.random.default_rng(0)
+    n_in, n_out, b = 64, 32, 64
+    x = rng.random((b, n_in)) * (rng.random((b, n_in)) < 0.3)  # sparse, in [0, 1]: pixels
+    lim = 1.0 / 28.0  # torch's nn.Linear init for 784 inputs
+    drift = rng.random((DRIFT_STEPS, 2, b, n_in)) * (rng.random((DRIFT_STEPS, 2, b, n_in)) < 0.3)
+    return {
+        "x": x.astype(np.float32),
+        "d": (rng.normal(size=(b, n_out)) * 3e-3).astype(np.float32),
+        "w0": rng.uniform(-0.1, 0.1, (n_out, n_in)).astype(np.float32),
+        "w_read": rng.uniform(-lim, lim, (256, 392)).astype(np.float32),
+        "x_read": (rng.random((64, 392)) * (rng.random((64, 392)) < 0.2)).astype(np.float32),
+        "d_read": (rng.normal(size=(64, 256)) * 1e-3).astype(np.float32),
+        # zero-mean updates: x of either sign (difference of two sparse draws), d Gaussian
+        "x_drift": (drift[:, 0] - drift[:, 1]).astype(np.float32),
+        "d_drift": (rng.normal(size=(DRIFT_STEPS, b, n_out)) * 3e-3).astype(np.float32),
+    }
+
+
+def update_stats(dws: np.ndarray, x: np.ndarray, d: np.ndarray) -> dict:
+    """``dws``: ``(reps, out, in)`` changes of one update -> slope against ``-lr d^T x``, mean
+    ``|E dW|`` and ``|closed form|``, and the mean over cross-points of ``std(dW)``."""
+    exp = -LR * (d.T @ x)
+    m = dws.mean(0)
+    return {
+        "slope": float((m * exp).sum() / (exp * exp).sum()),
+        "mean_abs_change": float(np.abs(m).mean()),
+        "mean_abs_closed_form": float(np.abs(exp).mean()),
+        "std_per_crosspoint": float(dws.std(0).mean()),
+    }
+
+
+def read_stats(y: np.ndarray, exact: np.ndarray) -> dict:
+    e = y - exact
+    return {"mean_error": float(e.mean()), "std_error": float(e.std())}
+
+
+def drift_stats(w: np.ndarray) -> dict:
+    return {"mean": float(w.mean()), "std": float(w.std()), "max_abs": float(np.abs(w).max())}
+
+
+def _tile(device, n_out: int, n_in: int):
+    from aihwkit.simulator.configs import SingleRPUConfig
+    from aihwkit.simulator.tiles import AnalogTile
+
+    tile = AnalogTile(n_out, n_in, SingleRPUConfig(device=device))
+    tile.set_learning_rate(LR)
+    return tile
+
+
+def main() -> None:
+    import _common
+    import aihwkit
+    import torch
+    from aihwkit.simulator.configs import ConstantStepDevice, SoftBoundsDevice
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    p = probe_inputs()
+    tt = {k: torch.from_numpy(v) for k, v in p.items()}
+    out: dict = {"aihwkit": aihwkit.__version__, "lr": LR, "reps": REPS, "update": {}}
+    devices = {"constant_step": ConstantStepDevice, "soft_bounds": SoftBoundsDevice}
+    for name, cls in devices.items():
+        for spreads in ("none", "default"):
+            tile = _tile(cls(**(NO_SPREADS if spreads == "none" else {})), 32, 64)
+            dws = []
+            for _ in range(REPS):
+                tile.set_weights(tt["w0"])
+                w_set = tile.get_weights()[0].numpy()
+                tile.update(tt["x"], tt["d"])
+                dws.append(tile.get_weights()[0].numpy() - w_set)
+            out["update"][f"{name}_{spreads}"] = update_stats(np.asarray(dws), p["x"], p["d"])
+            print(name, spreads, out["update"][f"{name}_{spreads}"], flush=True)
+    tile = _tile(ConstantStepDevice(), 256, 392)
+    tile.set_weights(tt["w_read"])
+    err = np.abs(tile.get_weights()[0].numpy() - p["w_read"])
+    out["program"] = {"fraction_changed": float((err > 1e-6).mean()), "max_error": float(err.max())}
+    w = tile.get_weights()[0].numpy()
+    fwd = [tile.forward(tt["x_read"]).detach().numpy() for _ in range(REPS)]
+    bwd = [tile.backward(tt["d_read"]).detach().numpy() for _ in range(REPS)]
+    out["read"] = {
+        "forward": read_stats(np.asarray(fwd), p["x_read"] @ w.T),
+        "backward": read_stats(np.asarray(bwd), p["d_read"] @ w),
+    }
+    tile = _tile(SoftBoundsDevice(), 32, 64)
+    tile.set_weights(torch.zeros(32, 64))
+    for i in range(DRIFT_STEPS):
+        tile.update(tt["x_drift"][i], tt["d_drift"][i])
+    out["drift"] = drift_stats(tile.get_weights()[0].numpy())
+    out["seconds"] = time.perf_counter() - t0
+    print({k: out[k] for k in ("program", "read", "drift")})
+    _common.save("aihwkit_parity_probe_aihwkit", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""benchmarks/aihwkit_parity_ours.py: aihwkit's per-weight device spreads mapped onto this
+package's differential pair (BENCHMARKS.md, "aihwkit side by side on accuracy").
+
+aihwkit gives each weight one device: a pulse moves it by ``dw_min * gain * (1 + dw_min_std n)``
+with ``gain = 1 + dw_min_dtod z`` (``rpu_pulsed_device.cpp``, ``populate``), so the step of one
+pulse spreads by ``dw_min_dtod`` from weight to weight and by ``dw_min_std`` from pulse to pulse.
+Here a weight is a pair of devices moved together, and its step is the mean of the two devices'
+steps: the mapping gives each device sqrt(2) times aihwkit's spreads, and these tests check that
+the pair's step then spreads as aihwkit's single device does, that the mapped devices hold the
+initial weights exactly (aihwkit's bounds always contain w = 0), and that the update's mean is
+the closed form ``-lr d^T x``.
+"""
+
+import dataclasses
+import importlib
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import analog
+from tests._tolerance import assert_close_ulps
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+AIHWKIT_DW_MIN = 0.001  # ConstantStepDevice().dw_min, in aihwkit's weight units
+AIHWKIT_SPREAD = 0.3  # its dw_min_dtod and dw_min_std
+
+
+@pytest.fixture(scope="module")
+def parity():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("aihwkit_parity_ours")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _one_pulse_steps(dev, n: int = 64) -> np.ndarray:
+    """The weight change of exactly one raising pulse on each of ``n x n`` zero weights."""
+    tiles = analog.init_tiles(jax.random.key(0), jnp.zeros((n, n)), dev, (n, n), w_max=0.6)
+    x = jnp.eye(n, dtype=jnp.float32)  # sample i raises row i: one pulse per weight in all
+    d = jnp.full((n, n), AIHWKIT_DW_MIN, jnp.float32)
+    new, _ = analog.pulse_update(
+        tiles, x, d, 1.0, jax.random.key(1), update=analog.UpdateConfig(mode="deterministic")
+    )
+    return np.asarray(analog.read_weights(new))
+
+
+@pytest.mark.parametrize("only", ["dw_min_dtod", "dw_min_std"])
+def test_pair_step_spreads_as_aihwkits_single_device(parity, only):
+    full = parity.ours_device("sgd_constant_step")
+    off = {"dw_min_dtod": 0.0, "dw_min_std": 0.0, "up_down_dtod": 0.0}
+    off.pop(only)
+    steps = _one_pulse_steps(dataclasses.replace(full, **off)).ravel()
+    # mean: aihwkit's dw_min; relative spread: aihwkit's 0.3 per weight (4096 weights: the
+    # sample std is within 1.1% of the true one at one sigma, the truncation of a step scale
+    # at 0 in ours removes under 1%: 6% is past five sigma)
+    assert abs(steps.mean() / AIHWKIT_DW_MIN - 1.0) < 0.03
+    assert abs(steps.std() / steps.mean() / AIHWKIT_SPREAD - 1.0) < 0.06
+
+
+@pytest.mark.parametrize("name", ["sgd_constant_step", "sgd_soft_bounds"])
+def test_mapped_devices_hold_the_initial_weights(parity, name):
+    lim = 1.0 / 28.0  # torch's init of the 784-input layer
+    w = jax.random.uniform(jax.random.key(2), (256, 128), jnp.float32, -lim, lim)
+    dev = parity.ours_device(name)
+    tiles = analog.init_tiles(jax.random.key(3), w, dev, (256, 128), w_max=parity.AIHWKIT_W_MAX)
+    # two float32 roundings of conductances of order 1, scaled by w_scale = 0.6
+    assert_close_ulps(analog.read_weights(tiles), w, ulps=4, magnitude=parity.AIHWKIT_W_MAX)
+
+
+def test_range_spread_misprograms_the_pair(parity):
+    # Why the mapping gives no bounds_dtod: it spreads each device's range above g_min, so
+    # devices whose range ends below the pair's mid-point (about 5%) cannot hold w = 0.
+    # Should this fail, the library's bound spread has changed: revisit the mapping.
+    lim = 1.0 / 28.0
+    w = jax.random.uniform(jax.random.key(2), (256, 128), jnp.float32, -lim, lim)
+    dev = dataclasses.replace(parity.ours_device("sgd_constant_step"), bounds_dtod=0.3)
+    tiles = analog.init_tiles(jax.random.key(3), w, dev, (256, 128), w_max=parity.AIHWKIT_W_MAX)
+    wrong = np.abs(np.asarray(analog.read_weights(tiles)) - np.asarray(w)) > 1e-3
+    assert 0.05 < wrong.mean() < 0.14
+
+
+@pytest.mark.parametrize("name", ["sgd_constant_step", "sgd_soft_bounds"])
+def test_mapped_update_mean_is_the_closed_form(parity, name):
+    rng = np.random.default_rng(0)
+    x = (rng.random((16, 32)) * (rng.random((16, 32)) < 0.3)).astype(np.float32)
+    d = (rng.normal(size=(16, 16)) * 3e-3).astype(np.float32)
+    lr = 0.1
+    dev = parity.ours_device(name)
+    tiles = analog.init_tiles(jax.random.key(4), jnp.zeros((32, 16)), dev, (32, 16), w_max=0.6)
+
+    def once(k):
+        new, _ = analog.pulse_update(tiles, x, -d, lr, k, update=parity.AIHWKIT_UPDATE)
+        return analog.read_weights(new)
+
+    dws = np.asarray(jax.lax.map(jax.jit(once), jax.random.split(jax.random.key(5), 300)))
+    exp = -lr * (x.T @ d)
+    slope = float((dws.mean(0) * exp).sum() / (exp * exp).sum())
+    # slope of the mean change on the closed form: 300 repetitions of about 300 pulses a
+    # weight leave a few percent of noise; a missing factor (2, BL, 1 / B) is far outside
+    assert abs(slope - 1.0) < 0.08
