@@ -1,9 +1,9 @@
 """The compact device state: 16-bit conductances and 8-bit device-to-device codes.
 
-The full-precision state reads about 26 bytes per device on every pulsed update (a float32
-conductance, four float32 parameters and two stuck flags), and on a CPU the update is bound by
-that traffic (BENCHMARKS.md, "Simulation throughput, side by side with aihwkit"). The compact
-state (issue 17, item 4) stores the same device in 5 bytes:
+The full-precision state touches 26 bytes per device on every pulsed update (a float32
+conductance read and written, four float32 parameters and two stuck flags read), the traffic
+that BENCHMARKS.md ("Simulation throughput, side by side with aihwkit") found to bound the
+update. The compact state (issue 17, item 4) stores the same device in at most 5 bytes:
 
 * the conductance as a uint16 fixed-point code, ``g = g_min + lsb * code`` with
   ``lsb = (g_max - g_min) * headroom / 65535`` (``headroom`` covers the largest device bound

@@ -272,16 +272,61 @@ def side_by_side(
     return out
 
 
+def layer1_update(rounds: int, calls: int = 20, batch: int = 20, bl: int = 31) -> dict:
+    """Milliseconds per pulsed update of the workload's layer 1 alone (784x500 on 13x8 tiles,
+    ConstantStep as aihwkit's, BL 31 managed, MNIST-like x), float32 state against compact,
+    interleaved rounds; the minimum of wall time and of this process's CPU time per call."""
+    x_all, _, _ = load_mnist(batch)
+    x = jnp.asarray(x_all)
+    d = jax.random.normal(KEY(7), (batch, 500), jnp.float32) * 0.02
+    w = jax.random.uniform(KEY(0), (784, 500), jnp.float32, -1, 1) / np.sqrt(784)
+    cfg = analog.UpdateConfig(bl=bl, bl_management=True)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(t, i):
+        return analog.pulse_update(t, x, d, 0.01, jax.random.fold_in(KEY(8), i), update=cfg)[0]
+
+    state = {
+        c: analog.init_tiles(KEY(2), w, AIHWKIT_CONSTANT_STEP, w_max=0.6, compact=c == "compact")
+        for c in ("float32", "compact")
+    }
+    wall = {c: [] for c in state}
+    cpu = {c: [] for c in state}
+    for r in range(rounds + 1):  # the first round compiles
+        for c in state:
+            t, w0, c0 = state[c], time.perf_counter(), time.process_time()
+            for i in range(calls):
+                t = step(t, i)
+            jax.block_until_ready(t)
+            state[c] = t
+            if r:
+                wall[c].append(1e3 * (time.perf_counter() - w0) / calls)
+                cpu[c].append(1e3 * (time.process_time() - c0) / calls)
+    return {
+        "calls_per_round": calls,
+        "rounds": rounds,
+        "wall_ms_min": {c: min(v) for c, v in wall.items()},
+        "cpu_ms_min": {c: min(v) for c, v in cpu.items()},
+        "wall_ms_rounds": wall,
+        "cpu_ms_rounds": cpu,
+    }
+
+
 def copy_bandwidth(mbytes: int = 256, repeats: int = 7) -> dict:
     """Memory bandwidth of a large array copy (numpy and a jitted jax copy), bytes read plus
     written per second, best of ``repeats``: the figure a memory-bound update is held to."""
     a = np.ones(mbytes * 2**20 // 4, np.float32)
     b = np.empty_like(a)
     best_np = min(_timed(lambda: np.copyto(b, a)) for _ in range(repeats))
-    x = jnp.asarray(a)
-    f = jax.jit(lambda x: x + 1.0)  # a fused elementwise pass: one read, one write
-    jax.block_until_ready(f(x))
-    best_jax = min(_timed(lambda: jax.block_until_ready(f(x))) for _ in range(repeats))
+    # a fused elementwise pass, one read and one write, into the donated input's buffer (a
+    # fresh output would time the page faults of 256 MB of new memory instead)
+    f = jax.jit(lambda x: x + 1.0, donate_argnums=0)
+    box = [f(jnp.asarray(a))]
+
+    def step():
+        box[0] = jax.block_until_ready(f(box[0]))
+
+    best_jax = min(_timed(step) for _ in range(repeats))
     return {
         "array_mbytes": mbytes,
         "numpy_copy_gb_per_s": 2 * a.nbytes / best_np / 1e9,
@@ -296,18 +341,22 @@ def _timed(fn) -> float:
 
 
 def traffic_floor(sgd: dict, bandwidth_gb_s: float, batch: int = 20) -> dict:
-    """Bytes of device state per weight a training step reads and writes, and the samples/s
-    that traffic alone would allow at ``bandwidth_gb_s`` (BENCHMARKS.md's floor).
+    """Bytes per weight a training step reads and writes, and the samples/s that traffic alone
+    would allow at ``bandwidth_gb_s`` (BENCHMARKS.md's floor), for both device states.
 
     Per padded weight (a pair of devices): the update reads and writes both conductances and
-    reads every per-device parameter once; the forward and backward reads each read both
-    conductances. float32 state: 2 x (4 + 4 + 4 x 4 + 2) update + 2 x 8 reads = 68 bytes;
-    compact: 2 x (2 + 2 + 3) + 2 x 4 = 22 bytes (three 1-byte codes per device)."""
+    reads every per-device parameter (float32: 2 x (4 + 4 + 4 x 4 + 2) = 52 bytes; compact,
+    three 1-byte codes: 2 x (2 + 2 + 3) = 14); the coincidence counts of a managed update are
+    one float32 product written once and read by both passes (12 bytes, either state); the
+    forward and backward reads each read both conductances (float32 16, compact 8)."""
     weights = 832 * 512 + 512 * 64  # 784x500 and 500x10 on 64x64 tiles, padded
-    per_weight = {"float32": 2 * (4 + 4 + 16 + 2) + 2 * 8, "compact": 2 * (2 + 2 + 3) + 2 * 4}
-    out = {"padded_weights": weights, "bytes_per_weight_per_step": per_weight}
-    for k, b in per_weight.items():
-        seconds = weights * b / (bandwidth_gb_s * 1e9)
+    parts = {
+        "float32": {"device_update": 52, "counts": 12, "forward_backward_reads": 16},
+        "compact": {"device_update": 14, "counts": 12, "forward_backward_reads": 8},
+    }
+    out: dict = {"padded_weights": weights, "bytes_per_weight_per_step": parts}
+    for k, p in parts.items():
+        seconds = weights * sum(p.values()) / (bandwidth_gb_s * 1e9)
         out[f"{k}_floor_ms_per_step"] = 1e3 * seconds
         out[f"{k}_ceiling_samples_per_s"] = batch / seconds
     aih = sgd["samples_per_s_median"].get("aihwkit_constant_step")
@@ -333,7 +382,18 @@ def main(argv=None):
         default="analog_throughput",
         help="result name under benchmarks/results/ (JSON and PNG)",
     )
+    ap.add_argument(
+        "--update-only",
+        action="store_true",
+        help="time only layer 1's pulsed update, float32 against compact state "
+        "(writes <name>_update.json with the copy bandwidth)",
+    )
     args = ap.parse_args(argv)
+    if args.update_only:
+        res = {"layer1_update": layer1_update(args.rounds), "memory_bandwidth": copy_bandwidth()}
+        print(res, flush=True)
+        _common.save(f"{args.name}_update", res, argv=argv)
+        return
     rows = tile_sweep(args.repeats)
     sgd = side_by_side(args.rounds, args.batches, args.aihwkit_python)
     print(sgd, flush=True)
