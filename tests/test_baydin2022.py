@@ -1,0 +1,81 @@
+"""benchmarks/baydin2022.py: the looped step (used for the CNN, see BENCHMARKS.md) is the
+scanned step, and the models have the paper's shapes (Baydin et al. 2022, sec. 5.2)."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def baydin():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("baydin2022")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _batches(steps, batch=8):
+    kx, ky = jax.random.split(jax.random.key(3))
+    xs = jax.random.uniform(kx, (steps, batch, 28, 28, 1), jnp.float32)
+    ys = jax.random.randint(ky, (steps, batch), 0, 10, jnp.int32)
+    return xs, ys
+
+
+@pytest.mark.parametrize(
+    "forward,tangent", [(False, "gaussian"), (True, "gaussian"), (True, "rademacher")]
+)
+def test_loop_runner_equals_scan_runner(baydin, forward, tangent):
+    # Same keys (fold_in of the step index), same rate schedule: the two runners must agree
+    # to rounding, or the CNN's timings would compare different algorithms.
+    p0 = baydin.init("logreg", jax.random.key(0))
+    xs, ys = _batches(5)
+    args = (p0, jnp.int32(7), jax.random.key(1), xs, ys)
+    p_scan, l_scan = baydin.make_chunk("logreg", 1e-2, forward, tangent, scan=True)(*args)
+    p_loop, l_loop = baydin.make_chunk("logreg", 1e-2, forward, tangent, scan=False)(*args)
+    np.testing.assert_allclose(np.asarray(l_loop), np.asarray(l_scan), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(p_loop), jax.tree.leaves(p_scan)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert float(l_loop[-1]) != float(l_loop[0])  # the steps did move the parameters
+
+
+def test_bp_step_is_sgd_on_jax_grad_with_the_papers_decay(baydin):
+    # eta_i = eta_0 exp(-i k), k = 1e-4 (sec. 5.2): one BP step at step index i.
+    p0 = baydin.init("logreg", jax.random.key(0))
+    xs, ys = _batches(1)
+    i, lr0 = 5000, 1e-2
+    p1, _ = baydin.make_chunk("logreg", lr0, False, "gaussian")(
+        p0, jnp.int32(i), jax.random.key(1), xs, ys
+    )
+
+    def loss(p):
+        logits = baydin.apply("logreg", p, xs[0])
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[jnp.arange(8), ys[0]])
+
+    rate = lr0 * np.exp(-i * baydin.DECAY_K)
+    g = jax.grad(loss)(p0)
+    for a, b, c in zip(jax.tree.leaves(p1), jax.tree.leaves(p0), jax.tree.leaves(g)):
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b - np.float32(rate) * c), rtol=1e-5, atol=1e-7
+        )
+
+
+def test_model_shapes_follow_the_paper(baydin):
+    sizes = {
+        m: sum(a.size for a in jax.tree.leaves(baydin.init(m, jax.random.key(0))))
+        for m in ("logreg", "mlp", "cnn")
+    }
+    assert sizes["logreg"] == 784 * 10 + 10
+    assert sizes["mlp"] == 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10
+    # four 3x3x64 convs, unpadded: 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4, so 4*4*64 = 1024 in
+    conv = (9 * 1 * 64 + 64) + 3 * (9 * 64 * 64 + 64)
+    assert sizes["cnn"] == conv + 1024 * 1024 + 1024 + 1024 * 10 + 10
+    x = jnp.zeros((2, 28, 28, 1), jnp.float32)
+    assert baydin.apply("cnn", baydin.init("cnn", jax.random.key(0)), x).shape == (2, 10)
