@@ -324,6 +324,38 @@ def ours_device(name: str, spreads: str = "default"):
     return None
 
 
+#: aihwkit's TransferCompound defaults: ``fast_lr`` 1 (A's updates take this rate, whatever
+#: the SGD rate), ``transfer_lr`` 1 with ``scale_transfer_lr`` (a transfer's rate is
+#: ``transfer_lr`` times the SGD rate).
+AIHWKIT_FAST_LR = 1.0
+
+
+def tiki_taka_as_aihwkit(lr: float, batch: int, params, seed: int):
+    """``analog.tiki_taka`` set as aihwkit_parity.py's TransferCompound: A pulsed at
+    :data:`AIHWKIT_FAST_LR`, a row of A read every mini-batch through aihwkit's transfer read
+    (default IO without noise or bound management: :data:`AIHWKIT_IO`, which ``mvm`` reads
+    unmanaged) and moved into C at ``lr`` (``transfer_lr`` 1 scaled by the SGD rate), gamma 0,
+    digital biases at ``lr``. Ours is TTv2: the transfer goes through the digital buffer H (whole
+    steps of C, the rest kept), aihwkit's TransferCompound pulses the read into C stochastically;
+    the expected change of C is the same."""
+    from analog._insitu import Crossbar
+
+    digital = jax.tree.map(
+        lambda p: not isinstance(p, Crossbar), params, is_leaf=lambda p: isinstance(p, Crossbar)
+    )
+    return optax.chain(
+        optax.masked(optax.scale(lr / AIHWKIT_FAST_LR), digital),  # biases: -lr g
+        analog.tiki_taka(
+            AIHWKIT_FAST_LR,
+            transfer_every=batch,
+            transfer_lr=lr,
+            update=AIHWKIT_UPDATE,
+            transfer_io=AIHWKIT_IO,
+            seed=seed,
+        ),
+    )
+
+
 def insitu_ours(
     name: str,
     seed: int,
@@ -341,8 +373,7 @@ def insitu_ours(
     logits), digital biases, weights initialised as torch's ``nn.Linear`` (uniform
     +-1/sqrt(fan_in)), tiles of at most 392 x 512 (aihwkit's ``TileModuleArray`` cuts the 784
     inputs into two 392-row tiles; the other layers fit one tile), aihwkit's default IO forward
-    and backward, ``analog.pulsed_sgd`` or ``analog.tiki_taka`` (transfer every mini-batch, one
-    row a transfer, transfer_lr 1, gamma 0: aihwkit's TransferCompound defaults) with
+    and backward, ``analog.pulsed_sgd`` or :func:`tiki_taka_as_aihwkit` with
     :data:`AIHWKIT_UPDATE`. The same ``samples`` first images of a permutation seeded by
     ``seed`` as aihwkit's side (numpy's ``default_rng(seed)``).
     """
@@ -365,9 +396,7 @@ def insitu_ours(
     model = models.MLP(WIDTHS, activation=activation, linear=layer, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
     if tt:
-        tx = analog.tiki_taka(
-            lr, transfer_every=batch, transfer_lr=1.0, update=AIHWKIT_UPDATE, seed=seed
-        )
+        tx = tiki_taka_as_aihwkit(lr, batch, params, seed)
     else:
         tx = analog.pulsed_sgd(lr, update=AIHWKIT_UPDATE, seed=seed)
     state = tx.init(params)
