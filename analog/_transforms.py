@@ -9,6 +9,7 @@ updates and reads ``batch=(x, y)`` (Scellier & Bengio 2017; Laborieux et al. 202
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple
@@ -236,11 +237,29 @@ def _program_update(updates, state, params=None, *, pulse, mixed_precision, **ex
     t_leaves = jax.tree.leaves(state.tiles, is_leaf=_is_tiles)
     deltas = [jnp.asarray(u).astype(_F32).reshape(t.shape) for u, t in zip(u_leaves, t_leaves)]
 
-    def take():
-        return _program_step(state, deltas, p_leaves, t_leaves, treedef, pulse, mixed_precision)
+    tiles_def = jax.tree.structure(state.tiles, is_leaf=_is_tiles)
 
-    # A cond, not a select: a refused update never reaches the device model at all.
-    return bbcore.refuse_nonfinite(bbcore.all_finite(u_leaves), take, state, params)
+    def conductances(tiles):  # the part of the tiles an update changes
+        return tiles_def.unflatten(
+            [(t.g_plus, t.g_minus) for t in jax.tree.leaves(tiles, is_leaf=_is_tiles)]
+        )
+
+    def take():
+        upd, new = _program_step(state, deltas, p_leaves, t_leaves, treedef, pulse, mixed_precision)
+        return upd, new._replace(tiles=conductances(new.tiles))
+
+    # A cond, not a select: a refused update never reaches the device model at all. Only the
+    # conductances go through it: the device parameters (six arrays per conductance array)
+    # never change, and as outputs of the cond XLA copied them every step (BENCHMARKS.md,
+    # "Speed of the registered `analog-eqprop-taox` row").
+    upd, new = bbcore.refuse_nonfinite(
+        bbcore.all_finite(u_leaves), take, state._replace(tiles=conductances(state.tiles)), params
+    )
+    tiles = [
+        dataclasses.replace(t, g_plus=gp, g_minus=gm)
+        for t, (gp, gm) in zip(t_leaves, tiles_def.flatten_up_to(new.tiles))
+    ]
+    return upd, new._replace(tiles=tiles_def.unflatten(tiles))
 
 
 def _program_step(state, deltas, p_leaves, t_leaves, treedef, pulse, mixed_precision):
