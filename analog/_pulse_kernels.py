@@ -245,8 +245,9 @@ def _apply_counts(tiles, up: jax.Array, down: jax.Array, seeds: jax.Array | None
     """One device pass per conductance array: G+ sees ``up`` potentiating then ``down``
     depressing pulses, G- ``up`` depressing then ``down`` potentiating (weight-raising pulses
     first, as :func:`apply_pulses`), with one noise value per device. :class:`Tiles` or
-    :class:`CompactTiles` in, the same kind out; compact devices also draw one 32-bit word per
-    device for its stochastic rounding (see below)."""
+    :class:`CompactTiles` in, the same kind out; compact devices also take 16 random bits
+    each for their stochastic rounding: one hashed word per pair, or, with noise, each noise
+    word mixed once more."""
     dev = tiles.device
     shape = conductance_state(tiles)[0].shape
     zp: jax.Array | None = None
@@ -264,13 +265,13 @@ def _apply_counts(tiles, up: jax.Array, down: jax.Array, seeds: jax.Array | None
     assert seeds is not None, "compact devices round stochastically: they need the seeds"
     if words is None:
         bits = _hash_bits(seeds, stream + 1, shape)
-        up_p, up_m = CS.dither(bits), CS.dither(bits >> 16)
+        u_p, u_m = CS.dither(bits), CS.dither(bits >> 16)
     else:
         # A noisy device's rounding reuses its noise word through one more bijective mixing
         # round (an independent-looking word at a third of a hash's cost: the hash dominates
         # this pass on CPUs; tests/test_analog_compact.py checks the rounding stays unbiased).
-        up_p, up_m = CS.dither(_mix32(words[0])), CS.dither(_mix32(words[1]))
+        u_p, u_m = CS.dither(_mix32(words[0])), CS.dither(_mix32(words[1]))
     step = functools.partial(CS.step_two_compact, dev, n_first=up, n_second=down)
-    cp = step(tiles.code_plus, noise=zp, cv=tiles.par_plus, u=up_p, pot_first=True)
-    cm = step(tiles.code_minus, noise=zm, cv=tiles.par_minus, u=up_m, pot_first=False)
+    cp = step(tiles.code_plus, noise=zp, cv=tiles.par_plus, u=u_p, pot_first=True)
+    cm = step(tiles.code_minus, noise=zm, cv=tiles.par_minus, u=u_m, pot_first=False)
     return with_conductance_state(tiles, cp, cm)
