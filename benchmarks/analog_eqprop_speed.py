@@ -241,7 +241,8 @@ def figure(res: dict):
         )
     ax.set_xticks(xs, PARTS)
     ax.set_ylabel("ms per call (median of rounds)")
-    ax.set_title(f"{ROW}, batch {res['batch']}: baseline {res['baseline_commit'][:7]} vs this tree")
+    base, cand = res["baseline_commit"][:7], res["this_tree_commit"][:7]
+    ax.set_title(f"{ROW}, batch {res['batch']}: {base} (baseline) vs {cand}")
     ax.legend()
     fig.tight_layout()
     return fig
