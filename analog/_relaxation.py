@@ -225,6 +225,31 @@ def _sweep(ops: _Ops, bs, x, states, target, beta, noise: dict, linear_output: b
     return tuple(states)
 
 
+def _held_input(ops: _Ops, x, input_product, seeds, steps: int, n_1: int) -> jax.Array:
+    """The read of ``x @ W_1`` that :func:`relax` holds for all its sweeps (checked if given).
+
+    The clamped input's product is the same every sweep, so it is read once and held
+    (sample-and-hold on the first crossbar's column outputs): with a noisy periphery its
+    read noise and ADC error are frozen instead of redrawn each sweep. Training passes the
+    same held read to all phases of a step (``input_product=``), so that noise is common to
+    the free and nudged states and cancels in their difference, as on a chip that drives
+    the clamped rows once per example. It is also what keeps a noisy 784x500 first layer
+    affordable: 90% of the product cost, formerly re-read 20-40 times per phase. The energy
+    ledger still counts a read per sweep (a chip relaxing continuously keeps driving rows).
+    Drawn here, its noise is stream ``steps`` of the relaxation's key.
+    """
+    if input_product is None:
+        return ops.fwd(0, x, _read_noise(seeds, steps, [ops.shapes(0, False, x.shape[0])])[0])
+    h0 = jnp.asarray(input_product)
+    if h0.shape != (x.shape[0], n_1) or not jnp.issubdtype(h0.dtype, jnp.floating):
+        raise ValueError(
+            f"relax: input_product has shape {h0.shape} and dtype {h0.dtype}; "
+            f"it must be a float (batch, n_1) = {(x.shape[0], n_1)} "
+            "read of x @ W_1, e.g. from analog.read_input(params, x, ...)"
+        )
+    return h0.astype(_F32)
+
+
 def relax(
     params,
     x,
@@ -274,25 +299,7 @@ def relax(
     reads = [(k, t) for t in (False, True) for k in range(1, len(ws))]
     shapes = [ops.shapes(k, t, b) for k, t in reads]
 
-    # The clamped input's product is the same every sweep, so it is read once and held
-    # (sample-and-hold on the first crossbar's column outputs): with a noisy periphery its
-    # read noise and ADC error are frozen instead of redrawn each sweep. Training passes the
-    # same held read to all phases of a step (``input_product=``), so that noise is common to
-    # the free and nudged states and cancels in their difference, as on a chip that drives
-    # the clamped rows once per example. It is also what keeps a noisy 784x500 first layer
-    # affordable: 90% of the product cost, formerly re-read 20-40 times per phase. The energy
-    # ledger still counts a read per sweep (a chip relaxing continuously keeps driving rows).
-    if input_product is None:
-        h0 = ops.fwd(0, x, _read_noise(seeds, steps, [ops.shapes(0, False, b)])[0])
-    else:
-        h0 = jnp.asarray(input_product)
-        if h0.shape != (x.shape[0], ws[0].shape[1]) or not jnp.issubdtype(h0.dtype, jnp.floating):
-            raise ValueError(
-                f"relax: input_product has shape {h0.shape} and dtype {h0.dtype}; "
-                f"it must be a float (batch, n_1) = {(x.shape[0], ws[0].shape[1])} "
-                "read of x @ W_1, e.g. from analog.read_input(params, x, ...)"
-            )
-        h0 = h0.astype(_F32)
+    h0 = _held_input(ops, x, input_product, seeds, steps, ws[0].shape[1])
     ops = _Ops(lambda k, s, z: h0 if k == 0 else ops_fwd(k, s, z), ops.bwd, ops.shapes)
 
     z_all = _sweep_normals(seeds, steps, shapes)
