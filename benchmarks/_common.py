@@ -234,3 +234,56 @@ def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> 
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], rounds: int, iters: int) -> dict:
+    """Seconds per call of every ``calls[name]()``, after one compiling call each: ``rounds``
+    rounds, each timing ``iters`` calls of every variant in turn, so that all of them see the
+    same machine load (side by side, never one after the other). A call that carries state
+    (params from step to step) keeps it in its own closure."""
+    import jax
+
+    for f in calls.values():
+        jax.block_until_ready(f())
+    times: dict[str, list[float]] = {n: [] for n in calls}
+    for _ in range(rounds):
+        for n, f in calls.items():
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                out = f()
+            jax.block_until_ready(out)
+            times[n].append((time.perf_counter() - t0) / iters)
+    return times
+
+
+def ratio_rows(times: dict[str, list[float]], base: str) -> dict:
+    """Per variant: the median time (ms), the median over rounds of its time divided by
+    ``base``'s in the same round (``median_ratio_to_<base>``), and every round's time (ms)."""
+    ref = times[base]
+    return {
+        n: {
+            "median_ms": 1e3 * statistics.median(ts),
+            f"median_ratio_to_{base}": statistics.median(t / b for t, b in zip(ts, ref)),
+            "all_ms": [1e3 * t for t in ts],
+        }
+        for n, ts in times.items()
+    }
+
+
+def ratio_bars(
+    labels: Sequence[str], ratios: Sequence[float], colors, *, xlabel: str, title: str, height=3.5
+):
+    """A horizontal bar chart of time ratios, each bar labelled with its value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, height))
+    ax.barh(range(len(labels)), ratios, color=colors)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    for i, r in enumerate(ratios):
+        ax.text(r, i, f" {r:.2f}x", va="center", fontsize=7)
+    ax.set(xlabel=xlabel, title=title)
+    return fig, ax

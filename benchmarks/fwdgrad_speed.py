@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 
 import _common
 import jax
@@ -121,7 +120,7 @@ def run(batch, rounds, iters, vmap_baseline=True):
     state = sgd.init(params)
     key = jax.random.key(3)
     calls = {n: (lambda f=f: f(params, state, key)) for n, f in variants.items()}
-    times = _interleaved(calls, rounds, iters)
+    times = _common.interleaved(calls, rounds, iters)
     bp = np.array(times["backprop"])
     return {
         n: {
@@ -130,23 +129,6 @@ def run(batch, rounds, iters, vmap_baseline=True):
         }
         for n, t in times.items()
     }
-
-
-def _interleaved(calls: dict, rounds: int, iters: int) -> dict[str, list[float]]:
-    """Seconds per call of every ``calls[name]()``, after one compiling call each: ``rounds``
-    rounds, each timing ``iters`` calls of every variant in turn, so that all of them see the
-    same machine load (side by side, never one after the other)."""
-    for f in calls.values():
-        jax.block_until_ready(f())
-    times: dict[str, list[float]] = {n: [] for n in calls}
-    for _ in range(rounds):
-        for n, f in calls.items():
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                out = f()
-            jax.block_until_ready(out)
-            times[n].append((time.perf_counter() - t0) / iters)
-    return times
 
 
 def _user_steps(x, y):
@@ -201,7 +183,7 @@ def run_user_path(batch, rounds, iters):
         carry[n] = f(*carry[n])
         return carry[n]
 
-    times = _interleaved(
+    times = _common.interleaved(
         {n: functools.partial(step, n, f) for n, (f, _) in variants.items()}, rounds, iters
     )
     bp = np.array(times["backprop: jax.grad + optax.sgd"])

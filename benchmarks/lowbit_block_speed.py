@@ -22,8 +22,7 @@ Writes ``benchmarks/results/lowbit_block_speed.{json,png}``.
 
 from __future__ import annotations
 
-import statistics
-import time
+import functools
 
 import _common
 import jax
@@ -44,7 +43,7 @@ def rows(x: jax.Array) -> dict:
         return lambda x: quantize_blocks_split(x, fmt, axis=axis, rounding=rounding, key=key)
 
     return {
-        "copy (2 x)": lambda x: x * 2,
+        "copy": lambda x: x * 2,  # the reference: one read and one write of the array
         "NVFP4 channel blocks, nearest": blocks(lowbit.NVFP4, -1),
         "NVFP4 channel blocks, stochastic": blocks(lowbit.NVFP4, -1, "stochastic"),
         "NVFP4 batch x spatial blocks, nearest": blocks(lowbit.NVFP4, (0, 1, 2)),
@@ -74,20 +73,15 @@ def inputs(x: jax.Array, name: str) -> jax.Array:
 
 
 def plot(result: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(result["rows"])
-    ratios = [result["rows"][n]["median_ratio_to_copy"] for n in names]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.barh(range(len(names)), ratios, color="C0")
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.invert_yaxis()
-    for i, v in enumerate(ratios):
-        ax.text(v, i, f" {v:.1f}x", va="center", fontsize=7)
-    ax.set(xlabel="time / a copy of the array", title=f"{SHAPE} float32, XLA:CPU")
+    fig, _ = _common.ratio_bars(
+        names,
+        [result["rows"][n]["median_ratio_to_copy"] for n in names],
+        "C0",
+        xlabel="time / a copy of the array",
+        title=f"{SHAPE} float32, XLA:CPU",
+        height=4,
+    )
     fig.tight_layout()
     return fig
 
@@ -99,26 +93,12 @@ def main(argv=None):
     x = jax.random.normal(jax.random.key(0), SHAPE, jnp.float32)
     fns = {n: jax.jit(f) for n, f in rows(x).items()}
     args_of = {n: jax.block_until_ready(inputs(x, n)) for n in fns}
-    for n, f in fns.items():
-        jax.block_until_ready(f(args_of[n]))
-    times: dict[str, list[float]] = {n: [] for n in fns}
-    for _ in range(args.repeats):
-        for n, f in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(args.iters):
-                out = f(args_of[n])
-            jax.block_until_ready(out)
-            times[n].append((time.perf_counter() - t0) / args.iters)
-    base = times["copy (2 x)"]
-    result = {"shape": SHAPE, "repeats": args.repeats, "iters": args.iters, "rows": {}}
-    for n, ts in times.items():
-        ratio = statistics.median(t / b for t, b in zip(ts, base))
-        result["rows"][n] = {
-            "median_ms": 1e3 * statistics.median(ts),
-            "median_ratio_to_copy": ratio,
-            "all_ms": [1e3 * t for t in ts],
-        }
-        print(f"{n:45s} {1e3 * statistics.median(ts):8.2f} ms  x{ratio:.1f}", flush=True)
+    calls = {n: functools.partial(f, args_of[n]) for n, f in fns.items()}
+    times = _common.interleaved(calls, args.repeats, args.iters)
+    result = {"shape": SHAPE, "repeats": args.repeats, "iters": args.iters}
+    result["rows"] = _common.ratio_rows(times, "copy")
+    for n, r in result["rows"].items():
+        print(f"{n:45s} {r['median_ms']:8.2f} ms  x{r['median_ratio_to_copy']:.1f}", flush=True)
     _common.save("lowbit_block_speed", result, plot(result), argv=argv)
 
 

@@ -96,27 +96,15 @@ def variants():
 
 def plot(result: dict):
     """Bar chart of the step-time ratios (also runnable alone: ``--plot-only``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(result["variants"])
-    ratios = [result["variants"][n]["median_ratio_to_float32"] for n in names]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
     colors = [
         "gray" if n.startswith("float32") else "C0" if n.startswith("lowbit") else "C1"
         for n in names
     ]
-    ax.barh(range(len(names)), ratios, color=colors)
-    ax.set_yticks(
-        range(len(names)),
+    fig, _ = _common.ratio_bars(
         [n + ("" if result["variants"][n]["jvp"] == "ok" else "  [no jvp]") for n in names],
-        fontsize=7,
-    )
-    for i, r in enumerate(ratios):
-        ax.text(r, i, f" {r:.2f}x", va="center", fontsize=8)
-    ax.set(
+        [result["variants"][n]["median_ratio_to_float32"] for n in names],
+        colors,
         xlabel="training step time / float32 step",
         title=f"MLP 784-1024-1024-10, batch {result['batch']}, median of {result['repeats']}",
     )
