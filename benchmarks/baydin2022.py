@@ -155,8 +155,7 @@ def apply(model: str, params: dict, x: jax.Array) -> jax.Array:
 
 def make_chunk(model: str, lr0: float, forward: bool, tangent: str, scan: bool = True):
     """``(params, i0, key, xs, ys) -> (params, losses)``: ``len(xs)`` SGD steps, one jitted
-    ``lax.scan`` (``scan=True``) or a Python loop over one jitted step (``scan=False``; the
-    same arithmetic, for models whose steps XLA:CPU runs slowly inside a while loop)."""
+    ``lax.scan``, or (``scan=False``, the same arithmetic) a Python loop of one jitted step."""
 
     def loss(p, x, y):
         logits = apply(model, p, x)
@@ -383,7 +382,8 @@ def plot(out: dict):
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     for ax, (name, res) in zip(axes[0], out.get("functions", {}).items()):
         _plot_function(ax, name, res)
-    axes[0, 2].axis("off")
+    for ax in axes[0][len(out.get("functions", {})) :]:  # no empty frames without functions
+        ax.axis("off")
     for ax, model in zip(axes[1], ("logreg", "mlp", "cnn")):
         if model in out["mnist"]:
             _plot_model(ax, model, out["mnist"][model], out["settings"]["window"])
