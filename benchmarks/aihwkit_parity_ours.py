@@ -333,7 +333,7 @@ AIHWKIT_FAST_LR = 1.0
 def tiki_taka_as_aihwkit(lr: float, batch: int, params, seed: int):
     """``analog.tiki_taka`` set as aihwkit_parity.py's TransferCompound: A pulsed at
     :data:`AIHWKIT_FAST_LR`, a row of A read every mini-batch through aihwkit's transfer read
-    (default IO without noise or bound management: :data:`AIHWKIT_IO`, which ``mvm`` reads
+    (default IO, noise and bound management off: :data:`AIHWKIT_IO`, which ``mvm`` reads
     unmanaged) and moved into C at ``lr`` (``transfer_lr`` 1 scaled by the SGD rate), gamma 0,
     digital biases at ``lr``. Ours is TTv2: the transfer goes through the digital buffer H (whole
     steps of C, the rest kept), aihwkit's TransferCompound pulses the read into C stochastically;
