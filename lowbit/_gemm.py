@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -223,14 +224,33 @@ def _hadamard(n: int) -> np.ndarray:
 
 
 def _rht(x, axis: int, n: int, seed: int):
-    """Random Hadamard transform along ``axis`` in chunks of ``n`` (axis zero-padded to a multiple)."""
+    """Random Hadamard transform along ``axis`` in chunks of ``n``; the axis is zero-padded to a
+    multiple of ``n`` and stays padded (the rotation moves the padding's weight onto real rows).
+
+    ``H_n diag(s)`` per chunk (``s`` random signs, ``H_n`` Sylvester's, orthonormal). Along the
+    last axis it is one small matmul per chunk. Along another axis, moving it last would
+    transpose the whole operand twice (the weight gradient's axis is the batch's, not the
+    last); there the fast Walsh-Hadamard butterflies run in place instead, ``log2 n`` fused
+    add/subtract passes (BENCHMARKS.md, "Block-scaled 4-bit step time").
+    """
     signs = jax.random.rademacher(jax.random.key(seed), (n,), jnp.float32)
-    xm = jnp.moveaxis(x.astype(jnp.float32), axis, -1)
-    m = xm.shape[-1]
-    xm = jnp.pad(xm, [(0, 0)] * (xm.ndim - 1) + [(0, -m % n)])
-    chunks = xm.reshape(*xm.shape[:-1], -1, n) * signs
-    y = (chunks @ jnp.asarray(_hadamard(n))).reshape(xm.shape)
-    return jnp.moveaxis(y, -1, axis).astype(x.dtype)
+    axis = axis % x.ndim
+    m = x.shape[axis]
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, -m % n)
+    xp = jnp.pad(x.astype(jnp.float32), pad)
+    if axis == x.ndim - 1:
+        chunks = xp.reshape(*xp.shape[:-1], -1, n) * signs
+        return (chunks @ jnp.asarray(_hadamard(n))).reshape(xp.shape).astype(x.dtype)
+    lead, trail = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1 :])
+    y = xp.reshape(lead, -1, n, trail) * signs[:, None]
+    c, h = y.shape[1], 1
+    while h < n:  # butterflies on bit h of the index within the chunk: Sylvester's order
+        y = y.reshape(lead, c, n // (2 * h), 2, h, trail)
+        a, b = y[:, :, :, 0], y[:, :, :, 1]
+        y = jnp.stack([a + b, a - b], axis=3)
+        h *= 2
+    return (y * jnp.float32(1.0 / np.sqrt(n))).reshape(xp.shape).astype(x.dtype)
 
 
 # ---------------------------------------------------------------------------

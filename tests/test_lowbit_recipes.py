@@ -103,6 +103,30 @@ def test_jvp_is_the_straight_through_derivative_of_the_forward_pass():
         assert np.all(np.abs(np.asarray(t, np.float64) - ref) <= 2 * bound)
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_random_hadamard_transform_matches_the_explicit_matrix_along_every_axis(axis):
+    """Both code paths of the RHT (a matmul along the last axis, butterflies elsewhere)
+    against ``H_16 diag(s)`` built here by Kronecker products in float64, on an axis whose
+    length (20, 37) is not a multiple of 16: zero-padded chunks, kept padded (A^T G holds
+    only over the padded, rotated operands)."""
+    from lowbit._gemm import _rht
+
+    x = jax.random.normal(jax.random.key(0), (20, 37, 5), jnp.float32)
+    got = np.asarray(_rht(x, axis, 16, seed=3), np.float64)
+    s = np.asarray(jax.random.rademacher(jax.random.key(3), (16,), jnp.float32), np.float64)
+    h = np.ones((1, 1))
+    for _ in range(4):
+        h = np.kron(np.array([[1.0, 1.0], [1.0, -1.0]]), h)
+    m = (h / 4.0) * s  # H diag(s), orthonormal
+    xm = np.moveaxis(np.asarray(x, np.float64), axis, -1)
+    n = xm.shape[-1]
+    xp = np.concatenate([xm, np.zeros((*xm.shape[:-1], -n % 16))], axis=-1)
+    want = (xp.reshape(*xp.shape[:-1], -1, 16) @ m.T).reshape(xp.shape)
+    want = np.moveaxis(want, -1, axis)
+    # 16-term float32 sums of |x| <= 4.5: error well under 16 eps of the largest |x|
+    assert np.max(np.abs(got - want)) <= 16 * EPS * np.max(np.abs(np.asarray(x)))
+
+
 def test_hadamard_on_the_weight_gradient_is_orthogonal():
     # Float32 operands: the rotation (16-term sums, batch 20 zero-padded to 32) must leave
     # A^T G unchanged up to rounding: 16 + 32 terms of float32 error, bounded by 64 eps.
