@@ -12,30 +12,23 @@ the closed form ``-lr d^T x``.
 """
 
 import dataclasses
-import importlib
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _bench import import_benchmark
 
 import analog
 from tests._tolerance import assert_close_ulps
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 AIHWKIT_DW_MIN = 0.001  # ConstantStepDevice().dw_min, in aihwkit's weight units
 AIHWKIT_SPREAD = 0.3  # its dw_min_dtod and dw_min_std
 
 
 @pytest.fixture(scope="module")
 def parity():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("aihwkit_parity_ours")
-    finally:
-        sys.path.remove(str(BENCH))
+    return import_benchmark("aihwkit_parity_ours")
 
 
 def _one_pulse_steps(dev, n: int = 64) -> np.ndarray:

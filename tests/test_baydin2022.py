@@ -1,25 +1,16 @@
 """benchmarks/baydin2022.py: the looped step (used for the CNN, see BENCHMARKS.md) is the
 scanned step, and the models have the paper's shapes (Baydin et al. 2022, sec. 5.2)."""
 
-import importlib
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from _bench import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def baydin():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("baydin2022")
-    finally:
-        sys.path.remove(str(BENCH))
+    return import_benchmark("baydin2022")
 
 
 def _batches(steps, batch=8):
