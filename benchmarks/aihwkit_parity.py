@@ -62,6 +62,7 @@ import time
 
 import _common  # stdlib only: no JAX in aihwkit's environment
 import aihwkit
+import aihwkit_parity_probe
 import numpy as np
 import torch
 from aihwkit.inference import GlobalDriftCompensation, PCMLikeNoiseModel
@@ -197,14 +198,9 @@ def drift_cmd(args) -> None:
 
 
 #: ``--spreads none``: every device at its nominal parameters (no device-to-device spread, no
-#: cycle-to-cycle noise), to tell the device models' variation apart from the rest.
-NO_SPREADS = {
-    "dw_min_dtod": 0.0,
-    "dw_min_std": 0.0,
-    "up_down_dtod": 0.0,
-    "w_max_dtod": 0.0,
-    "w_min_dtod": 0.0,
-}
+#: cycle-to-cycle noise), to tell the device models' variation apart from the rest; defined
+#: beside the single-tile probes, which use it too (that module imports numpy only).
+NO_SPREADS = aihwkit_parity_probe.NO_SPREADS
 
 
 def insitu_config(name: str, spreads: str = "default"):

@@ -19,7 +19,6 @@ import json
 import _common
 import aihwkit_parity_ours as ours
 import jax.numpy as jnp
-import numpy as np
 
 import analog._tiki_taka as tt
 
@@ -59,16 +58,7 @@ def main() -> None:
                 )
             )  # fmt: skip
             print(name, seed, runs[-1], flush=True)
-        accs = [r["accuracy"] for r in runs]
-        a = theirs["configs"][name]
-        out["configs"][name] = {
-            "ours_runs": runs,
-            "ours_mean": float(np.mean(accs)),
-            "ours_std": float(np.std(accs)),
-            "aihwkit_mean": a["mean"],
-            "aihwkit_std": a["std"],
-            "difference_points": 100 * (float(np.mean(accs)) - a["mean"]),
-        }
+        out["configs"][name] = ours.side_by_side(runs, theirs["configs"][name])
         _common.save(args.out, out)
 
 
