@@ -47,8 +47,6 @@ from beyondbp.methods._registry import Method, MethodConfig, NotApplicable, Setu
 #: SGD learning rates (momentum 0.9) of the three rows.
 LR_WEIGHT = 1e-4
 LR_ORTHOGONAL = 3.0
-#: SGD rate of plain FG-A local learning (kept for the fwdgrad+lowbit+analog row).
-LR_LOCAL = 0.001
 #: Time constant (steps) of the K=1 row's inverse-time decay: the rate halves after this many.
 DECAY_STEPS = 2000
 #: fwdgrad-local: Adam peak rate (cosine decay to 0) and units per local-loss group. Full
