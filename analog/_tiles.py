@@ -51,13 +51,29 @@ def check_tile_shape(tile_shape: Any) -> tuple[int, int]:
     return (int(tile_shape[0]), int(tile_shape[1]))
 
 
+class _TileGrid:
+    """The grid both tile states answer from their first ``(R, C, rows, cols)`` array."""
+
+    @property
+    def _layout(self) -> jax.Array:
+        raise NotImplementedError
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        return (self._layout.shape[-2], self._layout.shape[-1])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self._layout.shape[-4], self._layout.shape[-3])
+
+
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["g_plus", "g_minus", "var_plus", "var_minus", "w_scale"],
     meta_fields=["shape", "device"],
 )
 @dataclasses.dataclass(frozen=True)
-class Tiles:
+class Tiles(_TileGrid):
     """A weight matrix on crossbar tiles (a pytree; ``shape`` and ``device`` are static).
 
     g_plus, g_minus: float32 conductances, ``(R, C, rows, cols)``: R x C tiles of the padded matrix.
@@ -76,12 +92,8 @@ class Tiles:
     device: Device
 
     @property
-    def tile_shape(self) -> tuple[int, int]:
-        return (self.g_plus.shape[-2], self.g_plus.shape[-1])
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return (self.g_plus.shape[-4], self.g_plus.shape[-3])
+    def _layout(self) -> jax.Array:
+        return self.g_plus
 
 
 @functools.partial(
@@ -90,7 +102,7 @@ class Tiles:
     meta_fields=["shape", "device"],
 )
 @dataclasses.dataclass(frozen=True)
-class CompactTiles:
+class CompactTiles(_TileGrid):
     """:class:`Tiles` in the compact device state (a pytree; ``shape``, ``device`` static).
 
     The conductances are uint16 codes, ``G = g_min + lsb * code`` with ``lsb`` one 65535th of
@@ -116,12 +128,8 @@ class CompactTiles:
     device: Device
 
     @property
-    def tile_shape(self) -> tuple[int, int]:
-        return (self.code_plus.shape[-2], self.code_plus.shape[-1])
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return (self.code_plus.shape[-4], self.code_plus.shape[-3])
+    def _layout(self) -> jax.Array:
+        return self.code_plus
 
     @property
     def lsb(self) -> float:
