@@ -5,9 +5,10 @@ Neurosci. 14:103 (2020) (Tiki-Taka), and Gokmen, "Enabling Training of Neural Ne
 Hardware", Front. Artif. Intell. 4:699148 (2021) (TTv2, its Algorithm 1; aihwkit's
 ``TransferCompound`` with a ``BufferedTransferCompound`` buffer). Each analog layer built with
 ``fast_device=`` holds two arrays: the pulsed rank-1 updates of SGD go to the fast array ``A``;
-every ``transfer_every`` samples one row of ``A`` (a column in aihwkit's ``(out, in)`` layout) is
-read through the periphery with a one-hot input, and ``transfer_lr`` times the read is added to
-that row of a digital buffer ``H``; wherever ``|H| >= dw_C`` (one step of the slow array ``C``)
+every ``transfer_every`` samples each row tile of ``A`` has one of its rows (a column in aihwkit's
+``(out, in)`` layout) read through the periphery with a one-hot input, cycling through the rows
+of its tile, as each of aihwkit's tiles runs its own transfer; ``transfer_lr`` times the read is
+added to that row of a digital buffer ``H``; wherever ``|H| >= dw_C`` (one step of the slow array ``C``)
 the whole steps ``n = trunc(H / dw_C)`` are pulsed into ``C`` and ``H -= n dw_C``. The layer
 reads ``gamma A + C`` (``gamma = 0`` in TTv2: only ``C``). ``A``'s asymmetry pulls it back to
 its symmetry point, which acts as a decay of ``A`` instead of a drift of the weight: why
@@ -77,10 +78,15 @@ def _check_args(transfer_every, transfer_lr, transfer_io, seed) -> IOConfig:
     return IOConfig() if transfer_io is None else transfer_io
 
 
-def transfer_rows(count: jax.Array, batch: int, every: int, n_rows: int):
-    """Rows of ``A`` read in step ``count`` of ``batch`` samples, one every ``every`` samples
-    (cyclically): returns ``(rows, live)``, both ``(m,)`` with ``m = max(1, batch // every)``
-    static and ``live`` masking the reads that do not happen in this step."""
+def transfer_rows(
+    count: jax.Array, batch: int, every: int, n_rows: int, tile_rows: int | None = None
+):
+    """Rows of ``A`` read in step ``count`` of ``batch`` samples: every ``every`` samples, each
+    row tile of ``tile_rows`` rows reads one of its own rows, cycling within the tile (aihwkit
+    gives every tile its own ``TransferCompound``; the last tile cycles over the rows it holds).
+    ``tile_rows=None``: one tile of all ``n_rows``. Returns ``(rows, live)``, both
+    ``(T m,)`` with ``T`` the row tiles and ``m = max(1, batch // every)`` static, ``live``
+    masking the reads that do not happen in this step."""
     if batch % every and every % batch:
         raise ValueError(
             f"tiki_taka: transfer_every={every} and the batch of {batch} samples: one must "
@@ -90,7 +96,12 @@ def transfer_rows(count: jax.Array, batch: int, every: int, n_rows: int):
     done = (count * batch) // every
     now = ((count + 1) * batch) // every - done
     i = jnp.arange(m)
-    return (done + i) % n_rows, i < now
+    size = n_rows if tile_rows is None else min(tile_rows, n_rows)
+    starts = np.arange(0, n_rows, size)
+    held = np.minimum(size, n_rows - starts)  # rows each tile holds: the last may hold fewer
+    rows = jnp.asarray(starts)[:, None] + (done + i)[None, :] % jnp.asarray(held)[:, None]
+    live = jnp.broadcast_to(i < now, rows.shape)
+    return rows.reshape(-1), live.reshape(-1)
 
 
 class _Settings(NamedTuple):
@@ -108,7 +119,7 @@ def _transfer(cb: Crossbar, fast, chop, count, key, st: _Settings):
     """TTv2's transfer (module docstring), each read row times its chopper sign, which then
     flips with probability ``chop_probability``; returns ``(C, H, pulses to C, choppers)``."""
     n_in = cb.tiles.shape[0]
-    rows, live = transfer_rows(count, cb.tap.shape[0], st.every, n_in)
+    rows, live = transfer_rows(count, cb.tap.shape[0], st.every, n_in, fast.tile_shape[0])
     k_read, k_pulse, k_chop = jax.random.split(key, 3)
     e = jax.nn.one_hot(rows, n_in, dtype=_F32) * live[:, None].astype(_F32)
     v = mvm(fast, e, st.io, k_read if st.io.needs_key else None)  # (m, out): rows of A, read

@@ -200,7 +200,11 @@ def init_tiles(
     """Program ``w`` onto fresh crossbar tiles (write-and-verify: exact up to the bounds).
 
     The pair is centred at mid-range, ``G+- = g_mid +- w / (2 w_scale)``, so both devices sit at
-    their symmetry point when the weight is zero, and ``|w| <= w_max`` is representable.
+    their symmetry point when the weight is zero, and ``|w| <= w_max`` is representable. A
+    device whose range (``bounds_dtod``) ends below that cannot hold its level: such a pair is
+    centred at the highest level both devices hold instead, so it still stores ``w`` exactly
+    where its two ranges allow (as aihwkit, whose bound spreads keep ``w = 0`` inside every
+    device's range).
 
     Args:
       key: PRNG key for the device-to-device variation.
@@ -244,9 +248,11 @@ def _init_tiles(key, w, device, tile_shape, w_max):
     both = device.sample_variation(key, (2, *wt.shape))  # G+ and G- in one draw
     var_p = jax.tree.map(lambda a: a[0], both)
     var_m = jax.tree.map(lambda a: a[1], both)
-    g_mid = 0.5 * (device.g_min + device.g_max)
-    g_plus = device.clip(g_mid + wt / (2.0 * w_scale), var_p)
-    g_minus = device.clip(g_mid - wt / (2.0 * w_scale), var_m)
+    half = wt / (2.0 * w_scale)
+    centre = jnp.minimum(0.5 * (device.g_min + device.g_max), var_p.g_max - half)
+    centre = jnp.maximum(jnp.minimum(centre, var_m.g_max + half), device.g_min + jnp.abs(half))
+    g_plus = device.clip(centre + half, var_p)
+    g_minus = device.clip(centre - half, var_m)
     return Tiles(g_plus, g_minus, var_p, var_m, w_scale, (int(w.shape[0]), int(w.shape[1])), device)
 
 

@@ -299,11 +299,11 @@ AIHWKIT_W_MAX = 0.6
 #: spread per weight (``aihwkit_parity_probe``: the update's spread per cross-point). aihwkit's
 #: bound spreads (w_max_dtod, w_min_dtod 0.3) scale each bound about w = 0, which stays inside
 #: every device's range; ``bounds_dtod`` spreads a device's range above a fixed g_min instead,
-#: which leaves the pair's mid-point outside the range of about 5% of the devices (9% of the
-#: weights misprogrammed by up to 0.26 at w_max 0.6) and pulls every soft-bounds weight towards
-#: its own symmetry point (zero-mean updates from 0 spread the weights 6x as far as aihwkit's).
-#: No spread of ours matches theirs: none is given (BENCHMARKS.md, "aihwkit side by side on
-#: accuracy").
+#: which moves each device's symmetry point with its range and pulls every soft-bounds weight
+#: towards its own (zero-mean updates from 0 spread the weights 6x as far as aihwkit's; before
+#: ``init_tiles`` centred such pairs where both devices reach, it also misprogrammed 9% of the
+#: weights). No spread of ours matches theirs: none is given (BENCHMARKS.md, "aihwkit side by
+#: side on accuracy").
 _SPREADS = {
     "dw_min_dtod": 0.3 * math.sqrt(2.0),
     "dw_min_std": 0.3 * math.sqrt(2.0),

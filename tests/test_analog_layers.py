@@ -240,6 +240,24 @@ def test_transfer_rows_cycle_through_the_rows_one_every_n_samples():
         transfer_rows(jnp.int32(0), 4, 3, 5)
 
 
+def test_transfer_rows_cycle_within_each_row_tile():
+    # 7 rows on tiles of 3 rows: tiles hold rows 0-2, 3-5 and 6; each reads one of its own
+    # rows per transfer (aihwkit: one TransferCompound per tile), the last cycles over its one.
+    from analog._tiki_taka import transfer_rows
+
+    per_step = []
+    for count in range(4):
+        rows, live = transfer_rows(jnp.int32(count), 2, 2, 7, 3)
+        assert rows.shape == (3,) and bool(np.all(live))
+        per_step.append([int(r) for r in rows])
+    assert per_step == [[0, 3, 6], [1, 4, 6], [2, 5, 6], [0, 3, 6]]
+    rows, live = transfer_rows(jnp.int32(0), 4, 1, 7, 3)  # 4 reads per tile in a step of 4
+    assert [int(r) for r in rows] == [0, 1, 2, 0, 3, 4, 5, 3, 6, 6, 6, 6]
+    whole = transfer_rows(jnp.int32(5), 4, 2, 7)
+    same = transfer_rows(jnp.int32(5), 4, 2, 7, 64)  # a tile taller than the layer: one tile
+    assert np.array_equal(whole[0], same[0]) and np.array_equal(whole[1], same[1])
+
+
 def test_tiki_taka_transfers_a_read_of_a_into_the_buffer_and_whole_steps_into_c():
     layer = _linear(4, 3, 2, device=CLEAN, fast_device=CLEAN)
     graphdef, params = nnx.split(layer)
