@@ -5,7 +5,8 @@ memristor crossbars", Nature Electronics 6, 45-51 (2023); Scellier & Bengio, "Eq
 Propagation" (2017); Laborieux et al. (2021); Gokmen & Vlasov (2016); IBM aihwkit.
 
 Public API (see ../shared/DESIGN.md): device models (``ConstantStep``, ``LinearStep``,
-``SoftBounds``, ``ExpStep``, ``PowStep``) and ``analog.presets``; ``IOConfig``; crossbar tiles
+``SoftBounds``, ``ExpStep``, ``PowStep``, and ``ExpFitStep``, aihwkit's ``ExpStepDevice``) and
+``analog.presets``; ``IOConfig``; crossbar tiles
 (``init_tiles``, ``mvm``, ``mvm_transpose``, ``read_weights``, ``pulse_update`` with its
 ``UpdateConfig``); the local rule
 (``init_energy_network``, ``predict``, ``activity_difference``, ``equilibrium_propagation``);
@@ -47,6 +48,7 @@ from analog._energy_digital import (
     digital_counts,
     digital_joules,
 )
+from analog._exp_fit import ExpFitStep
 from analog._inference import (
     PCMNoiseModel,
     ProgrammedWeights,
@@ -93,6 +95,7 @@ __all__ = [
     "SoftBounds",
     "ExpStep",
     "PowStep",
+    "ExpFitStep",
     "IOConfig",
     "Tiles",
     "CompactTiles",

@@ -55,7 +55,7 @@ def test_pair_step_spreads_as_aihwkits_single_device(parity, only):
     assert abs(steps.std() / steps.mean() / AIHWKIT_SPREAD - 1.0) < 0.06
 
 
-@pytest.mark.parametrize("name", ["sgd_constant_step", "sgd_soft_bounds"])
+@pytest.mark.parametrize("name", ["sgd_constant_step", "sgd_soft_bounds", "sgd_exp_step"])
 def test_mapped_devices_hold_the_initial_weights(parity, name):
     lim = 1.0 / 28.0  # torch's init of the 784-input layer
     w = jax.random.uniform(jax.random.key(2), (256, 128), jnp.float32, -lim, lim)
@@ -81,7 +81,7 @@ def test_range_spread_keeps_the_pair_programmable(parity):
     assert_close_ulps(analog.read_weights(tiles), w, ulps=4, magnitude=parity.AIHWKIT_W_MAX)
 
 
-@pytest.mark.parametrize("name", ["sgd_constant_step", "sgd_soft_bounds"])
+@pytest.mark.parametrize("name", ["sgd_constant_step", "sgd_soft_bounds", "sgd_exp_step"])
 def test_mapped_update_mean_is_the_closed_form(parity, name):
     rng = np.random.default_rng(0)
     x = (rng.random((16, 32)) * (rng.random((16, 32)) < 0.3)).astype(np.float32)
