@@ -113,7 +113,7 @@ def test_pulsed_update_on_float32_and_compact_tiles_agree():
     assert float(n_full) == float(n_small) > 0
     moved = np.asarray(analog.read_weights(new_full)) - np.asarray(w)
     assert np.corrcoef(moved.ravel(), -(x.T @ d).ravel())[0, 1] > 0.5  # a descent step
-    lsb = 0.5 / dev.range * 2 * analog._compact.conductance_lsb(dev)  # noqa: SLF001
+    lsb = 0.5 / dev.range * 2 * analog._compact.conductance_lsb(dev)
     np.testing.assert_allclose(
         np.asarray(analog.read_weights(new_small)), np.asarray(analog.read_weights(new_full)),
         atol=4 * lsb,
