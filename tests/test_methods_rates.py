@@ -86,3 +86,65 @@ def test_backprop_row_decays_its_rate_to_zero_over_the_run():
     # the earlier steps: well under a constant rate's steady step (10x the first)
     assert last < 0.5 * first
     assert np.isfinite(last)
+
+
+def test_tangents_for_moment_is_the_fewest_within_the_bound():
+    # Monte Carlo, as above: K = 7 tangents over 8 units holds E|g_hat|^2 <= 2|g|^2, 6 do not
+    d, n = 8, 40_000
+    k = _rates.tangents_for_moment(d, 2.0)
+    assert k == 7
+    g = jax.random.normal(jax.random.key(2), (d,), jnp.float32)
+
+    def moment(kk):
+        v = jax.random.rademacher(jax.random.key(kk), (n, kk, d), jnp.float32)
+        g_hat = jnp.mean(jnp.einsum("nkd,d->nk", v, g)[..., None] * v, axis=1)
+        return float(jnp.mean(jnp.sum(g_hat**2, -1)) / jnp.sum(g**2))
+
+    # 1 + 7/7 = 2.0 and 1 + 7/6 = 2.17: 3% sampling error separates them
+    assert moment(k) == pytest.approx(2.0, rel=0.03)
+    assert moment(k - 1) > 2.0 * 1.04
+    # one unit needs one tangent (the estimate is exact); a looser bound needs fewer tangents
+    assert _rates.tangents_for_moment(1) == 1
+    assert _rates.tangents_for_moment(8, 3.0) == 4
+    assert _rates.tangents_for_moment(8, 1.1) == 70
+
+
+@pytest.mark.parametrize(("d", "factor"), [(0, 2.0), (True, 2.0), (8, 1.0), (8, 0.5)])
+def test_tangents_for_moment_refuses_bad_input(d, factor):
+    with pytest.raises(ValueError, match="tangents_for_moment"):
+        _rates.tangents_for_moment(d, factor)
+
+
+def test_local_row_takes_tangents_from_its_largest_group():
+    assert fwdgrad_rows.local_num_tangents((256, 256)) == 7  # groups of 8
+    assert fwdgrad_rows.local_num_tangents((100,)) == 9  # groups of 10
+    assert fwdgrad_rows.local_num_tangents((4,)) == 3  # one group of the whole width
+
+
+@pytest.mark.standard_promotion  # optax.adam mixes a Python float with its int32 count
+def test_local_row_gives_its_heads_their_exact_local_gradient():
+    # Adam's first step is -lr g / (|g| + eps): its sign is the gradient's. Each head's exact
+    # gradient, from jax.grad of its own loss on its block's (constant) activations, must
+    # give the sign of every head update; a forward-perturbed head estimate does not
+    cfg = methods.MethodConfig(key=jax.random.key(0), widths=(16, 16), steps=10)
+    setup = methods.get("fwdgrad-local").build(cfg)
+    x = jax.random.uniform(jax.random.key(1), (32, 28, 28, 1), jnp.float32)
+    y = jax.random.randint(jax.random.key(2), (32,), 0, 10)
+    updates, _ = setup.tx.update(None, setup.tx.init(setup.params), setup.params, batch=(x, y))
+    p = setup.params
+    h = x.reshape(32, -1)
+    for i in sorted(p["layers"]):
+        if i > 0:
+            h = (h - h.mean(-1, keepdims=True)) * jax.lax.rsqrt(h.var(-1, keepdims=True) + 1e-5)
+        h = jax.nn.relu(h @ p["layers"][i]["kernel"] + p["layers"][i]["bias"])
+
+        def head_loss(head, a=h):
+            logits = a @ head["kernel"] + head["bias"]
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        exact = jax.grad(head_loss)(p["heads"][i])
+        for leaf in ("kernel", "bias"):
+            g, u = np.asarray(exact[leaf]), np.asarray(updates["heads"][i][leaf])
+            big = np.abs(g) > 1e-6
+            assert big.sum() >= g.size // 2
+            np.testing.assert_array_equal(np.sign(u[big]), -np.sign(g[big]))

@@ -8,9 +8,15 @@ one-epoch run of 60k images and on fifteen epochs of 1,500.
 tangents of a ``d``-dimensional perturbation, scaled from a backprop rate by the estimate's
 second moment (unbiased: Baydin et al. 2022, Thm. 1; variance growing with the perturbed
 dimension: Ren et al. 2023, sec. 3).
+
+``tangents_for_moment``: the fewest tangents ``K`` that hold the same second moment within a
+fixed factor of the exact gradient's, for estimators trained at a rate meant for exact gradients
+(Adam's step does not shrink with the estimate's noise the way the SGD rule above does).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax.numpy as jnp
 import optax
@@ -52,3 +58,19 @@ def forward_gradient_rate(backprop_rate: float, num_tangents: int, dim: int) -> 
             f"forward_gradient_rate: num_tangents={num_tangents!r} and dim={dim!r} must be >= 1"
         )
     return backprop_rate * num_tangents / (num_tangents + dim - 1)
+
+
+def tangents_for_moment(dim: int, factor: float = 2.0) -> int:
+    """Fewest Rademacher tangents ``K`` with ``E|g_hat|^2 <= factor |g|^2`` over ``dim`` units.
+
+    The second moment of :func:`forward_gradient_rate` is ``(1 + (dim - 1) / K) |g|^2``, so
+    ``K = ceil((dim - 1) / (factor - 1))`` (at least 1): with ``factor = 2`` the estimate's
+    noise is at most the size of the gradient itself, ``K = dim - 1`` tangents per group
+    (Ren et al. 2023, sec. 3-4: ``dim`` is one local-loss group, not the network).
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"tangents_for_moment: dim={dim!r} must be an int >= 1")
+    if not factor > 1:
+        raise ValueError(f"tangents_for_moment: factor={factor!r} must be > 1")
+    # the tolerance keeps a float quotient such as 7 / 0.1 = 70.000...01 at 70
+    return max(1, math.ceil((dim - 1) / (factor - 1) - 1e-9))
