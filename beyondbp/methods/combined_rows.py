@@ -6,8 +6,9 @@ Each row's transform is a plain ``optax.chain`` a user could write:
 (``lowbit.dot_general`` has a forward-mode rule), the estimate put on the radix-4 FP4 grid by
 ``lowbit.quantize_updates``, then SGD.
 
-``lowbit+analog``: backprop through the 4-bit model (FP4 gradients with two-phase rounding), SGD,
-then ``analog.program(TAOX_RERAM)``: the devices take the step.
+``lowbit+analog``: backprop through the ``lowbit`` row's model (FP4 gradients with two-phase
+rounding, the last layer in 8 bits: ``lowbit_rows.CLASSIFIER_8BIT``), SGD, then
+``analog.program(TAOX_RERAM)``: the devices take the step.
 
 ``fwdgrad+analog``: activity-perturbed forward gradients with group-wise local losses (Ren et
 al., ICLR 2023; ``fwdgrad.activity_forward_gradient`` on a ``fwdgrad.LocalMLP``, groups of
@@ -110,7 +111,12 @@ def _build_local(cfg: MethodConfig, *, four_bit: bool) -> Setup:
 def _build(cfg: MethodConfig, *, forward: bool, four_bit: bool, devices: bool) -> Setup:
     if forward and devices:
         return _build_local(cfg, four_bit=four_bit)
-    apply, params = lowbit_rows.build_model(cfg) if four_bit else cfg.build_model()
+    # the 8-bit classifier rule is about the FP4 input-gradient GEMM (lowbit_rows.CLASSIFIER_8BIT);
+    # a forward gradient runs no backward GEMM, so fwdgrad+lowbit keeps every layer in 4 bits
+    if four_bit:
+        apply, params = lowbit_rows.build_model(cfg, classifier_8bit=not forward)
+    else:
+        apply, params = cfg.build_model()
     chain = []
     if forward:
         chain.append(fwdgrad.forward_gradient(num_tangents=NUM_TANGENTS, seed=cfg.seed))
@@ -144,7 +150,7 @@ _row(
 )
 _row(
     "lowbit+analog",
-    f"4-bit model, backprop FP4 gradients on the radix-4 grid, SGD lr "
+    f"4-bit model (last layer in 8 bits), backprop FP4 gradients on the radix-4 grid, SGD lr "
     f"{LR_BACKPROP} on a cosine to 0 over the run, momentum 0.9, programmed onto TAOX_RERAM "
     "devices",
     forward=False,
