@@ -68,6 +68,14 @@ class DeviceVariation(NamedTuple):
     stuck_off: jax.Array
 
 
+def check_numbers(obj, names) -> None:
+    """Refuse a field of ``obj`` among ``names`` that is not a finite Python number."""
+    for name in names:
+        v = getattr(obj, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise TypeError(f"{type(obj).__name__}: {name}={v!r} must be a finite Python number")
+
+
 def _check_nonneg(name: str, value: float, cls: str) -> None:
     if (
         not isinstance(value, (int, float))
@@ -106,21 +114,7 @@ class Device:
 
     def __post_init__(self):
         cls = type(self).__name__
-        for name in (
-            "dw_min",
-            "up_down",
-            "g_min",
-            "g_max",
-            "dw_min_dtod",
-            "up_down_dtod",
-            "bounds_dtod",
-            "dw_min_std",
-            "stuck_on",
-            "stuck_off",
-        ):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise TypeError(f"{cls}: {name}={v!r} must be a finite Python number")
+        check_numbers(self, [f.name for f in dataclasses.fields(Device)])
         if not self.g_max > self.g_min:
             raise ValueError(
                 f"{cls}: need g_max > g_min, got g_min={self.g_min}, g_max={self.g_max}"

@@ -34,7 +34,7 @@ import math
 
 import jax.numpy as jnp
 
-from analog._devices import Device
+from analog._devices import Device, check_numbers
 
 __all__ = ["ExpFitStep"]
 
@@ -58,10 +58,7 @@ class ExpFitStep(Device):
     def __post_init__(self):
         super().__post_init__()
         cls = type(self).__name__
-        for name in ("a_up", "a_down", "gamma_up", "gamma_down", "es_a", "es_b"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise TypeError(f"{cls}: {name}={v!r} must be a finite Python number")
+        check_numbers(self, ("a_up", "a_down", "gamma_up", "gamma_down", "es_a", "es_b"))
         for name in ("a_up", "a_down"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{cls}: {name}={getattr(self, name)!r} must be >= 0")
