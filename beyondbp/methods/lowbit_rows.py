@@ -33,21 +33,12 @@ RECIPE = lowbit.QuantConfig(activations=lowbit.UINT4)
 #: The row's rule on ``mlp`` and ``cnn``: the last (classifier) layer in Sun et al.'s 8 bits
 #: (INT8 weights and activations, FP8 E5M2 gradients), every other layer :data:`RECIPE`.
 #:
-#: Why (``benchmarks/lowbit_gap_ablation.py``, Fashion-MNIST, one epoch, seed 0, float32
-#: 85.7%): the gap is in the gradients (4-bit forward alone 85.4%, FP4 gradients alone 84.0%),
-#: and most of it in one GEMM: the last layer's input gradient ``dA = Q(G) W^T``, with
-#: ``G = dL/dlogits`` rounded to the radix-4 grid (one element's error up to 60% of its value),
-#: which every earlier layer learns from. All-4-bit 83.5%; that layer with only its
-#: input-gradient GEMM in FP4 (the rest of it float32) 82.9%, with only its weight-gradient GEMM
-#: in FP4 84.7%; the whole layer in 8 bits 85.0%. The first layer's kernel gradient has cosine
-#: 0.69 with the straight-through float32-backward gradient of the same forward when the last
-#: layer is 4-bit, 0.85 when it is 8-bit (at initialisation; 0.84 and 0.91 after an epoch).
-#: Sun et al. (2020, sec. 5) keep the first and the last layer in 8 bits; the first layer in 8
-#: bits changed little here (83.8% alone, 84.9% with the last), and it holds 74% of the MLP's
-#: weights, so it stays 4-bit: 99% of the MLP's weights train in 4 bits. Three seeds, one epoch
-#: (``benchmarks/results/compare_*_1epoch_3seeds_lowbit_rule``): Fashion-MNIST ``lowbit``
-#: 84.8 +- 0.2% (all-4-bit 83.1 +- 0.3%) and ``lowbit+analog`` 84.1 +- 0.2% (83.2 +- 0.2%)
-#: against ``backprop`` 85.6 +- 0.1%; MNIST 96.3% and 95.8% (all-4-bit 96.0% and 95.6%).
+#: Why: the 4-bit loss on an MLP is in the gradients, and mostly in one GEMM, the last layer's
+#: input gradient ``dA = Q(G) W^T`` with ``G = dL/dlogits`` on the radix-4 grid (one element's
+#: error up to 60% of its value), which every earlier layer learns from. Sun et al. (2020, sec.
+#: 5) keep the first and the last layer in 8 bits; the first layer holds 74% of an MLP's weights
+#: and its 8 bits changed little, so it stays 4-bit. Ablation and three-seed tables:
+#: BENCHMARKS.md, "Cause 4: the 4-bit gradient of the classifier's input".
 CLASSIFIER_8BIT = lowbit.Recipe(
     name="lowbit-classifier-8bit",
     rules=(
