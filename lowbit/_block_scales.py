@@ -206,7 +206,10 @@ def _quantize_core(xb, key, *, fmt: ScaledFormat, rounding: str, red: tuple):
     if isinstance(sf, ExponentFormat):
         e, bad = _e8m0_exponent(amax, fmt)
         y = _ldexp(xf, -e)
-        rep, t_enc = e, jnp.float32(1.0)
+        t_enc = jnp.float32(fmt.prescale)
+        if fmt.prescale != 1.0:
+            y = y * t_enc
+        rep = e
     else:
         if fmt.tensor_scale:
             t_enc = _tensor_encode(_finite_amax(amax), fmt)
@@ -229,6 +232,8 @@ def _quantize_core(xb, key, *, fmt: ScaledFormat, rounding: str, red: tuple):
 def _dequantize_core(q, rep, t_dec, bad, fmt: ScaledFormat):
     if isinstance(fmt.scale_format, ExponentFormat):
         v = _ldexp(q, rep)
+        if fmt.prescale != 1.0:
+            v = v * t_dec
     elif fmt.tensor_scale:
         v = (q * rep) * t_dec  # q * rep is exact (E2M1 x E4M3); one rounding here
     else:

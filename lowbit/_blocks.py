@@ -18,7 +18,9 @@ Scale rules, following the published descriptions:
   infinite amax overflows the scale, as in the spec's reference code
   microsoft/microxcaling ``_shared_exponents``). Elements beyond the element
   format's largest value saturate (E2M1 has no inf or NaN). The exponent is
-  read from the float's bits, never through ``log2``.
+  read from the float's bits, never through ``log2``. With ``prescale`` (Tseng
+  et al. 2025's 3/4) the elements are ``q(prescale * x / X)`` and decode to
+  ``X * q / prescale``, the ``1 / prescale`` kept as the tensor decode scale.
 * E4M3 or float32 scale without a tensor scale: ``s = amax / max_elem``
   rounded (nearest even) into the scale format; elements ``q(x / s)``.
 * Two-level (``tensor_scale=True``; NVIDIA's NVFP4, as in Transformer Engine's
@@ -52,6 +54,7 @@ from lowbit._block_scales import (
     _dequantize_core,
     _from_blocks,
     _layout,
+    _ldexp,
     _quantize_core,
     _to_blocks,
 )
@@ -111,7 +114,7 @@ def quantize_blocks_split(
     the operands' ``t`` is what NVFP4 hardware computes; ``t = 1`` for other formats.
     """
     x = _check_x(x)
-    if not fmt.tensor_scale:
+    if not fmt.split_scale:
         return quantize_blocks(
             x, fmt, axis=axis, channel_axis=channel_axis, rounding=rounding, key=key
         ), jnp.float32(1.0)
@@ -119,7 +122,8 @@ def quantize_blocks_split(
     q, rep, t, bad = _quantize_core(
         _to_blocks(x, lay), key, fmt=fmt, rounding=rounding, red=lay.reduce_axes
     )
-    v = jnp.where(bad, jnp.float32(jnp.nan), q * rep)
+    v = _ldexp(q, rep) if isinstance(fmt.scale_format, ExponentFormat) else q * rep
+    v = jnp.where(bad, jnp.float32(jnp.nan), v)
     return _from_blocks(v, lay).astype(x.dtype), t
 
 

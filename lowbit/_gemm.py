@@ -208,7 +208,7 @@ def _quant(x, fmt, rounding, seed, salt, axes, channel_axes=None):
 
 
 def _two_level(*fmts) -> bool:
-    return any(isinstance(f, ScaledFormat) and f.tensor_scale for f in fmts)
+    return any(isinstance(f, ScaledFormat) and f.split_scale for f in fmts)
 
 
 def _rescale(y, t, on: bool):

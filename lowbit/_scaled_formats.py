@@ -92,6 +92,13 @@ class ScaledFormat:
         narrow block scales stay in range; needs a narrow float scale format.
       partial_blocks: ``"pad"`` (a last block shorter than ``N`` is scaled on
         its own elements, as if zero-padded) or ``"error"``.
+      prescale: a factor in ``(0, 1]`` applied to each block after its E8M0 scale
+        is chosen and undone (``1 / prescale``) on decode, once per GEMM output
+        like a tensor scale. OCP MX v1.0's scale puts the block amax at
+        ``[4, 8)`` times the scale, so elements above 6 saturate; Tseng et al.,
+        "Training LLMs with MXFP4" (arXiv 2502.20586, 2025) use ``3/4``, which
+        maps the amax to ``[3, 6)``: nothing saturates, so stochastic rounding
+        stays unbiased. Only with an :class:`ExponentFormat` scale.
 
     Raises:
       TypeError / ValueError: at construction, naming the field and the fix.
@@ -104,6 +111,7 @@ class ScaledFormat:
     scale_format: Any = E8M0
     tensor_scale: bool = False
     partial_blocks: str = "pad"
+    prescale: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.element, Format) or self.element.is_float32:
@@ -154,6 +162,24 @@ class ScaledFormat:
                 f"such as lowbit.E4M3 (got {getattr(sf, 'name', sf)}): a power-of-two "
                 "or float32 scale already covers float32's range"
             )
+
+        pre = self.prescale
+        if isinstance(pre, bool) or not isinstance(pre, (int, float)) or not 0.0 < pre <= 1.0:
+            raise ValueError(
+                f"ScaledFormat(prescale={pre!r}): need a float in (0, 1] (Tseng et al. 2025 use "
+                "0.75)"
+            )
+        if pre != 1.0 and not isinstance(sf, ExponentFormat):
+            raise ValueError(
+                f"ScaledFormat(prescale={pre!r}) needs a power-of-two scale (lowbit.E8M0): a "
+                f"{getattr(sf, 'name', sf)} scale is already amax / max_elem, nothing saturates"
+            )
+
+    @property
+    def split_scale(self) -> bool:
+        """Whether decoding multiplies by a float32 scalar besides the block scales (a
+        two-level tensor scale, or ``1 / prescale``), applied once to a GEMM's output."""
+        return self.tensor_scale or self.prescale != 1.0
 
     @property
     def block(self) -> tuple[int, int] | None:

@@ -17,8 +17,13 @@ away:
   random Hadamard transform on the weight-gradient inputs, stochastic rounding
   of the gradients, and the final layers kept in higher precision.
 * :data:`MXFP4`: OCP MX v1.0 MXFP4 (E2M1, E8M0 scale per 32) in all three
-  GEMMs with the spec's round-to-nearest conversion: the format alone, no
-  recipe around it.
+  GEMMs, with the backward pass of Tseng, Yu and Park, "Training LLMs with
+  MXFP4" (arXiv 2502.20586, 2025): in both backward GEMMs every operand is prescaled by
+  3/4 (so no element saturates) and stochastically rounded, and a random
+  Hadamard transform runs over the weight gradient's contraction axis. The
+  forward GEMM keeps the spec's round-to-nearest conversion (Tseng et al. ran
+  the forward pass in BF16; here it is MXFP4 too, as in NVFP4_2025).
+  :data:`MXFP4_PLAIN` is the format alone: round-to-nearest everywhere.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ __all__ = [
     "NVFP4_WEIGHTS_2D",
     "MXFP4",
     "MXFP4_CONFIG",
+    "MXFP4_PLAIN",
+    "MXFP4_PLAIN_CONFIG",
+    "MXFP4_BACKWARD",
     "Recipe",
     "Rule",
 ]
@@ -115,15 +123,53 @@ NVFP4_2025 = Recipe(
 )
 
 #: OCP MX v1.0 MXFP4 in the forward, input-gradient and weight-gradient GEMMs, nearest rounding.
-MXFP4_CONFIG = QuantConfig(
+MXFP4_PLAIN_CONFIG = QuantConfig(
     forward=GemmConfig(lhs=_MXFP4_FORMAT, rhs=_MXFP4_FORMAT),
     input_gradient=GemmConfig(lhs=_MXFP4_FORMAT, rhs=_MXFP4_FORMAT),
     weight_gradient=GemmConfig(lhs=_MXFP4_FORMAT, rhs=_MXFP4_FORMAT),
 )
 
-#: OCP MX v1.0 MXFP4 (:data:`MXFP4_CONFIG`) in every layer: the format alone, no recipe around it.
+#: OCP MX v1.0 MXFP4 (:data:`MXFP4_PLAIN_CONFIG`) in every layer: the format alone, no recipe
+#: around it. The spec's scale saturates elements between 6 and 8 times it, and nearest rounding
+#: of gradients is biased; both are what :data:`MXFP4` removes.
+MXFP4_PLAIN = Recipe(
+    name="MXFP4_PLAIN",
+    rules=(Rule(config=MXFP4_PLAIN_CONFIG),),
+    description="OCP MXFP4 (E2M1, E8M0 per 32), round-to-nearest in all three GEMMs of every layer",
+)
+
+#: Tseng et al. (2025) backward operands: MXFP4 prescaled by 3/4 before stochastic rounding
+#: (their "dither scale", undone on the GEMM output), so the block amax lands in [3, 6).
+MXFP4_BACKWARD = dataclasses.replace(_MXFP4_FORMAT, name="MXFP4-3/4", prescale=0.75)
+
+#: Tseng, Yu and Park, "Training LLMs with MXFP4" (arXiv 2502.20586, 2025): stochastic
+#: rounding of every backward-GEMM operand with the 3/4 prescale, and a random Hadamard
+#: transform along the weight gradient's contraction axis (32 points: one MX block; they
+#: rotate the backward GEMMs' operands blockwise). Forward: the spec's nearest conversion.
+MXFP4_CONFIG = QuantConfig(
+    forward=GemmConfig(lhs=_MXFP4_FORMAT, rhs=_MXFP4_FORMAT),
+    input_gradient=GemmConfig(
+        lhs=MXFP4_BACKWARD,
+        rhs=MXFP4_BACKWARD,
+        lhs_rounding="stochastic",
+        rhs_rounding="stochastic",
+    ),
+    weight_gradient=GemmConfig(
+        lhs=MXFP4_BACKWARD,
+        rhs=MXFP4_BACKWARD,
+        lhs_rounding="stochastic",
+        rhs_rounding="stochastic",
+        hadamard=32,
+    ),
+)
+
+#: MXFP4 training as the field did it in 2025: OCP MX v1.0 MXFP4 (E2M1, E8M0 scale per 32) in
+#: all three GEMMs of every layer, with Tseng et al.'s (2025) unbiased backward pass
+#: (:data:`MXFP4_CONFIG`). Tseng et al. kept the forward pass in BF16; it is MXFP4 here, so
+#: the recipe sits beside :data:`NVFP4_2025`, which quantizes all three GEMMs.
 MXFP4 = Recipe(
     name="MXFP4",
     rules=(Rule(config=MXFP4_CONFIG),),
-    description="OCP MXFP4 (E2M1, E8M0 per 32) in all three GEMMs of every layer",
+    description="OCP MXFP4 (E2M1, E8M0 per 32) in all three GEMMs; backward as Tseng et al. "
+    "2025: 3/4 prescale, stochastic rounding, RHT on the weight-gradient inputs",
 )

@@ -317,23 +317,40 @@ def test_nvfp4_recipe_keeps_last_layers_in_float32_and_none_restores_lax():
     assert m.stem.conv_general_dilated is lax.conv_general_dilated
 
 
+def _with_seed(recipe, seed: int):
+    """``recipe`` with every rule's config drawing its stochastic rounding from ``seed``."""
+    rules = tuple(
+        r
+        if r.config is None
+        else dataclasses.replace(r, config=dataclasses.replace(r.config, seed=seed))
+        for r in recipe.rules
+    )
+    return dataclasses.replace(recipe, rules=rules)
+
+
 @pytest.mark.parametrize(
     "recipe", [recipes.SUN2020, recipes.NVFP4_2025, recipes.MXFP4], ids=lambda r: r.name
 )
 def test_recipes_train_and_push_forward_under_jvp(recipe):
-    m = _Net(nnx.Rngs(0))
-    lowbit.apply_rules(m, recipe)
-    graphdef, params = nnx.split(m)
-    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(X) ** 2)
-    grads = jax.jit(jax.grad(loss))(params)
-    v = jax.tree.map(lambda p: jax.random.normal(jax.random.key(9), p.shape, p.dtype), params)
-    _value, tangent = jax.jit(lambda p, v: jax.jvp(loss, (p,), (v,)))(params, v)
-    leaves = jax.tree.leaves(grads)
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves) and np.isfinite(float(tangent))
+    # MXFP4 rounds every backward operand stochastically (Tseng et al. 2025): on this small net
+    # one draw's directional derivative scatters by about 45% around its mean, so the check is
+    # on the mean over 8 rounding seeds (unbiased); nearest-rounding recipes need one.
+    gvs = []
+    for seed in range(8 if recipe.name == "MXFP4" else 1):
+        m = _Net(nnx.Rngs(0))
+        lowbit.apply_rules(m, _with_seed(recipe, seed) if seed else recipe)
+        graphdef, params = nnx.split(m)
+        loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(X) ** 2)
+        grads = jax.jit(jax.grad(loss))(params)
+        v = jax.tree.map(lambda p: jax.random.normal(jax.random.key(9), p.shape, p.dtype), params)
+        _value, tangent = jax.jit(lambda p, v: jax.jvp(loss, (p,), (v,)))(params, v)
+        leaves = jax.tree.leaves(grads)
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves) and np.isfinite(float(tangent))
+        gvs.append(float(sum(jnp.vdot(g, t) for g, t in zip(leaves, jax.tree.leaves(v)))))
     # The pushed-forward tangent and the 4-bit gradient's directional derivative agree in sign
     # and within 30% (the backward GEMMs quantize G; jvp is the exact straight-through one).
-    gv = sum(jnp.vdot(g, t) for g, t in zip(leaves, jax.tree.leaves(v)))
-    assert abs(float(tangent) - float(gv)) <= 0.3 * abs(float(gv))
+    gv = float(np.mean(gvs))
+    assert abs(float(tangent) - gv) <= 0.3 * abs(gv)
 
 
 def test_rule_errors_and_unmatched_warning():
