@@ -138,10 +138,11 @@ def _add_run_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (default 64)")
     c.add_argument(
         "--model",
-        choices=("mlp", "cnn", "resnet", "vit"),  # beyondbp.models.NAMES, without importing jax
+        choices=("mlp", "cnn", "resnet", "vit", "mixer", "conv"),  # models.NAMES, without jax
         default="mlp",
-        help="reference model: mlp, cnn (LeNet-5), resnet (ResNet-20) or vit (patch 4, 4 "
-        "blocks, width 128) (default mlp)",
+        help="reference model: mlp, cnn (LeNet-5), resnet (ResNet-20), vit (patch 4, 4 "
+        "blocks, width 128), mixer or conv (the networks of the fwdgrad-mixer / fwdgrad-conv "
+        "rows, one classifier at the end) (default mlp)",
     )
     c.add_argument(
         "--widths",

@@ -29,6 +29,8 @@ from bbcore.activations import ACTIVATIONS, activation_fn
 from bbcore.checks import flat_inputs
 from beyondbp._resnet import ResNet
 from beyondbp._vit import ViT
+from beyondbp.models_local import NAMES as _LOCAL_NAMES
+from beyondbp.models_local import build as _build_local
 
 __all__ = [
     "MLP",
@@ -51,7 +53,7 @@ __all__ = [
 ]
 
 #: The reference models by name (``beyondbp compare --model``).
-NAMES = ("mlp", "cnn", "resnet", "vit")
+NAMES = ("mlp", "cnn", "resnet", "vit", *_LOCAL_NAMES)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -329,10 +331,14 @@ def build(
 
     ``mlp``: ``inputs-widths-classes``; ``cnn``: the LeNet-sized :class:`CNN` (28x28x1);
     ``resnet``: ResNet-20 with ``in_channels`` from the shape; ``vit``: the patch-4, 4-block,
-    width-128 :class:`ViT` for images of that size. ``recipe`` as :func:`resnet`; ``kwargs``
+    width-128 :class:`ViT` for images of that size; ``mixer`` / ``conv``: the networks of the
+    ``fwdgrad-mixer`` / ``fwdgrad-conv`` rows with one classifier at the end
+    (:func:`beyondbp.models_local.build`). ``recipe`` as :func:`resnet`; ``kwargs``
     go to the model.
     """
     shape = tuple(int(s) for s in input_shape)
+    if name in _LOCAL_NAMES:
+        return _build_local(name, key, shape, num_classes, widths=widths, recipe=recipe, **kwargs)
     if name == "mlp":
         n = math.prod(shape)
         return mlp(key, (n, *widths, num_classes), recipe=recipe, **kwargs)

@@ -37,8 +37,11 @@ widths by the fixed rules of :func:`mixer_config` and :func:`conv_config` (the
 same for ``model="mlp"`` and ``"cnn"``: the row's network is its own), and
 trains it with the recipe of ``fwdgrad-local``: Adam at ``LR_LOCAL_ADAM``
 cosine-decayed to zero over the run, so the schedule is a fraction of the
-budget on any data set, never a step count (one tangent and forward-perturbed
-heads: their recipe was not re-measured with the bound of ``fwdgrad-local``).
+budget on any data set, never a step count, with the same second-moment bound
+on K (:func:`net_num_tangents`) and exact head gradients (which
+``fwdgrad.local_forward_gradient`` always gives these networks' heads).
+``beyondbp compare --model mixer|conv`` trains the same networks end to end with
+one classifier head (:mod:`beyondbp.models_local`).
 
 Learning rates were picked by short sweeps on full MNIST (784-256-256-10,
 batch 64); see benchmarks/fwdgrad_accuracy.py and BENCHMARKS.md.
@@ -46,16 +49,15 @@ batch 64); see benchmarks/fwdgrad_accuracy.py and BENCHMARKS.md.
 
 from __future__ import annotations
 
-import math
-
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
 import fwdgrad
-from beyondbp import models
+from beyondbp import models, models_local
 from beyondbp.methods._rates import tangents_for_moment
 from beyondbp.methods._registry import Method, MethodConfig, NotApplicable, Setup, register
+from beyondbp.models_local import CONV_CHANNELS, LOCAL_GROUP_SIZE, local_num_groups
 
 #: SGD learning rates (momentum 0.9) of the three rows.
 LR_WEIGHT = 1e-4
@@ -66,7 +68,6 @@ DECAY_STEPS = 2000
 #: MNIST, 784-256-256-10, 3 epochs: group 8 / Adam 3e-3 -> 2.97% error; group 16 -> 3.93%;
 #: no mask -> 4.32%; plain FG-A at SGD 0.001 -> 18.4% (BENCHMARKS.md).
 LR_LOCAL_ADAM = 3e-3
-LOCAL_GROUP_SIZE = 8
 #: fwdgrad-local: bound on the estimate's second moment, in units of the exact local gradient's
 #: (``E|g_hat|^2 <= 2 |g|^2``: the noise no larger than the signal). Fashion-MNIST, one epoch,
 #: seed 0, groups of 8 and exact heads: 1 tangent (factor 8) 83.3%, 4 (2.75) 84.6%, 7 (2.0)
@@ -82,73 +83,34 @@ def local_num_tangents(widths) -> int:
     return tangents_for_moment(group, LOCAL_MOMENT_BOUND)
 
 
-def local_num_groups(widths) -> int:
-    """Groups per block: the smallest group of at least ``LOCAL_GROUP_SIZE`` units that
-    divides every hidden width (one group when a width is smaller than that)."""
-    g = math.gcd(*widths)
-    size = next(s for s in range(min(LOCAL_GROUP_SIZE, g), g + 1) if g % s == 0)
-    return g // size
-
-
 def _image_shape(cfg: MethodConfig) -> tuple[int, int, int]:
-    shape = tuple(cfg.input_shape)
-    if len(shape) == 2:
-        shape = (*shape, 1)
-    if len(shape) != 3:
-        raise NotApplicable(
-            f"the local-loss image networks need (height, width[, channels]) inputs; "
-            f"input_shape={cfg.input_shape!r}"
-        )
-    return shape
+    try:
+        return models_local.image_shape(cfg.input_shape)
+    except ValueError as e:
+        raise NotApplicable(str(e)) from None
 
 
 def mixer_config(cfg: MethodConfig) -> fwdgrad.MixerConfig:
-    """The ``fwdgrad-mixer`` network for a configuration, by fixed rules.
-
-    * patches: the smallest divisor ``s`` of the image side with ``s >= side / 4``
-      (7x7 patches on 28x28 and on 14x14 images: 16 and 4 patches);
-    * one mixer block per configured hidden width, at least two (block 0 embeds
-      the patches and has no token mixing);
-    * channels and hidden units: the largest configured width;
-    * channel groups of at least ``LOCAL_GROUP_SIZE`` units (:func:`local_num_groups`);
-    * all three local losses on (LG-FG-A, Ren et al. 2023, Table 3).
-    """
-    h, w, c = _image_shape(cfg)
-    side = math.gcd(h, w)
-    patch = next(s for s in range(1, side + 1) if side % s == 0 and 4 * s >= side)
-    channels = max(cfg.widths)
-    return fwdgrad.MixerConfig(
-        image_shape=(h, w, c),
-        patch_size=patch,
-        num_blocks=max(2, len(cfg.widths)),
-        channels=channels,
-        num_classes=cfg.num_classes,
-        num_groups=local_num_groups((channels,)),
-    )
-
-
-#: fwdgrad-conv: output channels of the conv blocks (a 2x2 average pool before blocks 1, 2).
-CONV_CHANNELS = (32, 64, 64)
+    """The ``fwdgrad-mixer`` network for a configuration
+    (:func:`beyondbp.models_local.mixer_config`: 7x7 patches on 28x28, one block per width, at least two, groups of >= 8 units, LG-FG-A)."""
+    return models_local.mixer_config(_image_shape(cfg), cfg.widths, cfg.num_classes)
 
 
 def conv_config(cfg: MethodConfig) -> fwdgrad.ConvNetConfig:
-    """The ``fwdgrad-conv`` network for a configuration, by fixed rules.
+    """The ``fwdgrad-conv`` network for a configuration (:func:`beyondbp.models_local.conv_config`:
+    ``CONV_CHANNELS`` cut to what the image halves for, groups of >= 8 units, LG-FG-A)."""
+    return models_local.conv_config(_image_shape(cfg), cfg.num_classes)
 
-    ``CONV_CHANNELS`` 3x3 blocks, cut to as many as the image can be halved for
-    (three on 28x28, two on 14x14, whose 7x7 map does not halve), channel groups
-    of at least ``LOCAL_GROUP_SIZE`` units, all three local losses on.
-    """
-    shape = _image_shape(cfg)
-    h, w, blocks = shape[0], shape[1], 1
-    while blocks < len(CONV_CHANNELS) and h % 2 == 0 and w % 2 == 0:
-        blocks, h, w = blocks + 1, h // 2, w // 2
-    channels = CONV_CHANNELS[:blocks]
-    return fwdgrad.ConvNetConfig(
-        image_shape=shape,
-        channels=channels,
-        num_classes=cfg.num_classes,
-        num_groups=local_num_groups(channels),
-    )
+
+def net_num_tangents(config: fwdgrad.MixerConfig | fwdgrad.ConvNetConfig) -> int:
+    """Tangents per example of ``fwdgrad-mixer`` / ``fwdgrad-conv``: ``fwdgrad-local``'s rule
+    (:func:`local_num_tangents`) for the largest channel group of any block, the units one
+    (patch, group) local loss perturbs at a grouped site (15 for the conv net's 64-channel
+    blocks in 4 groups, 7 for the mixer's groups of 8). The mixer's token-mixing sites feed
+    every group (``per_group=False``): their estimate stays above the bound."""
+    widths = config.channels if isinstance(config, fwdgrad.ConvNetConfig) else (config.channels,)
+    group = max(widths) // config.num_groups
+    return tangents_for_moment(group, LOCAL_MOMENT_BOUND)
 
 
 def _local_net(name: str, make_config, init, apply):
@@ -156,7 +118,11 @@ def _local_net(name: str, make_config, init, apply):
         config = make_config(cfg)
         params = init(cfg.key, config)
         tx = optax.chain(
-            fwdgrad.local_forward_gradient(config, seed=cfg.seed),
+            # the heads already take their exact local gradient (fwdgrad._local._param_grads:
+            # jax.grad of the head loss on constant features, fwdgrad-local's head_grad="exact")
+            fwdgrad.local_forward_gradient(
+                config, seed=cfg.seed, num_tangents=net_num_tangents(config)
+            ),
             optax.adam(optax.cosine_decay_schedule(LR_LOCAL_ADAM, cfg.steps)),
         )
         return Setup(
@@ -259,7 +225,9 @@ register(
         "fwdgrad-mixer",
         "forward gradient, LG-FG-A on Ren et al.'s LocalMixer (2023): patches a quarter of "
         "the image side (7x7 on MNIST), a local head per block, block-, patch- and group-wise "
-        f"local losses, ReLU-masked tangents; Adam lr {LR_LOCAL_ADAM} cosine-decayed",
+        f"local losses, ReLU-masked tangents, K for a second moment <= "
+        f"{LOCAL_MOMENT_BOUND:g}x the exact gradient's per channel group, exact head gradients; "
+        f"Adam lr {LR_LOCAL_ADAM} cosine-decayed",
         _local_net("mixer", mixer_config, fwdgrad.mixer_init, fwdgrad.mixer_apply),
         family="fwdgrad",
     )
@@ -269,7 +237,9 @@ register(
         "fwdgrad-conv",
         "forward gradient, LG-FG-A on a conv net with a local head per block "
         f"(channels {CONV_CHANNELS}, 2x2 average pools), block-, patch- and group-wise local "
-        f"losses, ReLU-masked tangents; Adam lr {LR_LOCAL_ADAM} cosine-decayed",
+        f"losses, ReLU-masked tangents, K for a second moment <= "
+        f"{LOCAL_MOMENT_BOUND:g}x the exact gradient's per channel group, exact head gradients; "
+        f"Adam lr {LR_LOCAL_ADAM} cosine-decayed",
         _local_net("conv", conv_config, fwdgrad.convnet_init, fwdgrad.convnet_apply),
         family="fwdgrad",
     )
