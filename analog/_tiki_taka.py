@@ -85,14 +85,11 @@ def transfer_rows(
     row tile of ``tile_rows`` rows reads one of its own rows, cycling within the tile (aihwkit
     gives every tile its own ``TransferCompound``; the last tile cycles over the rows it holds).
     ``tile_rows=None``: one tile of all ``n_rows``. Returns ``(rows, live)``, both
-    ``(T m,)`` with ``T`` the row tiles and ``m = max(1, batch // every)`` static, ``live``
-    masking the reads that do not happen in this step."""
-    if batch % every and every % batch:
-        raise ValueError(
-            f"tiki_taka: transfer_every={every} and the batch of {batch} samples: one must "
-            "divide the other, so that every step makes the same number of transfers"
-        )
-    m = max(1, batch // every)
+    ``(T m,)`` with ``T`` the row tiles and ``m = ceil(batch / every)`` static (the most
+    transfers a step can hold), ``live`` masking the reads that do not happen in this step: when
+    neither divides the other, steps take ``floor`` or ``ceil(batch / every)`` transfers so that
+    the count since the start is always ``floor(samples / every)``."""
+    m = -(-batch // every)
     done = (count * batch) // every
     now = ((count + 1) * batch) // every - done
     i = jnp.arange(m)
@@ -194,8 +191,8 @@ def tiki_taka(
 
     Args:
       learning_rate: the SGD step of the pulsed updates of ``A``.
-      transfer_every: samples between two row transfers from ``A`` to ``H`` (divides the
-        batch, or is a multiple of it).
+      transfer_every: samples between two row transfers from ``A`` to ``H`` (any positive
+        integer; the transfers of a step are the ones its samples complete).
       transfer_lr: scale of a row read into ``H`` (TTv2's transfer learning rate).
       chop_probability: c-TTv2 (Rasch et al., "Fast and robust analog in-memory deep neural
         network training", Nat. Commun. 15:7133, 2024, Algorithm 1; aihwkit's
