@@ -99,3 +99,52 @@ def test_8bit_classifier_keeps_the_backward_signal_to_the_first_layer():
     # rule that changed nothing would give equal values
     assert cos["rule"] > cos["all4"] + 0.2, cos
     assert cos["rule"] > 0.6, cos
+
+
+class _Record(nnx.Module):
+    """Calls ``inner`` and keeps the smallest input value it was given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.low = nnx.Variable(jnp.array(jnp.inf, jnp.float32))
+
+    def __call__(self, x):
+        self.low[...] = jnp.minimum(self.low[...], jnp.min(x))
+        return self.inner(x)
+
+
+def test_resnet_4_bit_layers_take_unsigned_activations_and_read_relu_outputs():
+    # SUN2020_RELU gives the ResNet's 4-bit layers UINT4 activations, which is right only if
+    # each of them reads a ReLU output (the stem and the 1x1 projections are 8-bit INT8)
+    resnet = models.ResNet(depth=8, rngs=nnx.Rngs(0))
+    report = lowbit.plan_rules(resnet, lowbit_rows.SUN2020_RELU)
+    four = [a.path for a in report.assignments if a.config.weights.bits == 4]
+    eight = [a for a in report.assignments if a.config.weights.bits == 8]
+    assert four and eight
+    assert all(a.config.activations == lowbit.UINT4 for a in report.assignments if a.path in four)
+    assert all(a.config.activations == lowbit.INT8 for a in eight)
+    recorders = []
+    for path in four:
+        *parents, name = path.split("/")
+        owner = resnet
+        for part in parents:
+            owner = owner[int(part)] if part.isdigit() else getattr(owner, part)
+        rec = _Record(getattr(owner, name))
+        setattr(owner, name, rec)
+        recorders.append(rec)
+    x = jax.random.normal(jax.random.key(3), (4, 28, 28), jnp.float32)  # signed pixels too
+    resnet(x)
+    assert all(float(r.low[...]) >= 0.0 for r in recorders)
+    # the row builds the ResNet with this recipe
+    cfg = dataclasses.replace(_cfg(), input_shape=(28, 28, 1), model="resnet")
+    setup = methods.get("lowbit").build(cfg)
+    xb = jax.random.uniform(jax.random.key(4), (2, 28, 28, 1), jnp.float32)
+    yb = jnp.array([1, 2])
+    got = jax.tree.leaves(_grads(setup.apply, setup.params, xb, yb))
+    # gradients, not logits: each block's last norm starts at scale 0 (the blocks start as
+    # identities), so at initialisation the logits do not see the blocks' convolutions
+    for recipe, same in ((lowbit_rows.SUN2020_RELU, True), (lowbit.recipes.SUN2020, False)):
+        apply_ref, p_ref = cfg.build_model(recipe=recipe)
+        ref = jax.tree.leaves(_grads(apply_ref, p_ref, xb, yb))
+        equal = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, ref))
+        assert equal == same, recipe.name

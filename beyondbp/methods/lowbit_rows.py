@@ -52,6 +52,20 @@ CLASSIFIER_8BIT = lowbit.Recipe(
 #: Models whose 4-bit version follows the paper's whole per-layer recipe (SUN2020).
 RECIPE_MODELS = ("resnet", "vit")
 
+#: The ResNet's SUN2020: the paper's 8-bit exceptions, and its 4-bit layers with UINT4
+#: activations (:data:`RECIPE`). Sun et al. quantize activations with PACT, an unsigned clip of
+#: a ReLU output; every 4-bit convolution of ``models.resnet`` reads a ReLU output (the stem
+#: and the 1x1 projections, which read other values, are 8-bit), so :data:`lowbit.recipes.SUN2020`'s
+#: signed INT4 activations would spend one of the four bits on a sign that is always +.
+#: The ViT's 4-bit layers read LayerNorm outputs and attention values, which are signed: it
+#: keeps SUN2020.
+SUN2020_RELU = lowbit.Recipe(
+    name="SUN2020-UINT4-activations",
+    rules=lowbit.recipes.SUN2020.rules[:-1] + (lowbit.Rule(config=RECIPE),),
+    description="Sun et al. 2020 with UINT4 (PACT-like, unsigned) activations in the 4-bit "
+    "layers, whose inputs are ReLU outputs",
+)
+
 
 def build_model(
     cfg: MethodConfig,
@@ -65,12 +79,12 @@ def build_model(
     ``recipe``: a :class:`lowbit.Recipe` applied by ``lowbit.apply_rules`` to any model; when
     ``None``, ``mlp`` and ``cnn`` get :data:`CLASSIFIER_8BIT` (``config`` in every layer when
     ``classifier_8bit=False`` or a ``config`` other than :data:`RECIPE` is given) and
-    ``resnet`` / ``vit`` get :data:`lowbit.recipes.SUN2020` (or ``config`` everywhere, when
-    one other than :data:`RECIPE` is given).
+    ``resnet`` gets :data:`SUN2020_RELU` and ``vit`` :data:`lowbit.recipes.SUN2020` (or
+    ``config`` everywhere, when one other than :data:`RECIPE` is given).
     """
     if recipe is None and cfg.model in RECIPE_MODELS:
         recipe = (
-            lowbit.recipes.SUN2020
+            (SUN2020_RELU if cfg.model == "resnet" else lowbit.recipes.SUN2020)
             if config == RECIPE
             else lowbit.Recipe(name="custom", rules=(lowbit.Rule(config=config),))
         )
