@@ -19,14 +19,9 @@ heads take their exact local gradient, as in Ren et al.'s released code; and
 :func:`local_num_tangents` tangents per example, the fewest that hold the estimate's
 second moment within ``LOCAL_MOMENT_BOUND`` times the exact local gradient's
 (:func:`beyondbp.methods._rates.tangents_for_moment`); then Adam with a cosine
-decay to zero over ``cfg.steps``. Why (measured, benchmarks/fwdgrad_local_gap.py):
-exact local gradients of the same network and losses (``jax.grad`` of the local
-losses, each block's input a constant) match backprop, 85.7% on one epoch of
-Fashion-MNIST, so the 3 points the row trailed by (82.8% with one tangent and
-forward-perturbed heads) were the estimator's variance, not the greedy local losses.
-With the bound (7 tangents for groups of 8), one epoch, 3 seeds: Fashion-MNIST 85.2 +- 0.1%
-against backprop's 85.6 +- 0.1% (82.5% before), MNIST 96.7 +- 0.1% against 96.8% (94.8%
-before), at about 1.7 times the former step time (results/compare_*_1epoch_3seeds_fwdlocal).
+decay to zero over ``cfg.steps``. Why: exact local gradients of the same network and losses match
+backprop, so the row's former gap was the estimator's variance, which the tangent
+count bounds (BENCHMARKS.md, "Cause 5: fwdgrad-local's estimator variance").
 
 ``fwdgrad-mixer`` and ``fwdgrad-conv``: the same estimator (LG-FG-A: block-,
 patch- and group-wise local losses, ReLU-masked tangents) on Ren et al.'s
@@ -69,9 +64,8 @@ DECAY_STEPS = 2000
 #: no mask -> 4.32%; plain FG-A at SGD 0.001 -> 18.4% (BENCHMARKS.md).
 LR_LOCAL_ADAM = 3e-3
 #: fwdgrad-local: bound on the estimate's second moment, in units of the exact local gradient's
-#: (``E|g_hat|^2 <= 2 |g|^2``: the noise no larger than the signal). Fashion-MNIST, one epoch,
-#: seed 0, groups of 8 and exact heads: 1 tangent (factor 8) 83.3%, 4 (2.75) 84.6%, 7 (2.0)
-#: 85.2%, 8 (1.9) 85.5%; exact local gradients 85.7% (benchmarks/fwdgrad_local_gap.py).
+#: (``E|g_hat|^2 <= 2 |g|^2``: the noise no larger than the signal; accuracy against the bound:
+#: BENCHMARKS.md, "Cause 5").
 LOCAL_MOMENT_BOUND = 2.0
 
 
