@@ -38,6 +38,7 @@ __all__ = [
     "parse_step_timing",
     "add_switch",
     "train_history",
+    "ablation_setup",
 ]
 
 #: Where every benchmark writes its JSON and PNG files.
@@ -287,3 +288,32 @@ def ratio_bars(
         ax.text(r, i, f" {r:.2f}x", va="center", fontsize=7)
     ax.set(xlabel=xlabel, title=title)
     return fig, ax
+
+
+def ablation_setup(description: str, argv=None, *, epochs: bool = False):
+    """The command line and data of a one-data-set ablation (``--dataset``, ``--data-dir``,
+    ``--seed``, ``--batch-size``, and ``--epochs`` when asked): returns ``(args, train, test,
+    steps, cfg)`` with ``cfg`` the ``beyondbp.methods.MethodConfig`` of the data's shape.
+    JAX and beyondbp are imported here, not at module import (see the module docstring)."""
+    import jax
+
+    from beyondbp import datasets, methods
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--dataset", default="fashion_mnist", choices=datasets.NAMES)
+    add_data_dir(ap)
+    ap.add_argument("--seed", type=int, default=0)
+    if epochs:
+        ap.add_argument("--epochs", type=positive_int, default=1)
+    ap.add_argument("--batch-size", type=positive_int, default=64)
+    args = ap.parse_args(argv)
+    tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
+    te = datasets.load(args.dataset, "test", data_dir=args.data_dir)
+    steps = getattr(args, "epochs", 1) * datasets.num_batches(len(tr), args.batch_size)
+    cfg = methods.MethodConfig(
+        key=jax.random.key(args.seed),
+        input_shape=tr.input_shape,
+        num_classes=tr.num_classes,
+        steps=steps,
+    )
+    return args, tr, te, steps, cfg

@@ -300,10 +300,8 @@ AIHWKIT_W_MAX = 0.6
 #: bound spreads (w_max_dtod, w_min_dtod 0.3) scale each bound about w = 0, which stays inside
 #: every device's range; ``bounds_dtod`` spreads a device's range above a fixed g_min instead,
 #: which moves each device's symmetry point with its range and pulls every soft-bounds weight
-#: towards its own (zero-mean updates from 0 spread the weights 6x as far as aihwkit's; before
-#: ``init_tiles`` centred such pairs where both devices reach, it also misprogrammed 9% of the
-#: weights). No spread of ours matches theirs: none is given (BENCHMARKS.md, "aihwkit side by
-#: side on accuracy").
+#: towards its own: none of our spreads is theirs, so none is given (BENCHMARKS.md, "aihwkit
+#: side by side on accuracy").
 _SPREADS = {
     "dw_min_dtod": 0.3 * math.sqrt(2.0),
     "dw_min_std": 0.3 * math.sqrt(2.0),
@@ -319,11 +317,7 @@ def ours_device(name: str, spreads: str = "default"):
         return analog.ConstantStep(dw_min=0.001 / (2 * AIHWKIT_W_MAX), **kw)
     if name.endswith("soft_bounds"):
         return analog.SoftBounds(dw_min=0.001 / (2 * AIHWKIT_W_MAX), **kw)
-    if name.endswith("exp_step"):
-        # aihwkit's ExpStepDevice at its defaults. On the pair a raise of w is G+ up at z(w)
-        # and G- down at z(-w): the pair steps by the mean of y_up(w) and y_down(-w), which
-        # aihwkit's fit makes close to its single device's y_up(w) (0.721 against 0.732 dw at
-        # w = 0.55; both 0.983 at w = 0), with the same symmetry point w = 0
+    if name.endswith("exp_step"):  # pair vs single device: BENCHMARKS.md, "ExpFitStep"
         return analog.ExpFitStep(dw_min=0.001 / (2 * AIHWKIT_W_MAX), **kw)
     return None
 

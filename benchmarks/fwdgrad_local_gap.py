@@ -23,7 +23,6 @@ Writes ``benchmarks/results/fwdgrad_local_gap_<dataset>_<epochs>ep.json`` and ``
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 import time
@@ -36,7 +35,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common
 
 import fwdgrad
-from beyondbp import datasets, methods, models, train
+from beyondbp import methods, models, train
 from beyondbp.methods import fwdgrad_rows
 from fwdgrad._activity import _block_input, _dense
 
@@ -94,22 +93,7 @@ def local_setup(cfg: methods.MethodConfig, gradient: str, *, k=1, group=8, head=
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", default="fashion_mnist", choices=datasets.NAMES)
-    _common.add_data_dir(ap)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=_common.positive_int, default=1)
-    ap.add_argument("--batch-size", type=_common.positive_int, default=64)
-    args = ap.parse_args(argv)
-    tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
-    te = datasets.load(args.dataset, "test", data_dir=args.data_dir)
-    steps = args.epochs * datasets.num_batches(len(tr), args.batch_size)
-    cfg = methods.MethodConfig(
-        key=jax.random.key(args.seed),
-        input_shape=tr.input_shape,
-        num_classes=tr.num_classes,
-        steps=steps,
-    )
+    args, tr, te, steps, cfg = _common.ablation_setup(__doc__.split("\n")[0], argv, epochs=True)
     runs = [
         ("backprop (the registered row)", methods.get("backprop").build(cfg), {}),
         ("exact local gradients", local_setup(cfg, "exact"), {"second_moment": 1.0}),

@@ -27,7 +27,6 @@ Writes ``benchmarks/results/lowbit_gap_ablation_<dataset>.json`` and ``.png``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import pathlib
 import sys
@@ -41,7 +40,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common
 
 import lowbit
-from beyondbp import datasets, methods, models, train
+from beyondbp import methods, models, train
 from beyondbp.methods import lowbit_rows
 from lowbit import FLOAT32, RADIX4_FP4, UINT4, GemmConfig, QuantConfig, Recipe, Rule
 
@@ -165,21 +164,7 @@ def gradient_cosines(cfg, recipe, params, ds, n_batches=4, batch=256) -> list[fl
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", default="fashion_mnist", choices=datasets.NAMES)
-    _common.add_data_dir(ap)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=_common.positive_int, default=64)
-    args = ap.parse_args(argv)
-    tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
-    te = datasets.load(args.dataset, "test", data_dir=args.data_dir)
-    steps = datasets.num_batches(len(tr), args.batch_size)
-    cfg = methods.MethodConfig(
-        key=jax.random.key(args.seed),
-        input_shape=tr.input_shape,
-        num_classes=tr.num_classes,
-        steps=steps,
-    )
+    args, tr, te, steps, cfg = _common.ablation_setup(__doc__.split("\n")[0], argv)
     rows, trained = [], {}
     for name, (what, variant) in VARIANTS.items():
         apply, params = build(cfg, variant)

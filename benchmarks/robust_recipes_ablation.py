@@ -13,7 +13,6 @@ Writes ``benchmarks/results/robust_recipes_ablation_<dataset>.json`` and ``.png`
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -26,7 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common
 
 import analog
-from beyondbp import datasets, methods, train
+from beyondbp import methods, train
 from beyondbp.methods import analog_rows, lowbit_rows
 
 
@@ -49,21 +48,7 @@ def dead_outputs(setup, params, ds, n=2000) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", default="fashion_mnist", choices=datasets.NAMES)
-    _common.add_data_dir(ap)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=_common.positive_int, default=64)
-    args = ap.parse_args(argv)
-    tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
-    te = datasets.load(args.dataset, "test", data_dir=args.data_dir)
-    steps = datasets.num_batches(len(tr), args.batch_size)
-    cfg = methods.MethodConfig(
-        key=jax.random.key(args.seed),
-        input_shape=tr.input_shape,
-        num_classes=tr.num_classes,
-        steps=steps,
-    )
+    args, tr, te, steps, cfg = _common.ablation_setup(__doc__.split("\n")[0], argv)
 
     def run(setup):
         h = train.train(

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _learns import assert_learns
 
 import fwdgrad
 from beyondbp import methods
-from beyondbp import train as _train
 from beyondbp.methods import fwdgrad_rows
 from beyondbp.synthetic import shapes
 
@@ -60,18 +60,7 @@ def test_row_learns_in_a_few_steps(name):
     x_np, y_np = shapes(n, seed=3, size=14)
     x_all = jnp.asarray(x_np[..., None].astype(np.float32) / np.float32(255))
     y_all = jnp.asarray(y_np.astype(np.int32))
-    step = jax.jit(_train.make_step(setup))
-    loss = jax.jit(lambda p: setup.loss(setup.apply(p, x_all), y_all))
-    params, state = setup.params, setup.tx.init(setup.params)
-    before = float(loss(params))
-    for i in range(steps):
-        j = (i % (n // b)) * b
-        params, state, ok = step(params, state, x_all[j : j + b], y_all[j : j + b])
-        assert bool(ok)
-    after = float(loss(params))
-    msg = f"{name}: loss on its {n} examples {before:.3f} -> {after:.3f}"
-    assert after < 0.8 * before and after < np.log(10) - 0.25, msg
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+    assert_learns(setup, x_all, y_all, steps=steps, batch=b, name=name)
 
 
 def test_rows_are_registered_as_fwdgrad():

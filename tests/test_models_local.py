@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _learns import assert_learns
 
 import fwdgrad
 from beyondbp import cli, methods, models, models_local
-from beyondbp import train as _train
 from beyondbp.methods import fwdgrad_rows
 from beyondbp.synthetic import shapes
 
@@ -73,18 +73,7 @@ def test_backprop_learns_in_a_few_steps(model):
     steps, n, b = 60, 128, 32
     setup = methods.get("backprop").build(_cfg(model, steps=steps))
     x_all, y_all = _data(n)
-    step = jax.jit(_train.make_step(setup))
-    loss = jax.jit(lambda p: setup.loss(setup.apply(p, x_all), y_all))
-    params, state = setup.params, setup.tx.init(setup.params)
-    before = float(loss(params))
-    for i in range(steps):
-        j = (i % (n // b)) * b
-        params, state, ok = step(params, state, x_all[j : j + b], y_all[j : j + b])
-        assert bool(ok)
-    after = float(loss(params))
-    msg = f"backprop --model {model}: loss on its {n} examples {before:.3f} -> {after:.3f}"
-    assert after < 0.8 * before and after < np.log(10) - 0.25, msg
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+    assert_learns(setup, x_all, y_all, steps=steps, batch=b, name=f"backprop --model {model}")
 
 
 def test_bad_inputs_get_clear_errors():
