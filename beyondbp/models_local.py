@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 import fwdgrad
+from beyondbp._not_applicable import NotApplicable
 from fwdgrad._heads import head_logits
 from fwdgrad._networks import block_list, identity_site
 
@@ -161,9 +162,6 @@ def build(
     ``recipe`` has nothing to replace: ``recipe`` must be ``None``.
     """
     if recipe is not None:
-        # imported here: the registry imports beyondbp.models, which imports this module
-        from beyondbp.methods._registry import NotApplicable
-
         raise NotApplicable(
             f"model={name!r} is built from fwdgrad's functional blocks, not nnx layers, so a "
             "lowbit recipe cannot be applied to it"

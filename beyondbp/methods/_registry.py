@@ -15,14 +15,8 @@ import jax
 import optax
 
 from beyondbp import models
+from beyondbp._not_applicable import NotApplicable as NotApplicable  # re-exported
 from beyondbp.models import cross_entropy
-
-
-class NotApplicable(ValueError):
-    """A method has no variant for this configuration (e.g. a CNN for an MLP-only rule).
-
-    ``compare`` reports such a row as skipped and runs the rest; any other error propagates.
-    """
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
