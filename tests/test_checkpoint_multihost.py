@@ -68,8 +68,14 @@ def _kill_mid_save(tmp_path, ck, out) -> tuple[int, bool]:
                 if proc.poll() is not None:
                     pytest.fail(f"the run ended before it was killed:\n{log.read_text()[-6000:]}")
                 time.sleep(0.005)
-            for p in pids.iterdir():  # both at once, in the middle of writing their shards
-                os.kill(int(p.read_text()), signal.SIGKILL)
+            # Both at once, in the middle of writing their shards. Stop both first: killed one
+            # after the other, a loaded machine can run the survivor between the two kills,
+            # and it would see its peer gone (the launcher's SIGTERM, a failed collective)
+            # and remove its partial save as a normal error does, leaving nothing to test.
+            victims = [int(p.read_text()) for p in pids.iterdir()]
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in victims:
+                    os.kill(pid, sig)
             proc.wait(timeout=60)
     assert proc.returncode != 0, "the run finished before the kill: nothing was tested"
     assert not out.exists(), "a killed run must not have written its final state"

@@ -343,7 +343,8 @@ def test_recipes_train_and_push_forward_under_jvp(recipe):
         loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(X) ** 2)
         grads = jax.jit(jax.grad(loss))(params)
         v = jax.tree.map(lambda p: jax.random.normal(jax.random.key(9), p.shape, p.dtype), params)
-        _value, tangent = jax.jit(lambda p, v: jax.jvp(loss, (p,), (v,)))(params, v)
+        if not seed:  # the forward pass rounds to nearest: its tangent is the same for every seed
+            _value, tangent = jax.jit(lambda p, v: jax.jvp(loss, (p,), (v,)))(params, v)
         leaves = jax.tree.leaves(grads)
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves) and np.isfinite(float(tangent))
         gvs.append(float(sum(jnp.vdot(g, t) for g, t in zip(leaves, jax.tree.leaves(v)))))
