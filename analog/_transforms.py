@@ -90,12 +90,38 @@ def _check_program(device, io, tile_shape, pulse, seed, mixed_precision, w_max):
     bbcore.check_seed(seed, "program")
     if not isinstance(mixed_precision, bool):
         raise TypeError(f"program: mixed_precision={mixed_precision!r} must be True or False")
-    if isinstance(w_max, (int, float)) and not isinstance(w_max, bool):
-        if not w_max > 0:
-            raise ValueError(f"program: w_max={w_max!r} must be a positive number or None")
-    elif w_max is not None and not (hasattr(w_max, "dtype") and jnp.ndim(w_max) == 0):
-        raise ValueError(f"program: w_max={w_max!r} must be a positive number or None")
+    if isinstance(w_max, (dict, list, tuple)):  # one per leaf, matched to params at init
+        for leaf in jax.tree.leaves(w_max, is_leaf=lambda x: x is None):
+            _check_w_max(leaf, f" (a leaf of the per-leaf w_max {w_max!r})")
+    else:
+        _check_w_max(w_max, "")
     return tile_shape
+
+
+def _check_w_max(w_max, where: str) -> None:
+    ok = w_max is None or (
+        w_max > 0
+        if isinstance(w_max, (int, float)) and not isinstance(w_max, bool)
+        else hasattr(w_max, "dtype") and jnp.ndim(w_max) == 0
+    )
+    if not ok:
+        raise ValueError(
+            f"program: w_max={w_max!r}{where} must be a positive number or None, or a pytree "
+            "of those with the params' structure (one per leaf)"
+        )
+
+
+def _w_max_leaves(w_max, treedef, n: int) -> list:
+    """One ``w_max`` per params leaf: the same for all, or the per-leaf tree's, in order."""
+    if not isinstance(w_max, (dict, list, tuple)):
+        return [w_max] * n
+    try:
+        return treedef.flatten_up_to(w_max)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"program: the per-leaf w_max does not have the params' structure {treedef} ({e}); "
+            "give one number or None for every leaf, or one number for all"
+        ) from None
 
 
 def mixed_precision_transfer(
@@ -139,7 +165,7 @@ def program(
     tile_shape=(64, 64),
     pulse: str = "stochastic",
     seed: int = 0,
-    w_max: float | None = None,
+    w_max: Any = None,
     mixed_precision: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Make the devices take the incoming updates; return what they actually did.
@@ -162,7 +188,10 @@ def program(
       pulse: ``"stochastic"`` or ``"deterministic"`` rounding of pulse counts.
       seed: integer seed for the variation and the pulse noise.
       w_max: largest representable ``|weight|`` per leaf; None = twice the leaf's initial
-        ``max|w|`` (1.0 for an all-zero leaf such as a fresh bias).
+        ``max|w|`` (1.0 for an all-zero leaf such as a fresh bias). A pytree with the params'
+        structure (a number or None per leaf) sets each leaf's range on its own, as a chip
+        maps each layer with its own conductance-to-weight scale (aihwkit's per-layer
+        ``weight_scaling``).
       mixed_precision: keep a digital float32 accumulator per weight and program only whole
         device steps (:func:`mixed_precision_transfer`); ``pulse`` is then not used. Costs one
         float32 per weight of digital memory and two digital operations per weight and step
@@ -201,9 +230,9 @@ def _program_init(params, *, device, seed, tile_shape, w_max, mixed_precision) -
             jnp.asarray(p).reshape(matrix_shape(jnp.shape(p))),
             device,
             tile_shape,
-            w_max=w_max,
+            w_max=m,
         )
-        for i, p in enumerate(leaves)
+        for i, (p, m) in enumerate(zip(leaves, _w_max_leaves(w_max, treedef, len(leaves))))
     ]
     return ProgramState(
         count=jnp.zeros((), jnp.int32),

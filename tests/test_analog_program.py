@@ -253,6 +253,28 @@ def test_program_errors():
         tx.update(params, state)
 
 
+def test_per_leaf_w_max_sets_each_leafs_range():
+    params = mlp_params()
+    dev = presets.TAOX_RERAM
+    per_leaf = jax.tree.map(lambda _: None, params)
+    per_leaf["layers"][1]["kernel"] = 0.25  # this leaf's own range; the others keep the default
+    state = analog.program(dev, w_max=per_leaf, seed=2).init(params)
+    default = analog.program(dev, seed=2).init(params)
+    is_t = lambda t: isinstance(t, analog.Tiles)
+    got = jax.tree.leaves(state.tiles, is_leaf=is_t)
+    ref = jax.tree.leaves(default.tiles, is_leaf=is_t)
+    names = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for name, t, r in zip(names, got, ref):
+        if name == "['layers'][1]['kernel']":  # weight per unit conductance: w_max / range
+            np.testing.assert_allclose(float(t.w_scale), 0.25 / dev.range, rtol=1e-6)
+        else:  # None: twice the leaf's initial max|w|, exactly as without a per-leaf w_max
+            assert float(t.w_scale) == float(r.w_scale), name
+    with pytest.raises(ValueError, match="w_max"):
+        analog.program(dev, w_max={"w": -1.0})
+    with pytest.raises(ValueError, match="params' structure"):
+        analog.program(dev, w_max={"w": 1.0}).init(params)
+
+
 def test_composes_with_the_estimator_in_one_chain():
     params = analog.init_energy_network(rkey(0), (6, 5, 3))
     x = jax.random.uniform(rkey(1), (4, 6), jnp.float32)

@@ -28,6 +28,7 @@ into the weight's array ``C`` in whole device steps.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -87,8 +88,24 @@ NLMS_RATES = (32.0, 1.0)
 # free phase converges from the first step and no hidden unit dies: 90.8% (seed 0; per epoch in
 # benchmarks/eqprop_output_norm.py and its JSON). A rule on the architecture's initialisation,
 # not tuned on the data (only 0 and 1/2 tried: zero gives the hidden layer no signal at first).
-# The ideal row only: see the TaOx registration.
+# Both rows; the TaOx row keeps its arrays' ranges from the Glorot initialisation (device_ranges).
 OUTPUT_NORM = 0.5
+
+
+def device_ranges(params: list[dict]) -> list[dict]:
+    """Per-leaf ``w_max`` for ``analog.program``: twice each kernel's max |w| at its Glorot
+    initialisation, taken before :func:`contract_output` rescales the output kernel; None
+    (the program default: twice the initial max |w|, 1 for zeros) for the biases.
+
+    A crossbar's conductance-to-weight scale belongs to the array and its layer's shape, not
+    to how the weights were first set: with ``program``'s default the contracted output
+    kernel (x 0.32) would get a range of 0.069 that its trained weights outgrow (measured:
+    MNIST 1 epoch 93.1 -> 92.0% on TaOx). Twice max |w| is what ``program`` gives the
+    un-contracted network."""
+    return [
+        {k: (2.0 * float(jnp.max(jnp.abs(v))) if k == "kernel" else None) for k, v in layer.items()}
+        for layer in params
+    ]
 
 
 def eqprop_loss(outputs: jax.Array, labels: jax.Array) -> jax.Array:
@@ -151,7 +168,7 @@ def build_eqprop(
     hidden: int = HIDDEN,
     free_steps: int = FREE_STEPS,
     nudged_steps: int = NUDGED_STEPS,
-    w_max: float | None = 1.0,
+    w_max: Any = 1.0,
     lr_decay_steps: int | None = None,
     mixed_precision: bool = False,
     beta: float = BETA,
@@ -166,9 +183,12 @@ def build_eqprop(
     per-layer rates, its updates programmed onto ``device`` through ``analog.program``; ``io``
     (e.g. ``analog.presets.TAOX_IO``) reads every relaxation product through crossbar periphery.
     The keywords default to the ideal row's values (module constants, reasons beside them);
-    ``output_norm=None`` keeps the Glorot-uniform output kernel.
+    ``output_norm=None`` keeps the Glorot-uniform output kernel. ``w_max=None`` gives each
+    array the range :func:`device_ranges` sets from the Glorot initialisation.
     """
     params = analog.init_energy_network(cfg.key, (cfg.num_inputs, hidden, cfg.num_classes))
+    if w_max is None:
+        w_max = device_ranges(params)
     if output_norm is not None:
         params = contract_output(params, output_norm)
     seed = cfg.seed
@@ -254,11 +274,6 @@ register(
             w_max=None,
             beta=TAOX_BETA,
             lr_decay_steps=cfg.steps,
-            # Not OUTPUT_NORM: with w_max None the devices' range is twice the initial max|w|
-            # per leaf, so the scaled kernel (x 0.32) also shrinks the output array's range to
-            # 0.069; measured, MNIST 1 epoch fell 93.1 -> 92.0% (3 seeds) while the 1,500
-            # shapes rose only 80.5 -> 81.0% (compare_*_eqprop_outnorm results).
-            output_norm=None,
         ),
         family="analog",
     )
