@@ -76,7 +76,7 @@ def crossbar_delta(cb: Crossbar, new_tiles: Tiles, **fields) -> Crossbar:
 
 
 def pulsed_sgd(
-    learning_rate: float | jax.Array,
+    learning_rate: optax.ScalarOrSchedule,
     *,
     update: UpdateConfig | None = None,
     seed: int = 0,
@@ -91,7 +91,8 @@ def pulsed_sgd(
     the devices did. Put it last in a chain: a transform after it would rescale conductances.
 
     Args:
-      learning_rate: the SGD step (a scalar; may be injected with ``inject_hyperparams``).
+      learning_rate: the SGD step: a scalar (may be injected with ``inject_hyperparams``) or
+        an optax schedule of the step count, as optax's own optimizers take it.
       update: how updates become pulses (:class:`analog.UpdateConfig`); None = its defaults.
       seed: integer seed of the pulse trains and cycle-to-cycle noise.
 
@@ -110,7 +111,8 @@ def pulsed_sgd(
     def update_fn(updates, state, params=None, **extra):
         del extra
         _require(updates, params, "pulsed_sgd")
-        lr = jnp.asarray(learning_rate, _F32)
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        lr = jnp.asarray(lr, _F32)
         p_leaves, treedef = jax.tree.flatten(params, is_leaf=is_crossbar)
         g_leaves = treedef.flatten_up_to(updates)
         if any(is_crossbar(p) and p.fast is not None for p in p_leaves):

@@ -178,7 +178,7 @@ def _step_all(state: TikiTakaState, p_leaves, g_leaves, treedef, st: _Settings):
 
 
 def tiki_taka(
-    learning_rate: float | jax.Array,
+    learning_rate: optax.ScalarOrSchedule,
     *,
     transfer_every: int = 1,
     transfer_lr: float | jax.Array = 1.0,
@@ -190,7 +190,8 @@ def tiki_taka(
     """Tiki-Taka v2 for analog layers built with ``fast_device=`` (module docstring).
 
     Args:
-      learning_rate: the SGD step of the pulsed updates of ``A``.
+      learning_rate: the SGD step of the pulsed updates of ``A``: a scalar, or an optax
+        schedule of the step count (as optax's own optimizers take it).
       transfer_every: samples between two row transfers from ``A`` to ``H`` (any positive
         integer; the transfers of a step are the ones its samples complete).
       transfer_lr: scale of a row read into ``H`` (TTv2's transfer learning rate).
@@ -223,9 +224,8 @@ def tiki_taka(
         del extra
         _require(updates, params, "tiki_taka")
         f32 = lambda v: jnp.asarray(v, _F32)
-        st = _Settings(
-            cfg, io, transfer_every, f32(learning_rate), f32(transfer_lr), f32(chop_probability)
-        )
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        st = _Settings(cfg, io, transfer_every, f32(lr), f32(transfer_lr), f32(chop_probability))
         p_leaves, treedef = jax.tree.flatten(params, is_leaf=is_crossbar)
         g_leaves = treedef.flatten_up_to(updates)
         if any(is_crossbar(p) and p.fast is None for p in p_leaves):

@@ -16,15 +16,20 @@ import argparse
 import functools
 
 import _common
+import optax
 
 from beyondbp.compare import compare
-from beyondbp.methods import analog_rows
-from beyondbp.methods._registry import Method, register
+from beyondbp.methods import Method, analog_rows, register
 
 
-def _variant(spec: str) -> tuple[str, int, float]:
-    every, transfer_lr = spec.split(":")
-    return f"tikitaka-every{every}-tlr{transfer_lr}", int(every), float(transfer_lr)
+def _variant(spec: str) -> tuple[str, int, float, bool]:
+    """``EVERY:TRANSFER_LR`` or ``EVERY:TRANSFER_LR:cos`` (the row's lr on a cosine to 0)."""
+    every, transfer_lr, *rest = spec.split(":")
+    if rest not in ([], ["cos"]):
+        raise SystemExit(f"--variants: {spec!r}; use EVERY:TRANSFER_LR or EVERY:TRANSFER_LR:cos")
+    cos = rest == ["cos"]
+    name = f"tikitaka-every{every}-tlr{transfer_lr}" + ("-cos" if cos else "")
+    return name, int(every), float(transfer_lr), cos
 
 
 def main() -> None:
@@ -32,15 +37,18 @@ def main() -> None:
     _common.add_data_dir(ap)
     ap.add_argument("--steps", type=_common.positive_int, default=937)
     ap.add_argument("--widths", type=_common.int_list, default=(256, 256))
-    ap.add_argument("--variants", default="1:0.1,8:0.1", help="EVERY:TRANSFER_LR,...")
+    ap.add_argument("--variants", default="1:0.1,8:0.1", help="EVERY:TRANSFER_LR[:cos],...")
     ap.add_argument("--seeds", type=_common.int_list, default=(0,))
     ap.add_argument("--out", default="analog_tikitaka_transfer")
     args = ap.parse_args()
     names = []
     for spec in args.variants.split(","):
-        name, every, transfer_lr = _variant(spec)
+        name, every, transfer_lr, cos = _variant(spec)
+        lr = analog_rows.TIKITAKA_LR
+        if cos:
+            lr = optax.cosine_decay_schedule(lr, args.steps)
         build = functools.partial(
-            analog_rows.build_tikitaka, transfer_every=every, transfer_lr=transfer_lr
+            analog_rows.build_tikitaka, lr=lr, transfer_every=every, transfer_lr=transfer_lr
         )
         register(Method(name, f"analog-tikitaka, {spec}", build, family="analog"), replace=True)
         names.append(name)

@@ -223,6 +223,33 @@ def test_pulsed_sgd_and_tiki_taka_refuse_a_nonfinite_gradient(tiki):
     assert all(not np.any(np.asarray(u)) for u in jax.tree.leaves(updates))
 
 
+@pytest.mark.parametrize("tiki", [False, True])
+def test_learning_rate_may_be_an_optax_schedule(tiki):
+    # A schedule is read at the state's step count, as optax's optimizers read theirs: a
+    # constant schedule gives the float's run bit for bit (same pulses, same key stream).
+    make = analog.tiki_taka if tiki else analog.pulsed_sgd
+    kw = {"device": CLEAN, "io": presets.TAOX_IO, "fast_device": CLEAN if tiki else None}
+    runs = [
+        _train_regression(_linear(8, 3, 16, **kw), make(lr), 3)
+        for lr in (0.5, optax.constant_schedule(jnp.float32(0.5)))
+    ]
+    for a, b in zip(jax.tree.leaves(runs[0][3]), jax.tree.leaves(runs[1][3])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if tiki:
+        return
+    # A rate that is 0.5 at step 0 and 0 after: three steps pulse exactly what one step at 0.5
+    # does (pulse probabilities scale with the rate, so a zero rate sends no pulse at all).
+    first_only = lambda c: jnp.where(c < 1, jnp.float32(0.5), jnp.float32(0.0))  # noqa: E731
+    *_, s3, p3 = _train_regression(_linear(8, 3, 16, **kw), make(first_only), 3)
+    *_, s1, p1 = _train_regression(_linear(8, 3, 16, **kw), make(0.5), 1)
+    assert float(s3.pulses) == float(s1.pulses) > 0 and int(s3.count) == 3
+    np.testing.assert_array_equal(_weights_of(p3), _weights_of(p1))
+
+
+def _weights_of(params) -> np.ndarray:
+    return np.asarray(analog.read_weights(params["crossbar"].get_value().tiles))
+
+
 ASYM = analog.ConstantStep(dw_min=0.01, up_down=0.3)
 
 

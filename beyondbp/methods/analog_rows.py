@@ -329,7 +329,7 @@ def build_tikitaka(
     *,
     device=analog.presets.TAOX_RERAM,
     io=analog.presets.TAOX_IO,
-    lr: float = TIKITAKA_LR,
+    lr: optax.ScalarOrSchedule = TIKITAKA_LR,
     transfer_every: int = TIKITAKA_TRANSFER_EVERY,
     transfer_lr: float = TIKITAKA_TRANSFER_LR,
     update: analog.UpdateConfig = INSITU_UPDATE,
