@@ -239,7 +239,7 @@ def test_learning_rate_may_be_an_optax_schedule(tiki):
         return
     # A rate that is 0.5 at step 0 and 0 after: three steps pulse exactly what one step at 0.5
     # does (pulse probabilities scale with the rate, so a zero rate sends no pulse at all).
-    first_only = lambda c: jnp.where(c < 1, jnp.float32(0.5), jnp.float32(0.0))  # noqa: E731
+    first_only = lambda c: jnp.where(c < 1, jnp.float32(0.5), jnp.float32(0.0))
     *_, s3, p3 = _train_regression(_linear(8, 3, 16, **kw), make(first_only), 3)
     *_, s1, p1 = _train_regression(_linear(8, 3, 16, **kw), make(0.5), 1)
     assert float(s3.pulses) == float(s1.pulses) > 0 and int(s3.count) == 3
