@@ -1,4 +1,4 @@
-"""Where the ``lowbit`` row loses accuracy against float32: one epoch per variant, one seed.
+"""Where the ``lowbit`` row loses accuracy against float32: one seed, one epoch (``--epochs``).
 
 The ``lowbit`` MLP (Sun et al. 2020: INT4 SAWB weights, UINT4 activations, radix-4 FP4
 gradients with GradScale and two-phase rounding) trails float32 backprop by 2-3 points on
@@ -21,6 +21,7 @@ all-4-bit model and for the row's rule (``lowbit_rows.CLASSIFIER_8BIT``), at ini
 after the all-4-bit model's epoch.
 
     python benchmarks/lowbit_gap_ablation.py --dataset fashion_mnist --data-dir DIR [--seed 0]
+        [--epochs 10 --variants "float32,last layer 8-bit (row now),forward only"]
 
 Writes ``benchmarks/results/lowbit_gap_ablation_<dataset>.json`` and ``.png``.
 """
@@ -164,9 +165,19 @@ def gradient_cosines(cfg, recipe, params, ds, n_batches=4, batch=256) -> list[fl
 
 
 def main(argv=None) -> int:
-    args, tr, te, steps, cfg = _common.ablation_setup(__doc__.split("\n")[0], argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    only = None
+    if "--variants" in argv:  # a subset (by name, comma-separated) for longer runs
+        i = argv.index("--variants")
+        only = argv[i + 1].split(",")
+        del argv[i : i + 2]
+        if unknown := [v for v in only if v not in VARIANTS]:
+            raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    args, tr, te, steps, cfg = _common.ablation_setup(__doc__.split("\n")[0], argv, epochs=True)
     rows, trained = [], {}
     for name, (what, variant) in VARIANTS.items():
+        if only is not None and name not in only:
+            continue
         apply, params = build(cfg, variant)
         tx = optax.sgd(lowbit_rows.rate(steps), momentum=0.9)
         h = train.train(
@@ -189,20 +200,23 @@ def main(argv=None) -> int:
         for rule, recipe in (("all-4-bit", all4), ("row", lowbit_rows.CLASSIFIER_8BIT))
         for when, p in (
             ("init", init),
-            ("end of all-4-bit epoch", trained["all-4-bit (row before)"]),
+            ("end of all-4-bit epoch", trained.get("all-4-bit (row before)")),
         )
+        if p is not None
     }
     print(cosines, flush=True)
     result = {
         "dataset": args.dataset,
         "seed": args.seed,
         "steps": steps,
+        "epochs": args.epochs,
         "schedule": "SGD momentum 0.9, lr 0.05 on a cosine to 0 (lowbit_rows.rate)",
         "rows": rows,
         "kernel_gradient_cosine_vs_float32_backward": cosines,
         "layers": "MLP 784-256-256-10 (index 0 first, 2 last)",
     }
-    _common.save(f"lowbit_gap_ablation_{args.dataset}", result, plot(rows, args.dataset, args.seed))
+    name = f"lowbit_gap_ablation_{args.dataset}" + (f"_{args.epochs}ep" if args.epochs > 1 else "")
+    _common.save(name, result, plot(rows, args.dataset, args.seed))
     return 0
 
 
