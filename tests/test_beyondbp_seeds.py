@@ -89,3 +89,25 @@ def test_idx_dataset_from_the_command_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("beyondbp: error: ")
     assert "train-labels-idx1-ubyte.gz" in err[0] and "truncated or corrupt" in err[0]
+
+
+def test_an_interrupted_comparison_keeps_the_runs_it_finished(tmp_path, monkeypatch):
+    import json
+
+    from beyondbp import methods
+    from beyondbp.methods import _registry
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt  # the user's Ctrl-C, or a job's time limit, during this row
+
+    row = methods.Method("interrupted", "stops the comparison", build=interrupted)
+    monkeypatch.setitem(_registry.REGISTRY, "interrupted", row)
+    out = tmp_path / "cmp"
+    kw = {"steps": 5, "widths": (8,), "progress": False, "out": out}
+    with pytest.raises(KeyboardInterrupt):
+        compare.compare(["backprop", "interrupted"], seeds=[3], **kw)
+    kept = json.loads((out / compare.PARTIAL).read_text())["runs"]
+    assert [(r["method"], r["seed"]) for r in kept] == [("backprop", 3)]
+    assert len(kept[0]["history"]["train_loss"]) > 0 and not (out / "compare.json").exists()
+    compare.compare(["backprop"], seeds=[3], **kw)  # a finished one: compare.json holds it all
+    assert (out / "compare.json").exists() and not (out / compare.PARTIAL).exists()
