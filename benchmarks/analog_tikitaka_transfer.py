@@ -22,14 +22,17 @@ from beyondbp.compare import compare
 from beyondbp.methods import Method, analog_rows, register
 
 
-def _variant(spec: str) -> tuple[str, int, float, bool]:
-    """``EVERY:TRANSFER_LR`` or ``EVERY:TRANSFER_LR:cos`` (the row's lr on a cosine to 0)."""
+def _variant(spec: str) -> tuple[str, int, float, bool, float]:
+    """``EVERY:TRANSFER_LR[:cos][:chopP]``: ``cos`` puts the row's lr on a cosine to 0;
+    ``chopP`` turns on c-TTv2's choppers with flip probability P."""
     every, transfer_lr, *rest = spec.split(":")
-    if rest not in ([], ["cos"]):
-        raise SystemExit(f"--variants: {spec!r}; use EVERY:TRANSFER_LR or EVERY:TRANSFER_LR:cos")
-    cos = rest == ["cos"]
+    chop = [float(r[4:]) for r in rest if r.startswith("chop")]
+    if any(r != "cos" and not r.startswith("chop") for r in rest) or len(chop) > 1:
+        raise SystemExit(f"--variants: {spec!r}; use EVERY:TRANSFER_LR[:cos][:chopP]")
+    cos = "cos" in rest
     name = f"tikitaka-every{every}-tlr{transfer_lr}" + ("-cos" if cos else "")
-    return name, int(every), float(transfer_lr), cos
+    name += f"-chop{chop[0]}" if chop else ""
+    return name, int(every), float(transfer_lr), cos, chop[0] if chop else 0.0
 
 
 def main() -> None:
@@ -37,18 +40,22 @@ def main() -> None:
     _common.add_data_dir(ap)
     ap.add_argument("--steps", type=_common.positive_int, default=937)
     ap.add_argument("--widths", type=_common.int_list, default=(256, 256))
-    ap.add_argument("--variants", default="1:0.1,8:0.1", help="EVERY:TRANSFER_LR[:cos],...")
+    ap.add_argument("--variants", default="1:0.1,8:0.1", help="EVERY:TRANSFER_LR[:cos][:chopP],...")
     ap.add_argument("--seeds", type=_common.int_list, default=(0,))
     ap.add_argument("--out", default="analog_tikitaka_transfer")
     args = ap.parse_args()
     names = []
     for spec in args.variants.split(","):
-        name, every, transfer_lr, cos = _variant(spec)
+        name, every, transfer_lr, cos, chop = _variant(spec)
         lr = analog_rows.TIKITAKA_LR
         if cos:
             lr = optax.cosine_decay_schedule(lr, args.steps)
         build = functools.partial(
-            analog_rows.build_tikitaka, lr=lr, transfer_every=every, transfer_lr=transfer_lr
+            analog_rows.build_tikitaka,
+            lr=lr,
+            transfer_every=every,
+            transfer_lr=transfer_lr,
+            chop_probability=chop,
         )
         register(Method(name, f"analog-tikitaka, {spec}", build, family="analog"), replace=True)
         names.append(name)

@@ -333,6 +333,7 @@ def build_tikitaka(
     transfer_every: int = TIKITAKA_TRANSFER_EVERY,
     transfer_lr: float = TIKITAKA_TRANSFER_LR,
     update: analog.UpdateConfig = INSITU_UPDATE,
+    chop_probability: float = 0.0,
 ) -> Setup:
     """The ``analog-tikitaka`` row: ``analog-insitu``'s MLP with a fast array ``A`` of
     ``device`` cells beside every layer's ``C``, trained by ``analog.tiki_taka`` (TTv2)."""
@@ -348,6 +349,7 @@ def build_tikitaka(
         lr,
         transfer_every=transfer_every,
         transfer_lr=transfer_lr,
+        chop_probability=chop_probability,
         update=update,
         transfer_io=io,
         seed=cfg.seed,
