@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pathlib
 import sys
 
 import pytest
@@ -131,10 +132,17 @@ def test_probe_leaves_no_directory_behind(tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_disk_full_writing_compare_json(tmp_path, capsys, monkeypatch):
-    """A full disk after training (the JSON writer raises ENOSPC): one line naming the file."""
+@pytest.mark.parametrize("full_from", ["runs_so_far.json", "compare.json"])
+def test_disk_full_writing_compare_json(tmp_path, capsys, monkeypatch, full_from):
+    """A full disk (the JSON writer raises ENOSPC): one line naming the file. The first file a
+    comparison writes is its record of the runs finished so far, after the first run: a disk
+    full from the start stops it there, not after every row has trained for nothing; one that
+    fills up later fails on compare.json."""
+    real = train_mod.write_json
 
     def full(hist, path):
+        if pathlib.Path(path).name != full_from and full_from == "compare.json":
+            return real(hist, path)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(train_mod, "write_json", full)
@@ -143,8 +151,7 @@ def test_disk_full_writing_compare_json(tmp_path, capsys, monkeypatch):
     line = _one_error_line(capsys)
     assert rc == 2
     assert (
-        line == f"beyondbp: error: could not write {out / 'compare.json'}: "
-        f"{os.strerror(errno.ENOSPC)}"
+        line == f"beyondbp: error: could not write {out / full_from}: {os.strerror(errno.ENOSPC)}"
     )
 
 
