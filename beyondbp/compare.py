@@ -265,6 +265,16 @@ def _rows(names: list[str], runs: list[dict], skipped: dict[str, str]) -> list[d
     return rows
 
 
+def _data_config(train_ds, test_ds) -> dict:
+    """The data set's part of a comparison's ``config``."""
+    return {
+        "train_examples": len(train_ds),
+        "test_examples": len(test_ds),
+        "num_classes": train_ds.num_classes,
+        "input_shape": list(train_ds.input_shape),
+    }
+
+
 def compare(
     method_names: Sequence[str],
     *,
@@ -302,8 +312,7 @@ def compare(
     seed_list = _check_seeds([seed] if seeds is None else seeds)
     train_ds, test_ds, total = _load(dataset, data_dir, verify, steps, epochs, batch_size)
     t0 = time.perf_counter()
-    # A long comparison keeps what it has finished: every run so far, rewritten (atomically)
-    # after each one, so an interrupted job loses at most the run it was in.
+    # rewritten (atomically) after every run: an interrupted job loses at most the run it was in
     so_far = None if out is None else pathlib.Path(out) / PARTIAL
     runs, skipped = _run_all(
         names,
@@ -335,10 +344,7 @@ def compare(
             "seeds": seed_list,
             "model": model,
             "widths": list(widths),
-            "train_examples": len(train_ds),
-            "test_examples": len(test_ds),
-            "num_classes": train_ds.num_classes,
-            "input_shape": list(train_ds.input_shape),
+            **_data_config(train_ds, test_ds),
         },
         "machine": machine(),
         "total_time_s": time.perf_counter() - t0,
