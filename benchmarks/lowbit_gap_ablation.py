@@ -21,7 +21,7 @@ all-4-bit model and for the row's rule (``lowbit_rows.CLASSIFIER_8BIT``), at ini
 after the all-4-bit model's epoch.
 
     python benchmarks/lowbit_gap_ablation.py --dataset fashion_mnist --data-dir DIR [--seed 0]
-        [--epochs 10 --variants "float32,last layer 8-bit (row now),forward only"]
+        [--epochs 10 --variants "float32;last layer 8-bit (row now);forward only" --tag NAME]
 
 Writes ``benchmarks/results/lowbit_gap_ablation_<dataset>.json`` and ``.png``.
 """
@@ -130,6 +130,29 @@ VARIANTS = {
     ),
     "last layer 8-bit (row now)": ("lowbit_rows.CLASSIFIER_8BIT", lowbit_rows.CLASSIFIER_8BIT),
     "first and last 8-bit": ("lowbit.recipes.SUN2020", lowbit.recipes.SUN2020),
+    "gradients only, channel GradScale": (
+        "FP4 G, TPR, a scale per row (dA) and per column (dW)",
+        _every(dataclasses.replace(G_ONLY, gradient_scaling="channel")),
+    ),
+    "all-4-bit, channel GradScale": (
+        "RECIPE with per-channel GradScale",
+        _every(dataclasses.replace(ROW, gradient_scaling="channel")),
+    ),
+    "last layer 8-bit, channel GradScale": (
+        "the row's rule, per-channel GradScale in the 4-bit layers",
+        _last(EIGHT, dataclasses.replace(ROW, gradient_scaling="channel")),
+    ),
+    "last layer 8-bit, stochastic": (
+        "the row's rule, stochastic gradient rounding in the 4-bit layers",
+        _last(EIGHT, dataclasses.replace(ROW, gradient_rounding="stochastic")),
+    ),
+    "last layer 8-bit, channel, stochastic": (
+        "the row's rule, per-channel GradScale and stochastic rounding",
+        _last(
+            EIGHT,
+            dataclasses.replace(ROW, gradient_scaling="channel", gradient_rounding="stochastic"),
+        ),
+    ),
 }
 
 
@@ -169,10 +192,16 @@ def main(argv=None) -> int:
     only = None
     if "--variants" in argv:  # a subset (by name, comma-separated) for longer runs
         i = argv.index("--variants")
-        only = argv[i + 1].split(",")
+        # names with a comma in them: separate by ";"
+        only = argv[i + 1].split(";" if ";" in argv[i + 1] else ",")
         del argv[i : i + 2]
         if unknown := [v for v in only if v not in VARIANTS]:
             raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    tag = ""
+    if "--tag" in argv:  # a suffix for the result files, so a subset run keeps the others
+        i = argv.index("--tag")
+        tag = "_" + argv[i + 1]
+        del argv[i : i + 2]
     args, tr, te, steps, cfg = _common.ablation_setup(__doc__.split("\n")[0], argv, epochs=True)
     rows, trained = [], {}
     for name, (what, variant) in VARIANTS.items():
@@ -215,7 +244,11 @@ def main(argv=None) -> int:
         "kernel_gradient_cosine_vs_float32_backward": cosines,
         "layers": "MLP 784-256-256-10 (index 0 first, 2 last)",
     }
-    name = f"lowbit_gap_ablation_{args.dataset}" + (f"_{args.epochs}ep" if args.epochs > 1 else "")
+    name = (
+        f"lowbit_gap_ablation_{args.dataset}"
+        + (f"_{args.epochs}ep" if args.epochs > 1 else "")
+        + tag
+    )
     _common.save(name, result, plot(rows, args.dataset, args.seed))
     return 0
 

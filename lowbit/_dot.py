@@ -43,11 +43,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero, linear_call
+from jax.custom_derivatives import SymbolicZero
 
 from bbcore import check_seed, register_linear_call_batching
 from lowbit._formats import FLOAT32, INT4, RADIX4_FP4, Format
 from lowbit._gemm import check_roles, role_bilinear
+from lowbit._gradients import grad_quantizer, quantize_gradient
 from lowbit._rounding import ROUNDINGS, _phase_shift, quantize
 from lowbit._scaling import compute_scale, pact_clip, sawb_scale
 
@@ -63,7 +64,7 @@ __all__ = [
 
 WEIGHT_SCALINGS = ("sawb", "max")
 ACTIVATION_SCALINGS = ("max", "pact")
-GRADIENT_SCALINGS = ("max", "none")
+GRADIENT_SCALINGS = ("max", "channel", "none")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,7 +83,10 @@ class QuantConfig:
         ``lowbit.nnx`` layers own it as a parameter).
       pact_init: initial PACT clip used by ``lowbit.nnx`` layers.
       gradients: format of the output gradient in both backward GEMMs.
-      gradient_scaling: ``"max"`` (GradScale) or ``"none"`` (ablation).
+      gradient_scaling: ``"max"`` (GradScale, one scale per tensor), ``"channel"``
+        (GradScale per row of ``G`` in the input-gradient GEMM and per output
+        channel in the weight-gradient GEMM, so each scale factors out of its
+        GEMM; see :mod:`lowbit._gradients`) or ``"none"`` (ablation).
       two_phase: TPR: even grid for the input gradient, odd grid for the weight
         gradient; ``False`` uses the even grid for both (ablation).
       gradient_rounding: ``"nearest"`` (the paper's TPR) or ``"stochastic"``.
@@ -223,6 +227,13 @@ class _DotOp:
     dimension_numbers: Any
     precision: Any
 
+    def kept_axes(self, lhs_ndim: int, rhs_ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Output axes each backward GEMM does not contract: (input grad., weight grad.)."""
+        (lc, rc), (lb, _) = self.dimension_numbers
+        nb, nl = len(lb), lhs_ndim - len(lc) - len(lb)
+        n = nb + nl + rhs_ndim - len(rc) - len(lb)
+        return tuple(range(nb + nl)), tuple(range(nb)) + tuple(range(nb + nl, n))
+
     def __call__(self, lhs, rhs, pet):
         return lax.dot_general(
             lhs, rhs, self.dimension_numbers, precision=self.precision, preferred_element_type=pet
@@ -240,45 +251,15 @@ class _ConvOp:
     batch_group_count: int
     precision: Any
 
+    def kept_axes(self, lhs_shape, rhs_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Per sample for the input gradient (a window mixes positions), per output feature."""
+        dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, self.dimension_numbers)
+        return (dn.out_spec[0],), (dn.out_spec[1],)
+
     def __call__(self, lhs, rhs, pet):
         # The fields are lax.conv_general_dilated's own parameter names, passed on as they are.
         params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return lax.conv_general_dilated(lhs, rhs, **params, preferred_element_type=pet)
-
-
-# ---------------------------------------------------------------------------
-# Gradient quantizer: identity forward, FP4 in transpose
-# ---------------------------------------------------------------------------
-
-
-def _gradient_key(g: jax.Array, config: QuantConfig, phase: str) -> jax.Array:
-    """A key from the config seed and a wrapping sum of ``g``'s bits (no state needed)."""
-    bits = lax.bitcast_convert_type(g.astype(jnp.float32), jnp.uint32)
-    h = jnp.sum(bits, dtype=jnp.uint32)
-    key = jax.random.fold_in(jax.random.key(config.seed), h)
-    return jax.random.fold_in(key, 0 if phase == "even" else 1)
-
-
-def quantize_gradient(g: jax.Array, config: QuantConfig, phase: str = "even") -> jax.Array:
-    """GradScale + FP4 rounding of an output gradient (one of the two TPR phases).
-
-    ``scale = compute_scale(g, config.gradients)`` (Sun et al. 2020, section
-    4.3), then ``quantize(g, gradients, scale=scale, phase=phase)``. Returns
-    ``g`` unchanged for FLOAT32 gradients.
-    """
-    fmt = config.gradients
-    if fmt.is_float32:
-        return g
-    scale = compute_scale(g, fmt) if config.gradient_scaling == "max" else None
-    key = _gradient_key(g, config, phase) if config.gradient_rounding == "stochastic" else None
-    return quantize(g, fmt, scale=scale, rounding=config.gradient_rounding, key=key, phase=phase)
-
-
-def _grad_quantizer(t: jax.Array, config: QuantConfig, phase: str) -> jax.Array:
-    """Identity on tangents whose transpose quantizes the cotangent."""
-    if config.gradients.is_float32:
-        return t
-    return linear_call(lambda _, t: t, lambda _, g: quantize_gradient(g, config, phase), (), t)
 
 
 # ---------------------------------------------------------------------------
@@ -322,14 +303,18 @@ def _qbilinear_jvp(op, config, out_dtype, primals, tangents):
     y, na, nw = _forward(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
     pet = config.accumulation
     dy = None
+    if isinstance(op, _ConvOp):
+        keep_d, keep_w = op.kept_axes(lhs.shape, rhs.shape)
+    else:
+        keep_d, keep_w = op.kept_axes(lhs.ndim, rhs.ndim)
     if not isinstance(dlhs, SymbolicZero):
         wq = _dequant(nw, config.weights, w_scale)
         t = op(dlhs, wq, pet).astype(out_dtype)
-        dy = _grad_quantizer(t, config, "even")
+        dy = grad_quantizer(t, config, "even", keep_d)
     if not isinstance(drhs, SymbolicZero):
         aq = _dequant(na, config.activations, a_scale)
         t = op(aq, drhs, pet).astype(out_dtype)
-        t = _grad_quantizer(t, config, "odd" if config.two_phase else "even")
+        t = grad_quantizer(t, config, "odd" if config.two_phase else "even", keep_w)
         dy = t if dy is None else dy + t
     if dy is None:
         dy = jnp.zeros_like(y)

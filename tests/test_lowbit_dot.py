@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,7 +45,17 @@ def ref_quant_operands(a, w, cfg):
     return A, W
 
 
-def ref_quant_grad(g, cfg, phase):
+def ref_quant_grad(g, cfg, phase, keep=None):
+    """GradScale + FP4; with ``gradient_scaling="channel"``, ``compute_scale`` on each slice
+    along axis ``keep`` (a loop over per-tensor scales: independent of the library's axes)."""
+    if cfg.gradient_scaling == "channel":
+        g = np.asarray(g)
+        slices = [np.take(g, i, axis=keep) for i in range(g.shape[keep])]
+        parts = [
+            ref_quant_grad(sl, dataclasses.replace(cfg, gradient_scaling="max"), phase)
+            for sl in slices
+        ]
+        return np.stack(parts, axis=keep)
     s = lowbit.compute_scale(g, cfg.gradients) if cfg.gradient_scaling == "max" else None
     return np.asarray(lowbit.quantize(g, cfg.gradients, scale=s, phase=phase), np.float64)
 
@@ -62,18 +74,20 @@ def test_float32_config_equals_lax_forward_grad_jvp():
 
 
 @pytest.mark.parametrize("two_phase", [True, False])
-@pytest.mark.parametrize("gradient_scaling", ["max", "none"])
+@pytest.mark.parametrize("gradient_scaling", ["max", "none", "channel"])
 def test_reverse_mode_matches_explicit_reference(two_phase, gradient_scaling):
     cfg = lowbit.QuantConfig(two_phase=two_phase, gradient_scaling=gradient_scaling)
     a, w, g = _data(1)
+    g = g * jnp.logspace(0, -5, g.shape[0])[:, None]  # rows of very different size
     y, vjp = jax.vjp(qdot(cfg), a, w)
     da, dw = vjp(g)
     A, W = ref_quant_operands(a, w, cfg)
     # one float32 order against float64, plus the output's rescaling (1 ulp): Higham's bound in
     # ulps of sum |terms| (an element near zero by cancellation has no relative accuracy)
     assert_close_ulps(y, A @ W, ulps=dot_ulps(A.shape[1]) + 2, magnitude=np.abs(A) @ np.abs(W))
-    Ge = ref_quant_grad(g, cfg, "even")
-    Go = ref_quant_grad(g, cfg, "odd" if two_phase else "even")
+    # "channel": one scale per row of G for dA = G W^T, per column for dW = A^T G
+    Ge = ref_quant_grad(g, cfg, "even", keep=0)
+    Go = ref_quant_grad(g, cfg, "odd" if two_phase else "even", keep=1)
     # The quantized operands' products are exact in float32 (4-bit values times powers of two),
     # so only the summation order differs from the float64 reference: Higham's bound over the
     # contraction length, in ulps of sum |terms| (see tests/_tolerance.py; AVX-512 vs AVX2).
@@ -85,6 +99,55 @@ def test_reverse_mode_matches_explicit_reference(two_phase, gradient_scaling):
         assert np.count_nonzero(Ge) > g.size // 2
         if two_phase:
             assert not np.array_equal(Ge, Go)
+    if gradient_scaling == "channel":  # every row keeps its own 4-bit resolution
+        assert np.all(np.count_nonzero(Ge, axis=1) >= g.shape[1] // 2)
+    elif gradient_scaling == "max":  # one scale: the 1e-5 rows flush to zero
+        assert not np.any(Ge[-1])
+
+
+def test_channel_gradient_scaling_batched_dot_and_conv_axes():
+    """Each backward GEMM's scales run over the axes it does not contract (ref: slice loops)."""
+    cfg = lowbit.QuantConfig(
+        weights=lowbit.FLOAT32,
+        activations=lowbit.FLOAT32,
+        weight_scaling="max",
+        gradient_scaling="channel",
+        two_phase=False,
+    )
+    k1, k2, k3 = jax.random.split(jax.random.key(11), 3)
+    # attention-like "bij,bjk->bik": batch axis b, lhs free i, rhs free k
+    a, w = jax.random.normal(k1, (3, 4, 5)), jax.random.normal(k2, (3, 5, 6))
+    dn = (((2,), (1,)), ((0,), (0,)))
+    g = jax.random.normal(k3, (3, 4, 6)) * jnp.logspace(0, -6, 4)[None, :, None]
+    _, vjp = jax.vjp(lambda a, w: lowbit.dot_general(a, w, dn, config=cfg), a, w)
+    da, dw = vjp(g)
+    G = np.asarray(g)
+    ge = np.stack([ref_quant_grad(G[b], cfg, "even", keep=0) for b in range(3)])  # (b, i)
+    gw = np.stack([ref_quant_grad(G[b], cfg, "even", keep=1) for b in range(3)])  # (b, k)
+    A, W = np.asarray(a, np.float64), np.asarray(w, np.float64)
+    ref_da, ref_dw = ge @ W.transpose(0, 2, 1), A.transpose(0, 2, 1) @ gw
+    assert_close_ulps(
+        da, ref_da, ulps=dot_ulps(6), magnitude=np.abs(ge) @ np.abs(W.transpose(0, 2, 1))
+    )
+    assert_close_ulps(
+        dw, ref_dw, ulps=dot_ulps(4), magnitude=np.abs(A.transpose(0, 2, 1)) @ np.abs(gw)
+    )
+    # conv NHWC: per sample for dx (a window mixes positions), per output channel for dw
+    x, k = jax.random.normal(k1, (2, 5, 5, 3)), jax.random.normal(k2, (3, 3, 3, 4))
+    cdn = ("NHWC", "HWIO", "NHWC")
+    ref = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=cdn)
+    q = lambda x, k: lowbit.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=cdn, config=cfg
+    )
+    gc = jax.random.normal(k3, (2, 5, 5, 4)) * jnp.asarray([1.0, 1e-6])[:, None, None, None]
+    dx, dk = jax.vjp(q, x, k)[1](gc)
+    _, rvjp = jax.vjp(ref, x, k)
+    _, avjp = jax.vjp(ref, jnp.abs(x), jnp.abs(k))
+    ge_c = jnp.asarray(ref_quant_grad(gc, cfg, "even", keep=0), jnp.float32)
+    gw_c = jnp.asarray(ref_quant_grad(gc, cfg, "even", keep=3), jnp.float32)
+    assert np.count_nonzero(ge_c[1]) > ge_c[1].size // 2  # the 1e-6 sample keeps its gradient
+    assert_close_ulps(dx, rvjp(ge_c)[0], ulps=dot_ulps(36), magnitude=avjp(jnp.abs(ge_c))[0])
+    assert_close_ulps(dk, rvjp(gw_c)[1], ulps=dot_ulps(50), magnitude=avjp(jnp.abs(gw_c))[1])
 
 
 def test_forward_mode_is_the_straight_through_derivative():
