@@ -311,6 +311,23 @@ def value_and_fwd_grad(
       (a tuple of them for a tuple ``argnums``). The same key gives the same
       estimate; different keys give independent tangents.
     """
+    gated = _gated_value_and_fwd_grad(
+        fun, argnums, num_tangents, tangent, aggregate, has_aux, chunk_size, strategy, gate=False
+    )
+
+    def value_and_grad_fn(key, *args):
+        value_and_aux, grads, _ = gated(key, *args)
+        return value_and_aux, grads
+
+    return value_and_grad_fn
+
+
+def _gated_value_and_fwd_grad(
+    fun, argnums, num_tangents, tangent, aggregate, has_aux, chunk_size, strategy, *, gate: bool
+) -> Callable:
+    """:func:`value_and_fwd_grad` returning ``(value_and_aux, grad, ok)``; with ``gate``, ``ok``
+    says whether the value and the estimate are finite and ``grad`` is zero when not (see
+    :func:`combine`); without, ``ok`` is None."""
     argnums_t, K, tangent, aggregate, chunk_size = _check_estimator(
         fun, argnums, num_tangents, tangent, aggregate, has_aux, chunk_size, strategy
     )
@@ -337,8 +354,9 @@ def value_and_fwd_grad(
         else:
             directional = _loop_directional(flat_fun, leaves, key, tangent)
         value_and_aux, d = _directional_derivatives(directional, K, chunk_size)
-        grads = combine(key, d, leaves, tangent, aggregate)
-        return value_and_aux, jax.tree.unflatten(treedef, grads)
+        value = (value_and_aux[0] if has_aux else value_and_aux) if gate else None
+        grads, ok = combine(key, d, leaves, tangent, aggregate, gate_value=value)
+        return value_and_aux, jax.tree.unflatten(treedef, grads), ok
 
     return value_and_grad_fn
 
@@ -369,8 +387,30 @@ def _check_span(aggregate: str, K: int, leaves) -> None:
         )
 
 
-def combine(key, d, leaves, tangent, aggregate):
-    """Each leaf's estimate from the directional derivatives ``d`` (float32, ``(K,)``)."""
+#: A bound on |v| of one tangent entry: Rademacher entries are +-1; ``jax.random.normal`` is
+#: ``sqrt(2) erfinv(u)`` with ``|u| < 1`` representable, so below 5.5 in float32 (8 for margin).
+_TANGENT_MAX = {"rademacher": 1.0, "gaussian": 8.0}
+
+
+def _gate(value, w, leaves, tangent):
+    """``(ok, w or zeros)``: the loss is finite and every ``sum_k w_k v_k`` is finite.
+
+    Decided on the K coefficients, not on the parameter-sized estimate: with ``|v| <= vmax``
+    each entry's ``|sum_k w_k v_k| <= K vmax max|w|``, so ``max|w|`` below the smallest
+    leaf dtype's max over ``K vmax`` proves the estimate finite (it also fails for NaN). The
+    select then acts on K scalars, and the estimate stays one fused pass into the optimiser's
+    update instead of being written, reduced for a check and read again.
+    """
+    K = w.shape[0]
+    fmax = min(float(jnp.finfo(jnp.result_type(x)).max) for x in leaves)
+    limit = jnp.float32(fmax / (K * _TANGENT_MAX[tangent]))
+    ok = jnp.isfinite(value) & jnp.all(jnp.abs(w) < limit)
+    return ok, jnp.where(ok, w, jnp.zeros_like(w))
+
+
+def combine(key, d, leaves, tangent, aggregate, *, gate_value=None):
+    """Each leaf's estimate from the directional derivatives ``d`` (float32, ``(K,)``), and
+    ``ok`` (None unless ``gate_value``, the loss, is given: then see :func:`_gate`)."""
     K = d.shape[0]
     # Redraw the tangents only once d exists (a hint where barriers are honoured;
     # on CPU the redraw is a separate computation from the forward draws anyway).
@@ -390,6 +430,9 @@ def combine(key, d, leaves, tangent, aggregate):
                 leaf_keys(i), tuple(jnp.shape(x)), jnp.result_type(x), tangent
             )
         w = jnp.linalg.pinv(gram, hermitian=True) @ d
+    ok = None
+    if gate_value is not None:
+        ok, w = _gate(gate_value, w, leaves, tangent)
 
     out = []
     for i, x in enumerate(leaves):
@@ -408,7 +451,7 @@ def combine(key, d, leaves, tangent, aggregate):
         else:
             est = lax.fori_loop(1, K, lambda k, acc: acc + term(k), term(0))
         out.append(est.astype(dtype))
-    return out
+    return out, ok
 
 
 class EstimatorOptions(TypedDict, total=False):
@@ -443,4 +486,5 @@ def fwd_grad(
 
 
 # The name the optax transforms and the sharded estimator import.
-_combine = combine
+def _combine(key, d, leaves, tangent, aggregate):
+    return combine(key, d, leaves, tangent, aggregate)[0]

@@ -133,10 +133,6 @@ def forward_gradient(
     _estimators.check_chunk_size(chunk_size, K)
     _estimators.check_strategy(strategy)
     check_seed(seed)
-    # validated once here; every step's estimator is built from them
-    options = _estimators.EstimatorOptions(
-        num_tangents=K, tangent=tangent, aggregate=aggregate, chunk_size=chunk_size
-    )
 
     def update_fn(updates, state, params=None, *, loss_fn=None, **extra_args):
         del updates, extra_args
@@ -149,8 +145,17 @@ def forward_gradient(
                 "forward_gradient needs the keyword extra arg loss_fn=lambda params: "
                 "scalar loss; got " + repr(loss_fn)
             )
-        grad_fn = _estimators.value_and_fwd_grad(loss_fn, strategy=strategy, **options)
-        value, estimate = grad_fn(_step_key(state), params)
-        return _advance(state, estimate, value)
+        grad_fn = _estimators._gated_value_and_fwd_grad(
+            loss_fn, 0, K, tangent, aggregate, False, chunk_size, strategy, gate=True
+        )
+        _, estimate, ok = grad_fn(_step_key(state), params)
+        # Selects on scalars, not a lax.cond around the estimate: the refused step's estimate
+        # is already zero (its coefficients were), and the accepted one fuses into the update.
+        nonfinite = jnp.asarray(state.nonfinite, jnp.int32)
+        return estimate, ForwardGradientState(
+            count=jnp.where(ok, optax.safe_increment(state.count), state.count),
+            key=state.key,
+            nonfinite=jnp.where(ok, nonfinite, optax.safe_increment(nonfinite)),
+        )
 
     return optax.GradientTransformationExtraArgs(_init_state(seed), update_fn)
