@@ -16,14 +16,15 @@ The user's path (``user_path`` in the JSON, :func:`run_user_path`): a user does 
 to call, against ``jax.grad`` + the same ``optax.sgd``. The estimator variants above measure
 something narrower, which is where the earlier 0.91x (K = 1, batch 64) came from: their
 step is ``fwd_grad`` straight into ``sgd.update``, so XLA fuses ``params - lr * d * v``
-into one pass over the parameters and the estimate is never written out. The transform
-adds its non-finite policy (``bbcore.refuse_nonfinite``: an ``all_finite`` reduction over
-the estimate and the loss, then a ``lax.cond`` whose branches return the estimate or zeros),
-which materialises the parameter-sized estimate, reads it again for the check and again for
-the update, and threads the PRNG state (a ``fold_in`` per step). Those passes are memory
-traffic of the order of the parameter count (1.9M floats here), the same at any batch, so
-they matter most at small batches, where the matmuls are cheap. The user-path run also
-times ``fwd_grad`` + that policy written by hand, which attributes the difference.
+into one pass over the parameters and the estimate is never written out. Until stop 28
+the transform added its non-finite policy as ``bbcore.refuse_nonfinite``: an ``all_finite``
+reduction over the estimate and the loss, then a ``lax.cond`` whose branches return the
+estimate or zeros, which materialised the parameter-sized estimate, read it again for the
+check and again for the update (memory traffic of the order of the parameter count, 1.9M
+floats here, the same at any batch, so it mattered most at small batches). It now decides on
+the K coefficients and the loss and selects on scalars, so the estimate fuses into the
+update again. The user-path run still times ``fwd_grad`` + the old policy written by hand
+(``lax.cond``), which shows what the change removed.
 
     python benchmarks/fwdgrad_speed.py [--quick] [--batches 64,256,1024] [--out PATH]
     python benchmarks/fwdgrad_speed.py --user-path-only --batches 64,256
@@ -197,6 +198,28 @@ def run_user_path(batch, rounds, iters):
     }
 
 
+def _plot_user_path(user_path: dict):
+    """Ratio to backprop per variant and batch, interquartile range as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(next(iter(user_path.values())))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    w = 0.8 / len(user_path)
+    for i, (b, res) in enumerate(user_path.items()):
+        r = np.array([res[n]["ratio_to_backprop"] for n in names])
+        lo, hi = np.array([res[n]["ratio_spread"] for n in names]).T
+        ax.bar(np.arange(len(names)) + i * w, r, w, yerr=[r - lo, hi - r], label=f"batch {b}")
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(names)) + 0.4 - w / 2, [n.split(":")[0] for n in names], fontsize=7)
+    ax.set(ylabel="step time / backprop's (median, IQR)", title="K = 1 on the user's path")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def main():
     ap = argparse.ArgumentParser()
     _common.add_switch(ap, "--quick", "batch 64 only")
@@ -236,6 +259,7 @@ def main():
         )
         _common.save(name, out)
     if args.user_path_only:
+        _common.save(name, out, _plot_user_path(out["user_path"]))
         return
     for b in batches:
         rounds, iters = (7, 5) if b <= 256 else (5, 2)

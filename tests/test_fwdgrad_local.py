@@ -301,10 +301,12 @@ def test_transform_update_is_the_estimate_and_training_lowers_the_loss():
         return optax.apply_updates(params, updates), state
 
     before = float(jnp.sum(fwdgrad.convnet_local_losses(params, X, Y, cfg)))
-    for _ in range(30):
+    for _ in range(60):
         params, state = step(params, state)
     after = float(jnp.sum(fwdgrad.convnet_local_losses(params, X, Y, cfg)))
-    # local backprop on the same net, lr and steps: 2.45 -> 1.65; this estimator: 2.45 -> 1.77
+    # One noisy trajectory: after 30 steps it sat at 1.70 under the suite's XLA flags and at
+    # 2.48 (a spike) under others, so the check waits for 60 steps, where seeds 3, 4, 5 under
+    # both flag sets gave 0.99-1.63 from 2.45 (the floor 0.8 x 2.45 = 1.96).
     assert after < 0.8 * before, (before, after)
 
 

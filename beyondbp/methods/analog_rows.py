@@ -134,13 +134,16 @@ def energy_of(opt_state, steps: int) -> dict:
 
 
 def per_layer_sgd(
-    num_layers: int, rates=LAYER_LR, decay_steps: int | None = None
+    num_layers: int, rates=LAYER_LR, decay_steps: int | None = None, decay_floor: float = 0.1
 ) -> optax.GradientTransformation:
-    """Per-layer SGD; with ``decay_steps`` each rate follows a cosine to 10% of itself."""
+    """Per-layer SGD; with ``decay_steps`` each rate follows a cosine to ``decay_floor`` (10%)
+    of itself."""
     labels = [{"kernel": f"l{i}", "bias": f"l{i}"} for i in range(num_layers)]
 
     def rate(r):
-        return r if decay_steps is None else optax.cosine_decay_schedule(r, decay_steps, alpha=0.1)
+        if decay_steps is None:
+            return r
+        return optax.cosine_decay_schedule(r, decay_steps, alpha=decay_floor)
 
     return optax.multi_transform(
         {f"l{i}": optax.sgd(rate(rates[i])) for i in range(num_layers)}, labels
@@ -170,6 +173,7 @@ def build_eqprop(
     nudged_steps: int = NUDGED_STEPS,
     w_max: Any = 1.0,
     lr_decay_steps: int | None = None,
+    decay_floor: float = 0.1,
     mixed_precision: bool = False,
     beta: float = BETA,
     normalize: bool = True,
@@ -215,7 +219,7 @@ def build_eqprop(
             normalize=normalize,
             linear_output=linear_output,
         ),
-        per_layer_sgd(len(params), rates, decay_steps=lr_decay_steps),
+        per_layer_sgd(len(params), rates, decay_steps=lr_decay_steps, decay_floor=decay_floor),
         # IDEAL's step is 1e-6 of the range: nearest rounding loses nothing measurable and
         # needs no random numbers (the dominant cost of a step on CPU).
         # An ideal device should not bound the weights either: w_max 1 (well above what the
@@ -258,23 +262,32 @@ register(
         family="analog",
     )
 )
+
+
+def build_eqprop_taox(cfg: MethodConfig, **overrides: Any) -> Setup:
+    """The ``analog-eqprop-taox`` row: :func:`build_eqprop` on TaOx devices and periphery, each
+    array's range from the Glorot initialisation, beta ``TAOX_BETA``, rates on a cosine over the
+    run; ``overrides`` replace any of its keywords (for ablations)."""
+    kwargs: dict[str, Any] = dict(
+        device=analog.presets.TAOX_RERAM,
+        io=analog.presets.TAOX_IO,
+        tol=None,
+        free_steps=TAOX_FREE_STEPS,
+        nudged_steps=TAOX_NUDGED_STEPS,
+        w_max=None,
+        beta=TAOX_BETA,
+        lr_decay_steps=cfg.steps,
+    )
+    return build_eqprop(cfg, **{**kwargs, **overrides})
+
+
 register(
     Method(
         "analog-eqprop-taox",
         f"analog-eqprop with TaOx crossbar periphery (8-bit DAC/ADC, read noise) and updates "
         f"programmed onto TAOX_RERAM devices (Yi et al. 2023 setting); beta {TAOX_BETA}, rates on "
         f"a cosine to 10%",
-        lambda cfg: build_eqprop(
-            cfg,
-            device=analog.presets.TAOX_RERAM,
-            io=analog.presets.TAOX_IO,
-            tol=None,
-            free_steps=TAOX_FREE_STEPS,
-            nudged_steps=TAOX_NUDGED_STEPS,
-            w_max=None,
-            beta=TAOX_BETA,
-            lr_decay_steps=cfg.steps,
-        ),
+        build_eqprop_taox,
         family="analog",
     )
 )
