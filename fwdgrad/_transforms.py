@@ -146,7 +146,15 @@ def forward_gradient(
                 "scalar loss; got " + repr(loss_fn)
             )
         grad_fn = _estimators._gated_value_and_fwd_grad(
-            loss_fn, 0, K, tangent, aggregate, False, chunk_size, strategy, gate=True
+            loss_fn,
+            argnums=0,
+            num_tangents=K,
+            tangent=tangent,
+            aggregate=aggregate,
+            has_aux=False,
+            chunk_size=chunk_size,
+            strategy=strategy,
+            gate=True,
         )
         _, estimate, ok = grad_fn(_step_key(state), params)
         # Selects on scalars, not a lax.cond around the estimate: the refused step's estimate

@@ -227,11 +227,11 @@ class _DotOp:
     dimension_numbers: Any
     precision: Any
 
-    def kept_axes(self, lhs_ndim: int, rhs_ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def kept_axes(self, lhs_shape, rhs_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Output axes each backward GEMM does not contract: (input grad., weight grad.)."""
-        (lc, rc), (lb, _) = self.dimension_numbers
-        nb, nl = len(lb), lhs_ndim - len(lc) - len(lb)
-        n = nb + nl + rhs_ndim - len(rc) - len(lb)
+        (lc, rc), (lb, rb) = self.dimension_numbers
+        nb, nl = len(lb), len(lhs_shape) - len(lc) - len(lb)
+        n = nb + nl + len(rhs_shape) - len(rc) - len(rb)
         return tuple(range(nb + nl)), tuple(range(nb)) + tuple(range(nb + nl, n))
 
     def __call__(self, lhs, rhs, pet):
@@ -303,10 +303,7 @@ def _qbilinear_jvp(op, config, out_dtype, primals, tangents):
     y, na, nw = _forward(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
     pet = config.accumulation
     dy = None
-    if isinstance(op, _ConvOp):
-        keep_d, keep_w = op.kept_axes(lhs.shape, rhs.shape)
-    else:
-        keep_d, keep_w = op.kept_axes(lhs.ndim, rhs.ndim)
+    keep_d, keep_w = op.kept_axes(lhs.shape, rhs.shape)
     if not isinstance(dlhs, SymbolicZero):
         wq = _dequant(nw, config.weights, w_scale)
         t = op(dlhs, wq, pet).astype(out_dtype)
