@@ -439,8 +439,11 @@ def combine(key, d, leaves, tangent, aggregate, *, gate_value=None):
         shape, dtype = tuple(jnp.shape(x)), jnp.result_type(x)
         keys_i = leaf_keys(i)
 
-        def term(k, keys_i=keys_i, shape=shape):
-            return w[k] * _tangents.sample_leaf(keys_i[k], shape, jnp.float32, tangent)
+        def term(k, keys_i=keys_i, shape=shape, dtype=dtype):
+            # Drawn in the leaf's dtype, as the jvp drew it: the tangent the estimate is
+            # built from is the one its directional derivative was taken along.
+            v = _tangents.sample_leaf(keys_i[k], shape, dtype, tangent)
+            return w[k] * v.astype(jnp.float32)
 
         if K <= _UNROLL:
             # One fused loop that draws and sums all K tangents, writing the leaf once

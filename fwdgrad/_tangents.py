@@ -92,7 +92,9 @@ def sample_leaf(key: jax.Array, shape: tuple[int, ...], dtype: Any, tangent: str
     if tangent == "rademacher":
         return signs_from_bits(rademacher_bits(key, math.prod(shape)), tuple(shape), dtype)
     if tangent == "gaussian":
-        return jax.random.normal(key, tuple(shape), dtype)
+        # Drawn in float32 whatever the leaf's dtype: ``jax.random.normal`` with a 16-bit dtype
+        # uses other bits, so a bfloat16 leaf's tangent would not be the float32 draw rounded.
+        return jax.random.normal(key, tuple(shape), jnp.float32).astype(dtype)
     raise ValueError(
         f"tangent={tangent!r} is not a known tangent distribution; use one of {TANGENTS}"
     )

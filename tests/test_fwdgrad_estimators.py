@@ -341,17 +341,20 @@ def test_has_aux_and_argnums_tuple():
     assert jax.tree.structure(g) == jax.tree.structure(params) and "v" in aux2
 
 
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("tangent", ["rademacher", "gaussian"])
 @pytest.mark.parametrize("aggregate", ["mean", "orthogonal"])
-def test_bfloat16_params_give_bfloat16_estimates(aggregate):
+def test_bfloat16_params_give_bfloat16_estimates(aggregate, tangent, strategy):
+    # The jvp and the combination must use the same tangent: a bfloat16 leaf's Gaussian
+    # tangent drawn with 16-bit draws would be unrelated to the float32 redraw.
     params = _params(jnp.bfloat16)
-    est = jax.jit(fwdgrad.fwd_grad(loss, num_tangents=3, aggregate=aggregate))(
-        jax.random.key(0), params
-    )
+    opts = dict(num_tangents=3, aggregate=aggregate, tangent=tangent, strategy=strategy)
+    est = jax.jit(fwdgrad.fwd_grad(loss, **opts))(jax.random.key(0), params)
     for e, p in zip(jax.tree.leaves(est), jax.tree.leaves(params)):
         assert e.dtype == jnp.bfloat16 and e.shape == p.shape
         assert bool(jnp.all(jnp.isfinite(e.astype(jnp.float32))))
     # close to the float32 estimate along the same tangents (bfloat16 has ~3 significant digits)
-    est32 = jfg(loss, num_tangents=3, aggregate=aggregate)(
+    est32 = jfg(loss, **opts)(
         jax.random.key(0), jax.tree.map(lambda t: t.astype(jnp.float32), params)
     )
     assert float(fwdgrad.cosine_similarity(est, est32)) > 0.98
