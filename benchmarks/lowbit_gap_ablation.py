@@ -153,6 +153,22 @@ VARIANTS = {
             dataclasses.replace(ROW, gradient_scaling="channel", gradient_rounding="stochastic"),
         ),
     ),
+    "activations only, amax scale": (
+        "UINT4 A with a float scale max|A|/15 (every code used)",
+        _every(
+            dataclasses.replace(
+                G_ONLY,
+                activations=UINT4,
+                activation_scaling="amax",
+                gradients=F32,
+                two_phase=False,
+            )
+        ),
+    ),
+    "last layer 8-bit, amax activations": (
+        "the row's rule, float per-tensor activation scale in the 4-bit layers",
+        _last(EIGHT, dataclasses.replace(ROW, activation_scaling="amax")),
+    ),
 }
 
 

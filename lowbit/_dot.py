@@ -50,7 +50,7 @@ from lowbit._formats import FLOAT32, INT4, RADIX4_FP4, Format
 from lowbit._gemm import check_roles, role_bilinear
 from lowbit._gradients import grad_quantizer, quantize_gradient
 from lowbit._rounding import ROUNDINGS, _phase_shift, quantize
-from lowbit._scaling import compute_scale, pact_clip, sawb_scale
+from lowbit._scaling import amax_scale, compute_scale, pact_clip, sawb_scale
 
 __all__ = [
     "QuantConfig",
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 WEIGHT_SCALINGS = ("sawb", "max")
-ACTIVATION_SCALINGS = ("max", "pact")
+ACTIVATION_SCALINGS = ("max", "amax", "pact")
 GRADIENT_SCALINGS = ("max", "channel", "none")
 
 
@@ -78,9 +78,11 @@ class QuantConfig:
       activations: format of the activations (``lhs``); INT4 by default (safe for
         any sign); UINT4 with ``activation_scaling="pact"`` is the paper's choice
         for ReLU networks (negative inputs then clip to 0).
-      activation_scaling: ``"max"`` (power-of-two per-tensor scale) or ``"pact"``
-        (learnable clip ``alpha`` passed to ``dot_general(activation_clip=...)``;
-        ``lowbit.nnx`` layers own it as a parameter).
+      activation_scaling: ``"max"`` (power-of-two per-tensor scale), ``"amax"``
+        (per-tensor float scale ``max|A| / max_value``, every code used; see
+        :func:`lowbit.amax_scale`) or ``"pact"`` (learnable clip ``alpha`` passed to
+        ``dot_general(activation_clip=...)``; ``lowbit.nnx`` layers own it as a
+        parameter).
       pact_init: initial PACT clip used by ``lowbit.nnx`` layers.
       gradients: format of the output gradient in both backward GEMMs.
       gradient_scaling: ``"max"`` (GradScale, one scale per tensor), ``"channel"``
@@ -335,6 +337,8 @@ def _operand_scales(lhs, rhs, config, activation_clip):
         a_scale = lax.stop_gradient(jnp.asarray(activation_clip, jnp.float32)) / afmt.max_value
     elif afmt.is_float32:
         a_scale = jnp.float32(1.0)
+    elif config.activation_scaling == "amax":
+        a_scale = amax_scale(lax.stop_gradient(lhs), afmt)
     else:
         a_scale = compute_scale(lax.stop_gradient(lhs), afmt)
     if wfmt.is_float32:

@@ -21,7 +21,7 @@ from jax import lax
 from lowbit._formats import Format
 from lowbit._rounding import _check_format, _exponent, _pow2
 
-__all__ = ["compute_scale", "amax_history_update", "sawb_scale", "pact_clip"]
+__all__ = ["compute_scale", "amax_scale", "amax_history_update", "sawb_scale", "pact_clip"]
 
 SCALINGS = ("max", "delayed")
 
@@ -94,6 +94,30 @@ def _compute_scale(x, amax_history, *, fmt):
         past = jnp.max(jnp.asarray(amax_history, jnp.float32))
         amax = jnp.where(past > 0, past, amax)
     return _radix_scale(amax, fmt)
+
+
+def amax_scale(x: jax.Array, fmt: Format) -> jax.Array:
+    """Per-tensor float scale ``max|x| / max_value``: the largest magnitude lands exactly on
+    the format's top code (float32 scalar; 1.0 when the amax is 0 or not finite).
+
+    A power-of-two scale (:func:`compute_scale`) leaves ``max|x| / scale`` anywhere in
+    ``(max_value / 2, max_value]``, so for a 4-bit integer format up to half the codes go
+    unused (a quarter on average over a uniform log-amax): for unsigned ReLU activations that
+    is the difference between 16 and as few as 8 levels. One float scale per tensor still
+    factors out of every GEMM the tensor enters (as NVFP4's per-tensor FP32 scale does), so
+    the GEMMs stay integer GEMMs.
+    """
+    _check_format(fmt)
+    if fmt.is_float32:
+        return jnp.float32(1.0)
+    return _amax_scale(jnp.asarray(x), fmt=fmt)
+
+
+@functools.partial(jax.jit, static_argnames=("fmt",))
+def _amax_scale(x, *, fmt):
+    amax = _amax(x)
+    ok = jnp.isfinite(amax) & (amax > 0)
+    return jnp.where(ok, amax / jnp.float32(fmt.max_value), jnp.float32(1.0))
 
 
 def amax_history_update(amax_history: jax.Array, x: jax.Array) -> jax.Array:

@@ -135,3 +135,28 @@ def test_sawb_inside_the_forward_gemm():
     s = ALPHA4 / 7
     want = np.array([3 * s, -3 * s] * 4 + [7 * s, -7 * s], np.float64).reshape(10, 1)
     np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=1e-6)
+
+
+def test_amax_scale_by_hand_and_inside_the_forward_gemm():
+    # a = [0, 0.5, 1.2, 3.0]: amax 3 -> s = 3/15 = 0.2 for UINT4; 0.5/0.2 = 2.5 -> 2 (ties to
+    # even), 1.2/0.2 = 6, 3.0/0.2 = 15 (the top code, which a power-of-two scale 0.25 leaves
+    # unused: 3.0/0.25 = 12)
+    a = jnp.array([[0.0, 0.5, 1.2, 3.0]], jnp.float32)
+    np.testing.assert_allclose(float(lowbit.amax_scale(a, lowbit.UINT4)), 0.2, rtol=1e-7)
+    assert float(lowbit.compute_scale(a, lowbit.UINT4)) == 0.25
+    np.testing.assert_allclose(float(lowbit.amax_scale(-a, lowbit.INT4)), 3.0 / 7, rtol=1e-7)
+    for bad in (jnp.zeros((3,)), jnp.array([1.0, jnp.inf]), jnp.array([jnp.nan, 1.0])):
+        assert float(lowbit.amax_scale(bad, lowbit.UINT4)) == 1.0
+    assert float(lowbit.amax_scale(a, lowbit.FLOAT32)) == 1.0
+    # y = Q(a) @ I (float32 weights) is the quantized activation row itself
+    config = lowbit.QuantConfig(
+        weights=lowbit.FLOAT32,
+        weight_scaling="max",
+        activations=lowbit.UINT4,
+        activation_scaling="amax",
+        gradients=lowbit.FLOAT32,
+        two_phase=False,
+    )
+    dn = (((1,), (0,)), ((), ()))
+    y = lowbit.dot_general(a, jnp.eye(4, dtype=jnp.float32), dn, config=config)
+    np.testing.assert_allclose(np.asarray(y), [[0.0, 0.4, 1.2, 3.0]], rtol=1e-6)
