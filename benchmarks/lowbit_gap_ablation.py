@@ -129,6 +129,10 @@ VARIANTS = {
         ),
     ),
     "last layer 8-bit (row now)": ("lowbit_rows.CLASSIFIER_8BIT", lowbit_rows.CLASSIFIER_8BIT),
+    "last layer 8-bit, per-tensor scales (row to stop 28)": (
+        "the 8-bit classifier, RECIPE's power-of-two per-tensor scales in the 4-bit layers",
+        _last(EIGHT, ROW),
+    ),
     "first and last 8-bit": ("lowbit.recipes.SUN2020", lowbit.recipes.SUN2020),
     "gradients only, channel GradScale": (
         "FP4 G, TPR, a scale per row (dA) and per column (dW)",
@@ -168,6 +172,13 @@ VARIANTS = {
     "last layer 8-bit, amax activations": (
         "the row's rule, float per-tensor activation scale in the 4-bit layers",
         _last(EIGHT, dataclasses.replace(ROW, activation_scaling="amax")),
+    ),
+    "last layer 8-bit, amax activations, channel GradScale": (
+        "the row's rule, float activation scale and per-channel GradScale in the 4-bit layers",
+        _last(
+            EIGHT,
+            dataclasses.replace(ROW, activation_scaling="amax", gradient_scaling="channel"),
+        ),
     ),
 }
 
@@ -209,7 +220,8 @@ def main(argv=None) -> int:
     if "--variants" in argv:  # a subset (by name, comma-separated) for longer runs
         i = argv.index("--variants")
         # names with a comma in them: separate by ";"
-        only = argv[i + 1].split(";" if ";" in argv[i + 1] else ",")
+        val = argv[i + 1]
+        only = [val] if val in VARIANTS else val.split(";" if ";" in val else ",")
         del argv[i : i + 2]
         if unknown := [v for v in only if v not in VARIANTS]:
             raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")

@@ -31,13 +31,16 @@ def test_rule_puts_only_the_last_layer_in_8_bits():
     report = lowbit.plan_rules(m, lowbit_rows.CLASSIFIER_8BIT)
     assert [a.path for a in report.assignments] == ["layers/0", "layers/1", "layers/2"]
     eight = lowbit.recipes.SUN2020_8BIT
-    assert [a.config for a in report.assignments] == [
-        lowbit_rows.RECIPE,
-        lowbit_rows.RECIPE,
-        eight,
-    ]
-    # the 8-bit layer's gradients are FP8 E5M2, the others radix-4 FP4 with two-phase rounding
-    assert eight.gradients.name == "E5M2" and lowbit_rows.RECIPE.gradients.name == "RADIX4_FP4"
+    row = lowbit_rows.ROW_4BIT
+    assert [a.config for a in report.assignments] == [row, row, eight]
+    # the 8-bit layer's gradients are FP8 E5M2, the others radix-4 FP4 with two-phase rounding;
+    # the 4-bit layers are the paper's RECIPE with a float activation scale and per-channel
+    # GradScale, nothing else changed
+    assert eight.gradients.name == "E5M2" and row.gradients.name == "RADIX4_FP4" and row.two_phase
+    assert (
+        dataclasses.replace(row, activation_scaling="max", gradient_scaling="max")
+        == lowbit_rows.RECIPE
+    )
 
 
 def _grads(apply, params, x, y):
