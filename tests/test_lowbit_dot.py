@@ -34,7 +34,10 @@ def qdot(cfg, **kw):
 
 
 def ref_quant_operands(a, w, cfg):
-    sa = lowbit.compute_scale(a, cfg.activations)
+    if cfg.activation_scaling == "amax":  # max|a| / max_value, by hand
+        sa = jnp.max(jnp.abs(a)) / cfg.activations.max_value
+    else:
+        sa = lowbit.compute_scale(a, cfg.activations)
     sw = (
         lowbit.sawb_scale(w, cfg.weights)
         if cfg.weight_scaling == "sawb"
@@ -103,6 +106,29 @@ def test_reverse_mode_matches_explicit_reference(two_phase, gradient_scaling):
         assert np.all(np.count_nonzero(Ge, axis=1) >= g.shape[1] // 2)
     elif gradient_scaling == "max":  # one scale: the 1e-5 rows flush to zero
         assert not np.any(Ge[-1])
+
+
+def test_float_activation_scale_in_all_three_gemms():
+    # the lowbit row's 4-bit layers: UINT4 activations on max|A| / 15, per-channel GradScale;
+    # the forward and the weight gradient both read the same quantized activations
+    cfg = lowbit.QuantConfig(
+        activations=UINT4, activation_scaling="amax", gradient_scaling="channel"
+    )
+    a, w, g = _data(2)
+    a = jax.nn.relu(a)
+    y, vjp = jax.vjp(qdot(cfg), a, w)
+    da, dw = vjp(g)
+    A, W = ref_quant_operands(a, w, cfg)
+    assert np.isclose(A.max(), float(jnp.max(a)), rtol=1e-6)  # the top code is used
+    assert len(np.unique(A)) > 8  # more levels than a power-of-two scale can leave
+    # A's entries are a float scale times 4-bit codes (not exact in float32): 2 ulps more
+    assert_close_ulps(y, A @ W, ulps=dot_ulps(A.shape[1]) + 4, magnitude=np.abs(A) @ np.abs(W))
+    Ge = ref_quant_grad(g, cfg, "even", keep=0)
+    Go = ref_quant_grad(g, cfg, "odd", keep=1)
+    assert_close_ulps(da, Ge @ W.T, ulps=dot_ulps(W.shape[1]), magnitude=np.abs(Ge) @ np.abs(W.T))
+    assert_close_ulps(
+        dw, A.T @ Go, ulps=dot_ulps(A.shape[0]) + 2, magnitude=np.abs(A.T) @ np.abs(Go)
+    )
 
 
 def test_channel_gradient_scaling_batched_dot_and_conv_axes():

@@ -149,8 +149,9 @@ def _build(cfg: MethodConfig, recipe=None) -> Setup:
 register(
     Method(
         "lowbit",
-        "4-bit training (Sun et al. 2020): INT4 weights (SAWB) and activations, radix-4 "
-        "FP4 gradients with GradScale and two-phase rounding, the last layer in 8 bits "
+        "4-bit training (Sun et al. 2020): INT4 weights (SAWB) and UINT4 activations (float "
+        "max scale), radix-4 FP4 gradients with per-channel GradScale and two-phase rounding, "
+        "the last layer in 8 bits "
         "(resnet/vit: recipes.SUN2020, also the first layer and 1x1 convs in 8 bits); SGD lr "
         "0.05 on a cosine to 0 over the run, momentum 0.9",
         _build,
