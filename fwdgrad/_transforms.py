@@ -85,6 +85,18 @@ def _advance(
     )
 
 
+def _check_update_args(params, loss_fn) -> None:
+    if params is None:
+        raise ValueError(
+            "forward_gradient needs params: call tx.update(updates, state, params, loss_fn=...)"
+        )
+    if loss_fn is None or not callable(loss_fn):
+        raise ValueError(
+            "forward_gradient needs the keyword extra arg loss_fn=lambda params: "
+            "scalar loss; got " + repr(loss_fn)
+        )
+
+
 def forward_gradient(
     *,
     num_tangents: int = 1,
@@ -136,15 +148,7 @@ def forward_gradient(
 
     def update_fn(updates, state, params=None, *, loss_fn=None, **extra_args):
         del updates, extra_args
-        if params is None:
-            raise ValueError(
-                "forward_gradient needs params: call tx.update(updates, state, params, loss_fn=...)"
-            )
-        if loss_fn is None or not callable(loss_fn):
-            raise ValueError(
-                "forward_gradient needs the keyword extra arg loss_fn=lambda params: "
-                "scalar loss; got " + repr(loss_fn)
-            )
+        _check_update_args(params, loss_fn)
         grad_fn = _estimators._gated_value_and_fwd_grad(
             loss_fn,
             argnums=0,
