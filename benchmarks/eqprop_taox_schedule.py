@@ -8,9 +8,14 @@ asymmetric devices turn into drift. This script trains the row with the same rec
 few floors (the only change), with the test accuracy after every epoch.
 
     python benchmarks/eqprop_taox_schedule.py --dataset fashion_mnist --data-dir DIR \
-        --epochs 10 [--seed 0] [--floors 0.1,0]
+        --epochs 10 [--seed 0] [--floors 0.1,0] [--mixed-precision]
 
-Writes ``benchmarks/results/eqprop_taox_schedule_<dataset>_<epochs>ep_seed<S>.json`` and ``.png``.
+``--mixed-precision`` programs the devices through ``analog.program(mixed_precision=True)``
+(Nandakumar et al. 2018: updates accumulate in a digital buffer and only whole device steps
+are pulsed), the other change the row's recipe allows.
+
+Writes ``benchmarks/results/eqprop_taox_schedule_<dataset>_<epochs>ep_seed<S>[_mixed].json``
+and ``.png``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ def main(argv=None) -> int:
         i = argv.index("--floors")
         floors = tuple(float(f) for f in argv[i + 1].split(","))
         del argv[i : i + 2]
+    mixed = "--mixed-precision" in argv
+    if mixed:
+        argv.remove("--mixed-precision")
     args, tr, te, steps, cfg = _common.ablation_setup(__doc__.split("\n")[0], argv, epochs=True)
     from beyondbp import datasets, train
     from beyondbp.methods import analog_rows
@@ -36,7 +44,7 @@ def main(argv=None) -> int:
     per_epoch = datasets.num_batches(len(tr), args.batch_size)
     rows = []
     for floor in floors:
-        setup = analog_rows.build_eqprop_taox(cfg, decay_floor=floor)
+        setup = analog_rows.build_eqprop_taox(cfg, decay_floor=floor, mixed_precision=mixed)
         h = train.train(
             setup,
             tr,
@@ -51,6 +59,7 @@ def main(argv=None) -> int:
         rows.append(
             {
                 "decay_floor": floor,
+                "mixed_precision": mixed,
                 "eval_steps": [int(s) for s in h["eval_steps"]],
                 "test_accuracy": [float(a) for a in h["test_accuracy"]],
                 "final_test_accuracy": float(h["final_test_accuracy"]),
@@ -68,6 +77,7 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     name = f"eqprop_taox_schedule_{args.dataset}_{args.epochs}ep_seed{args.seed}"
+    name += "_mixed" if mixed else ""
     _common.save(name, result, plot(rows, per_epoch, args.dataset, args.seed))
     return 0
 

@@ -23,7 +23,9 @@ estimate or zeros, which materialised the parameter-sized estimate, read it agai
 check and again for the update (memory traffic of the order of the parameter count, 1.9M
 floats here, the same at any batch, so it mattered most at small batches). It now decides on
 the K coefficients and the loss and selects on scalars, so the estimate fuses into the
-update again. The user-path run still times ``fwd_grad`` + the old policy written by hand
+update again. The floor row (``jvp along a given tangent``) takes its tangent as an input
+drawn once before timing: what K = 1 costs with free random numbers. The user-path run
+still times ``fwd_grad`` + the old policy written by hand
 (``lax.cond``), which shows what the change removed.
 
     python benchmarks/fwdgrad_speed.py [--quick] [--batches 64,256,1024] [--out PATH]
@@ -44,6 +46,7 @@ import numpy as np
 import optax
 
 import fwdgrad
+from fwdgrad import _tangents
 
 WIDTHS = (784, 1024, 1024, 10)
 
@@ -160,6 +163,14 @@ def _user_steps(x, y):
         )
 
     user = optax.chain(fwdgrad.forward_gradient(num_tangents=1, seed=0), sgd)
+    # The floor of any K = 1 estimator that writes its tangent out: one tangent drawn before
+    # timing and passed in, then jvp along it and d * v into the update (no draw at all).
+    v0 = _tangents.sample_tangents(jax.random.key(5), init(jax.random.key(0)))
+
+    def given_tangent(params):
+        d = jax.jvp(loss_fn, (params,), (v0,))[1]
+        return jax.tree.map(lambda t: d * t, v0)
+
     return {
         "backprop: jax.grad + optax.sgd": (chained(sgd, jax.grad(loss_fn)), sgd),
         "user path: chain(forward_gradient, sgd)": (
@@ -168,6 +179,10 @@ def _user_steps(x, y):
         ),
         "fwd_grad + optax.sgd (the narrower step)": (chained(sgd, lambda p: fg(key, p)), sgd),
         "fwd_grad + non-finite cond + optax.sgd": (chained(sgd, guarded), sgd),
+        "floor: jvp along a given tangent + optax.sgd (no draw)": (
+            chained(sgd, given_tangent),
+            sgd,
+        ),
     }
 
 
