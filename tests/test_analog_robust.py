@@ -139,7 +139,11 @@ def test_eqprop_rows_start_with_a_contracting_output_layer():
     # program's default from the contracted weights (a third of that for the output array).
     setup = methods.get("analog-eqprop-taox").build(cfg)
     np.testing.assert_allclose(np.asarray(setup.params[-1]["kernel"]), w_out, rtol=1e-6)
-    tiles = setup.tx.init(setup.params)[-1].tiles
+    program_state = setup.tx.init(setup.params)[-1]
+    tiles = program_state.tiles
+    # its updates go through the mixed-precision accumulator (analog_rows.TAOX_MIXED_PRECISION)
+    assert program_state.pending is not None
+    assert jax.tree.structure(program_state.pending) == jax.tree.structure(setup.params)
     for got, glorot_kernel in (
         (tiles[0]["kernel"], glorot[0]["kernel"]),
         (tiles[-1]["kernel"], g_out),
