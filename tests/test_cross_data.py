@@ -13,7 +13,12 @@ Margins, stated against chance (10%), each row at its own seed 0:
   18.8% and 26.8%);
 - the forward-gradient device chains (``fwdgrad+analog``, ``fwdgrad+lowbit+analog``) must
   reach twice chance (measured about 33% after 400 steps);
-- every other row must reach three times chance (30%) in 300 steps.
+- every other row must reach three times chance (30%) in 300 steps, or in fewer for the
+  three rows whose steps are the suite's most expensive, each still well clear of the floor
+  (stop 29, seed 0, runs of exactly that length: the schedules span the run):
+  ``analog-eqprop-taox`` in 100 steps (57.6%), ``fwdgrad-conv`` and ``analog-tikitaka`` in
+  200 (41.6% and 46.0%). ``fwdgrad-mixer`` keeps 300 steps: in 150 it reached 32.4%, too
+  close to the floor.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ FLOORS = {
     "fwdgrad+lowbit": (1500, 0.14),
     "fwdgrad+analog": (STEPS, 0.20),
     "fwdgrad+lowbit+analog": (STEPS, 0.20),
+    "analog-eqprop-taox": (100, 0.30),
+    "fwdgrad-conv": (200, 0.30),
+    "analog-tikitaka": (200, 0.30),
 }
 # rows whose optax pieces mix a Python float with an int32 count (adam, schedules)
 STANDARD = {
