@@ -23,6 +23,22 @@ if os.environ.get("BEYONDBP_TEST_FULL_OPT") != "1":
     _flags = os.environ.get("XLA_FLAGS", "").split()
     os.environ["XLA_FLAGS"] = " ".join(_flags + [f for f in FAST_COMPILE if f not in _flags])
 
+# XLA:CPU compiles the same small programs (random initialisers of each shape, the same
+# train steps) in every xdist worker, notebook kernel and CLI subprocess: JAX's persistent
+# compilation cache lets every process after the first load them instead (one initialiser:
+# 1-2 s to compile on a loaded 2-core machine, 0.05 s to load). The cache key covers the
+# program, the XLA flags and the jax/jaxlib versions, so a hit is the same executable a
+# compile would give. Set through the environment so that subprocesses share it.
+# BEYONDBP_TEST_JAX_CACHE=0 turns it off; a path moves it.
+if os.environ.get("BEYONDBP_TEST_JAX_CACHE") != "0":
+    os.environ.setdefault(
+        "JAX_COMPILATION_CACHE_DIR",
+        os.environ.get("BEYONDBP_TEST_JAX_CACHE")
+        or str(pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"),
+    )
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 2**30))
+
 import jax
 import pytest
 
