@@ -46,7 +46,8 @@ from beyondbp.methods import lowbit_rows
 from lowbit import FLOAT32, RADIX4_FP4, UINT4, GemmConfig, QuantConfig, Recipe, Rule
 
 F32 = FLOAT32
-ROW = lowbit_rows.RECIPE  # the 4-bit layers of the row
+ROW = lowbit_rows.RECIPE  # the 4-bit layers of the row to stop 29
+ROW4 = lowbit_rows.ROW_4BIT  # the 4-bit layers of the row now
 EIGHT = lowbit.recipes.SUN2020_8BIT
 UINT8 = lowbit.int_format(8, signed=False)
 
@@ -178,6 +179,28 @@ VARIANTS = {
         _last(
             EIGHT,
             dataclasses.replace(ROW, activation_scaling="amax", gradient_scaling="channel"),
+        ),
+    ),
+    "row, 8-bit input": (
+        "the row's rule, the first layer's input (pixels) in UINT8, its weights and gradients 4-bit",
+        Recipe(
+            name="row-uint8-input",
+            rules=(
+                Rule(config=EIGHT, select="last"),
+                Rule(config=dataclasses.replace(ROW4, activations=UINT8), select="first"),
+                Rule(config=ROW4),
+            ),
+        ),
+    ),
+    "row, first and last 8-bit": (
+        "Sun et al.'s exceptions (first layer SUN2020_8BIT with UINT8 A) around the row's 4-bit layers",
+        Recipe(
+            name="row-first-last-8bit",
+            rules=(
+                Rule(config=EIGHT, select="last"),
+                Rule(config=dataclasses.replace(EIGHT, activations=UINT8), select="first"),
+                Rule(config=ROW4),
+            ),
         ),
     ),
 }
