@@ -181,6 +181,22 @@ VARIANTS = {
             dataclasses.replace(ROW, activation_scaling="amax", gradient_scaling="channel"),
         ),
     ),
+    "row, per-sample activation scale": (
+        "the row's rule with a float activation scale per sample instead of per tensor",
+        _last(EIGHT, dataclasses.replace(ROW4, activation_scaling="sample")),
+    ),
+    "activations only, per-sample scale": (
+        "UINT4 A with a float scale max|A[i]|/15 per sample",
+        _every(
+            dataclasses.replace(
+                G_ONLY,
+                activations=UINT4,
+                activation_scaling="sample",
+                gradients=F32,
+                two_phase=False,
+            )
+        ),
+    ),
     "row, 8-bit input": (
         "the row's rule, the first layer's input (pixels) in UINT8, its weights and gradients 4-bit",
         Recipe(

@@ -31,7 +31,14 @@ from lowbit._packing import Packed, decode, encode
 from lowbit._rounding import quantize
 from lowbit._rules import Recipe, Rule, RulesReport, apply_rules, describe, plan_rules
 from lowbit._scaled_formats import E8M0, MXFP4, NVFP4, ExponentFormat, ScaledFormat
-from lowbit._scaling import amax_history_update, amax_scale, compute_scale, pact_clip, sawb_scale
+from lowbit._scaling import (
+    amax_history_update,
+    amax_scale,
+    compute_scale,
+    pact_clip,
+    sample_amax_scale,
+    sawb_scale,
+)
 from lowbit._transforms import QuantizeUpdatesState, quantize_updates
 
 __all__ = [
@@ -53,6 +60,7 @@ __all__ = [
     "Packed",
     "compute_scale",
     "amax_scale",
+    "sample_amax_scale",
     "amax_history_update",
     "sawb_scale",
     "pact_clip",

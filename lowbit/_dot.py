@@ -50,7 +50,7 @@ from lowbit._formats import FLOAT32, INT4, RADIX4_FP4, Format
 from lowbit._gemm import check_roles, role_bilinear
 from lowbit._gradients import grad_quantizer, quantize_gradient
 from lowbit._rounding import ROUNDINGS, _phase_shift, quantize
-from lowbit._scaling import amax_scale, compute_scale, pact_clip, sawb_scale
+from lowbit._scaling import amax_scale, compute_scale, pact_clip, sample_amax_scale, sawb_scale
 
 __all__ = [
     "QuantConfig",
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 WEIGHT_SCALINGS = ("sawb", "max")
-ACTIVATION_SCALINGS = ("max", "amax", "pact")
+ACTIVATION_SCALINGS = ("max", "amax", "sample", "pact")
 GRADIENT_SCALINGS = ("max", "channel", "none")
 
 
@@ -80,7 +80,9 @@ class QuantConfig:
         for ReLU networks (negative inputs then clip to 0).
       activation_scaling: ``"max"`` (power-of-two per-tensor scale), ``"amax"``
         (per-tensor float scale ``max|A| / max_value``, every code used; see
-        :func:`lowbit.amax_scale`) or ``"pact"`` (learnable clip ``alpha`` passed to
+        :func:`lowbit.amax_scale`), ``"sample"`` (that float scale per sample, the
+        leading axis, which must not be contracted; :func:`lowbit.sample_amax_scale`) or
+        ``"pact"`` (learnable clip ``alpha`` passed to
         ``dot_general(activation_clip=...)``; ``lowbit.nnx`` layers own it as a
         parameter).
       pact_init: initial PACT clip used by ``lowbit.nnx`` layers.
@@ -283,6 +285,8 @@ def _forward(lhs, rhs, a_scale, w_scale, op, config, out_dtype):
     if not (config.activations.is_float32 and config.weights.is_float32):
         # Scales factor out of the bilinear op: the GEMM runs on grid values
         # (exact in bfloat16 too) and is rescaled once, as INT4 hardware does.
+        if jnp.ndim(a_scale):  # per sample: lhs's leading axis is the output's leading axis
+            a_scale = a_scale.reshape((y.shape[0],) + (1,) * (y.ndim - 1))
         y = y * (a_scale * w_scale).astype(y.dtype)
     return y.astype(out_dtype), na, nw
 
@@ -339,6 +343,8 @@ def _operand_scales(lhs, rhs, config, activation_clip):
         a_scale = jnp.float32(1.0)
     elif config.activation_scaling == "amax":
         a_scale = amax_scale(lax.stop_gradient(lhs), afmt)
+    elif config.activation_scaling == "sample":
+        a_scale = sample_amax_scale(lax.stop_gradient(lhs), afmt)
     else:
         a_scale = compute_scale(lax.stop_gradient(lhs), afmt)
     if wfmt.is_float32:
@@ -348,6 +354,22 @@ def _operand_scales(lhs, rhs, config, activation_clip):
     else:
         w_scale = compute_scale(lax.stop_gradient(rhs), wfmt)
     return lhs, lax.stop_gradient(a_scale), lax.stop_gradient(w_scale)
+
+
+def _check_sample_axis(op, lhs_shape, rhs_shape) -> None:
+    """A per-sample scale factors out only when lhs's axis 0 is the output's axis 0, uncontracted."""
+    if isinstance(op, _ConvOp):
+        dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, op.dimension_numbers)
+        ok = dn.lhs_spec[0] == 0 and dn.out_spec[0] == 0
+    else:
+        (lc, _), (lb, _) = op.dimension_numbers
+        ok = 0 not in lc and (not lb or lb[0] == 0)
+    if not ok:
+        raise ValueError(
+            "QuantConfig(activation_scaling='sample') scales each slice of the activation "
+            "operand's leading axis, so that axis must be the batch axis of the product (not "
+            f"contracted, first in the output); got {op}. Use activation_scaling='amax' here"
+        )
 
 
 def _check(lhs, rhs, config):
@@ -379,6 +401,8 @@ def _product(lhs, rhs, op, config: QuantConfig, preferred_element_type, activati
             conv=isinstance(op, _ConvOp),
             activation_clip=activation_clip,
         )
+    if config.activation_scaling == "sample":
+        _check_sample_axis(op, lhs.shape, rhs.shape)
     lhs, a_scale, w_scale = _operand_scales(lhs, rhs, config, activation_clip)
     return _qbilinear(lhs, rhs, a_scale, w_scale, op, config, out_dtype)
 

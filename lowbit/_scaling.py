@@ -120,6 +120,33 @@ def _amax_scale(x, *, fmt):
     return jnp.where(ok, amax / jnp.float32(fmt.max_value), jnp.float32(1.0))
 
 
+def sample_amax_scale(x: jax.Array, fmt: Format) -> jax.Array:
+    """Float scale per sample: :func:`amax_scale` of each ``x[i]`` (leading axis), shaped
+    ``(n, 1, ..., 1)`` to broadcast against ``x`` (1.0 where a sample's amax is 0 or not finite).
+
+    The per-token / per-row activation scale of AQT, qwix and Transformer Engine. It still
+    factors out of a GEMM or convolution whose leading axis is a batch (not contracted) axis:
+    ``(diag(s) A) W = diag(s) (A W)``. A ReLU layer's largest activation in a batch of 64 is
+    several times the typical sample's, so one scale per tensor leaves most samples on a
+    few of UINT4's 16 levels.
+    """
+    _check_format(fmt)
+    x = jnp.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"sample_amax_scale: x needs a leading sample axis, got shape {x.shape}")
+    if fmt.is_float32:
+        return jnp.ones((x.shape[0],) + (1,) * (x.ndim - 1), jnp.float32)
+    return _sample_amax_scale(x, fmt=fmt)
+
+
+@functools.partial(jax.jit, static_argnames=("fmt",))
+def _sample_amax_scale(x, *, fmt):
+    axes = tuple(range(1, x.ndim))
+    amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axes, keepdims=True)
+    ok = jnp.isfinite(amax) & (amax > 0)
+    return jnp.where(ok, amax / jnp.float32(fmt.max_value), jnp.float32(1.0))
+
+
 def amax_history_update(amax_history: jax.Array, x: jax.Array) -> jax.Array:
     """Roll the history by one and store ``max|x|`` at index 0 (float32)."""
     h = jnp.asarray(amax_history, jnp.float32)

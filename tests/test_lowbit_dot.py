@@ -36,6 +36,16 @@ def qdot(cfg, **kw):
 def ref_quant_operands(a, w, cfg):
     if cfg.activation_scaling == "amax":  # max|a| / max_value, by hand
         sa = jnp.max(jnp.abs(a)) / cfg.activations.max_value
+    elif cfg.activation_scaling == "sample":  # each row on its own max|a_i| / max_value
+        rows = [
+            ref_quant_operands(
+                a[i : i + 1], w, dataclasses.replace(cfg, activation_scaling="amax")
+            )[0]
+            for i in range(a.shape[0])
+        ]
+        return np.concatenate(rows), ref_quant_operands(
+            a, w, dataclasses.replace(cfg, activation_scaling="max")
+        )[1]
     else:
         sa = lowbit.compute_scale(a, cfg.activations)
     sw = (
@@ -129,6 +139,63 @@ def test_float_activation_scale_in_all_three_gemms():
     assert_close_ulps(
         dw, A.T @ Go, ulps=dot_ulps(A.shape[0]) + 2, magnitude=np.abs(A.T) @ np.abs(Go)
     )
+
+
+def test_per_sample_activation_scale_in_all_three_gemms():
+    # one float scale per row of A (per token): each sample's largest activation gets the top
+    # code, whatever the other samples hold; the rows span 1e-3 .. 1 in size
+    cfg = lowbit.QuantConfig(
+        activations=UINT4, activation_scaling="sample", gradient_scaling="channel"
+    )
+    a, w, g = _data(3)
+    a = jax.nn.relu(a) * jnp.logspace(0, -3, a.shape[0])[:, None]
+    y, vjp = jax.vjp(qdot(cfg), a, w)
+    da, dw = vjp(g)
+    A, W = ref_quant_operands(a, w, cfg)
+    np.testing.assert_allclose(A.max(axis=1), np.asarray(jnp.max(a, axis=1)), rtol=1e-6)
+    # with one scale per tensor the smallest rows would round to zero
+    assert np.all(np.count_nonzero(A, axis=1) >= np.count_nonzero(np.asarray(a), axis=1) // 2)
+    assert_close_ulps(y, A @ W, ulps=dot_ulps(A.shape[1]) + 4, magnitude=np.abs(A) @ np.abs(W))
+    Ge = ref_quant_grad(g, cfg, "even", keep=0)
+    Go = ref_quant_grad(g, cfg, "odd", keep=1)
+    assert_close_ulps(da, Ge @ W.T, ulps=dot_ulps(W.shape[1]), magnitude=np.abs(Ge) @ np.abs(W.T))
+    assert_close_ulps(
+        dw, A.T @ Go, ulps=dot_ulps(A.shape[0]) + 2, magnitude=np.abs(A.T) @ np.abs(Go)
+    )
+
+
+def test_per_sample_activation_scale_conv_and_refused_axis():
+    cfg = lowbit.QuantConfig(
+        weights=lowbit.FLOAT32,
+        weight_scaling="max",
+        activations=UINT4,
+        activation_scaling="sample",
+        gradients=lowbit.FLOAT32,
+        two_phase=False,
+    )
+    k1, k2 = jax.random.split(jax.random.key(5))
+    x = (
+        jax.nn.relu(jax.random.normal(k1, (3, 6, 6, 2)))
+        * jnp.array([1.0, 1e-2, 1e-4])[:, None, None, None]
+    )
+    k = jax.random.normal(k2, (3, 3, 2, 4))
+    dn = ("NHWC", "HWIO", "NHWC")
+    y = lowbit.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn, config=cfg)
+    # reference: each sample quantized on its own amax scale, then a float32 convolution
+    xq = jnp.stack([lowbit.quantize(x[i], UINT4, scale=jnp.max(x[i]) / 15) for i in range(3)])
+    want = jax.lax.conv_general_dilated(xq, k, (1, 1), "SAME", dimension_numbers=dn)
+    np.testing.assert_allclose(
+        np.asarray(y),
+        np.asarray(want),
+        rtol=1e-5,
+        atol=1e-5 * float(jnp.max(jnp.abs(want), axis=(1, 2, 3)).min()),
+    )
+    for i in range(3):  # the smallest sample keeps its resolution
+        assert len(np.unique(np.asarray(xq[i]))) > 8
+    with pytest.raises(ValueError, match="leading axis"):  # axis 0 contracted: no factoring out
+        lowbit.dot_general(
+            x.reshape(3, -1), k.reshape(-1, 4)[:3], (((0,), (0,)), ((), ())), config=cfg
+        )
 
 
 def test_channel_gradient_scaling_batched_dot_and_conv_axes():

@@ -148,6 +148,13 @@ def test_amax_scale_by_hand_and_inside_the_forward_gemm():
     for bad in (jnp.zeros((3,)), jnp.array([1.0, jnp.inf]), jnp.array([jnp.nan, 1.0])):
         assert float(lowbit.amax_scale(bad, lowbit.UINT4)) == 1.0
     assert float(lowbit.amax_scale(a, lowbit.FLOAT32)) == 1.0
+    # per sample: the rows' own amax (3, 0.5; a zero row and a NaN row get 1)
+    rows = jnp.stack([a[0], a[0] / 6, jnp.zeros(4), a[0].at[1].set(jnp.nan)])
+    s = lowbit.sample_amax_scale(rows, lowbit.UINT4)
+    assert s.shape == (4, 1) and s.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(s[:, 0]), [0.2, 0.5 / 15, 1.0, 1.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="leading sample axis"):
+        lowbit.sample_amax_scale(a[0], lowbit.UINT4)
     # y = Q(a) @ I (float32 weights) is the quantized activation row itself
     config = lowbit.QuantConfig(
         weights=lowbit.FLOAT32,
