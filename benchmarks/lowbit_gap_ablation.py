@@ -197,6 +197,27 @@ VARIANTS = {
             )
         ),
     ),
+    "forward only, per-sample scale": (
+        "INT4 SAWB W, UINT4 A on a float scale per sample, float32 gradients",
+        _every(
+            dataclasses.replace(ROW4, activation_scaling="sample", gradients=F32, two_phase=False)
+        ),
+    ),
+    "row's gradients only": (
+        "float32 forward; the row's gradients (last layer FP8, the others radix-4 FP4 with "
+        "channel GradScale and TPR)",
+        _last(
+            dataclasses.replace(EIGHT, weights=F32, weight_scaling="max", activations=F32),
+            dataclasses.replace(G_ONLY, gradient_scaling="channel"),
+        ),
+    ),
+    "row's gradients only, stochastic": (
+        "float32 forward; the row's gradients with stochastic rounding in the 4-bit layers",
+        _last(
+            dataclasses.replace(EIGHT, weights=F32, weight_scaling="max", activations=F32),
+            dataclasses.replace(G_ONLY, gradient_scaling="channel", gradient_rounding="stochastic"),
+        ),
+    ),
     "row, 8-bit input": (
         "the row's rule, the first layer's input (pixels) in UINT8, its weights and gradients 4-bit",
         Recipe(
