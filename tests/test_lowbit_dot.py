@@ -118,19 +118,11 @@ def test_reverse_mode_matches_explicit_reference(two_phase, gradient_scaling):
         assert not np.any(Ge[-1])
 
 
-def test_float_activation_scale_in_all_three_gemms():
-    # the lowbit row's 4-bit layers: UINT4 activations on max|A| / 15, per-channel GradScale;
-    # the forward and the weight gradient both read the same quantized activations
-    cfg = lowbit.QuantConfig(
-        activations=UINT4, activation_scaling="amax", gradient_scaling="channel"
-    )
-    a, w, g = _data(2)
-    a = jax.nn.relu(a)
+def _check_float_scaled_gemms(cfg, a, w, g):
+    """The three GEMMs against the by-hand reference; returns the reference's quantized ``A``."""
     y, vjp = jax.vjp(qdot(cfg), a, w)
     da, dw = vjp(g)
     A, W = ref_quant_operands(a, w, cfg)
-    assert np.isclose(A.max(), float(jnp.max(a)), rtol=1e-6)  # the top code is used
-    assert len(np.unique(A)) > 8  # more levels than a power-of-two scale can leave
     # A's entries are a float scale times 4-bit codes (not exact in float32): 2 ulps more
     assert_close_ulps(y, A @ W, ulps=dot_ulps(A.shape[1]) + 4, magnitude=np.abs(A) @ np.abs(W))
     Ge = ref_quant_grad(g, cfg, "even", keep=0)
@@ -139,6 +131,20 @@ def test_float_activation_scale_in_all_three_gemms():
     assert_close_ulps(
         dw, A.T @ Go, ulps=dot_ulps(A.shape[0]) + 2, magnitude=np.abs(A.T) @ np.abs(Go)
     )
+    return A
+
+
+def test_float_activation_scale_in_all_three_gemms():
+    # the lowbit row's 4-bit layers: UINT4 activations on max|A| / 15, per-channel GradScale;
+    # the forward and the weight gradient both read the same quantized activations
+    cfg = lowbit.QuantConfig(
+        activations=UINT4, activation_scaling="amax", gradient_scaling="channel"
+    )
+    a, w, g = _data(2)
+    a = jax.nn.relu(a)
+    A = _check_float_scaled_gemms(cfg, a, w, g)
+    assert np.isclose(A.max(), float(jnp.max(a)), rtol=1e-6)  # the top code is used
+    assert len(np.unique(A)) > 8  # more levels than a power-of-two scale can leave
 
 
 def test_per_sample_activation_scale_in_all_three_gemms():
@@ -149,19 +155,10 @@ def test_per_sample_activation_scale_in_all_three_gemms():
     )
     a, w, g = _data(3)
     a = jax.nn.relu(a) * jnp.logspace(0, -3, a.shape[0])[:, None]
-    y, vjp = jax.vjp(qdot(cfg), a, w)
-    da, dw = vjp(g)
-    A, W = ref_quant_operands(a, w, cfg)
+    A = _check_float_scaled_gemms(cfg, a, w, g)
     np.testing.assert_allclose(A.max(axis=1), np.asarray(jnp.max(a, axis=1)), rtol=1e-6)
     # with one scale per tensor the smallest rows would round to zero
     assert np.all(np.count_nonzero(A, axis=1) >= np.count_nonzero(np.asarray(a), axis=1) // 2)
-    assert_close_ulps(y, A @ W, ulps=dot_ulps(A.shape[1]) + 4, magnitude=np.abs(A) @ np.abs(W))
-    Ge = ref_quant_grad(g, cfg, "even", keep=0)
-    Go = ref_quant_grad(g, cfg, "odd", keep=1)
-    assert_close_ulps(da, Ge @ W.T, ulps=dot_ulps(W.shape[1]), magnitude=np.abs(Ge) @ np.abs(W.T))
-    assert_close_ulps(
-        dw, A.T @ Go, ulps=dot_ulps(A.shape[0]) + 2, magnitude=np.abs(A.T) @ np.abs(Go)
-    )
 
 
 def test_per_sample_activation_scale_conv_and_refused_axis():

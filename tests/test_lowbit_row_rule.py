@@ -34,9 +34,10 @@ def test_rule_puts_only_the_last_layer_in_8_bits():
     row = lowbit_rows.ROW_4BIT
     assert [a.config for a in report.assignments] == [row, row, eight]
     # the 8-bit layer's gradients are FP8 E5M2, the others radix-4 FP4 with two-phase rounding;
-    # the 4-bit layers are the paper's RECIPE with a float activation scale and per-channel
-    # GradScale, nothing else changed
+    # the 4-bit layers are the paper's RECIPE with a float activation scale per sample and
+    # per-channel GradScale, nothing else changed
     assert eight.gradients.name == "E5M2" and row.gradients.name == "RADIX4_FP4" and row.two_phase
+    assert row.activation_scaling == "sample" and row.gradient_scaling == "channel"
     assert (
         dataclasses.replace(row, activation_scaling="max", gradient_scaling="max")
         == lowbit_rows.RECIPE
