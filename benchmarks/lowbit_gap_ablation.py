@@ -218,6 +218,13 @@ VARIANTS = {
             dataclasses.replace(G_ONLY, gradient_scaling="channel", gradient_rounding="stochastic"),
         ),
     ),
+    "last layer's FP8 gradients only": (
+        "float32 forward and float32 gradients except the classifier's (FP8 E5M2, as the row)",
+        _last(
+            dataclasses.replace(EIGHT, weights=F32, weight_scaling="max", activations=F32),
+            QuantConfig.float32(),
+        ),
+    ),
     "row, 8-bit input": (
         "the row's rule, the first layer's input (pixels) in UINT8, its weights and gradients 4-bit",
         Recipe(
