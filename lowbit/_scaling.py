@@ -115,7 +115,11 @@ def amax_scale(x: jax.Array, fmt: Format) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("fmt",))
 def _amax_scale(x, *, fmt):
-    amax = _amax(x)
+    return _scale_for_amax(_amax(x), fmt)
+
+
+def _scale_for_amax(amax, fmt):
+    """``amax / max_value`` elementwise, 1 where ``amax`` is 0 or not finite."""
     ok = jnp.isfinite(amax) & (amax > 0)
     return jnp.where(ok, amax / jnp.float32(fmt.max_value), jnp.float32(1.0))
 
@@ -124,7 +128,8 @@ def sample_amax_scale(x: jax.Array, fmt: Format) -> jax.Array:
     """Float scale per sample: :func:`amax_scale` of each ``x[i]`` (leading axis), shaped
     ``(n, 1, ..., 1)`` to broadcast against ``x`` (1.0 where a sample's amax is 0 or not finite).
 
-    The per-token / per-row activation scale of AQT, qwix and Transformer Engine. It still
+    The per-token (vector-wise) activation scale of Dettmers et al., "LLM.int8()" (NeurIPS
+    2022, sec. 3.1), as AQT, qwix and Transformer Engine offer it. It still
     factors out of a GEMM or convolution whose leading axis is a batch (not contracted) axis:
     ``(diag(s) A) W = diag(s) (A W)``. A ReLU layer's largest activation in a batch of 64 is
     several times the typical sample's, so one scale per tensor leaves most samples on a
@@ -142,9 +147,7 @@ def sample_amax_scale(x: jax.Array, fmt: Format) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("fmt",))
 def _sample_amax_scale(x, *, fmt):
     axes = tuple(range(1, x.ndim))
-    amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axes, keepdims=True)
-    ok = jnp.isfinite(amax) & (amax > 0)
-    return jnp.where(ok, amax / jnp.float32(fmt.max_value), jnp.float32(1.0))
+    return _scale_for_amax(jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axes, keepdims=True), fmt)
 
 
 def amax_history_update(amax_history: jax.Array, x: jax.Array) -> jax.Array:
