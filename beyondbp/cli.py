@@ -193,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(overrides --seed)",
     )
     c.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+    c.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs an interrupted comparison left in --out (runs_so_far.json) and "
+        "train only the others; the data, budget, batch size and model must be the same",
+    )
     t = sub.add_parser(
         "train",
         help="train one method, with checkpoints and resume",
@@ -303,6 +309,7 @@ def main(argv=None) -> int:
             progress=not args.no_progress,
             out=args.out,
             verify=not args.no_verify,
+            resume=args.resume,
         )
     except ValueError as e:  # bad option values and data set errors: one line, no traceback
         print(f"beyondbp: error: {e}", file=sys.stderr)

@@ -109,5 +109,73 @@ def test_an_interrupted_comparison_keeps_the_runs_it_finished(tmp_path, monkeypa
     kept = json.loads((out / compare.PARTIAL).read_text())["runs"]
     assert [(r["method"], r["seed"]) for r in kept] == [("backprop", 3)]
     assert len(kept[0]["history"]["train_loss"]) > 0 and not (out / "compare.json").exists()
-    compare.compare(["backprop"], seeds=[3], **kw)  # a finished one: compare.json holds it all
+
+
+def _interrupt_after_backprop(out, monkeypatch, **kw):
+    """A comparison of backprop and a row that raises KeyboardInterrupt (seed 3): the partial
+    file then holds backprop's run."""
+    from beyondbp import methods
+    from beyondbp.methods import _registry
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    row = methods.Method("interrupted", "stops the comparison", build=interrupted)
+    monkeypatch.setitem(_registry.REGISTRY, "interrupted", row)
+    with pytest.raises(KeyboardInterrupt):
+        compare.compare(["backprop", "interrupted"], seeds=[3], out=out, **kw)
+
+
+def test_resume_keeps_finished_runs_and_refuses_to_overwrite_them(tmp_path, monkeypatch):
+    import json
+
+    out = tmp_path / "cmp"
+    kw = {"steps": 5, "widths": (8,), "progress": False}
+    _interrupt_after_backprop(out, monkeypatch, **kw)
+    kept = json.loads((out / compare.PARTIAL).read_text())["runs"][0]
+    # started again without resume: refused before any data is read, the file untouched
+    with pytest.raises(ValueError, match=r"runs_so_far.json holds .* pass --resume"):
+        compare.compare(["backprop"], seeds=[3], out=out, **kw)
+    # other settings: refused, naming the setting that differs
+    with pytest.raises(ValueError, match=r"steps 5 there, 6 now"):
+        compare.compare(["backprop"], seeds=[3], out=out, resume=True, **{**kw, "steps": 6})
+    # resumed with one more seed and another row: backprop seed 3 is kept, not trained again
+    # (its wall time is the first process's), the rest run; the partial file is then removed
+    res = compare.compare(["backprop", "fwdgrad"], seeds=[3, 4], out=out, resume=True, **kw)
+    got = {(r["method"], r["seed"]): r for r in res["runs"]}
+    assert set(got) == {("backprop", 3), ("fwdgrad", 3), ("backprop", 4), ("fwdgrad", 4)}
+    assert got[("backprop", 3)]["wall_time_s"] == kept["wall_time_s"]
+    assert got[("backprop", 4)]["wall_time_s"] != kept["wall_time_s"]
+    assert res["config"]["kept_runs"] == [["backprop", 3]]
+    assert (out / "compare.json").exists() and not (out / compare.PARTIAL).exists()
+
+
+def test_resume_keeps_runs_not_asked_for(tmp_path, monkeypatch):
+    """Resumed with fewer rows than were kept: the others go to compare.json's
+    ``other_kept_runs`` (the partial file is removed, so nothing may be dropped)."""
+    out = tmp_path / "cmp"
+    kw = {"steps": 5, "widths": (8,), "progress": False}
+    _interrupt_after_backprop(out, monkeypatch, **kw)
+    res = compare.compare(["fwdgrad"], seeds=[3], out=out, resume=True, **kw)
+    assert [(r["method"], r["seed"]) for r in res["other_kept_runs"]] == [("backprop", 3)]
+    assert [r["method"] for r in res["rows"]] == ["fwdgrad"]
+
+
+def test_resume_refuses_a_file_it_cannot_check(tmp_path):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / compare.PARTIAL).write_text('{"runs": []}')  # written before resume existed
+    with pytest.raises(ValueError, match="no settings to check"):
+        compare.compare(["backprop"], steps=5, widths=(8,), progress=False, out=out, resume=True)
+
+
+def test_resume_from_the_command_line(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    _interrupt_after_backprop(out, monkeypatch, steps=5, widths=(8,), progress=False)
+    args = ["compare", "--methods", "backprop", "--steps", "5", "--widths", "8", "--seeds", "3"]
+    args += ["--out", str(out), "--no-progress"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --resume" in err[0], err
+    assert cli.main([*args, "--resume"]) == 0
     assert (out / "compare.json").exists() and not (out / compare.PARTIAL).exists()
