@@ -13,7 +13,9 @@ initialisation, data order and schedule:
   gradient rounding;
 * per layer: the last (classifier) layer with only its input-gradient or only its
   weight-gradient GEMM in FP4, the first or the last layer in Sun et al.'s 8 bits, both (the
-  paper's SUN2020 recipe).
+  paper's SUN2020 recipe);
+* the row's 4-bit layers with Sun et al.'s radix-4 gradients and TPR (the row to stop 30) against
+  LUQ's radix-2 logarithmic FP4 (the row since), nearest or stochastic.
 
 It also records how far each layer's 4-bit weight gradient points from the straight-through
 gradient of the same forward with float32 backward GEMMs (cosine, on test batches), for the
@@ -47,7 +49,11 @@ from lowbit import FLOAT32, RADIX4_FP4, UINT4, GemmConfig, QuantConfig, Recipe, 
 
 F32 = FLOAT32
 ROW = lowbit_rows.RECIPE  # the 4-bit layers of the row to stop 29
-ROW4 = lowbit_rows.ROW_4BIT  # the 4-bit layers of the row now
+ROW4 = lowbit_rows.ROW_4BIT  # the 4-bit layers of the row now (radix-2 gradients)
+# the row's 4-bit layers at stop 30: per-sample activation scales, per-channel GradScale, Sun et
+# al.'s radix-4 gradients with TPR (the variants measured then keep meaning what they measured)
+ROW4_R4 = dataclasses.replace(ROW4, gradients=RADIX4_FP4, two_phase=True)
+R2 = lowbit.RADIX2_FP4
 EIGHT = lowbit.recipes.SUN2020_8BIT
 UINT8 = lowbit.int_format(8, signed=False)
 
@@ -183,7 +189,7 @@ VARIANTS = {
     ),
     "row, per-sample activation scale": (
         "the row's rule with a float activation scale per sample instead of per tensor",
-        _last(EIGHT, dataclasses.replace(ROW4, activation_scaling="sample")),
+        _last(EIGHT, ROW4_R4),
     ),
     "activations only, per-sample scale": (
         "UINT4 A with a float scale max|A[i]|/15 per sample",
@@ -199,9 +205,7 @@ VARIANTS = {
     ),
     "forward only, per-sample scale": (
         "INT4 SAWB W, UINT4 A on a float scale per sample, float32 gradients",
-        _every(
-            dataclasses.replace(ROW4, activation_scaling="sample", gradients=F32, two_phase=False)
-        ),
+        _every(dataclasses.replace(ROW4_R4, gradients=F32, two_phase=False)),
     ),
     "row's gradients only": (
         "float32 forward; the row's gradients (last layer FP8, the others radix-4 FP4 with "
@@ -218,6 +222,22 @@ VARIANTS = {
             dataclasses.replace(G_ONLY, gradient_scaling="channel", gradient_rounding="stochastic"),
         ),
     ),
+    "row's gradients only, radix-2": (
+        "float32 forward; the row's gradients since stop 31 (last layer FP8, the others LUQ's "
+        "radix-2 logarithmic FP4 with channel GradScale)",
+        _last(
+            dataclasses.replace(EIGHT, weights=F32, weight_scaling="max", activations=F32),
+            dataclasses.replace(G_ONLY, gradients=R2, gradient_scaling="channel", two_phase=False),
+        ),
+    ),
+    "row, radix-4 gradients (stop 30)": (
+        "the row's rule with Sun et al.'s radix-4 gradients and TPR in the 4-bit layers",
+        _last(EIGHT, ROW4_R4),
+    ),
+    "row, radix-2 gradients, stochastic": (
+        "the row's rule now with stochastic gradient rounding in the 4-bit layers",
+        _last(EIGHT, dataclasses.replace(ROW4, gradient_rounding="stochastic")),
+    ),
     "last layer's FP8 gradients only": (
         "float32 forward and float32 gradients except the classifier's (FP8 E5M2, as the row)",
         _last(
@@ -231,8 +251,8 @@ VARIANTS = {
             name="row-uint8-input",
             rules=(
                 Rule(config=EIGHT, select="last"),
-                Rule(config=dataclasses.replace(ROW4, activations=UINT8), select="first"),
-                Rule(config=ROW4),
+                Rule(config=dataclasses.replace(ROW4_R4, activations=UINT8), select="first"),
+                Rule(config=ROW4_R4),
             ),
         ),
     ),
@@ -243,7 +263,7 @@ VARIANTS = {
             rules=(
                 Rule(config=EIGHT, select="last"),
                 Rule(config=dataclasses.replace(EIGHT, activations=UINT8), select="first"),
-                Rule(config=ROW4),
+                Rule(config=ROW4_R4),
             ),
         ),
     ),

@@ -28,6 +28,22 @@ def test_radix4_fp4_codes_exhaustive():
     assert lowbit.log_format(4, 3, 4, name="RADIX4_FP4") == RADIX4_FP4
 
 
+def test_radix2_fp4_codes_exhaustive():
+    """LUQ's radix-2 [1,3,0] (Chmiel et al. 2023): every code, and the worst nearest-rounding
+    error (1/3 of a value, at the midpoints 1.5 * 2^k, against 3/5 on radix-4's grid)."""
+    v = lowbit.RADIX2_FP4.values()
+    expected = [0.0] + [2.0**k for k in range(-3, 4)]
+    np.testing.assert_array_equal(v[:8], np.array(expected, np.float32))
+    assert np.isnan(v[8])
+    np.testing.assert_array_equal(v[9:], -np.array(expected[1:], np.float32))
+    assert lowbit.RADIX2_FP4.max_value == 8.0 and lowbit.RADIX2_FP4.min_value == 0.125
+    for fmt, worst in ((lowbit.RADIX2_FP4, 1 / 3), (RADIX4_FP4, 3 / 5)):
+        g = fmt.values()[1:8].astype(np.float64)
+        x = np.geomspace(g[0], g[-1], 20001)
+        xq = np.asarray(lowbit.quantize(jnp.asarray(x, jnp.float32), fmt), np.float64)
+        assert np.max(np.abs(xq - x) / x) == pytest.approx(worst, rel=1e-3)
+
+
 def test_int4_uint4_codes_exhaustive():
     np.testing.assert_array_equal(
         INT4.values(), np.array(list(range(8)) + list(range(-8, 0)), np.float32)

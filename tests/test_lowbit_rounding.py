@@ -16,7 +16,7 @@ import lowbit
 from lowbit import E2M1, E4M3, E5M2, FLOAT32, INT4, INT8, RADIX4_FP4, UINT4
 
 FOUR_BIT = [RADIX4_FP4, INT4, UINT4, E2M1]
-ALL = FOUR_BIT + [E4M3, E5M2, INT8, lowbit.log_format(16, 2, 2), lowbit.log_format(2, 3, 4)]
+ALL = FOUR_BIT + [E4M3, E5M2, INT8, lowbit.log_format(16, 2, 2), lowbit.RADIX2_FP4]
 ids = [f.name for f in ALL]
 
 
@@ -223,7 +223,9 @@ def test_bad_arguments():
         lowbit.quantize(jnp.ones(3, jnp.int32), INT4)
 
 
-@pytest.mark.parametrize("fmt", [RADIX4_FP4, E2M1, INT4, UINT4], ids=lambda f: f.name)
+@pytest.mark.parametrize(
+    "fmt", [RADIX4_FP4, lowbit.RADIX2_FP4, E2M1, INT4, UINT4], ids=lambda f: f.name
+)
 def test_stochastic_rounding_is_unbiased(fmt):
     """Mean of N = 200k stochastic roundings of each x is within 5 standard errors of x.
 
@@ -316,7 +318,9 @@ def test_jit_does_not_retrace_across_values():
 # ---- encode / decode ----------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", [RADIX4_FP4, INT4, UINT4, E2M1, E4M3, E5M2], ids=lambda f: f.name)
+@pytest.mark.parametrize(
+    "fmt", [RADIX4_FP4, lowbit.RADIX2_FP4, INT4, UINT4, E2M1, E4M3, E5M2], ids=lambda f: f.name
+)
 @pytest.mark.parametrize("shape", [(7,), (3, 5, 2)])
 def test_encode_decode_round_trip(fmt, shape):
     x = jnp.asarray(_log_uniform(int(np.prod(shape)), -6, 6).reshape(shape))

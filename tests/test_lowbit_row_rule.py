@@ -33,15 +33,19 @@ def test_rule_puts_only_the_last_layer_in_8_bits():
     eight = lowbit.recipes.SUN2020_8BIT
     row = lowbit_rows.ROW_4BIT
     assert [a.config for a in report.assignments] == [row, row, eight]
-    # the 8-bit layer's gradients are FP8 E5M2, the others radix-4 FP4 with two-phase rounding;
-    # the 4-bit layers are the paper's RECIPE with a float activation scale per sample and
-    # per-channel GradScale, nothing else changed
-    assert eight.gradients.name == "E5M2" and row.gradients.name == "RADIX4_FP4" and row.two_phase
+    # the 8-bit layer's gradients are FP8 E5M2, the others radix-2 logarithmic FP4; the 4-bit
+    # layers are the paper's RECIPE with a float activation scale per sample, per-channel
+    # GradScale and radix-2 gradients (no TPR on one grid), nothing else changed
+    assert eight.gradients.name == "E5M2" and row.gradients == lowbit.RADIX2_FP4
     assert row.activation_scaling == "sample" and row.gradient_scaling == "channel"
-    assert (
-        dataclasses.replace(row, activation_scaling="max", gradient_scaling="max")
-        == lowbit_rows.RECIPE
-    )
+    assert not row.two_phase
+    paper = {
+        "activation_scaling": "max",
+        "gradient_scaling": "max",
+        "gradients": lowbit.RADIX4_FP4,
+        "two_phase": True,
+    }
+    assert dataclasses.replace(row, **paper) == lowbit_rows.RECIPE
 
 
 def _grads(apply, params, x, y):
