@@ -6,7 +6,6 @@ calls :func:`compare`, :func:`format_table` and :func:`plot` directly.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import platform
 import time
@@ -15,7 +14,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from beyondbp import datasets, methods
+from beyondbp import _compare_resume, datasets, methods
 from beyondbp import train as _train
 from beyondbp._compare_plots import plot
 
@@ -170,58 +169,7 @@ def _method_config(
     )
 
 
-#: What ``compare(out=...)`` keeps while it runs (see :func:`compare`).
-PARTIAL = "runs_so_far.json"
-
-#: The settings a kept run must share with a resumed comparison (its methods and seeds may differ).
-_RESUME_KEYS = (
-    "dataset",
-    "steps",
-    "batch_size",
-    "model",
-    "widths",
-    "eval_every",
-    "train_examples",
-    "test_examples",
-    "num_classes",
-    "input_shape",
-)
-
-
-def _check_no_partial(out, resume: bool) -> None:
-    """Refuse to start over on top of an interrupted comparison's finished runs."""
-    if out is None or resume:
-        return
-    path = pathlib.Path(out) / PARTIAL
-    if path.exists():
-        raise ValueError(
-            f"{path} holds the finished runs of an interrupted comparison: pass --resume "
-            "(compare(resume=True)) to keep them and run only the rest, or remove the file to "
-            "start over"
-        )
-
-
-def _kept_runs(path: pathlib.Path, settings: dict) -> dict:
-    """``{(method, seed): run}`` from an interrupted comparison's ``runs_so_far.json``, after
-    checking it was trained with the same settings; ``{}`` when there is none."""
-    if not path.exists():
-        return {}
-    try:
-        saved = json.loads(path.read_text())
-        runs, old = saved["runs"], saved["settings"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(
-            f"{path}: cannot resume from it ({type(e).__name__}: {e}; files written before "
-            "resume existed hold no settings to check); remove it to start over"
-        ) from None
-    differ = [k for k in _RESUME_KEYS if old.get(k) != settings[k]]
-    if differ:
-        what = ", ".join(f"{k} {old.get(k)!r} there, {settings[k]!r} now" for k in differ)
-        raise ValueError(
-            f"{path}: its runs were trained with other settings ({what}); resume with the "
-            "same options, or use another --out"
-        )
-    return {(r["method"], r["seed"]): r for r in runs}
+PARTIAL = _compare_resume.PARTIAL
 
 
 def _run_all(
@@ -316,10 +264,6 @@ def _load(dataset, data_dir, verify, steps, epochs, batch_size):
     return train_ds, test_ds, total
 
 
-def _keys(runs) -> set:
-    return {(r["method"], r["seed"]) for r in runs}
-
-
 def _rows(names: list[str], runs: list[dict], skipped: dict[str, str]) -> list[dict]:
     """One row per method that ran: its seeds aggregated, with ratios to the reference row."""
     rows = [_aggregate(n, [r for r in runs if r["method"] == n]) for n in names if n not in skipped]
@@ -336,6 +280,20 @@ def _data_config(train_ds, test_ds) -> dict:
         "test_examples": len(test_ds),
         "num_classes": train_ds.num_classes,
         "input_shape": list(train_ds.input_shape),
+    }
+
+
+def _config(names, dataset, total, batch_size, seed_list, model, widths) -> dict:
+    """A comparison's ``config`` (without the data set's sizes)."""
+    return {
+        "methods": names,
+        "dataset": dataset,
+        "steps": total,
+        "batch_size": batch_size,
+        "seed": seed_list[0],
+        "seeds": seed_list,
+        "model": model,
+        "widths": list(widths),
     }
 
 
@@ -363,13 +321,10 @@ def compare(
       seeds: run every row once per seed (parameter init, data order and the transforms' own
         randomness all follow the seed); ``None`` runs the single ``seed``.
       verify: check a named data set's content digest (``datasets.load(verify=...)``).
-      resume: keep the runs an interrupted comparison left in ``out/runs_so_far.json`` (when
-        they were trained with the same data, budget, batch size, model and evaluation
-        interval; the methods and seeds may differ) and train only the others. Without it an
-        existing ``runs_so_far.json`` is refused with an error rather than overwritten. The
-        kept runs are listed in ``config["kept_runs"]`` (their step times come from the
-        earlier process); kept runs of methods or seeds not asked for this time go to
-        ``other_kept_runs``, so nothing is lost when ``runs_so_far.json`` is removed.
+      resume: keep the runs an interrupted comparison left in ``out/runs_so_far.json`` (same
+        data, budget, batch size, model and evaluation interval; methods and seeds may differ)
+        and train only the others; without it that file is refused, never overwritten. See
+        :mod:`beyondbp._compare_resume` (``config["kept_runs"]``, ``other_kept_runs``).
 
     Returns a dict with ``rows`` (one per method: mean and standard deviation over seeds of
     test accuracy and step time, every per-seed value, a ``spread_flag`` when seeds disagree by
@@ -382,21 +337,13 @@ def compare(
     """
     names = resolve_methods(method_names)
     seed_list = _check_seeds([seed] if seeds is None else seeds)
-    _check_no_partial(out, resume)
-    train_ds, test_ds, total = _load(dataset, data_dir, verify, steps, epochs, batch_size)
-    settings = {
-        "dataset": dataset,
-        "steps": total,
-        "batch_size": batch_size,
-        "model": model,
-        "widths": list(widths),
-        "eval_every": eval_every,
-        **_data_config(train_ds, test_ds),
-    }
-    t0 = time.perf_counter()
     # rewritten (atomically) after every run: an interrupted job loses at most the run it was in
-    so_far = None if out is None else pathlib.Path(out) / PARTIAL
-    done = {} if so_far is None else _kept_runs(so_far, settings)
+    partial = _compare_resume.Partial(out, resume)
+    train_ds, test_ds, total = _load(dataset, data_dir, verify, steps, epochs, batch_size)
+    config = _config(names, dataset, total, batch_size, seed_list, model, widths)
+    config.update(_data_config(train_ds, test_ds))
+    done = partial.load({**config, "eval_every": eval_every})
+    t0 = time.perf_counter()
     runs, skipped = _run_all(
         names,
         seed_list,
@@ -410,45 +357,24 @@ def compare(
         batch_size=batch_size,
         eval_every=eval_every,
         progress=progress,
-        on_run=None
-        if so_far is None
-        else lambda r: _train.write_json(
-            # runs kept but not asked for this time stay in the file until compare.json exists
-            {"runs": r + [v for k, v in done.items() if k not in _keys(r)], "settings": settings},
-            so_far,
-        ),
+        on_run=partial.save,
         done=done,
     )
-    rows = _rows(names, runs, skipped)
-    result = {
-        "rows": rows,
+    result: dict = {
+        "rows": _rows(names, runs, skipped),
         "skipped": skipped,
         "runs": runs,
         "histories": {r["method"]: r["history"] for r in runs if r["seed"] == seed_list[0]},
-        "config": {
-            "methods": names,
-            "dataset": dataset,
-            "steps": total,
-            "batch_size": batch_size,
-            "seed": seed_list[0],
-            "seeds": seed_list,
-            "model": model,
-            "widths": list(widths),
-            **_data_config(train_ds, test_ds),
-        },
+        "config": config,
         "machine": machine(),
         "total_time_s": time.perf_counter() - t0,
     }
-    if done:
-        # step times of kept runs were measured in the earlier process: say which they are
-        result["config"]["kept_runs"] = [list(k) for k in sorted(_keys(runs) & set(done))]
-        if other := [v for k, v in done.items() if k not in _keys(runs)]:
-            result["other_kept_runs"] = other  # not asked for this time; kept, not tabulated
+    partial.finish(result)
     if out is not None:
         out = pathlib.Path(out)
         _train.write_json(result, out / "compare.json")
         plot(result, out)
-        out.joinpath(PARTIAL).unlink(missing_ok=True)  # compare.json holds every run now
+        partial.remove()  # compare.json holds every run now
     return result
 
 
