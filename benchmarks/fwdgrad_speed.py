@@ -163,6 +163,12 @@ def _user_steps(x, y):
         )
 
     user = optax.chain(fwdgrad.forward_gradient(num_tangents=1, seed=0), sgd)
+    # K = 4 on the same path, once per tangent strategy: "auto" is what a user gets (vmap on
+    # GPU/TPU, the loop on CPU: fwdgrad.resolve_strategy), the other two show what it chose from.
+    user4 = {
+        s: optax.chain(fwdgrad.forward_gradient(num_tangents=4, seed=0, strategy=s), sgd)
+        for s in fwdgrad.STRATEGIES
+    }
     # The floor of any K = 1 estimator that writes its tangent out: one tangent drawn before
     # timing and passed in, then jvp along it and d * v into the update (no draw at all).
     v0 = _tangents.sample_tangents(jax.random.key(5), init(jax.random.key(0)))
@@ -177,6 +183,13 @@ def _user_steps(x, y):
             chained(optax.with_extra_args_support(user), lambda p: None),
             user,
         ),
+        **{
+            f"user path K=4 {s}: chain(forward_gradient, sgd)": (
+                chained(optax.with_extra_args_support(t), lambda p: None),
+                t,
+            )
+            for s, t in user4.items()
+        },
         "fwd_grad + optax.sgd (the narrower step)": (chained(sgd, lambda p: fg(key, p)), sgd),
         "fwd_grad + non-finite cond + optax.sgd": (chained(sgd, guarded), sgd),
         "floor: jvp along a given tangent + optax.sgd (no draw)": (
@@ -262,6 +275,10 @@ def main():
     out = {"model": "MLP 784-1024-1024-10, float32, ReLU, softmax CE, SGD step", "results": {}}
     if args.user_path_only and name == _common.out_name(_common.RESULTS / "fwdgrad_speed"):
         name = "fwdgrad_speed_user_path"  # do not overwrite the full run's results
+    out["backend"] = jax.default_backend()
+    out["auto_strategy"] = {
+        f"K={k}": fwdgrad.resolve_strategy("auto", k, init(jax.random.key(0))) for k in (1, 4)
+    }
     out["user_path"] = {}
     for b in batches:
         rounds = args.rounds or (15 if b <= 256 else 7)
