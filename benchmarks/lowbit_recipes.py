@@ -19,12 +19,16 @@ Step times are measured side by side after training: every recipe's jitted train
 the same batch of ``--batch-size``, in interleaved rounds (so machine load hits every row
 alike), the median per row and its ratio to float32. Writes
 ``benchmarks/results/lowbit_recipes.{json,png}`` (or ``--out``), the JSON after every run.
+Runs split across processes (``benchmarks/gpu_scale_session.sh``: one per recipe and seed)
+are put side by side with ``--merge FILE... --out PATH``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import pathlib
 import statistics
 import time
 
@@ -206,8 +210,46 @@ def plot(result: dict):
     return fig
 
 
+def merge(paths, out: str, argv=None) -> dict:
+    """One result from several runs' JSONs (runs split across processes, e.g. one per recipe
+    and seed on a GPU): their runs side by side, summarised again, table and plot.
+
+    The runs must share the data set, batch size and budget; a (model, recipe, seed) that two
+    files hold is an error, not a silent overwrite.
+    """
+    result: dict = {"merged_from": [str(x) for x in paths], "models": {}}
+    for path in paths:
+        part = json.loads(pathlib.Path(path).read_text())
+        for k in ("dataset", "batch_size", "budget", "test_examples", "optimizer"):
+            if result.setdefault(k, part[k]) != part[k]:
+                raise SystemExit(f"--merge: {path} has {k}={part[k]!r}, others {result[k]!r}")
+        result.setdefault("machines", []).append(part.get("machine"))
+        for model, res in part["models"].items():
+            runs = result["models"].setdefault(model, {"runs": {}})["runs"]
+            for n, by_seed in res["runs"].items():
+                for seed, r in by_seed.items():
+                    if seed in runs.setdefault(n, {}):
+                        raise SystemExit(f"--merge: {model} {n} seed {seed} is in two files")
+                    runs[n][seed] = r
+    for res in result["models"].values():
+        res["runs"] = {n: res["runs"][n] for n in RECIPES if n in res["runs"]}
+        res["summary"] = summarise(res["runs"])
+    result["seeds"] = sorted(
+        {int(s) for res in result["models"].values() for r in res["runs"].values() for s in r}
+    )
+    print(table(result))
+    _common.save(_common.out_name(out), result, plot(result), argv=argv)
+    return result
+
+
 def _args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="merge these result files (runs split across processes) into --out, then stop",
+    )
     _common.add_data_dir(p)
     p.add_argument("--dataset", default="fashion_mnist")
     budget = p.add_mutually_exclusive_group()
@@ -246,6 +288,9 @@ def _args(argv):
 
 def main(argv=None):
     args = _args(argv)
+    if args.merge:
+        merge(args.merge, args.out, argv)
+        return
     tr = datasets.load(args.dataset, "train", data_dir=args.data_dir)
     te = datasets.load(args.dataset, "test", data_dir=args.data_dir)
     if args.test_examples is not None:

@@ -149,6 +149,48 @@ def _subset(ds, n):
     return dataclasses.replace(ds, images=ds.images[:n], labels=ds.labels[:n]) if n else ds
 
 
+def _row(arch: str, row: str, runs: list[dict]) -> dict:
+    """Mean and sample std (ddof 1) of one row's test errors, beside the paper's figure."""
+    errs = [r["test_error_pct"] for r in runs]
+    return {
+        "mean": float(np.mean(errs)),
+        "std": float(np.std(errs, ddof=1)) if len(errs) > 1 else 0.0,
+        "seeds": [r.get("seed") for r in runs],
+        "paper": PAPER[arch][row],
+    }
+
+
+def merge(paths, name: str) -> dict:
+    """One table from runs split across processes (one per row and seed on a GPU,
+    ``benchmarks/gpu_scale_session.sh``); the runs must share their settings but the seed."""
+    out: dict = {"merged_from": [str(p) for p in paths], "per_seed": {}, "table": {}}
+    for path in paths:
+        part = json.loads(pathlib.Path(path).read_text())
+        settings = {k: v for k, v in part["settings"].items() if k in _SHARED}
+        if out.setdefault("settings", settings) != settings:
+            raise SystemExit(f"--merge: {path} has settings {settings}, others {out['settings']}")
+        out.setdefault("machine", part["machine"])
+        seeds = [int(x) for x in str(part["settings"]["seeds"]).split(",")]
+        for arch, rows in part["per_seed"].items():
+            for row, runs in rows.items():
+                have = out["per_seed"].setdefault(arch, {}).setdefault(row, [])
+                have += [{"seed": s, **r} for r, s in zip(runs, seeds)]
+    for arch, rows in out["per_seed"].items():
+        out["table"][arch] = {
+            r: _row(arch, r, sorted(rows[r], key=lambda x: x["seed"])) for r in ROWS if r in rows
+        }
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
+    _plot(out, RESULTS / f"{name}.png")
+    for arch, table in out["table"].items():
+        for row, r in table.items():
+            print(f"{arch:7s} {row:8s} ours {r['mean']:.2f} ± {r['std']:.2f}   paper {r['paper']}")
+    return out
+
+
+#: settings that runs merged into one table must share (the seed may differ)
+_SHARED = ("epochs", "warmup_epochs", "batch_size", "lr", "wd", "num_tangents", "quick")
+
+
 def _plot(out, path):
     import matplotlib
 
@@ -196,7 +238,16 @@ def main():
         help="MNIST IDX directory (default: beyondbp.datasets' search path)",
     )
     ap.add_argument("--out", default="ren2023_mnist")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="put these result files' runs (split across processes) into one table --out",
+    )
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     archs, rows = args.archs.split(","), args.rows.split(",")
     for a in archs:
         if a not in ARCHS:
@@ -228,14 +279,8 @@ def main():
         out["per_seed"][arch], out["table"][arch] = {}, {}
         for row in rows:
             runs = [run_one(arch, row, s, train, test, args) for s in seeds]
-            errs = [r["test_error_pct"] for r in runs]
-            out["per_seed"][arch][row] = runs
-            out["table"][arch][row] = {
-                "mean": float(np.mean(errs)),
-                "std": float(np.std(errs)),
-                "seeds": seeds,
-                "paper": PAPER[arch][row],
-            }
+            out["per_seed"][arch][row] = [{**r, "seed": s} for r, s in zip(runs, seeds)]
+            out["table"][arch][row] = _row(arch, row, out["per_seed"][arch][row])
             (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=2))
     _plot(out, RESULTS / f"{args.out}.png")
     for arch, table in out["table"].items():
