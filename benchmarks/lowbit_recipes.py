@@ -9,6 +9,10 @@ Rows (``lowbit.recipes``, applied by ``lowbit.apply_rules`` to the same model):
 * ``float32``;
 * ``SUN2020``: Sun et al. (NeurIPS 2020) INT4 weights/activations, radix-4 FP4 gradients with
   GradScale and two-phase rounding, first/last layer and 1x1 convolutions in 8 bits;
+* ``SUN2020_RELU``: SUN2020 with unsigned (UINT4, PACT-like) activations in the 4-bit layers,
+  whose inputs are ReLU outputs on the ResNet (the ``lowbit`` row's ResNet recipe,
+  ``beyondbp.methods.lowbit_rows.SUN2020_RELU``; on the ViT, whose 4-bit layers read signed
+  values, it is not the paper's choice);
 * ``SUN2020_ALL_4BIT``: the same without the 8-bit exceptions;
 * ``SUN2020_E2M1_GRADIENTS``: SUN2020 with E2M1 instead of radix-4 gradients;
 * ``NVFP4_2025``: NVIDIA's 2025 NVFP4 recipe; ``MXFP4``: OCP MXFP4 in every GEMM.
@@ -44,6 +48,8 @@ from lowbit import recipes
 RECIPES = {
     "float32": None,
     "SUN2020": recipes.SUN2020,
+    # the `lowbit` row's ResNet recipe: SUN2020 with UINT4 (PACT-like) activations after ReLU
+    "SUN2020_RELU": lowbit_rows.SUN2020_RELU,
     "SUN2020_ALL_4BIT": recipes.SUN2020_ALL_4BIT,
     "SUN2020_E2M1_GRADIENTS": recipes.SUN2020_E2M1_GRADIENTS,
     "NVFP4_2025": recipes.NVFP4_2025,
@@ -52,6 +58,7 @@ RECIPES = {
 #: which gradient format each 4-bit row uses (for the "which format wins" line)
 FAMILY = {
     "SUN2020": "radix-4 FP4",
+    "SUN2020_RELU": "radix-4 FP4",
     "SUN2020_ALL_4BIT": "radix-4 FP4",
     "SUN2020_E2M1_GRADIENTS": "E2M1",
     "NVFP4_2025": "block-scaled",
