@@ -41,6 +41,7 @@ import jax
 import numpy as np
 import optax
 
+import lowbit
 from beyondbp import datasets, methods, train
 from beyondbp.methods import lowbit_rows
 from lowbit import recipes
@@ -55,10 +56,35 @@ RECIPES = {
     "NVFP4_2025": recipes.NVFP4_2025,
     "MXFP4": recipes.MXFP4,
 }
+#: Ablations of the ResNet's SUN2020_RELU, run only when named in ``--recipes``: the MLP row's
+#: stop-31 gradients (LUQ's radix-2 logarithmic FP4, one grid, no two-phase rounding), and the
+#: whole MLP row rule (also a float activation scale per sample and a GradScale per channel) in
+#: the 4-bit layers, the paper's 8-bit exceptions kept.
+ABLATIONS = {
+    "SUN2020_RELU_RADIX2": lowbit.Recipe(
+        name="SUN2020_RELU_RADIX2",
+        rules=lowbit_rows.SUN2020_RELU.rules[:-1]
+        + (
+            lowbit.Rule(
+                config=dataclasses.replace(
+                    lowbit_rows.RECIPE, gradients=lowbit.RADIX2_FP4, two_phase=False
+                )
+            ),
+        ),
+        description="SUN2020_RELU with radix-2 logarithmic FP4 gradients (LUQ)",
+    ),
+    "SUN2020_RELU_ROW": lowbit.Recipe(
+        name="SUN2020_RELU_ROW",
+        rules=lowbit_rows.SUN2020_RELU.rules[:-1] + (lowbit.Rule(config=lowbit_rows.ROW_4BIT),),
+        description="SUN2020's 8-bit exceptions, the MLP row's ROW_4BIT in the 4-bit layers",
+    ),
+}
 #: which gradient format each 4-bit row uses (for the "which format wins" line)
 FAMILY = {
     "SUN2020": "radix-4 FP4",
     "SUN2020_RELU": "radix-4 FP4",
+    "SUN2020_RELU_RADIX2": "radix-2 FP4",
+    "SUN2020_RELU_ROW": "radix-2 FP4",
     "SUN2020_ALL_4BIT": "radix-4 FP4",
     "SUN2020_E2M1_GRADIENTS": "E2M1",
     "NVFP4_2025": "block-scaled",
@@ -74,7 +100,7 @@ def _setup(model: str, recipe: str, seed: int, steps: int, shape, classes: int) 
         num_classes=classes,
         steps=steps,
     )
-    apply, params = cfg.build_model(recipe=RECIPES[recipe])
+    apply, params = cfg.build_model(recipe={**RECIPES, **ABLATIONS}[recipe])
     tx = optax.sgd(lowbit_rows.rate(steps), momentum=0.9)
     return methods.Setup(params=params, apply=apply, tx=tx)
 
@@ -239,7 +265,7 @@ def merge(paths, out: str, argv=None) -> dict:
                         raise SystemExit(f"--merge: {model} {n} seed {seed} is in two files")
                     runs[n][seed] = r
     for res in result["models"].values():
-        res["runs"] = {n: res["runs"][n] for n in RECIPES if n in res["runs"]}
+        res["runs"] = {n: res["runs"][n] for n in {**RECIPES, **ABLATIONS} if n in res["runs"]}
         res["summary"] = summarise(res["runs"])
     result["seeds"] = sorted(
         {int(s) for res in result["models"].values() for r in res["runs"].values() for s in r}
@@ -285,8 +311,8 @@ def _args(argv):
     )
     args = p.parse_args(argv)
     for n in args.recipes.split(","):
-        if n not in RECIPES:
-            p.error(f"--recipes: {n!r} is not one of {list(RECIPES)}")
+        if n not in RECIPES and n not in ABLATIONS:
+            p.error(f"--recipes: {n!r} is not one of {list(RECIPES) + list(ABLATIONS)}")
     for m in args.models.split(","):
         if m not in ("resnet", "vit", "mlp", "cnn"):
             p.error(f"--models: {m!r} is not one of resnet, vit, mlp, cnn")
