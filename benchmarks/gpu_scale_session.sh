@@ -5,13 +5,13 @@
 #
 #   OUT=/tmp/gpu MNIST=/path/mnist FASHION=/path/fashion_mnist bash benchmarks/gpu_scale_session.sh
 #
-# Phase 1, timings alone on the GPU, each under its own cap:
+# Phase 1 (PHASE1), timings alone on the GPU, each under its own cap:
 #   fwdgrad's user path, K = 1 and K = 4 with strategy auto/loop/vmap (issue 18's GPU target);
 #   the analog throughput workload, float32 and compact state (issue 17, item 4);
 #   Baydin et al.'s time to loss, FG against BP, three MNIST models (issue 18).
-# Phase 2, accuracy runs side by side until DEADLINE_S (no timing is read from them):
-#   ResNet-20 on Fashion-MNIST, float32/SUN2020/NVFP4_2025/MXFP4, LOWBIT_BUDGET, one process
-#   per recipe and seed; the ViT, one process per recipe, seeds in turn (issue 19);
+# Phase 2 (PHASE2), accuracy runs side by side until DEADLINE_S (no timing is read from them):
+#   ResNet-20 and the ViT on Fashion-MNIST, RECIPES x SEEDS at LOWBIT_BUDGET, one process per
+#   recipe and seed (issue 19); merge with `lowbit_recipes.py --merge`;
 #   Ren et al.'s M/1/16, BP and LG-FG-A, one process per row and seed (issue 18);
 #   Tiki-Taka on 784-256-128-10, TaOx, several transfer settings (issue 17);
 #   the package tests of the three libraries, at full float32 matmul precision.
@@ -33,6 +33,15 @@ THROUGHPUT_S=${THROUGHPUT_S:-60}
 BAYDIN_S=${BAYDIN_S:-75}
 BAYDIN_ARGS=${BAYDIN_ARGS:---steps-logreg 3000 --steps-mlp 1500 --steps-cnn 1500}
 DEADLINE_S=${DEADLINE_S:-540}       # from the start of this script
+PHASE1=${PHASE1-speed throughput baydin}
+# Stop 32's lease ran all five groups at once (24 processes): the Ren runs (107-116 s each)
+# and two ViT seeds finished in 378 s, the 12 ResNet runs did not. Measured there: 4 ResNet
+# processes ran 3 epochs in about 45 s, 12 processes (ResNet and ViT) 3 epochs in 75 s, so the
+# 15-epoch ResNet table (15 processes with SUN2020_RELU) is about 8 minutes: a lease of its own
+# (PHASE1="" PHASE2=resnet).
+PHASE2=${PHASE2-resnet vit ren tikitaka tests}
+RECIPES=${RECIPES:-float32 SUN2020 SUN2020_RELU NVFP4_2025 MXFP4}
+SEEDS=${SEEDS:-0 1 2}
 SMOKE_ARGS=${SMOKE_ARGS:-}          # e.g. "--test-examples 64" for a CPU smoke run
 START=$(date +%s)
 R=benchmarks/results/$TAG
@@ -61,47 +70,60 @@ PY=${PY:-python3}
 cat "$L/machine.txt"
 left() { echo $((DEADLINE_S - ($(date +%s) - START))); }
 
-# ---- phase 1: timings, alone ----
-timeout "$SPEED_S" $PY benchmarks/fwdgrad_speed.py --user-path-only --batches 64,256 $SPEED_ARGS \
-  --out "$R/fwdgrad_speed_user_path" > "$L/speed.log" 2>&1
-echo "speed rc=$? at $(($(date +%s) - START)) s"
-timeout "$THROUGHPUT_S" $PY benchmarks/analog_throughput.py --repeats 3 --rounds 3 \
-  --name "$TAG/analog_throughput" > "$L/throughput.log" 2>&1
-echo "throughput rc=$? at $(($(date +%s) - START)) s"
-timeout "$BAYDIN_S" $PY benchmarks/baydin2022.py --no-functions --loop-models "" \
-  --tangents gaussian,rademacher $BAYDIN_ARGS --data-dir "$MNIST" \
-  --out "$R/baydin2022_gpu" > "$L/baydin.log" 2>&1
-echo "baydin rc=$? at $(($(date +%s) - START)) s"
+# ---- phase 1: timings, alone (PHASE1="" skips it) ----
+if [[ " $PHASE1 " == *" speed "* ]]; then
+  timeout "$SPEED_S" $PY benchmarks/fwdgrad_speed.py --user-path-only --batches 64,256 \
+    $SPEED_ARGS --out "$R/fwdgrad_speed_user_path" > "$L/speed.log" 2>&1
+  echo "speed rc=$? at $(($(date +%s) - START)) s"
+fi
+if [[ " $PHASE1 " == *" throughput "* ]]; then
+  timeout "$THROUGHPUT_S" $PY benchmarks/analog_throughput.py --repeats 3 --rounds 3 \
+    --name "$TAG/analog_throughput" > "$L/throughput.log" 2>&1
+  echo "throughput rc=$? at $(($(date +%s) - START)) s"
+fi
+if [[ " $PHASE1 " == *" baydin "* ]]; then
+  timeout "$BAYDIN_S" $PY benchmarks/baydin2022.py --no-functions --loop-models "" \
+    --tangents gaussian,rademacher $BAYDIN_ARGS --data-dir "$MNIST" \
+    --out "$R/baydin2022_gpu" > "$L/baydin.log" 2>&1
+  echo "baydin rc=$? at $(($(date +%s) - START)) s"
+fi
 
-# ---- phase 2: accuracy runs side by side ----
+# ---- phase 2: accuracy runs side by side, the groups named in PHASE2 ----
 T=$(left)
-echo "phase 2: $T s left"
-for recipe in float32 SUN2020 NVFP4_2025 MXFP4; do
-  for seed in 0 1 2; do
-    timeout "$T" $PY benchmarks/lowbit_recipes.py --models resnet --recipes "$recipe" \
-      --seeds "$seed" $LOWBIT_BUDGET --no-timing --data-dir "$FASHION" $SMOKE_ARGS \
-      --out "$R/lowbit_recipes_resnet_${recipe}_s${seed}.json" \
-      > "$L/resnet_${recipe}_s${seed}.log" 2>&1 &
+echo "phase 2 ($PHASE2): $T s left"
+lowbit_runs() { # $1 = model: one process per recipe and seed
+  for recipe in $RECIPES; do
+    for seed in $SEEDS; do
+      timeout "$T" $PY benchmarks/lowbit_recipes.py --models "$1" --recipes "$recipe" \
+        --seeds "$seed" $LOWBIT_BUDGET --no-timing --data-dir "$FASHION" $SMOKE_ARGS \
+        --out "$R/lowbit_recipes_$1_${recipe}_s${seed}.json" \
+        > "$L/$1_${recipe}_s${seed}.log" 2>&1 &
+    done
   done
-  timeout "$T" $PY benchmarks/lowbit_recipes.py --models vit --recipes "$recipe" \
-    --seeds 0,1,2 $LOWBIT_BUDGET --no-timing --data-dir "$FASHION" $SMOKE_ARGS \
-    --out "$R/lowbit_recipes_vit_${recipe}.json" > "$L/vit_${recipe}.log" 2>&1 &
-done
-for row in BP LG-FG-A; do
-  for seed in 0 1 2; do
-    timeout "$T" $PY benchmarks/ren2023_mnist.py --archs M/1/16 --rows "$row" --seeds "$seed" \
-      $REN_ARGS --data-dir "$MNIST" \
-      --out "$TAG/ren2023_mnist_m116_${row}_s${seed}" > "$L/ren_${row}_s${seed}.log" 2>&1 &
+}
+[[ " $PHASE2 " == *" resnet "* ]] && lowbit_runs resnet
+[[ " $PHASE2 " == *" vit "* ]] && lowbit_runs vit
+if [[ " $PHASE2 " == *" ren "* ]]; then
+  for row in BP LG-FG-A; do
+    for seed in $SEEDS; do
+      timeout "$T" $PY benchmarks/ren2023_mnist.py --archs M/1/16 --rows "$row" \
+        --seeds "$seed" $REN_ARGS --data-dir "$MNIST" \
+        --out "$TAG/ren2023_mnist_m116_${row}_s${seed}" > "$L/ren_${row}_s${seed}.log" 2>&1 &
+    done
   done
-done
-for v in 8:0.1 8:0.03; do
-  n=$(echo "$v" | tr ':.' '__')
-  timeout "$T" $PY benchmarks/analog_tikitaka_transfer.py --steps "$TT_STEPS" --widths 256,128 \
-    --variants "$v" --data-dir "$MNIST" --out "$TAG/analog_tikitaka_${n}" \
-    > "$L/tikitaka_${n}.log" 2>&1 &
-done
-JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$((T - 10))" $PY -m pytest -q -rf \
-  -p no:cacheprovider --timeout 200 $PYTEST_FILES > "$L/pytest.log" 2>&1 &
+fi
+if [[ " $PHASE2 " == *" tikitaka "* ]]; then
+  for v in 8:0.1 8:0.03; do
+    n=$(echo "$v" | tr ':.' '__')
+    timeout "$T" $PY benchmarks/analog_tikitaka_transfer.py --steps "$TT_STEPS" \
+      --widths 256,128 --variants "$v" --data-dir "$MNIST" --out "$TAG/analog_tikitaka_${n}" \
+      > "$L/tikitaka_${n}.log" 2>&1 &
+  done
+fi
+if [[ " $PHASE2 " == *" tests "* ]]; then
+  JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$((T - 10))" $PY -m pytest -q -rf \
+    -p no:cacheprovider --timeout 200 $PYTEST_FILES > "$L/pytest.log" 2>&1 &
+fi
 wait
 echo "phase 2 done at $(($(date +%s) - START)) s"
 
