@@ -12,7 +12,8 @@
 # Phase 2 (PHASE2), accuracy runs side by side until DEADLINE_S (no timing is read from them):
 #   ResNet-20 and the ViT on Fashion-MNIST, RECIPES x SEEDS at LOWBIT_BUDGET, one process per
 #   recipe and seed (issue 19); merge with `lowbit_recipes.py --merge`;
-#   Ren et al.'s M/1/16, BP and LG-FG-A, one process per row and seed (issue 18);
+#   Ren et al.'s M/1/16, BP and LG-FG-A, one process per row and seed, on MNIST ("ren") and
+#   on Fashion-MNIST ("ren_fashion", not in the default PHASE2) (issue 18);
 #   Tiki-Taka on 784-256-128-10, TaOx, several transfer settings (issue 17);
 #   the package tests of the three libraries, at full float32 matmul precision.
 # Every run writes its JSON when it ends, into benchmarks/results/$TAG/; those files and the
@@ -109,6 +110,15 @@ if [[ " $PHASE2 " == *" ren "* ]]; then
       timeout "$T" $PY benchmarks/ren2023_mnist.py --archs M/1/16 --rows "$row" \
         --seeds "$seed" $REN_ARGS --data-dir "$MNIST" \
         --out "$TAG/ren2023_mnist_m116_${row}_s${seed}" > "$L/ren_${row}_s${seed}.log" 2>&1 &
+    done
+  done
+fi
+if [[ " $PHASE2 " == *" ren_fashion "* ]]; then  # Ren's set-up on Fashion-MNIST (issue 18)
+  for row in BP LG-FG-A; do
+    for seed in $SEEDS; do
+      timeout "$T" $PY benchmarks/ren2023_mnist.py --dataset fashion_mnist --archs M/1/16 \
+        --rows "$row" --seeds "$seed" $REN_ARGS --data-dir "$FASHION" \
+        --out "$TAG/ren2023_fashion_m116_${row}_s${seed}" > "$L/renf_${row}_s${seed}.log" 2>&1 &
     done
   done
 fi
