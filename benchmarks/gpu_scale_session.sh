@@ -104,24 +104,18 @@ lowbit_runs() { # $1 = model: one process per recipe and seed
 }
 [[ " $PHASE2 " == *" resnet "* ]] && lowbit_runs resnet
 [[ " $PHASE2 " == *" vit "* ]] && lowbit_runs vit
-if [[ " $PHASE2 " == *" ren "* ]]; then
+ren_runs() { # $1 = data set, $2 = its folder, $3 = name part: one process per row and seed
   for row in BP LG-FG-A; do
     for seed in $SEEDS; do
-      timeout "$T" $PY benchmarks/ren2023_mnist.py --archs M/1/16 --rows "$row" \
-        --seeds "$seed" $REN_ARGS --data-dir "$MNIST" \
-        --out "$TAG/ren2023_mnist_m116_${row}_s${seed}" > "$L/ren_${row}_s${seed}.log" 2>&1 &
+      timeout "$T" $PY benchmarks/ren2023_mnist.py --dataset "$1" --archs M/1/16 --rows "$row" \
+        --seeds "$seed" $REN_ARGS --data-dir "$2" \
+        --out "$TAG/ren2023_$3_m116_${row}_s${seed}" > "$L/ren_$3_${row}_s${seed}.log" 2>&1 &
     done
   done
-fi
-if [[ " $PHASE2 " == *" ren_fashion "* ]]; then  # Ren's set-up on Fashion-MNIST (issue 18)
-  for row in BP LG-FG-A; do
-    for seed in $SEEDS; do
-      timeout "$T" $PY benchmarks/ren2023_mnist.py --dataset fashion_mnist --archs M/1/16 \
-        --rows "$row" --seeds "$seed" $REN_ARGS --data-dir "$FASHION" \
-        --out "$TAG/ren2023_fashion_m116_${row}_s${seed}" > "$L/renf_${row}_s${seed}.log" 2>&1 &
-    done
-  done
-fi
+}
+[[ " $PHASE2 " == *" ren "* ]] && ren_runs mnist "$MNIST" mnist
+# Ren's set-up on Fashion-MNIST (issue 18)
+[[ " $PHASE2 " == *" ren_fashion "* ]] && ren_runs fashion_mnist "$FASHION" fashion
 if [[ " $PHASE2 " == *" tikitaka "* ]]; then
   for v in 8:0.1 8:0.03; do
     n=$(echo "$v" | tr ':.' '__')

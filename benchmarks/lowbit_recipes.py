@@ -79,6 +79,8 @@ ABLATIONS = {
         description="SUN2020's 8-bit exceptions, the MLP row's ROW_4BIT in the 4-bit layers",
     ),
 }
+#: every name ``--recipes`` accepts, in table order
+ALL_RECIPES = {**RECIPES, **ABLATIONS}
 #: which gradient format each 4-bit row uses (for the "which format wins" line)
 FAMILY = {
     "SUN2020": "radix-4 FP4",
@@ -100,7 +102,7 @@ def _setup(model: str, recipe: str, seed: int, steps: int, shape, classes: int) 
         num_classes=classes,
         steps=steps,
     )
-    apply, params = cfg.build_model(recipe={**RECIPES, **ABLATIONS}[recipe])
+    apply, params = cfg.build_model(recipe=ALL_RECIPES[recipe])
     tx = optax.sgd(lowbit_rows.rate(steps), momentum=0.9)
     return methods.Setup(params=params, apply=apply, tx=tx)
 
@@ -265,7 +267,7 @@ def merge(paths, out: str, argv=None) -> dict:
                         raise SystemExit(f"--merge: {model} {n} seed {seed} is in two files")
                     runs[n][seed] = r
     for res in result["models"].values():
-        res["runs"] = {n: res["runs"][n] for n in {**RECIPES, **ABLATIONS} if n in res["runs"]}
+        res["runs"] = {n: res["runs"][n] for n in ALL_RECIPES if n in res["runs"]}
         res["summary"] = summarise(res["runs"])
     result["seeds"] = sorted(
         {int(s) for res in result["models"].values() for r in res["runs"].values() for s in r}
@@ -311,8 +313,8 @@ def _args(argv):
     )
     args = p.parse_args(argv)
     for n in args.recipes.split(","):
-        if n not in RECIPES and n not in ABLATIONS:
-            p.error(f"--recipes: {n!r} is not one of {list(RECIPES) + list(ABLATIONS)}")
+        if n not in ALL_RECIPES:
+            p.error(f"--recipes: {n!r} is not one of {list(ALL_RECIPES)}")
     for m in args.models.split(","):
         if m not in ("resnet", "vit", "mlp", "cnn"):
             p.error(f"--models: {m!r} is not one of resnet, vit, mlp, cnn")

@@ -200,12 +200,17 @@ def merge(paths, name: str) -> dict:
             for r in ROWS
             if r in rows
         }
+    _finish(out, name)
+    return out
+
+
+def _finish(out: dict, name: str) -> None:
+    """Write ``RESULTS/<name>.json`` and its PNG, and print the table."""
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
     _plot(out, RESULTS / f"{name}.png")
     for arch, table in out["table"].items():
         for row, r in table.items():
             print(f"{arch:7s} {row:8s} ours {r['mean']:.2f} ± {r['std']:.2f}   paper {r['paper']}")
-    return out
 
 
 #: settings that runs merged into one table must share (the seed may differ)
@@ -312,10 +317,7 @@ def main():
             out["per_seed"][arch][row] = [{**r, "seed": s} for r, s in zip(runs, seeds)]
             out["table"][arch][row] = _row(arch, row, out["per_seed"][arch][row], args.dataset)
             (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=2))
-    _plot(out, RESULTS / f"{args.out}.png")
-    for arch, table in out["table"].items():
-        for row, r in table.items():
-            print(f"{arch:7s} {row:8s} ours {r['mean']:.2f} ± {r['std']:.2f}   paper {r['paper']}")
+    _finish(out, args.out)
 
 
 if __name__ == "__main__":
