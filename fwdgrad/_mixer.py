@@ -4,7 +4,7 @@ An MLP-Mixer built for local learning: the image is cut into patches and
 embedded, then every block mixes tokens (across patches, per channel) and
 channels (a dense layer, then a grouped linear layer: channel group g of the
 hidden units feeds only output group g), with parameter-free layer norms where
-Ren et al. put them (on the block input, after every linear layer before its
+Ren et al. put them (on the block input (block 0's: ``input_norm``), after every linear layer before its
 ReLU, between the channel-mixing layers within each group, and per group before
 the head), a residual connection into the last ReLU, and a local head per block
 (:func:`fwdgrad._heads.head_logits`). Block 0 has no token mixing: its first
@@ -140,7 +140,10 @@ def _body(config: MixerConfig, i: int, p: Any, h: jax.Array, site) -> jax.Array:
     G = config.num_groups
     norm = _norm if config.normalize else _no_norm
     if i == 0:
-        a = norm(h)
+        # Ren et al.'s begin_ln: a norm of each raw patch. Off (input_norm=False), a patch keeps
+        # its contrast: normalised alone, a patch of background noise is scaled up to the size
+        # of a stroke (beyondbp.models_local.mixer_config turns it off for that reason).
+        a = norm(h) if config.input_norm else h
     else:
         t = norm(h)
         # token mixing: patch q of the output reads every patch of the same channel
@@ -170,6 +173,9 @@ class MixerConfig(_networks.NetworkConfig):
       num_groups: channel groups; must divide ``channels`` and ``hidden``.
       normalize: the parameter-free layer norms (off only for checks with one
         unit per group, where a norm over one unit is zero).
+      input_norm: the norm of block 0's input, each raw patch on its own (Ren et al.'s
+        ``begin_ln``, on in their ImageNet config; their code's flag defaults to off). On by
+        default, as this config has always built it; it applies only with ``normalize``.
       block_loss, patch_loss, group_loss: the local losses (module docstring).
     """
 
@@ -177,9 +183,11 @@ class MixerConfig(_networks.NetworkConfig):
     num_blocks: int = 2
     channels: int = 64
     hidden: int | None = None
+    input_norm: bool = True
 
     def __post_init__(self):
         super().__post_init__()
+        _networks._check_flags(self, "input_norm")
         height, width, _ = self.image_shape
         for name in ("patch_size", "num_blocks", "channels"):
             _positive_int(name, getattr(self, name))

@@ -55,7 +55,7 @@ def _ref_mixer_total(params, cfg):
         p = params["blocks"][i]
         h = lax.stop_gradient(h)
         if i == 0:
-            a = _ln(h, on=on)
+            a = _ln(h, on=on and cfg.input_norm)
         else:
             tok = jnp.swapaxes(
                 jnp.swapaxes(_ln(h, on=on), 1, 2) @ p["token"]["kernel"] + p["token"]["bias"], 1, 2
@@ -167,6 +167,36 @@ def test_mixer_group_size_one_is_exact_except_token_mixing():
     np.testing.assert_allclose(
         _flat(est, skip=("token",)), ref, rtol=0, atol=1e-5 * np.max(np.abs(ref))
     )
+
+
+@pytest.mark.parametrize("input_norm", [True, False])
+def test_mixer_input_norm_is_a_norm_of_each_raw_patch(input_norm):
+    """On, block 0 sees each patch normalised alone: scaling and shifting one patch's pixels
+    (a brighter or dimmer background) changes nothing. Off, the patch keeps its contrast."""
+    cfg = _mixer(num_groups=2, input_norm=input_norm)
+    params = fwdgrad.mixer_init(jax.random.key(0), cfg)
+    losses = fwdgrad.mixer_local_losses(params, X, Y, cfg)
+    np.testing.assert_allclose(
+        float(jnp.sum(losses)), float(_ref_mixer_total(params, cfg)), rtol=1e-5
+    )
+    # patch (0, 0) of every image (rows and columns 0-3 of the 8x8 image), times 3 plus 0.5
+    img = X.reshape(B, SIDE, SIDE)
+    patch = (slice(None), slice(0, cfg.patch_size), slice(0, cfg.patch_size))
+    moved = img.at[patch].set(3.0 * img[patch] + 0.5).reshape(B, -1)
+    logits = fwdgrad.mixer_apply(params, X, cfg)
+    moved_logits = fwdgrad.mixer_apply(params, moved, cfg)
+    gap = float(jnp.max(jnp.abs(moved_logits - logits)))
+    scale = float(jnp.max(jnp.abs(logits)))
+    if input_norm:
+        # a norm's rsqrt(var + 1e-5) moves by ~1e-5 / var of unit-variance noise
+        assert gap < 1e-3 * scale, gap
+    else:
+        assert gap > 1e-2 * scale, gap
+
+
+def test_mixer_input_norm_must_be_a_bool():
+    with pytest.raises(TypeError, match="input_norm"):
+        _mixer(input_norm=1)
 
 
 # --------------------------------------------------------------------------- unbiasedness

@@ -9,6 +9,10 @@ tangents of a ``d``-dimensional perturbation, scaled from a backprop rate by the
 second moment (unbiased: Baydin et al. 2022, Thm. 1; variance growing with the perturbed
 dimension: Ren et al. 2023, sec. 3).
 
+``warmup_cosine`` and ``sgd_kernel_decay``: Ren et al. (ICLR 2023)'s optimiser for their
+LocalMixer (their released configs: SGD, momentum 0.9, lr 0.05, weight decay 1e-4, a linear
+warm-up then a cosine to 0), with the warm-up a fraction of the run.
+
 ``tangents_for_moment``: the fewest tangents ``K`` that hold the same second moment within a
 fixed factor of the exact gradient's, for estimators trained at a rate meant for exact gradients
 (Adam's step does not shrink with the estimate's noise the way the SGD rule above does).
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -39,6 +44,44 @@ def cosine_to_zero(peak: float, steps: int) -> optax.Schedule:
         return jnp.float32(peak) * 0.5 * (1.0 + jnp.cos(jnp.float32(jnp.pi) * t))
 
     return schedule
+
+
+def warmup_cosine(peak: float, steps: int, warmup: int) -> optax.Schedule:
+    """0 rising linearly to ``peak`` over ``warmup`` steps, then :func:`cosine_to_zero` over the
+    remaining ``steps - warmup`` (``optax.warmup_cosine_decay_schedule(0, peak, warmup, steps)``
+    in float32, for the reason :func:`cosine_to_zero` gives)."""
+    if not isinstance(warmup, int) or not 0 <= warmup < steps:
+        raise ValueError(
+            f"warmup_cosine: warmup={warmup!r} must be an integer in [0, steps={steps!r})"
+        )
+    decay = cosine_to_zero(peak, steps - warmup)
+    ramp = jnp.float32(max(warmup, 1))
+
+    def schedule(count):
+        t = jnp.asarray(count).astype(jnp.float32)
+        rising = jnp.float32(peak) * t / ramp
+        return jnp.where(t < jnp.float32(warmup), rising, decay(jnp.maximum(t - warmup, 0)))
+
+    return schedule
+
+
+def sgd_kernel_decay(
+    learning_rate: optax.ScalarOrSchedule, weight_decay: float, momentum: float = 0.9
+) -> optax.GradientTransformation:
+    """SGD with momentum and decoupled weight decay on the ``kernel`` leaves only (biases are not
+    decayed), as Ren et al. (2023) train the LocalMixer."""
+    if not weight_decay >= 0:
+        raise ValueError(f"sgd_kernel_decay: weight_decay={weight_decay!r} must be >= 0")
+
+    def kernels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: jax.tree_util.keystr(path).endswith("['kernel']"), params
+        )
+
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=kernels),
+        optax.sgd(learning_rate, momentum=momentum),
+    )
 
 
 def forward_gradient_rate(backprop_rate: float, num_tangents: int, dim: int) -> float:
