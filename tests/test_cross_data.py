@@ -19,8 +19,8 @@ Margins, stated against chance (10%), each row at its own seed 0:
   under the suite's XLA flags): ``analog-eqprop-taox`` in 60 steps (51.8%; 57.6% in 100),
   ``fwdgrad-conv`` in 150 (38.0%; 26.4% in 120 is too few), ``analog-tikitaka`` in 200
   (46.0%; 26.4% in 120); since stop 33's recipes (in-situ rate on a cosine, the mixer
-  without a norm of its raw patches and with Ren et al.'s optimiser) ``analog-insitu`` in 100
-  (47.0%; 47.2% in 150) and ``fwdgrad-mixer`` in 150 (53.4%; 63.2% in 200).
+  without a norm of its raw patches, at its own Adam rate) ``analog-insitu`` in 100 (47.0%;
+  47.2% in 150) and ``fwdgrad-mixer`` in 150 (49.6%; 43.4% in 100).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ STANDARD = {
     "analog-eqprop-taox",
     "fwdgrad",
     "fwdgrad-local",
+    "fwdgrad-mixer",
     "fwdgrad-conv",
     "fwdgrad+analog",
     "fwdgrad+lowbit+analog",

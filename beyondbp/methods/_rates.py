@@ -9,9 +9,8 @@ tangents of a ``d``-dimensional perturbation, scaled from a backprop rate by the
 second moment (unbiased: Baydin et al. 2022, Thm. 1; variance growing with the perturbed
 dimension: Ren et al. 2023, sec. 3).
 
-``warmup_cosine`` and ``sgd_kernel_decay``: Ren et al. (ICLR 2023)'s optimiser for their
-LocalMixer (their released configs: SGD, momentum 0.9, lr 0.05, weight decay 1e-4, a linear
-warm-up then a cosine to 0), with the warm-up a fraction of the run.
+``sgd_kernel_decay``: SGD with momentum and weight decay on the kernels only, as Ren et al.
+(ICLR 2023) train their LocalMixer (``benchmarks/ren2023_mnist.py``).
 
 ``tangents_for_moment``: the fewest tangents ``K`` that hold the same second moment within a
 fixed factor of the exact gradient's, for estimators trained at a rate meant for exact gradients
@@ -42,25 +41,6 @@ def cosine_to_zero(peak: float, steps: int) -> optax.Schedule:
     def schedule(count):
         t = jnp.minimum(jnp.asarray(count).astype(jnp.float32), total) / total
         return jnp.float32(peak) * 0.5 * (1.0 + jnp.cos(jnp.float32(jnp.pi) * t))
-
-    return schedule
-
-
-def warmup_cosine(peak: float, steps: int, warmup: int) -> optax.Schedule:
-    """0 rising linearly to ``peak`` over ``warmup`` steps, then :func:`cosine_to_zero` over the
-    remaining ``steps - warmup`` (``optax.warmup_cosine_decay_schedule(0, peak, warmup, steps)``
-    in float32, for the reason :func:`cosine_to_zero` gives)."""
-    if not isinstance(warmup, int) or not 0 <= warmup < steps:
-        raise ValueError(
-            f"warmup_cosine: warmup={warmup!r} must be an integer in [0, steps={steps!r})"
-        )
-    decay = cosine_to_zero(peak, steps - warmup)
-    ramp = jnp.float32(max(warmup, 1))
-
-    def schedule(count):
-        t = jnp.asarray(count).astype(jnp.float32)
-        rising = jnp.float32(peak) * t / ramp
-        return jnp.where(t < jnp.float32(warmup), rising, decay(jnp.maximum(t - warmup, 0)))
 
     return schedule
 
