@@ -77,7 +77,7 @@ def exact_local_gradient() -> optax.GradientTransformationExtraArgs:
 def local_setup(cfg: methods.MethodConfig, gradient: str, *, k=1, group=8, head="forward"):
     net = fwdgrad.LocalMLP((cfg.num_inputs, *cfg.widths, cfg.num_classes), rngs=nnx.Rngs(cfg.seed))
     apply, params = models.functional(net)
-    adam = optax.adam(optax.cosine_decay_schedule(fwdgrad_rows.LR_LOCAL_ADAM, cfg.steps))
+    adam = fwdgrad_rows.adam_cosine(fwdgrad_rows.LR_LOCAL_ADAM)(cfg)
     if gradient == "backprop":
         return methods.Setup(params=params, apply=apply, tx=adam, needs_grad=True)
     if gradient == "exact":

@@ -48,7 +48,6 @@ import optax
 
 import fwdgrad
 from beyondbp import datasets
-from beyondbp.methods._rates import sgd_kernel_decay
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -95,7 +94,12 @@ def _estimator(row: str, glob, local, num_tangents: int):
 
 def _optimizer(lr: float, steps: int, warmup: int, wd: float):
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, warmup), max(steps, warmup + 1))
-    return sgd_kernel_decay(schedule, wd)
+    kernels = lambda p: jax.tree_util.tree_map_with_path(
+        lambda path, _: jax.tree_util.keystr(path).endswith("['kernel']"), p
+    )
+    return optax.chain(
+        optax.add_decayed_weights(wd, mask=kernels), optax.sgd(schedule, momentum=0.9)
+    )
 
 
 def _norm(dataset: str, train) -> tuple[float, float]:

@@ -4,9 +4,9 @@ An MLP-Mixer built for local learning: the image is cut into patches and
 embedded, then every block mixes tokens (across patches, per channel) and
 channels (a dense layer, then a grouped linear layer: channel group g of the
 hidden units feeds only output group g), with parameter-free layer norms where
-Ren et al. put them (on the block input (block 0's: ``input_norm``), after every linear layer before its
-ReLU, between the channel-mixing layers within each group, and per group before
-the head), a residual connection into the last ReLU, and a local head per block
+Ren et al. put them (on the block input, block 0's switched by ``input_norm``; after every
+linear layer before its ReLU, between the channel-mixing layers within each group, and per
+group before the head), a residual connection into the last ReLU, and a local head per block
 (:func:`fwdgrad._heads.head_logits`). Block 0 has no token mixing: its first
 layer embeds the patches.
 

@@ -150,18 +150,6 @@ def test_local_row_gives_its_heads_their_exact_local_gradient():
             np.testing.assert_array_equal(np.sign(u[big]), -np.sign(g[big]))
 
 
-def test_sgd_kernel_decay_decays_kernels_not_biases():
-    params = {"layer": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 2.0)}}
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    tx = _rates.sgd_kernel_decay(0.1, 1e-2)
-    updates, _ = tx.update(zeros, tx.init(params), params)
-    # SGD's update is -lr (g + wd w): -0.1 * 0.01 * 2 on the kernel, nothing on the bias
-    np.testing.assert_allclose(updates["layer"]["kernel"], -2e-3, rtol=1e-6)
-    np.testing.assert_array_equal(updates["layer"]["bias"], 0.0)
-    with pytest.raises(ValueError, match="weight_decay"):
-        _rates.sgd_kernel_decay(0.1, -1.0)
-
-
 @pytest.mark.standard_promotion  # optax.adam and its schedule mix a Python float with int32
 def test_mixer_row_has_no_raw_patch_norm_and_its_own_adam_rate():
     cfg = methods.MethodConfig(key=jax.random.key(0), input_shape=(28, 28, 1), steps=100)

@@ -9,9 +9,6 @@ tangents of a ``d``-dimensional perturbation, scaled from a backprop rate by the
 second moment (unbiased: Baydin et al. 2022, Thm. 1; variance growing with the perturbed
 dimension: Ren et al. 2023, sec. 3).
 
-``sgd_kernel_decay``: SGD with momentum and weight decay on the kernels only, as Ren et al.
-(ICLR 2023) train their LocalMixer (``benchmarks/ren2023_mnist.py``).
-
 ``tangents_for_moment``: the fewest tangents ``K`` that hold the same second moment within a
 fixed factor of the exact gradient's, for estimators trained at a rate meant for exact gradients
 (Adam's step does not shrink with the estimate's noise the way the SGD rule above does).
@@ -21,7 +18,6 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import optax
 
@@ -43,25 +39,6 @@ def cosine_to_zero(peak: float, steps: int) -> optax.Schedule:
         return jnp.float32(peak) * 0.5 * (1.0 + jnp.cos(jnp.float32(jnp.pi) * t))
 
     return schedule
-
-
-def sgd_kernel_decay(
-    learning_rate: optax.ScalarOrSchedule, weight_decay: float, momentum: float = 0.9
-) -> optax.GradientTransformation:
-    """SGD with momentum and decoupled weight decay on the ``kernel`` leaves only (biases are not
-    decayed), as Ren et al. (2023) train the LocalMixer."""
-    if not weight_decay >= 0:
-        raise ValueError(f"sgd_kernel_decay: weight_decay={weight_decay!r} must be >= 0")
-
-    def kernels(params):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, _: jax.tree_util.keystr(path).endswith("['kernel']"), params
-        )
-
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=kernels),
-        optax.sgd(learning_rate, momentum=momentum),
-    )
 
 
 def forward_gradient_rate(backprop_rate: float, num_tangents: int, dim: int) -> float:

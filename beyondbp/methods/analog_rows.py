@@ -317,9 +317,9 @@ register_alias("analog-sgd", "analog-program")
 
 #: analog-insitu's update (aihwkit's AnalogSGD defaults: BL 31, update management on) and its
 #: peak rate, on the cosine to 0 over the run that every SGD row here uses. At aihwkit's constant
-#: 0.1 the row fitted 345 steps of 1,500 images to only 67.3% and wandered from step 200 on; on
-#: a cosine, peak 0.1 / 0.3 / 0.5 / 1.0 gave 88.8 (constant 0.1) / 91.2 / 92.0 / 89.4% on MNIST
-#: (one epoch, 3 seeds), so 0.5; then, unchanged, 79.0% on Fashion-MNIST (74.7% before) and
+#: 0.1 the row fitted 345 steps of 1,500 images to only 67.3% and wandered from step 200 on. On
+#: MNIST (one epoch, 3 seeds) constant 0.1 gave 88.8%, cosine peaks 0.3 / 0.5 / 1.0 gave
+#: 91.2 / 92.0 / 89.4%, so 0.5; then, unchanged, 79.0% on Fashion-MNIST (74.7% before) and
 #: 88.6% on the 1,500 shapes (BENCHMARKS.md, "Stop 33").
 INSITU_LR = 0.5
 INSITU_UPDATE = analog.UpdateConfig(bl=31, update_management=True)

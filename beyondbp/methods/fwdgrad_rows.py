@@ -195,7 +195,7 @@ def _local(cfg: MethodConfig) -> Setup:
             num_tangents=local_num_tangents(cfg.widths),
             head_grad="exact",
         ),
-        optax.adam(optax.cosine_decay_schedule(LR_LOCAL_ADAM, cfg.steps)),
+        adam_cosine(LR_LOCAL_ADAM)(cfg),
     )
     return Setup(params=params, apply=apply, tx=tx, needs_grad=False)
 
