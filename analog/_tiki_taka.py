@@ -70,8 +70,12 @@ def _check_args(transfer_every, transfer_lr, transfer_io, seed) -> IOConfig:
             f"tiki_taka: transfer_every={transfer_every!r} must be a positive integer "
             "(samples between two row transfers)"
         )
-    if not isinstance(transfer_lr, (int, float, jax.Array)) or isinstance(transfer_lr, bool):
-        raise TypeError(f"tiki_taka: transfer_lr={transfer_lr!r} must be a number")
+    if not (
+        callable(transfer_lr) or isinstance(transfer_lr, (int, float, jax.Array))
+    ) or isinstance(transfer_lr, bool):
+        raise TypeError(
+            f"tiki_taka: transfer_lr={transfer_lr!r} must be a number or an optax schedule"
+        )
     if transfer_io is not None and not isinstance(transfer_io, IOConfig):
         raise TypeError(f"tiki_taka: transfer_io={transfer_io!r}; pass an analog.IOConfig")
     bbcore.check_seed(seed, "tiki_taka")
@@ -181,7 +185,7 @@ def tiki_taka(
     learning_rate: optax.ScalarOrSchedule,
     *,
     transfer_every: int = 1,
-    transfer_lr: float | jax.Array = 1.0,
+    transfer_lr: optax.ScalarOrSchedule = 1.0,
     chop_probability: float | jax.Array = 0.0,
     update: UpdateConfig | None = None,
     transfer_io: IOConfig | None = None,
@@ -194,7 +198,10 @@ def tiki_taka(
         schedule of the step count (as optax's own optimizers take it).
       transfer_every: samples between two row transfers from ``A`` to ``H`` (any positive
         integer; the transfers of a step are the ones its samples complete).
-      transfer_lr: scale of a row read into ``H`` (TTv2's transfer learning rate).
+      transfer_lr: scale of a row read into ``H`` (TTv2's transfer learning rate): a scalar or
+        a schedule of the step count. A decay of ``learning_rate`` alone does not anneal
+        Tiki-Taka: ``A`` keeps what it holds and every transfer adds it into ``C`` again
+        (BENCHMARKS.md, "Stop 27"); decaying ``transfer_lr`` is what freezes ``C``.
       chop_probability: c-TTv2 (Rasch et al., "Fast and robust analog in-memory deep neural
         network training", Nat. Commun. 15:7133, 2024, Algorithm 1; aihwkit's
         ``ChoppedTransferCompound`` ``in_chop_prob``): each input row ``i`` has a chopper sign
@@ -225,7 +232,8 @@ def tiki_taka(
         _require(updates, params, "tiki_taka")
         f32 = lambda v: jnp.asarray(v, _F32)
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        st = _Settings(cfg, io, transfer_every, f32(lr), f32(transfer_lr), f32(chop_probability))
+        tlr = transfer_lr(state.count) if callable(transfer_lr) else transfer_lr
+        st = _Settings(cfg, io, transfer_every, f32(lr), f32(tlr), f32(chop_probability))
         p_leaves, treedef = jax.tree.flatten(params, is_leaf=is_crossbar)
         g_leaves = treedef.flatten_up_to(updates)
         if any(is_crossbar(p) and p.fast is None for p in p_leaves):

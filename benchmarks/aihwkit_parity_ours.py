@@ -364,6 +364,7 @@ def insitu_ours(
     samples: int,
     activation: str = "sigmoid",
     spreads: str = "default",
+    epochs: int = 1,
 ) -> dict:
     """Train aihwkit_parity.py's configuration ``name`` with this package; test accuracy.
 
@@ -373,7 +374,8 @@ def insitu_ours(
     inputs into two 392-row tiles; the other layers fit one tile), aihwkit's default IO forward
     and backward, ``analog.pulsed_sgd`` or :func:`tiki_taka_as_aihwkit` with
     :data:`AIHWKIT_UPDATE`. The same ``samples`` first images of a permutation seeded by
-    ``seed`` as aihwkit's side (numpy's ``default_rng(seed)``).
+    ``seed`` as aihwkit's side (numpy's ``default_rng(seed)``), in the same order every one of
+    ``epochs`` epochs, as aihwkit's side does.
     """
     from flax import nnx
 
@@ -382,7 +384,7 @@ def insitu_ours(
     device = ours_device(name, spreads)
     if device is None:
         raise ValueError(f"{name}: no device model of this package matches aihwkit's")
-    tt = name.startswith("tiki_taka")
+    tt = name.startswith(("tiki_taka_", "ttv2_"))  # one algorithm of ours, TTv2 (docstring)
     uniform = lambda k, shape, dtype: jax.random.uniform(
         k, shape, dtype, -1 / np.sqrt(shape[0]), 1 / np.sqrt(shape[0])
     )
@@ -411,7 +413,7 @@ def insitu_ours(
     (xtr, ytr), (xte, yte) = data
     order = np.random.default_rng(seed).permutation(xtr.shape[0])[:samples]
     t0 = time.perf_counter()
-    for i in range(0, order.shape[0] - batch + 1, batch):
+    for _, i in itertools.product(range(epochs), range(0, order.shape[0] - batch + 1, batch)):
         idx = order[i : i + batch]
         params, state = step(params, state, xtr[idx], ytr[idx])
     jax.block_until_ready(params)
@@ -453,6 +455,7 @@ def insitu_cmd(args) -> None:
                     samples=theirs["train_samples"],
                     activation=theirs.get("activation", "sigmoid"),
                     spreads=spreads,
+                    epochs=theirs.get("epochs", 1),
                 )
             )
             print(name, seed, runs[-1], flush=True)

@@ -22,17 +22,17 @@ from beyondbp.compare import compare
 from beyondbp.methods import Method, analog_rows, register
 
 
-def _variant(spec: str) -> tuple[str, int, float, bool, float]:
-    """``EVERY:TRANSFER_LR[:cos][:chopP]``: ``cos`` puts the row's lr on a cosine to 0;
-    ``chopP`` turns on c-TTv2's choppers with flip probability P."""
+def _variant(spec: str) -> tuple[str, int, float, set[str], float]:
+    """``EVERY:TRANSFER_LR[:cos][:tcos][:chopP]``: ``cos`` puts the row's lr on a cosine to 0,
+    ``tcos`` the transfer lr; ``chopP`` turns on c-TTv2's choppers with flip probability P."""
     every, transfer_lr, *rest = spec.split(":")
     chop = [float(r[4:]) for r in rest if r.startswith("chop")]
-    if any(r != "cos" and not r.startswith("chop") for r in rest) or len(chop) > 1:
-        raise SystemExit(f"--variants: {spec!r}; use EVERY:TRANSFER_LR[:cos][:chopP]")
-    cos = "cos" in rest
-    name = f"tikitaka-every{every}-tlr{transfer_lr}" + ("-cos" if cos else "")
+    flags = {r for r in rest if not r.startswith("chop")}
+    if flags - {"cos", "tcos"} or len(chop) > 1:
+        raise SystemExit(f"--variants: {spec!r}; use EVERY:TRANSFER_LR[:cos][:tcos][:chopP]")
+    name = f"tikitaka-every{every}-tlr{transfer_lr}" + "".join(f"-{f}" for f in sorted(flags))
     name += f"-chop{chop[0]}" if chop else ""
-    return name, int(every), float(transfer_lr), cos, chop[0] if chop else 0.0
+    return name, int(every), float(transfer_lr), flags, chop[0] if chop else 0.0
 
 
 def main() -> None:
@@ -40,16 +40,20 @@ def main() -> None:
     _common.add_data_dir(ap)
     ap.add_argument("--steps", type=_common.positive_int, default=937)
     ap.add_argument("--widths", type=_common.int_list, default=(256, 256))
-    ap.add_argument("--variants", default="1:0.1,8:0.1", help="EVERY:TRANSFER_LR[:cos][:chopP],...")
+    ap.add_argument(
+        "--variants", default="1:0.1,8:0.1", help="EVERY:TRANSFER_LR[:cos][:tcos][:chopP],..."
+    )
     ap.add_argument("--seeds", type=_common.int_list, default=(0,))
     ap.add_argument("--out", default="analog_tikitaka_transfer")
     args = ap.parse_args()
     names = []
     for spec in args.variants.split(","):
-        name, every, transfer_lr, cos, chop = _variant(spec)
+        name, every, transfer_lr, flags, chop = _variant(spec)
         lr = analog_rows.TIKITAKA_LR
-        if cos:
+        if "cos" in flags:
             lr = optax.cosine_decay_schedule(lr, args.steps)
+        if "tcos" in flags:
+            transfer_lr = optax.cosine_decay_schedule(transfer_lr, args.steps)
         build = functools.partial(
             analog_rows.build_tikitaka,
             lr=lr,
@@ -75,7 +79,13 @@ def main() -> None:
             {k: r[k] for k in ("method", "test_accuracy", "test_accuracy_std", "step_time_s")}
             for r in res["rows"]
         ],
-        "curves": {r["method"]: r["history"]["test_accuracy"] for r in res["runs"]},
+        "runs": [
+            {"method": r["method"], "seed": r["seed"], "test_accuracy": r["test_accuracy"]}
+            for r in res["runs"]
+        ],
+        "curves": {
+            f"{r['method']} seed {r['seed']}": r["history"]["test_accuracy"] for r in res["runs"]
+        },
         "eval_steps": res["runs"][0]["history"]["eval_steps"],
     }
     for r in out["rows"]:

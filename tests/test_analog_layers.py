@@ -311,6 +311,30 @@ def test_tiki_taka_transfers_a_read_of_a_into_the_buffer_and_whole_steps_into_c(
     assert not np.any(dc[2:]) and not np.any(h[2:])
 
 
+def test_transfer_lr_may_be_an_optax_schedule():
+    # A constant schedule is the float bit for bit; a transfer rate that is 0 from step 1 on
+    # freezes C and H after the first step while A keeps learning (what annealing needs).
+    kw = {"device": CLEAN, "io": presets.TAOX_IO, "fast_device": CLEAN}
+    make = lambda tlr: analog.tiki_taka(0.5, transfer_every=2, transfer_lr=tlr)
+    runs = [
+        _train_regression(_linear(8, 3, 16, **kw), make(t), 3)
+        for t in (0.5, optax.constant_schedule(jnp.float32(0.5)))
+    ]
+    for a, b in zip(jax.tree.leaves(runs[0][3]), jax.tree.leaves(runs[1][3])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    first_only = lambda c: jnp.where(c < 1, jnp.float32(0.5), jnp.float32(0.0))
+    *_, p1 = _train_regression(_linear(8, 3, 16, **kw), make(0.5), 1)
+    *_, s3, p3 = _train_regression(_linear(8, 3, 16, **kw), make(first_only), 3)
+    cb1, cb3 = p1["crossbar"].get_value(), p3["crossbar"].get_value()
+    np.testing.assert_array_equal(_weights_of(p3), _weights_of(p1))
+    np.testing.assert_array_equal(np.asarray(cb3.buffer), np.asarray(cb1.buffer))
+    fast = lambda cb: np.asarray(analog.read_weights(cb.fast))
+    assert np.any(fast(cb3) != fast(cb1))
+    assert int(s3.count) == 3
+    with pytest.raises(TypeError, match="transfer_lr"):
+        analog.tiki_taka(0.1, transfer_lr="fast")
+
+
 def test_tiki_taka_trains_an_asymmetric_device_layer():
     layer = _linear(8, 3, 16, device=ASYM, fast_device=ASYM)
     tx = analog.tiki_taka(0.5, transfer_every=4, transfer_lr=0.5)

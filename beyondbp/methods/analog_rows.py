@@ -366,7 +366,7 @@ def build_tikitaka(
     io=analog.presets.TAOX_IO,
     lr: optax.ScalarOrSchedule = TIKITAKA_LR,
     transfer_every: int = TIKITAKA_TRANSFER_EVERY,
-    transfer_lr: float = TIKITAKA_TRANSFER_LR,
+    transfer_lr: optax.ScalarOrSchedule = TIKITAKA_TRANSFER_LR,
     update: analog.UpdateConfig = INSITU_UPDATE,
     chop_probability: float = 0.0,
 ) -> Setup:
