@@ -435,6 +435,8 @@ def insitu_cmd(args) -> None:
     _, xtr, ytr = _mnist("train", args.data_dir)
     _, xte, yte = _mnist("test", args.data_dir)
     data = ((xtr, ytr), (xte, yte))
+    budget = {"lr": theirs["lr"], "batch": theirs["batch"], "samples": theirs["train_samples"],
+              "activation": theirs.get("activation", "sigmoid"), "epochs": theirs.get("epochs", 1)}  # fmt: skip
     out: dict = {"aihwkit": theirs, "configs": {}, "io": str(AIHWKIT_IO),
                  "update": str(AIHWKIT_UPDATE)}  # fmt: skip
     for name, a in theirs["configs"].items():
@@ -445,19 +447,7 @@ def insitu_cmd(args) -> None:
             continue
         runs = []
         for seed in theirs["seeds"][: len(a["runs"])]:
-            runs.append(
-                insitu_ours(
-                    name,
-                    seed,
-                    data,
-                    lr=theirs["lr"],
-                    batch=theirs["batch"],
-                    samples=theirs["train_samples"],
-                    activation=theirs.get("activation", "sigmoid"),
-                    spreads=spreads,
-                    epochs=theirs.get("epochs", 1),
-                )
-            )
+            runs.append(insitu_ours(name, seed, data, **budget, spreads=spreads))
             print(name, seed, runs[-1], flush=True)
         out["configs"][name] = side_by_side(runs, a)
         _common.save(args.out or "aihwkit_parity_insitu_compare", out)
