@@ -59,6 +59,11 @@ def tap_signals(cb: Crossbar, g: Crossbar) -> tuple[jax.Array, jax.Array]:
     return g.tap[:, :n_in].astype(_F32), g.tap[:, n_in:].astype(_F32)
 
 
+def rate_at(rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
+    """A scalar rate, or an optax schedule read at the state's step ``count``, as float32."""
+    return jnp.asarray(rate(count) if callable(rate) else rate, _F32)
+
+
 def tiles_delta(old: Tiles, new: Tiles) -> Tiles:
     """The update that turns ``old`` into ``new``: only the conductances move."""
     zeros = jax.tree.map(jnp.zeros_like, old)
@@ -111,8 +116,7 @@ def pulsed_sgd(
     def update_fn(updates, state, params=None, **extra):
         del extra
         _require(updates, params, "pulsed_sgd")
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        lr = jnp.asarray(lr, _F32)
+        lr = rate_at(learning_rate, state.count)
         p_leaves, treedef = jax.tree.flatten(params, is_leaf=is_crossbar)
         g_leaves = treedef.flatten_up_to(updates)
         if any(is_crossbar(p) and p.fast is not None for p in p_leaves):

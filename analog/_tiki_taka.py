@@ -35,6 +35,7 @@ from analog._pulsed_sgd import (
     _require,
     check_update_config,
     is_crossbar,
+    rate_at,
     tap_signals,
     tiles_delta,
 )
@@ -230,10 +231,8 @@ def tiki_taka(
     def update_fn(updates, state, params=None, **extra):
         del extra
         _require(updates, params, "tiki_taka")
-        f32 = lambda v: jnp.asarray(v, _F32)
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        tlr = transfer_lr(state.count) if callable(transfer_lr) else transfer_lr
-        st = _Settings(cfg, io, transfer_every, f32(lr), f32(tlr), f32(chop_probability))
+        lr, tlr = rate_at(learning_rate, state.count), rate_at(transfer_lr, state.count)
+        st = _Settings(cfg, io, transfer_every, lr, tlr, jnp.asarray(chop_probability, _F32))
         p_leaves, treedef = jax.tree.flatten(params, is_leaf=is_crossbar)
         g_leaves = treedef.flatten_up_to(updates)
         if any(is_crossbar(p) and p.fast is None for p in p_leaves):

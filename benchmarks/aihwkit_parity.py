@@ -218,9 +218,8 @@ NO_SPREADS = aihwkit_parity_probe.NO_SPREADS
 def insitu_config(name: str, spreads: str = "default"):
     """``sgd_<device>``, ``tiki_taka_<device>`` or ``ttv2_<device>`` (module docstring);
     ``spreads="none"`` builds every device with :data:`NO_SPREADS`."""
-    algo, dev = name.split("_", 1) if name.startswith(("sgd_", "ttv2_")) else ("", "")
-    if name.startswith("tiki_taka_"):
-        algo, dev = "tiki_taka", name[len("tiki_taka_") :]
+    algo = next((a for a in ("sgd", "tiki_taka", "ttv2") if name.startswith(a + "_")), "")
+    dev = name[len(algo) + 1 :] if algo else ""
     if dev not in DEVICES:
         raise ValueError(f"unknown configuration {name!r}")
     kw = NO_SPREADS if spreads == "none" else {}
