@@ -203,6 +203,40 @@ def _block_estimate(block, p, h, key, K, tangent, mask_tangents, separate_sites)
     return jnp.mean(losses), grads, out
 
 
+def _weight_site(z, activation=None, **_):
+    return (activation or _identity)(z)
+
+
+def _block_weight_estimate(block, p, h, key, K, tangent):
+    """Weight perturbation of one block's own local loss (Ren et al. 2023, LG-FG-W).
+
+    The block's parameters get their own tangents and the directional derivative of this
+    block's loss alone, so no block's estimate carries another block's noise (a single
+    weight-perturbed jvp of the summed local losses would give every block the sum of all
+    blocks' derivatives). The loss must be the block's whole loss, ``(B, 1, 1)``: the patch-
+    and group-wise split of the activity estimator holds the head constant in every part, so
+    no sum or mean of the parts has the whole loss's gradient in both the head and the body.
+    """
+
+    def objective(p):
+        out, losses = block(p, h, _weight_site)
+        losses = _check_losses(losses, h.shape[0])
+        if losses.shape[1:] != (1, 1):
+            raise ValueError(
+                f"perturb='weight' needs each block's whole loss, shape (B, 1, 1); got "
+                f"{losses.shape}. Build the blocks without patch- or group-wise losses "
+                "(patch_loss=False, group_loss=False); the network functions do this for you"
+            )
+        loss = jnp.mean(losses.astype(jnp.float32))
+        return loss, (loss, out)
+
+    estimator = _estimators.value_and_fwd_grad(
+        objective, num_tangents=K, tangent=tangent, has_aux=True
+    )
+    (_, (loss, out)), grads = estimator(key, p)
+    return loss, grads, out
+
+
 def _after(h: jax.Array, grads: Any) -> jax.Array:
     """``h``, made to depend on ``grads``: the next block starts after this one's estimates.
 
@@ -222,8 +256,9 @@ def local_fwd_grad(
     tangent: str = "rademacher",
     mask_tangents: bool = True,
     separate_sites: bool = True,
+    perturb: str = "activity",
 ) -> Callable:
-    """Activity-perturbed local-loss forward gradients of a network of blocks (Ren et al., 2023).
+    """Local-loss forward gradients of a network of blocks (Ren et al., 2023).
 
     The one entry point for every local-loss network here (``LocalMixer``,
     ``LocalConvNet``, or your own). A block is
@@ -252,6 +287,12 @@ def local_fwd_grad(
         gives the exact local gradient. ``False``: one jvp per tangent perturbs
         every site of the block at once (Ren et al.'s code; cheaper by the
         number of sites, unbiased, noisier).
+      perturb: ``"activity"`` (default; LG-FG-A, Ren et al. sec. 3 and the above) or
+        ``"weight"`` (LG-FG-W): every block perturbs its own parameters and takes the
+        directional derivative of its own local loss (Baydin et al. 2022, eq. 4, per block),
+        heads included; ``mask_tangents`` and ``separate_sites`` do not apply, and each
+        block's losses must be its whole loss, ``(B, 1, 1)``. The weight tangent is split per
+        block, not further per patch or group as Ren et al.'s code does.
 
     Returns:
       ``g(key, params, x) -> (losses, grads, out)``: the blocks' float32 mean
@@ -261,6 +302,7 @@ def local_fwd_grad(
       its tangents from ``fold_in(key, i)``.
     """
     blocks, K = _check_local_fwd_grad(blocks, num_tangents, tangent, mask_tangents, separate_sites)
+    perturb = check_perturb(perturb)
 
     def grad_fn(key, params, x):
         key = _estimators.as_key(key)
@@ -271,22 +313,31 @@ def local_fwd_grad(
             )
         h, losses, grads = x, [], []
         for i, (block, p) in enumerate(zip(blocks, params)):
-            loss, g, h = _block_estimate(
-                block,
-                p,
-                lax.stop_gradient(h),
-                jax.random.fold_in(key, i),
-                K,
-                tangent,
-                mask_tangents,
-                separate_sites,
-            )
+            h, bkey = lax.stop_gradient(h), jax.random.fold_in(key, i)
+            if perturb == "weight":
+                loss, g, h = _block_weight_estimate(block, p, h, bkey, K, tangent)
+            else:
+                loss, g, h = _block_estimate(
+                    block, p, h, bkey, K, tangent, mask_tangents, separate_sites
+                )
             h = _after(h, g)
             losses.append(loss)
             grads.append(g)
         return jnp.stack(losses), type(params)(grads), h
 
     return grad_fn
+
+
+#: What a local-loss estimator perturbs: pre-activations (LG-FG-A) or each block's weights
+#: (LG-FG-W), Ren et al. (2023), Table 3's rows.
+PERTURBS = ("activity", "weight")
+
+
+def check_perturb(perturb: Any) -> str:
+    """Validate a ``perturb`` name (raises ``ValueError`` naming the valid ones)."""
+    if not isinstance(perturb, str) or perturb not in PERTURBS:
+        raise ValueError(f"perturb={perturb!r} is not known; use one of {PERTURBS}")
+    return perturb
 
 
 def _check_local_fwd_grad(
@@ -315,11 +366,12 @@ def local_forward_gradient(
     seed: int = 0,
     mask_tangents: bool = True,
     separate_sites: bool = True,
+    perturb: str = "activity",
 ) -> optax.GradientTransformationExtraArgs:
     """:func:`local_fwd_grad` of a local-loss model as an optax estimator transform.
 
     ``model``: a config with ``local_grads(key, params, x, labels, *, num_tangents,
-    tangent, mask_tangents, separate_sites) -> (losses, grads)`` (``fwdgrad.MixerConfig``,
+    tangent, mask_tangents, separate_sites, perturb) -> (losses, grads)`` (``fwdgrad.MixerConfig``,
     ``fwdgrad.ConvNetConfig``). ``update(updates, state, params, *, batch)``
     ignores ``updates`` and returns the estimate for ``batch = (x, labels)``.
     State and non-finite policy as :func:`fwdgrad.forward_gradient`.
@@ -332,6 +384,7 @@ def local_forward_gradient(
     K = _estimators.check_num_tangents(num_tangents)
     _tangents.check_tangent(tangent)
     _transforms.check_seed(seed)
+    perturb = check_perturb(perturb)
 
     def update_fn(updates, state, params=None, *, batch=None, **extra_args):
         del updates, extra_args
@@ -348,6 +401,7 @@ def local_forward_gradient(
             tangent=tangent,
             mask_tangents=mask_tangents,
             separate_sites=separate_sites,
+            perturb=perturb,
         )
         return _transforms._advance(state, grads, losses)
 

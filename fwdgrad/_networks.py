@@ -180,6 +180,9 @@ def net_grads(
 ) -> tuple[jax.Array, Any]:
     """:func:`network_grads` of a network config's :func:`config_blocks`."""
     seq = block_list(params, config.num_blocks, config.model_name)
+    if kwargs.get("perturb") == "weight":
+        # weight perturbation differentiates each block's whole loss (local_fwd_grad)
+        config = dataclasses.replace(config, patch_loss=False, group_loss=False)
     return network_grads(
         key,
         params,
@@ -303,8 +306,10 @@ def network_local_losses(
     """Mean cross entropy of every head ``(num_blocks,)``; their sum is the local objective.
 
     With ``block_loss`` each block's loss sees only its own block (stop-gradient
-    between blocks), so ``jax.grad`` of the sum is local backprop ("LG-BP") and
-    :func:`fwdgrad.fwd_grad` of it is Ren et al.'s LG-FG-W. Without, only the
+    between blocks), so ``jax.grad`` of the sum is local backprop ("LG-BP"). Ren et al.'s
+    LG-FG-W is ``network_local_grads(..., perturb="weight")``, not :func:`fwdgrad.fwd_grad`
+    of the sum: that gives every block the sum of all blocks' directional derivatives, so
+    each block's estimate carries every other block's noise. Without, only the
     last head's loss is returned (shape ``(1,)``): the global objective.
     """
     logits = network_local_logits(params, x, config)
@@ -331,11 +336,14 @@ def network_local_grads(
     tangent: str = "rademacher",
     mask_tangents: bool = True,
     separate_sites: bool = True,
+    perturb: str = "activity",
 ) -> tuple[jax.Array, Any]:
-    """Local losses and activity-perturbed gradient estimates of a local-loss network (LG-FG-A / FG-A).
+    """Local losses and forward-gradient estimates of a local-loss network.
 
-    :func:`fwdgrad.local_fwd_grad` over :func:`network_blocks`. Returns the
-    float32 local losses and estimates with ``params``'s structure and dtypes.
+    :func:`fwdgrad.local_fwd_grad` over :func:`network_blocks`: with ``block_loss``,
+    ``perturb="activity"`` is Ren et al.'s LG-FG-A and ``"weight"`` their LG-FG-W; without,
+    FG-A and FG-W. Returns the float32 local losses and estimates with ``params``'s
+    structure and dtypes.
     """
     return net_grads(
         check_network_config(config),
@@ -347,4 +355,5 @@ def network_local_grads(
         tangent=tangent,
         mask_tangents=mask_tangents,
         separate_sites=separate_sites,
+        perturb=perturb,
     )
