@@ -115,6 +115,7 @@ class _Settings(NamedTuple):
     lr: jax.Array
     transfer_lr: jax.Array
     chop_probability: jax.Array
+    max_pulses: int | None = None
 
 
 def _transfer(cb: Crossbar, fast, chop, count, key, st: _Settings):
@@ -130,6 +131,9 @@ def _transfer(cb: Crossbar, fast, chop, count, key, st: _Settings):
     h = cb.buffer.at[rows].add(st.transfer_lr * v)
     dw = weight_step(cb.tiles)
     n = jnp.trunc(h / dw)
+    if st.max_pulses is not None:
+        # the transfer's pulse train has at most this many slots; the rest stays in H
+        n = jnp.clip(n, -st.max_pulses, st.max_pulses)
     slow = apply_pulses(cb.tiles, jnp.maximum(n, 0.0), jnp.maximum(-n, 0.0), k_pulse)
     flip = live & (jax.random.uniform(k_chop, rows.shape, _F32) < st.chop_probability)
     chop = chop.at[rows].multiply(jnp.where(flip, -1.0, 1.0).astype(_F32))
@@ -188,6 +192,7 @@ def tiki_taka(
     transfer_every: int = 1,
     transfer_lr: optax.ScalarOrSchedule = 1.0,
     chop_probability: float | jax.Array = 0.0,
+    max_transfer_pulses: int | None = None,
     update: UpdateConfig | None = None,
     transfer_io: IOConfig | None = None,
     seed: int = 0,
@@ -210,6 +215,10 @@ def tiki_taka(
         signal reaches ``H`` unchanged while ``A``'s offsets (its symmetry point) alternate in
         sign and average out; after each read of a row its sign flips with this probability.
         0 (default): TTv2 without choppers.
+      max_transfer_pulses: the most pulses one transfer sends to a device of ``C``; whole steps
+        beyond it stay in ``H`` for the row's next transfer (aihwkit's
+        ``BufferedTransferCompound`` caps a transfer at its ``transfer_update``'s ``desired_BL``,
+        31 by default: the slots of one pulse train). None (default): no cap.
       update: how the updates of ``A`` become pulses (:class:`analog.UpdateConfig`).
       transfer_io: periphery of the transfer reads (aihwkit's ``transfer_forward``); None = exact.
       seed: integer seed of the pulse trains and of the transfer reads and pulses.
@@ -221,6 +230,15 @@ def tiki_taka(
     io = _check_args(transfer_every, transfer_lr, transfer_io, seed)
     if isinstance(chop_probability, (int, float)) and not 0 <= chop_probability <= 1:
         raise ValueError(f"tiki_taka: chop_probability={chop_probability!r} must be in [0, 1]")
+    if max_transfer_pulses is not None and (
+        not isinstance(max_transfer_pulses, int)
+        or isinstance(max_transfer_pulses, bool)
+        or max_transfer_pulses < 1
+    ):
+        raise ValueError(
+            f"tiki_taka: max_transfer_pulses={max_transfer_pulses!r} must be a positive int "
+            "(pulses per transfer, e.g. 31 as aihwkit) or None (no cap)"
+        )
 
     def init_fn(params):
         leaves = jax.tree.leaves(params, is_leaf=is_crossbar)
@@ -232,7 +250,8 @@ def tiki_taka(
         del extra
         _require(updates, params, "tiki_taka")
         lr, tlr = rate_at(learning_rate, state.count), rate_at(transfer_lr, state.count)
-        st = _Settings(cfg, io, transfer_every, lr, tlr, jnp.asarray(chop_probability, _F32))
+        chop = jnp.asarray(chop_probability, _F32)
+        st = _Settings(cfg, io, transfer_every, lr, tlr, chop, max_transfer_pulses)
         p_leaves, treedef = jax.tree.flatten(params, is_leaf=is_crossbar)
         g_leaves = treedef.flatten_up_to(updates)
         if any(is_crossbar(p) and p.fast is None for p in p_leaves):

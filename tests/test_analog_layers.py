@@ -311,6 +311,31 @@ def test_tiki_taka_transfers_a_read_of_a_into_the_buffer_and_whole_steps_into_c(
     assert not np.any(dc[2:]) and not np.any(h[2:])
 
 
+def test_max_transfer_pulses_caps_a_transfer_and_keeps_the_rest_in_h():
+    # as aihwkit's BufferedTransferCompound: at most this many steps of C per transfer; the
+    # whole steps beyond it stay in H (H + C still holds 3 A), for the row's next transfer
+    layer = _linear(4, 3, 2, device=CLEAN, fast_device=CLEAN)
+    graphdef, params = nnx.split(layer)
+    x = jax.random.uniform(jax.random.key(11), (2, 4), jnp.float32, -1, 1)
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
+    tx = analog.tiki_taka(
+        0.05, transfer_every=1, transfer_lr=3.0, max_transfer_pulses=2, update=analog.UpdateConfig()
+    )
+    new = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+    old_cb, cb = params["crossbar"].get_value(), new["crossbar"].get_value()
+    a = np.asarray(analog.read_weights(cb.fast), np.float64)
+    dc = np.asarray(analog.read_weights(cb.tiles) - analog.read_weights(old_cb.tiles), np.float64)
+    step = float(analog.weight_step(cb.tiles))
+    h = np.asarray(cb.buffer, np.float64)
+    np.testing.assert_allclose((h + dc)[:2], 3.0 * a[:2], atol=1e-5 * step + 1e-6)
+    pulses = np.round(np.abs(dc[:2]) / step)
+    assert pulses.max() == 2 and np.all(np.abs(3.0 * a[:2]) / step > 2 - 1e-6, where=pulses == 2)
+    assert np.any(np.abs(h) > 2 * step)  # the cap bound: more than one step left in H
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_transfer_pulses"):
+            analog.tiki_taka(0.1, max_transfer_pulses=bad)
+
+
 def test_transfer_lr_may_be_an_optax_schedule():
     # A constant schedule is the float bit for bit; a transfer rate that is 0 from step 1 on
     # freezes C and H after the first step while A keeps learning (what annealing needs).
