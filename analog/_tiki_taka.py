@@ -132,8 +132,11 @@ def _transfer(cb: Crossbar, fast, chop, count, key, st: _Settings):
     dw = weight_step(cb.tiles)
     n = jnp.trunc(h / dw)
     if st.max_pulses is not None:
-        # the transfer's pulse train has at most this many slots; the rest stays in H
-        n = jnp.clip(n, -st.max_pulses, st.max_pulses)
+        # the transfer's pulse train has at most this many slots; the rest stays in H until
+        # the row is read again (only this step's read rows send pulses: elsewhere |H| < dw
+        # holds without a cap, but a capped row keeps whole steps between its reads)
+        read = jnp.zeros((n_in,), _F32).at[rows].max(live.astype(_F32))
+        n = jnp.clip(n, -st.max_pulses, st.max_pulses) * read[:, None]
     slow = apply_pulses(cb.tiles, jnp.maximum(n, 0.0), jnp.maximum(-n, 0.0), k_pulse)
     flip = live & (jax.random.uniform(k_chop, rows.shape, _F32) < st.chop_probability)
     chop = chop.at[rows].multiply(jnp.where(flip, -1.0, 1.0).astype(_F32))

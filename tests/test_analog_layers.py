@@ -331,6 +331,14 @@ def test_max_transfer_pulses_caps_a_transfer_and_keeps_the_rest_in_h():
     pulses = np.round(np.abs(dc[:2]) / step)
     assert pulses.max() == 2 and np.all(np.abs(3.0 * a[:2]) / step > 2 - 1e-6, where=pulses == 2)
     assert np.any(np.abs(h) > 2 * step)  # the cap bound: more than one step left in H
+    # the next step reads rows 2 and 3: rows 0 and 1 keep their whole steps in H until read
+    state = tx.update(grads, tx.init(params), params)[1]
+    newer = optax.apply_updates(new, tx.update(grads, state, new)[0])
+    cb2 = newer["crossbar"].get_value()
+    c1, c2 = (np.asarray(analog.read_weights(c.tiles)) for c in (cb, cb2))
+    np.testing.assert_array_equal(c2[:2], c1[:2])
+    np.testing.assert_array_equal(np.asarray(cb2.buffer)[:2], h[:2].astype(np.float32))
+    assert np.any(c2[2:] != c1[2:])
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="max_transfer_pulses"):
             analog.tiki_taka(0.1, max_transfer_pulses=bad)
