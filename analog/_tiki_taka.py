@@ -28,7 +28,7 @@ from jax.typing import ArrayLike
 
 import bbcore
 from analog._insitu import Crossbar
-from analog._mvm import mvm
+from analog._mvm import tile_read
 from analog._periphery import IOConfig
 from analog._programming import apply_pulses
 from analog._pulsed_sgd import (
@@ -39,7 +39,7 @@ from analog._pulsed_sgd import (
     tap_signals,
     tiles_delta,
 )
-from analog._tiles import weight_step
+from analog._tiles import _tile_weights, weight_step
 from analog._update import UpdateConfig, pulse_update
 
 __all__ = ["tiki_taka", "TikiTakaState"]
@@ -121,11 +121,17 @@ class _Settings(NamedTuple):
 def _transfer(cb: Crossbar, fast, chop, count, key, st: _Settings):
     """TTv2's transfer (module docstring), each read row times its chopper sign, which then
     flips with probability ``chop_probability``; returns ``(C, H, pulses to C, choppers)``."""
-    n_in = cb.tiles.shape[0]
+    n_in, n_out = cb.tiles.shape
     rows, live = transfer_rows(count, cb.tap.shape[0], st.every, n_in, fast.tile_shape[0])
     k_read, k_pulse, k_chop = jax.random.split(key, 3)
     e = jax.nn.one_hot(rows, n_in, dtype=_F32) * live[:, None].astype(_F32)
-    v = mvm(fast, e, st.io, k_read if st.io.needs_key else None)  # (m, out): rows of A, read
+    # each row tile reads its own row through its own periphery, as each of aihwkit's tiles
+    # runs its own transfer: the other row tiles are not read, so their read noise (and ADC)
+    # does not enter this read, as a full mvm's sum over row tiles would add it
+    y = tile_read(_tile_weights(fast), e, st.io, k_read if st.io.needs_key else None, False)
+    reads = jnp.arange(rows.shape[0])
+    v = y[reads // (rows.shape[0] // y.shape[0]), :, reads, :]  # (T m, C, tw): own tile's output
+    v = v.reshape(rows.shape[0], -1)[:, :n_out]  # (T m, out): rows of A, read
     v = v * (chop[rows] * live.astype(_F32))[:, None]
     assert cb.buffer is not None  # tiki_taka refuses layers without a fast array
     h = cb.buffer.at[rows].add(st.transfer_lr * v)

@@ -311,6 +311,28 @@ def test_tiki_taka_transfers_a_read_of_a_into_the_buffer_and_whole_steps_into_c(
     assert not np.any(dc[2:]) and not np.any(h[2:])
 
 
+def test_a_transfer_read_has_only_its_own_row_tiles_read_noise():
+    # A = 0 (its rate is 0), so H + the change of C is the read itself: pure read noise. Each
+    # row tile reads its own row, as aihwkit's tiles do; a read through every row tile (a full
+    # mvm of the one-hot row) would add the other tile's noise too: std 0.05 sqrt(2)
+    noise = 0.05
+    layer = _linear(8, 64, 2, device=CLEAN, fast_device=CLEAN, tile_shape=(4, 64))
+    graphdef, params = nnx.split(layer)
+    x = jnp.ones((2, 8), jnp.float32)
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
+    tx = analog.tiki_taka(
+        0.0, transfer_every=1, transfer_lr=1.0, transfer_io=analog.IOConfig(read_noise=noise)
+    )
+    new = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+    old_cb, cb = params["crossbar"].get_value(), new["crossbar"].get_value()
+    assert not np.any(np.asarray(analog.read_weights(cb.fast)))
+    dc = np.asarray(analog.read_weights(cb.tiles) - analog.read_weights(old_cb.tiles), np.float64)
+    moved = (np.asarray(cb.buffer, np.float64) + dc)[[0, 1, 4, 5]]  # two rows per tile
+    assert not np.any(np.delete(np.asarray(cb.buffer), [0, 1, 4, 5], axis=0))
+    # 256 draws: the sample std is within 15% of 0.05 (and 0.0707 is 41% above) at this seed
+    assert abs(moved.std() / noise - 1) < 0.15, moved.std()
+
+
 def test_max_transfer_pulses_caps_a_transfer_and_keeps_the_rest_in_h():
     # as aihwkit's BufferedTransferCompound: at most this many steps of C per transfer; the
     # whole steps beyond it stay in H (H + C still holds 3 A), for the row's next transfer
