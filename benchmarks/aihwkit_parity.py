@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import pathlib
 import statistics
 import time
@@ -259,23 +260,23 @@ def insitu_config(name: str, spreads: str = "default"):
     )
 
 
-def insitu_model(cfg, activation: str) -> AnalogSequential:
+#: The in-situ network (``--widths``): 784-256-128-10, the issue's.
+WIDTHS = (784, 256, 128, 10)
+
+
+def insitu_model(cfg, activation: str, widths=WIDTHS) -> AnalogSequential:
     act = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}[activation]
-    return AnalogSequential(
-        AnalogLinear(784, 256, bias=True, rpu_config=cfg),
-        act(),
-        AnalogLinear(256, 128, bias=True, rpu_config=cfg),
-        act(),
-        AnalogLinear(128, 10, bias=True, rpu_config=cfg),
-        nn.LogSoftmax(dim=1),
-    )
+    layers: list = []
+    for n_in, n_out in itertools.pairwise(widths):
+        layers += [AnalogLinear(n_in, n_out, bias=True, rpu_config=cfg), act()]
+    return AnalogSequential(*layers[:-1], nn.LogSoftmax(dim=1))
 
 
 def insitu_run(name, seed, data, args) -> dict:
     """Train one configuration from one seed; returns test accuracy and timings."""
     (xtr, ytr), (xte, yte) = data
     torch.manual_seed(seed)
-    model = insitu_model(insitu_config(name, args.spreads), args.activation)
+    model = insitu_model(insitu_config(name, args.spreads), args.activation, args.widths)
     opt = AnalogSGD(model.parameters(), lr=args.lr)
     opt.regroup_param_groups(model)
     loss_fn = nn.NLLLoss()
@@ -304,7 +305,9 @@ def insitu_cmd(args) -> None:
         "aihwkit": aihwkit.__version__,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "network": f"784-256-128-10, {args.activation}, log-softmax, NLL, digital biases",
+        "network": "-".join(map(str, args.widths))
+        + f", {args.activation}, log-softmax, NLL, digital biases",
+        "widths": list(args.widths),
         "activation": args.activation,
         "lr": args.lr,
         "batch": args.batch,
@@ -357,6 +360,12 @@ def main() -> None:
         help="insitu: devices at aihwkit's default spreads, or none (NO_SPREADS)",
     )
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument(
+        "--widths",
+        type=_common.int_list,
+        default=WIDTHS,
+        help="insitu: layer widths, input first (default 784,256,128,10)",
+    )
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--train-samples", type=int, default=60000)
     ap.add_argument(

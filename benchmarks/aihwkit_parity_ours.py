@@ -326,16 +326,22 @@ def ours_device(name: str, spreads: str = "default"):
 #: the SGD rate), ``transfer_lr`` 1 with ``scale_transfer_lr`` (a transfer's rate is
 #: ``transfer_lr`` times the SGD rate).
 AIHWKIT_FAST_LR = 1.0
+#: The most pulses one transfer sends to a device of C in aihwkit: its transfer pulse train's
+#: ``desired_BL``, 31 for both compounds as ``aihwkit_parity.insitu_config`` sets them
+#: (``TransferCompound``'s default ``transfer_update``; ``BufferedTransferCompound`` clamps
+#: its buffer's whole steps to it). The steps beyond stay in our H, as in aihwkit's buffer.
+AIHWKIT_MAX_TRANSFER_PULSES = 31
 
 
-def tiki_taka_as_aihwkit(lr: float, batch: int, params, seed: int):
+def tiki_taka_as_aihwkit(lr: float, batch: int, params, seed: int, max_pulses: int | None = None):
     """``analog.tiki_taka`` set as aihwkit_parity.py's TransferCompound: A pulsed at
     :data:`AIHWKIT_FAST_LR`, a row of A read every mini-batch through aihwkit's transfer read
     (default IO, noise and bound management off: :data:`AIHWKIT_IO`, which ``mvm`` reads
     unmanaged) and moved into C at ``lr`` (``transfer_lr`` 1 scaled by the SGD rate), gamma 0,
     digital biases at ``lr``. Ours is TTv2: the transfer goes through the digital buffer H (whole
     steps of C, the rest kept), aihwkit's TransferCompound pulses the read into C stochastically;
-    the expected change of C is the same."""
+    the expected change of C is the same. ``max_pulses``: the cap on one transfer's pulses
+    (:data:`AIHWKIT_MAX_TRANSFER_PULSES`)."""
     from analog._insitu import Crossbar
 
     digital = jax.tree.map(
@@ -349,6 +355,7 @@ def tiki_taka_as_aihwkit(lr: float, batch: int, params, seed: int):
             transfer_lr=lr,
             update=AIHWKIT_UPDATE,
             transfer_io=AIHWKIT_IO,
+            max_transfer_pulses=max_pulses,
             seed=seed,
         ),
     )
@@ -365,17 +372,17 @@ def insitu_ours(
     activation: str = "sigmoid",
     spreads: str = "default",
     epochs: int = 1,
+    widths: tuple[int, ...] = WIDTHS,
 ) -> dict:
     """Train aihwkit_parity.py's configuration ``name`` with this package; test accuracy.
 
-    784-256-128-10, ``activation`` (sigmoid or relu), log-softmax + NLL (cross-entropy of the
-    logits), digital biases, weights initialised as torch's ``nn.Linear`` (uniform
-    +-1/sqrt(fan_in)), tiles of at most 392 x 512 (aihwkit's ``TileModuleArray`` cuts the 784
-    inputs into two 392-row tiles; the other layers fit one tile), aihwkit's default IO forward
-    and backward, ``analog.pulsed_sgd`` or :func:`tiki_taka_as_aihwkit` with
-    :data:`AIHWKIT_UPDATE`. The same ``samples`` first images of a permutation seeded by
-    ``seed`` as aihwkit's side (numpy's ``default_rng(seed)``), in the same order every one of
-    ``epochs`` epochs, as aihwkit's side does.
+    ``widths`` (784-256-128-10 unless aihwkit's file says), ``activation`` (sigmoid or relu),
+    log-softmax + NLL, digital biases, weights initialised as torch's ``nn.Linear`` (uniform
+    +-1/sqrt(fan_in)), tiles of at most 392 x 512 (aihwkit's ``TileModuleArray`` cuts 784
+    inputs into two 392-row tiles), aihwkit's default IO forward and backward,
+    ``analog.pulsed_sgd`` or :func:`tiki_taka_as_aihwkit` with :data:`AIHWKIT_UPDATE`. The same
+    ``samples`` first images of a permutation seeded by ``seed`` (numpy's
+    ``default_rng(seed)``) as aihwkit's side, in the same order every one of ``epochs`` epochs.
     """
     from flax import nnx
 
@@ -393,10 +400,10 @@ def insitu_ours(
         tile_shape=(392, 512), w_max=AIHWKIT_W_MAX, kernel_init=uniform,
         fast_device=device if tt else None,
     )  # fmt: skip
-    model = models.MLP(WIDTHS, activation=activation, linear=layer, rngs=nnx.Rngs(seed))
+    model = models.MLP(widths, activation=activation, linear=layer, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
     if tt:
-        tx = tiki_taka_as_aihwkit(lr, batch, params, seed)
+        tx = tiki_taka_as_aihwkit(lr, batch, params, seed, AIHWKIT_MAX_TRANSFER_PULSES)
     else:
         tx = analog.pulsed_sgd(lr, update=AIHWKIT_UPDATE, seed=seed)
     state = tx.init(params)
@@ -436,7 +443,8 @@ def insitu_cmd(args) -> None:
     _, xte, yte = _mnist("test", args.data_dir)
     data = ((xtr, ytr), (xte, yte))
     budget = {"lr": theirs["lr"], "batch": theirs["batch"], "samples": theirs["train_samples"],
-              "activation": theirs.get("activation", "sigmoid"), "epochs": theirs.get("epochs", 1)}  # fmt: skip
+              "activation": theirs.get("activation", "sigmoid"), "epochs": theirs.get("epochs", 1),
+              "widths": tuple(theirs.get("widths", WIDTHS))}  # fmt: skip
     out: dict = {"aihwkit": theirs, "configs": {}, "io": str(AIHWKIT_IO),
                  "update": str(AIHWKIT_UPDATE)}  # fmt: skip
     for name, a in theirs["configs"].items():

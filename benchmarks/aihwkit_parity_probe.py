@@ -20,10 +20,21 @@ time, on the same inputs (:func:`probe_inputs`, numpy only, shared with our half
 * ``drift``: a zero-mean update (fresh random ``x`` and ``d`` of either sign, 300 times) from
   ``W0 = 0`` on SoftBounds with the default spreads: where the weights settle (their mean and
   standard deviation), that is the devices' symmetry points.
+
+``--probe tikitaka`` (its own result, ``aihwkit_parity_probe_tikitaka_aihwkit``): TTv2 on one
+64 x 32 tile (``aihwkit_parity.insitu_config("ttv2_<device>")``, A's rate ``fast_lr`` 1, the
+transfer rate 1 scaled by lr 0.1, one column of A read per mini-batch, transfers of at most 31
+pulses), the same mini-batch ``(x, s d)`` 128 times from ``W0``: at steps 32, 64 and 128 the
+slopes of A and of ``C - W0`` along the per-step direction ``G = -s d^T x``
+(:func:`tikitaka_stats`) and the spread about them, per device, with and without spreads,
+:data:`TT_REPS` fresh tiles each. Two scales :data:`TT_SCALES`: ``s = 0.1`` keeps A inside its
+bounds and every transfer under 31 pulses; ``s = 2`` saturates A within about 30 steps, so that
+transfers hit the 31-pulse cap (where an uncapped transfer moved C 75% faster).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -60,6 +71,28 @@ def probe_inputs() -> dict:
     }
 
 
+TT_STEPS, TT_REPS, TT_AT, TT_SCALES = 128, 8, (32, 64, 128), (0.1, 2.0)
+TT_DEVICES = ("constant_step", "soft_bounds", "exp_step")
+
+
+def tikitaka_stats(a: np.ndarray, c: np.ndarray, p: dict, scale: float) -> dict:
+    """``a``, ``c``: ``(reps, len(TT_AT), out, in)`` fast array A and slow array C at the steps
+    :data:`TT_AT` -> per step: the mean over reps of each array's slope along ``G = -s d^T x``
+    (A's grows by one G a step until its bounds) and of the standard deviation about
+    ``slope G`` (device spreads and pulse noise), for A and for ``C - W0``."""
+    g = -(np.float32(scale) * p["d"]).T @ p["x"]
+    out = {}
+    for i, t in enumerate(TT_AT):
+        row = {}
+        for name, m in (("A", a[:, i]), ("C", c[:, i] - p["w0"])):
+            slope = (m * g).sum(axis=(1, 2)) / (g * g).sum()
+            err = m - slope[:, None, None] * g
+            row[f"{name}_slope"] = float(slope.mean())
+            row[f"{name}_err_std"] = float(err.std(axis=(1, 2)).mean())
+        out[str(t)] = row
+    return out
+
+
 def update_stats(dws: np.ndarray, x: np.ndarray, d: np.ndarray) -> dict:
     """``dws``: ``(reps, out, in)`` changes of one update -> slope against ``-lr d^T x``, mean
     ``|E dW|`` and ``|closed form|``, and the mean over cross-points of ``std(dW)``."""
@@ -91,7 +124,47 @@ def _tile(device, n_out: int, n_in: int):
     return tile
 
 
+def tikitaka_main() -> None:
+    """``--probe tikitaka`` (module docstring), aihwkit's half."""
+    import _common
+    import aihwkit
+    import aihwkit_parity as parity
+    import torch
+    from aihwkit.simulator.tiles import AnalogTile
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    p = probe_inputs()
+    x = torch.from_numpy(p["x"])
+    out: dict = {"aihwkit": aihwkit.__version__, "steps": TT_STEPS, "reps": TT_REPS, "runs": {}}
+    for dev, spreads, scale in itertools.product(TT_DEVICES, ("none", "default"), TT_SCALES):
+        d = torch.from_numpy(np.float32(scale) * p["d"])
+        a = np.zeros((TT_REPS, len(TT_AT), 32, 64), np.float32)
+        c = np.zeros_like(a)
+        for r in range(TT_REPS):
+            tile = AnalogTile(32, 64, parity.insitu_config(f"ttv2_{dev}", spreads))
+            tile.set_learning_rate(LR)
+            tile.set_weights(torch.from_numpy(p["w0"]))
+            for t in range(1, TT_STEPS + 1):
+                tile.update(x, d)
+                if t in TT_AT:
+                    hp = tile.get_hidden_parameters()
+                    a[r, TT_AT.index(t)] = hp["hidden_weights_0"].numpy()
+                    c[r, TT_AT.index(t)] = hp["hidden_weights_1"].numpy()
+        key = f"{dev}_{spreads}_x{scale}"
+        out["runs"][key] = tikitaka_stats(a, c, p, scale)
+        print(key, out["runs"][key], flush=True)
+    _common.save("aihwkit_parity_probe_tikitaka_aihwkit", out)
+
+
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="aihwkit's half of the single-tile probes")
+    ap.add_argument("--probe", choices=("all", "tikitaka"), default="all")
+    if ap.parse_args().probe == "tikitaka":
+        tikitaka_main()
+        return
     import _common
     import aihwkit
     import torch

@@ -15,10 +15,17 @@ configuration:
 
 The forward and backward reads go through ``analog._insitu.managed_read``, the read of
 ``analog.nnx.Linear`` (noise and bound management), with a fresh key per repetition.
+
+``--probe tikitaka`` (after aihwkit's half with the same flag; -> ``aihwkit_parity_probe_tikitaka``):
+``analog.tiki_taka`` as ``aihwkit_parity_ours.tiki_taka_as_aihwkit`` sets it, on one
+``analog.nnx.Linear(64, 32, fast_device=...)`` fed the probe's ``(x, d / 10)`` through its tap
+gradient, a fresh pulse seed per repetition (the devices' spreads are one draw: ours are a
+chip, drawn once; aihwkit draws a new tile each repetition).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -92,6 +99,71 @@ def drift_probe(p: dict, dev: analog.Device) -> dict:
     return probe.drift_stats(np.asarray(analog.read_weights(final)).T)
 
 
+def tikitaka_probe(p: dict, dev: analog.Device, scale: float) -> dict:
+    """TTv2 on one tile, ``probe.TT_STEPS`` updates, ``probe.TT_REPS`` pulse seeds."""
+    import optax
+    from aihwkit_parity_ours import AIHWKIT_FAST_LR, AIHWKIT_MAX_TRANSFER_PULSES
+    from flax import nnx
+
+    layer = analog.nnx.Linear(
+        64, 32, batch_size=64, device=dev, io=AIHWKIT_IO, tile_shape=(392, 512),
+        w_max=AIHWKIT_W_MAX, kernel_init=lambda *_: jnp.asarray(p["w0"].T), fast_device=dev,
+        rngs=nnx.Rngs(1),
+    )  # fmt: skip
+    graphdef, params = nnx.split(layer)
+    x, d = jnp.asarray(p["x"]), jnp.float32(scale) * jnp.asarray(p["d"])
+    # the loss is linear in the output, so the tap's gradient is exactly [x, d]
+    grads = jax.grad(lambda q: jnp.sum(nnx.merge(graphdef, q)(x) * d))(params)
+
+    def arrays(q):
+        cb = q["crossbar"].get_value()
+        return analog.read_weights(cb.fast).T, analog.read_weights(cb.tiles).T
+
+    def run(seed):
+        tx = analog.tiki_taka(
+            AIHWKIT_FAST_LR, transfer_every=64, transfer_lr=probe.LR, update=AIHWKIT_UPDATE,
+            transfer_io=AIHWKIT_IO, max_transfer_pulses=AIHWKIT_MAX_TRANSFER_PULSES, seed=seed,
+        )  # fmt: skip
+        step = jax.jit(lambda q, s: tx.update(grads, s, q))
+        q, s, snaps = params, tx.init(params), []
+        for t in range(1, probe.TT_STEPS + 1):
+            u, s = step(q, s)
+            q = optax.apply_updates(q, u)
+            if t in probe.TT_AT:
+                snaps.append([np.asarray(v) for v in arrays(q)])
+        return snaps
+
+    runs = [run(r) for r in range(probe.TT_REPS)]
+    a = np.asarray([[snap[0] for snap in r] for r in runs])
+    c = np.asarray([[snap[1] for snap in r] for r in runs])
+    return probe.tikitaka_stats(a, c, p, scale)
+
+
+def tikitaka_main() -> None:
+    theirs = json.loads(
+        (_common.RESULTS / "aihwkit_parity_probe_tikitaka_aihwkit.json").read_text()
+    )
+    p = probe.probe_inputs()
+    lines = [
+        "| device, spreads, scale | step | A slope (aihwkit / ours) | A spread | C slope | C spread |"
+    ]
+    lines.append("|---|---|---|---|---|---|")
+    ours = {}
+    stats = ("A_slope", "A_err_std", "C_slope", "C_err_std")
+    runs = itertools.product(probe.TT_DEVICES, ("none", "default"), probe.TT_SCALES)
+    for dev, spreads, scale in runs:
+        key = f"{dev}_{spreads}_x{scale}"
+        ours[key] = tikitaka_probe(p, ours_device(dev, spreads), scale)
+        for t, o in ours[key].items():
+            a = theirs["runs"][key][t]
+            cells = [f"{a[k]:.4g} / {o[k]:.4g}" for k in stats]
+            lines.append(f"| {dev}, {spreads}, {scale} | {t} | " + " | ".join(cells) + " |")
+        print(key, ours[key], flush=True)
+    out = {"ours": ours, "aihwkit": theirs, "table": "\n".join(lines)}
+    print(out["table"])
+    _common.save("aihwkit_parity_probe_tikitaka", out)
+
+
 def table(ours: dict, theirs: dict) -> str:
     lines = ["| probe | aihwkit | ours (default) | ours (range_spread, before) | ours (none) |"]
     lines.append("|---|---|---|---|---|")
@@ -126,6 +198,13 @@ def table(ours: dict, theirs: dict) -> str:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="our half of the single-tile probes")
+    ap.add_argument("--probe", choices=("all", "tikitaka"), default="all")
+    if ap.parse_args().probe == "tikitaka":
+        tikitaka_main()
+        return
     t0 = time.perf_counter()
     theirs = json.loads((_common.RESULTS / "aihwkit_parity_probe_aihwkit.json").read_text())
     p = probe.probe_inputs()
