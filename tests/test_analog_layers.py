@@ -36,6 +36,12 @@ def _weights(layer) -> np.ndarray:
     return np.asarray(analog.read_weights(layer.crossbar.get_value().tiles), np.float64)
 
 
+def _tap_grads(layer, x):
+    """``(params, grads)`` of ``sum(layer(x))``: the tap's gradient holds ``x`` and ``d = 1``."""
+    graphdef, params = nnx.split(layer)
+    return params, jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
+
+
 def test_mvm_with_ideal_io_is_x_at_w():
     w = jax.random.normal(jax.random.key(0), (37, 19), jnp.float32) * 0.3
     t = analog.init_tiles(jax.random.key(1), w, presets.IDEAL, (8, 8))
@@ -214,9 +220,7 @@ def test_a_gradient_at_a_batch_other_than_the_taps_is_refused_not_silently_untra
 @pytest.mark.parametrize("tiki", [False, True])
 def test_pulsed_sgd_and_tiki_taka_refuse_a_nonfinite_gradient(tiki):
     layer = _linear(device=CLEAN, fast_device=CLEAN if tiki else None)
-    graphdef, params = nnx.split(layer)
-    x = jnp.ones((4, 10), jnp.float32).at[0, 0].set(jnp.nan)
-    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
+    params, grads = _tap_grads(layer, jnp.ones((4, 10), jnp.float32).at[0, 0].set(jnp.nan))
     tx = analog.tiki_taka(0.1) if tiki else analog.pulsed_sgd(0.1)
     updates, state = tx.update(grads, tx.init(params), params)
     assert int(state.nonfinite) == 1 and int(state.count) == 0
@@ -292,10 +296,8 @@ def test_transfer_rows_cycle_within_each_row_tile():
 
 
 def test_tiki_taka_transfers_a_read_of_a_into_the_buffer_and_whole_steps_into_c():
-    layer = _linear(4, 3, 2, device=CLEAN, fast_device=CLEAN)
-    graphdef, params = nnx.split(layer)
     x = jax.random.uniform(jax.random.key(11), (2, 4), jnp.float32, -1, 1)
-    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
+    params, grads = _tap_grads(_linear(4, 3, 2, device=CLEAN, fast_device=CLEAN), x)
     tx = analog.tiki_taka(0.05, transfer_every=1, transfer_lr=3.0, update=analog.UpdateConfig())
     new = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
     old_cb, cb = params["crossbar"].get_value(), new["crossbar"].get_value()
@@ -317,9 +319,7 @@ def test_a_transfer_read_has_only_its_own_row_tiles_read_noise():
     # mvm of the one-hot row) would add the other tile's noise too: std 0.05 sqrt(2)
     noise = 0.05
     layer = _linear(8, 64, 2, device=CLEAN, fast_device=CLEAN, tile_shape=(4, 64))
-    graphdef, params = nnx.split(layer)
-    x = jnp.ones((2, 8), jnp.float32)
-    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
+    params, grads = _tap_grads(layer, jnp.ones((2, 8), jnp.float32))
     tx = analog.tiki_taka(
         0.0, transfer_every=1, transfer_lr=1.0, transfer_io=analog.IOConfig(read_noise=noise)
     )
@@ -336,10 +336,8 @@ def test_a_transfer_read_has_only_its_own_row_tiles_read_noise():
 def test_max_transfer_pulses_caps_a_transfer_and_keeps_the_rest_in_h():
     # as aihwkit's BufferedTransferCompound: at most this many steps of C per transfer; the
     # whole steps beyond it stay in H (H + C still holds 3 A), for the row's next transfer
-    layer = _linear(4, 3, 2, device=CLEAN, fast_device=CLEAN)
-    graphdef, params = nnx.split(layer)
     x = jax.random.uniform(jax.random.key(11), (2, 4), jnp.float32, -1, 1)
-    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
+    params, grads = _tap_grads(_linear(4, 3, 2, device=CLEAN, fast_device=CLEAN), x)
     tx = analog.tiki_taka(
         0.05, transfer_every=1, transfer_lr=3.0, max_transfer_pulses=2, update=analog.UpdateConfig()
     )
@@ -449,10 +447,8 @@ def test_noise_management_uses_the_dac_range_for_small_inputs():
 
 
 def test_chopped_tiki_taka_flips_the_read_rows_and_updates_a_with_x_times_c():
-    layer = _linear(4, 3, 2, device=CLEAN, fast_device=CLEAN)
-    graphdef, params = nnx.split(layer)
     x = jax.random.uniform(jax.random.key(13), (2, 4), jnp.float32, -1, 1)
-    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
+    params, grads = _tap_grads(_linear(4, 3, 2, device=CLEAN, fast_device=CLEAN), x)
     # deterministic pulse counts: the same gradient gives the same change of A, up to sign
     tx = analog.tiki_taka(
         0.05,
