@@ -68,8 +68,10 @@ class UpdateConfig:
       bl: the train length BL (aihwkit's ``desired_bl``), 1..1024 slots; the longest train
         with ``bl_management``.
       update_management: balance the two factors per sample, ``C_x max|x_b| = C_d max|d_b|``
-        (aihwkit's ``update_management``), so neither side's probabilities saturate first;
-        False uses ``C_x = C_d = sqrt(lr / (BL dw))``.
+        (aihwkit's ``update_management``), so neither side's probabilities saturate first.
+        Where the largest pair needs more than BL coincidences (``k = lr max|x_b| max|d_b| /
+        dw > BL``), aihwkit 1.1.0's rule: ``C_x max|x_b| = 1`` and ``C_d max|d_b| = k / BL``,
+        so only d's probabilities are truncated. False uses ``C_x = C_d = sqrt(lr / (BL dw))``.
       bl_management: shorten each sample's trains to ``BL_b = clip(ceil(lr max|x_b| max|d_b|
         / dw), 1, bl)`` slots (aihwkit's ``update_bl_management``): the fewest for which the
         largest pair's coincidence probability per slot is at most 1. The expected change is
@@ -258,6 +260,12 @@ def _probabilities(x, d, lr, dw, bl, balanced: bool = True):
     xmax = jnp.max(jnp.abs(x), axis=1, keepdims=True)
     dmax = jnp.max(jnp.abs(d), axis=1, keepdims=True)
     c = lr / (bl * dw)
+    # aihwkit 1.1.0 (PulsedUpdateMetaParameter::performUpdateManagement, "avoid clipping of
+    # x"): when the largest pair needs more coincidences than the train has slots,
+    # k = lr max|x_b| max|d_b| / dw > BL, d's maximum is taken as max|d_b| BL / k, so that x's
+    # probabilities reach exactly 1 and only d's are truncated (at k / BL)
+    k = lr * xmax * dmax / dw
+    dmax = jnp.where(k > bl, dmax * bl / jnp.where(k > bl, k, 1.0), dmax)
     safe = (xmax > 0) & (dmax > 0)
     cx = jnp.where(safe, jnp.sqrt(c * dmax / jnp.where(safe, xmax, 1.0)), 0.0)
     cd = jnp.where(safe, jnp.sqrt(c * xmax / jnp.where(safe, dmax, 1.0)), 0.0)

@@ -121,6 +121,26 @@ def test_unbalanced_probabilities_are_equal_factors():
     assert free.sum() == 3  # d = 2 saturates the unbalanced column factor
 
 
+def test_update_management_beyond_bl_truncates_only_d_as_aihwkit():
+    """k = lr max|x| max|d| / dw above BL: aihwkit 1.1.0 (performUpdateManagement, "avoid
+    clipping of x") gives x's largest probability exactly 1 and d's k / BL, so that only d's
+    are truncated; below BL both maxima are sqrt(k / BL) as before."""
+    x = jnp.asarray([[0.5, -2.0, 0.0], [0.1, 0.05, -0.2]], jnp.float32)
+    d = jnp.asarray([[1.5, -0.25], [0.1, 0.2]], jnp.float32)
+    lr, dw, bl = 0.5, 0.01, 10  # k = 150 (sample 0), 2 (sample 1)
+    px, pd = (np.asarray(a, np.float64) for a in U._probabilities(x, d, lr, dw, bl, True))
+    # sample 0: C_x = 1 / 2, C_d = sqrt(lr / (bl dw)) ** 2 / C_x = 10 (k / BL = 15 at |d| 1.5)
+    np.testing.assert_allclose(px[0], [0.25, 1.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(pd[0], [1.0, 1.0], rtol=1e-6)  # 15 and 2.5, truncated
+    # sample 1, k = 2 <= BL: balanced, C_x max|x| = C_d max|d| = sqrt(k / BL)
+    root = np.sqrt(2.0 / bl)
+    np.testing.assert_allclose(px[1].max(), root, rtol=1e-6)
+    np.testing.assert_allclose(pd[1].max(), root, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.outer(px[1], pd[1]), np.abs(np.outer(x[1], d[1])) * lr / (bl * dw), rtol=1e-5
+    )
+
+
 @pytest.mark.parametrize("impl", ["fast", "reference"])
 def test_without_update_management_the_update_is_still_unbiased(impl):
     """An ideal constant-step device, probabilities below 1: the mean change over 400 keys is
