@@ -21,6 +21,10 @@ time, on the same inputs (:func:`probe_inputs`, numpy only, shared with our half
   ``W0 = 0`` on SoftBounds with the default spreads: where the weights settle (their mean and
   standard deviation), that is the devices' symmetry points.
 
+``--probe clipped`` (its own result, ``aihwkit_parity_probe_clipped_aihwkit``): the ``update``
+probe on ConstantStep without spreads at the scales and rates :data:`CLIPPED`, one of which
+asks for more coincidences than BL has slots.
+
 ``--probe tikitaka`` (its own result, ``aihwkit_parity_probe_tikitaka_aihwkit``): TTv2 on one
 64 x 32 tile (``aihwkit_parity.insitu_config("ttv2_<device>")``, A's rate ``fast_lr`` 1, the
 transfer rate 1 scaled by lr 0.1, one column of A read per mini-batch, transfers of at most 31
@@ -72,6 +76,23 @@ def probe_inputs() -> dict:
 
 
 TT_STEPS, TT_REPS, TT_AT, TT_SCALES = 128, 8, (32, 64, 128), (0.1, 2.0)
+#: ``--probe clipped``: (x scale, d scale, lr) of the update probe past BL. At x5, d5, lr 1 the
+#: largest pair asks for more coincidences than BL 31 has slots, so update management decides
+#: which side is truncated; the others stay below it.
+CLIPPED = ((1.0, 1.0, 0.1), (1.0, 1.0, 1.0), (5.0, 5.0, 1.0), (5.0, 1.0, 1.0))
+
+
+def clipped_stats(dws: np.ndarray, p: dict, case: tuple) -> dict:
+    """:func:`update_stats` of one :data:`CLIPPED` case (the closed form at its lr)."""
+    sx, sd, lr = case
+    exp = -lr * (np.float32(sd) * p["d"]).T @ (np.float32(sx) * p["x"])
+    m = dws.mean(0)
+    return {
+        "slope": float((m * exp).sum() / (exp * exp).sum()),
+        "std_per_crosspoint": float(dws.std(0).mean()),
+    }
+
+
 TT_DEVICES = ("constant_step", "soft_bounds", "exp_step")
 
 
@@ -157,13 +178,43 @@ def tikitaka_main() -> None:
     _common.save("aihwkit_parity_probe_tikitaka_aihwkit", out)
 
 
+def clipped_main() -> None:
+    """``--probe clipped``: the update of a ConstantStep tile without spreads at each of
+    :data:`CLIPPED`, ``REPS`` times from ``W0`` (aihwkit's half)."""
+    import _common
+    import aihwkit
+    import torch
+    from aihwkit.simulator.configs import ConstantStepDevice
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    p = probe_inputs()
+    out: dict = {"aihwkit": aihwkit.__version__, "reps": REPS, "cases": {}}
+    for case in CLIPPED:
+        sx, sd, lr = case
+        x = torch.from_numpy(np.float32(sx) * p["x"])
+        d = torch.from_numpy(np.float32(sd) * p["d"])
+        tile = _tile(ConstantStepDevice(**NO_SPREADS), 32, 64)
+        tile.set_learning_rate(lr)
+        dws = []
+        for _ in range(REPS):
+            tile.set_weights(torch.from_numpy(p["w0"]))
+            w_set = tile.get_weights()[0].numpy()
+            tile.update(x, d)
+            dws.append(tile.get_weights()[0].numpy() - w_set)
+        out["cases"][str(case)] = clipped_stats(np.asarray(dws), p, case)
+        print(case, out["cases"][str(case)], flush=True)
+    _common.save("aihwkit_parity_probe_clipped_aihwkit", out)
+
+
 def main() -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description="aihwkit's half of the single-tile probes")
-    ap.add_argument("--probe", choices=("all", "tikitaka"), default="all")
-    if ap.parse_args().probe == "tikitaka":
-        tikitaka_main()
+    ap.add_argument("--probe", choices=("all", "tikitaka", "clipped"), default="all")
+    which = ap.parse_args().probe
+    if which != "all":
+        {"tikitaka": tikitaka_main, "clipped": clipped_main}[which]()
         return
     import _common
     import aihwkit

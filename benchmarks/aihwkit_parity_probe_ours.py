@@ -16,6 +16,9 @@ configuration:
 The forward and backward reads go through ``analog._insitu.managed_read``, the read of
 ``analog.nnx.Linear`` (noise and bound management), with a fresh key per repetition.
 
+``--probe clipped``: the update probe past BL (``aihwkit_parity_probe.CLIPPED``), after
+aihwkit's half with the same flag; -> ``aihwkit_parity_probe_clipped``.
+
 ``--probe tikitaka`` (after aihwkit's half with the same flag; -> ``aihwkit_parity_probe_tikitaka``):
 ``analog.tiki_taka`` as ``aihwkit_parity_ours.tiki_taka_as_aihwkit`` sets it, on one
 ``analog.nnx.Linear(64, 32, fast_device=...)`` fed the probe's ``(x, d / 10)`` through its tap
@@ -197,13 +200,46 @@ def table(ours: dict, theirs: dict) -> str:
     return "\n".join(lines)
 
 
+def clipped_main() -> None:
+    """``--probe clipped`` (``aihwkit_parity_probe.CLIPPED``), our half, beside aihwkit's."""
+    theirs = json.loads((_common.RESULTS / "aihwkit_parity_probe_clipped_aihwkit.json").read_text())
+    p = probe.probe_inputs()
+    tiles = tiles_of(p["w0"], device("constant_step", "none"))
+    w_set = analog.read_weights(tiles)
+    lines = [
+        "| x scale, d scale, lr | slope (aihwkit / ours) | std per cross-point |",
+        "|---|---|---|",
+    ]
+    ours = {}
+    for case in probe.CLIPPED:
+        sx, sd, lr = case
+        x, d = np.float32(sx) * p["x"], np.float32(sd) * p["d"]
+
+        def once(k, x=x, d=d, lr=lr):
+            new, _ = analog.pulse_update(tiles, x, -d, lr, k, update=AIHWKIT_UPDATE)
+            return analog.read_weights(new) - w_set
+
+        keys = jax.random.split(jax.random.key(5), probe.REPS)
+        dws = np.asarray(jax.lax.map(jax.jit(once), keys)).transpose(0, 2, 1)
+        ours[str(case)] = o = probe.clipped_stats(dws, p, case)
+        a = theirs["cases"][str(case)]
+        lines.append(
+            f"| {sx:g}, {sd:g}, {lr:g} | {a['slope']:.4f} / {o['slope']:.4f} "
+            f"| {a['std_per_crosspoint']:.5f} / {o['std_per_crosspoint']:.5f} |"
+        )
+    out = {"ours": ours, "aihwkit": theirs, "table": "\n".join(lines)}
+    print(out["table"])
+    _common.save("aihwkit_parity_probe_clipped", out)
+
+
 def main() -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description="our half of the single-tile probes")
-    ap.add_argument("--probe", choices=("all", "tikitaka"), default="all")
-    if ap.parse_args().probe == "tikitaka":
-        tikitaka_main()
+    ap.add_argument("--probe", choices=("all", "tikitaka", "clipped"), default="all")
+    which = ap.parse_args().probe
+    if which != "all":
+        {"tikitaka": tikitaka_main, "clipped": clipped_main}[which]()
         return
     t0 = time.perf_counter()
     theirs = json.loads((_common.RESULTS / "aihwkit_parity_probe_aihwkit.json").read_text())
