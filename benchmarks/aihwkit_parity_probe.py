@@ -207,14 +207,21 @@ def clipped_main() -> None:
     _common.save("aihwkit_parity_probe_clipped_aihwkit", out)
 
 
-def main() -> None:
+def run_single_probe(half: str, mains: dict) -> bool:
+    """``--probe NAME``: run ``mains[NAME]`` and return True; False for ``--probe all`` (the
+    default: the caller runs the original probes). Both halves parse their command line here."""
     import argparse
 
-    ap = argparse.ArgumentParser(description="aihwkit's half of the single-tile probes")
-    ap.add_argument("--probe", choices=("all", "tikitaka", "clipped"), default="all")
+    ap = argparse.ArgumentParser(description=f"{half} half of the single-tile probes")
+    ap.add_argument("--probe", choices=("all", *mains), default="all")
     which = ap.parse_args().probe
     if which != "all":
-        {"tikitaka": tikitaka_main, "clipped": clipped_main}[which]()
+        mains[which]()
+    return which != "all"
+
+
+def main() -> None:
+    if run_single_probe("aihwkit's", {"tikitaka": tikitaka_main, "clipped": clipped_main}):
         return
     import _common
     import aihwkit

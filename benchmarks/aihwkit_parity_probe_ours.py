@@ -233,13 +233,7 @@ def clipped_main() -> None:
 
 
 def main() -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="our half of the single-tile probes")
-    ap.add_argument("--probe", choices=("all", "tikitaka", "clipped"), default="all")
-    which = ap.parse_args().probe
-    if which != "all":
-        {"tikitaka": tikitaka_main, "clipped": clipped_main}[which]()
+    if probe.run_single_probe("our", {"tikitaka": tikitaka_main, "clipped": clipped_main}):
         return
     t0 = time.perf_counter()
     theirs = json.loads((_common.RESULTS / "aihwkit_parity_probe_aihwkit.json").read_text())
