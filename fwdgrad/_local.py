@@ -203,7 +203,8 @@ def _block_estimate(block, p, h, key, K, tangent, mask_tangents, separate_sites)
     return jnp.mean(losses), grads, out
 
 
-def _weight_site(z, activation=None, **_):
+def identity_site(z, activation=None, **_):
+    """A ``site`` that perturbs nothing: the plain forward pass of a block."""
     return (activation or _identity)(z)
 
 
@@ -219,7 +220,7 @@ def _block_weight_estimate(block, p, h, key, K, tangent):
     """
 
     def objective(p):
-        out, losses = block(p, h, _weight_site)
+        out, losses = block(p, h, identity_site)
         losses = _check_losses(losses, h.shape[0])
         if losses.shape[1:] != (1, 1):
             raise ValueError(

@@ -20,7 +20,7 @@ import optax
 from jax import lax
 
 from fwdgrad._heads import head_logits, local_head_losses
-from fwdgrad._local import local_fwd_grad
+from fwdgrad._local import identity_site, local_fwd_grad
 
 __all__ = [
     "chain_blocks",
@@ -134,11 +134,6 @@ def block_list(params: Any, num_blocks: int, model: str) -> list:
     if len(seq) != num_blocks:
         raise ValueError(f"{model} params have {len(seq)} blocks, the config {num_blocks}")
     return seq
-
-
-def identity_site(z, activation=None, **_):
-    """A ``site`` that perturbs nothing: the plain forward pass of a block."""
-    return activation(z) if activation is not None else z
 
 
 def chain_logits(
