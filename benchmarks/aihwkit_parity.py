@@ -282,6 +282,9 @@ def insitu_run(name, seed, data, args) -> dict:
     loss_fn = nn.NLLLoss()
     order = torch.from_numpy(np.random.default_rng(seed).permutation(xtr.shape[0]))
     order = order[: args.train_samples]
+    layers = [m for m in model.modules() if isinstance(m, AnalogLinear)]
+    c0 = [_layer_arrays(m)[0] for m in layers]
+    trace, losses = [], []
     model.train()
     t0 = time.perf_counter()
     for _ in range(args.epochs):
@@ -291,11 +294,34 @@ def insitu_run(name, seed, data, args) -> dict:
             loss = loss_fn(model(xtr[idx]), ytr[idx])
             loss.backward()
             opt.step()
+            losses.append(float(loss.detach()))
+            if args.trace and len(losses) % args.trace == 0:
+                arrays = [_layer_arrays(m) for m in layers]
+                trace.append(aihwkit_parity_probe.trace_row(len(losses), losses[-args.trace :],
+                    [(c, c_0, a, h, 0.6) for (c, a, h), c_0 in zip(arrays, c0)]))  # fmt: skip
     train_s = time.perf_counter() - t0
     model.eval()
     t0 = time.perf_counter()
     acc = accuracy(model, xte, yte)
-    return {"accuracy": acc, "train_s": train_s, "eval_s": time.perf_counter() - t0}
+    out = {"accuracy": acc, "train_s": train_s, "eval_s": time.perf_counter() - t0}
+    return out | ({"trace": trace} if args.trace else {})
+
+
+def _layer_arrays(layer) -> tuple:
+    """``(C, A, H)`` of one AnalogLinear (every tile's, flattened; A and H None without a
+    transfer compound): its weight, and the fast array and TTv2 buffer of its tiles."""
+    hidden = [t.get_hidden_parameters() for t in layer.analog_tiles()]
+
+    def cat(key):
+        if key not in hidden[0]:
+            return None
+        return np.concatenate([h[key].numpy().ravel() for h in hidden])
+
+    return (
+        layer.get_weights()[0].numpy().ravel(),
+        cat("hidden_weights_0"),
+        cat("buffered_FP_weight_0"),
+    )
 
 
 def insitu_cmd(args) -> None:
@@ -315,13 +341,14 @@ def insitu_cmd(args) -> None:
         "epochs": args.epochs,
         "seeds": args.seeds,
         "spreads": args.spreads,
+        "trace_every": args.trace,
         "configs": {},
     }
     for name in args.configs.split(","):
         runs = []
         for seed in args.seeds:
             runs.append(insitu_run(name, seed, data, args))
-            print(name, seed, runs[-1], flush=True)
+            print(name, seed, {k: v for k, v in runs[-1].items() if k != "trace"}, flush=True)
             accs = [r["accuracy"] for r in runs]
             out["configs"][name] = {
                 "runs": runs,
@@ -367,6 +394,13 @@ def main() -> None:
         help="insitu: layer widths, input first (default 784,256,128,10)",
     )
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument(
+        "--trace",
+        type=int,
+        default=0,
+        help="insitu: every N steps record the training loss and per-layer statistics of C, A "
+        "and H (aihwkit_parity_probe.trace_row); ours repeats it (0: off)",
+    )
     ap.add_argument("--train-samples", type=int, default=60000)
     ap.add_argument(
         "--out",

@@ -114,6 +114,27 @@ def tikitaka_stats(a: np.ndarray, c: np.ndarray, p: dict, scale: float) -> dict:
     return out
 
 
+def trace_row(t: int, losses: list[float], layers: list[tuple]) -> dict:
+    """One row of an in-situ training trace, the same in both simulators
+    (``aihwkit_parity.py insitu --trace N``): step ``t``, the mean training loss of the last
+    ``len(losses)`` steps and, per analog layer ``(C, C0, A, H, w_max)`` (A and H None without
+    Tiki-Taka; any layout, the statistics are means over elements): mean ``|C - C0|`` (how far
+    the weights moved), mean ``|A|``, the fraction of A within 5% of its bound ``w_max`` (A
+    saturated) and mean ``|H|`` (TTv2's buffer, in weight units)."""
+    rows = []
+    for c, c0, a, h, w_max in layers:
+        row = {"dC": float(np.abs(c - c0).mean())}
+        if a is not None:
+            row |= {
+                "A": float(np.abs(a).mean()),
+                "A_sat": float((np.abs(a) >= 0.95 * w_max).mean()),
+            }
+        if h is not None:
+            row["H"] = float(np.abs(h).mean())
+        rows.append(row)
+    return {"t": t, "loss": float(np.mean(losses)), "layers": rows}
+
+
 def update_stats(dws: np.ndarray, x: np.ndarray, d: np.ndarray) -> dict:
     """``dws``: ``(reps, out, in)`` changes of one update -> slope against ``-lr d^T x``, mean
     ``|E dW|`` and ``|closed form|``, and the mean over cross-points of ``std(dW)``."""

@@ -8,7 +8,7 @@ The same inputs (``aihwkit_parity_probe.probe_inputs``) on one tile of ours, per
 configuration:
 
 * ``none``: devices without spreads (aihwkit's ``NO_SPREADS``);
-* ``default``: ``aihwkit_parity_ours.ours_device``'s mapping of aihwkit's default spreads onto a
+* ``default``: ``aihwkit_parity_insitu_ours.ours_device``'s mapping of aihwkit's default spreads onto a
   differential pair (what the in-situ parity runs);
 * ``range_spread``: the mapping the in-situ parity used before (``bounds_dtod=0.3``, each
   spread per device of the pair as aihwkit gives it per weight), kept to show what it did.
@@ -20,7 +20,7 @@ The forward and backward reads go through ``analog._insitu.managed_read``, the r
 aihwkit's half with the same flag; -> ``aihwkit_parity_probe_clipped``.
 
 ``--probe tikitaka`` (after aihwkit's half with the same flag; -> ``aihwkit_parity_probe_tikitaka``):
-``analog.tiki_taka`` as ``aihwkit_parity_ours.tiki_taka_as_aihwkit`` sets it, on one
+``analog.tiki_taka`` as ``aihwkit_parity_insitu_ours.tiki_taka_as_aihwkit`` sets it, on one
 ``analog.nnx.Linear(64, 32, fast_device=...)`` fed the probe's ``(x, d / 10)`` through its tap
 gradient, a fresh pulse seed per repetition (the devices' spreads are one draw: ours are a
 chip, drawn once; aihwkit draws a new tile each repetition).
@@ -37,7 +37,7 @@ import aihwkit_parity_probe as probe
 import jax
 import jax.numpy as jnp
 import numpy as np
-from aihwkit_parity_ours import AIHWKIT_IO, AIHWKIT_UPDATE, AIHWKIT_W_MAX, ours_device
+from aihwkit_parity_insitu_ours import AIHWKIT_IO, AIHWKIT_UPDATE, AIHWKIT_W_MAX, ours_device
 
 import analog
 from analog._insitu import Wiring, managed_read
@@ -105,7 +105,7 @@ def drift_probe(p: dict, dev: analog.Device) -> dict:
 def tikitaka_probe(p: dict, dev: analog.Device, scale: float) -> dict:
     """TTv2 on one tile, ``probe.TT_STEPS`` updates, ``probe.TT_REPS`` pulse seeds."""
     import optax
-    from aihwkit_parity_ours import AIHWKIT_FAST_LR, AIHWKIT_MAX_TRANSFER_PULSES
+    from aihwkit_parity_insitu_ours import AIHWKIT_FAST_LR, AIHWKIT_MAX_TRANSFER_PULSES
     from flax import nnx
 
     layer = analog.nnx.Linear(

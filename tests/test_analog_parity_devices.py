@@ -1,4 +1,4 @@
-"""benchmarks/aihwkit_parity_ours.py: aihwkit's per-weight device spreads mapped onto this
+"""benchmarks/aihwkit_parity_insitu_ours.py: aihwkit's per-weight device spreads mapped onto this
 package's differential pair (BENCHMARKS.md, "aihwkit side by side on accuracy").
 
 aihwkit gives each weight one device: a pulse moves it by ``dw_min * gain * (1 + dw_min_std n)``
@@ -28,7 +28,7 @@ AIHWKIT_SPREAD = 0.3  # its dw_min_dtod and dw_min_std
 
 @pytest.fixture(scope="module")
 def parity():
-    return import_benchmark("aihwkit_parity_ours")
+    return import_benchmark("aihwkit_parity_insitu_ours")
 
 
 def _one_pulse_steps(dev, n: int = 64) -> np.ndarray:
