@@ -24,6 +24,17 @@ Neurosci. 11:538, 2017, "noise and bound management"):
 * bound management (``bound_management=True``, aihwkit's ``BoundManagementType.ITERATIVE``):
   a sample whose tile output reached the ADC's bound is read again with its input halved, up to
   ``max_bm_reads`` extra reads, and the result doubled back each time.
+
+The gradient at the ADC bound (``zero_grad_at_bound=True``; off by default): the error ``d``
+of every output whose forward value reached ``0.999 io_forward.out_bound`` is zeroed before
+the backward read, a straight-through estimator of a clamp. This is what aihwkit 1.1.0's
+RPUCuda tiles do by default (``handle_output_bound``: ``post_forward`` records the mask,
+``pre_backward`` applies it). aihwkit compares the output *after* noise and bound management,
+in the layer's own units, so with noise management an output larger than the ADC bound loses
+its gradient although no ADC clipped it: a network whose outputs grow past the bound (the
+logits of a confident classifier) stops passing errors to the layers below. The update still
+takes the unmasked ``d``, as aihwkit's optimizer does. The switch exists for parity with
+aihwkit (``benchmarks/aihwkit_parity_ours.py``); the default passes every error.
 """
 
 from __future__ import annotations
@@ -50,7 +61,8 @@ class Wiring:
     """The static periphery of an in-situ layer (hashable: one compilation per wiring).
 
     io_forward / io_backward: periphery of the forward read and of the transposed read.
-    noise_management / bound_management / max_bm_reads: see the module docstring.
+    noise_management / bound_management / max_bm_reads / zero_grad_at_bound: see the
+      module docstring.
     """
 
     io_forward: IOConfig = _EXACT
@@ -58,6 +70,7 @@ class Wiring:
     noise_management: bool = True
     bound_management: bool = True
     max_bm_reads: int = 3
+    zero_grad_at_bound: bool = False
 
     def __post_init__(self):
         for name in ("io_forward", "io_backward"):
@@ -66,9 +79,15 @@ class Wiring:
                     f"{name}={getattr(self, name)!r}: pass an analog.IOConfig "
                     "(IOConfig.ideal() for exact reads)"
                 )
-        for name in ("noise_management", "bound_management"):
+        for name in ("noise_management", "bound_management", "zero_grad_at_bound"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}={getattr(self, name)!r} must be True or False")
+        if self.zero_grad_at_bound and self.io_forward.out_bound is None:
+            raise ValueError(
+                "zero_grad_at_bound=True needs a forward ADC bound, but io_forward.out_bound is "
+                "None (an exact read clips nothing); give io_forward an out_bound or leave the "
+                "switch off"
+            )
         m = self.max_bm_reads
         if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= 16:
             raise ValueError(f"max_bm_reads={m!r}: use an integer in [1, 16]")
@@ -225,15 +244,21 @@ def analog_dense(wiring: Wiring, x: jax.Array, cb: Crossbar) -> jax.Array:
 
 
 def _fwd(wiring, x, cb):
-    return _forward(wiring, x, cb), (x, cb)
+    y = _forward(wiring, x, cb)
+    # 0.999: aihwkit's margin, so that an output read exactly at the bound counts as clipped
+    at_bound = (
+        jnp.abs(y) >= 0.999 * wiring.io_forward.out_bound if wiring.zero_grad_at_bound else None
+    )
+    return y, (x, cb, at_bound)
 
 
 def _bwd(wiring, res, d):
-    x, cb = res
+    x, cb, at_bound = res
     tiles = cb.tiles
     _, k_bwd = _keys(cb)
     d = d.astype(_F32)
-    dx = managed_read(effective_weights(cb), d, wiring.io_backward, k_bwd, True, wiring)
+    read = d if at_bound is None else jnp.where(at_bound, 0.0, d)
+    dx = managed_read(effective_weights(cb), read, wiring.io_backward, k_bwd, True, wiring)
     dx = dx[:, : tiles.shape[0]].astype(x.dtype)
     if not _tapped(x, cb):
         # A zero tap would make the optimizer pulse nothing: the step would look taken while

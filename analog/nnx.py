@@ -62,6 +62,7 @@ class LayerOptions(TypedDict, total=False):
     noise_management: bool
     bound_management: bool
     max_bm_reads: int
+    zero_grad_at_bound: bool
     w_max: float | None
     use_bias: bool
     kernel_init: Callable[..., jax.Array]
@@ -81,6 +82,7 @@ class _Options:
     noise_management: bool = True
     bound_management: bool = True
     max_bm_reads: int = 3
+    zero_grad_at_bound: bool = False
     w_max: float | None = None
     use_bias: bool = True
     kernel_init: Callable[..., jax.Array] = LECUN_NORMAL
@@ -107,6 +109,7 @@ class _Options:
             noise_management=self.noise_management,
             bound_management=self.bound_management,
             max_bm_reads=self.max_bm_reads,
+            zero_grad_at_bound=self.zero_grad_at_bound,
         )
 
     def crossbar(self, key, w, rows: int) -> Crossbar:
@@ -172,6 +175,8 @@ class Linear(_TiledLayer):
       tile_shape: ``(rows, cols)`` of a tile (default ``(64, 64)``).
       noise_management, bound_management, max_bm_reads: periphery management
         (``analog._insitu``); both on by default, as in aihwkit, with at most 3 reads.
+      zero_grad_at_bound: zero the error of outputs whose forward value reached the forward
+        ADC bound, as aihwkit 1.1.0's tiles do (``analog._insitu``; default off).
       w_max: largest representable ``|weight|`` (None = twice the initial ``max|w|``).
       use_bias: a digital bias, trained by plain SGD.
       kernel_init: initializer of the weight before it is programmed (lecun normal).

@@ -138,7 +138,9 @@ def insitu_ours(
     ``widths`` (784-256-128-10 unless aihwkit's file says), ``activation`` (sigmoid or relu),
     log-softmax + NLL, digital biases, weights initialised as torch's ``nn.Linear`` (uniform
     +-1/sqrt(fan_in)), tiles of at most 392 x 512 (aihwkit's ``TileModuleArray`` cuts 784
-    inputs into two 392-row tiles), aihwkit's default IO forward and backward,
+    inputs into two 392-row tiles), aihwkit's default IO forward and backward, no error
+    passed down from an output read at the ADC bound (``zero_grad_at_bound``, aihwkit's
+    ``handle_output_bound``),
     ``analog.pulsed_sgd`` or :func:`tiki_taka_as_aihwkit` with :data:`AIHWKIT_UPDATE`. The same
     ``samples`` first images of a permutation seeded by ``seed`` (numpy's
     ``default_rng(seed)``) as aihwkit's side, in the same order every one of ``epochs`` epochs.
@@ -156,7 +158,7 @@ def insitu_ours(
     layer = functools.partial(
         analog.nnx.Linear, batch_size=batch, device=device, io=AIHWKIT_IO,
         tile_shape=(392, 512), w_max=AIHWKIT_W_MAX, kernel_init=uniform,
-        fast_device=device if tt else None,
+        fast_device=device if tt else None, zero_grad_at_bound=True,
     )  # fmt: skip
     model = models.MLP(widths, activation=activation, linear=layer, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)

@@ -434,6 +434,38 @@ def test_bound_management_reads_again_until_the_adc_does_not_saturate():
     np.testing.assert_allclose(clipped[1], exact[1], rtol=1e-5)
 
 
+def test_zero_grad_at_bound_zeroes_the_error_of_outputs_read_at_the_adc_bound():
+    # aihwkit 1.1.0's handle_output_bound: outputs whose managed forward value reached
+    # 0.999 out_bound pass no error down; the update's tap keeps the whole error. Column j of
+    # W is 0.05 (j + 1): sample 0 (all ones) reads 0.5, 1.0, ..., 3.0 (bound management
+    # re-reads past the 4-row tiles' saturation, so these are exact), sample 1 a hundredth.
+    io = analog.IOConfig(out_bound=1.0)
+    x = jnp.stack([jnp.full((10,), 1.0), jnp.full((10,), 0.01)]).astype(jnp.float32)
+    w = jnp.tile(0.05 * jnp.arange(1, 7, dtype=jnp.float32), (10, 1))
+    tiles = analog.init_tiles(jax.random.key(0), w, presets.IDEAL, (4, 4), w_max=1.0)
+    w64 = np.asarray(analog.read_weights(tiles), np.float64)
+    c = jax.random.normal(jax.random.key(1), (2, 6), jnp.float32)
+    past = np.abs(np.asarray(x, np.float64) @ w64) >= 0.999
+    assert past[0].tolist() == [False] + [True] * 5 and not past[1].any()
+
+    def grads(**kw):
+        layer = _on_tiles(_linear(batch=2, io=io, **kw), tiles)
+        graphdef, params = nnx.split(layer)
+        loss = lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) * c)
+        gp, gx = jax.grad(loss, argnums=(0, 1))(params, x)
+        return np.asarray(gx), np.asarray(gp["crossbar"].get_value().tap)[:, 10:]
+
+    c64 = np.asarray(c, np.float64)
+    for on, d in ((False, c64), (True, np.where(past, 0.0, c64))):
+        gx, tap_d = grads(zero_grad_at_bound=on)
+        assert_close_ulps(gx, d @ w64.T, ulps=dot_ulps(6) + 16, magnitude=abs(c64) @ abs(w64.T))
+        np.testing.assert_array_equal(tap_d, np.asarray(c))  # the update sees every error
+    with pytest.raises(ValueError, match="zero_grad_at_bound=True needs a forward ADC bound"):
+        _linear(zero_grad_at_bound=True)  # exact reads: nothing is ever clipped
+    with pytest.raises(TypeError, match="zero_grad_at_bound"):
+        _linear(io=io, zero_grad_at_bound=1)
+
+
 def test_noise_management_uses_the_dac_range_for_small_inputs():
     io = analog.IOConfig(inp_bits=6, inp_bound=1.0)  # 31 levels per sign
     x = jax.random.uniform(jax.random.key(12), (4, 10), jnp.float32, -0.05, 0.05)
