@@ -138,10 +138,10 @@ def insitu_ours(
     ``widths`` (784-256-128-10 unless aihwkit's file says), ``activation`` (sigmoid or relu),
     log-softmax + NLL, digital biases, weights initialised as torch's ``nn.Linear`` (uniform
     +-1/sqrt(fan_in)), tiles of at most 392 x 512 (aihwkit's ``TileModuleArray`` cuts 784
-    inputs into two 392-row tiles), aihwkit's default IO forward and backward, no error
-    passed down from an output read at the ADC bound (``zero_grad_at_bound``, aihwkit's
-    ``handle_output_bound``),
-    ``analog.pulsed_sgd`` or :func:`tiki_taka_as_aihwkit` with :data:`AIHWKIT_UPDATE`. The same
+    inputs into two 392-row tiles), aihwkit's default IO forward and backward, no error passed
+    down from an output read at the ADC bound (``zero_grad_at_bound``, aihwkit's
+    ``handle_output_bound``), ``analog.pulsed_sgd`` or :func:`tiki_taka_as_aihwkit` with
+    :data:`AIHWKIT_UPDATE`. The same
     ``samples`` first images of a permutation seeded by ``seed`` (numpy's
     ``default_rng(seed)``) as aihwkit's side, in the same order every one of ``epochs`` epochs.
     ``trace_every`` N > 0 adds a ``trace`` as aihwkit_parity.py's ``--trace N`` records it.
@@ -169,8 +169,7 @@ def insitu_ours(
     state = tx.init(params)
 
     def loss(p, x, y):
-        logits = nnx.merge(graphdef, p)(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(nnx.merge(graphdef, p)(x), y).mean()
 
     @jax.jit
     def step(p, s, x, y):
@@ -193,12 +192,11 @@ def insitu_ours(
     jax.block_until_ready(params)
     train_s = time.perf_counter() - t0
     predict = jax.jit(lambda p, x: jnp.argmax(nnx.merge(graphdef, p)(x), -1))
-    n = xte.shape[0] // batch * batch
+    n = xte.shape[0] // batch * batch  # whole batches of the tap's size: 9,984 images at 64
     correct = sum(
         int(jnp.sum(predict(params, xte[i : i + batch]) == yte[i : i + batch]))
         for i in range(0, n, batch)
     )
-    # whole batches of the layer's batch size: the first 9,984 of the 10,000 test images at 64
     out = {"accuracy": correct / n, "train_s": train_s, "test_images": n}
     return out | ({"trace": trace} if trace_every else {})
 
