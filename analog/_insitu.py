@@ -20,7 +20,8 @@ Neurosci. 11:538, 2017, "noise and bound management"):
 
 * noise management (``noise_management=True``, aihwkit's ``NoiseManagementType.ABS_MAX``): each
   sample's input vector is divided by its largest ``|x|`` before the DACs, so it spans their
-  full range, and the result multiplied back digitally after the ADCs;
+  full range, and the result multiplied back digitally after the ADCs (an all-zero vector
+  reads exactly zero, no noise, as in aihwkit);
 * bound management (``bound_management=True``, aihwkit's ``BoundManagementType.ITERATIVE``):
   a sample whose tile output reached the ADC's bound is read again with its input halved, up to
   ``max_bm_reads`` extra reads, and the result doubled back each time.
@@ -180,6 +181,12 @@ def managed_read(wt, v, io: IOConfig, key, transpose: bool, wiring: Wiring) -> j
     if wiring.noise_management:
         m = jnp.max(jnp.abs(v), axis=1, keepdims=True)
         alpha = jnp.where(m > 0, m, 1.0)
+        # an all-zero input needs no read: its result is exactly zero. Scaling the noise of a
+        # read at full scale by 1 instead would hand a saturated-softmax sample (d = 0) an error
+        # of the ADC noise's size; aihwkit's noise management returns zeros there too
+        alpha_out = jnp.where(m > 0, m, 0.0)
+    else:
+        alpha_out = alpha
     v = v / alpha
     y, sat = _read(wt, v, io, jax.random.fold_in(key, 0), transpose)
     if wiring.bound_management and io.out_bound is not None:
@@ -196,7 +203,7 @@ def managed_read(wt, v, io: IOConfig, key, transpose: bool, wiring: Wiring) -> j
 
         init = (jnp.zeros((), jnp.int32), y, sat, jnp.ones(sat.shape, _F32))
         y = jax.lax.while_loop(more, again, init)[1]
-    return y * alpha
+    return y * alpha_out
 
 
 def _keys(cb: Crossbar) -> tuple[jax.Array, jax.Array]:

@@ -466,6 +466,26 @@ def test_zero_grad_at_bound_zeroes_the_error_of_outputs_read_at_the_adc_bound():
         _linear(io=io, zero_grad_at_bound=1)
 
 
+def test_noise_management_reads_an_all_zero_vector_as_exactly_zero():
+    # aihwkit's abs-max noise management returns zeros for a zero input; read at full scale,
+    # the ADC's noise (0.1 here) would reach e.g. a saturated-softmax sample whose d is 0
+    io = analog.IOConfig(read_noise=0.1)
+    x = jnp.zeros((4, 10), jnp.float32).at[1].set(1.0)
+    c = jnp.zeros((4, 6), jnp.float32).at[2].set(1.0)
+    for nm in (True, False):
+        layer = _linear(io=io, noise_management=nm, use_bias=False)
+        graphdef, params = nnx.split(layer)
+        loss = lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) * c)
+        y = np.asarray(layer(x))
+        gx = np.asarray(jax.grad(loss, argnums=1)(params, x))
+        zero_y, zero_gx = np.abs(y[[0, 2, 3]]).max(), np.abs(gx[[0, 1, 3]]).max()
+        if nm:
+            assert zero_y == 0.0 and zero_gx == 0.0
+        else:  # without it the noise is read as it comes
+            assert zero_y > 0.01 and zero_gx > 0.01
+        assert np.abs(y[1]).max() > 0 and np.abs(gx[2]).max() > 0
+
+
 def test_noise_management_uses_the_dac_range_for_small_inputs():
     io = analog.IOConfig(inp_bits=6, inp_bound=1.0)  # 31 levels per sign
     x = jax.random.uniform(jax.random.key(12), (4, 10), jnp.float32, -0.05, 0.05)
