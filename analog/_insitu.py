@@ -181,10 +181,10 @@ def managed_read(wt, v, io: IOConfig, key, transpose: bool, wiring: Wiring) -> j
     if wiring.noise_management:
         m = jnp.max(jnp.abs(v), axis=1, keepdims=True)
         alpha = jnp.where(m > 0, m, 1.0)
-        # an all-zero input needs no read: its result is exactly zero. Scaling the noise of a
-        # read at full scale by 1 instead would hand a saturated-softmax sample (d = 0) an error
-        # of the ADC noise's size; aihwkit's noise management returns zeros there too
-        alpha_out = jnp.where(m > 0, m, 0.0)
+        # scaling back by m itself: an all-zero input reads exactly zero (scaled by 1, the
+        # ADC noise would hand a saturated-softmax sample, d = 0, an error of the noise's
+        # size; aihwkit returns zeros too), and a NaN input stays NaN instead of reading 0
+        alpha_out = m
     else:
         alpha_out = alpha
     v = v / alpha
