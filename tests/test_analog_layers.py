@@ -536,3 +536,44 @@ def test_the_digital_then_program_row_is_analog_program_and_its_old_name_resolve
     assert {"analog-insitu", "analog-tikitaka"} <= set(methods.names())
     with pytest.raises(ValueError, match="unknown method"):
         methods.get("analog-sgd-typo")
+
+
+def test_the_annealed_tikitaka_row_freezes_c_and_h_when_its_transfer_rate_reaches_zero():
+    # cfg.steps = 1: the cosine is at its peak for step 0 and at 0 from step 1 on, so C and H
+    # keep what the first step left while A keeps learning; the constant-rate row moves C on.
+    from analog._insitu import Crossbar
+    from beyondbp import methods
+
+    cfg = methods.MethodConfig(
+        key=jax.random.key(0), input_shape=(4, 4, 1), widths=(8,), steps=1, batch_size=8
+    )
+    x = jax.random.uniform(jax.random.key(1), (8, 16))
+    y = jnp.arange(8) % 10
+    is_cb = lambda p: isinstance(p, Crossbar)
+
+    def crossbars(name, steps):
+        setup = methods.get(name).build(cfg)
+        params, state = setup.params, setup.tx.init(setup.params)
+        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(setup.apply(p, x), y)
+        seen = []
+        for _ in range(steps):
+            u, state = setup.tx.update(jax.grad(lambda p: loss(p).mean())(params), state, params)
+            params = optax.apply_updates(params, u)
+            seen.append([c for c in jax.tree.leaves(params, is_leaf=is_cb) if is_cb(c)])
+        return seen
+
+    read = lambda t: np.asarray(analog.read_weights(t))
+    annealed = crossbars("analog-tikitaka-annealed", 3)
+    for first, last in zip(annealed[0], annealed[-1]):
+        np.testing.assert_array_equal(read(last.tiles), read(first.tiles))
+        np.testing.assert_array_equal(np.asarray(last.buffer), np.asarray(first.buffer))
+        assert np.any(read(last.fast) != read(first.fast))
+    constant = crossbars("analog-tikitaka", 3)
+    assert any(
+        np.any(np.asarray(last.buffer) != np.asarray(first.buffer))
+        for first, last in zip(constant[0], constant[-1])
+    )
+    with pytest.raises(TypeError, match="transfer_lr"):
+        from beyondbp.methods import analog_rows
+
+        analog_rows.build_tikitaka_annealed(cfg, transfer_lr=0.1)

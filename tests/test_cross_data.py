@@ -20,7 +20,9 @@ Margins, stated against chance (10%), each row at its own seed 0:
   ``fwdgrad-conv`` in 150 (38.0%; 26.4% in 120 is too few), ``analog-tikitaka`` in 200
   (46.0%; 26.4% in 120); since stop 33's recipes (in-situ rate on a cosine, the mixer
   without a norm of its raw patches, at its own Adam rate) ``analog-insitu`` in 100 (47.0%;
-  47.2% in 150) and ``fwdgrad-mixer`` in 150 (49.6%; 43.4% in 100).
+  47.2% in 150) and ``fwdgrad-mixer`` in 150 (49.6%; 43.4% in 100). ``analog-tikitaka-annealed``
+  (stop 37) takes the default 300 (43.0%; 33.6% in 200, too close to the floor: its transfer
+  rate decays over the run, so a short run moves C less).
 """
 
 from __future__ import annotations
