@@ -214,16 +214,20 @@ def drift_cmd(args) -> None:
 #: cycle-to-cycle noise), to tell the device models' variation apart from the rest; defined
 #: beside the single-tile probes, which use it too (that module imports numpy only).
 NO_SPREADS = aihwkit_parity_probe.NO_SPREADS
+#: ``--spreads nobounds``: the default spreads less the bound spreads, which ours do not model
+#: (``aihwkit_parity_insitu_ours._SPREADS``): the same devices on both sides.
+NO_BOUND_SPREADS = aihwkit_parity_probe.NO_BOUND_SPREADS
 
 
 def insitu_config(name: str, spreads: str = "default"):
     """``sgd_<device>``, ``tiki_taka_<device>`` or ``ttv2_<device>`` (module docstring);
-    ``spreads="none"`` builds every device with :data:`NO_SPREADS`."""
+    ``spreads="none"`` builds every device with :data:`NO_SPREADS`, ``"nobounds"`` with
+    :data:`NO_BOUND_SPREADS`."""
     algo = next((a for a in ("sgd", "tiki_taka", "ttv2") if name.startswith(a + "_")), "")
     dev = name[len(algo) + 1 :] if algo else ""
     if dev not in DEVICES:
         raise ValueError(f"unknown configuration {name!r}")
-    kw = NO_SPREADS if spreads == "none" else {}
+    kw = {"none": NO_SPREADS, "nobounds": NO_BOUND_SPREADS}.get(spreads, {})
     if algo == "sgd":
         return SingleRPUConfig(device=DEVICES[dev](**kw))
     transfer_io = IOParameters(
@@ -383,8 +387,9 @@ def main() -> None:
     ap.add_argument(
         "--spreads",
         default="default",
-        choices=("default", "none"),
-        help="insitu: devices at aihwkit's default spreads, or none (NO_SPREADS)",
+        choices=("default", "none", "nobounds"),
+        help="insitu: devices at aihwkit's default spreads, none (NO_SPREADS), or the default "
+        "less the bound spreads (NO_BOUND_SPREADS: the spreads ours model)",
     )
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument(

@@ -69,8 +69,9 @@ _SPREADS = {
 
 def ours_device(name: str, spreads: str = "default"):
     """The device of an aihwkit configuration name; None where no model of ours matches.
-    ``spreads="none"``: nominal devices (aihwkit_parity.py's ``NO_SPREADS``)."""
-    kw = _SPREADS if spreads == "default" else {}
+    ``spreads="none"``: nominal devices (aihwkit_parity.py's ``NO_SPREADS``); ``"nobounds"``
+    (aihwkit's default less its bound spreads) is ``"default"`` here, which has none of those."""
+    kw = _SPREADS if spreads in ("default", "nobounds") else {}
     if name.endswith("constant_step"):
         return analog.ConstantStep(dw_min=0.001 / (2 * AIHWKIT_W_MAX), **kw)
     if name.endswith("soft_bounds"):

@@ -53,6 +53,9 @@ NO_SPREADS = {
     "w_max_dtod": 0.0,
     "w_min_dtod": 0.0,
 }
+#: ``--spreads nobounds``: aihwkit's default spreads without its bound spreads (w_max_dtod,
+#: w_min_dtod), i.e. the spreads this package's device models have a counterpart for.
+NO_BOUND_SPREADS = {"w_max_dtod": 0.0, "w_min_dtod": 0.0}
 
 
 def probe_inputs() -> dict:
