@@ -222,19 +222,23 @@ NO_BOUND_SPREADS = aihwkit_parity_probe.NO_BOUND_SPREADS
 def insitu_config(name: str, spreads: str = "default"):
     """``sgd_<device>``, ``tiki_taka_<device>`` or ``ttv2_<device>`` (module docstring);
     ``spreads="none"`` builds every device with :data:`NO_SPREADS`, ``"nobounds"`` with
-    :data:`NO_BOUND_SPREADS`."""
+    :data:`NO_BOUND_SPREADS`; ``"slow_only"`` / ``"fast_only"`` give :data:`NO_BOUND_SPREADS`
+    to the weight's device (SGD's, Tiki-Taka's C) or to Tiki-Taka's A only and
+    :data:`NO_SPREADS` to the other, to tell which array's spreads matter."""
     algo = next((a for a in ("sgd", "tiki_taka", "ttv2") if name.startswith(a + "_")), "")
     dev = name[len(algo) + 1 :] if algo else ""
     if dev not in DEVICES:
         raise ValueError(f"unknown configuration {name!r}")
     kw = {"none": NO_SPREADS, "nobounds": NO_BOUND_SPREADS}.get(spreads, {})
+    kw_fast = {"slow_only": NO_SPREADS, "fast_only": NO_BOUND_SPREADS}.get(spreads, kw)
+    kw = {"slow_only": NO_BOUND_SPREADS, "fast_only": NO_SPREADS}.get(spreads, kw)
     if algo == "sgd":
         return SingleRPUConfig(device=DEVICES[dev](**kw))
     transfer_io = IOParameters(
         noise_management=NoiseManagementType.NONE, bound_management=BoundManagementType.NONE
     )
     common = dict(
-        unit_cell_devices=[DEVICES[dev](**kw), DEVICES[dev](**kw)],
+        unit_cell_devices=[DEVICES[dev](**kw_fast), DEVICES[dev](**kw)],  # A, then C
         transfer_forward=transfer_io,
         transfer_every=1.0,
         units_in_mbatch=True,
@@ -387,9 +391,10 @@ def main() -> None:
     ap.add_argument(
         "--spreads",
         default="default",
-        choices=("default", "none", "nobounds"),
-        help="insitu: devices at aihwkit's default spreads, none (NO_SPREADS), or the default "
-        "less the bound spreads (NO_BOUND_SPREADS: the spreads ours model)",
+        choices=("default", "none", "nobounds", "slow_only", "fast_only"),
+        help="insitu: devices at aihwkit's default spreads, none (NO_SPREADS), the default "
+        "less the bound spreads (NO_BOUND_SPREADS: the spreads ours model), or those on one "
+        "array only (slow_only: the weight's C; fast_only: Tiki-Taka's A)",
     )
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument(

@@ -67,11 +67,14 @@ _SPREADS = {
 }
 
 
-def ours_device(name: str, spreads: str = "default"):
+def ours_device(name: str, spreads: str = "default", array: str = "slow"):
     """The device of an aihwkit configuration name; None where no model of ours matches.
     ``spreads="none"``: nominal devices (aihwkit_parity.py's ``NO_SPREADS``); ``"nobounds"``
-    (aihwkit's default less its bound spreads) is ``"default"`` here, which has none of those."""
-    kw = _SPREADS if spreads in ("default", "nobounds") else {}
+    (aihwkit's default less its bound spreads) is ``"default"`` here, which has none of those;
+    ``"slow_only"`` / ``"fast_only"``: :data:`_SPREADS` for ``array`` ``"slow"`` (the weight's
+    C) or ``"fast"`` (Tiki-Taka's A) only."""
+    on = spreads in ("default", "nobounds") or spreads == f"{array}_only"
+    kw = _SPREADS if on else {}
     if name.endswith("constant_step"):
         return analog.ConstantStep(dw_min=0.001 / (2 * AIHWKIT_W_MAX), **kw)
     if name.endswith("soft_bounds"):
@@ -159,7 +162,7 @@ def insitu_ours(
     layer = functools.partial(
         analog.nnx.Linear, batch_size=batch, device=device, io=AIHWKIT_IO,
         tile_shape=(392, 512), w_max=AIHWKIT_W_MAX, kernel_init=uniform,
-        fast_device=device if tt else None, zero_grad_at_bound=True,
+        fast_device=ours_device(name, spreads, "fast") if tt else None, zero_grad_at_bound=True,
     )  # fmt: skip
     model = models.MLP(widths, activation=activation, linear=layer, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
