@@ -543,6 +543,7 @@ def test_the_annealed_tikitaka_row_freezes_c_and_h_when_its_transfer_rate_reache
     # keep what the first step left while A keeps learning; the constant-rate row moves C on.
     from analog._insitu import Crossbar
     from beyondbp import methods
+    from beyondbp.methods import analog_rows
 
     cfg = methods.MethodConfig(
         key=jax.random.key(0), input_shape=(4, 4, 1), widths=(8,), steps=1, batch_size=8
@@ -574,6 +575,4 @@ def test_the_annealed_tikitaka_row_freezes_c_and_h_when_its_transfer_rate_reache
         for first, last in zip(constant[0], constant[-1])
     )
     with pytest.raises(TypeError, match="transfer_lr"):
-        from beyondbp.methods import analog_rows
-
         analog_rows.build_tikitaka_annealed(cfg, transfer_lr=0.1)
