@@ -177,17 +177,9 @@ def managed_read(wt, v, io: IOConfig, key, transpose: bool, wiring: Wiring) -> j
     Returns:
       ``(B, padded out)`` float32, in the units of ``v @ W``.
     """
-    alpha = jnp.ones((v.shape[0], 1), _F32)
     if wiring.noise_management:
         m = jnp.max(jnp.abs(v), axis=1, keepdims=True)
-        alpha = jnp.where(m > 0, m, 1.0)
-        # scaling back by m itself: an all-zero input reads exactly zero (scaled by 1, the
-        # ADC noise would hand a saturated-softmax sample, d = 0, an error of the noise's
-        # size; aihwkit returns zeros too), and a NaN input stays NaN instead of reading 0
-        alpha_out = m
-    else:
-        alpha_out = alpha
-    v = v / alpha
+        v = v / jnp.where(m > 0, m, 1.0)
     y, sat = _read(wt, v, io, jax.random.fold_in(key, 0), transpose)
     if wiring.bound_management and io.out_bound is not None:
 
@@ -203,7 +195,10 @@ def managed_read(wt, v, io: IOConfig, key, transpose: bool, wiring: Wiring) -> j
 
         init = (jnp.zeros((), jnp.int32), y, sat, jnp.ones(sat.shape, _F32))
         y = jax.lax.while_loop(more, again, init)[1]
-    return y * alpha_out
+    # scaled back by m itself: an all-zero input reads exactly zero (scaled by 1, the ADC
+    # noise would hand a saturated-softmax sample, d = 0, an error of the noise's size;
+    # aihwkit returns zeros too), and a NaN input stays NaN instead of reading 0
+    return y * m if wiring.noise_management else y
 
 
 def _keys(cb: Crossbar) -> tuple[jax.Array, jax.Array]:

@@ -217,21 +217,26 @@ NO_SPREADS = aihwkit_parity_probe.NO_SPREADS
 #: ``--spreads nobounds``: the default spreads less the bound spreads, which ours do not model
 #: (``aihwkit_parity_insitu_ours._SPREADS``): the same devices on both sides.
 NO_BOUND_SPREADS = aihwkit_parity_probe.NO_BOUND_SPREADS
+#: ``--spreads`` choice -> the keyword overrides of (Tiki-Taka's A, the weight's device: SGD's,
+#: Tiki-Taka's C); ``slow_only`` / ``fast_only`` tell which array's spreads matter.
+SPREAD_SETS = {
+    "default": ({}, {}),
+    "none": (NO_SPREADS, NO_SPREADS),
+    "nobounds": (NO_BOUND_SPREADS, NO_BOUND_SPREADS),
+    "slow_only": (NO_SPREADS, NO_BOUND_SPREADS),
+    "fast_only": (NO_BOUND_SPREADS, NO_SPREADS),
+}
 
 
 def insitu_config(name: str, spreads: str = "default"):
     """``sgd_<device>``, ``tiki_taka_<device>`` or ``ttv2_<device>`` (module docstring);
-    ``spreads="none"`` builds every device with :data:`NO_SPREADS`, ``"nobounds"`` with
-    :data:`NO_BOUND_SPREADS`; ``"slow_only"`` / ``"fast_only"`` give :data:`NO_BOUND_SPREADS`
-    to the weight's device (SGD's, Tiki-Taka's C) or to Tiki-Taka's A only and
-    :data:`NO_SPREADS` to the other, to tell which array's spreads matter."""
+    ``spreads``: a key of :data:`SPREAD_SETS` (``"none"``: every device at
+    :data:`NO_SPREADS`)."""
     algo = next((a for a in ("sgd", "tiki_taka", "ttv2") if name.startswith(a + "_")), "")
     dev = name[len(algo) + 1 :] if algo else ""
     if dev not in DEVICES:
         raise ValueError(f"unknown configuration {name!r}")
-    kw = {"none": NO_SPREADS, "nobounds": NO_BOUND_SPREADS}.get(spreads, {})
-    kw_fast = {"slow_only": NO_SPREADS, "fast_only": NO_BOUND_SPREADS}.get(spreads, kw)
-    kw = {"slow_only": NO_BOUND_SPREADS, "fast_only": NO_SPREADS}.get(spreads, kw)
+    kw_fast, kw = SPREAD_SETS[spreads]
     if algo == "sgd":
         return SingleRPUConfig(device=DEVICES[dev](**kw))
     transfer_io = IOParameters(
@@ -391,7 +396,7 @@ def main() -> None:
     ap.add_argument(
         "--spreads",
         default="default",
-        choices=("default", "none", "nobounds", "slow_only", "fast_only"),
+        choices=tuple(SPREAD_SETS),
         help="insitu: devices at aihwkit's default spreads, none (NO_SPREADS), the default "
         "less the bound spreads (NO_BOUND_SPREADS: the spreads ours model), or those on one "
         "array only (slow_only: the weight's C; fast_only: Tiki-Taka's A)",

@@ -541,7 +541,7 @@ def test_the_digital_then_program_row_is_analog_program_and_its_old_name_resolve
 def test_the_annealed_tikitaka_row_freezes_c_and_h_when_its_transfer_rate_reaches_zero():
     # cfg.steps = 1: the cosine is at its peak for step 0 and at 0 from step 1 on, so C and H
     # keep what the first step left while A keeps learning; the constant-rate row moves C on.
-    from analog._insitu import Crossbar
+    from analog._pulsed_sgd import is_crossbar
     from beyondbp import methods
     from beyondbp.methods import analog_rows
 
@@ -550,7 +550,6 @@ def test_the_annealed_tikitaka_row_freezes_c_and_h_when_its_transfer_rate_reache
     )
     x = jax.random.uniform(jax.random.key(1), (8, 16))
     y = jnp.arange(8) % 10
-    is_cb = lambda p: isinstance(p, Crossbar)
 
     def crossbars(name, steps):
         setup = methods.get(name).build(cfg)
@@ -560,7 +559,8 @@ def test_the_annealed_tikitaka_row_freezes_c_and_h_when_its_transfer_rate_reache
         for _ in range(steps):
             u, state = setup.tx.update(jax.grad(lambda p: loss(p).mean())(params), state, params)
             params = optax.apply_updates(params, u)
-            seen.append([c for c in jax.tree.leaves(params, is_leaf=is_cb) if is_cb(c)])
+            leaves = jax.tree.leaves(params, is_leaf=is_crossbar)
+            seen.append([c for c in leaves if is_crossbar(c)])
         return seen
 
     read = lambda t: np.asarray(analog.read_weights(t))
