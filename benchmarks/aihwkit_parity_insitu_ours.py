@@ -28,6 +28,7 @@ import aihwkit_parity_probe as probe
 import matplotlib.pyplot as plt
 
 import analog
+from analog._pulsed_sgd import is_crossbar
 from beyondbp import datasets, models
 
 #: The in-situ network (aihwkit_parity.py's ``WIDTHS``).
@@ -104,11 +105,7 @@ def tiki_taka_as_aihwkit(lr: float, batch: int, params, seed: int, max_pulses: i
     steps of C, the rest kept), aihwkit's TransferCompound pulses the read into C stochastically;
     the expected change of C is the same. ``max_pulses``: the cap on one transfer's pulses
     (:data:`AIHWKIT_MAX_TRANSFER_PULSES`)."""
-    from analog._insitu import Crossbar
-
-    digital = jax.tree.map(
-        lambda p: not isinstance(p, Crossbar), params, is_leaf=lambda p: isinstance(p, Crossbar)
-    )
+    digital = jax.tree.map(lambda p: not is_crossbar(p), params, is_leaf=is_crossbar)
     return optax.chain(
         optax.masked(optax.scale(lr / AIHWKIT_FAST_LR), digital),  # biases: -lr g
         analog.tiki_taka(
@@ -208,15 +205,13 @@ def insitu_ours(
 def _layer_arrays(params) -> list[tuple]:
     """Per analog layer ``(C, A, H, w_max)`` as numpy arrays (A and H None without a fast
     array): the exact reads of the slow and fast tiles and the TTv2 buffer."""
-    from analog._insitu import Crossbar
 
     def arrays(cb):
         read = lambda t: None if t is None else np.asarray(analog.read_weights(t))
         h = None if cb.buffer is None else np.asarray(cb.buffer)
         return read(cb.tiles), read(cb.fast), h, AIHWKIT_W_MAX
 
-    is_cb = lambda p: isinstance(p, Crossbar)
-    return [arrays(p) for p in jax.tree.leaves(params, is_leaf=is_cb) if is_cb(p)]
+    return [arrays(p) for p in jax.tree.leaves(params, is_leaf=is_crossbar) if is_crossbar(p)]
 
 
 def insitu_cmd(args) -> None:

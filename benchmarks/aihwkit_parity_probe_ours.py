@@ -103,26 +103,28 @@ def drift_probe(p: dict, dev: analog.Device) -> dict:
 
 
 def tikitaka_probe(p: dict, dev: analog.Device, scale: float) -> dict:
-    """TTv2 on one tile, ``probe.TT_STEPS`` updates, ``probe.TT_REPS`` pulse seeds."""
+    """TTv2 on one tile, ``probe.TT_STEPS`` updates, ``probe.TT_REPS`` repetitions, each on a
+    freshly drawn tile (its own device spreads and pulse seed), as aihwkit's half builds a new
+    tile per repetition."""
     import optax
     from aihwkit_parity_insitu_ours import AIHWKIT_FAST_LR, AIHWKIT_MAX_TRANSFER_PULSES
     from flax import nnx
 
-    layer = analog.nnx.Linear(
-        64, 32, batch_size=64, device=dev, io=AIHWKIT_IO, tile_shape=(392, 512),
-        w_max=AIHWKIT_W_MAX, kernel_init=lambda *_: jnp.asarray(p["w0"].T), fast_device=dev,
-        rngs=nnx.Rngs(1),
-    )  # fmt: skip
-    graphdef, params = nnx.split(layer)
     x, d = jnp.asarray(p["x"]), jnp.float32(scale) * jnp.asarray(p["d"])
-    # the loss is linear in the output, so the tap's gradient is exactly [x, d]
-    grads = jax.grad(lambda q: jnp.sum(nnx.merge(graphdef, q)(x) * d))(params)
 
     def arrays(q):
         cb = q["crossbar"].get_value()
         return analog.read_weights(cb.fast).T, analog.read_weights(cb.tiles).T
 
     def run(seed):
+        layer = analog.nnx.Linear(
+            64, 32, batch_size=64, device=dev, io=AIHWKIT_IO, tile_shape=(392, 512),
+            w_max=AIHWKIT_W_MAX, kernel_init=lambda *_: jnp.asarray(p["w0"].T),
+            fast_device=dev, rngs=nnx.Rngs(seed + 1),
+        )  # fmt: skip
+        graphdef, params = nnx.split(layer)
+        # the loss is linear in the output, so the tap's gradient is exactly [x, d]
+        grads = jax.grad(lambda q: jnp.sum(nnx.merge(graphdef, q)(x) * d))(params)
         tx = analog.tiki_taka(
             AIHWKIT_FAST_LR, transfer_every=64, transfer_lr=probe.LR, update=AIHWKIT_UPDATE,
             transfer_io=AIHWKIT_IO, max_transfer_pulses=AIHWKIT_MAX_TRANSFER_PULSES, seed=seed,
@@ -153,7 +155,7 @@ def tikitaka_main() -> None:
     lines.append("|---|---|---|---|---|---|")
     ours = {}
     stats = ("A_slope", "A_err_std", "C_slope", "C_err_std")
-    runs = itertools.product(probe.TT_DEVICES, ("none", "default"), probe.TT_SCALES)
+    runs = itertools.product(probe.TT_DEVICES, probe.TT_SPREADS, probe.TT_SCALES)
     for dev, spreads, scale in runs:
         key = f"{dev}_{spreads}_x{scale}"
         ours[key] = tikitaka_probe(p, ours_device(dev, spreads), scale)
