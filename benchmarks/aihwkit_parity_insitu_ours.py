@@ -10,6 +10,7 @@ holds both, with a plot of them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -67,15 +68,30 @@ _SPREADS = {
     "up_down_dtod": 0.01 * math.sqrt(2.0),
 }
 
+#: ``pair_gains``: ``"independent"`` (the default, as every figure before stop 38 was measured):
+#: each device of a pair draws its own step scale, at :data:`_SPREADS`' sqrt(2) times aihwkit's
+#: spread. A pair then reaches its bound at the pace of its slower device: on one saturated
+#: Tiki-Taka tile A moved 3% less than aihwkit's and spread 4% less
+#: (``aihwkit_parity_probe_tikitaka.json``, ConstantStep, nobounds, x2). ``"shared"``: both
+#: devices take one step scale, drawn at aihwkit's spread (0.3), so that a weight's gain is
+#: aihwkit's one device's and saturates as it does; the pulse noise and the asymmetry stay
+#: per device.
+PAIR_GAINS = ("independent", "shared")
 
-def ours_device(name: str, spreads: str = "default", array: str = "slow"):
+
+def ours_device(
+    name: str, spreads: str = "default", array: str = "slow", pair_gains: str = "independent"
+):
     """The device of an aihwkit configuration name; None where no model of ours matches.
     ``spreads="none"``: nominal devices (aihwkit_parity.py's ``NO_SPREADS``); ``"nobounds"``
     (aihwkit's default less its bound spreads) is ``"default"`` here, which has none of those;
     ``"slow_only"`` / ``"fast_only"``: :data:`_SPREADS` for ``array`` ``"slow"`` (the weight's
-    C) or ``"fast"`` (Tiki-Taka's A) only."""
+    C) or ``"fast"`` (Tiki-Taka's A) only. ``pair_gains``: :data:`PAIR_GAINS` (with
+    ``"shared"``, :func:`share_pair_gains` must then be applied to the built layers)."""
     on = spreads in ("default", "nobounds") or spreads == f"{array}_only"
-    kw = _SPREADS if on else {}
+    kw = dict(_SPREADS) if on else {}
+    if on and pair_gains == "shared":  # one draw per weight: aihwkit's spread, not sqrt(2) x
+        kw["dw_min_dtod"] = 0.3
     if name.endswith("constant_step"):
         return analog.ConstantStep(dw_min=0.001 / (2 * AIHWKIT_W_MAX), **kw)
     if name.endswith("soft_bounds"):
@@ -83,6 +99,29 @@ def ours_device(name: str, spreads: str = "default", array: str = "slow"):
     if name.endswith("exp_step"):  # pair vs single device: BENCHMARKS.md, "ExpFitStep"
         return analog.ExpFitStep(dw_min=0.001 / (2 * AIHWKIT_W_MAX), **kw)
     return None
+
+
+def share_pair_gains(params):
+    """Every crossbar's G- devices take their G+ partner's step scale (``pair_gains="shared"``,
+    :data:`PAIR_GAINS`), on the weight's array and on Tiki-Taka's fast array."""
+
+    def share(t):
+        return (
+            None
+            if t is None
+            else dataclasses.replace(
+                t, var_minus=t.var_minus._replace(dw_scale=t.var_plus.dw_scale)
+            )
+        )
+
+    def crossbar(p):
+        return (
+            dataclasses.replace(p, tiles=share(p.tiles), fast=share(p.fast))
+            if is_crossbar(p)
+            else p
+        )
+
+    return jax.tree.map(crossbar, params, is_leaf=is_crossbar)
 
 
 #: aihwkit's TransferCompound defaults: ``fast_lr`` 1 (A's updates take this rate, whatever
@@ -133,6 +172,7 @@ def insitu_ours(
     epochs: int = 1,
     widths: tuple[int, ...] = WIDTHS,
     trace_every: int = 0,
+    pair_gains: str = "independent",
 ) -> dict:
     """Train aihwkit_parity.py's configuration ``name`` with this package; test accuracy.
 
@@ -146,10 +186,11 @@ def insitu_ours(
     ``samples`` first images of a permutation seeded by ``seed`` (numpy's
     ``default_rng(seed)``) as aihwkit's side, in the same order every one of ``epochs`` epochs.
     ``trace_every`` N > 0 adds a ``trace`` as aihwkit_parity.py's ``--trace N`` records it.
+    ``pair_gains``: one of :data:`PAIR_GAINS`.
     """
     from flax import nnx
 
-    device = ours_device(name, spreads)
+    device = ours_device(name, spreads, pair_gains=pair_gains)
     if device is None:
         raise ValueError(f"{name}: no device model of this package matches aihwkit's")
     tt = name.startswith(("tiki_taka_", "ttv2_"))  # one algorithm of ours, TTv2 (docstring)
@@ -159,10 +200,13 @@ def insitu_ours(
     layer = functools.partial(
         analog.nnx.Linear, batch_size=batch, device=device, io=AIHWKIT_IO,
         tile_shape=(392, 512), w_max=AIHWKIT_W_MAX, kernel_init=uniform,
-        fast_device=ours_device(name, spreads, "fast") if tt else None, zero_grad_at_bound=True,
+        fast_device=ours_device(name, spreads, "fast", pair_gains) if tt else None,
+        zero_grad_at_bound=True,
     )  # fmt: skip
     model = models.MLP(widths, activation=activation, linear=layer, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
+    if pair_gains == "shared":
+        params = share_pair_gains(params)
     if tt:
         tx = tiki_taka_as_aihwkit(lr, batch, params, seed, AIHWKIT_MAX_TRANSFER_PULSES)
     else:
@@ -226,7 +270,7 @@ def insitu_cmd(args) -> None:
               "widths": tuple(theirs.get("widths", WIDTHS)),
               "trace_every": theirs.get("trace_every", 0)}  # fmt: skip
     out: dict = {"aihwkit": theirs, "configs": {}, "io": str(AIHWKIT_IO),
-                 "update": str(AIHWKIT_UPDATE)}  # fmt: skip
+                 "update": str(AIHWKIT_UPDATE), "pair_gains": args.pair_gains}  # fmt: skip
     for name, a in theirs["configs"].items():
         if args.configs and name not in args.configs.split(","):
             continue
@@ -235,9 +279,12 @@ def insitu_cmd(args) -> None:
             continue
         runs = []
         for seed in theirs["seeds"][: len(a["runs"])]:
-            runs.append(insitu_ours(name, seed, data, **budget, spreads=spreads))
+            runs.append(
+                insitu_ours(name, seed, data, **budget, spreads=spreads, pair_gains=args.pair_gains)
+            )
             print(name, seed, {k: v for k, v in runs[-1].items() if k != "trace"}, flush=True)
-        out["configs"][name] = side_by_side(runs, a)
+            out["configs"][name] = side_by_side(runs, a)  # saved every seed: a stop keeps them
+            _common.save(args.out or "aihwkit_parity_insitu_compare", out, None)
         _common.save(args.out or "aihwkit_parity_insitu_compare", out, _trace_plot(out))
 
 

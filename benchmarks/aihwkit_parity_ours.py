@@ -41,7 +41,7 @@ import optax
 matplotlib.use("Agg")
 import _common
 import matplotlib.pyplot as plt
-from aihwkit_parity_insitu_ours import WIDTHS, _mnist, insitu_cmd
+from aihwkit_parity_insitu_ours import PAIR_GAINS, WIDTHS, _mnist, insitu_cmd
 
 import analog
 from beyondbp import datasets, drift
@@ -284,6 +284,13 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=_common.int_list, default=(0, 1, 2), help="chips")
     ap.add_argument("--configs", default="", help="insitu: only these (default: all of aihwkit's)")
     ap.add_argument("--out", default=None, help="insitu: result name")
+    ap.add_argument(
+        "--pair-gains",
+        choices=PAIR_GAINS,
+        default="independent",
+        help="insitu: a pair's two devices draw their own step scales, or share one drawn at "
+        "aihwkit's per-weight spread (aihwkit_parity_insitu_ours.PAIR_GAINS)",
+    )
     ap.add_argument(
         "--aihwkit",
         default="aihwkit_parity_insitu",
