@@ -101,24 +101,23 @@ def ours_device(
     return None
 
 
+def share_tile_gains(tiles):
+    """``tiles`` with each G- device at its G+ partner's step scale (None stays None)."""
+    if tiles is None:
+        return None
+    var = tiles.var_minus._replace(dw_scale=tiles.var_plus.dw_scale)
+    return dataclasses.replace(tiles, var_minus=var)
+
+
 def share_pair_gains(params):
-    """Every crossbar's G- devices take their G+ partner's step scale (``pair_gains="shared"``,
+    """Every crossbar's pairs share one step scale (``pair_gains="shared"``,
     :data:`PAIR_GAINS`), on the weight's array and on Tiki-Taka's fast array."""
 
-    def share(t):
-        return (
-            None
-            if t is None
-            else dataclasses.replace(
-                t, var_minus=t.var_minus._replace(dw_scale=t.var_plus.dw_scale)
-            )
-        )
-
     def crossbar(p):
-        return (
-            dataclasses.replace(p, tiles=share(p.tiles), fast=share(p.fast))
-            if is_crossbar(p)
-            else p
+        if not is_crossbar(p):
+            return p
+        return dataclasses.replace(
+            p, tiles=share_tile_gains(p.tiles), fast=share_tile_gains(p.fast)
         )
 
     return jax.tree.map(crossbar, params, is_leaf=is_crossbar)

@@ -31,9 +31,10 @@ def parity():
     return import_benchmark("aihwkit_parity_insitu_ours")
 
 
-def _one_pulse_steps(dev, n: int = 64) -> np.ndarray:
-    """The weight change of exactly one raising pulse on each of ``n x n`` zero weights."""
-    tiles = analog.init_tiles(jax.random.key(0), jnp.zeros((n, n)), dev, (n, n), w_max=0.6)
+def _one_pulse_steps(dev, n: int = 64, prepare=lambda t: t) -> np.ndarray:
+    """The weight change of exactly one raising pulse on each of ``n x n`` zero weights
+    (``prepare``: applied to the tiles before the pulse)."""
+    tiles = prepare(analog.init_tiles(jax.random.key(0), jnp.zeros((n, n)), dev, (n, n), w_max=0.6))
     x = jnp.eye(n, dtype=jnp.float32)  # sample i raises row i: one pulse per weight in all
     d = jnp.full((n, n), AIHWKIT_DW_MIN, jnp.float32)
     new, _ = analog.pulse_update(
@@ -53,6 +54,24 @@ def test_pair_step_spreads_as_aihwkits_single_device(parity, only):
     # at 0 in ours removes under 1%: 6% is past five sigma)
     assert abs(steps.mean() / AIHWKIT_DW_MIN - 1.0) < 0.03
     assert abs(steps.std() / steps.mean() / AIHWKIT_SPREAD - 1.0) < 0.06
+
+
+def test_shared_pair_gains_spread_each_weight_as_aihwkit_and_tie_the_two_devices(parity):
+    full = parity.ours_device("sgd_constant_step", pair_gains="shared")
+    dev = dataclasses.replace(full, dw_min_std=0.0, up_down_dtod=0.0)
+    tiles = parity.share_tile_gains(
+        analog.init_tiles(jax.random.key(0), jnp.zeros((64, 64)), dev, (64, 64), w_max=0.6)
+    )
+    np.testing.assert_array_equal(tiles.var_minus.dw_scale, tiles.var_plus.dw_scale)
+    # the pair's one scale is still drawn per weight (0.3: 4096 draws, 0.25 is far below)
+    assert float(np.std(tiles.var_plus.dw_scale)) > 0.25
+    steps = _one_pulse_steps(dev, prepare=parity.share_tile_gains).ravel()
+    # one draw per weight at aihwkit's 0.3 (same tolerances as above)
+    assert abs(steps.mean() / AIHWKIT_DW_MIN - 1.0) < 0.03
+    assert abs(steps.std() / steps.mean() / AIHWKIT_SPREAD - 1.0) < 0.06
+    # without the tie the same device (0.3 per device) spreads a weight by 0.3 / sqrt(2)
+    loose = _one_pulse_steps(dev).ravel()
+    assert abs(loose.std() / loose.mean() / (AIHWKIT_SPREAD / np.sqrt(2.0)) - 1.0) < 0.06
 
 
 @pytest.mark.parametrize("name", ["sgd_constant_step", "sgd_soft_bounds", "sgd_exp_step"])
