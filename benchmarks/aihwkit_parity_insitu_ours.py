@@ -284,6 +284,7 @@ def insitu_cmd(args) -> None:
             print(name, seed, {k: v for k, v in runs[-1].items() if k != "trace"}, flush=True)
             out["configs"][name] = side_by_side(runs, a)  # saved every seed: a stop keeps them
             _common.save(args.out or "aihwkit_parity_insitu_compare", out, None)
+    if out["configs"]:  # the plot once, at the end
         _common.save(args.out or "aihwkit_parity_insitu_compare", out, _trace_plot(out))
 
 

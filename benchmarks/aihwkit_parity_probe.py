@@ -30,7 +30,7 @@ asks for more coincidences than BL has slots.
 transfer rate 1 scaled by lr 0.1, one column of A read per mini-batch, transfers of at most 31
 pulses), the same mini-batch ``(x, s d)`` 128 times from ``W0``: at steps 32, 64 and 128 the
 slopes of A and of ``C - W0`` along the per-step direction ``G = -s d^T x``
-(:func:`tikitaka_stats`) and the spread about them, per device, with and without spreads,
+(:func:`tikitaka_stats`) and the spread about them, per device, at each of :data:`TT_SPREADS`,
 :data:`TT_REPS` fresh tiles each. Two scales :data:`TT_SCALES`: ``s = 0.1`` keeps A inside its
 bounds and every transfer under 31 pulses; ``s = 2`` saturates A within about 30 steps, so that
 transfers hit the 31-pulse cap (where an uncapped transfer moved C 75% faster).
