@@ -346,7 +346,12 @@ def _plot_function(ax, name, res):
     ax.legend(fontsize=7)
 
 
-COLORS = {"bp": "tab:red", "fg-gaussian": "tab:blue", "fg-rademacher": "tab:green"}
+COLORS = {
+    "bp": "tab:red",
+    "fg-gaussian": "tab:blue",
+    "fg-rademacher": "tab:green",
+    "fg-rank1": "tab:purple",
+}
 
 
 def _plot_model(ax, model, runs, window):
@@ -416,7 +421,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--tangents",
         default="gaussian,rademacher",
-        help="FG variants: the paper's gaussian, and this library's default",
+        help="FG variants: the paper's gaussian, this library's default rademacher, and rank1 "
+        "(rank-one sign matrices, s r^T, whose tangent products are matrix-vector products)",
     )
     for m in LR:
         ap.add_argument(f"--lr-{m}", type=float, default=LR[m])
@@ -437,8 +443,8 @@ def parse(argv=None) -> argparse.Namespace:
         setattr(args, f"steps_{m}", n - n % args.chunk)
     args.tangents = [t for t in args.tangents.split(",") if t]
     for t in args.tangents:
-        if t not in fwdgrad.TANGENTS:
-            ap.error(f"--tangents: {t!r} is not one of {list(fwdgrad.TANGENTS)}")
+        if t not in fwdgrad.WEIGHT_TANGENTS:
+            ap.error(f"--tangents: {t!r} is not one of {list(fwdgrad.WEIGHT_TANGENTS)}")
     args.models = [m for m in args.models.split(",") if m]
     args.loop_models = [m for m in args.loop_models.split(",") if m]
     for m in args.loop_models:

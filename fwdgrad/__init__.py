@@ -39,7 +39,7 @@ from fwdgrad._estimators import (
 from fwdgrad._heads import local_head_losses
 from fwdgrad._local import local_forward_gradient, local_fwd_grad
 from fwdgrad._mixer import MixerConfig, mixer_apply, mixer_grads, mixer_init, mixer_local_losses
-from fwdgrad._tangents import TANGENTS, sample_tangents
+from fwdgrad._tangents import TANGENTS, WEIGHT_TANGENTS, sample_tangents
 from fwdgrad._transforms import ForwardGradientState, forward_gradient
 from fwdgrad.nnx import LocalConvNet, LocalMixer, LocalMLP
 
@@ -53,6 +53,7 @@ __all__ = [
     "MixerConfig",
     "STRATEGIES",
     "TANGENTS",
+    "WEIGHT_TANGENTS",
     "activity_forward_gradient",
     "activity_fwd_grad",
     "convnet_apply",

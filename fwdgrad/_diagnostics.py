@@ -51,11 +51,12 @@ def theoretical_variance(
     """``E|g_hat - g|^2`` predicted for the estimator, given the exact gradient ``g``.
 
     Mean of K forward gradients over n parameters (Baydin et al., 2022; Silver et
-    al., 2022, sec. 3): Gaussian ``(n + 1)|g|^2 / K``, Rademacher ``(n - 1)|g|^2 / K``.
+    al., 2022, sec. 3): Gaussian ``(n + 1)|g|^2 / K``, Rademacher ``(n - 1)|g|^2 / K`` (rank1
+    too: its entries are +-1 and ``E[v v^T] = I``, which is all the total depends on).
     Orthogonal projection onto a uniformly random K-dimensional subspace:
     ``(1 - K/n)|g|^2`` (exact for Gaussian tangents, close for Rademacher).
     """
-    _tangents.check_tangent(tangent)
+    _tangents.check_tangent(tangent, weight=True)
     _estimators.check_aggregate(aggregate)
     K = _estimators.check_num_tangents(num_tangents)
     g = _flat32(exact)

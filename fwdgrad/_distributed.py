@@ -92,7 +92,7 @@ def _check_config(mesh, axis_name, num_tangents, tangent, aggregate, batch_axis_
         )
     n_dev = _check_axis(mesh, axis_name, "axis_name")
     K = _estimators.check_num_tangents(num_tangents)
-    _tangents.check_tangent(tangent)
+    _tangents.check_tangent(tangent, weight=True)
     _estimators.check_aggregate(aggregate)
     if K % n_dev:
         raise ValueError(

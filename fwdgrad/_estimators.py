@@ -293,7 +293,10 @@ def value_and_fwd_grad(
       argnums: which positional argument(s) to estimate the gradient for; any
         pytree of float arrays (float32, bfloat16, ...).
       num_tangents: K, the number of random tangents (a Python int >= 1).
-      tangent: ``"rademacher"`` (default, one random bit per entry) or ``"gaussian"``.
+      tangent: ``"rademacher"`` (default, one random bit per entry), ``"gaussian"``, or
+        ``"rank1"``: a matrix leaf's tangent is ``s r^T`` for random sign vectors, with the
+        same per-entry variance as ``"rademacher"`` and, under ``strategy="loop"``, the
+        matrix-vector cost ``(x s) r^T`` instead of a second matmul (``fwdgrad._tangents``).
       aggregate: ``"mean"`` or ``"orthogonal"`` (K <= n required).
       has_aux: ``fun`` returns ``(value, aux)``.
       chunk_size: tangents per chunk; chunks run one after another
@@ -366,7 +369,7 @@ def _check_estimator(fun, argnums, num_tangents, tangent, aggregate, has_aux, ch
     ``(argnums tuple, K, tangent, aggregate, chunk_size)``."""
     argnums_t = _check_argnums(argnums)
     K = check_num_tangents(num_tangents)
-    tangent = _tangents.check_tangent(tangent)
+    tangent = _tangents.check_tangent(tangent, weight=True)
     aggregate = check_aggregate(aggregate)
     chunk_size = check_chunk_size(chunk_size, K)
     check_strategy(strategy)
@@ -389,7 +392,7 @@ def _check_span(aggregate: str, K: int, leaves) -> None:
 
 #: A bound on |v| of one tangent entry: Rademacher entries are +-1; ``jax.random.normal`` is
 #: ``sqrt(2) erfinv(u)`` with ``|u| < 1`` representable, so below 5.5 in float32 (8 for margin).
-_TANGENT_MAX = {"rademacher": 1.0, "gaussian": 8.0}
+_TANGENT_MAX = {"rademacher": 1.0, "rank1": 1.0, "gaussian": 8.0}
 
 
 def _gate(value, w, leaves, tangent):

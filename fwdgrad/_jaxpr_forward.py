@@ -9,6 +9,8 @@ tangent carrying a leading K axis and the primal computed once (Baydin et al.,
   stacked ``[x; dx_1..dx_K]`` with ``W`` ((1 + 2K)/3 backprop steps of
   arithmetic for a dense network), and the terms ``x V_k`` with a weight's
   tangent are drawn and multiplied one k at a time (:func:`_jvp_dot`).
+* A ``"rank1"`` matrix tangent ``s r^T`` read by a matmul is never formed:
+  ``x (s r^T) = (x s) r^T`` costs a matrix-vector product (:func:`_rank1_term`).
 * Tangents are generated where they are used. A parameter's tangent is drawn
   from its own key at the first equation that reads the parameter (carried
   unevaluated through reshapes and casts, :class:`Lazy`). Each matmul's primal
@@ -86,6 +88,65 @@ def _per_tangent(fn, t, keys, tangent):
     return lax.map(lambda key: fn(_draw_one(t, key, tangent)), keys)
 
 
+def _rank1(lazy: Lazy, keys: jax.Array, tangent: str) -> tuple[jax.Array, jax.Array] | None:
+    """``(S, R)``, ``(K, m)`` and ``(K, n)``, with tangent k of ``lazy`` (after its structural
+    ops) equal to ``S[k] R[k]^T``; None unless it is a ``"rank1"`` matrix still of that form."""
+    if tangent != "rank1" or len(lazy.shape) != 2:
+        return None
+    swap, dtype = False, lazy.dtype
+    for prim, params in lazy.post:
+        if prim.name == "transpose":
+            swap ^= tuple(params["permutation"]) == (1, 0)
+        elif prim.name == "convert_element_type":
+            dtype = params["new_dtype"]
+        elif prim.name not in ("copy", "copy_p"):
+            return None
+    # +-1 factors: their products are exact in any float dtype, so casting the factors
+    # gives the cast of the drawn matrix.
+    s, r = jax.vmap(
+        lambda k: _tangents.rank1_factors(_tangents.leaf_key(k, lazy.index), lazy.shape, dtype)
+    )(keys)
+    return (r, s) if swap else (s, r)
+
+
+def _rank1_term(x, lazy, keys, tangent, contract, lazy_left, kw):
+    """``x . V_k`` (``lazy_left``: ``V_k . x``) for K rank-1 matrix tangents ``V_k = S_k R_k^T``
+    as ``(x . u_k) (x) w_k``, with ``u_k`` the factor along the contracted axis of ``V``:
+    ``O(B (m + n))`` instead of a ``B m n`` product. None if this does not apply.
+
+    ``contract``: ``(x's contracting axes, V's contracting axes)`` of the ``dot_general``.
+    """
+    factors = _rank1(lazy, keys, tangent)
+    xc, vc = contract
+    if factors is None or len(vc) != 1:
+        return None
+    u, w = factors if vc[0] == 0 else factors[::-1]
+    dims = ((tuple(xc), (0,)), ((), ()))
+    x_free = x.ndim - len(xc)
+
+    def one(u_k, w_k):
+        xu = lax.dot_general(x, u_k, dims, **kw)  # x's free axes
+        if lazy_left:  # output axes: V's free axis, then x's
+            return w_k.reshape(w_k.shape + (1,) * x_free) * xu
+        return xu[..., None] * w_k
+
+    return jax.vmap(one)(u, w)
+
+
+def _param_term(x, t, keys, tangent, dims, lazy_left, kw):
+    """The K products of ``x`` with a parameter's tangent ``t`` (``t . x`` if ``lazy_left``),
+    ``(K, ...)``: rank-1 where :func:`_rank1_term` applies, else drawn one k at a time."""
+    (lc, rc), _ = dims
+    if isinstance(t, Lazy):
+        contract = (rc, lc) if lazy_left else (lc, rc)
+        out = _rank1_term(x, t, keys, tangent, contract, lazy_left, kw)
+        if out is not None:
+            return out
+    if lazy_left:
+        return _per_tangent(lambda v: lax.dot_general(v, x, dims, **kw), t, keys, tangent)
+    return _per_tangent(lambda v: lax.dot_general(x, v, dims, **kw), t, keys, tangent)
+
+
 def _jvp_eqn(prim, params, invals, tans):
     """Primal output(s) and K-batched tangent output(s) of one equation.
 
@@ -135,22 +196,22 @@ def _jvp_dot(params, invals, tans, keys, kind):
         out = lax.dot_general(stack, b, ((tuple(c + 1 for c in lc), tuple(rc)), ((), ())), **kw)
         primal, tan = out[0], out[1:]
         if db is not None:
-            tan = tan + _per_tangent(lambda v: dot(a, v), db, keys, kind).astype(tan.dtype)
+            tan = tan + _param_term(a, db, keys, kind, dims, False, kw).astype(tan.dtype)
     elif db is not None and not isinstance(db, Lazy):
         stack = jnp.concatenate([b[None].astype(db.dtype), db], axis=0)
         out = lax.dot_general(a, stack, ((tuple(lc), tuple(c + 1 for c in rc)), ((), ())), **kw)
         out = jnp.moveaxis(out, a_free, 0)
         primal, tan = out[0], out[1:]
         if da is not None:
-            tan = tan + _per_tangent(lambda v: dot(v, b), da, keys, kind).astype(tan.dtype)
+            tan = tan + _param_term(b, da, keys, kind, dims, True, kw).astype(tan.dtype)
     else:
         # Only parameter tangents (a layer reading the input): nothing to stack with.
         primal = dot(a, b)
         parts = [
-            _per_tangent(lambda v: dot(a, v), db, keys, kind) if db is not None else None,
-            _per_tangent(lambda v: dot(v, b), da, keys, kind) if da is not None else None,
+            _param_term(a, db, keys, kind, dims, False, kw) if db is not None else None,
+            _param_term(b, da, keys, kind, dims, True, kw) if da is not None else None,
         ]
-        parts = [p for p in parts if p is not None]
+        parts = [p.astype(primal.dtype) for p in parts if p is not None]
         tan = parts[0] if len(parts) == 1 else parts[0] + parts[1]
     return _tie(primal, tan), tan
 

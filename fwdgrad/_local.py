@@ -280,7 +280,7 @@ def local_fwd_grad(
     Args:
       blocks: the blocks, in order.
       num_tangents: K tangents per site, averaged.
-      tangent: ``"rademacher"`` or ``"gaussian"``.
+      tangent: ``"rademacher"`` or ``"gaussian"``; ``"rank1"`` too with ``perturb="weight"``.
       mask_tangents: drop tangents where ``activation'(z) == 0``.
       separate_sites: each site of a block gets its own K directional
         derivatives (one jvp per site and tangent, batched), so no site's
@@ -302,8 +302,10 @@ def local_fwd_grad(
       sequence, one entry per block), and the last block's output. Block i draws
       its tangents from ``fold_in(key, i)``.
     """
-    blocks, K = _check_local_fwd_grad(blocks, num_tangents, tangent, mask_tangents, separate_sites)
     perturb = check_perturb(perturb)
+    blocks, K = _check_local_fwd_grad(
+        blocks, num_tangents, tangent, mask_tangents, separate_sites, perturb
+    )
 
     def grad_fn(key, params, x):
         key = _estimators.as_key(key)
@@ -342,7 +344,7 @@ def check_perturb(perturb: Any) -> str:
 
 
 def _check_local_fwd_grad(
-    blocks, num_tangents, tangent, mask_tangents, separate_sites
+    blocks, num_tangents, tangent, mask_tangents, separate_sites, perturb
 ) -> tuple[tuple[Block, ...], int]:
     """Validate :func:`local_fwd_grad`'s arguments; return the blocks as a tuple and K."""
     blocks = tuple(blocks)
@@ -352,7 +354,7 @@ def _check_local_fwd_grad(
             "block(params, h, site) -> (out, losses)"
         )
     K = _estimators.check_num_tangents(num_tangents)
-    _tangents.check_tangent(tangent)
+    _tangents.check_tangent(tangent, weight=perturb == "weight")
     for name, flag in (("mask_tangents", mask_tangents), ("separate_sites", separate_sites)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name}={flag!r} must be a bool")
@@ -383,9 +385,9 @@ def local_forward_gradient(
             "or fwdgrad.ConvNetConfig"
         )
     K = _estimators.check_num_tangents(num_tangents)
-    _tangents.check_tangent(tangent)
-    _transforms.check_seed(seed)
     perturb = check_perturb(perturb)
+    _tangents.check_tangent(tangent, weight=perturb == "weight")
+    _transforms.check_seed(seed)
 
     def update_fn(updates, state, params=None, *, batch=None, **extra_args):
         del updates, extra_args

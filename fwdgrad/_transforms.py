@@ -116,7 +116,8 @@ def forward_gradient(
 
     Args:
       num_tangents: K >= 1 tangents per step (a Python int; static under jit).
-      tangent: ``"rademacher"`` or ``"gaussian"``.
+      tangent: ``"rademacher"``, ``"gaussian"`` or ``"rank1"`` (see
+        :func:`fwdgrad.value_and_fwd_grad`).
       aggregate: ``"mean"`` (unbiased, variance ``(n - 1)|g|^2/K``; use small
         learning rates) or ``"orthogonal"`` (projection onto the tangents' span;
         norm at most ``|g|``, so backprop-sized learning rates work).
@@ -140,7 +141,7 @@ def forward_gradient(
     K fixes the shapes of the traced program, so it cannot be a traced array.
     """
     K = _estimators.check_num_tangents(num_tangents)
-    _tangents.check_tangent(tangent)
+    _tangents.check_tangent(tangent, weight=True)
     _estimators.check_aggregate(aggregate)
     _estimators.check_chunk_size(chunk_size, K)
     _estimators.check_strategy(strategy)

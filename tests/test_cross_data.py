@@ -37,6 +37,7 @@ from beyondbp import compare, datasets, methods
 STEPS = 300
 FLOORS = {
     "fwdgrad": (1500, 0.14),
+    "fwdgrad-rank1": (1500, 0.14),
     "fwdgrad+lowbit": (1500, 0.14),
     "fwdgrad+analog": (STEPS, 0.20),
     "fwdgrad+lowbit+analog": (STEPS, 0.20),
@@ -58,6 +59,7 @@ STANDARD = {
     "fwdgrad+lowbit+analog",
     "fwdgrad+lowbit",
     "fwdgrad-orthogonal",
+    "fwdgrad-rank1",
 }
 
 

@@ -154,7 +154,9 @@ def _inverse_time_decay(lr: float, steps: int):
     return schedule
 
 
-def _weight_perturbation(num_tangents: int, aggregate: str, lr: float, decay: bool = False):
+def _weight_perturbation(
+    num_tangents: int, aggregate: str, lr: float, decay: bool = False, tangent: str = "rademacher"
+):
     def build(cfg: MethodConfig) -> Setup:
         apply, params = cfg.build_model()
         # K=1 at a constant rate random-walks the weights until the activations blow up (full
@@ -165,7 +167,9 @@ def _weight_perturbation(num_tangents: int, aggregate: str, lr: float, decay: bo
         # run was as stable (77.6% after 6 epochs) but cost a 1-epoch run half its accuracy.
         rate = _inverse_time_decay(lr, DECAY_STEPS) if decay else lr
         tx = optax.chain(
-            fwdgrad.forward_gradient(num_tangents=num_tangents, aggregate=aggregate, seed=cfg.seed),
+            fwdgrad.forward_gradient(
+                num_tangents=num_tangents, aggregate=aggregate, tangent=tangent, seed=cfg.seed
+            ),
             optax.sgd(rate, momentum=0.9),
         )
         return Setup(params=params, apply=apply, tx=tx, needs_grad=False)
@@ -206,6 +210,17 @@ register(
         "forward gradient, weight perturbation (Baydin et al. 2022): K=1 Rademacher "
         f"tangent per step, no backward pass; SGD lr {LR_WEIGHT}/(1 + t/{DECAY_STEPS}) momentum 0.9",
         _weight_perturbation(1, "mean", LR_WEIGHT, decay=True),
+        family="fwdgrad",
+    )
+)
+register(
+    Method(
+        "fwdgrad-rank1",
+        "forward gradient, weight perturbation as 'fwdgrad' with rank-one tangents: each weight "
+        "matrix's tangent is s r^T for random sign vectors s, r (the same per-entry variance as "
+        "Rademacher), so x (s r^T) = (x s) r^T costs a matrix-vector product, not a matmul; "
+        f"SGD lr {LR_WEIGHT}/(1 + t/{DECAY_STEPS}) momentum 0.9",
+        _weight_perturbation(1, "mean", LR_WEIGHT, decay=True, tangent="rank1"),
         family="fwdgrad",
     )
 )
