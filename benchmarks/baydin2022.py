@@ -355,6 +355,15 @@ COLORS = {
 
 
 def _plot_model(ax, model, runs, window):
+    # A diverged run's loss reaches 1e30 and more: the axis stops a little above where every
+    # curve started, so the descent stays readable and the divergence leaves through the top.
+    starts = [
+        r[m]["curve"]["smoothed_loss"][0]
+        for r in runs["per_seed"]
+        for m in r
+        if m in COLORS and r[m]["curve"]["smoothed_loss"]
+    ]
+    finite = [x for x in starts if x is not None and math.isfinite(x)]
     for r in runs["per_seed"]:
         for m in (k for k in r if k in COLORS):
             c = r[m]["curve"]
@@ -375,6 +384,17 @@ def _plot_model(ax, model, runs, window):
     ax.set_title(f"{model}, lr {runs['lr']}\n" + "; ".join(parts), fontsize=8)
     ax.set_xlabel("wall-clock time (s)")
     ax.set_ylabel(f"training loss (mean of {window} steps)")
+    if finite:
+        top = 1.05 * max(finite)
+        shown = [
+            x
+            for r in runs["per_seed"]
+            for m in r
+            if m in COLORS
+            for x in r[m]["curve"]["smoothed_loss"]
+            if x is not None and math.isfinite(x) and x <= top
+        ]
+        ax.set_ylim(min(shown) - 0.02 * (top - min(shown)), top)
     ax.legend(fontsize=7)
 
 
@@ -384,15 +404,18 @@ def plot(out: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
-    for ax, (name, res) in zip(axes[0], out.get("functions", {}).items()):
-        _plot_function(ax, name, res)
-    for ax in axes[0][len(out.get("functions", {})) :]:  # no empty frames without functions
-        ax.axis("off")
-    for ax, model in zip(axes[1], ("logreg", "mlp", "cnn")):
-        if model in out["mnist"]:
-            _plot_model(ax, model, out["mnist"][model], out["settings"]["window"])
-        else:
+    functions = list(out.get("functions", {}).items())
+    models = [m for m in ("logreg", "mlp", "cnn") if m in out["mnist"]]
+    rows = [r for r in (functions, models) if r]  # one row per kind of panel present
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(5 * ncols, 4.25 * len(rows)), squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        for ax, item in zip(ax_row, row):
+            if row is functions:
+                _plot_function(ax, *item)
+            else:
+                _plot_model(ax, item, out["mnist"][item], out["settings"]["window"])
+        for ax in ax_row[len(row) :]:
             ax.axis("off")
     fig.tight_layout()
     return fig

@@ -1,7 +1,7 @@
 """Random tangent directions for forward gradients.
 
 A forward gradient needs a random direction ``v`` with ``E[v v^T] = I``
-(Baydin et al., 2022, eq. 4). Two distributions are offered:
+(Baydin et al., 2022, eq. 4). Three distributions are offered:
 
 * ``"rademacher"``: independent +-1 entries. Lowest variance of the estimate,
   ``E|g_hat - g|^2 = (n - 1)|g|^2`` for one tangent, against ``(n + 1)|g|^2``
@@ -19,8 +19,9 @@ A forward gradient needs a random direction ``v`` with ``E[v v^T] = I``
   it buys is arithmetic: ``x (s r^T) = (x s) r^T`` is a matrix-vector product, so the
   tangent term of a dense layer costs ``O(B (m + n))`` instead of a second ``B m n`` matmul
   (the low-rank perturbations of Sarkar et al., "Evolution Strategies at the Hyperscale",
-  2025, applied to forward gradients). It is not offered for activity perturbation, where
-  an outer product over the batch would give every sample the same direction.
+  2025, arXiv:2511.16652, at rank 1 with sign factors, applied to forward gradients). It is
+  not offered for activity perturbation, where an outer product over the batch would give
+  every sample the same direction.
 
 Tangents are drawn leaf by leaf from ``fold_in(key, leaf_index)``, so any single
 leaf's tangent can be regenerated on its own, at the point where it is needed,
