@@ -361,7 +361,7 @@ def _plot_model(ax, model, runs, window):
         r[m]["curve"]["smoothed_loss"][0]
         for r in runs["per_seed"]
         for m in r
-        if m in COLORS and r[m]["curve"]["smoothed_loss"]
+        if m in COLORS and len(r[m]["curve"]["smoothed_loss"])
     ]
     finite = [x for x in starts if x is not None and math.isfinite(x)]
     for r in runs["per_seed"]:

@@ -10,7 +10,8 @@ tangent carrying a leading K axis and the primal computed once (Baydin et al.,
   arithmetic for a dense network), and the terms ``x V_k`` with a weight's
   tangent are drawn and multiplied one k at a time (:func:`_jvp_dot`).
 * A ``"rank1"`` matrix tangent ``s r^T`` read by a matmul is never formed:
-  ``x (s r^T) = (x s) r^T`` costs a matrix-vector product (:func:`_rank1_term`).
+  ``x (s r^T) = (x s) r^T`` costs a matrix-vector product (:func:`_rank1_term`); a rank-one
+  convolution kernel costs a one-output-channel convolution (:func:`_jvp_conv`).
 * Tangents are generated where they are used. A parameter's tangent is drawn
   from its own key at the first equation that reads the parameter (carried
   unevaluated through reshapes and casts, :class:`Lazy`). Each matmul's primal
@@ -88,14 +89,17 @@ def _per_tangent(fn, t, keys, tangent):
     return lax.map(lambda key: fn(_draw_one(t, key, tangent)), keys)
 
 
-def _rank1(lazy: Lazy, keys: jax.Array, tangent: str) -> tuple[jax.Array, jax.Array] | None:
+def _rank1(
+    lazy: Lazy, keys: jax.Array, tangent: str, *, matrix: bool = True
+) -> tuple[jax.Array, jax.Array] | None:
     """``(S, R)``, ``(K, m)`` and ``(K, n)``, with tangent k of ``lazy`` (after its structural
-    ops) equal to ``S[k] R[k]^T``; None unless it is a ``"rank1"`` matrix still of that form."""
-    if tangent != "rank1" or len(lazy.shape) != 2:
+    ops) equal to ``S[k] R[k]^T``; None unless it is a ``"rank1"`` matrix still of that form.
+    ``matrix=False``: a leaf of 2 or more axes, ``S`` of ``(K, *shape[:-1])``, no transposes."""
+    if tangent != "rank1" or (len(lazy.shape) != 2 if matrix else len(lazy.shape) < 2):
         return None
     swap, dtype = False, lazy.dtype
     for prim, params in lazy.post:
-        if prim.name == "transpose":
+        if prim.name == "transpose" and matrix:
             swap ^= tuple(params["permutation"]) == (1, 0)
         elif prim.name == "convert_element_type":
             dtype = params["new_dtype"]
@@ -145,6 +149,42 @@ def _param_term(x, t, keys, tangent, dims, lazy_left, kw):
     if lazy_left:
         return _per_tangent(lambda v: lax.dot_general(v, x, dims, **kw), t, keys, tangent)
     return _per_tangent(lambda v: lax.dot_general(x, v, dims, **kw), t, keys, tangent)
+
+
+def _jvp_conv(prim, params, invals, tans, keys, tangent):
+    """Forward mode of a convolution whose kernel has a ``"rank1"`` tangent ``S_k (x) r_k``
+    (``S_k`` over the kernel's spatial and input axes, ``r_k`` over its output channels):
+    ``conv(x, S_k (x) r_k) = conv(x, S_k) * r_k``, one single-output-channel convolution
+    instead of a full one. None where this does not apply (grouped convolutions, a kernel
+    whose output-channel axis is not its last, a kernel reshaped or transposed on the way)."""
+    x, kernel = invals
+    dx, dk = tans
+    dn = params["dimension_numbers"]
+    if (
+        not isinstance(dk, Lazy)
+        or isinstance(dx, Lazy)
+        or params["feature_group_count"] != 1
+        or params["batch_group_count"] != 1
+        or dn.rhs_spec[0] != kernel.ndim - 1
+    ):
+        return None
+    factors = _rank1(dk, keys, tangent, matrix=False)
+    if factors is None:
+        return None
+    if dx is None:
+        primal, tan = prim.bind(x, kernel, **params), None
+    else:
+        primal, tan = _jvp_eqn(prim, params, invals, [dx, None])
+    feature_axis = dn.out_spec[1]
+
+    def one(s_k, r_k):
+        y = prim.bind(x, s_k[..., None].astype(kernel.dtype), **params)  # one output channel
+        shape = [1] * y.ndim
+        shape[feature_axis] = r_k.shape[0]
+        return y * r_k.reshape(shape).astype(y.dtype)
+
+    term = jax.vmap(one)(*factors)
+    return primal, term if tan is None else tan + term.astype(tan.dtype)
 
 
 def _jvp_eqn(prim, params, invals, tans):
@@ -274,6 +314,12 @@ def forward(jaxpr, consts, primals, tangents, keys, tangent: str):
             lz = tans[0]
             env_t[eqn.outvars[0]] = lz._replace(post=lz.post + ((eqn.primitive, params),))
             continue
+
+        if name == "conv_general_dilated":
+            conv = _jvp_conv(eqn.primitive, params, invals, tans, keys, tangent)
+            if conv is not None:
+                env_p[eqn.outvars[0]], env_t[eqn.outvars[0]] = conv
+                continue
 
         fused_dot = name == "dot_general" and params["dimension_numbers"][1] == ((), ())
         if not fused_dot:

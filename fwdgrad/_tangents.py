@@ -11,13 +11,16 @@ A forward gradient needs a random direction ``v`` with ``E[v v^T] = I``
   and a float comparison per sign, which makes it the dominant cost of a step.
 * ``"gaussian"``: standard normal entries.
 * ``"rank1"`` (weight perturbation only): a matrix leaf's tangent is the outer product
-  ``s r^T`` of two independent Rademacher vectors; other leaves are drawn as ``"rademacher"``.
+  ``s r^T`` of two independent Rademacher vectors, and a leaf of more axes (a convolution
+  kernel, HWIO) is ``s (x) r`` with ``s`` over all axes but the last and ``r`` over the last
+  (output channels); vectors and scalars are drawn as ``"rademacher"``.
   ``E[v v^T] = I`` still holds (``E[s_i s_l] E[r_j r_k] = delta_il delta_jk``) and every
   entry is +-1, so the estimate is unbiased with the same per-entry variance as
   ``"rademacher"``, ``E(g_hat_ij - g_ij)^2 = |g|^2 - g_ij^2``, and the same total
   ``(n - 1)|g|^2``; only the covariances between entries of one row or column differ. What
   it buys is arithmetic: ``x (s r^T) = (x s) r^T`` is a matrix-vector product, so the
-  tangent term of a dense layer costs ``O(B (m + n))`` instead of a second ``B m n`` matmul
+  tangent term of a dense layer costs ``O(B (m + n))`` instead of a second ``B m n`` matmul,
+  and a convolution's is one single-output-channel convolution scaled per channel
   (the low-rank perturbations of Sarkar et al., "Evolution Strategies at the Hyperscale",
   2025, arXiv:2511.16652, at rank 1 with sign factors, applied to forward gradients). It is
   not offered for activity perturbation, where an outer product over the batch would give
@@ -113,16 +116,19 @@ def _signs(key: jax.Array, size: int, dtype: Any) -> jax.Array:
     return signs_from_bits(rademacher_bits(key, size), (size,), dtype)
 
 
+def _is_rank1(shape: tuple[int, ...], tangent: str) -> bool:
+    return tangent == "rank1" and len(shape) >= 2
+
+
 def rank1_factors(
-    key: jax.Array, shape: tuple[int, int], dtype: Any
+    key: jax.Array, shape: tuple[int, ...], dtype: Any
 ) -> tuple[jax.Array, jax.Array]:
-    """The sign vectors ``(s, r)`` of a ``"rank1"`` matrix tangent ``s r^T`` of ``shape``
-    (``s`` from ``fold_in(key, 0)``, ``r`` from ``fold_in(key, 1)``)."""
-    m, n = shape
-    return (
-        _signs(jax.random.fold_in(key, 0), m, dtype),
-        _signs(jax.random.fold_in(key, 1), n, dtype),
-    )
+    """The signs ``(s, r)`` of a ``"rank1"`` tangent ``s (x) r`` of ``shape`` (2 or more axes):
+    ``s`` of ``shape[:-1]`` from ``fold_in(key, 0)``, ``r`` of ``shape[-1:]`` from
+    ``fold_in(key, 1)``. The last axis is a dense kernel's outputs and an HWIO convolution
+    kernel's output channels, so ``r`` scales whole output features."""
+    s = _signs(jax.random.fold_in(key, 0), math.prod(shape[:-1]), dtype)
+    return s.reshape(shape[:-1]), _signs(jax.random.fold_in(key, 1), shape[-1], dtype)
 
 
 def sample_leaf(key: jax.Array, shape: tuple[int, ...], dtype: Any, tangent: str) -> jax.Array:
@@ -133,9 +139,9 @@ def sample_leaf(key: jax.Array, shape: tuple[int, ...], dtype: Any, tangent: str
       shape, dtype: of the parameter leaf; a bfloat16 leaf gets a bfloat16 tangent.
       tangent: ``"rademacher"``, ``"gaussian"`` or ``"rank1"``.
     """
-    if tangent == "rank1" and len(shape) == 2:
-        s, r = rank1_factors(key, (shape[0], shape[1]), dtype)
-        return s[:, None] * r[None, :]
+    if _is_rank1(shape, tangent):
+        s, r = rank1_factors(key, tuple(shape), dtype)
+        return s[..., None] * r
     if tangent in ("rademacher", "rank1"):
         return signs_from_bits(rademacher_bits(key, math.prod(shape)), tuple(shape), dtype)
     if tangent == "gaussian":
@@ -175,10 +181,11 @@ def gram_leaf(keys: jax.Array, shape: tuple[int, ...], dtype: Any, tangent: str)
     word operations per pair instead of n multiply-adds (and is exact).
     """
     size = math.prod(shape)
-    if tangent == "rank1" and len(shape) == 2:
-        # <s_k r_k^T, s_l r_l^T> = (s_k . s_l)(r_k . r_l): the Gram matrices of the factors.
+    if _is_rank1(shape, tangent):
+        # <s_k (x) r_k, s_l (x) r_l> = (s_k . s_l)(r_k . r_l): the Gram matrices of the factors.
+        sizes = (math.prod(shape[:-1]), shape[-1])
         grams = [
-            _sign_gram(jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys), shape[i])
+            _sign_gram(jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys), sizes[i])
             for i in (0, 1)
         ]
         return grams[0] * grams[1]

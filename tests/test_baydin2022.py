@@ -21,7 +21,8 @@ def _batches(steps, batch=8):
 
 
 @pytest.mark.parametrize(
-    "forward,tangent", [(False, "gaussian"), (True, "gaussian"), (True, "rademacher")]
+    "forward,tangent",
+    [(False, "gaussian"), (True, "gaussian"), (True, "rademacher"), (True, "rank1")],
 )
 def test_loop_runner_equals_scan_runner(baydin, forward, tangent):
     # Same keys (fold_in of the step index), same rate schedule: the two runners must agree
@@ -70,3 +71,30 @@ def test_model_shapes_follow_the_paper(baydin):
     assert sizes["cnn"] == conv + 1024 * 1024 + 1024 + 1024 * 10 + 10
     x = jnp.zeros((2, 28, 28, 1), jnp.float32)
     assert baydin.apply("cnn", baydin.init("cnn", jax.random.key(0)), x).shape == (2, 10)
+
+
+def test_plot_keeps_a_diverged_run_from_flattening_the_curves(baydin):
+    # numpy curves, as main() passes them: one run that ends in inf and NaN
+    steps = np.arange(1, 6)
+
+    def run(loss):
+        curve = {"step": steps, "time_s": steps * 0.1, "smoothed_loss": np.array(loss)}
+        return {"curve": curve}
+
+    per_seed = [
+        {
+            "seed": 0,
+            "bp": run([2.30, 2.28, 2.26, 2.25, 2.24]),
+            "fg-rank1": run([2.30, 2.20, 9e33, np.inf, np.nan]),
+        }
+    ]
+    ratios = {"fg-rank1": {"level": None}}
+    out = {
+        "settings": {"window": 3},
+        "mnist": {"mlp": {"lr": 2e-3, "per_seed": per_seed, "ratios": ratios}},
+    }
+    fig = baydin.plot(out)
+    (ax,) = [a for a in fig.axes if a.get_title().startswith("mlp")]
+    lo, hi = ax.get_ylim()
+    assert hi == pytest.approx(1.05 * 2.30) and 2.1 < lo < 2.20
+    assert len(fig.axes) == 1  # no empty panels for the functions or the other models

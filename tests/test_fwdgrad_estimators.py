@@ -433,12 +433,13 @@ def test_bad_key_rejected():
     "reuses buffers differently (on an H200 backprop grew 1.3x from depth 2 "
     "to 8, not > 3x), so the bounds below are stated for CPU only",
 )
-def test_working_memory_flat_in_depth_and_below_backprop():
+@pytest.mark.parametrize("tangent", ["rademacher", "rank1"])
+def test_working_memory_flat_in_depth_and_below_backprop(tangent):
     """Tangents drawn per layer and primal/tangent passes interleaved (see _estimators)."""
     temps = {}
     for depth in (2, 8):
         f, params, x = hlo.relu_mlp_probe(depth, width=256, batch=2048)
-        fg = fwdgrad.fwd_grad(f)
+        fg = fwdgrad.fwd_grad(f, tangent=tangent)
         temps[depth] = (
             hlo.temp_bytes(lambda p, x, k: fg(k, p, x), params, x, jax.random.key(0)),
             hlo.temp_bytes(jax.grad(f), params, x),

@@ -59,7 +59,12 @@ def test_a_matrix_leaf_is_an_outer_product_of_signs_and_other_leaves_are_rademac
     np.testing.assert_array_equal(np.asarray(m), np.outer(s, r))
     assert set(np.unique(np.asarray(s))) == {-1.0, 1.0}
     assert set(np.unique(np.asarray(r))) == {-1.0, 1.0}
-    for shape in [(11,), (2, 3, 4)]:
+    # a kernel of more axes: signs over all but the last axis times signs over the last
+    k = np.asarray(_tangents.sample_leaf(key, (3, 3, 2, 5), jnp.float32, "rank1"))
+    s, r = _tangents.rank1_factors(key, (3, 3, 2, 5), jnp.float32)
+    assert s.shape == (3, 3, 2) and r.shape == (5,)
+    np.testing.assert_array_equal(k, np.asarray(s)[..., None] * np.asarray(r))
+    for shape in [(11,), ()]:
         np.testing.assert_array_equal(
             np.asarray(_tangents.sample_leaf(key, shape, jnp.float32, "rank1")),
             np.asarray(_tangents.sample_leaf(key, shape, jnp.float32, "rademacher")),
@@ -80,7 +85,7 @@ def test_second_moment_is_the_identity():
     assert np.all(np.abs(moment - np.eye(12)) < 5 / np.sqrt(S)), np.abs(moment - np.eye(12)).max()
 
 
-@pytest.mark.parametrize("shape", [(6, 9), (1, 40), (37,)])
+@pytest.mark.parametrize("shape", [(6, 9), (1, 40), (37,), (3, 3, 2, 4)])
 def test_gram_matches_explicit_inner_products(shape):
     keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.key(3), k))(
         jnp.arange(5, dtype=jnp.uint32)
@@ -130,6 +135,65 @@ def test_the_loop_never_forms_a_matrix_tangent_for_a_product(monkeypatch):
         jax.random.key(0), _params()
     )
     assert any(len(s) == 2 for s in drawn)  # the spy sees matrix draws when they happen
+
+
+def _conv(x, k, dn, **kw):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn, **kw)
+
+
+def _conv_params():
+    ks = jax.random.split(jax.random.key(1), 4)
+    return {
+        "k1": jax.random.normal(ks[0], (3, 3, 2, 4)) * 0.3,  # HWIO on NHWC
+        "b1": jnp.zeros((4,), jnp.float32),
+        "k2": jax.random.normal(ks[1], (2, 2, 4, 3)) * 0.3,  # HWIO on NCHW
+        "k3": jax.random.normal(ks[2], (6, 3, 3, 3)) * 0.3,  # OIHW: outputs first
+        "k4": jax.random.normal(ks[3], (3, 3, 2, 6)) * 0.3,  # grouped (3 groups)
+    }
+
+
+CONV_X = jax.random.normal(jax.random.key(2), (2, 6, 6, 2))
+
+
+def conv_net(p, x=CONV_X):
+    y = jax.nn.relu(_conv(x, p["k1"], ("NHWC", "HWIO", "NHWC")) + p["b1"])
+    y = jnp.tanh(_conv(jnp.transpose(y, (0, 3, 1, 2)), p["k2"], ("NCHW", "HWIO", "NCHW")))
+    y = jnp.tanh(_conv(y, p["k3"], ("NCHW", "OIHW", "NCHW")))
+    y = _conv(
+        jnp.transpose(y, (0, 2, 3, 1)), p["k4"], ("NHWC", "HWIO", "NHWC"), feature_group_count=3
+    )
+    return jnp.mean(y**2)
+
+
+@pytest.mark.parametrize("K", [1, 3])
+def test_conv_kernels_match_the_materialised_tangent(K):
+    params = _conv_params()
+    key = jax.random.key(12)
+    est = jax.jit(fwdgrad.fwd_grad(conv_net, num_tangents=K, tangent="rank1", strategy="loop"))(
+        key, params
+    )
+    ref = 0.0
+    for k in range(K):
+        v = _tangents.sample_tangents(jax.random.fold_in(key, k), params, "rank1")
+        _, d = jax.jvp(conv_net, (params,), (v,))
+        ref = ref + float(d) * flat(v) / K
+    np.testing.assert_allclose(flat(est), ref, rtol=2e-5, atol=2e-6 * np.abs(ref).max())
+
+
+def test_the_loop_convolves_one_output_channel_for_a_rank1_kernel(monkeypatch):
+    # HWIO kernels take the rank-one path; the OIHW and the grouped kernel are drawn whole
+    drawn = []
+    real = _jaxpr_forward._draw_one
+
+    def spy(lazy, key, tangent):
+        drawn.append(lazy.shape)
+        return real(lazy, key, tangent)
+
+    monkeypatch.setattr(_jaxpr_forward, "_draw_one", spy)
+    jax.jit(fwdgrad.fwd_grad(conv_net, tangent="rank1", strategy="loop")).lower(
+        jax.random.key(0), _conv_params()
+    )
+    assert sorted(drawn) == sorted([(4,), (6, 3, 3, 3), (3, 3, 2, 6)]), drawn
 
 
 def test_unbiased_mean_of_many_estimates():
