@@ -126,6 +126,12 @@ ROWS += [
         {"tangent": "gaussian"},
         estimator=True,
     ),
+    Row(  # rank-one tangents, through the matrix-vector path and the factors' Gram matrix
+        "fwdgrad.forward_gradient-rank1-orthogonal-K2",
+        _fwdgrad_static(2, "orthogonal"),
+        {"tangent": "rank1", "seed": 2},
+        estimator=True,
+    ),
     Row(
         "fwdgrad.activity_forward_gradient",
         lambda *, activation="relu", seed=0: fwdgrad.activity_forward_gradient(
