@@ -165,7 +165,14 @@ def _user_steps(x, y):
     user = optax.chain(fwdgrad.forward_gradient(num_tangents=1, seed=0), sgd)
     # The same path with rank-one matrix tangents (s r^T): x (s r^T) = (x s) r^T, so each
     # layer's tangent product is a matrix-vector product instead of a second matmul.
-    user_rank1 = optax.chain(fwdgrad.forward_gradient(num_tangents=1, seed=0, tangent="rank1"), sgd)
+    # "auto" here, and "vmap" (which materialises the tangent) to show what the loop's
+    # matrix-vector products save; on a GPU "auto" is vmap, so the loop row is the one to read.
+    user_rank1 = {
+        s: optax.chain(
+            fwdgrad.forward_gradient(num_tangents=1, seed=0, tangent="rank1", strategy=s), sgd
+        )
+        for s in ("auto", "loop", "vmap")
+    }
     # K = 4 on the same path, once per tangent strategy: "auto" is what a user gets (vmap on
     # GPU/TPU, the loop on CPU: fwdgrad.resolve_strategy), the other two show what it chose from.
     user4 = {
@@ -186,10 +193,13 @@ def _user_steps(x, y):
             chained(optax.with_extra_args_support(user), lambda p: None),
             user,
         ),
-        "user path rank1: chain(forward_gradient(tangent='rank1'), sgd)": (
-            chained(optax.with_extra_args_support(user_rank1), lambda p: None),
-            user_rank1,
-        ),
+        **{
+            f"user path rank1 {s}: chain(forward_gradient(tangent='rank1'), sgd)": (
+                chained(optax.with_extra_args_support(t), lambda p: None),
+                t,
+            )
+            for s, t in user_rank1.items()
+        },
         **{
             f"user path K=4 {s}: chain(forward_gradient, sgd)": (
                 chained(optax.with_extra_args_support(t), lambda p: None),
