@@ -167,7 +167,7 @@ def test_chunked_tangents_equal_one_vmap():
 # --------------------------------------------------------------- statistics
 
 
-@pytest.mark.parametrize("tangent", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("tangent", ["rademacher", "gaussian", "rank1"])
 def test_unbiased_mean_of_many_estimates(tangent):
     params = _params()
     exact = flat(jax.grad(loss)(params))
@@ -191,7 +191,10 @@ def test_unbiased_mean_of_many_estimates(tangent):
     assert np.dot(mean, exact) / (np.linalg.norm(mean) * np.linalg.norm(exact)) > 0.99
 
 
-@pytest.mark.parametrize("tangent,K", [("rademacher", 1), ("gaussian", 1), ("rademacher", 4)])
+# rank1: entries +-1 and E[v v^T] = I give Rademacher's (n - 1)|g|^2 (fwdgrad._tangents)
+@pytest.mark.parametrize(
+    "tangent,K", [("rademacher", 1), ("gaussian", 1), ("rademacher", 4), ("rank1", 1)]
+)
 def test_variance_matches_theory_within_10_percent(tangent, K):
     params = _params()
     exact = jax.grad(loss)(params)
