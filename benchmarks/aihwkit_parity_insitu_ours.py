@@ -189,27 +189,10 @@ def insitu_ours(
     """
     from flax import nnx
 
-    device = ours_device(name, spreads, pair_gains=pair_gains)
-    if device is None:
-        raise ValueError(f"{name}: no device model of this package matches aihwkit's")
-    tt = name.startswith(("tiki_taka_", "ttv2_"))  # one algorithm of ours, TTv2 (docstring)
-    uniform = lambda k, shape, dtype: jax.random.uniform(
-        k, shape, dtype, -1 / np.sqrt(shape[0]), 1 / np.sqrt(shape[0])
-    )
-    layer = functools.partial(
-        analog.nnx.Linear, batch_size=batch, device=device, io=AIHWKIT_IO,
-        tile_shape=(392, 512), w_max=AIHWKIT_W_MAX, kernel_init=uniform,
-        fast_device=ours_device(name, spreads, "fast", pair_gains) if tt else None,
-        zero_grad_at_bound=True,
+    graphdef, params, tx = _network(
+        name, seed, lr=lr, batch=batch, activation=activation, spreads=spreads,
+        widths=widths, pair_gains=pair_gains,
     )  # fmt: skip
-    model = models.MLP(widths, activation=activation, linear=layer, rngs=nnx.Rngs(seed))
-    graphdef, params = nnx.split(model)
-    if pair_gains == "shared":
-        params = share_pair_gains(params)
-    if tt:
-        tx = tiki_taka_as_aihwkit(lr, batch, params, seed, AIHWKIT_MAX_TRANSFER_PULSES)
-    else:
-        tx = analog.pulsed_sgd(lr, update=AIHWKIT_UPDATE, seed=seed)
     state = tx.init(params)
 
     def loss(p, x, y):
@@ -243,6 +226,34 @@ def insitu_ours(
     )
     out = {"accuracy": correct / n, "train_s": train_s, "test_images": n}
     return out | ({"trace": trace} if trace_every else {})
+
+
+def _network(name, seed, *, lr, batch, activation, spreads, widths, pair_gains):
+    """``(graphdef, params, tx)`` of :func:`insitu_ours`'s network and update for ``name``."""
+    from flax import nnx
+
+    device = ours_device(name, spreads, pair_gains=pair_gains)
+    if device is None:
+        raise ValueError(f"{name}: no device model of this package matches aihwkit's")
+    tt = name.startswith(("tiki_taka_", "ttv2_"))  # one algorithm of ours, TTv2 (docstring)
+    uniform = lambda k, shape, dtype: jax.random.uniform(
+        k, shape, dtype, -1 / np.sqrt(shape[0]), 1 / np.sqrt(shape[0])
+    )
+    layer = functools.partial(
+        analog.nnx.Linear, batch_size=batch, device=device, io=AIHWKIT_IO,
+        tile_shape=(392, 512), w_max=AIHWKIT_W_MAX, kernel_init=uniform,
+        fast_device=ours_device(name, spreads, "fast", pair_gains) if tt else None,
+        zero_grad_at_bound=True,
+    )  # fmt: skip
+    model = models.MLP(widths, activation=activation, linear=layer, rngs=nnx.Rngs(seed))
+    graphdef, params = nnx.split(model)
+    if pair_gains == "shared":
+        params = share_pair_gains(params)
+    if tt:
+        tx = tiki_taka_as_aihwkit(lr, batch, params, seed, AIHWKIT_MAX_TRANSFER_PULSES)
+    else:
+        tx = analog.pulsed_sgd(lr, update=AIHWKIT_UPDATE, seed=seed)
+    return graphdef, params, tx
 
 
 def _layer_arrays(params) -> list[tuple]:
