@@ -39,7 +39,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.extend.random import threefry_2x32
 
 __all__ = [
     "TANGENTS",
@@ -92,19 +91,8 @@ def rademacher_bits(key: jax.Array, size: int) -> jax.Array:
 
     Bits beyond ``size`` in the last word are cleared, so that two packed vectors
     can be compared with XOR and a population count (:func:`gram_leaf`).
-
-    With a threefry key (JAX's default) the words are threefry-2x32 in counter mode with both
-    output words of each block kept (Salmon et al., SC 2011): ``jax.random.bits`` XORs the two
-    into one word, so this draws the same number of words from half the cipher blocks (the
-    cipher is most of a draw on CPU: BENCHMARKS.md, "Rank-one tangents"). Other key
-    implementations draw through ``jax.random.bits``.
     """
-    n = _num_words(size)
-    if jax.random.key_impl(key) == "threefry2x32":
-        k = jax.random.key_data(key)
-        words = threefry_2x32((k[0], k[1]), lax.iota(jnp.uint32, n))
-    else:
-        words = jax.random.bits(key, (n,), jnp.uint32)
+    words = jax.random.bits(key, (_num_words(size),), jnp.uint32)
     tail = size % _WORD_BITS
     if tail:
         mask = jnp.full((words.shape[0],), 0xFFFFFFFF, jnp.uint32)
