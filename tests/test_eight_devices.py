@@ -54,6 +54,14 @@ def check_fwdgrad_tangent_parallel_equals_single_device(results):
     assert_close(r["diffs"], 1e-5, 1e-7)
 
 
+def check_fwdgrad_rank1_tangent_parallel_equals_single_device(results):
+    """As above with ``tangent="rank1"``: the sharded step draws the same sign factors and
+    combines them as one device does; same tolerance."""
+    r = value(results, "fwdgrad_tangent_parallel_rank1")
+    assert r["steps"] == 2
+    assert_close(r["diffs"], 1e-5, 1e-7)
+
+
 def check_fwdgrad_data_and_tangent_parallel_equals_single_device(results):
     """2 (batch) x 4 (tangent) mesh: the same forward_gradient run, same tolerance.
 

@@ -126,13 +126,15 @@ def _fg_run(tx, loss, params, batch, **kw):
 _FG_REF: dict = {}
 
 
-def _fg_reference(aggregate="mean"):
+def _fg_reference(aggregate="mean", tangent="rademacher"):
     """forward_gradient (one device, all K tangents in one batch): the reference run."""
-    if aggregate not in _FG_REF:
+    if (aggregate, tangent) not in _FG_REF:
         loss, params, batch = _mlp(FG_SMALL, FG_BATCH)
-        single = fwdgrad.forward_gradient(num_tangents=FG_K, seed=FG_SEED, aggregate=aggregate)
-        _FG_REF[aggregate] = _fg_run(single, loss, params, batch)[0]
-    return _FG_REF[aggregate]
+        single = fwdgrad.forward_gradient(
+            num_tangents=FG_K, seed=FG_SEED, aggregate=aggregate, tangent=tangent
+        )
+        _FG_REF[aggregate, tangent] = _fg_run(single, loss, params, batch)[0]
+    return _FG_REF[aggregate, tangent]
 
 
 def _fg_report(step, *args):
@@ -142,16 +144,21 @@ def _fg_report(step, *args):
     return r
 
 
-def _fg_tangent_parallel(aggregate):
+def _fg_tangent_parallel(aggregate, tangent="rademacher"):
     loss, params, batch = _mlp(FG_SMALL, FG_BATCH)
     mesh = Mesh(np.array(jax.devices()), ("tangent",))
     tx = sharded_forward_gradient(
-        mesh=mesh, axis_name="tangent", num_tangents=FG_K, seed=FG_SEED, aggregate=aggregate
+        mesh=mesh,
+        axis_name="tangent",
+        num_tangents=FG_K,
+        seed=FG_SEED,
+        aggregate=aggregate,
+        tangent=tangent,
     )
     out, step, first = _fg_run(tx, loss, params, batch)
     # the program that just ran, read back from the compilation cache (no recompilation)
     return {
-        "diffs": _diffs(out, _fg_reference(aggregate)),
+        "diffs": _diffs(out, _fg_reference(aggregate, tangent)),
         "steps": FG_STEPS,
         "hlo": _fg_report(step, *first),
     }
@@ -166,6 +173,12 @@ def fwdgrad_tangent_parallel():
 @check(slow=True)
 def fwdgrad_tangent_parallel_orthogonal():
     return _fg_tangent_parallel("orthogonal")
+
+
+@check
+def fwdgrad_tangent_parallel_rank1():
+    """The same with rank-one tangents: each device redraws its tangents' sign factors."""
+    return _fg_tangent_parallel("mean", "rank1")
 
 
 @check
