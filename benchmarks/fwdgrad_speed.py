@@ -163,10 +163,9 @@ def _user_steps(x, y):
         )
 
     user = optax.chain(fwdgrad.forward_gradient(num_tangents=1, seed=0), sgd)
-    # The same path with rank-one matrix tangents (s r^T): x (s r^T) = (x s) r^T, so each
-    # layer's tangent product is a matrix-vector product instead of a second matmul.
-    # "auto" here, and "vmap" (which materialises the tangent) to show what the loop's
-    # matrix-vector products save; on a GPU "auto" is vmap, so the loop row is the one to read.
+    # The same path with rank-one matrix tangents (s r^T), once per strategy: the loop takes
+    # x (s r^T) as (x s) r^T, a matrix-vector product; "vmap" materialises the tangent, and
+    # is what "auto" picks on a GPU, so there the loop row is the one to read.
     user_rank1 = {
         s: optax.chain(
             fwdgrad.forward_gradient(num_tangents=1, seed=0, tangent="rank1", strategy=s), sgd
