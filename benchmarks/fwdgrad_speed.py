@@ -172,6 +172,9 @@ def _user_steps(x, y):
         )
         for s in ("auto", "loop", "vmap")
     }
+    user4_rank1 = optax.chain(
+        fwdgrad.forward_gradient(num_tangents=4, seed=0, tangent="rank1", strategy="loop"), sgd
+    )
     # K = 4 on the same path, once per tangent strategy: "auto" is what a user gets (vmap on
     # GPU/TPU, the loop on CPU: fwdgrad.resolve_strategy), the other two show what it chose from.
     user4 = {
@@ -206,6 +209,10 @@ def _user_steps(x, y):
             )
             for s, t in user4.items()
         },
+        "user path K=4 rank1 loop: chain(forward_gradient, sgd)": (
+            chained(optax.with_extra_args_support(user4_rank1), lambda p: None),
+            user4_rank1,
+        ),
         "fwd_grad + optax.sgd (the narrower step)": (chained(sgd, lambda p: fg(key, p)), sgd),
         "fwd_grad + non-finite cond + optax.sgd": (chained(sgd, guarded), sgd),
         "floor: jvp along a given tangent + optax.sgd (no draw)": (
