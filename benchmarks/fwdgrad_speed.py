@@ -257,15 +257,23 @@ def _plot_user_path(user_path: dict):
     import matplotlib.pyplot as plt
 
     names = list(next(iter(user_path.values())))
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     w = 0.8 / len(user_path)
     for i, (b, res) in enumerate(user_path.items()):
         r = np.array([res[n]["ratio_to_backprop"] for n in names])
         lo, hi = np.array([res[n]["ratio_spread"] for n in names]).T
         ax.bar(np.arange(len(names)) + i * w, r, w, yerr=[r - lo, hi - r], label=f"batch {b}")
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_xticks(np.arange(len(names)) + 0.4 - w / 2, [n.split(":")[0] for n in names], fontsize=7)
-    ax.set(ylabel="step time / backprop's (median, IQR)", title="K = 1 on the user's path")
+    ax.set_xticks(
+        np.arange(len(names)) + 0.4 - w / 2,
+        [n.split(":")[0] for n in names],
+        fontsize=7,
+        rotation=30,
+        ha="right",
+    )
+    ax.set(
+        ylabel="step time / backprop's (median, IQR)", title="Forward gradient on the user's path"
+    )
     ax.legend()
     fig.tight_layout()
     return fig
