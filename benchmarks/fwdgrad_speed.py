@@ -135,6 +135,34 @@ def run(batch, rounds, iters, vmap_baseline=True):
     }
 
 
+def _user_paths(sgd) -> dict:
+    """The user's path, ``chain(forward_gradient(...), sgd)``, in each variant timed."""
+
+    def path(**kw):
+        return optax.chain(fwdgrad.forward_gradient(seed=0, **kw), sgd)
+
+    # Rank-one matrix tangents (s r^T) once per strategy: the loop takes x (s r^T) as
+    # (x s) r^T, a matrix-vector product; "vmap" materialises the tangent, and is what "auto"
+    # picks on a GPU, so there the loop row is the one to read. K = 4 once per strategy too:
+    # "auto" is what a user gets (fwdgrad.resolve_strategy), the others what it chose from.
+    return {
+        "user path: chain(forward_gradient, sgd)": path(num_tangents=1),
+        **{
+            f"user path rank1 {s}: chain(forward_gradient(tangent='rank1'), sgd)": path(
+                num_tangents=1, tangent="rank1", strategy=s
+            )
+            for s in ("auto", "loop", "vmap")
+        },
+        **{
+            f"user path K=4 {s}: chain(forward_gradient, sgd)": path(num_tangents=4, strategy=s)
+            for s in fwdgrad.STRATEGIES
+        },
+        "user path K=4 rank1 loop: chain(forward_gradient, sgd)": path(
+            num_tangents=4, tangent="rank1", strategy="loop"
+        ),
+    }
+
+
 def _user_steps(x, y):
     """Jitted ``(params, state) -> (params, state)`` steps of the user's path and its parts."""
     import bbcore
@@ -162,25 +190,6 @@ def _user_steps(x, y):
             bbcore.all_finite(g, value), lambda: g, lambda: jax.tree.map(jnp.zeros_like, g)
         )
 
-    user = optax.chain(fwdgrad.forward_gradient(num_tangents=1, seed=0), sgd)
-    # The same path with rank-one matrix tangents (s r^T), once per strategy: the loop takes
-    # x (s r^T) as (x s) r^T, a matrix-vector product; "vmap" materialises the tangent, and
-    # is what "auto" picks on a GPU, so there the loop row is the one to read.
-    user_rank1 = {
-        s: optax.chain(
-            fwdgrad.forward_gradient(num_tangents=1, seed=0, tangent="rank1", strategy=s), sgd
-        )
-        for s in ("auto", "loop", "vmap")
-    }
-    user4_rank1 = optax.chain(
-        fwdgrad.forward_gradient(num_tangents=4, seed=0, tangent="rank1", strategy="loop"), sgd
-    )
-    # K = 4 on the same path, once per tangent strategy: "auto" is what a user gets (vmap on
-    # GPU/TPU, the loop on CPU: fwdgrad.resolve_strategy), the other two show what it chose from.
-    user4 = {
-        s: optax.chain(fwdgrad.forward_gradient(num_tangents=4, seed=0, strategy=s), sgd)
-        for s in fwdgrad.STRATEGIES
-    }
     # The floor of any K = 1 estimator that writes its tangent out: one tangent drawn before
     # timing and passed in, then jvp along it and d * v into the update (no draw at all).
     v0 = _tangents.sample_tangents(jax.random.key(5), init(jax.random.key(0)))
@@ -191,28 +200,10 @@ def _user_steps(x, y):
 
     return {
         "backprop: jax.grad + optax.sgd": (chained(sgd, jax.grad(loss_fn)), sgd),
-        "user path: chain(forward_gradient, sgd)": (
-            chained(optax.with_extra_args_support(user), lambda p: None),
-            user,
-        ),
         **{
-            f"user path rank1 {s}: chain(forward_gradient(tangent='rank1'), sgd)": (
-                chained(optax.with_extra_args_support(t), lambda p: None),
-                t,
-            )
-            for s, t in user_rank1.items()
+            name: (chained(optax.with_extra_args_support(tx), lambda p: None), tx)
+            for name, tx in _user_paths(sgd).items()
         },
-        **{
-            f"user path K=4 {s}: chain(forward_gradient, sgd)": (
-                chained(optax.with_extra_args_support(t), lambda p: None),
-                t,
-            )
-            for s, t in user4.items()
-        },
-        "user path K=4 rank1 loop: chain(forward_gradient, sgd)": (
-            chained(optax.with_extra_args_support(user4_rank1), lambda p: None),
-            user4_rank1,
-        ),
         "fwd_grad + optax.sgd (the narrower step)": (chained(sgd, lambda p: fg(key, p)), sgd),
         "fwd_grad + non-finite cond + optax.sgd": (chained(sgd, guarded), sgd),
         "floor: jvp along a given tangent + optax.sgd (no draw)": (
