@@ -22,7 +22,9 @@ A forward gradient needs a random direction ``v`` with ``E[v v^T] = I``
   tangent term of a dense layer costs ``O(B (m + n))`` instead of a second ``B m n`` matmul,
   and a convolution's is one single-output-channel convolution scaled per channel
   (the low-rank perturbations of Sarkar et al., "Evolution Strategies at the Hyperscale",
-  2025, arXiv:2511.16652, at rank 1 with sign factors, applied to forward gradients). It is
+  2025, arXiv:2511.16652, at rank 1 with sign factors, applied to forward gradients). The
+  changed covariances can cost accuracy: the ``fwdgrad`` recipe matched Rademacher on MNIST but
+  trained 4.7 points worse on Fashion-MNIST (BENCHMARKS.md, "Rank-one tangents"). It is
   not offered for activity perturbation, where an outer product over the batch would give
   every sample the same direction.
 
