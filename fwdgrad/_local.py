@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.extend.core import Literal
 
 from fwdgrad import _estimators, _tangents, _transforms
 
@@ -208,19 +209,74 @@ def identity_site(z, activation=None, **_):
     return (activation or _identity)(z)
 
 
+def _site_leaves(block, p, h) -> list[bool]:
+    """For each leaf of ``p``, whether some site's pre-activation depends on it.
+
+    Read off the block's jaxpr: a forward dependence walk from the leaves to the
+    sites' ``z``. Any equation passes every input's dependence to every output, so
+    a leaf may be counted as reaching a site when it does not (then it is perturbed
+    rather than given its exact gradient: still unbiased), never the other way.
+    """
+    leaves, treedef = jax.tree.flatten(p)
+
+    def site_values(*xs):
+        zs: list[jax.Array] = []
+
+        def record(z, activation=None, **_):
+            zs.append(z)
+            return (activation or _identity)(z)
+
+        block(jax.tree.unflatten(treedef, list(xs)), h, record)
+        return zs
+
+    jaxpr = jax.make_jaxpr(site_values)(*leaves).jaxpr
+    deps: dict[Any, frozenset[int]] = {v: frozenset((i,)) for i, v in enumerate(jaxpr.invars)}
+
+    def of(v) -> frozenset[int]:
+        return frozenset() if isinstance(v, Literal) else deps.get(v, frozenset())
+
+    for eqn in jaxpr.eqns:
+        d = frozenset().union(*(of(v) for v in eqn.invars))
+        for v in eqn.outvars:
+            deps[v] = d
+    reached = frozenset().union(*(of(v) for v in jaxpr.outvars))
+    return [i in reached for i in range(len(leaves))]
+
+
 def _block_weight_estimate(block, p, h, key, K, tangent):
     """Weight perturbation of one block's own local loss (Ren et al. 2023, LG-FG-W).
 
-    The block's parameters get their own tangents and the directional derivative of this
-    block's loss alone, so no block's estimate carries another block's noise (a single
-    weight-perturbed jvp of the summed local losses would give every block the sum of all
-    blocks' derivatives). The loss must be the block's whole loss, ``(B, 1, 1)``: the patch-
-    and group-wise split of the activity estimator holds the head constant in every part, so
-    no sum or mean of the parts has the whole loss's gradient in both the head and the body.
-    """
+    The parameters that reach one of the block's sites (its body) get their own tangents
+    and the directional derivative of this block's loss alone, so no block's estimate
+    carries another block's noise (a single weight-perturbed jvp of the summed local losses
+    would give every block the sum of all blocks' derivatives). The parameters after every
+    site (the head) read constant features: they get their exact local gradient, as in
+    Ren et al.'s code (``update_forward_grad_weights`` perturbs the main layers only and
+    differentiates the classifiers exactly) and as the activity estimator does. The loss
+    must be the block's whole loss, ``(B, 1, 1)``: the patch- and group-wise split of the
+    activity estimator holds the head constant in every part, so no sum or mean of the parts
+    has the whole loss's gradient in both the head and the body.
 
-    def objective(p):
-        out, losses = block(p, h, identity_site)
+    Body leaf ``i`` (counted over the body leaves only, in ``jax.tree.leaves`` order) draws
+    its tangents from ``fold_in(key, i)``, as :func:`fwdgrad.fwd_grad` would for the body alone.
+    """
+    body = _site_leaves(block, p, h)
+    leaves, treedef = jax.tree.flatten(p)
+    is_none = lambda x: x is None
+
+    def full(part: Any, in_body: bool) -> Any:
+        given = jax.tree.leaves(part, is_leaf=is_none)
+        return jax.tree.unflatten(
+            treedef, [g if b == in_body else x for g, x, b in zip(given, leaves, body)]
+        )
+
+    def split(in_body: bool) -> Any:
+        return jax.tree.unflatten(
+            treedef, [x if b == in_body else None for x, b in zip(leaves, body)]
+        )
+
+    def objective(q):
+        out, losses = block(q, h, identity_site)
         losses = _check_losses(losses, h.shape[0])
         if losses.shape[1:] != (1, 1):
             raise ValueError(
@@ -232,10 +288,18 @@ def _block_weight_estimate(block, p, h, key, K, tangent):
         return loss, (loss, out)
 
     estimator = _estimators.value_and_fwd_grad(
-        objective, num_tangents=K, tangent=tangent, has_aux=True
+        lambda b: objective(full(b, True)), num_tangents=K, tangent=tangent, has_aux=True
     )
-    (_, (loss, out)), grads = estimator(key, p)
-    return loss, grads, out
+    (_, (loss, out)), g_body = estimator(key, split(True))
+    g_head = jax.grad(lambda hd: objective(full(hd, False))[0])(split(False))
+    merged = [
+        gb if b else gh
+        for gb, gh, b in zip(
+            jax.tree.leaves(g_body, is_leaf=is_none), jax.tree.leaves(g_head, is_leaf=is_none), body
+        )
+    ]
+    grads = jax.tree.unflatten(treedef, merged)
+    return loss, jax.tree.map(lambda g, x: g.astype(jnp.result_type(x)), grads, p), out
 
 
 def _after(h: jax.Array, grads: Any) -> jax.Array:
@@ -290,10 +354,12 @@ def local_fwd_grad(
         number of sites, unbiased, noisier).
       perturb: ``"activity"`` (default; LG-FG-A, Ren et al. sec. 3 and the above) or
         ``"weight"`` (LG-FG-W): every block perturbs its own parameters and takes the
-        directional derivative of its own local loss (Baydin et al. 2022, eq. 4, per block),
-        heads included; ``mask_tangents`` and ``separate_sites`` do not apply, and each
-        block's losses must be its whole loss, ``(B, 1, 1)``. The weight tangent is split per
-        block, not further per patch or group as Ren et al.'s code does.
+        directional derivative of its own local loss (Baydin et al. 2022, eq. 4, per block).
+        Only the parameters that reach a site are perturbed; those after every site (the
+        heads) get their exact local gradient, as under ``"activity"`` and in Ren et al.'s
+        code. ``mask_tangents`` and ``separate_sites`` do not apply, and each block's losses
+        must be its whole loss, ``(B, 1, 1)``. The weight tangent is split per block, not
+        further per patch or group as Ren et al.'s code does.
 
     Returns:
       ``g(key, params, x) -> (losses, grads, out)``: the blocks' float32 mean

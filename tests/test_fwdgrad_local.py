@@ -259,10 +259,12 @@ def test_global_loss_fg_a_unbiased_against_end_to_end_backprop():
 
 @pytest.mark.parametrize("net", ["mixer", "conv"])
 def test_weight_perturbation_gives_each_block_its_own_directional_derivative(net):
-    """perturb="weight" (Ren et al.'s LG-FG-W): block i's estimate is ``(g_i . v_i) v_i`` with
-    g_i the exact local gradient (the reference network's jax.grad) and v_i the tangent drawn
-    from ``fold_in(fold_in(key, i), 0)`` (fwdgrad.sample_tangents): nothing of another block's
-    loss or tangent enters it."""
+    """perturb="weight" (Ren et al.'s LG-FG-W): block i's body gets ``(g_i . v_i) v_i`` with
+    g_i the exact local gradient (the reference network's jax.grad) and v_i the tangent of
+    the body's leaves drawn from ``fold_in(fold_in(key, i), 0)`` (fwdgrad.sample_tangents of
+    the block without its head): nothing of another block's loss or tangent enters it, nor
+    the head's. The head reads constant features and gets its exact gradient, as in Ren et
+    al.'s code."""
     make, init, grads_fn, ref_total = NETS[net]
     cfg = make(num_groups=2)  # patch and group losses on: weight mode uses the whole loss
     params = init(jax.random.key(0), cfg)
@@ -272,13 +274,13 @@ def test_weight_perturbation_gives_each_block_its_own_directional_derivative(net
     plain = fwdgrad.mixer_local_losses if net == "mixer" else fwdgrad.convnet_local_losses
     np.testing.assert_allclose(losses, plain(params, X, Y, cfg), rtol=1e-5)  # the blocks' own CE
     for i in sorted(params["blocks"]):
-        v = fwdgrad.sample_tangents(
-            jax.random.fold_in(jax.random.fold_in(key, i), 0), params["blocks"][i]
-        )
-        g_v = [g * t for g, t in zip(jax.tree.leaves(exact["blocks"][i]), jax.tree.leaves(v))]
+        body = {k: x for k, x in params["blocks"][i].items() if k != "head"}
+        v = fwdgrad.sample_tangents(jax.random.fold_in(jax.random.fold_in(key, i), 0), body)
+        g_body = {k: x for k, x in exact["blocks"][i].items() if k != "head"}
+        g_v = [g * t for g, t in zip(jax.tree.leaves(g_body), jax.tree.leaves(v))]
         d = sum(jnp.sum(x) for x in g_v)
         want = _flat(jax.tree.map(lambda t, d=d: d * t, v))
-        got = _flat(est["blocks"][i])
+        got = _flat({k: x for k, x in est["blocks"][i].items() if k != "head"})
         # d is a sum of n = sum(x.size) signed terms: float32 rounds it (and the gradients in
         # it, which jax.grad and the jvp reach by different conv and reduction orders) to
         # within n eps sum|g_j v_j|, the worst case of a float32 sum; the conv block's
@@ -286,8 +288,49 @@ def test_weight_perturbation_gives_each_block_its_own_directional_derivative(net
         # Another block's derivative entering d would move it by O(|d|), far past this.
         n = sum(x.size for x in g_v)
         tol_d = n * np.finfo(np.float32).eps * float(sum(jnp.sum(jnp.abs(x)) for x in g_v))
-        assert tol_d < 1e-3 * abs(float(d)), "the bound must stay far below a block's own d"
+        assert tol_d < 1e-2 * abs(float(d)), "the bound must stay far below a block's own d"
         np.testing.assert_allclose(got, want, rtol=0, atol=tol_d * np.max(np.abs(_flat(v))))
+        head = _flat(exact["blocks"][i]["head"])
+        np.testing.assert_allclose(
+            _flat(est["blocks"][i]["head"]), head, rtol=1e-4, atol=1e-5 * np.max(np.abs(head))
+        )
+
+
+def test_weight_perturbation_finds_a_custom_blocks_head_from_its_sites():
+    """For a block of the user's own, the parameters that reach no site (read off its jaxpr)
+    get the exact gradient with the body held constant, whatever they are called; the body
+    gets ``(g . v) v`` over its own leaves; a parameter in no loss gets zero."""
+    x = jax.random.normal(jax.random.key(1), (6, 5))
+    labels = jnp.arange(6) % 3
+    params = {
+        "a_body": jax.random.normal(jax.random.key(2), (5, 4)),
+        "b_readout": jax.random.normal(jax.random.key(3), (4, 3)),
+        "c_unused": jnp.ones((2,)),
+        "d_bias": jnp.zeros((4,)),
+    }
+
+    def loss_of(p, h):
+        z = h @ p["a_body"] + p["d_bias"]
+        return z, optax.softmax_cross_entropy_with_integer_labels(
+            jax.nn.relu(z) @ p["b_readout"], labels
+        )
+
+    def block(p, h, site):
+        z, _ = loss_of(p, h)
+        out = site(z, jax.nn.relu)
+        ce = optax.softmax_cross_entropy_with_integer_labels(out @ p["b_readout"], labels)
+        return out, ce[:, None, None]
+
+    key = jax.random.key(7)
+    _, (est,), _ = fwdgrad.local_fwd_grad([block], perturb="weight")(key, [params], x)
+    exact = jax.grad(lambda p: jnp.mean(loss_of(p, x)[1]))(params)
+    np.testing.assert_allclose(est["b_readout"], exact["b_readout"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(est["c_unused"], 0.0)
+    body = {"a_body": params["a_body"], "d_bias": params["d_bias"]}
+    v = fwdgrad.sample_tangents(jax.random.fold_in(jax.random.fold_in(key, 0), 0), body)
+    d = sum(jnp.sum(exact[k] * v[k]) for k in body)
+    for k in body:
+        np.testing.assert_allclose(est[k], d * v[k], rtol=1e-5, atol=1e-6)
 
 
 def test_weight_perturbation_unbiased_and_beats_the_summed_jvp():
