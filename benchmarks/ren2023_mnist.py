@@ -189,6 +189,8 @@ def merge(paths, name: str) -> dict:
         if out.setdefault("settings", settings) != settings:
             raise SystemExit(f"--merge: {path} has settings {settings}, others {out['settings']}")
         out.setdefault("machine", part["machine"])
+        # runs merged from several machines (CPU rows beside a GPU session's) keep each one's
+        out.setdefault("machines", {})[str(path)] = part["machine"]
         seeds = [int(x) for x in str(part["settings"]["seeds"]).split(",")]
         for arch, rows in part["per_seed"].items():
             for row, runs in rows.items():

@@ -290,7 +290,11 @@ def _block_weight_estimate(block, p, h, key, K, tangent):
     estimator = _estimators.value_and_fwd_grad(
         lambda b: objective(full(b, True)), num_tangents=K, tangent=tangent, has_aux=True
     )
-    (_, (loss, out)), g_body = estimator(key, split(True))
+    if any(body):
+        (_, (loss, out)), g_body = estimator(key, split(True))
+    else:  # nothing reaches a site: every parameter is a head's, and exact
+        _, (loss, out) = objective(p)
+        g_body = split(True)
     g_head = jax.grad(lambda hd: objective(full(hd, False))[0])(split(False))
     merged = [
         gb if b else gh

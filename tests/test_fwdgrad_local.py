@@ -332,6 +332,20 @@ def test_weight_perturbation_finds_a_custom_blocks_head_from_its_sites():
     for k in body:
         np.testing.assert_allclose(est[k], d * v[k], rtol=1e-5, atol=1e-6)
 
+    def readout_only(p, h, site):  # no parameter reaches the site: all exact, no tangent
+        out = site(h, jax.nn.relu)
+        ce = optax.softmax_cross_entropy_with_integer_labels(out[:, :3] * p, labels)
+        return out, ce[:, None, None]
+
+    scale = jnp.float32(0.7)
+    _, (g,), _ = fwdgrad.local_fwd_grad([readout_only], perturb="weight")(key, [scale], x)
+    want = jax.grad(
+        lambda s: jnp.mean(
+            optax.softmax_cross_entropy_with_integer_labels(jax.nn.relu(x)[:, :3] * s, labels)
+        )
+    )(scale)
+    np.testing.assert_allclose(g, want, rtol=1e-5)
+
 
 def test_weight_perturbation_unbiased_and_beats_the_summed_jvp():
     """Averaged over keys the LG-FG-W estimate is the local gradient; one weight-perturbed jvp
