@@ -185,7 +185,10 @@ def merge(paths, name: str) -> dict:
     out: dict = {"merged_from": [str(p) for p in paths], "per_seed": {}, "table": {}}
     for path in paths:
         part = json.loads(pathlib.Path(path).read_text())
-        settings = {k: v for k, v in part["settings"].items() if k in _SHARED}
+        # files written before --dataset existed are MNIST runs
+        settings = {"dataset": "mnist"} | {
+            k: v for k, v in part["settings"].items() if k in _SHARED
+        }
         if out.setdefault("settings", settings) != settings:
             raise SystemExit(f"--merge: {path} has settings {settings}, others {out['settings']}")
         out.setdefault("machine", part["machine"])

@@ -59,12 +59,12 @@ def test_lowbit_recipes_merge_refuses_overlap_and_mismatch(tmp_path):
         lr.merge([a, c], str(tmp_path / "m.json"))
 
 
-def _ren_part(path, arch, row, seed, err, epochs=20):
+def _ren_part(path, arch, row, seed, err, epochs=20, backend="cpu", **extra):
     settings = {"seeds": str(seed), "epochs": epochs, "warmup_epochs": 2, "batch_size": 128}
-    settings |= {"lr": 0.05, "wd": 1e-4, "num_tangents": 1, "quick": False}
+    settings |= {"lr": 0.05, "wd": 1e-4, "num_tangents": 1, "quick": False, **extra}
     part = {
         "settings": settings,
-        "machine": {"backend": "cpu"},
+        "machine": {"backend": backend},
         "per_seed": {arch: {row: [{"test_error_pct": err, "wall_s": 1.0, "steps": 1}]}},
     }
     path.write_text(json.dumps(part))
@@ -88,3 +88,12 @@ def test_ren_merge_table(tmp_path):
     other = _ren_part(tmp_path / "x.json", "M/1/16", "BP", 1, 1.5, epochs=50)
     with pytest.raises(SystemExit, match="settings"):
         ren.merge([files[0], other], str(tmp_path / "ren2"))
+    # a CPU run that names its data set merges with a GPU run from before --dataset existed
+    cpu = _ren_part(tmp_path / "w.json", "M/1/16", "FG-W", 0, 13.0, dataset="mnist")
+    gpu = _ren_part(tmp_path / "g.json", "M/1/16", "BP", 0, 1.6, backend="gpu")
+    both = ren.merge([gpu, cpu], str(tmp_path / "ren3"))
+    assert set(both["table"]["M/1/16"]) == {"BP", "FG-W"}
+    assert {m["backend"] for m in both["machines"].values()} == {"cpu", "gpu"}
+    fashion = _ren_part(tmp_path / "f.json", "M/1/16", "BP", 1, 9.0, dataset="fashion_mnist")
+    with pytest.raises(SystemExit, match="settings"):
+        ren.merge([gpu, fashion], str(tmp_path / "ren4"))
