@@ -359,11 +359,10 @@ def local_fwd_grad(
       perturb: ``"activity"`` (default; LG-FG-A, Ren et al. sec. 3 and the above) or
         ``"weight"`` (LG-FG-W): every block perturbs its own parameters and takes the
         directional derivative of its own local loss (Baydin et al. 2022, eq. 4, per block).
-        Only the parameters that reach a site are perturbed; those after every site (the
-        heads) get their exact local gradient, as under ``"activity"`` and in Ren et al.'s
-        code. ``mask_tangents`` and ``separate_sites`` do not apply, and each block's losses
-        must be its whole loss, ``(B, 1, 1)``. The weight tangent is split per block, not
-        further per patch or group as Ren et al.'s code does.
+        Only parameters that reach a site are perturbed; the heads get their exact local
+        gradient, as under ``"activity"`` and in Ren et al.'s code. ``mask_tangents`` and
+        ``separate_sites`` do not apply; each block's losses must be its whole loss,
+        ``(B, 1, 1)``, and its tangent is not split further per patch or group.
 
     Returns:
       ``g(key, params, x) -> (losses, grads, out)``: the blocks' float32 mean
