@@ -247,7 +247,7 @@ def _plot(out, path):
         ax.set_xticks(xs, names)
         ax.set_ylabel("MNIST test error (%)")
         ax.set_title(arch)
-        ax.legend()
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
