@@ -209,15 +209,14 @@ def identity_site(z, activation=None, **_):
     return (activation or _identity)(z)
 
 
-def _site_leaves(block, p, h) -> list[bool]:
-    """For each leaf of ``p``, whether some site's pre-activation depends on it.
+def _site_leaves(block, leaves, treedef, h) -> list[bool]:
+    """For each of a block's parameter leaves, whether some site's pre-activation depends on it.
 
     Read off the block's jaxpr: a forward dependence walk from the leaves to the
     sites' ``z``. Any equation passes every input's dependence to every output, so
     a leaf may be counted as reaching a site when it does not (then it is perturbed
     rather than given its exact gradient: still unbiased), never the other way.
     """
-    leaves, treedef = jax.tree.flatten(p)
 
     def site_values(*xs):
         zs: list[jax.Array] = []
@@ -260,19 +259,14 @@ def _block_weight_estimate(block, p, h, key, K, tangent):
     Body leaf ``i`` (counted over the body leaves only, in ``jax.tree.leaves`` order) draws
     its tangents from ``fold_in(key, i)``, as :func:`fwdgrad.fwd_grad` would for the body alone.
     """
-    body = _site_leaves(block, p, h)
     leaves, treedef = jax.tree.flatten(p)
-    is_none = lambda x: x is None
+    body = _site_leaves(block, leaves, treedef, h)
 
-    def full(part: Any, in_body: bool) -> Any:
-        given = jax.tree.leaves(part, is_leaf=is_none)
+    def with_part(part: list, in_body: bool) -> Any:
+        """``p`` with its body (or head) leaves replaced by ``part``, in order."""
+        it = iter(part)
         return jax.tree.unflatten(
-            treedef, [g if b == in_body else x for g, x, b in zip(given, leaves, body)]
-        )
-
-    def split(in_body: bool) -> Any:
-        return jax.tree.unflatten(
-            treedef, [x if b == in_body else None for x, b in zip(leaves, body)]
+            treedef, [next(it) if b == in_body else x for x, b in zip(leaves, body)]
         )
 
     def objective(q):
@@ -288,21 +282,21 @@ def _block_weight_estimate(block, p, h, key, K, tangent):
         return loss, (loss, out)
 
     estimator = _estimators.value_and_fwd_grad(
-        lambda b: objective(full(b, True)), num_tangents=K, tangent=tangent, has_aux=True
+        lambda part: objective(with_part(part, True)),
+        num_tangents=K,
+        tangent=tangent,
+        has_aux=True,
     )
     if any(body):
-        (_, (loss, out)), g_body = estimator(key, split(True))
+        (_, (loss, out)), g_body = estimator(key, [x for x, b in zip(leaves, body) if b])
     else:  # nothing reaches a site: every parameter is a head's, and exact
         _, (loss, out) = objective(p)
-        g_body = split(True)
-    g_head = jax.grad(lambda hd: objective(full(hd, False))[0])(split(False))
-    merged = [
-        gb if b else gh
-        for gb, gh, b in zip(
-            jax.tree.leaves(g_body, is_leaf=is_none), jax.tree.leaves(g_head, is_leaf=is_none), body
-        )
-    ]
-    grads = jax.tree.unflatten(treedef, merged)
+        g_body = []
+    g_head = jax.grad(lambda part: objective(with_part(part, False))[0])(
+        [x for x, b in zip(leaves, body) if not b]
+    )
+    gb, gh = iter(g_body), iter(g_head)
+    grads = jax.tree.unflatten(treedef, [next(gb) if b else next(gh) for b in body])
     return loss, jax.tree.map(lambda g, x: g.astype(jnp.result_type(x)), grads, p), out
 
 
