@@ -61,7 +61,8 @@ AIHWKIT_W_MAX = 0.6
 #: every device's range; ``bounds_dtod`` spreads a device's range above a fixed g_min instead,
 #: which moves each device's symmetry point with its range and pulls every soft-bounds weight
 #: towards its own: none of our spreads is theirs, so none is given (BENCHMARKS.md, "aihwkit
-#: side by side on accuracy").
+#: side by side on accuracy"), except on the mirrored pair (``pair_gains="mirrored"``), which
+#: takes aihwkit's per-weight bounds as they are (:func:`aihwkit_tile_bounds`).
 _SPREADS = {
     "dw_min_dtod": 0.3 * math.sqrt(2.0),
     "dw_min_std": 0.3 * math.sqrt(2.0),
@@ -75,8 +76,22 @@ _SPREADS = {
 #: (``aihwkit_parity_probe_tikitaka.json``, ConstantStep, nobounds, x2). ``"shared"``: both
 #: devices take one step scale, drawn at aihwkit's spread (0.3), so that a weight's gain is
 #: aihwkit's one device's and saturates as it does; the pulse noise and the asymmetry stay
-#: per device.
-PAIR_GAINS = ("independent", "shared")
+#: per device. ``"mirrored"``: the shared step scale, and the pair's two asymmetries one draw
+#: at aihwkit's spread (0.01), G- taking the opposite sign of G+, so that raising the weight
+#: steps both devices by ``1 + u`` and lowering it by ``1 - u``: the pair is aihwkit's one
+#: device with asymmetry ``u``. With independent asymmetries (0.01 sqrt 2 each) the weight's
+#: asymmetry is aihwkit's, but each device drifts towards its own bound sqrt(2) times faster
+#: than aihwkit's weight does, and the pair's common mode drifts too: a device of a busy
+#: pair (Tiki-Taka's A) reaches its bound before the weight reaches its own. Only
+#: ``"mirrored"`` can hold aihwkit's bound spreads (:func:`aihwkit_pair_bounds`): with
+#: ``spreads="default"`` it gets them, on both arrays.
+PAIR_GAINS = ("independent", "shared", "mirrored")
+#: aihwkit's ``PulsedDevice.w_max_dtod`` and ``w_min_dtod``: each weight's bounds
+#: ``w_max (1 + 0.3 z1)`` and ``w_min (1 + 0.3 z2)``, drawn independently.
+AIHWKIT_BOUNDS_DTOD = 0.3
+#: The smallest bound kept, relative to the nominal: a draw past -3.2 sigma would put the bound
+#: on the wrong side of w = 0 (1 weight in 1,400); aihwkit then holds such a weight off zero.
+_BOUND_FLOOR = 0.05
 
 
 def ours_device(
@@ -84,14 +99,17 @@ def ours_device(
 ):
     """The device of an aihwkit configuration name; None where no model of ours matches.
     ``spreads="none"``: nominal devices (aihwkit_parity.py's ``NO_SPREADS``); ``"nobounds"``
-    (aihwkit's default less its bound spreads) is ``"default"`` here, which has none of those;
+    (aihwkit's default less its bound spreads) is ``"default"`` here, which has none of those
+    (the mirrored pair adds them to the built layers: :func:`aihwkit_pair_bounds`);
     ``"slow_only"`` / ``"fast_only"``: :data:`_SPREADS` for ``array`` ``"slow"`` (the weight's
     C) or ``"fast"`` (Tiki-Taka's A) only. ``pair_gains``: :data:`PAIR_GAINS` (with
     ``"shared"``, :func:`share_pair_gains` must then be applied to the built layers)."""
     on = spreads in ("default", "nobounds") or spreads == f"{array}_only"
     kw = dict(_SPREADS) if on else {}
-    if on and pair_gains == "shared":  # one draw per weight: aihwkit's spread, not sqrt(2) x
+    if on and pair_gains != "independent":  # one draw per weight: aihwkit's, not sqrt(2) x
         kw["dw_min_dtod"] = 0.3
+        if pair_gains == "mirrored":
+            kw["up_down_dtod"] = 0.01
     if name.endswith("constant_step"):
         return analog.ConstantStep(dw_min=0.001 / (2 * AIHWKIT_W_MAX), **kw)
     if name.endswith("soft_bounds"):
@@ -101,24 +119,67 @@ def ours_device(
     return None
 
 
-def share_tile_gains(tiles):
-    """``tiles`` with each G- device at its G+ partner's step scale (None stays None)."""
+def share_tile_gains(tiles, mirror: bool = False):
+    """``tiles`` with each G- device at its G+ partner's step scale, and with ``mirror`` at the
+    opposite of its asymmetry (None stays None)."""
     if tiles is None:
         return None
     var = tiles.var_minus._replace(dw_scale=tiles.var_plus.dw_scale)
+    if mirror:
+        var = var._replace(up_down=-tiles.var_plus.up_down)
     return dataclasses.replace(tiles, var_minus=var)
 
 
-def share_pair_gains(params):
-    """Every crossbar's pairs share one step scale (``pair_gains="shared"``,
-    :data:`PAIR_GAINS`), on the weight's array and on Tiki-Taka's fast array."""
+def aihwkit_tile_bounds(tiles, key: jax.Array, soft: bool):
+    """``tiles`` (a mirrored pair: :func:`share_tile_gains` with ``mirror``) given aihwkit's
+    per-weight bounds: ``w_max_ij = w_max (1 + 0.3 z1)``, ``w_min_ij = w_min (1 + 0.3 z2)``
+    (:data:`AIHWKIT_BOUNDS_DTOD`), each clipping the weight where aihwkit's device clips.
+
+    The mirrored pair sits at ``c +- w / (2 w_scale)`` about the mid-range ``c``, so G+ gets
+    the bounds ``c + [w_min_ij, w_max_ij] / (2 w_scale)`` and G- their mirror image: both
+    devices reach their bounds when the weight reaches its own. With ``soft`` (SoftBounds)
+    aihwkit's step is ``dw g (1 + u) (1 - w / w_max_ij)`` up and ``dw g (1 - u) (1 - w /
+    w_min_ij)`` down (its ``slope_up = -dwmin_up / max_bound`` per device, not the mean
+    bound's; checked on aihwkit 1.1.0's hidden parameters), while ours steps ``2 dw s (1 +- a)``
+    times the distance to the device's bound over its range ``R``; so each device takes
+    ``s (1 + a) = g (1 + u) R / (2 w_max_ij)`` and ``s (1 - a) = g (1 - u) R / (2 |w_min_ij|)``,
+    which is aihwkit's rule pulse for pulse. ConstantStep's steps do not depend on the bounds.
+    Returns None for None."""
+    if tiles is None:
+        return None
+    dev, ws = tiles.device, tiles.w_scale
+    z = jax.random.normal(key, (2, *tiles.g_plus.shape), jnp.float32)
+    spread = lambda zi: AIHWKIT_W_MAX * jnp.maximum(1.0 + AIHWKIT_BOUNDS_DTOD * zi, _BOUND_FLOOR)
+    w_max, w_min = spread(z[0]), -spread(z[1])
+    vp, vm = tiles.var_plus, tiles.var_minus
+    if soft:
+        r = w_max - w_min
+        up = vp.dw_scale * (1.0 + vp.up_down) * r / (2.0 * w_max)
+        down = vp.dw_scale * (1.0 - vp.up_down) * r / (-2.0 * w_min)
+        scale, asym = 0.5 * (up + down), (up - down) / (up + down)
+        vp, vm = (
+            vp._replace(dw_scale=scale, up_down=asym),
+            vm._replace(dw_scale=scale, up_down=-asym),
+        )
+    c = 0.5 * (dev.g_min + dev.g_max)
+    vp = vp._replace(g_min=c + w_min / (2 * ws), g_max=c + w_max / (2 * ws))
+    vm = vm._replace(g_min=c - w_max / (2 * ws), g_max=c - w_min / (2 * ws))
+    half = 0.5 * (tiles.g_plus - tiles.g_minus)
+    return dataclasses.replace(
+        tiles, g_plus=dev.clip(c + half, vp), g_minus=dev.clip(c - half, vm),
+        var_plus=vp, var_minus=vm,
+    )  # fmt: skip
+
+
+def share_pair_gains(params, mirror: bool = False):
+    """Every crossbar's pairs share one step scale (``pair_gains="shared"``; with ``mirror``,
+    ``"mirrored"``: :data:`PAIR_GAINS`), on the weight's array and on Tiki-Taka's fast array."""
 
     def crossbar(p):
         if not is_crossbar(p):
             return p
-        return dataclasses.replace(
-            p, tiles=share_tile_gains(p.tiles), fast=share_tile_gains(p.fast)
-        )
+        share = functools.partial(share_tile_gains, mirror=mirror)
+        return dataclasses.replace(p, tiles=share(p.tiles), fast=share(p.fast))
 
     return jax.tree.map(crossbar, params, is_leaf=is_crossbar)
 
@@ -228,6 +289,23 @@ def insitu_ours(
     return out | ({"trace": trace} if trace_every else {})
 
 
+def aihwkit_pair_bounds(params, key: jax.Array, soft: bool):
+    """:func:`aihwkit_tile_bounds` on every crossbar's arrays (the weight's and Tiki-Taka's
+    fast one), each from its own key."""
+    leaves, treedef = jax.tree.flatten(params, is_leaf=is_crossbar)
+    out = []
+    for i, p in enumerate(leaves):
+        if is_crossbar(p):
+            k_slow, k_fast = jax.random.split(jax.random.fold_in(key, i))
+            p = dataclasses.replace(
+                p,
+                tiles=aihwkit_tile_bounds(p.tiles, k_slow, soft),
+                fast=aihwkit_tile_bounds(p.fast, k_fast, soft),
+            )
+        out.append(p)
+    return jax.tree.unflatten(treedef, out)
+
+
 def _network(name, seed, *, lr, batch, activation, spreads, widths, pair_gains):
     """``(graphdef, params, tx)`` of :func:`insitu_ours`'s network and update for ``name``."""
     from flax import nnx
@@ -247,8 +325,15 @@ def _network(name, seed, *, lr, batch, activation, spreads, widths, pair_gains):
     )  # fmt: skip
     model = models.MLP(widths, activation=activation, linear=layer, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
-    if pair_gains == "shared":
-        params = share_pair_gains(params)
+    if pair_gains != "independent":
+        params = share_pair_gains(params, mirror=pair_gains == "mirrored")
+    if pair_gains == "mirrored" and spreads == "default":  # aihwkit's bound spreads too
+        if name.endswith("exp_step"):
+            raise ValueError(
+                f"{name}: aihwkit's bound spreads are emulated on ConstantStep and SoftBounds "
+                "only; run ExpStep at --spreads nobounds"
+            )
+        params = aihwkit_pair_bounds(params, jax.random.key(seed), name.endswith("soft_bounds"))
     if tt:
         tx = tiki_taka_as_aihwkit(lr, batch, params, seed, AIHWKIT_MAX_TRANSFER_PULSES)
     else:
@@ -287,8 +372,11 @@ def insitu_cmd(args) -> None:
         if ours_device(name, spreads) is None:
             out["configs"][name] = {"ours": None, "reason": "no matching device model"}
             continue
-        runs = []
-        for seed in theirs["seeds"][: len(a["runs"])]:
+        runs, seeds = [], theirs["seeds"][: len(a["runs"])]
+        if args.only_seeds:  # a subset of aihwkit's seeds, compared with its runs on them
+            keep = [i for i, s in enumerate(seeds) if s in args.only_seeds]
+            seeds, a = [seeds[i] for i in keep], _their_runs(a, keep)
+        for seed in seeds:
             runs.append(
                 insitu_ours(name, seed, data, **budget, spreads=spreads, pair_gains=args.pair_gains)
             )
@@ -297,6 +385,15 @@ def insitu_cmd(args) -> None:
             _common.save(args.out or "aihwkit_parity_insitu_compare", out, None)
     if out["configs"]:  # the plot once, at the end
         _common.save(args.out or "aihwkit_parity_insitu_compare", out, _trace_plot(out))
+
+
+def _their_runs(theirs: dict, keep: list[int]) -> dict:
+    """aihwkit's configuration ``theirs`` restricted to its runs ``keep`` (mean and std anew)."""
+    if not keep:
+        raise ValueError("--only-seeds: none of these seeds is in aihwkit's file")
+    runs = [theirs["runs"][i] for i in keep]
+    accs = [r["accuracy"] for r in runs]
+    return {"runs": runs, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
 
 
 def _mean_trace(runs: list[dict], key: str, layer: int | None = None):

@@ -285,11 +285,18 @@ def main(argv=None) -> None:
     ap.add_argument("--configs", default="", help="insitu: only these (default: all of aihwkit's)")
     ap.add_argument("--out", default=None, help="insitu: result name")
     ap.add_argument(
+        "--only-seeds",
+        type=_common.int_list,
+        default=(),
+        help="insitu: only these of aihwkit's seeds (default: all of them)",
+    )
+    ap.add_argument(
         "--pair-gains",
         choices=PAIR_GAINS,
         default="independent",
         help="insitu: a pair's two devices draw their own step scales, or share one drawn at "
-        "aihwkit's per-weight spread (aihwkit_parity_insitu_ours.PAIR_GAINS)",
+        "aihwkit's per-weight spread, or also mirror their asymmetries "
+        "(aihwkit_parity_insitu_ours.PAIR_GAINS)",
     )
     ap.add_argument(
         "--aihwkit",

@@ -119,3 +119,97 @@ def test_mapped_update_mean_is_the_closed_form(parity, name):
     # slope of the mean change on the closed form: 300 repetitions of about 300 pulses a
     # weight leave a few percent of noise; a missing factor (2, BL, 1 / B) is far outside
     assert abs(slope - 1.0) < 0.08
+
+
+def _pulse(tiles, sign: float, pulses: int = 1):
+    """Weights (and the weights before) after ``pulses`` deterministic pulses raising
+    (``sign`` +1) or lowering (-1) every weight of a square tile."""
+    n = tiles.g_plus.shape[-1]
+    x = jnp.eye(n, dtype=jnp.float32)  # sample i moves row i only
+    d = jnp.full((n, n), sign * pulses * AIHWKIT_DW_MIN, jnp.float32)
+    new, _ = analog.pulse_update(
+        tiles, x, d, 1.0, jax.random.key(1), update=analog.UpdateConfig(mode="deterministic")
+    )
+    return np.asarray(analog.read_weights(new)), np.asarray(analog.read_weights(tiles))
+
+
+def _mirrored(parity, name, w, bounds: bool = False, **override):
+    """A mirrored pair of ``name``'s device holding ``w`` (aihwkit's bounds with ``bounds``)."""
+    dev = dataclasses.replace(parity.ours_device(name, pair_gains="mirrored"), **override)
+    tiles = analog.init_tiles(jax.random.key(0), w, dev, w.shape, w_max=parity.AIHWKIT_W_MAX)
+    tiles = parity.share_tile_gains(tiles, mirror=True)
+    if bounds:
+        tiles = parity.aihwkit_tile_bounds(tiles, jax.random.key(7), name.endswith("soft_bounds"))
+    return tiles
+
+
+def test_mirrored_pair_steps_as_one_aihwkit_device(parity):
+    # aihwkit's ConstantStep: up dw g (1 + u), down dw g (1 - u), one (g, u) per weight drawn
+    # at dw_min_dtod 0.3 and up_down_dtod 0.01
+    tiles = _mirrored(parity, "sgd_constant_step", jnp.zeros((64, 64)), dw_min_std=0.0)
+    g, u = (np.asarray(v)[0, 0] for v in (tiles.var_plus.dw_scale, tiles.var_plus.up_down))
+    np.testing.assert_array_equal(np.asarray(tiles.var_minus.up_down)[0, 0], -u)
+    assert abs(u.std() / 0.01 - 1.0) < 0.06 and abs(g.std() / AIHWKIT_SPREAD - 1.0) < 0.06
+    up, w0 = _pulse(tiles, 1.0)
+    down, _ = _pulse(tiles, -1.0)
+    # float32 conductances near 0.5 carry about 6e-8: 1e-4 of a step of 5e-4 or more
+    np.testing.assert_allclose(up - w0, AIHWKIT_DW_MIN * g * (1 + u), rtol=2e-4, atol=1e-7)
+    np.testing.assert_allclose(w0 - down, AIHWKIT_DW_MIN * g * (1 - u), rtol=2e-4, atol=1e-7)
+
+
+def test_aihwkit_bounds_clip_each_weight_at_its_own_bound(parity):
+    tiles = _mirrored(
+        parity, "sgd_constant_step", jnp.zeros((64, 64)), bounds=True,
+        dw_min_std=0.0, dw_min_dtod=0.0, up_down_dtod=0.0,
+    )  # fmt: skip
+    c, ws = 0.5, parity.AIHWKIT_W_MAX
+    w_max = 2 * ws * (np.asarray(tiles.var_plus.g_max)[0, 0] - c)
+    w_min = 2 * ws * (np.asarray(tiles.var_plus.g_min)[0, 0] - c)
+    # aihwkit's w_max_dtod = w_min_dtod = 0.3, independent draws about +-0.6
+    assert abs(w_max.mean() / 0.6 - 1) < 0.03 and abs(w_min.mean() / -0.6 - 1) < 0.03
+    assert abs(w_max.std() / 0.6 / 0.3 - 1) < 0.06 and abs(w_min.std() / 0.6 / 0.3 - 1) < 0.06
+    assert abs(np.corrcoef(w_max.ravel(), w_min.ravel())[0, 1]) < 0.06  # 4096 pairs: 4 sigma
+    # 2,500 pulses pass every bound (the largest is under 0.6 x 2.5): the weight stops there
+    top, _ = _pulse(tiles, 1.0, 2500)
+    bottom, _ = _pulse(tiles, -1.0, 2500)
+    np.testing.assert_allclose(top, w_max, atol=1e-6)
+    np.testing.assert_allclose(bottom, w_min, atol=1e-6)
+
+
+def test_aihwkit_bounds_give_soft_bounds_aihwkits_per_device_slopes(parity):
+    w = jax.random.uniform(jax.random.key(5), (64, 64), jnp.float32, -0.3, 0.3)
+    tiles = _mirrored(parity, "sgd_soft_bounds", w, bounds=True, dw_min_std=0.0)
+    c, ws = 0.5, parity.AIHWKIT_W_MAX
+    w_max = 2 * ws * (np.asarray(tiles.var_plus.g_max)[0, 0] - c)
+    w_min = 2 * ws * (np.asarray(tiles.var_plus.g_min)[0, 0] - c)
+    g0 = np.asarray(_mirrored(parity, "sgd_soft_bounds", w, dw_min_std=0.0).var_plus.dw_scale)
+    u0 = np.asarray(_mirrored(parity, "sgd_soft_bounds", w, dw_min_std=0.0).var_plus.up_down)
+    g, u = g0[0, 0], u0[0, 0]
+    up, w0 = _pulse(tiles, 1.0)
+    down, _ = _pulse(tiles, -1.0)
+    # aihwkit's SoftBoundsDevice: dw g (1 + u) (1 - w / w_max_ij) up, dw g (1 - u) (1 - w /
+    # w_min_ij) down; its symmetry point stays at w = 0 whatever the bounds
+    np.testing.assert_allclose(
+        up - w0, AIHWKIT_DW_MIN * g * (1 + u) * (1 - w0 / w_max), rtol=2e-3, atol=2e-7
+    )
+    np.testing.assert_allclose(
+        w0 - down, AIHWKIT_DW_MIN * g * (1 - u) * (1 - w0 / w_min), rtol=2e-3, atol=2e-7
+    )
+
+
+def test_aihwkit_bounds_refuse_exp_step(parity):
+    data = ((np.zeros((64, 784), np.float32), np.zeros(64, np.int32)),) * 2
+    with pytest.raises(ValueError, match="ConstantStep and SoftBounds only"):
+        parity.insitu_ours(
+            "ttv2_exp_step", 0, data, lr=0.1, batch=64, samples=64,
+            spreads="default", pair_gains="mirrored",
+        )  # fmt: skip
+
+
+def test_only_seeds_compares_with_aihwkits_runs_on_the_same_seeds(parity):
+    theirs = {"runs": [{"accuracy": a} for a in (0.80, 0.84, 0.90)], "mean": 0.85, "std": 0.04}
+    sub = parity._their_runs(theirs, [0, 2])
+    assert sub["mean"] == pytest.approx(0.85) and sub["std"] == pytest.approx(0.05)
+    assert [r["accuracy"] for r in sub["runs"]] == [0.80, 0.90]
+    with pytest.raises(ValueError, match="none of these seeds"):
+        parity._their_runs(theirs, [])
