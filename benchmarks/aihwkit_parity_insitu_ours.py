@@ -156,7 +156,9 @@ def aihwkit_tile_bounds(tiles, key: jax.Array, soft: bool):
         r = w_max - w_min
         up = vp.dw_scale * (1.0 + vp.up_down) * r / (2.0 * w_max)
         down = vp.dw_scale * (1.0 - vp.up_down) * r / (-2.0 * w_min)
-        scale, asym = 0.5 * (up + down), (up - down) / (up + down)
+        total = up + down  # zero for a device whose gain draw was truncated at zero
+        asym = jnp.where(total > 0, (up - down) / jnp.where(total > 0, total, 1.0), 0.0)
+        scale = 0.5 * total
         vp, vm = (
             vp._replace(dw_scale=scale, up_down=asym),
             vm._replace(dw_scale=scale, up_down=-asym),

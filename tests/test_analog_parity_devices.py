@@ -197,6 +197,23 @@ def test_aihwkit_bounds_give_soft_bounds_aihwkits_per_device_slopes(parity):
     )
 
 
+def test_aihwkit_bounds_keep_a_dead_device_finite(parity):
+    # a gain drawn past -3.3 sigma is truncated at zero (1 weight in 2,300 at aihwkit's 0.3):
+    # such a pair must stay still, not turn every parameter of its layer into NaN
+    tiles = _mirrored(parity, "sgd_soft_bounds", jnp.zeros((64, 64)), dw_min_std=0.0)
+    dead = tiles.var_plus.dw_scale.at[..., 0, :].set(0.0)
+    tiles = parity.share_tile_gains(
+        dataclasses.replace(tiles, var_plus=tiles.var_plus._replace(dw_scale=dead)), mirror=True
+    )
+    tiles = parity.aihwkit_tile_bounds(tiles, jax.random.key(7), True)
+    for v in jax.tree.leaves((tiles.var_plus, tiles.var_minus)):
+        assert np.isfinite(np.asarray(v, np.float32)).all()
+    up, w0 = _pulse(tiles, 1.0)
+    assert np.isfinite(up).all()
+    np.testing.assert_allclose(up[0], w0[0], atol=1e-6)  # float32 re-reads of G near 0.5
+    assert np.mean(up[1:] - w0[1:]) > 0.5 * AIHWKIT_DW_MIN  # the others step dw g (1 + u)
+
+
 def test_aihwkit_bounds_refuse_exp_step(parity):
     data = ((np.zeros((64, 784), np.float32), np.zeros(64, np.int32)),) * 2
     with pytest.raises(ValueError, match="ConstantStep and SoftBounds only"):
