@@ -89,8 +89,9 @@ PAIR_GAINS = ("independent", "shared", "mirrored")
 #: aihwkit's ``PulsedDevice.w_max_dtod`` and ``w_min_dtod``: each weight's bounds
 #: ``w_max (1 + 0.3 z1)`` and ``w_min (1 + 0.3 z2)``, drawn independently.
 AIHWKIT_BOUNDS_DTOD = 0.3
-#: The smallest bound kept, relative to the nominal: a draw past -3.2 sigma would put the bound
-#: on the wrong side of w = 0 (1 weight in 1,400); aihwkit then holds such a weight off zero.
+#: The smallest bound kept, relative to the nominal: a draw below -3.17 sigma (about one bound
+#: in 1,300) would put the bound within 5% of w = 0 or past it, and the pair could not hold
+#: w = 0. How aihwkit treats such a draw was not checked.
 _BOUND_FLOOR = 0.05
 
 
@@ -103,7 +104,8 @@ def ours_device(
     (the mirrored pair adds them to the built layers: :func:`aihwkit_pair_bounds`);
     ``"slow_only"`` / ``"fast_only"``: :data:`_SPREADS` for ``array`` ``"slow"`` (the weight's
     C) or ``"fast"`` (Tiki-Taka's A) only. ``pair_gains``: :data:`PAIR_GAINS` (with
-    ``"shared"``, :func:`share_pair_gains` must then be applied to the built layers)."""
+    ``"shared"`` or ``"mirrored"``, :func:`share_pair_gains` must then be applied to the built
+    layers)."""
     on = spreads in ("default", "nobounds") or spreads == f"{array}_only"
     kw = dict(_SPREADS) if on else {}
     if on and pair_gains != "independent":  # one draw per weight: aihwkit's, not sqrt(2) x
