@@ -8,7 +8,9 @@ Here a weight is a pair of devices moved together, and its step is the mean of t
 steps: the mapping gives each device sqrt(2) times aihwkit's spreads, and these tests check that
 the pair's step then spreads as aihwkit's single device does, that the mapped devices hold the
 initial weights exactly (aihwkit's bounds always contain w = 0), and that the update's mean is
-the closed form ``-lr d^T x``.
+the closed form ``-lr d^T x``. The mirrored pair (``pair_gains="mirrored"``) is checked against
+aihwkit's rules for one device pulse by pulse: its steps, its per-weight bounds and SoftBounds'
+per-device slopes.
 """
 
 import dataclasses
