@@ -179,13 +179,18 @@ def share_pair_gains(params, mirror: bool = False):
     """Every crossbar's pairs share one step scale (``pair_gains="shared"``; with ``mirror``,
     ``"mirrored"``: :data:`PAIR_GAINS`), on the weight's array and on Tiki-Taka's fast array."""
 
-    def crossbar(p):
-        if not is_crossbar(p):
-            return p
-        share = functools.partial(share_tile_gains, mirror=mirror)
-        return dataclasses.replace(p, tiles=share(p.tiles), fast=share(p.fast))
+    share = functools.partial(share_tile_gains, mirror=mirror)
+    return _map_crossbars(
+        params, lambda _, p: dataclasses.replace(p, tiles=share(p.tiles), fast=share(p.fast))
+    )
 
-    return jax.tree.map(crossbar, params, is_leaf=is_crossbar)
+
+def _map_crossbars(params, fn):
+    """``params`` with every crossbar ``p`` replaced by ``fn(i, p)``, ``i`` its leaf index."""
+    leaves, treedef = jax.tree.flatten(params, is_leaf=is_crossbar)
+    return jax.tree.unflatten(
+        treedef, [fn(i, p) if is_crossbar(p) else p for i, p in enumerate(leaves)]
+    )
 
 
 #: aihwkit's TransferCompound defaults: ``fast_lr`` 1 (A's updates take this rate, whatever
@@ -296,18 +301,16 @@ def insitu_ours(
 def aihwkit_pair_bounds(params, key: jax.Array, soft: bool):
     """:func:`aihwkit_tile_bounds` on every crossbar's arrays (the weight's and Tiki-Taka's
     fast one), each from its own key."""
-    leaves, treedef = jax.tree.flatten(params, is_leaf=is_crossbar)
-    out = []
-    for i, p in enumerate(leaves):
-        if is_crossbar(p):
-            k_slow, k_fast = jax.random.split(jax.random.fold_in(key, i))
-            p = dataclasses.replace(
-                p,
-                tiles=aihwkit_tile_bounds(p.tiles, k_slow, soft),
-                fast=aihwkit_tile_bounds(p.fast, k_fast, soft),
-            )
-        out.append(p)
-    return jax.tree.unflatten(treedef, out)
+
+    def bound(i, p):
+        k_slow, k_fast = jax.random.split(jax.random.fold_in(key, i))
+        return dataclasses.replace(
+            p,
+            tiles=aihwkit_tile_bounds(p.tiles, k_slow, soft),
+            fast=aihwkit_tile_bounds(p.fast, k_fast, soft),
+        )
+
+    return _map_crossbars(params, bound)
 
 
 def _network(name, seed, *, lr, batch, activation, spreads, widths, pair_gains):

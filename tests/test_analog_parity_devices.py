@@ -37,12 +37,7 @@ def _one_pulse_steps(dev, n: int = 64, prepare=lambda t: t) -> np.ndarray:
     """The weight change of exactly one raising pulse on each of ``n x n`` zero weights
     (``prepare``: applied to the tiles before the pulse)."""
     tiles = prepare(analog.init_tiles(jax.random.key(0), jnp.zeros((n, n)), dev, (n, n), w_max=0.6))
-    x = jnp.eye(n, dtype=jnp.float32)  # sample i raises row i: one pulse per weight in all
-    d = jnp.full((n, n), AIHWKIT_DW_MIN, jnp.float32)
-    new, _ = analog.pulse_update(
-        tiles, x, d, 1.0, jax.random.key(1), update=analog.UpdateConfig(mode="deterministic")
-    )
-    return np.asarray(analog.read_weights(new))
+    return _pulse(tiles, 1.0)[0]
 
 
 @pytest.mark.parametrize("only", ["dw_min_dtod", "dw_min_std"])
@@ -145,6 +140,12 @@ def _mirrored(parity, name, w, bounds: bool = False, **override):
     return tiles
 
 
+def _weight_bounds(parity, tiles) -> tuple[np.ndarray, np.ndarray]:
+    """Each weight's ``(w_max_ij, w_min_ij)``, read off G+'s bounds about the mid-range 0.5."""
+    at = lambda g: 2 * parity.AIHWKIT_W_MAX * (np.asarray(g)[0, 0] - 0.5)
+    return at(tiles.var_plus.g_max), at(tiles.var_plus.g_min)
+
+
 def test_mirrored_pair_steps_as_one_aihwkit_device(parity):
     # aihwkit's ConstantStep: up dw g (1 + u), down dw g (1 - u), one (g, u) per weight drawn
     # at dw_min_dtod 0.3 and up_down_dtod 0.01
@@ -164,9 +165,7 @@ def test_aihwkit_bounds_clip_each_weight_at_its_own_bound(parity):
         parity, "sgd_constant_step", jnp.zeros((64, 64)), bounds=True,
         dw_min_std=0.0, dw_min_dtod=0.0, up_down_dtod=0.0,
     )  # fmt: skip
-    c, ws = 0.5, parity.AIHWKIT_W_MAX
-    w_max = 2 * ws * (np.asarray(tiles.var_plus.g_max)[0, 0] - c)
-    w_min = 2 * ws * (np.asarray(tiles.var_plus.g_min)[0, 0] - c)
+    w_max, w_min = _weight_bounds(parity, tiles)
     # aihwkit's w_max_dtod = w_min_dtod = 0.3, independent draws about +-0.6
     assert abs(w_max.mean() / 0.6 - 1) < 0.03 and abs(w_min.mean() / -0.6 - 1) < 0.03
     assert abs(w_max.std() / 0.6 / 0.3 - 1) < 0.06 and abs(w_min.std() / 0.6 / 0.3 - 1) < 0.06
@@ -181,12 +180,9 @@ def test_aihwkit_bounds_clip_each_weight_at_its_own_bound(parity):
 def test_aihwkit_bounds_give_soft_bounds_aihwkits_per_device_slopes(parity):
     w = jax.random.uniform(jax.random.key(5), (64, 64), jnp.float32, -0.3, 0.3)
     tiles = _mirrored(parity, "sgd_soft_bounds", w, bounds=True, dw_min_std=0.0)
-    c, ws = 0.5, parity.AIHWKIT_W_MAX
-    w_max = 2 * ws * (np.asarray(tiles.var_plus.g_max)[0, 0] - c)
-    w_min = 2 * ws * (np.asarray(tiles.var_plus.g_min)[0, 0] - c)
-    g0 = np.asarray(_mirrored(parity, "sgd_soft_bounds", w, dw_min_std=0.0).var_plus.dw_scale)
-    u0 = np.asarray(_mirrored(parity, "sgd_soft_bounds", w, dw_min_std=0.0).var_plus.up_down)
-    g, u = g0[0, 0], u0[0, 0]
+    w_max, w_min = _weight_bounds(parity, tiles)
+    drawn = _mirrored(parity, "sgd_soft_bounds", w, dw_min_std=0.0).var_plus  # aihwkit's g, u
+    g, u = (np.asarray(v)[0, 0] for v in (drawn.dw_scale, drawn.up_down))
     up, w0 = _pulse(tiles, 1.0)
     down, _ = _pulse(tiles, -1.0)
     # aihwkit's SoftBoundsDevice: dw g (1 + u) (1 - w / w_max_ij) up, dw g (1 - u) (1 - w /
