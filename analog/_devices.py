@@ -142,6 +142,26 @@ class Device:
     def _down(self, x: jax.Array, n: jax.Array, a: jax.Array) -> jax.Array:
         raise NotImplementedError
 
+    def _reference_shift(self, var: DeviceVariation, rng: jax.Array) -> jax.Array | None:
+        """Where the model's curves are centred, as a shift of the position ``x``: None (the
+        default) evaluates ``_up`` and ``_down`` at ``x`` itself, so a device whose range
+        is spread keeps its curve's shape over its own range. A model whose curves are
+        tied to a fixed conductance instead (:class:`analog.ExpFitStep`, after aihwkit's
+        ``ExpStepDevice``) returns ``h``: the curves then see ``x + h``."""
+        return None
+
+    def _curves(self, var: DeviceVariation, rng: jax.Array):
+        """``(up, down)``: :meth:`_up` and :meth:`_down` in this device's position ``x``,
+        moved by :meth:`_reference_shift` where the model asks for it (down in the mirrored
+        coordinate ``1 - x``, where the shift changes sign)."""
+        h = self._reference_shift(var, rng)
+        if h is None:
+            return self._up, self._down
+        return (
+            lambda x, n, a: self._up(x + h, n, a) - h,
+            lambda x, n, a: self._down(x - h, n, a) + h,
+        )
+
     @property
     def range(self) -> float:
         return self.g_max - self.g_min
@@ -228,9 +248,10 @@ class Device:
         a_up = base * (1.0 + var.up_down)
         a_down = base * (1.0 - var.up_down)
         m = jnp.abs(n)
-        x_up = self._up(x0, m, a_up)
+        up, down = self._curves(var, rng)
+        x_up = up(x0, m, a_up)
         # Depression is the mirror image of potentiation seen from the upper bound.
-        x_down = 1.0 - self._down(1.0 - x0, m, a_down)
+        x_down = 1.0 - down(1.0 - x0, m, a_down)
         x = jnp.where(n > 0, x_up, jnp.where(n < 0, x_down, x0))
         if self.dw_min_std > 0:
             delta = jnp.abs(x - x0)
@@ -277,12 +298,13 @@ class Device:
         base = self.dw_min * var.dw_scale / rng
         a_up = base * (1.0 + var.up_down)
         a_down = base * (1.0 - var.up_down)
+        up, down = self._curves(var, rng)
         if pot_first:
-            x1 = jnp.clip(self._up(x0, n_first, a_up), 0.0, 1.0)
-            x2 = 1.0 - self._down(1.0 - x1, n_second, a_down)
+            x1 = jnp.clip(up(x0, n_first, a_up), 0.0, 1.0)
+            x2 = 1.0 - down(1.0 - x1, n_second, a_down)
         else:
-            x1 = jnp.clip(1.0 - self._down(1.0 - x0, n_first, a_down), 0.0, 1.0)
-            x2 = self._up(x1, n_second, a_up)
+            x1 = jnp.clip(1.0 - down(1.0 - x0, n_first, a_down), 0.0, 1.0)
+            x2 = up(x1, n_second, a_up)
         if self.dw_min_std > 0:
             assert noise is not None, "Device.step_two: dw_min_std > 0 needs noise"
             d1, d2 = x1 - x0, x2 - x1

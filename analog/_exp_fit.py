@@ -8,8 +8,14 @@ noise extraction from analog memory elements for neuromorphic computing", Nat. C
                                               y_down = 1 - A_down exp(-gamma_down z),
 
 so the step of either direction shrinks exponentially as the weight nears that direction's
-bound, with the two directions fitted separately (an asymmetric device). On a device of this
-package, ``w / (w_max - w_min)`` is ``x - 1/2`` (``x`` the position in the range), so one up
+bound, with the two directions fitted separately (an asymmetric device). aihwkit's ``w`` is
+measured from w = 0, which stays put when its bounds are spread device to device
+(``w_max_dtod``, ``w_min_dtod``), over that device's own range. On a device of this package
+``w`` is likewise measured from the nominal mid-range ``c = (g_min + g_max) / 2`` over the
+device's own range: ``w / (w_max - w_min)`` is ``(g - c) / (g_max_ij - g_min_ij)``, which is
+``x - 1/2`` (``x`` the position in the range) on a device at the nominal range, and ``x - 1/2
++ h`` with ``h = 1/2 - (c - g_min_ij) / (g_max_ij - g_min_ij)`` on a spread one (the curves
+below are evaluated at ``x + h``: :meth:`analog.Device._reference_shift`). So one up
 pulse moves ``x`` by ``a (1 - B_up exp(k_up x))`` with ``a = dw_min (1 + up_down) / range``,
 ``k_up = 2 a_es gamma_up`` and ``B_up = A_up exp(gamma_up (b_es - a_es))``; in the mirrored
 coordinate ``x' = 1 - x`` a down pulse moves ``x'`` by ``a (1 - B_down exp(k_down x'))`` with
@@ -85,6 +91,10 @@ class ExpFitStep(Device):
         moving = b < e0  # below the fixed point; at or past it the step is max(y, 0) = 0
         e_n = b + (e0 - b) * jnp.exp(-k * a * n)
         return jnp.where(moving, -jnp.log(jnp.where(moving, e_n, 1.0)) / k, x)
+
+    def _reference_shift(self, var, rng):
+        # aihwkit's z is tied to w = 0 (module docstring), not to this device's mid-range
+        return 0.5 - (0.5 * (self.g_min + self.g_max) - var.g_min) / rng
 
     def _up(self, x, n, a):
         return self._curve(x, n, a, *self._coefficients(up=True))

@@ -146,7 +146,10 @@ def aihwkit_tile_bounds(tiles, key: jax.Array, soft: bool):
     times the distance to the device's bound over its range ``R``; so each device takes
     ``s (1 + a) = g (1 + u) R / (2 w_max_ij)`` and ``s (1 - a) = g (1 - u) R / (2 |w_min_ij|)``,
     which is aihwkit's rule pulse for pulse. ConstantStep's steps do not depend on the bounds.
-    Returns None for None."""
+    ExpStep's (:class:`analog.ExpFitStep`) depend on them through ``z = 2 a w / (w_max_ij -
+    w_min_ij) + b``, which ExpFitStep measures from the nominal mid-range ``c`` over each
+    device's own range: G+ gets aihwkit's ``z`` exactly, and G-, holding ``-w``, the mirror
+    image ``z(-w)``, as it does without bound spreads. Returns None for None."""
     if tiles is None:
         return None
     dev, ws = tiles.device, tiles.w_scale
@@ -335,11 +338,6 @@ def _network(name, seed, *, lr, batch, activation, spreads, widths, pair_gains):
     if pair_gains != "independent":
         params = share_pair_gains(params, mirror=pair_gains == "mirrored")
     if pair_gains == "mirrored" and spreads == "default":  # aihwkit's bound spreads too
-        if name.endswith("exp_step"):
-            raise ValueError(
-                f"{name}: aihwkit's bound spreads are emulated on ConstantStep and SoftBounds "
-                "only; run ExpStep at --spreads nobounds"
-            )
         params = aihwkit_pair_bounds(params, jax.random.key(seed), name.endswith("soft_bounds"))
     if tt:
         tx = tiki_taka_as_aihwkit(lr, batch, params, seed, AIHWKIT_MAX_TRANSFER_PULSES)

@@ -20,22 +20,33 @@ W_MAX = 0.6  # aihwkit's default weight bounds, +-0.6
 DW = 0.001  # aihwkit's dw_min
 
 
-def aihwkit_pulses(w0: np.ndarray, n: int, up: bool, dev: analog.ExpFitStep) -> np.ndarray:
+def aihwkit_pulses(
+    w0: np.ndarray, n: int, up: bool, dev: analog.ExpFitStep, bounds=(-W_MAX, W_MAX)
+) -> np.ndarray:
+    w_min, w_max = bounds  # aihwkit's b_min_ij, b_max_ij: z is over this device's own range
     w = w0.astype(np.float64).copy()
     for _ in range(n):
-        z = 2.0 * dev.es_a * w / (2.0 * W_MAX) + dev.es_b
+        z = 2.0 * dev.es_a * w / (w_max - w_min) + dev.es_b
         if up:
             w = w + DW * np.maximum(1.0 - dev.a_up * np.exp(dev.gamma_up * z), 0.0)
         else:
             w = w - DW * np.maximum(1.0 - dev.a_down * np.exp(-dev.gamma_down * z), 0.0)
-        w = np.clip(w, -W_MAX, W_MAX)
+        w = np.clip(w, w_min, w_max)
     return w
 
 
-def ours(w0: np.ndarray, n: int, up: bool, dev: analog.ExpFitStep) -> np.ndarray:
-    # one device of range 1 holding the weight: g = w / (2 W_MAX) + 1/2
-    g0 = jnp.asarray(w0 / (2 * W_MAX) + 0.5, jnp.float32)
-    g = dev.step(g0, jnp.full(g0.shape, n if up else -n, jnp.float32))
+def ours(
+    w0: np.ndarray, n: int, up: bool, dev: analog.ExpFitStep, bounds=(-W_MAX, W_MAX)
+) -> np.ndarray:
+    # one device of nominal range 1 holding the weight: g = w / (2 W_MAX) + 1/2, so w = 0 is
+    # the nominal mid-range; ``bounds`` become this device's own g_min and g_max
+    to_g = lambda w: np.asarray(w, np.float64) / (2 * W_MAX) + 0.5
+    g0 = jnp.asarray(to_g(w0), jnp.float32)
+    var = dev.nominal_variation(g0.shape)._replace(
+        g_min=jnp.full(g0.shape, to_g(bounds[0]), jnp.float32),
+        g_max=jnp.full(g0.shape, to_g(bounds[1]), jnp.float32),
+    )
+    g = dev.step(g0, jnp.full(g0.shape, n if up else -n, jnp.float32), variation=var)
     return (np.asarray(g, np.float64) - 0.5) * 2 * W_MAX
 
 
@@ -53,6 +64,22 @@ def test_trains_match_aihwkits_rule_pulse_by_pulse(up, n):
     # about 1e-7 of the range (1.2): 1% of the change plus 1e-6 leaves room for both
     np.testing.assert_allclose(got, ref, rtol=0, atol=0.01 * moved.max() + 1e-6)
     assert np.all(np.abs(got - ref) <= 0.01 * moved + 1e-6)
+
+
+@pytest.mark.parametrize("up", [True, False])
+@pytest.mark.parametrize("bounds", [(-0.48, 0.78), (-0.75, 0.45), (-0.9, 0.9)])
+def test_a_device_with_its_own_bounds_follows_aihwkits_rule(up, bounds):
+    # aihwkit's bound spreads (w_max_dtod, w_min_dtod) move each device's bounds about w = 0:
+    # z stays tied to w = 0 and is scaled by that device's range; the weight stops at its own
+    # bound. A curve centred on the device's own mid-range instead would miss by up to a
+    # third of dw near the bounds at the first two draws (0.67 dw against 0.32 at w = 0.77).
+    w0 = np.linspace(bounds[0] + 0.01, bounds[1] - 0.01, 41)
+    for n in (1, 300, 3000):
+        ref = aihwkit_pulses(w0, n, up, DEV, bounds)
+        got = ours(w0, n, up, DEV, bounds)
+        moved = np.abs(ref - w0)
+        assert np.all(np.abs(got - ref) <= 0.01 * moved + 2e-6), (n, np.abs(got - ref).max())
+    assert np.all(got <= bounds[1] + 1e-6) and np.all(got >= bounds[0] - 1e-6)
 
 
 def test_steps_shrink_towards_each_bound_and_the_directions_differ():
